@@ -1,0 +1,200 @@
+"""Per-lead engagement counters, folded from a lead's event history.
+
+Counters are never incremented in place in storage: they are a pure function of
+the *set* of events a lead has seen. `fold` sorts that set by (event time, type,
+event key) before applying it, so the same events in any delivery order, with any
+duplicates removed upstream, give the same counters — including order-dependent
+ones such as "follow-ups since the last reply".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from rules.events import TYPE_CODES, EventType, parse_rfc3339_ms
+
+# Outbound touches: what the rep (or a sequence) did to reach the lead.
+TOUCHES = frozenset({EventType.EMAIL_SENT, EventType.CALL_ATTEMPTED, EventType.CALL_CONNECTED})
+# Signs of life from the lead, or a rep's manual reopen: each resets silence (RULES.md guardrail 6).
+RESPONSES = frozenset(
+    {
+        EventType.EMAIL_REPLIED,
+        EventType.CALL_CONNECTED,
+        EventType.MEETING_BOOKED,
+        EventType.MEETING_HELD,
+        EventType.REOPENED,
+    }
+)
+
+
+class LoggedEvent(NamedTuple):
+    """An event as kept in a lead's history: `key` is its short dedup hash."""
+
+    occurred_ms: int
+    type: EventType
+    key: bytes
+    data: Mapping[str, Any]
+
+    def sort_key(self) -> tuple[int, int, bytes]:
+        return (self.occurred_ms, TYPE_CODES[self.type], self.key)
+
+
+def iso_week(ms: int) -> str:
+    """Return the ISO week (`2026-W47`) of an epoch-millisecond instant, in UTC."""
+    year, week, _ = datetime.fromtimestamp(ms / 1000, tz=UTC).isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+@dataclass
+class LeadCounters:
+    """Everything RULES.md asks to count for one lead."""
+
+    outbound_touches: int = 0
+    follow_ups_since_reply: int = 0
+    replies: int = 0
+    not_interested: int = 0
+    follow_up_reschedules: int = 0
+    call_attempts: int = 0
+    minutes_invested: int = 0
+    connected_calls: int = 0
+    emails_sent: int = 0
+    bounces: int = 0
+    hard_bounces: int = 0
+    meetings_booked: int = 0
+    meetings_held: int = 0
+    meetings_rescheduled: int = 0
+    no_shows: int = 0
+    decision_no: int = 0
+    decision_no_reason: str | None = None
+    not_interested_reason: str | None = None
+    first_touch_ms: int | None = None
+    last_touch_ms: int | None = None
+    last_reply_ms: int | None = None
+    last_event_ms: int | None = None
+    call_attempts_by_week: dict[str, int] = field(default_factory=dict)
+    proposal_sent_ms: int | None = None
+    proposal_expires_ms: int | None = None
+    deal_amount: float | None = None
+    deal_stage: str | None = None
+    deal_ids: set[str] = field(default_factory=set)
+    source: str | None = None
+    segment: str | None = None
+    priority: str | None = None
+    do_not_contact: set[str] = field(default_factory=set)
+    erasure_requested: bool = False
+    consent_ms: int | None = None
+
+    def apply(self, event: LoggedEvent) -> None:
+        """Fold one event in; callers feed events in `LoggedEvent.sort_key` order."""
+        etype, at, data = event.type, event.occurred_ms, event.data
+        self.last_event_ms = at
+        if etype in TOUCHES:
+            first = self.first_touch_ms is None
+            self.outbound_touches += 1
+            if first:
+                self.first_touch_ms = at
+            self.last_touch_ms = at
+            if etype is EventType.EMAIL_SENT:
+                self.emails_sent += 1
+                # A sequence may say explicitly whether this email follows up; otherwise
+                # every touch after the very first one is a follow-up.
+                if data.get("follow_up", not first):
+                    self.follow_ups_since_reply += 1
+            elif etype is EventType.CALL_ATTEMPTED:
+                self.call_attempts += 1
+                week = iso_week(at)
+                self.call_attempts_by_week[week] = self.call_attempts_by_week.get(week, 0) + 1
+                if not first:
+                    self.follow_ups_since_reply += 1
+            else:
+                self.connected_calls += 1
+        if etype in RESPONSES:
+            self.follow_ups_since_reply = 0
+            self.last_reply_ms = at
+            if etype is EventType.EMAIL_REPLIED:
+                self.replies += 1
+            elif etype is EventType.MEETING_BOOKED:
+                self.meetings_booked += 1
+            elif etype is EventType.MEETING_HELD:
+                self.meetings_held += 1
+            return
+        if etype is EventType.EMAIL_BOUNCED:
+            self.bounces += 1
+            self.hard_bounces += bool(data.get("hard", False))
+        elif etype is EventType.MEETING_NO_SHOW:
+            self.no_shows += 1
+        elif etype is EventType.MEETING_RESCHEDULED:
+            self.meetings_rescheduled += 1
+            # RULES.md `pushed_back`: rescheduling a first meeting is normal life.
+            if not data.get("first_meeting", False):
+                self.follow_up_reschedules += 1
+        elif etype is EventType.NOT_INTERESTED:
+            self.not_interested += 1
+            self.not_interested_reason = data.get("reason", self.not_interested_reason)
+        elif etype is EventType.DECISION_NO:
+            self.decision_no += 1
+            self.decision_no_reason = data["reason"]
+        elif etype is EventType.PROPOSAL_SENT:
+            self.proposal_sent_ms = at
+            self.proposal_expires_ms = _expiry_ms(data)
+        elif etype is EventType.TIME_LOGGED:
+            self.minutes_invested += int(data["minutes"])
+        elif etype is EventType.DEAL_UPDATED:
+            if "deal_id" in data:
+                self.deal_ids.add(data["deal_id"])
+            if "amount" in data:
+                self.deal_amount = float(data["amount"])
+            if "stage" in data:
+                self.deal_stage = data["stage"]
+        elif etype is EventType.LEAD_PROFILE:
+            self.source = data.get("source", self.source)
+            self.segment = data.get("segment", self.segment)
+            self.priority = data.get("priority", self.priority)
+        elif etype is EventType.DO_NOT_CONTACT:
+            self.do_not_contact.update(data.get("channels", ["all"]))
+        elif etype is EventType.ERASURE_REQUESTED:
+            self.erasure_requested = True
+        elif etype is EventType.CONSENT_GIVEN:
+            self.consent_ms = at
+            self.do_not_contact.clear()
+
+    def public(self) -> dict[str, int]:
+        """Return the counters CONTRACT.md names, for `/leads` and `pruner explain`."""
+        return {
+            "outbound_touches": self.outbound_touches,
+            "follow_ups_since_reply": self.follow_ups_since_reply,
+            "replies": self.replies,
+            "not_interested": self.not_interested,
+            "follow_up_reschedules": self.follow_up_reschedules,
+            "call_attempts": self.call_attempts,
+            "minutes_invested": self.minutes_invested,
+            "connected_calls": self.connected_calls,
+            "emails_sent": self.emails_sent,
+            "bounces": self.bounces,
+            "meetings_booked": self.meetings_booked,
+            "meetings_held": self.meetings_held,
+            "meetings_rescheduled": self.meetings_rescheduled,
+            "no_shows": self.no_shows,
+            "decision_no": self.decision_no,
+        }
+
+
+def _expiry_ms(data: Mapping[str, Any]) -> int | None:
+    value = data.get("expires_at")
+    return None if value is None else parse_rfc3339_ms(value, "data.expires_at")
+
+
+def sort_events(events: Iterable[LoggedEvent]) -> list[LoggedEvent]:
+    """Return events in the one canonical order every fold uses."""
+    return sorted(events, key=LoggedEvent.sort_key)
+
+
+def fold(events: Iterable[LoggedEvent]) -> LeadCounters:
+    """Compute a lead's counters from its (deduplicated) event set, in any order."""
+    counters = LeadCounters()
+    for event in sort_events(events):
+        counters.apply(event)
+    return counters

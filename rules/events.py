@@ -1,0 +1,228 @@
+"""Canonical events: the one vocabulary every inbound adapter produces.
+
+`parse_batch` validates a decoded `/webhooks/events` body and names the first bad
+field (`events[3].data.minutes`). `Event.to_wire` / `Event.from_wire` give the
+compact, plain-JSON form that travels inside RQ jobs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from rules.errors import SchemaError
+
+MAX_EVENTS_PER_BATCH = 1000
+MAX_ID_LENGTH = 256
+MAX_TEXT_LENGTH = 1000
+# Events stamped further ahead than this are a sender's clock bug, not the future:
+# accepting them would let one bad clock hold a lead's silence counters hostage.
+MAX_FUTURE_SKEW_MS = 24 * 3600 * 1000
+
+
+class EventType(StrEnum):
+    EMAIL_SENT = "email_sent"
+    EMAIL_REPLIED = "email_replied"
+    EMAIL_BOUNCED = "email_bounced"
+    CALL_ATTEMPTED = "call_attempted"
+    CALL_CONNECTED = "call_connected"
+    MEETING_BOOKED = "meeting_booked"
+    MEETING_HELD = "meeting_held"
+    MEETING_NO_SHOW = "meeting_no_show"
+    MEETING_RESCHEDULED = "meeting_rescheduled"
+    NOT_INTERESTED = "not_interested"
+    DECISION_NO = "decision_no"
+    PROPOSAL_SENT = "proposal_sent"
+    TIME_LOGGED = "time_logged"
+    DEAL_UPDATED = "deal_updated"
+    LEAD_PROFILE = "lead_profile"
+    DO_NOT_CONTACT = "do_not_contact"
+    ERASURE_REQUESTED = "erasure_requested"
+    REOPENED = "reopened"
+    CONSENT_GIVEN = "consent_given"
+
+
+class Crm(StrEnum):
+    HUBSPOT = "hubspot"
+    SALESFORCE = "salesforce"
+
+
+# Stable one-byte codes for the binary event log in Redis. Append only: a code,
+# once used, keeps its meaning forever, or stored histories change type.
+TYPE_CODES: dict[EventType, int] = {t: i for i, t in enumerate(EventType, start=1)}
+TYPES_BY_CODE: dict[int, EventType] = {code: t for t, code in TYPE_CODES.items()}
+
+CHANNELS = ("email", "phone", "all")
+
+# What `data` may hold per type: field -> (kind, required).
+_STR, _BOOL, _NUMBER, _POS_INT, _TIME, _CHANNELS = "str", "bool", "number", "pos_int", "time", "channels"
+DATA_FIELDS: dict[EventType, dict[str, tuple[str, bool]]] = {
+    EventType.EMAIL_SENT: {"follow_up": (_BOOL, False)},
+    EventType.EMAIL_REPLIED: {},
+    EventType.EMAIL_BOUNCED: {"hard": (_BOOL, False)},
+    EventType.CALL_ATTEMPTED: {},
+    EventType.CALL_CONNECTED: {},
+    EventType.MEETING_BOOKED: {"meeting_id": (_STR, False)},
+    EventType.MEETING_HELD: {"meeting_id": (_STR, False)},
+    EventType.MEETING_NO_SHOW: {"meeting_id": (_STR, False)},
+    EventType.MEETING_RESCHEDULED: {"meeting_id": (_STR, False), "first_meeting": (_BOOL, False)},
+    EventType.NOT_INTERESTED: {"reason": (_STR, False)},
+    EventType.DECISION_NO: {"reason": (_STR, True)},
+    EventType.PROPOSAL_SENT: {"expires_at": (_TIME, True)},
+    EventType.TIME_LOGGED: {"minutes": (_POS_INT, True)},
+    EventType.DEAL_UPDATED: {"deal_id": (_STR, False), "amount": (_NUMBER, False), "stage": (_STR, False)},
+    EventType.LEAD_PROFILE: {
+        "source": (_STR, False),
+        "segment": (_STR, False),
+        "priority": (_STR, False),
+        "email": (_STR, False),
+    },
+    EventType.DO_NOT_CONTACT: {"channels": (_CHANNELS, False)},
+    EventType.ERASURE_REQUESTED: {},
+    EventType.REOPENED: {},
+    EventType.CONSENT_GIVEN: {},
+}
+
+_EVENT_KEYS = ("id", "type", "crm", "lead_id", "occurred_at", "data")
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One canonical event; `occurred_ms` is UTC epoch milliseconds."""
+
+    id: str
+    type: EventType
+    crm: Crm
+    lead_id: str
+    occurred_ms: int
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> list[Any]:
+        """Return the compact JSON-able form used inside queued jobs."""
+        return [self.id, self.type.value, self.crm.value, self.lead_id, self.occurred_ms, dict(self.data)]
+
+    @classmethod
+    def from_wire(cls, item: list[Any]) -> Event:
+        """Rebuild an event from `to_wire` output (already validated at ingest)."""
+        eid, etype, crm, lead_id, occurred_ms, data = item
+        return cls(eid, EventType(etype), Crm(crm), lead_id, int(occurred_ms), data)
+
+
+def parse_rfc3339_ms(value: object, where: str) -> int:
+    """Parse an RFC 3339 timestamp with offset into UTC epoch milliseconds."""
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise SchemaError(where, f"must be an RFC 3339 timestamp with offset, got {value!r:.60}")
+    try:
+        parsed = datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError:
+        raise SchemaError(where, f"is not a valid date-time, got {value!r:.60}") from None
+    return int(parsed.timestamp() * 1000)
+
+
+def format_ms(ms: int) -> str:
+    """Format epoch milliseconds as RFC 3339 UTC (`2026-11-20T10:00:00Z`)."""
+    stamp = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    if ms % 1000:
+        return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return stamp.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _check_text(value: object, where: str, max_length: int = MAX_TEXT_LENGTH) -> str:
+    if not isinstance(value, str):
+        raise SchemaError(where, f"must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise SchemaError(where, "must not be empty")
+    if len(value) > max_length:
+        raise SchemaError(where, f"must be at most {max_length} characters, got {len(value)}")
+    return value
+
+
+def _check_data_value(kind: str, value: object, where: str) -> object:
+    if kind == _STR:
+        return _check_text(value, where)
+    if kind == _BOOL:
+        if not isinstance(value, bool):
+            raise SchemaError(where, f"must be true or false, got {value!r:.60}")
+        return value
+    if kind == _NUMBER:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise SchemaError(where, f"must be a non-negative number, got {value!r:.60}")
+        return value
+    if kind == _POS_INT:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise SchemaError(where, f"must be an integer > 0, got {value!r:.60}")
+        return value
+    if kind == _TIME:
+        parse_rfc3339_ms(value, where)
+        return value
+    # _CHANNELS
+    if not isinstance(value, list) or not value:
+        raise SchemaError(where, f"must be a non-empty list of {list(CHANNELS)}, got {value!r:.60}")
+    for i, channel in enumerate(value):
+        if channel not in CHANNELS:
+            raise SchemaError(f"{where}[{i}]", f"must be one of {list(CHANNELS)}, got {channel!r:.60}")
+    return sorted(set(value))
+
+
+def parse_event(raw: object, where: str, now_ms: int) -> Event:
+    """Validate one decoded canonical event; raise `SchemaError` naming the bad field."""
+    if not isinstance(raw, dict):
+        raise SchemaError(where, f"must be an object, got {type(raw).__name__}")
+    for key in raw:
+        if key not in _EVENT_KEYS:
+            raise SchemaError(f"{where}.{key}", f"is not a field of a canonical event (allowed: {', '.join(_EVENT_KEYS)})")
+    for key in _EVENT_KEYS[:5]:
+        if key not in raw:
+            raise SchemaError(f"{where}.{key}", "is required")
+    event_id = _check_text(raw["id"], f"{where}.id", MAX_ID_LENGTH)
+    try:
+        etype = EventType(raw["type"])
+    except (ValueError, TypeError):
+        raise SchemaError(f"{where}.type", f"must be one of the canonical types, got {raw['type']!r:.60}") from None
+    try:
+        crm = Crm(raw["crm"])
+    except (ValueError, TypeError):
+        raise SchemaError(f"{where}.crm", f"must be one of {[c.value for c in Crm]}, got {raw['crm']!r:.60}") from None
+    lead_id = _check_text(raw["lead_id"], f"{where}.lead_id", MAX_ID_LENGTH)
+    occurred_ms = parse_rfc3339_ms(raw["occurred_at"], f"{where}.occurred_at")
+    if occurred_ms > now_ms + MAX_FUTURE_SKEW_MS:
+        raise SchemaError(f"{where}.occurred_at", f"is more than 24 hours in the future, got {raw['occurred_at']!r}")
+    data_in = raw.get("data", {})
+    if data_in is None:
+        data_in = {}
+    if not isinstance(data_in, dict):
+        raise SchemaError(f"{where}.data", f"must be an object, got {type(data_in).__name__}")
+    spec = DATA_FIELDS[etype]
+    data: dict[str, Any] = {}
+    for key, value in data_in.items():
+        if key not in spec:
+            allowed = ", ".join(spec) or "nothing"
+            raise SchemaError(f"{where}.data.{key}", f"is not a field of {etype.value} (allowed: {allowed})")
+        data[key] = _check_data_value(spec[key][0], value, f"{where}.data.{key}")
+    for key, (_, required) in spec.items():
+        if required and key not in data:
+            raise SchemaError(f"{where}.data.{key}", f"is required for {etype.value}")
+    return Event(event_id, etype, crm, lead_id, occurred_ms, data)
+
+
+def parse_batch(body: object, now_ms: int) -> list[Event]:
+    """Validate a decoded `{"events": [...]}` body; raise `SchemaError` naming the bad field."""
+    if not isinstance(body, dict):
+        raise SchemaError("body", f'must be a JSON object {{"events": [...]}}, got {type(body).__name__}')
+    extra = [key for key in body if key != "events"]
+    if extra:
+        raise SchemaError(extra[0], 'is not a field of the batch (allowed: "events")')
+    events = body.get("events")
+    if not isinstance(events, list):
+        raise SchemaError("events", f"must be a list of events, got {type(events).__name__}")
+    if not events:
+        raise SchemaError("events", "must hold at least one event")
+    if len(events) > MAX_EVENTS_PER_BATCH:
+        raise SchemaError("events", f"must hold at most {MAX_EVENTS_PER_BATCH} events, got {len(events)}")
+    return [parse_event(raw, f"events[{i}]", now_ms) for i, raw in enumerate(events)]

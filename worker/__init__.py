@@ -1,0 +1,1 @@
+"""Pruner's worker side: RQ jobs, the Redis lead store, CRM callbacks, scheduling, CLI."""

@@ -1,0 +1,120 @@
+"""One configuration object, read from the environment (CONTRACT.md "Environment").
+
+Tests pass a plain mapping to `Config.from_env`. Secrets are excluded from `repr`
+so a logged config never leaks them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from worker.errors import ConfigError
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be 1 or 0, got {raw!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _text(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything Pruner reads from its environment, validated."""
+
+    port: int = 5000
+    redis_url: str = DEFAULT_REDIS_URL
+    admin_token: str | None = field(default=None, repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
+    policy_path: str | None = None
+    dry_run: bool = False
+    suppression_key: str | None = field(default=None, repr=False)
+    hubspot_client_secret: str | None = field(default=None, repr=False)
+    hubspot_access_token: str | None = field(default=None, repr=False)
+    hubspot_api_base: str = "https://api.hubapi.com"
+    salesforce_org_id: str | None = None
+    salesforce_instance_url: str | None = None
+    salesforce_access_token: str | None = field(default=None, repr=False)
+    salesforce_api_version: str = "59.0"
+    queue_name: str = "pruner"
+    # Seconds a Redis call may take before the web answers 503: HubSpot gives up
+    # on a webhook after 5 s, so a hung Redis must fail well before that.
+    redis_timeout: float = 2.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """Build the config from `env` (default: `os.environ`); raise `ConfigError` on bad values."""
+        env = os.environ if env is None else env
+        redis_url = _text(env, "REDIS_URL") or DEFAULT_REDIS_URL
+        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url.split('@')[-1]!r}")
+        secret = _text(env, "PRUNER_WEBHOOK_SECRET")
+        if secret is not None:
+            _check_whsec(secret)
+        return cls(
+            port=_int(env, "PORT", 5000, 1, 65535),
+            redis_url=redis_url,
+            admin_token=_text(env, "PRUNER_ADMIN_TOKEN"),
+            webhook_secret=secret,
+            policy_path=_text(env, "PRUNER_POLICY"),
+            dry_run=_flag(env, "PRUNER_DRY_RUN", False),
+            suppression_key=_text(env, "PRUNER_SUPPRESSION_KEY"),
+            hubspot_client_secret=_text(env, "HUBSPOT_CLIENT_SECRET"),
+            hubspot_access_token=_text(env, "HUBSPOT_ACCESS_TOKEN"),
+            hubspot_api_base=(_text(env, "HUBSPOT_API_BASE") or "https://api.hubapi.com").rstrip("/"),
+            salesforce_org_id=_text(env, "SALESFORCE_ORG_ID"),
+            salesforce_instance_url=(_text(env, "SALESFORCE_INSTANCE_URL") or "").rstrip("/") or None,
+            salesforce_access_token=_text(env, "SALESFORCE_ACCESS_TOKEN"),
+            salesforce_api_version=_text(env, "SALESFORCE_API_VERSION") or "59.0",
+        )
+
+    def enabled(self) -> dict[str, bool]:
+        """Say which endpoints and integrations this configuration turns on."""
+        return {
+            "/webhooks/events": self.webhook_secret is not None,
+            "/webhooks/hubspot": self.hubspot_client_secret is not None,
+            "/webhooks/salesforce": self.salesforce_org_id is not None,
+            "admin routes (/leads, /dashboard)": self.admin_token is not None,
+            "hubspot callbacks": self.hubspot_access_token is not None,
+            "salesforce callbacks": bool(self.salesforce_instance_url and self.salesforce_access_token),
+            "erasure (suppression key)": self.suppression_key is not None,
+            "dry run": self.dry_run,
+        }
+
+
+def _check_whsec(secret: str) -> None:
+    from webhooks.signatures import decode_secret
+
+    try:
+        decode_secret(secret)
+    except ValueError as exc:
+        raise ConfigError(f"PRUNER_WEBHOOK_SECRET is not a usable Standard Webhooks secret: {exc}") from None
