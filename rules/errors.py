@@ -1,7 +1,7 @@
 """Errors raised by the pure core.
 
-    RulesError
-    └── SchemaError    an event or batch does not match the canonical schema
+RulesError
+└── SchemaError    an event or batch does not match the canonical schema
 """
 
 from __future__ import annotations

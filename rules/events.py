@@ -176,7 +176,8 @@ def parse_event(raw: object, where: str, now_ms: int) -> Event:
         raise SchemaError(where, f"must be an object, got {type(raw).__name__}")
     for key in raw:
         if key not in _EVENT_KEYS:
-            raise SchemaError(f"{where}.{key}", f"is not a field of a canonical event (allowed: {', '.join(_EVENT_KEYS)})")
+            allowed = ", ".join(_EVENT_KEYS)
+            raise SchemaError(f"{where}.{key}", f"is not a field of a canonical event (allowed: {allowed})")
     for key in _EVENT_KEYS[:5]:
         if key not in raw:
             raise SchemaError(f"{where}.{key}", "is required")

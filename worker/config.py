@@ -76,7 +76,8 @@ class Config:
         env = os.environ if env is None else env
         redis_url = _text(env, "REDIS_URL") or DEFAULT_REDIS_URL
         if not redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url.split('@')[-1]!r}")
+            shown = redis_url.split("@")[-1]  # never echo a password
+            raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {shown!r}")
         secret = _text(env, "PRUNER_WEBHOOK_SECRET")
         if secret is not None:
             _check_whsec(secret)

@@ -1,8 +1,8 @@
 """Errors raised by the worker shell.
 
-    PrunerError
-    ├── ConfigError      an environment variable has a value we cannot use
-    └── StoreError       the lead store could not complete a write
+PrunerError
+├── ConfigError      an environment variable has a value we cannot use
+└── StoreError       the lead store could not complete a write
 """
 
 from __future__ import annotations

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import fakeredis
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.helpers import ADMIN_TOKEN, SECRET
+from webhooks import create_app
+from worker.config import Config
+
+
+@pytest.fixture
+def fake_redis() -> Iterator[fakeredis.FakeRedis]:
+    conn = fakeredis.FakeRedis()
+    yield conn
+    conn.flushall()
+
+
+@pytest.fixture
+def config() -> Config:
+    return Config.from_env({"PRUNER_WEBHOOK_SECRET": SECRET, "PRUNER_ADMIN_TOKEN": ADMIN_TOKEN})
+
+
+@pytest.fixture
+def app(config: Config, fake_redis: fakeredis.FakeRedis) -> Flask:
+    return create_app(config, fake_redis)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()

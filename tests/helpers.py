@@ -1,0 +1,55 @@
+"""Builders shared by the tests: signed requests with timestamps computed at call time."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from webhooks.signatures import decode_secret, sign
+
+SECRET = "whsec_" + base64.b64encode(b"pruner-test-secret-32-bytes-long").decode()
+ADMIN_TOKEN = "test-admin-token"
+
+
+def iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def event(
+    etype: str = "email_sent",
+    lead_id: str = "lead-1",
+    crm: str = "hubspot",
+    at: datetime | None = None,
+    data: dict[str, Any] | None = None,
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    at = at or datetime.now(tz=UTC) - timedelta(hours=1)
+    return {
+        "id": event_id or f"evt-{uuid.uuid4().hex}",
+        "type": etype,
+        "crm": crm,
+        "lead_id": lead_id,
+        "occurred_at": iso(at),
+        "data": data or {},
+    }
+
+
+def signed_headers(
+    body: bytes, secret: str = SECRET, timestamp: int | None = None, msg_id: str | None = None
+) -> dict[str, str]:
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(decode_secret(secret), msg_id, timestamp, body),
+        "content-type": "application/json",
+    }
+
+
+def batch_body(events: list[dict[str, Any]]) -> bytes:
+    return json.dumps({"events": events}).encode()

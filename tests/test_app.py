@@ -1,0 +1,157 @@
+"""The web app with fakeredis: every bad input gets its status and a sentence, and nothing is queued."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import fakeredis
+import pytest
+from flask.testing import FlaskClient
+
+from tests.helpers import ADMIN_TOKEN, SECRET, batch_body, event, signed_headers
+from webhooks import create_app
+from worker.config import Config
+from worker.queues import make_queue
+
+
+def queued(conn: fakeredis.FakeRedis) -> int:
+    return make_queue(conn).count
+
+
+def post(client: FlaskClient, body: bytes, headers: dict[str, str] | None = None) -> Any:
+    return client.post("/webhooks/events", data=body, headers=signed_headers(body) if headers is None else headers)
+
+
+def test_signed_batch_is_queued_as_one_json_job(client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
+    body = batch_body([event(), event(lead_id="lead-2"), event("call_attempted")])
+    response = post(client, body)
+    assert response.status_code == 202
+    assert response.get_json() == {"accepted": 3}
+    queue = make_queue(fake_redis)
+    assert queue.count == 1
+    job = queue.jobs[0]
+    assert job.func_name == "worker.jobs.process_events"
+    assert len(job.args[0]) == 3
+    # The payload in Redis is JSON, not pickle: pickle would run code on load.
+    raw = fake_redis.hget(f"rq:job:{job.id}", "data")
+    assert raw is not None
+    assert b"process_events" in __import__("zlib").decompress(raw)
+
+
+@pytest.mark.parametrize(
+    ("events", "field"),
+    [
+        ([event("email_exploded")], "events[0].type must be one of the canonical types"),
+        ([event(), {k: v for k, v in event().items() if k != "lead_id"}], "events[1].lead_id is required"),
+        ([event("time_logged", data={"minutes": -5})], "events[0].data.minutes must be an integer > 0"),
+        ([event("decision_no")], "events[0].data.reason is required for decision_no"),
+        ([{**event(), "occurred_at": "last tuesday"}], "events[0].occurred_at must be an RFC 3339 timestamp"),
+        ([{**event(), "crm": "pipedrive"}], "events[0].crm must be one of"),
+        ([{**event(), "colour": "red"}], "events[0].colour is not a field of a canonical event"),
+        ([], "events must hold at least one event"),
+        ([event()] * 1001, "events must hold at most 1000 events, got 1001"),
+    ],
+    ids=[
+        "unknown-type",
+        "missing-field",
+        "bad-minutes",
+        "reason-required",
+        "bad-time",
+        "bad-crm",
+        "extra-key",
+        "empty",
+        "too-many",
+    ],
+)
+def test_schema_errors_name_the_field(
+    client: FlaskClient, fake_redis: fakeredis.FakeRedis, events: list[Any], field: str
+) -> None:
+    response = post(client, batch_body(events))
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "invalid_event"
+    assert field in response.get_json()["detail"]
+    assert queued(fake_redis) == 0
+
+
+def test_malformed_json(client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
+    response = post(client, b'{"events": [')
+    assert response.status_code == 400
+    assert "not valid JSON" in response.get_json()["detail"]
+    assert queued(fake_redis) == 0
+
+
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [
+        ({}, "missing header"),
+        ("tampered", "does not match"),
+        ("stale", "s old"),
+    ],
+)
+def test_signature_failures_are_401(
+    client: FlaskClient, fake_redis: fakeredis.FakeRedis, headers: Any, detail: str
+) -> None:
+    body = batch_body([event()])
+    if headers == "tampered":
+        headers = signed_headers(body)
+        body = body.replace(b"email_sent", b"call_attempted")
+    elif headers == "stale":
+        headers = signed_headers(body, timestamp=int(time.time()) - 600)
+    response = post(client, body, headers)
+    assert response.status_code == 401
+    assert detail in response.get_json()["detail"]
+    assert queued(fake_redis) == 0
+
+
+def test_oversized_body_is_413(client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
+    body = b"x" * (1024 * 1024 + 1)
+    response = post(client, body)
+    assert response.status_code == 413
+    assert "larger than" in response.get_json()["detail"]
+    assert queued(fake_redis) == 0
+
+
+def test_unconfigured_secret_is_503(fake_redis: fakeredis.FakeRedis) -> None:
+    client = create_app(Config.from_env({}), fake_redis).test_client()
+    response = post(client, batch_body([event()]))
+    assert response.status_code == 503
+    assert "PRUNER_WEBHOOK_SECRET" in response.get_json()["detail"]
+
+
+def test_redis_down_is_503_and_ready_fails(config: Config) -> None:
+    server = fakeredis.FakeServer()
+    server.connected = False  # every command now raises ConnectionError
+    dead = fakeredis.FakeRedis(server=server)
+    client = create_app(config, dead).test_client()
+    response = post(client, batch_body([event()]))
+    assert response.status_code == 503
+    assert "retry later" in response.get_json()["detail"]
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/healthz").status_code == 200
+
+
+def test_errors_are_json_everywhere(client: FlaskClient) -> None:
+    for response in (client.get("/nope"), client.get("/webhooks/events")):
+        body = response.get_json()
+        assert set(body) == {"error", "detail"}
+    assert client.get("/nope").status_code == 404
+    assert client.get("/webhooks/events").status_code == 405
+
+
+def test_leads_route_needs_the_admin_token(client: FlaskClient) -> None:
+    assert client.get("/leads/hubspot/x").status_code == 401
+    assert client.get("/leads/hubspot/x", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    ok = client.get("/leads/hubspot/x", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert ok.status_code == 404
+    assert ok.get_json()["error"] == "unknown_lead"
+
+
+def test_leads_route_off_without_token(fake_redis: fakeredis.FakeRedis) -> None:
+    client = create_app(Config.from_env({"PRUNER_WEBHOOK_SECRET": SECRET}), fake_redis).test_client()
+    response = client.get("/leads/hubspot/x", headers={"Authorization": "Bearer anything"})
+    assert response.status_code == 503
+    assert response.get_json() == {
+        "error": "not_configured",
+        "detail": "PRUNER_ADMIN_TOKEN is not set, so admin routes are off",
+    }

@@ -1,0 +1,58 @@
+"""Operator routes behind `PRUNER_ADMIN_TOKEN`: `GET /leads/<crm>/<lead_id>`."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from rules.counters import fold
+from rules.events import Crm, format_ms
+from webhooks.app import error, services
+
+bp = Blueprint("admin", __name__)
+
+
+def admin_only(view: Callable[..., ResponseReturnValue]) -> Callable[..., ResponseReturnValue]:
+    """Refuse the request unless it carries `Authorization: Bearer <PRUNER_ADMIN_TOKEN>`."""
+
+    @wraps(view)
+    def guarded(*args: Any, **kwargs: Any) -> ResponseReturnValue:
+        token = services(current_app._get_current_object()).config.admin_token  # type: ignore[attr-defined]
+        if token is None:
+            return error(503, "not_configured", "PRUNER_ADMIN_TOKEN is not set, so admin routes are off")
+        given = request.headers.get("Authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not value:
+            return error(401, "unauthorized", "send Authorization: Bearer <PRUNER_ADMIN_TOKEN>")
+        if not hmac.compare_digest(value.strip().encode(), token.encode()):
+            return error(401, "unauthorized", "the admin token is wrong")
+        return view(*args, **kwargs)
+
+    return guarded
+
+
+@bp.get("/leads/<crm>/<path:lead_id>")
+@admin_only
+def lead(crm: str, lead_id: str) -> ResponseReturnValue:
+    """Show one lead's state, counters and decisions."""
+    if crm not in {c.value for c in Crm}:
+        return error(404, "unknown_crm", f"crm must be one of {[c.value for c in Crm]}, got {crm!r:.40}")
+    history = services(current_app._get_current_object()).store.history(crm, lead_id)  # type: ignore[attr-defined]
+    if history is None:
+        return error(404, "unknown_lead", "no events have been received for this lead")
+    counters = fold(history)
+    return jsonify(
+        crm=crm,
+        lead_id=lead_id,
+        state="ACTIVE",
+        loss_reason=None,
+        counters=counters.public(),
+        decisions=[],
+        events=len(history),
+        last_event_at=format_ms(counters.last_event_ms) if counters.last_event_ms is not None else None,
+    )

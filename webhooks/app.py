@@ -1,0 +1,96 @@
+"""The Flask app factory: builds clients, registers routes, answers errors in JSON.
+
+Nothing connects at import time; `create_app` is what gunicorn calls
+(`gunicorn 'webhooks:create_app()'`). Tests pass a `Config` and a Redis client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+from flask import Flask, jsonify
+from flask.typing import ResponseReturnValue
+from rq import Queue
+from werkzeug.exceptions import HTTPException
+
+from webhooks.errors import QueueUnavailable
+from worker.config import Config
+from worker.queues import connect, make_queue
+from worker.store import LeadStore
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+@dataclass
+class Services:
+    """What the views need, built once per process and hung on `app.extensions`."""
+
+    config: Config
+    redis: redis.Redis
+    queue: Queue
+    store: LeadStore
+    clock: Callable[[], float]
+
+
+def services(app: Flask) -> Services:
+    svc: Services = app.extensions["pruner"]
+    return svc
+
+
+def error(status: int, code: str, detail: str) -> ResponseReturnValue:
+    """Return the JSON error body CONTRACT.md fixes: `{"error", "detail"}`."""
+    return jsonify(error=code, detail=detail), status
+
+
+def create_app(
+    config: Config | None = None,
+    connection: redis.Redis | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Flask:
+    """Build the web app from `config` (default: the environment)."""
+    config = config or Config.from_env()
+    connection = connection or connect(config.redis_url, timeout=config.redis_timeout)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["pruner"] = Services(
+        config, connection, make_queue(connection, config.queue_name), LeadStore(connection), clock
+    )
+
+    from webhooks import admin, events, health
+
+    app.register_blueprint(health.bp)
+    app.register_blueprint(events.bp)
+    app.register_blueprint(admin.bp)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> ResponseReturnValue:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        detail = {
+            413: f"the body is larger than the {MAX_BODY_BYTES} bytes allowed",
+            404: "no such route",
+            405: "this route does not accept that method",
+        }.get(exc.code or 500, exc.description or "request failed")
+        return error(exc.code or 500, code, detail)
+
+    @app.errorhandler(QueueUnavailable)
+    def queue_down(exc: QueueUnavailable) -> ResponseReturnValue:
+        return error(503, "queue_unavailable", str(exc))
+
+    @app.errorhandler(redis.RedisError)
+    def redis_down(exc: redis.RedisError) -> ResponseReturnValue:
+        log.warning("redis unavailable: %s", type(exc).__name__)
+        return error(503, "redis_unavailable", "Redis did not answer; nothing was stored, retry later")
+
+    @app.errorhandler(Exception)
+    def crash(exc: Exception) -> ResponseReturnValue:
+        log.exception("unhandled error")
+        return error(500, "internal_error", "the server failed; nothing was acknowledged, retry later")
+
+    return app

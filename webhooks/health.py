@@ -1,0 +1,23 @@
+"""Liveness and readiness for the platform."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify
+from flask.typing import ResponseReturnValue
+
+from webhooks.app import services
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> ResponseReturnValue:
+    """Answer 200 while the process lives."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> ResponseReturnValue:
+    """Answer 200 when Redis answers, 503 otherwise (via the RedisError handler)."""
+    services(current_app._get_current_object()).redis.ping()  # type: ignore[attr-defined]
+    return jsonify(status="ready")

@@ -1,0 +1,166 @@
+"""`pruner dev`: the whole system on one machine, stopped with one Ctrl-C."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from worker.queues import connect
+
+LOCAL_REDIS = "redis://localhost:6379/0"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(connect(url, timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def _wait_for(check: Any, what: str, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not come up within {seconds:.0f} s")
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _pick_redis(children: list[subprocess.Popen[bytes]]) -> tuple[str, Any]:
+    """Return a Redis URL to use, starting one when nothing answers; and a handle to stop it."""
+    if os.environ.get("REDIS_URL"):
+        return os.environ["REDIS_URL"], None
+    if _answers(LOCAL_REDIS):
+        print(f"pruner dev: using the Redis already answering at {LOCAL_REDIS}")
+        return LOCAL_REDIS, None
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    server = shutil.which("redis-server")
+    if server:
+        proc = subprocess.Popen(
+            [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        children.append(proc)
+        _wait_for(lambda: _answers(url), "redis-server")
+        print(f"pruner dev: started redis-server on {url} (nothing answered on localhost:6379)")
+        return url, None
+    from fakeredis import TcpFakeServer
+
+    fake = TcpFakeServer(("127.0.0.1", port))
+    threading.Thread(target=fake.serve_forever, daemon=True).start()
+    print(
+        f"pruner dev: no Redis found, started an embedded fakeredis on {url} — "
+        "for trying things out only, NOT for production (no persistence, one process)"
+    )
+    return url, fake
+
+
+def example(port: int, secret: str, admin_token: str) -> str:
+    """Return a copy-paste shell snippet that signs and sends one event, then reads the lead."""
+    key_hex = base64.b64decode(secret.removeprefix("whsec_")).hex()
+    at = datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = (
+        '{"events":[{"id":"evt-demo-1","type":"email_sent","crm":"hubspot","lead_id":"demo-1",'
+        f'"occurred_at":"{at}","data":{{}}}}]}}'
+    )
+    return f"""\
+BODY='{body}'
+ID=msg_$(date +%s%N); TS=$(date +%s)
+SIG=$(printf '%s' "$ID.$TS.$BODY" | openssl dgst -sha256 -mac HMAC -macopt hexkey:{key_hex} -binary | base64)
+curl -sS -X POST http://127.0.0.1:{port}/webhooks/events -H 'content-type: application/json' \\
+  -H "webhook-id: $ID" -H "webhook-timestamp: $TS" -H "webhook-signature: v1,$SIG" -d "$BODY"; echo
+sleep 1; curl -sS -H 'Authorization: Bearer {admin_token}' http://127.0.0.1:{port}/leads/hubspot/demo-1; echo"""
+
+
+def run_dev(port: int | None = None) -> int:
+    """Run web + worker + clock (+ Redis when needed) until Ctrl-C or a process dies."""
+    children: list[subprocess.Popen[bytes]] = []
+    fake = None
+    try:
+        redis_url, fake = _pick_redis(children)
+        port = port or int(os.environ.get("PORT", "5000"))
+        env = dict(os.environ, REDIS_URL=redis_url, PORT=str(port))
+        if not env.get("PRUNER_WEBHOOK_SECRET"):
+            env["PRUNER_WEBHOOK_SECRET"] = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+            print("pruner dev: generated PRUNER_WEBHOOK_SECRET for this session")
+        if not env.get("PRUNER_ADMIN_TOKEN"):
+            env["PRUNER_ADMIN_TOKEN"] = secrets.token_urlsafe(16)
+            print("pruner dev: generated PRUNER_ADMIN_TOKEN for this session")
+        py = sys.executable
+        commands = {
+            "web": [
+                py,
+                "-m",
+                "gunicorn",
+                "webhooks:create_app()",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "2",
+                "--access-logfile",
+                "-",
+            ],
+            "worker": [py, "-m", "worker.cli", "worker"],
+            "clock": [py, "-m", "worker.cli", "clock"],
+        }
+        procs = {name: subprocess.Popen(cmd, env=env) for name, cmd in commands.items()}
+        children.extend(procs.values())
+        _wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/readyz"), "the web process")
+        print(
+            f"\npruner dev: ready on http://127.0.0.1:{port}  (Redis: {redis_url})\n"
+            "Send a signed event and read the lead back — paste this into another shell:\n\n"
+            f"{example(port, env['PRUNER_WEBHOOK_SECRET'], env['PRUNER_ADMIN_TOKEN'])}\n\n"
+            "Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        while True:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    print(f"pruner dev: {name} exited with {proc.returncode}; stopping", file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\npruner dev: stopping")
+        return 0
+    except RuntimeError as exc:
+        print(f"pruner dev: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for proc in children:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in children:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if fake is not None:
+            fake.shutdown()

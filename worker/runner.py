@@ -1,0 +1,52 @@
+"""Long-running processes: the RQ worker and the clock (RQ's cron scheduler)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from rq.cron import CronJob, CronScheduler
+from rq.job import Job
+from rq.worker import SimpleWorker
+
+from worker import jobs
+from worker.config import Config
+from worker.queues import connect, make_queue
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_SECONDS = 60
+
+
+def run_worker(config: Config, burst: bool = False, connection: redis.Redis | None = None) -> bool:
+    """Run an RQ worker on Pruner's queue until stopped (SIGTERM: finish the job, then exit)."""
+    connection = connection or connect(config.redis_url)
+    queue = make_queue(connection, config.queue_name)
+    # SimpleWorker runs jobs in-process: forking per job costs ~15 ms, more than a
+    # whole 100-event batch takes to apply. RQ's warm shutdown still lets the
+    # current batch finish on SIGTERM, and an abandoned one is re-queued by Retry.
+    worker = SimpleWorker([queue], connection=connection, serializer=queue.serializer)
+    return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))
+
+
+class JsonCronJob(CronJob):
+    """A CronJob that enqueues with the JSON serializer (RQ's CronJob always uses pickle)."""
+
+    def enqueue(self, connection: redis.Redis) -> Job:
+        if not self.func:
+            raise ValueError("cron job has no function")
+        queue = make_queue(connection, self.queue_name)
+        job = queue.enqueue(self.func, args=self.args, kwargs=self.kwargs, **self.job_options)
+        log.info("clock enqueued %s", self.func_name)
+        return job
+
+
+def run_clock(config: Config, connection: redis.Redis | None = None) -> None:
+    """Enqueue the time-based sweep every minute with RQ's cron scheduler."""
+    connection = connection or connect(config.redis_url)
+    scheduler = CronScheduler(connection=connection)
+    options: dict[str, Any] = {"interval": SWEEP_INTERVAL_SECONDS, "job_timeout": 300, "result_ttl": 0}
+    cron_job = scheduler.register(jobs.sweep, config.queue_name, **options)
+    cron_job.__class__ = JsonCronJob  # same state, JSON enqueue; see JsonCronJob
+    scheduler.start()
