@@ -104,6 +104,8 @@ def run_dev(port: int | None = None) -> int:
     """Run web + worker + clock (+ Redis when needed) until Ctrl-C or a process dies."""
     children: list[subprocess.Popen[bytes]] = []
     fake = None
+    # A platform or `timeout` stops us with SIGTERM: clean up exactly as for Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         redis_url, fake = _pick_redis(children)
         port = port or int(os.environ.get("PORT", "5000"))

@@ -1,0 +1,106 @@
+"""Integration fixtures: the real Redis (DB 15, flushed), real gunicorn and RQ worker processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.helpers import ADMIN_TOKEN, SECRET
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer 200 within {seconds} s")
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PRUNER_", "REDIS_", "HUBSPOT_", "SALESFORCE_"))}
+    env.update(REDIS_URL=REDIS_URL, PRUNER_WEBHOOK_SECRET=SECRET, PRUNER_ADMIN_TOKEN=ADMIN_TOKEN)
+    env.update(extra)
+    return env
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def redis_db() -> Iterator[redis.Redis]:
+    conn = redis.Redis.from_url(REDIS_URL)
+    conn.flushdb()
+    yield conn
+    conn.flushdb()
+
+
+def start_web(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "gunicorn"), "webhooks:create_app()", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def web(redis_db: redis.Redis) -> Iterator[str]:
+    proc, url = start_web(base_env())
+    try:
+        wait_http(f"{url}/healthz")
+        yield url
+    finally:
+        stop(proc)
+
+
+def start_worker(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [str(BIN / "pruner"), "worker"],
+        cwd=ROOT,
+        env=env or base_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def worker(redis_db: redis.Redis) -> Iterator[subprocess.Popen[bytes]]:
+    proc = start_worker()
+    yield proc
+    stop(proc)

@@ -1,0 +1,159 @@
+"""End to end over real HTTP: gunicorn -> Redis -> RQ worker process -> /leads."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from tests.helpers import ADMIN_TOKEN, batch_body, event, signed_headers
+from tests.integration.conftest import base_env, start_web, start_worker, stop, wait_http
+from worker.queues import make_queue
+
+pytestmark = pytest.mark.integration
+T0 = datetime.now(tz=UTC) - timedelta(days=3)
+
+
+def send(url: str, events: list[dict[str, Any]]) -> requests.Response:
+    body = batch_body(events)
+    return requests.post(f"{url}/webhooks/events", data=body, headers=signed_headers(body), timeout=10)
+
+
+def lead(url: str, lead_id: str, crm: str = "hubspot") -> requests.Response:
+    return requests.get(f"{url}/leads/{crm}/{lead_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+
+
+def wait_until(check: Callable[[], bool], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"condition not met within {seconds} s")
+
+
+def drained(conn: redis.Redis) -> Callable[[], bool]:
+    queue = make_queue(conn)
+    return lambda: queue.count == 0 and queue.started_job_registry.count == 0
+
+
+def history() -> list[dict[str, Any]]:
+    kinds = [
+        "email_sent",
+        "email_sent",
+        "call_attempted",
+        "email_replied",
+        "email_sent",
+        "call_attempted",
+        "call_attempted",
+        "email_sent",
+    ]
+    return [event(k, lead_id="e2e-1", at=T0 + timedelta(hours=i), event_id=f"e2e-{i}") for i, k in enumerate(kinds)]
+
+
+def test_shuffled_duplicated_batches_count_once(
+    web: str, worker: subprocess.Popen[bytes], redis_db: redis.Redis
+) -> None:
+    events = history()
+    delivery = events + random.Random(7).sample(events, 5)
+    random.Random(3).shuffle(delivery)
+    for chunk in (delivery[:4], delivery[4:9], delivery[9:]):
+        response = send(web, chunk)
+        assert response.status_code == 202, response.text
+        assert response.json() == {"accepted": len(chunk)}
+    wait_until(lambda: lead(web, "e2e-1").status_code == 200 and lead(web, "e2e-1").json()["events"] == 8)
+    wait_until(drained(redis_db))
+    body = lead(web, "e2e-1").json()
+    assert body["state"] == "ACTIVE" and body["loss_reason"] is None and body["decisions"] == []
+    counters = body["counters"]
+    assert counters["outbound_touches"] == 7
+    assert counters["replies"] == 1
+    assert counters["follow_ups_since_reply"] == 4  # the four touches after the reply
+    assert counters["call_attempts"] == 3
+    # A full redelivery (the CRM retrying everything) changes nothing.
+    assert send(web, events).status_code == 202
+    wait_until(drained(redis_db))
+    assert lead(web, "e2e-1").json()["counters"] == counters
+    # Finished jobs leave no payload behind (result_ttl=0): lead ids do not linger in Redis.
+    wait_until(lambda: not list(redis_db.scan_iter("rq:job:*")), seconds=5)
+
+
+def test_two_workers_on_the_same_leads_lose_nothing(web: str, redis_db: redis.Redis) -> None:
+    workers = [start_worker(), start_worker()]
+    try:
+        sent = 0
+        for b in range(30):
+            batch = [
+                event("email_sent", lead_id=f"hot-{i % 3}", at=T0 + timedelta(seconds=b * 100 + i)) for i in range(30)
+            ]
+            assert send(web, batch).status_code == 202
+            sent += len(batch)
+        wait_until(drained(redis_db), seconds=60)
+        totals = [lead(web, f"hot-{i}").json()["counters"]["outbound_touches"] for i in range(3)]
+        assert totals == [300, 300, 300]
+        assert sum(totals) == sent
+    finally:
+        for proc in workers:
+            stop(proc)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "status", "detail"),
+    [
+        ("tampered", 401, "does not match"),
+        ("unsigned", 401, "missing header"),
+        ("stale", 401, "s old"),
+        ("oversized", 413, "larger than"),
+        ("malformed", 400, "not valid JSON"),
+        ("unknown-type", 400, "events[0].type must be one of the canonical types"),
+        ("missing-field", 400, "events[0].occurred_at is required"),
+    ],
+)
+def test_bad_input_over_http_is_refused_and_nothing_queued(
+    web: str, redis_db: redis.Redis, mutate: str, status: int, detail: str
+) -> None:
+    body = batch_body([event()])
+    headers = signed_headers(body)
+    if mutate == "tampered":
+        body = body.replace(b"hubspot", b"salesforce")
+    elif mutate == "unsigned":
+        headers = {"content-type": "application/json"}
+    elif mutate == "stale":
+        headers = signed_headers(body, timestamp=int(time.time()) - 3600)
+    elif mutate == "oversized":
+        body = b"{" + b" " * (1024 * 1024) + b"}"
+        headers = signed_headers(body)
+    elif mutate == "malformed":
+        body = b"{nope"
+        headers = signed_headers(body)
+    elif mutate == "unknown-type":
+        body = batch_body([event("smoke_signal")])
+        headers = signed_headers(body)
+    elif mutate == "missing-field":
+        body = batch_body([{k: v for k, v in event().items() if k != "occurred_at"}])
+        headers = signed_headers(body)
+    response = requests.post(f"{web}/webhooks/events", data=body, headers=headers, timeout=10)
+    assert response.status_code == status
+    assert detail in response.json()["detail"]
+    assert set(response.json()) == {"error", "detail"}
+    assert make_queue(redis_db).count == 0
+    assert not list(redis_db.scan_iter("rq:job:*"))
+
+
+def test_redis_down_means_503_not_202(redis_db: redis.Redis) -> None:
+    proc, url = start_web(base_env(REDIS_URL="redis://127.0.0.1:1/0"))
+    try:
+        wait_http(f"{url}/healthz")
+        assert requests.get(f"{url}/readyz", timeout=10).status_code == 503
+        response = send(url, [event()])
+        assert response.status_code == 503
+        assert "retry later" in response.json()["detail"]
+    finally:
+        stop(proc)
