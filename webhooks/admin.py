@@ -10,7 +10,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from rules.counters import fold
+from rules.counters import LoggedEvent, fold
 from rules.events import Crm, format_ms
 from webhooks.app import error, services
 
@@ -42,17 +42,26 @@ def lead(crm: str, lead_id: str) -> ResponseReturnValue:
     """Show one lead's state, counters and decisions."""
     if crm not in {c.value for c in Crm}:
         return error(404, "unknown_crm", f"crm must be one of {[c.value for c in Crm]}, got {crm!r:.40}")
-    history = services(current_app._get_current_object()).store.history(crm, lead_id)  # type: ignore[attr-defined]
+    store = services(current_app._get_current_object()).store  # type: ignore[attr-defined]
+    history = store.history(crm, lead_id)
     if history is None:
         return error(404, "unknown_lead", "no events have been received for this lead")
+    return jsonify(lead_document(crm, lead_id, history, store.state(crm, lead_id)))
+
+
+def lead_document(crm: str, lead_id: str, history: list[LoggedEvent], state: dict[str, Any] | None) -> dict[str, Any]:
+    """Build the CONTRACT.md `/leads` answer (also printed by `pruner explain --format json`)."""
     counters = fold(history)
-    return jsonify(
-        crm=crm,
-        lead_id=lead_id,
-        state="ACTIVE",
-        loss_reason=None,
-        counters=counters.public(),
-        decisions=[],
-        events=len(history),
-        last_event_at=format_ms(counters.last_event_ms) if counters.last_event_ms is not None else None,
-    )
+    state = state or {}
+    return {
+        "crm": crm,
+        "lead_id": lead_id,
+        "state": state.get("state", "ACTIVE"),
+        "loss_reason": state.get("loss_reason"),
+        "counters": counters.public(),
+        "decisions": state.get("decisions", []),
+        "next_due": state.get("next_due"),
+        "events": len(history),
+        "last_event_at": format_ms(counters.last_event_ms) if counters.last_event_ms is not None else None,
+        "profile": {"source": counters.source, "segment": counters.segment, "priority": counters.priority},
+    }

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 
-from rules.errors import SchemaError
-from rules.events import parse_rfc3339_ms
+from rules.errors import PolicyError, SchemaError
+from rules.events import format_ms, parse_rfc3339_ms
+from rules.policy import Policy
 from worker.config import Config
 from worker.errors import ConfigError
+from worker.policyfile import load_policy
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 3
 
@@ -23,26 +27,104 @@ def _config() -> Config:
         raise SystemExit(EXIT_CONFIG) from None
 
 
+def _policy(path: str | None) -> Policy:
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        print(f"pruner: policy {path or '(bundled default)'}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def _now_ms(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        return parse_rfc3339_ms(value, "--now")
+    except SchemaError as exc:
+        print(f"pruner: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = _config()
-    print(f"configuration OK ({config.redis_url.split('@')[-1]})")
-    for name, on in config.enabled().items():
-        print(f"  {'on ' if on else 'off'}  {name}")
+    policy = _policy(args.policy or config.policy_path)
+    print(f"configuration OK (redis {config.redis_url.split('@')[-1]})")
+    print(f"policy OK: {args.policy or config.policy_path or 'bundled default'}")
+    on = [rule for rule, enabled in policy.enabled.items() if enabled]
+    print(f"  rules on: {', '.join(on)}")
+    print(
+        f"  silence needs {policy.min_touches_for_silence} touches; holidays: {policy.holiday_country or 'none'}; "
+        f"re-engage after {policy.reengage_after_days} days"
+    )
+    for name, enabled in config.enabled().items():
+        print(f"  {'on ' if enabled else 'off'}  {name}")
     return EXIT_OK
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from worker.jobs import sweep
+    from worker.jobs import run_sweep
+    from worker.queues import connect
 
-    now_ms = None
-    if args.now:
-        try:
-            now_ms = parse_rfc3339_ms(args.now, "--now")
-        except SchemaError as exc:
-            print(f"pruner: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-    result = sweep(now_ms)
-    print(f"sweep done: {result['due']} due leads evaluated")
+    config = _config()
+    _policy(config.policy_path)
+    now_ms = _now_ms(args.now) or int(time.time() * 1000)
+    result = run_sweep(connect(config.redis_url, timeout=30), config, now_ms)
+    if result.get("skipped"):
+        print("sweep skipped: another sweep is running")
+        return EXIT_FAILED
+    print(
+        f"sweep done as of {format_ms(now_ms)}: {result['due']} due leads evaluated, "
+        f"{result['actions']} CRM actions recorded"
+    )
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from rules.counters import fold
+    from rules.explain import progress, sentence
+    from webhooks.admin import lead_document
+    from worker.queues import connect
+    from worker.store import LeadStore
+
+    config = _config()
+    store = LeadStore(connect(config.redis_url, timeout=10))
+    history = store.history(args.crm, args.lead_id)
+    if history is None:
+        print(f"pruner: no events have been received for {args.crm} lead {args.lead_id}", file=sys.stderr)
+        return EXIT_FAILED
+    doc = lead_document(args.crm, args.lead_id, history, store.state(args.crm, args.lead_id))
+    if args.format == "json":
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    reason = f" (loss reason: {doc['loss_reason']})" if doc["loss_reason"] else ""
+    print(f"{args.crm} lead {args.lead_id} is {doc['state']}{reason}; {doc['events']} events")
+    for decision in doc["decisions"]:
+        print(f"  {sentence(decision)}")
+    if not doc["decisions"]:
+        print("  no rule has fired yet")
+    if doc["state"] == "ACTIVE":
+        print("why not yet:")
+        for line in progress(fold(history), _policy(config.policy_path)):
+            print(f"  {line}")
+    if doc.get("next_due"):
+        print(f"next time-based check: {doc['next_due']}")
+    return EXIT_OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from worker.simulate import format_text, read_events, simulate
+
+    policy = _policy(args.policy)
+    try:
+        with open(args.events, encoding="utf-8") as stream:
+            report = simulate(read_events(stream), policy, _now_ms(args.now))
+    except OSError as exc:
+        print(f"pruner: cannot read {args.events}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    except SchemaError as exc:
+        print(f"pruner: {args.events}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(report.to_json(), indent=2) if args.format == "json" else format_text(report))
     return EXIT_OK
 
 
@@ -73,10 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="web port (default $PORT or 5000)")
     p.set_defaults(func=cmd_dev)
     p = sub.add_parser("check", help="validate configuration and policy, print what is enabled")
+    p.add_argument("--policy", help="policy file to check (default $PRUNER_POLICY or the bundled one)")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("sweep", help="run the time-based evaluation once")
     p.add_argument("--now", help="evaluate as if it were this RFC 3339 time")
     p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("explain", help="why a lead is in its state")
+    p.add_argument("crm", choices=["hubspot", "salesforce"])
+    p.add_argument("lead_id")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("simulate", help="dry-run the policy over a JSONL history of canonical events")
+    p.add_argument("events", help="JSONL file: one canonical event (or one batch) per line")
+    p.add_argument("--policy", help="policy file (default: the bundled one)")
+    p.add_argument("--now", help="evaluate as of this RFC 3339 time (default: the last event's)")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("worker", help="run an RQ worker on the pruner queue")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     p.set_defaults(func=cmd_worker)

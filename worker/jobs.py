@@ -3,35 +3,78 @@
 from __future__ import annotations
 
 import logging
+import time
+from functools import lru_cache
 from typing import Any
 
+import redis
 from rq import get_current_job
 
 from rules.events import Event
+from worker.config import Config
+from worker.decide import Decider
+from worker.policyfile import cached_policy
 from worker.store import LeadStore
 
 log = logging.getLogger(__name__)
 
+SWEEP_LOCK = "pruner:sweep:lock"
+SWEEP_CHUNK = 500
 
-def process_events(events: list[list[Any]], source: str = "events") -> dict[str, int]:
-    """Apply one queued batch of canonical events to the lead store."""
+
+@lru_cache(maxsize=1)
+def _config() -> Config:
+    return Config.from_env()
+
+
+def _connection() -> redis.Redis:
     job = get_current_job()
     if job is None:
-        raise RuntimeError("process_events must run inside an RQ job")
-    store = LeadStore(job.connection)
-    result = store.apply_batch(Event.from_wire(item) for item in events)
+        raise RuntimeError("this function must run inside an RQ job")
+    return job.connection
+
+
+def decider(config: Config, now_ms: int) -> Decider:
+    return Decider(cached_policy(config.policy_path), now_ms, dry_run=config.dry_run)
+
+
+def process_events(events: list[list[Any]], source: str = "events") -> dict[str, int]:
+    """Apply one queued batch of canonical events and decide what it changes."""
+    config = _config()
+    store = LeadStore(_connection())
+    result = store.apply_batch((Event.from_wire(item) for item in events), decider(config, int(time.time() * 1000)))
     log.info(
-        "batch applied source=%s events=%d leads=%d added=%d duplicates=%d",
-        source,
-        len(events),
-        len(result.leads),
-        result.added,
-        result.duplicates,
-    )
-    return {"events": len(events), "leads": len(result.leads), "added": result.added, "duplicates": result.duplicates}
+        "batch applied source=%s events=%d leads=%d added=%d duplicates=%d actions=%d",
+        source, len(events), len(result.leads), result.added, result.duplicates, len(result.actions),
+    )  # fmt: skip
+    return {"events": len(events), "added": result.added, "duplicates": result.duplicates}
+
+
+def run_sweep(connection: redis.Redis, config: Config, now_ms: int) -> dict[str, int]:
+    """Re-evaluate every lead whose next due time is at or before `now_ms`."""
+    store = LeadStore(connection)
+    # One sweep at a time: two would do the same work twice (correctly, thanks to WATCH).
+    if not connection.set(SWEEP_LOCK, str(now_ms), nx=True, px=10 * 60 * 1000):
+        log.info("sweep skipped: another sweep holds the lock")
+        return {"due": 0, "skipped": 1}
+    try:
+        decide = decider(config, now_ms)
+        evaluated = actions = 0
+        seen: set[tuple[str, str]] = set()
+        while True:
+            due = [lead for lead in store.due(now_ms, SWEEP_CHUNK) if lead not in seen]
+            if not due:
+                break
+            seen.update(due)
+            result = store.reevaluate(due, decide)
+            evaluated += len(due)
+            actions += len(result.actions)
+        log.info("sweep done due=%d actions=%d", evaluated, actions)
+        return {"due": evaluated, "actions": actions}
+    finally:
+        connection.delete(SWEEP_LOCK)
 
 
 def sweep(now_ms: int | None = None) -> dict[str, int]:
-    """Evaluate time-based rules for leads that are due (rules land in issue 3)."""
-    log.info("sweep ran now_ms=%s due=0", now_ms)
-    return {"due": 0}
+    """RQ job: run the time-based sweep (the clock enqueues it every minute)."""
+    return run_sweep(_connection(), _config(), now_ms if now_ms is not None else int(time.time() * 1000))

@@ -1,18 +1,26 @@
-"""The Redis lead store: one packed event log per lead, written atomically.
+"""The Redis lead store: a packed event log and a small state record per lead.
+
+Keys (all prefixed `pruner:`):
+
+    lead:{crm}:{lead_id}    the lead's event log (worker/eventlog.py), ~20 B per event
+    state:{crm}:{lead_id}   JSON: state, loss reason, decisions, acted decision keys, as-of time
+                            (absent while a lead is ACTIVE with no decisions: most leads)
+    due                     sorted set {crm}:{lead_id} -> next time a time-based rule may fire
+    actions                 list of JSON CRM actions (the outbox the CRM adapters drain)
 
 A batch is applied in three round trips whatever its size: WATCH the touched
-leads, MGET their logs, then MULTI/SET/EXEC the logs that gained events. When
-another worker changed one of those leads in between, EXEC fails and the batch is
-re-read and re-applied — nothing is lost and nothing counted twice. Counters are
-folded from the log (`rules.counters.fold`), never incremented in place, so they
-are the same whatever order events arrived in.
+leads' keys, MGET them, then MULTI/SET/ZADD/RPUSH/EXEC. When another worker (or
+the sweep) changed one of those leads in between, EXEC fails and the batch is
+re-read and re-decided — nothing is lost, nothing counted or acted on twice.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -24,7 +32,11 @@ from worker.errors import StoreError
 log = logging.getLogger(__name__)
 
 PREFIX = "pruner:lead:"
+STATE_PREFIX = "pruner:state:"
+DUE_KEY = "pruner:due"
+ACTIONS_KEY = "pruner:actions"
 MAX_ATTEMPTS = 50
+Lead = tuple[str, str]
 
 
 def lead_key(crm: str, lead_id: str) -> str:
@@ -32,15 +44,53 @@ def lead_key(crm: str, lead_id: str) -> str:
     return f"{PREFIX}{crm}:{lead_id}"
 
 
+def state_key(crm: str, lead_id: str) -> str:
+    return f"{STATE_PREFIX}{crm}:{lead_id}"
+
+
+def due_member(crm: str, lead_id: str) -> str:
+    return f"{crm}:{lead_id}"
+
+
+def parse_due_member(member: bytes | str) -> Lead:
+    text = member.decode() if isinstance(member, bytes) else member
+    crm, _, lead_id = text.partition(":")
+    return crm, lead_id
+
+
+@dataclass(frozen=True)
+class LeadView:
+    """What a decider sees of one lead inside the transaction."""
+
+    crm: str
+    lead_id: str
+    history: list[LoggedEvent]
+    state: dict[str, Any] | None
+    added: int
+
+
+@dataclass
+class Outcome:
+    """What a decider wants persisted for one lead."""
+
+    state: dict[str, Any] | None = None  # None: no state record (plain ACTIVE lead)
+    due_ms: int | None = None
+    actions: list[dict[str, Any]] = field(default_factory=list)
+
+
+Decider = Callable[[LeadView], Outcome]
+
+
 @dataclass(frozen=True)
 class LeadUpdate:
-    """What one batch did to one lead: its whole history after the batch."""
+    """What one batch did to one lead."""
 
     crm: str
     lead_id: str
     history: list[LoggedEvent]
     added: int
     duplicates: int
+    outcome: Outcome | None
 
 
 @dataclass(frozen=True)
@@ -55,51 +105,100 @@ class BatchResult:
     def duplicates(self) -> int:
         return sum(u.duplicates for u in self.leads)
 
+    @property
+    def actions(self) -> list[dict[str, Any]]:
+        return [a for u in self.leads if u.outcome for a in u.outcome.actions]
+
 
 class LeadStore:
-    """Per-lead event histories in Redis (connection passed in)."""
+    """Per-lead event logs and states in Redis (connection passed in)."""
 
     def __init__(self, connection: redis.Redis) -> None:
         self.redis = connection
 
-    def apply_batch(self, events: Iterable[Event]) -> BatchResult:
-        """Add a batch of events to their leads' logs, once each, atomically per batch."""
-        by_lead: dict[tuple[str, str], dict[bytes, LoggedEvent]] = {}
-        received: dict[tuple[str, str], int] = {}
+    def apply_batch(self, events: Iterable[Event], decide: Decider | None = None) -> BatchResult:
+        """Add events to their leads' logs, once each, and persist `decide`'s outcome, atomically."""
+        fresh: dict[Lead, dict[bytes, LoggedEvent]] = {}
+        received: dict[Lead, int] = {}
         for event in events:
             lead = (event.crm.value, event.lead_id)
             logged = eventlog.to_logged(event)
-            by_lead.setdefault(lead, {}).setdefault(logged.key, logged)
+            fresh.setdefault(lead, {}).setdefault(logged.key, logged)
             received[lead] = received.get(lead, 0) + 1
-        leads = list(by_lead)
-        keys = [lead_key(crm, lead_id) for crm, lead_id in leads]
-        if not keys:
+        return self._transact(fresh, received, decide)
+
+    def reevaluate(self, leads: Iterable[Lead], decide: Decider) -> BatchResult:
+        """Re-decide leads without new events (the time-based sweep)."""
+        return self._transact({lead: {} for lead in leads}, {}, decide)
+
+    def _transact(
+        self, fresh: dict[Lead, dict[bytes, LoggedEvent]], received: dict[Lead, int], decide: Decider | None
+    ) -> BatchResult:
+        leads = list(fresh)
+        if not leads:
             return BatchResult([])
+        log_keys = [lead_key(*lead) for lead in leads]
+        keys = log_keys + ([state_key(*lead) for lead in leads] if decide else [])
         for _attempt in range(MAX_ATTEMPTS):
             with self.redis.pipeline(transaction=True) as pipe:
                 try:
                     pipe.watch(*keys)
-                    blobs: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
-                    writes: dict[str, bytes] = {}
+                    values: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
+                    blobs, states = values[: len(leads)], values[len(leads) :]
                     updates = []
-                    for (crm, lead_id), key, blob in zip(leads, keys, blobs, strict=True):
-                        present = eventlog.keys(blob)
-                        fresh = [ev for k, ev in by_lead[(crm, lead_id)].items() if k not in present]
-                        dups = received[(crm, lead_id)] - len(fresh)
-                        if fresh:
-                            writes[key] = eventlog.append(blob, fresh)
-                        history = eventlog.decode(writes.get(key, blob))
-                        updates.append(LeadUpdate(crm, lead_id, history, len(fresh), dups))
                     pipe.multi()
-                    if writes:
-                        pipe.mset(writes)
+                    for i, (lead, key, blob) in enumerate(zip(leads, log_keys, blobs, strict=True)):
+                        present = eventlog.keys(blob)
+                        new = [ev for k, ev in fresh[lead].items() if k not in present]
+                        if new:
+                            blob = eventlog.append(blob, new)
+                            pipe.set(key, blob)
+                        history = eventlog.decode(blob)
+                        outcome = None
+                        raw_state = states[i] if decide is not None else None
+                        if decide is not None and (history or raw_state is not None):
+                            prev = json.loads(raw_state) if raw_state else None
+                            outcome = decide(LeadView(lead[0], lead[1], history, prev, len(new)))
+                            self._queue_outcome(pipe, lead, outcome)
+                        dups = received.get(lead, 0) - len(new)
+                        updates.append(LeadUpdate(lead[0], lead[1], history, len(new), dups, outcome))
                     pipe.execute()
                 except redis.WatchError:
                     continue
             return BatchResult(updates)
-        raise StoreError(f"gave up after {MAX_ATTEMPTS} write conflicts on {len(keys)} leads")
+        raise StoreError(f"gave up after {MAX_ATTEMPTS} write conflicts on {len(leads)} leads")
+
+    @staticmethod
+    def _queue_outcome(pipe: Any, lead: Lead, outcome: Outcome) -> None:
+        skey = state_key(*lead)
+        if outcome.state is None:
+            pipe.delete(skey)
+        else:
+            pipe.set(skey, json.dumps(outcome.state, separators=(",", ":")))
+        member = due_member(*lead)
+        if outcome.due_ms is None:
+            pipe.zrem(DUE_KEY, member)
+        else:
+            pipe.zadd(DUE_KEY, {member: outcome.due_ms})
+        if outcome.actions:
+            pipe.rpush(ACTIONS_KEY, *(json.dumps(a, separators=(",", ":")) for a in outcome.actions))
 
     def history(self, crm: str, lead_id: str) -> list[LoggedEvent] | None:
         """Return a lead's event log, or None when the lead is unknown."""
         blob = self.redis.get(lead_key(crm, lead_id))
         return None if blob is None else eventlog.decode(blob)  # type: ignore[arg-type]
+
+    def state(self, crm: str, lead_id: str) -> dict[str, Any] | None:
+        """Return a lead's stored state record (None: ACTIVE without decisions, or unknown)."""
+        raw = self.redis.get(state_key(crm, lead_id))
+        return None if raw is None else json.loads(raw)
+
+    def due(self, now_ms: int, limit: int) -> list[Lead]:
+        """Return up to `limit` leads whose next due time is at or before `now_ms`."""
+        members: list[bytes] = self.redis.zrangebyscore(DUE_KEY, "-inf", now_ms, start=0, num=limit)  # type: ignore[assignment]
+        return [parse_due_member(m) for m in members]
+
+    def actions(self, start: int = 0, end: int = -1) -> list[dict[str, Any]]:
+        """Return recorded CRM actions (the outbox), oldest first."""
+        raw: list[bytes] = self.redis.lrange(ACTIONS_KEY, start, end)  # type: ignore[assignment]
+        return [json.loads(a) for a in raw]

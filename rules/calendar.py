@@ -1,0 +1,68 @@
+"""Quiet days and business days (RULES.md guardrail 2), in UTC.
+
+A quiet day is a public holiday of the policy's country (the `holidays` package)
+or a day inside one of the policy's quiet periods (default Dec 24 - Jan 1).
+Silence is not counted on quiet days; grace periods count business days
+(Monday-Friday, not quiet).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from functools import lru_cache
+
+from rules.policy import Policy
+
+DAY_MS = 86_400_000
+
+
+class Calendar:
+    """Answers "is this day quiet / a business day" for one policy, with caching."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._periods = policy.quiet_periods
+        self._holidays = None
+        if policy.holiday_country:
+            import holidays
+
+            self._holidays = holidays.country_holidays(policy.holiday_country)
+        self.is_quiet_day = lru_cache(maxsize=4096)(self._is_quiet_day)
+
+    def _is_quiet_day(self, ordinal: int) -> bool:
+        day = date.fromordinal(ordinal)
+        if any(p.contains(day.month, day.day) for p in self._periods):
+            return True
+        return self._holidays is not None and day in self._holidays
+
+    def quiet_at(self, ms: int) -> bool:
+        """Say whether the instant `ms` falls on a quiet day."""
+        return self.is_quiet_day(ordinal_of(ms))
+
+    def is_business_day(self, ordinal: int) -> bool:
+        return date.fromordinal(ordinal).weekday() < 5 and not self.is_quiet_day(ordinal)
+
+    def add_business_days(self, start_ms: int, days: int) -> int:
+        """Return the instant `days` business days after `start_ms` (same time of day)."""
+        ordinal, count = ordinal_of(start_ms), 0
+        while count < days:
+            ordinal += 1
+            count += self.is_business_day(ordinal)
+        return start_ms + (ordinal - ordinal_of(start_ms)) * DAY_MS
+
+    def add_loud_days(self, start_ms: int, days: int) -> int:
+        """Return the instant `days` non-quiet days after `start_ms` (same time of day)."""
+        ordinal, count = ordinal_of(start_ms), 0
+        while count < days:
+            ordinal += 1
+            count += not self.is_quiet_day(ordinal)
+        return start_ms + (ordinal - ordinal_of(start_ms)) * DAY_MS
+
+
+def ordinal_of(ms: int) -> int:
+    """Return the proleptic Gregorian ordinal of the UTC day containing `ms`."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).date().toordinal()
+
+
+def week_index(ms: int) -> int:
+    """Return a number that grows by one per ISO week (weeks start on Monday)."""
+    return (ordinal_of(ms) - 1) // 7  # ordinal 1 (0001-01-01) is a Monday

@@ -1,0 +1,69 @@
+"""Decisions as sentences: why a lead is where it is, and how close it is to the next rule."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rules.counters import LeadCounters
+from rules.policy import Policy
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def sentence(decision: Mapping[str, Any]) -> str:
+    """Say one stored decision (`Decision.to_json()` form) as a sentence."""
+    rule, to, at = decision["rule"], decision["to"], decision["at"]
+    i = {k: _fmt(v) for k, v in decision.get("inputs", {}).items()}
+    reason = decision.get("reason")
+    text = {
+        "repeated_no": f"the lead said not interested {i.get('not_interested')} times (threshold {i.get('threshold')})",
+        "decisive_no": f"a decision maker said no, giving a reason of category {i.get('category')!s}",
+        "pushed_back": f"follow-up meetings were rescheduled {i.get('follow_up_reschedules')} times "
+        f"(threshold {i.get('threshold')})",
+        "unresponsive": f"{i.get('follow_ups_since_reply')} follow-ups since the last reply went unanswered "
+        f"(threshold {i.get('threshold')}; {i.get('outbound_touches')} touches in all)",
+        "effort_exceeds_value": f"{i.get('minutes_invested')} minutes were invested, "
+        f"more than {i.get('threshold_minutes')} "
+        f"({i.get('factor')} x {i.get('typical_minutes')} typical minutes for a deal of {i.get('deal_amount')})",
+        "proposal_expired": f"the proposal expired at {i.get('expired_at')} and {i.get('days_threshold')} days passed "
+        "with no call returned",
+        "call_cadence_exhausted": f"{i.get('weeks_at_cadence')} consecutive weeks had at least "
+        f"{i.get('min_attempts_per_week')} call attempts with no response (threshold {i.get('weeks_threshold')} weeks)",
+        "breakup_grace": f"no reply came in {i.get('business_days')} business days after the break-up was due "
+        f"(since {i.get('breakup_since')})",
+        "reengage": f"the lead has been LOST since {i.get('lost_since')}, {i.get('after_days')} days: time to check in",
+        "reply_resets": f"the lead showed signs of life ({i.get('event')})",
+        "do_not_contact": f"the lead asked not to be contacted (channels: {i.get('channels')})",
+        "erasure_requested": "the lead asked for erasure",
+        "consent_given": "the lead gave explicit consent again",
+    }.get(rule, f"rule {rule} fired")
+    why = f" (loss reason: {reason})" if reason and to in ("LOST", "BREAKUP_DUE", "REENGAGE_DUE") else ""
+    return f"{at}: {to} because {text}{why}"
+
+
+def progress(counters: LeadCounters, policy: Policy) -> list[str]:
+    """Say how far an ACTIVE lead is from each count-based rule ("why not yet")."""
+    tier = policy.tier(counters.deal_amount)
+    lines = []
+    touches_needed = policy.min_touches_for_silence
+    if policy.enabled.get("unresponsive"):
+        need = round(policy.param("unresponsive", "min_follow_ups") * tier.multiplier)
+        lines.append(
+            f"unresponsive: {counters.follow_ups_since_reply} of {need} follow-ups since the last reply, "
+            f"{counters.outbound_touches} of {touches_needed} touches needed before silence counts"
+        )
+    if policy.enabled.get("repeated_no"):
+        need = int(policy.param("repeated_no", "min_not_interested"))
+        lines.append(f"repeated_no: said not interested {counters.not_interested} of {need} times")
+    if policy.enabled.get("pushed_back"):
+        need = int(policy.param("pushed_back", "min_follow_up_reschedules"))
+        lines.append(f"pushed_back: {counters.follow_up_reschedules} of {need} follow-up meeting reschedules")
+    if policy.enabled.get("effort_exceeds_value"):
+        limit = policy.param("effort_exceeds_value", "factor") * tier.typical_minutes
+        lines.append(f"effort_exceeds_value: {counters.minutes_invested} of {_fmt(limit)} minutes")
+    return lines

@@ -1,0 +1,390 @@
+"""The lead lifecycle: replay a lead's event set through the policy up to `now`.
+
+`evaluate` is a pure function of (event set, policy, now). It sorts the events
+into their one canonical order and walks time forward: each event updates the
+counters and may fire event-driven rules at its own time; between events,
+time-based rules (proposal expiry, break-up grace, re-engage) fire at their due
+times. So the same events in any delivery order, with any duplicates, give the
+same state and the same decisions — and a late event is placed where it
+happened, not where it arrived.
+
+Rules fire once per *episode*: an episode starts when the lead is first seen and
+again each time it returns to ACTIVE (a reply, a manual reopen, a re-consent).
+Counts that rules compare ("not interested" twice, two follow-up reschedules,
+minutes invested) are counted within the episode, so a lead that came back to
+life is not struck down again at once by what happened before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from rules.calendar import DAY_MS, Calendar, week_index
+from rules.counters import RESPONSES, TOUCHES, LeadCounters, LoggedEvent, sort_events
+from rules.events import EventType, format_ms
+from rules.policy import Policy
+
+
+class State(StrEnum):
+    ACTIVE = "ACTIVE"
+    BREAKUP_DUE = "BREAKUP_DUE"
+    LOST = "LOST"
+    REENGAGE_DUE = "REENGAGE_DUE"
+    SUPPRESSED = "SUPPRESSED"
+
+
+class ActionKind(StrEnum):
+    """What a transition asks of the CRM."""
+
+    MARK_LOST = "mark_lost"
+    BREAKUP_TASK = "breakup_task"
+    REENGAGE_TASK = "reengage_task"
+    SUPPRESS = "suppress"
+
+
+ACTION_FOR_STATE = {
+    State.BREAKUP_DUE: ActionKind.BREAKUP_TASK,
+    State.LOST: ActionKind.MARK_LOST,
+    State.REENGAGE_DUE: ActionKind.REENGAGE_TASK,
+    State.SUPPRESSED: ActionKind.SUPPRESS,
+}
+# Actions that contact the person: never issued for a suppressed lead (guardrail 4).
+CONTACT_ACTIONS = frozenset({ActionKind.BREAKUP_TASK, ActionKind.REENGAGE_TASK})
+SILENCE_RULES = frozenset({"unresponsive", "call_cadence_exhausted", "proposal_expired", "breakup_grace"})
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One transition, with what the rule compared — enough to explain it later."""
+
+    rule: str
+    source: State
+    to: State
+    reason: str | None
+    at_ms: int
+    inputs: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        """Identity of this decision across re-evaluations (dedups its action)."""
+        return f"{self.rule}:{self.to.value}:{self.at_ms}"
+
+    @property
+    def action(self) -> ActionKind | None:
+        return ACTION_FOR_STATE.get(self.to)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "from": self.source.value,
+            "to": self.to.value,
+            "reason": self.reason,
+            "at": format_ms(self.at_ms),
+            "inputs": self.inputs,
+        }
+
+
+@dataclass
+class Evaluation:
+    """Where a lead stands as of `as_of_ms`."""
+
+    state: State
+    loss_reason: str | None
+    decisions: list[Decision]
+    counters: LeadCounters
+    next_due_ms: int | None
+    as_of_ms: int
+
+
+@dataclass
+class _Episode:
+    """Counts since the lead last (re)entered ACTIVE."""
+
+    start_ms: int
+    not_interested: int = 0
+    decision_no: int = 0
+    follow_up_reschedules: int = 0
+    minutes: int = 0
+
+
+@dataclass
+class _Replay:
+    policy: Policy
+    calendar: Calendar
+    state: State = State.ACTIVE
+    reason: str | None = None
+    entered_ms: int = 0
+    counters: LeadCounters = field(default_factory=LeadCounters)
+    episode: _Episode = field(default_factory=lambda: _Episode(0))
+    decisions: list[Decision] = field(default_factory=list)
+    # Silence, as the silence rules see it: follow-ups on quiet days do not count.
+    silent_follow_ups: int = 0
+    # ISO week index -> call attempts, since the last response.
+    weekly_calls: dict[int, int] = field(default_factory=dict)
+    last_response_ms: int | None = None
+    proposal_fired_for: int | None = None
+
+    # -- transitions ---------------------------------------------------------------
+
+    def move(self, rule: str, to: State, reason: str | None, at: int, inputs: dict[str, Any]) -> None:
+        self.decisions.append(Decision(rule, self.state, to, reason, at, inputs))
+        self.state, self.reason, self.entered_ms = to, reason, at
+        if to is State.ACTIVE:
+            self.episode = _Episode(at)
+
+    # -- the policy ------------------------------------------------------------------
+
+    def enabled(self, rule: str) -> bool:
+        return self.policy.enabled.get(rule, False)
+
+    def silence_allowed(self) -> bool:
+        return self.counters.outbound_touches >= self.policy.min_touches_for_silence
+
+    def multiplier(self) -> float:
+        return self.policy.tier(self.counters.deal_amount).multiplier
+
+    def proposal_due(self) -> int | None:
+        c = self.counters
+        if c.proposal_expires_ms is None or self.proposal_fired_for == c.proposal_expires_ms:
+            return None
+        if self.last_response_ms is not None and self.last_response_ms >= c.proposal_expires_ms:
+            return None  # the lead answered after expiry: "no call returned" does not hold
+        days = round(self.policy.param("proposal_expired", "days_after_expiry") * self.multiplier())
+        return self.calendar.add_loud_days(c.proposal_expires_ms, days)
+
+    def grace_due(self) -> int:
+        days = int(self.policy.param("breakup_grace", "business_days"))
+        return self.calendar.add_business_days(self.entered_ms, days)
+
+    def next_timer(self) -> int | None:
+        """The next instant at which a time-based rule could fire, given the state now."""
+        due: list[int] = []
+        if self.state in (State.ACTIVE, State.BREAKUP_DUE) and self.enabled("proposal_expired"):
+            if self.silence_allowed() and (p := self.proposal_due()) is not None:
+                due.append(p)
+        if self.state is State.BREAKUP_DUE and self.enabled("breakup_grace") and self.silence_allowed():
+            due.append(self.grace_due())
+        if self.state is State.LOST:
+            due.append(self.entered_ms + self.policy.reengage_after_days * DAY_MS)
+        return min(due) if due else None
+
+    def check(self, at: int) -> None:
+        """Fire whatever rules hold at instant `at`, LOST rules before BREAKUP_DUE ones."""
+        for _ in range(4):  # a chain (e.g. ACTIVE -> LOST) settles in a few steps
+            if not self._check_once(at):
+                return
+
+    def _check_once(self, at: int) -> bool:
+        state, c, ep, p = self.state, self.counters, self.episode, self.policy
+        if state in (State.ACTIVE, State.BREAKUP_DUE):
+            if self.enabled("repeated_no"):
+                need = int(p.param("repeated_no", "min_not_interested"))
+                if ep.not_interested >= need:
+                    self.move(
+                        "repeated_no",
+                        State.LOST,
+                        "not_interested",
+                        at,
+                        {"not_interested": ep.not_interested, "threshold": need},
+                    )
+                    return True
+            if self.enabled("decisive_no") and ep.decision_no and c.decision_no_reason:
+                category = p.loss_category(c.decision_no_reason)
+                self.move(
+                    "decisive_no", State.LOST, category, at, {"decision_no": ep.decision_no, "category": category}
+                )
+                return True
+            if self.enabled("call_cadence_exhausted") and self.silence_allowed():
+                need = int(p.param("call_cadence_exhausted", "min_attempts_per_week"))
+                weeks = round(p.param("call_cadence_exhausted", "weeks") * self.multiplier())
+                current = week_index(at)
+                streak = 0
+                while self.weekly_calls.get(current - streak, 0) >= need:
+                    streak += 1
+                if streak >= weeks:
+                    self.move(
+                        "call_cadence_exhausted",
+                        State.LOST,
+                        "no_response",
+                        at,
+                        {
+                            "weeks_at_cadence": streak,
+                            "min_attempts_per_week": need,
+                            "weeks_threshold": weeks,
+                            "outbound_touches": c.outbound_touches,
+                        },
+                    )
+                    return True
+            if self.enabled("proposal_expired") and self.silence_allowed():
+                due = self.proposal_due()
+                if due is not None and due <= at:
+                    self.proposal_fired_for = c.proposal_expires_ms
+                    days = round(p.param("proposal_expired", "days_after_expiry") * self.multiplier())
+                    self.move(
+                        "proposal_expired",
+                        State.LOST,
+                        "proposal_expired",
+                        at,
+                        {
+                            "expired_at": format_ms(c.proposal_expires_ms or 0),
+                            "days_threshold": days,
+                            "outbound_touches": c.outbound_touches,
+                        },
+                    )
+                    return True
+        if state is State.BREAKUP_DUE and self.enabled("breakup_grace") and self.silence_allowed():
+            due = self.grace_due()
+            if due <= at:
+                self.move(
+                    "breakup_grace",
+                    State.LOST,
+                    self.reason,
+                    at,
+                    {
+                        "breakup_since": format_ms(self.entered_ms),
+                        "business_days": int(p.param("breakup_grace", "business_days")),
+                        "outbound_touches": c.outbound_touches,
+                    },
+                )
+                return True
+        if state is State.ACTIVE:
+            if self.enabled("pushed_back"):
+                need = int(p.param("pushed_back", "min_follow_up_reschedules"))
+                if ep.follow_up_reschedules >= need:
+                    self.move(
+                        "pushed_back",
+                        State.BREAKUP_DUE,
+                        "deprioritized",
+                        at,
+                        {"follow_up_reschedules": ep.follow_up_reschedules, "threshold": need},
+                    )
+                    return True
+            if self.enabled("unresponsive") and self.silence_allowed():
+                need = round(p.param("unresponsive", "min_follow_ups") * self.multiplier())
+                if self.silent_follow_ups >= need:
+                    self.move(
+                        "unresponsive",
+                        State.BREAKUP_DUE,
+                        "no_response",
+                        at,
+                        {
+                            "follow_ups_since_reply": self.silent_follow_ups,
+                            "threshold": need,
+                            "outbound_touches": c.outbound_touches,
+                        },
+                    )
+                    return True
+            if self.enabled("effort_exceeds_value"):
+                tier = p.tier(c.deal_amount)
+                factor = p.param("effort_exceeds_value", "factor")
+                limit = factor * tier.typical_minutes
+                if ep.minutes > limit:
+                    self.move(
+                        "effort_exceeds_value",
+                        State.BREAKUP_DUE,
+                        "effort_exceeds_value",
+                        at,
+                        {
+                            "minutes_invested": ep.minutes,
+                            "threshold_minutes": limit,
+                            "typical_minutes": tier.typical_minutes,
+                            "factor": factor,
+                            "deal_amount": c.deal_amount,
+                        },
+                    )
+                    return True
+        if state is State.LOST:
+            due = self.entered_ms + p.reengage_after_days * DAY_MS
+            if due <= at:
+                self.move(
+                    "reengage",
+                    State.REENGAGE_DUE,
+                    self.reason,
+                    at,
+                    {"lost_since": format_ms(self.entered_ms), "after_days": p.reengage_after_days},
+                )
+                return True
+        return False
+
+    # -- events ------------------------------------------------------------------------
+
+    def advance(self, until: int) -> None:
+        """Fire time-based rules due up to `until`, at their own due times."""
+        for _ in range(16):
+            due = self.next_timer()
+            if due is None or due > until:
+                return
+            self.check(due)
+
+    def apply(self, ev: LoggedEvent) -> None:
+        c, at, etype = self.counters, ev.occurred_ms, ev.type
+        was_first_touch = c.first_touch_ms is None
+        c.apply(ev)
+        if self.state is State.SUPPRESSED:
+            if etype is EventType.CONSENT_GIVEN:
+                self._reset_silence(at)
+                self.move("consent_given", State.ACTIVE, None, at, {})
+            return
+        if etype is EventType.DO_NOT_CONTACT:
+            channels = sorted(ev.data.get("channels", ["all"]))
+            self.move("do_not_contact", State.SUPPRESSED, "do_not_contact", at, {"channels": channels})
+            return
+        if etype is EventType.ERASURE_REQUESTED:
+            self.move("erasure_requested", State.SUPPRESSED, "erasure_requested", at, {})
+            return
+        ep = self.episode
+        if etype in RESPONSES:
+            self._reset_silence(at)
+            if self.state is not State.ACTIVE:
+                self.move("reply_resets", State.ACTIVE, None, at, {"event": etype.value})
+            return
+        if etype in TOUCHES:
+            is_follow_up = (
+                bool(ev.data.get("follow_up", not was_first_touch))
+                if etype is EventType.EMAIL_SENT
+                else (etype is EventType.CALL_ATTEMPTED and not was_first_touch)
+            )
+            if is_follow_up and not self.calendar.quiet_at(at):
+                self.silent_follow_ups += 1
+            if etype is EventType.CALL_ATTEMPTED:
+                week = week_index(at)
+                self.weekly_calls[week] = self.weekly_calls.get(week, 0) + 1
+        elif etype is EventType.NOT_INTERESTED:
+            ep.not_interested += 1
+        elif etype is EventType.DECISION_NO:
+            ep.decision_no += 1
+        elif etype is EventType.MEETING_RESCHEDULED and not ev.data.get("first_meeting", False):
+            ep.follow_up_reschedules += 1
+        elif etype is EventType.TIME_LOGGED:
+            ep.minutes += int(ev.data["minutes"])
+        self.check(at)
+
+    def _reset_silence(self, at: int) -> None:
+        self.silent_follow_ups = 0
+        self.weekly_calls.clear()
+        self.last_response_ms = at
+
+
+def evaluate(
+    history: Iterable[LoggedEvent], policy: Policy, now_ms: int, calendar: Calendar | None = None
+) -> Evaluation:
+    """Replay a lead's event set through `policy` up to `now_ms`; pure and order-independent."""
+    replay = _Replay(policy, calendar or Calendar(policy))
+    events = sort_events(history)
+    if events:
+        replay.entered_ms = events[0].occurred_ms
+        replay.episode = _Episode(events[0].occurred_ms)
+    for ev in events:
+        replay.advance(min(ev.occurred_ms, now_ms))
+        replay.apply(ev)
+    as_of = max(now_ms, events[-1].occurred_ms if events else now_ms)
+    replay.advance(now_ms)
+    due = replay.next_timer()
+    state = replay.state
+    loss_reason = replay.reason if state in (State.LOST, State.REENGAGE_DUE) else None
+    return Evaluation(
+        state, loss_reason, replay.decisions, replay.counters, due if due is not None and due > now_ms else None, as_of
+    )

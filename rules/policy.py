@@ -1,0 +1,238 @@
+"""The policy: every threshold of RULES.md, parsed strictly from YAML text.
+
+Unknown keys are errors, not silently ignored: a typo in a threshold name would
+otherwise leave the default in force while the team believes it changed it.
+`PolicyError` names the key path and shows the bad value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from rules.errors import PolicyError
+
+RULE_IDS = (
+    "repeated_no",
+    "decisive_no",
+    "pushed_back",
+    "unresponsive",
+    "effort_exceeds_value",
+    "proposal_expired",
+    "call_cadence_exhausted",
+    "breakup_grace",
+)
+# Rule parameters: name -> (minimum allowed value). All are positive integers except `factor`.
+_RULE_PARAMS: dict[str, dict[str, float]] = {
+    "repeated_no": {"min_not_interested": 1},
+    "decisive_no": {},
+    "pushed_back": {"min_follow_up_reschedules": 1},
+    "unresponsive": {"min_follow_ups": 1},
+    "effort_exceeds_value": {"factor": 0.1},
+    "proposal_expired": {"days_after_expiry": 0},
+    "call_cadence_exhausted": {"min_attempts_per_week": 1, "weeks": 1},
+    "breakup_grace": {"business_days": 0},
+}
+
+
+@dataclass(frozen=True)
+class Tier:
+    """A deal-size tier: from `min_amount` up, silence thresholds x `multiplier`."""
+
+    min_amount: float
+    multiplier: float
+    typical_minutes: int
+
+
+@dataclass(frozen=True)
+class QuietPeriod:
+    """An inclusive month-day range (`12-24` .. `01-01` wraps over the new year)."""
+
+    start: tuple[int, int]
+    end: tuple[int, int]
+
+    def contains(self, month: int, day: int) -> bool:
+        md = (month, day)
+        if self.start <= self.end:
+            return self.start <= md <= self.end
+        return md >= self.start or md <= self.end
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A validated policy; build it with `parse_policy`."""
+
+    enabled: Mapping[str, bool]
+    params: Mapping[str, Mapping[str, float]]
+    min_touches_for_silence: int
+    holiday_country: str | None
+    quiet_periods: tuple[QuietPeriod, ...]
+    tiers: tuple[Tier, ...]
+    reengage_after_days: int
+    loss_reason_categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def param(self, rule: str, name: str) -> float:
+        return self.params[rule][name]
+
+    def tier(self, amount: float | None) -> Tier:
+        """Return the tier a deal of `amount` falls in (no amount: the smallest tier)."""
+        value = amount or 0.0
+        for tier in self.tiers:
+            if value >= tier.min_amount:
+                return tier
+        return self.tiers[-1]
+
+    def loss_category(self, reason: str | None) -> str:
+        """Map a decision maker's free-text reason to a loss-reason category."""
+        text = (reason or "").lower()
+        for category, words in self.loss_reason_categories.items():
+            if any(word in text for word in words):
+                return category
+        return "other"
+
+
+def _mapping(value: object, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise PolicyError(path, f"must be a mapping, got {value!r:.60}")
+    return value
+
+
+def _no_unknown(value: Mapping[str, Any], allowed: set[str] | tuple[str, ...], path: str) -> None:
+    for key in value:
+        if key not in allowed:
+            where = f"{path}.{key}" if path else str(key)
+            raise PolicyError(where, f"is not a known key (known: {', '.join(sorted(allowed))})")
+
+
+def _number(value: object, path: str, low: float, integer: bool) -> float:
+    ok = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok or value < low:  # type: ignore[operator]
+        kind = "an integer" if integer else "a number"
+        raise PolicyError(path, f"must be {kind} >= {low:g}, got {value!r:.60}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _month_day(value: object, path: str) -> tuple[int, int]:
+    try:
+        month, day = (int(part) for part in str(value).split("-"))
+        if not (1 <= month <= 12 and 1 <= day <= 31):
+            raise ValueError
+    except ValueError:
+        raise PolicyError(path, f'must be "MM-DD", got {value!r:.60}') from None
+    return month, day
+
+
+def parse_policy(text: str, defaults: Policy | None = None) -> Policy:
+    """Parse and validate policy YAML; keys left out take the values of `defaults`."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError("(file)", f"is not valid YAML: {exc}") from None
+    raw = _mapping(raw if raw is not None else {}, "(file)")
+    _no_unknown(raw, {"version", "rules", "guardrails", "reengage", "loss_reason_categories"}, "")
+    if raw.get("version", 1) != 1:
+        raise PolicyError("version", f"must be 1, got {raw.get('version')!r}")
+
+    enabled = dict(defaults.enabled) if defaults else {}
+    params = {r: dict(p) for r, p in defaults.params.items()} if defaults else {}
+    rules = _mapping(raw.get("rules", {}), "rules")
+    _no_unknown(rules, RULE_IDS, "rules")
+    for rule_id in RULE_IDS:
+        body = _mapping(rules.get(rule_id, {}), f"rules.{rule_id}")
+        _no_unknown(body, {"enabled", *_RULE_PARAMS[rule_id]}, f"rules.{rule_id}")
+        flag = body.get("enabled", enabled.get(rule_id, True))
+        if not isinstance(flag, bool):
+            raise PolicyError(f"rules.{rule_id}.enabled", f"must be true or false, got {flag!r:.60}")
+        enabled[rule_id] = flag
+        params.setdefault(rule_id, {})
+        for name, low in _RULE_PARAMS[rule_id].items():
+            if name in body:
+                params[rule_id][name] = _number(body[name], f"rules.{rule_id}.{name}", low, name != "factor")
+            elif name not in params[rule_id]:
+                raise PolicyError(f"rules.{rule_id}.{name}", "is required")
+
+    guards = _mapping(raw.get("guardrails", {}), "guardrails")
+    _no_unknown(
+        guards, {"min_touches_for_silence", "holiday_country", "quiet_periods", "deal_size_tiers"}, "guardrails"
+    )
+    min_touches = guards.get("min_touches_for_silence", defaults.min_touches_for_silence if defaults else None)
+    if min_touches is None:
+        raise PolicyError("guardrails.min_touches_for_silence", "is required")
+    min_touches = int(_number(min_touches, "guardrails.min_touches_for_silence", 0, True))
+
+    country = guards.get("holiday_country", defaults.holiday_country if defaults else None)
+    if country is not None:
+        import holidays
+
+        if not isinstance(country, str) or country.upper() not in holidays.list_supported_countries():
+            raise PolicyError(
+                "guardrails.holiday_country",
+                f"must be a country code the holidays package knows (e.g. US, GB, DE), got {country!r:.60}",
+            )
+        country = country.upper()
+
+    if "quiet_periods" in guards:
+        periods_raw = guards["quiet_periods"]
+        if not isinstance(periods_raw, list):
+            raise PolicyError("guardrails.quiet_periods", f"must be a list, got {periods_raw!r:.60}")
+        periods = []
+        for i, item in enumerate(periods_raw):
+            where = f"guardrails.quiet_periods[{i}]"
+            item = _mapping(item, where)
+            _no_unknown(item, {"from", "to"}, where)
+            if "from" not in item or "to" not in item:
+                raise PolicyError(where, 'needs both "from" and "to"')
+            start = _month_day(item["from"], f"{where}.from")
+            periods.append(QuietPeriod(start, _month_day(item["to"], f"{where}.to")))
+        quiet = tuple(periods)
+    else:
+        quiet = defaults.quiet_periods if defaults else ()
+
+    if "deal_size_tiers" in guards:
+        tiers_raw = guards["deal_size_tiers"]
+        if not isinstance(tiers_raw, list) or not tiers_raw:
+            raise PolicyError("guardrails.deal_size_tiers", f"must be a non-empty list, got {tiers_raw!r:.60}")
+        tiers = []
+        for i, item in enumerate(tiers_raw):
+            where = f"guardrails.deal_size_tiers[{i}]"
+            item = _mapping(item, where)
+            _no_unknown(item, {"min_amount", "multiplier", "typical_minutes"}, where)
+            for key in ("min_amount", "multiplier", "typical_minutes"):
+                if key not in item:
+                    raise PolicyError(f"{where}.{key}", "is required")
+            tiers.append(
+                Tier(
+                    _number(item["min_amount"], f"{where}.min_amount", 0, False),
+                    _number(item["multiplier"], f"{where}.multiplier", 1, False),
+                    int(_number(item["typical_minutes"], f"{where}.typical_minutes", 1, True)),
+                )
+            )
+        tiers.sort(key=lambda t: -t.min_amount)
+        tier_tuple = tuple(tiers)
+    elif defaults:
+        tier_tuple = defaults.tiers
+    else:
+        raise PolicyError("guardrails.deal_size_tiers", "is required")
+
+    reengage = _mapping(raw.get("reengage", {}), "reengage")
+    _no_unknown(reengage, {"after_days"}, "reengage")
+    after = reengage.get("after_days", defaults.reengage_after_days if defaults else None)
+    if after is None:
+        raise PolicyError("reengage.after_days", "is required")
+    after_days = int(_number(after, "reengage.after_days", 1, True))
+
+    if "loss_reason_categories" in raw:
+        cats_raw = _mapping(raw["loss_reason_categories"], "loss_reason_categories")
+        cats: dict[str, tuple[str, ...]] = {}
+        for name, words in cats_raw.items():
+            where = f"loss_reason_categories.{name}"
+            if not isinstance(words, list) or not all(isinstance(w, str) and w.strip() for w in words):
+                raise PolicyError(where, f"must be a list of words, got {words!r:.60}")
+            cats[str(name)] = tuple(w.lower() for w in words)
+    else:
+        cats = dict(defaults.loss_reason_categories) if defaults else {}
+
+    return Policy(enabled, params, min_touches, country, quiet, tier_tuple, after_days, cats)

@@ -1,0 +1,87 @@
+"""Turn a lead's evaluation into what the store persists: state record, due time, CRM actions.
+
+Which actions to emit is the one stateful choice: the evaluation is recomputed
+from the whole history each time, so a decision's action is emitted once, keyed
+by the decision (`rule:state:time`) in the lead's `acted` list. Only the action
+that matches where the lead stands *now* is emitted — a backfill that replays
+ACTIVE -> BREAKUP_DUE -> LOST in one go marks the lead lost, it does not also ask
+the rep for a break-up message that is already moot. A suppressed lead gets no
+contact action of any kind (RULES.md guardrail 4).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rules.calendar import Calendar
+from rules.events import format_ms
+from rules.lifecycle import CONTACT_ACTIONS, Decision, Evaluation, State, evaluate
+from rules.policy import Policy
+from worker.store import LeadView, Outcome
+
+MAX_DECISIONS_KEPT = 50
+MAX_ACTED_KEPT = 200
+
+
+def actions_for(view: LeadView, ev: Evaluation, acted: set[str], dry_run: bool) -> list[dict[str, Any]]:
+    """Return the CRM actions this evaluation newly implies for the lead."""
+    if not ev.decisions or ev.decisions[-1].key in acted:
+        return []
+    current = ev.decisions[-1]
+    wanted: list[Decision] = []
+    if current.to is State.REENGAGE_DUE:
+        # Lost and due for a check-in in one evaluation: the CRM must learn of the loss too.
+        lost = next((d for d in reversed(ev.decisions) if d.to is State.LOST), None)
+        if lost is not None and lost.key not in acted:
+            wanted.append(lost)
+    wanted.append(current)
+    out = []
+    for decision in wanted:
+        kind = decision.action
+        if kind is None or (ev.state is State.SUPPRESSED and kind in CONTACT_ACTIONS):
+            continue
+        out.append(
+            {
+                "id": f"{view.crm}:{view.lead_id}:{decision.key}",
+                "kind": kind.value,
+                "crm": view.crm,
+                "lead_id": view.lead_id,
+                "rule": decision.rule,
+                "reason": decision.reason,
+                "at": format_ms(decision.at_ms),
+                "dry_run": dry_run,
+            }
+        )
+    return out
+
+
+class Decider:
+    """Evaluate a lead with one policy at one `now`; used by batches and sweeps alike."""
+
+    def __init__(self, policy: Policy, now_ms: int, dry_run: bool = False, calendar: Calendar | None = None) -> None:
+        self.policy = policy
+        self.now_ms = now_ms
+        self.dry_run = dry_run
+        self.calendar = calendar or Calendar(policy)
+
+    def __call__(self, view: LeadView) -> Outcome:
+        prev = view.state or {}
+        # Time only moves forward for a lead: a sweep run with `--now` in the future
+        # is not undone by a batch processed at wall-clock time afterwards.
+        now = max(self.now_ms, int(prev.get("as_of_ms", 0)))
+        ev = evaluate(view.history, self.policy, now, self.calendar)
+        acted_list: list[str] = list(prev.get("acted", []))
+        acted = set(acted_list)
+        actions = actions_for(view, ev, acted, self.dry_run)
+        acted_list += [d.key for d in ev.decisions if d.key not in acted]
+        if not ev.decisions and ev.next_due_ms is None:
+            return Outcome(None, None, actions)
+        state = {
+            "state": ev.state.value,
+            "loss_reason": ev.loss_reason,
+            "decisions": [d.to_json() for d in ev.decisions[-MAX_DECISIONS_KEPT:]],
+            "acted": acted_list[-MAX_ACTED_KEPT:],
+            "as_of_ms": now,
+            "next_due": format_ms(ev.next_due_ms) if ev.next_due_ms else None,
+        }
+        return Outcome(state, ev.next_due_ms, actions)
