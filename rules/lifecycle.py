@@ -320,6 +320,7 @@ class _Replay:
             self.check(due)
 
     def apply(self, ev: LoggedEvent) -> None:
+        """Fold one event in; the caller runs `check` once all events of that instant are in."""
         c, at, etype = self.counters, ev.occurred_ms, ev.type
         was_first_touch = c.first_touch_ms is None
         c.apply(ev)
@@ -360,7 +361,6 @@ class _Replay:
             ep.follow_up_reschedules += 1
         elif etype is EventType.TIME_LOGGED:
             ep.minutes += int(ev.data["minutes"])
-        self.check(at)
 
     def _reset_silence(self, at: int) -> None:
         self.silent_follow_ups = 0
@@ -377,9 +377,13 @@ def evaluate(
     if events:
         replay.entered_ms = events[0].occurred_ms
         replay.episode = _Episode(events[0].occurred_ms)
-    for ev in events:
+    for i, ev in enumerate(events):
         replay.advance(min(ev.occurred_ms, now_ms))
         replay.apply(ev)
+        # Events of the same instant are simultaneous: rules look at all of them at once,
+        # so "LOST beats BREAKUP_DUE" holds even when the last touch and the last "no" coincide.
+        if i + 1 == len(events) or events[i + 1].occurred_ms != ev.occurred_ms:
+            replay.check(ev.occurred_ms)
     as_of = max(now_ms, events[-1].occurred_ms if events else now_ms)
     replay.advance(now_ms)
     due = replay.next_timer()

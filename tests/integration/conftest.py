@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -89,14 +90,16 @@ def web(redis_db: redis.Redis) -> Iterator[str]:
         stop(proc)
 
 
+LOG_DIR = Path(tempfile.gettempdir()) / "pruner-test-logs"
+
+
 def start_worker(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [str(BIN / "pruner"), "worker"],
-        cwd=ROOT,
-        env=env or base_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """Start `pruner worker`; its log goes to $TMPDIR/pruner-test-logs/ for post-mortems."""
+    LOG_DIR.mkdir(exist_ok=True)
+    with open(LOG_DIR / f"worker-{time.time_ns()}.log", "wb") as log:
+        return subprocess.Popen(
+            [str(BIN / "pruner"), "worker"], cwd=ROOT, env=env or base_env(), stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 @pytest.fixture
