@@ -8,7 +8,7 @@ Silence is not counted on quiet days; grace periods count business days
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date
 from functools import lru_cache
 
 from rules.policy import Policy
@@ -58,9 +58,12 @@ class Calendar:
         return start_ms + (ordinal - ordinal_of(start_ms)) * DAY_MS
 
 
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
 def ordinal_of(ms: int) -> int:
     """Return the proleptic Gregorian ordinal of the UTC day containing `ms`."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).date().toordinal()
+    return _EPOCH_ORDINAL + ms // DAY_MS
 
 
 def week_index(ms: int) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 from rules.events import TYPE_CODES, EventType, parse_rfc3339_ms
@@ -44,7 +45,12 @@ class LoggedEvent(NamedTuple):
 
 def iso_week(ms: int) -> str:
     """Return the ISO week (`2026-W47`) of an epoch-millisecond instant, in UTC."""
-    year, week, _ = datetime.fromtimestamp(ms / 1000, tz=UTC).isocalendar()
+    return _iso_week_of_day(ms // 86_400_000)
+
+
+@lru_cache(maxsize=4096)
+def _iso_week_of_day(epoch_day: int) -> str:
+    year, week, _ = datetime.fromtimestamp(epoch_day * 86_400, tz=UTC).isocalendar()
     return f"{year}-W{week:02d}"
 
 

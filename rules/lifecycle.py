@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 from rules.calendar import DAY_MS, Calendar, week_index
@@ -110,10 +111,46 @@ class _Episode:
     minutes: int = 0
 
 
+@dataclass(frozen=True)
+class _Thresholds:
+    """The policy flattened once: replays read these on every event."""
+
+    on: frozenset[str]
+    min_not_interested: int
+    min_reschedules: int
+    min_follow_ups: float
+    effort_factor: float
+    proposal_days: float
+    cadence_per_week: int
+    cadence_weeks: float
+    grace_days: int
+    min_touches: int
+    reengage_ms: int
+
+
+@lru_cache(maxsize=16)
+def _thresholds(policy: Policy) -> _Thresholds:
+    p = policy.param
+    return _Thresholds(
+        on=frozenset(rule for rule, flag in policy.enabled.items() if flag),
+        min_not_interested=int(p("repeated_no", "min_not_interested")),
+        min_reschedules=int(p("pushed_back", "min_follow_up_reschedules")),
+        min_follow_ups=p("unresponsive", "min_follow_ups"),
+        effort_factor=p("effort_exceeds_value", "factor"),
+        proposal_days=p("proposal_expired", "days_after_expiry"),
+        cadence_per_week=int(p("call_cadence_exhausted", "min_attempts_per_week")),
+        cadence_weeks=p("call_cadence_exhausted", "weeks"),
+        grace_days=int(p("breakup_grace", "business_days")),
+        min_touches=policy.min_touches_for_silence,
+        reengage_ms=policy.reengage_after_days * DAY_MS,
+    )
+
+
 @dataclass
 class _Replay:
     policy: Policy
     calendar: Calendar
+    t: _Thresholds
     state: State = State.ACTIVE
     reason: str | None = None
     entered_ms: int = 0
@@ -138,10 +175,10 @@ class _Replay:
     # -- the policy ------------------------------------------------------------------
 
     def enabled(self, rule: str) -> bool:
-        return self.policy.enabled.get(rule, False)
+        return rule in self.t.on
 
     def silence_allowed(self) -> bool:
-        return self.counters.outbound_touches >= self.policy.min_touches_for_silence
+        return self.counters.outbound_touches >= self.t.min_touches
 
     def multiplier(self) -> float:
         return self.policy.tier(self.counters.deal_amount).multiplier
@@ -152,12 +189,11 @@ class _Replay:
             return None
         if self.last_response_ms is not None and self.last_response_ms >= c.proposal_expires_ms:
             return None  # the lead answered after expiry: "no call returned" does not hold
-        days = round(self.policy.param("proposal_expired", "days_after_expiry") * self.multiplier())
+        days = round(self.t.proposal_days * self.multiplier())
         return self.calendar.add_loud_days(c.proposal_expires_ms, days)
 
     def grace_due(self) -> int:
-        days = int(self.policy.param("breakup_grace", "business_days"))
-        return self.calendar.add_business_days(self.entered_ms, days)
+        return self.calendar.add_business_days(self.entered_ms, self.t.grace_days)
 
     def next_timer(self) -> int | None:
         """The next instant at which a time-based rule could fire, given the state now."""
@@ -168,7 +204,7 @@ class _Replay:
         if self.state is State.BREAKUP_DUE and self.enabled("breakup_grace") and self.silence_allowed():
             due.append(self.grace_due())
         if self.state is State.LOST:
-            due.append(self.entered_ms + self.policy.reengage_after_days * DAY_MS)
+            due.append(self.entered_ms + self.t.reengage_ms)
         return min(due) if due else None
 
     def check(self, at: int) -> None:
@@ -178,28 +214,23 @@ class _Replay:
                 return
 
     def _check_once(self, at: int) -> bool:
-        state, c, ep, p = self.state, self.counters, self.episode, self.policy
+        # Cheap numeric tests come first: this runs once per event of every replay.
+        state, c, ep, p, t = self.state, self.counters, self.episode, self.policy, self.t
+        on = t.on
         if state in (State.ACTIVE, State.BREAKUP_DUE):
-            if self.enabled("repeated_no"):
-                need = int(p.param("repeated_no", "min_not_interested"))
-                if ep.not_interested >= need:
-                    self.move(
-                        "repeated_no",
-                        State.LOST,
-                        "not_interested",
-                        at,
-                        {"not_interested": ep.not_interested, "threshold": need},
-                    )
-                    return True
-            if self.enabled("decisive_no") and ep.decision_no and c.decision_no_reason:
+            if ep.not_interested >= t.min_not_interested and "repeated_no" in on:
+                inputs = {"not_interested": ep.not_interested, "threshold": t.min_not_interested}
+                self.move("repeated_no", State.LOST, "not_interested", at, inputs)
+                return True
+            if ep.decision_no and c.decision_no_reason and "decisive_no" in on:
                 category = p.loss_category(c.decision_no_reason)
                 self.move(
                     "decisive_no", State.LOST, category, at, {"decision_no": ep.decision_no, "category": category}
                 )
                 return True
-            if self.enabled("call_cadence_exhausted") and self.silence_allowed():
-                need = int(p.param("call_cadence_exhausted", "min_attempts_per_week"))
-                weeks = round(p.param("call_cadence_exhausted", "weeks") * self.multiplier())
+            if self.weekly_calls and "call_cadence_exhausted" in on and self.silence_allowed():
+                need = t.cadence_per_week
+                weeks = round(t.cadence_weeks * self.multiplier())
                 current = week_index(at)
                 streak = 0
                 while self.weekly_calls.get(current - streak, 0) >= need:
@@ -218,11 +249,11 @@ class _Replay:
                         },
                     )
                     return True
-            if self.enabled("proposal_expired") and self.silence_allowed():
+            if c.proposal_expires_ms is not None and "proposal_expired" in on and self.silence_allowed():
                 due = self.proposal_due()
                 if due is not None and due <= at:
                     self.proposal_fired_for = c.proposal_expires_ms
-                    days = round(p.param("proposal_expired", "days_after_expiry") * self.multiplier())
+                    days = round(t.proposal_days * self.multiplier())
                     self.move(
                         "proposal_expired",
                         State.LOST,
@@ -235,7 +266,7 @@ class _Replay:
                         },
                     )
                     return True
-        if state is State.BREAKUP_DUE and self.enabled("breakup_grace") and self.silence_allowed():
+        if state is State.BREAKUP_DUE and "breakup_grace" in on and self.silence_allowed():
             due = self.grace_due()
             if due <= at:
                 self.move(
@@ -245,25 +276,19 @@ class _Replay:
                     at,
                     {
                         "breakup_since": format_ms(self.entered_ms),
-                        "business_days": int(p.param("breakup_grace", "business_days")),
+                        "business_days": t.grace_days,
                         "outbound_touches": c.outbound_touches,
                     },
                 )
                 return True
         if state is State.ACTIVE:
-            if self.enabled("pushed_back"):
-                need = int(p.param("pushed_back", "min_follow_up_reschedules"))
-                if ep.follow_up_reschedules >= need:
-                    self.move(
-                        "pushed_back",
-                        State.BREAKUP_DUE,
-                        "deprioritized",
-                        at,
-                        {"follow_up_reschedules": ep.follow_up_reschedules, "threshold": need},
-                    )
-                    return True
-            if self.enabled("unresponsive") and self.silence_allowed():
-                need = round(p.param("unresponsive", "min_follow_ups") * self.multiplier())
+            if ep.follow_up_reschedules >= t.min_reschedules and "pushed_back" in on:
+                inputs = {"follow_up_reschedules": ep.follow_up_reschedules, "threshold": t.min_reschedules}
+                self.move("pushed_back", State.BREAKUP_DUE, "deprioritized", at, inputs)
+                return True
+            # multiplier >= 1, so below the base threshold nothing can fire
+            if self.silent_follow_ups >= t.min_follow_ups and "unresponsive" in on and self.silence_allowed():
+                need = round(t.min_follow_ups * self.multiplier())
                 if self.silent_follow_ups >= need:
                     self.move(
                         "unresponsive",
@@ -277,9 +302,9 @@ class _Replay:
                         },
                     )
                     return True
-            if self.enabled("effort_exceeds_value"):
+            if ep.minutes and "effort_exceeds_value" in on:
                 tier = p.tier(c.deal_amount)
-                factor = p.param("effort_exceeds_value", "factor")
+                factor = t.effort_factor
                 limit = factor * tier.typical_minutes
                 if ep.minutes > limit:
                     self.move(
@@ -313,6 +338,8 @@ class _Replay:
 
     def advance(self, until: int) -> None:
         """Fire time-based rules due up to `until`, at their own due times."""
+        if self.state is State.ACTIVE and self.counters.proposal_expires_ms is None:
+            return  # the common case: nothing time-based can be pending
         for _ in range(16):
             due = self.next_timer()
             if due is None or due > until:
@@ -372,7 +399,7 @@ def evaluate(
     history: Iterable[LoggedEvent], policy: Policy, now_ms: int, calendar: Calendar | None = None
 ) -> Evaluation:
     """Replay a lead's event set through `policy` up to `now_ms`; pure and order-independent."""
-    replay = _Replay(policy, calendar or Calendar(policy))
+    replay = _Replay(policy, calendar or Calendar(policy), _thresholds(policy))
     events = sort_events(history)
     if events:
         replay.entered_ms = events[0].occurred_ms

@@ -61,7 +61,7 @@ class QuietPeriod:
         return md >= self.start or md <= self.end
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity equality: hashable, so derived tables can be cached
 class Policy:
     """A validated policy; build it with `parse_policy`."""
 

@@ -94,3 +94,28 @@ def test_check_accepts_the_default(capsys: pytest.CaptureFixture[str], monkeypat
         monkeypatch.delenv(name, raising=False)
     assert main(["check"]) == 0
     assert "policy OK: bundled default" in capsys.readouterr().out
+
+
+def test_sharded_simulation_equals_one_process(tmp_path: Path) -> None:
+    from worker.policyfile import default_policy
+    from worker.simulate import read_events, simulate, simulate_file
+
+    history = tmp_path / "events.jsonl"
+    write_history(history)
+    with history.open() as stream:
+        single = simulate(read_events(stream), default_policy())
+    assert simulate_file(str(history), default_policy(), workers=3).to_json() == single.to_json()
+
+
+def test_sharded_simulation_reports_the_first_bad_line(tmp_path: Path) -> None:
+    from rules.errors import SchemaError
+    from worker.policyfile import default_policy
+    from worker.simulate import simulate_file
+
+    history = tmp_path / "events.jsonl"
+    lines = [json.dumps(event(lead_id=f"L{i}")) for i in range(20)]
+    lines[7] = json.dumps(event("smoke_signal", lead_id="L7"))
+    lines[15] = "{oops"
+    history.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SchemaError, match=r"line 8.type must be one of the canonical types"):
+        simulate_file(str(history), default_policy(), workers=2)

@@ -112,12 +112,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from worker.simulate import format_text, read_events, simulate
+    from worker.simulate import format_text, simulate_file
 
     policy = _policy(args.policy)
     try:
-        with open(args.events, encoding="utf-8") as stream:
-            report = simulate(read_events(stream), policy, _now_ms(args.now))
+        report = simulate_file(args.events, policy, _now_ms(args.now))
     except OSError as exc:
         print(f"pruner: cannot read {args.events}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
