@@ -41,6 +41,7 @@ def sentence(decision: Mapping[str, Any]) -> str:
         "do_not_contact": f"the lead asked not to be contacted (channels: {i.get('channels')})",
         "erasure_requested": "the lead asked for erasure",
         "consent_given": "the lead gave explicit consent again",
+        "suppression_list": "the person's email is on the suppression list (an earlier erasure)",
     }.get(rule, f"rule {rule} fired")
     why = f" (loss reason: {reason})" if reason and to in ("LOST", "BREAKUP_DUE", "REENGAGE_DUE") else ""
     return f"{at}: {to} because {text}{why}"

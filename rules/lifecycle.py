@@ -396,14 +396,24 @@ class _Replay:
 
 
 def evaluate(
-    history: Iterable[LoggedEvent], policy: Policy, now_ms: int, calendar: Calendar | None = None
+    history: Iterable[LoggedEvent],
+    policy: Policy,
+    now_ms: int,
+    calendar: Calendar | None = None,
+    suppressed: bool = False,
 ) -> Evaluation:
-    """Replay a lead's event set through `policy` up to `now_ms`; pure and order-independent."""
+    """Replay a lead's event set through `policy` up to `now_ms`; pure and order-independent.
+
+    `suppressed`: the person is on the suppression list (an erased person re-created
+    under a new id): SUPPRESSED from the first event, until an explicit re-consent.
+    """
     replay = _Replay(policy, calendar or Calendar(policy), _thresholds(policy))
     events = sort_events(history)
     if events:
         replay.entered_ms = events[0].occurred_ms
         replay.episode = _Episode(events[0].occurred_ms)
+        if suppressed:
+            replay.move("suppression_list", State.SUPPRESSED, "do_not_contact", events[0].occurred_ms, {})
     for i, ev in enumerate(events):
         replay.advance(min(ev.occurred_ms, now_ms))
         replay.apply(ev)

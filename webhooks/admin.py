@@ -7,12 +7,14 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+import redis
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from rules.counters import LoggedEvent, fold
 from rules.events import Crm, format_ms
 from webhooks.app import error, services
+from worker import gdpr
 
 bp = Blueprint("admin", __name__)
 
@@ -42,11 +44,19 @@ def lead(crm: str, lead_id: str) -> ResponseReturnValue:
     """Show one lead's state, counters and decisions."""
     if crm not in {c.value for c in Crm}:
         return error(404, "unknown_crm", f"crm must be one of {[c.value for c in Crm]}, got {crm!r:.40}")
-    store = services(current_app._get_current_object()).store  # type: ignore[attr-defined]
+    svc = services(current_app._get_current_object())  # type: ignore[attr-defined]
+    store = svc.store
+    if svc.config.suppression_key and is_erased(svc.redis, svc.config.suppression_key.encode(), crm, lead_id):
+        return jsonify(crm=crm, lead_id=lead_id, state="SUPPRESSED", erased=True)
     history = store.history(crm, lead_id)
     if history is None:
         return error(404, "unknown_lead", "no events have been received for this lead")
     return jsonify(lead_document(crm, lead_id, history, store.state(crm, lead_id)))
+
+
+def is_erased(connection: redis.Redis, key: bytes, crm: str, lead_id: str) -> bool:
+    """Say whether this lead was erased (its keyed hash is on the suppression list)."""
+    return bool(connection.sismember(gdpr.SUPPRESSED_KEY, gdpr.lead_hash(key, crm, lead_id)))
 
 
 def lead_document(crm: str, lead_id: str, history: list[LoggedEvent], state: dict[str, Any] | None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from webhooks.errors import QueueUnavailable
 from worker.config import Config
+from worker.logs import install_redaction
 from worker.queues import connect, make_queue
 from worker.store import LeadStore
 
@@ -54,6 +55,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
 ) -> Flask:
     """Build the web app from `config` (default: the environment)."""
+    install_redaction()
     config = config or Config.from_env()
     connection = connection or connect(config.redis_url, timeout=config.redis_timeout)
     app = Flask(__name__)

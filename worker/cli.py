@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from rules.events import format_ms, parse_rfc3339_ms
 from rules.policy import Policy
 from worker.config import Config
 from worker.errors import ConfigError
+from worker.logs import setup_logging
 from worker.policyfile import load_policy
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 3
@@ -82,12 +82,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from rules.counters import fold
     from rules.explain import progress, sentence
-    from webhooks.admin import lead_document
+    from webhooks.admin import is_erased, lead_document
     from worker.queues import connect
     from worker.store import LeadStore
 
     config = _config()
-    store = LeadStore(connect(config.redis_url, timeout=10))
+    connection = connect(config.redis_url, timeout=10)
+    if config.suppression_key and is_erased(connection, config.suppression_key.encode(), args.crm, args.lead_id):
+        print(f"{args.crm} lead {args.lead_id} was erased on request: SUPPRESSED, nothing else is kept")
+        return EXIT_OK
+    store = LeadStore(connection)
     history = store.history(args.crm, args.lead_id)
     if history is None:
         print(f"pruner: no events have been received for {args.crm} lead {args.lead_id}", file=sys.stderr)
@@ -180,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `pruner` command line."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    setup_logging()
     args = build_parser().parse_args(argv)
     code: int = args.func(args)
     return code

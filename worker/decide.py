@@ -14,9 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 from rules.calendar import Calendar
-from rules.events import format_ms
+from rules.events import EventType, format_ms
 from rules.lifecycle import CONTACT_ACTIONS, Decision, Evaluation, State, evaluate
 from rules.policy import Policy
+from worker import gdpr
+from worker.errors import ConfigError
 from worker.store import LeadView, Outcome
 
 MAX_DECISIONS_KEPT = 50
@@ -58,23 +60,36 @@ def actions_for(view: LeadView, ev: Evaluation, acted: set[str], dry_run: bool) 
 class Decider:
     """Evaluate a lead with one policy at one `now`; used by batches and sweeps alike."""
 
-    def __init__(self, policy: Policy, now_ms: int, dry_run: bool = False, calendar: Calendar | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        now_ms: int,
+        dry_run: bool = False,
+        calendar: Calendar | None = None,
+        suppression_key: bytes | None = None,
+        source: str = "events",
+    ) -> None:
         self.policy = policy
         self.now_ms = now_ms
         self.dry_run = dry_run
         self.calendar = calendar or Calendar(policy)
+        self.suppression_key = suppression_key
+        self.source = source
 
     def __call__(self, view: LeadView) -> Outcome:
+        if any(e.type is EventType.ERASURE_REQUESTED for e in view.history):
+            return self.erase(view)
         prev = view.state or {}
         # Time only moves forward for a lead: a sweep run with `--now` in the future
         # is not undone by a batch processed at wall-clock time afterwards.
         now = max(self.now_ms, int(prev.get("as_of_ms", 0)))
-        ev = evaluate(view.history, self.policy, now, self.calendar)
+        listed = view.listed or bool(prev.get("suppression_list"))
+        ev = evaluate(view.history, self.policy, now, self.calendar, suppressed=listed)
         acted_list: list[str] = list(prev.get("acted", []))
         acted = set(acted_list)
         actions = actions_for(view, ev, acted, self.dry_run)
         acted_list += [d.key for d in ev.decisions if d.key not in acted]
-        if not ev.decisions and ev.next_due_ms is None:
+        if not ev.decisions and ev.next_due_ms is None and not listed:
             return Outcome(None, None, actions)
         state = {
             "state": ev.state.value,
@@ -84,4 +99,24 @@ class Decider:
             "as_of_ms": now,
             "next_due": format_ms(ev.next_due_ms) if ev.next_due_ms else None,
         }
+        if listed:
+            state["suppression_list"] = True
         return Outcome(state, ev.next_due_ms, actions)
+
+    def erase(self, view: LeadView) -> Outcome:
+        """Forget the lead: keep keyed hashes of its id and emails, and an audit record."""
+        if self.suppression_key is None:
+            # Fail loudly: the job stays in the failed registry and `pruner replay` re-runs it
+            # once the key is set. Never fall back to a bare, dictionary-reversible hash.
+            raise ConfigError("PRUNER_SUPPRESSION_KEY is not set: an erasure cannot be recorded safely")
+        key = self.suppression_key
+        hashes = [gdpr.lead_hash(key, view.crm, view.lead_id)]
+        for event in view.history:
+            email = event.data.get("email") if event.type is EventType.LEAD_PROFILE else None
+            if email:
+                hashes.append(gdpr.email_hash(key, email))
+        hashes = sorted(set(hashes))
+        lead = gdpr.lead_hash(key, view.crm, view.lead_id)
+        emails = sorted({h for h in hashes if h != lead})
+        audit = {"at": format_ms(self.now_ms), "source": self.source, "crm": view.crm, "lead": lead, "emails": emails}
+        return Outcome(erase=True, suppress_hashes=hashes, audit=audit)

@@ -13,6 +13,7 @@ from rq import get_current_job
 from rules.events import Event
 from worker.config import Config
 from worker.decide import Decider
+from worker.gdpr import purge_payloads
 from worker.policyfile import cached_policy
 from worker.store import LeadStore
 
@@ -34,25 +35,41 @@ def _connection() -> redis.Redis:
     return job.connection
 
 
-def decider(config: Config, now_ms: int) -> Decider:
-    return Decider(cached_policy(config.policy_path), now_ms, dry_run=config.dry_run)
+def suppression_key(config: Config) -> bytes | None:
+    return config.suppression_key.encode() if config.suppression_key else None
+
+
+def decider(config: Config, now_ms: int, source: str = "events") -> Decider:
+    return Decider(
+        cached_policy(config.policy_path),
+        now_ms,
+        dry_run=config.dry_run,
+        suppression_key=suppression_key(config),
+        source=source,
+    )
 
 
 def process_events(events: list[list[Any]], source: str = "events") -> dict[str, int]:
     """Apply one queued batch of canonical events and decide what it changes."""
     config = _config()
-    store = LeadStore(_connection())
-    result = store.apply_batch((Event.from_wire(item) for item in events), decider(config, int(time.time() * 1000)))
+    connection = _connection()
+    store = LeadStore(connection, suppression_key(config))
+    now_ms = int(time.time() * 1000)
+    result = store.apply_batch((Event.from_wire(item) for item in events), decider(config, now_ms, source))
+    if result.erased:
+        # The lead is gone from the store; now from every other job payload and the outbox.
+        purge_payloads(connection, result.erased, config.queue_name)
     log.info(
-        "batch applied source=%s events=%d leads=%d added=%d duplicates=%d actions=%d",
+        "batch applied source=%s events=%d leads=%d added=%d duplicates=%d actions=%d erased=%d dropped=%d",
         source, len(events), len(result.leads), result.added, result.duplicates, len(result.actions),
+        len(result.erased), result.dropped,
     )  # fmt: skip
     return {"events": len(events), "added": result.added, "duplicates": result.duplicates}
 
 
 def run_sweep(connection: redis.Redis, config: Config, now_ms: int) -> dict[str, int]:
     """Re-evaluate every lead whose next due time is at or before `now_ms`."""
-    store = LeadStore(connection)
+    store = LeadStore(connection, suppression_key(config))
     # One sweep at a time: two would do the same work twice (correctly, thanks to WATCH).
     if not connection.set(SWEEP_LOCK, str(now_ms), nx=True, px=10 * 60 * 1000):
         log.info("sweep skipped: another sweep holds the lock")

@@ -40,6 +40,9 @@ def enqueue_events(queue: Queue, wire_events: list[list[Any]], source: str) -> s
         args=(wire_events,),
         kwargs={"source": source},
         result_ttl=0,  # a finished job's payload names leads: keep nothing (GDPR)
+        # RQ logs a job's description; the default is the call with its arguments,
+        # which would put lead ids and emails into the worker's log.
+        description=f"process_events: {len(wire_events)} events from {source}",
         retry=RETRY,
         job_timeout=JOB_TIMEOUT,
     )

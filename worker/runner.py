@@ -26,7 +26,12 @@ def run_worker(config: Config, burst: bool = False, connection: redis.Redis | No
     # SimpleWorker runs jobs in-process: forking per job costs ~15 ms, more than a
     # whole 100-event batch takes to apply. RQ's warm shutdown still lets the
     # current batch finish on SIGTERM, and an abandoned one is re-queued by Retry.
-    worker = SimpleWorker([queue], connection=connection, serializer=queue.serializer)
+    worker = SimpleWorker(
+        [queue],
+        connection=connection,
+        serializer=queue.serializer,
+        log_job_description=False,  # descriptions of old jobs may hold arguments: no personal data in logs
+    )
     return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))
 
 

@@ -7,6 +7,8 @@ Keys (all prefixed `pruner:`):
                             (absent while a lead is ACTIVE with no decisions: most leads)
     due                     sorted set {crm}:{lead_id} -> next time a time-based rule may fire
     actions                 list of JSON CRM actions (the outbox the CRM adapters drain)
+    suppressed              set of keyed hashes of erased leads and their emails (worker/gdpr.py)
+    erasures                list of JSON erasure audit records (hashes, time, source; no personal data)
 
 A batch is applied in three round trips whatever its size: WATCH the touched
 leads' keys, MGET them, then MULTI/SET/ZADD/RPUSH/EXEC. When another worker (or
@@ -25,7 +27,7 @@ from typing import Any
 import redis
 
 from rules.counters import LoggedEvent
-from rules.events import Event
+from rules.events import Event, EventType
 from worker import eventlog
 from worker.errors import StoreError
 
@@ -37,6 +39,12 @@ DUE_KEY = "pruner:due"
 ACTIONS_KEY = "pruner:actions"
 MAX_ATTEMPTS = 50
 Lead = tuple[str, str]
+
+
+def _without_email(ev: LoggedEvent) -> LoggedEvent:
+    if "email" not in ev.data:
+        return ev
+    return ev._replace(data={k: v for k, v in ev.data.items() if k != "email"})
 
 
 def lead_key(crm: str, lead_id: str) -> str:
@@ -67,6 +75,8 @@ class LeadView:
     history: list[LoggedEvent]
     state: dict[str, Any] | None
     added: int
+    # An email of this lead is on the suppression list (a re-created erased person).
+    listed: bool = False
 
 
 @dataclass
@@ -76,6 +86,10 @@ class Outcome:
     state: dict[str, Any] | None = None  # None: no state record (plain ACTIVE lead)
     due_ms: int | None = None
     actions: list[dict[str, Any]] = field(default_factory=list)
+    # Erasure: delete everything about the lead, keep these keyed hashes and one audit record.
+    erase: bool = False
+    suppress_hashes: list[str] = field(default_factory=list)
+    audit: dict[str, Any] | None = None
 
 
 Decider = Callable[[LeadView], Outcome]
@@ -96,6 +110,12 @@ class LeadUpdate:
 @dataclass(frozen=True)
 class BatchResult:
     leads: list[LeadUpdate]
+    # Events dropped because their lead was erased before (a re-import of an erased person).
+    dropped: int = 0
+
+    @property
+    def erased(self) -> list[Lead]:
+        return [(u.crm, u.lead_id) for u in self.leads if u.outcome and u.outcome.erase]
 
     @property
     def added(self) -> int:
@@ -113,8 +133,9 @@ class BatchResult:
 class LeadStore:
     """Per-lead event logs and states in Redis (connection passed in)."""
 
-    def __init__(self, connection: redis.Redis) -> None:
+    def __init__(self, connection: redis.Redis, suppression_key: bytes | None = None) -> None:
         self.redis = connection
+        self.suppression_key = suppression_key
 
     def apply_batch(self, events: Iterable[Event], decide: Decider | None = None) -> BatchResult:
         """Add events to their leads' logs, once each, and persist `decide`'s outcome, atomically."""
@@ -125,18 +146,56 @@ class LeadStore:
             logged = eventlog.to_logged(event)
             fresh.setdefault(lead, {}).setdefault(logged.key, logged)
             received[lead] = received.get(lead, 0) + 1
-        return self._transact(fresh, received, decide)
+        dropped, listed = self._screen(fresh) if decide is not None else (0, set())
+        return self._transact(fresh, received, decide, listed, dropped)
+
+    def _screen(self, fresh: dict[Lead, dict[bytes, LoggedEvent]]) -> tuple[int, set[Lead]]:
+        """Drop events of erased leads; find leads whose email is on the suppression list.
+
+        One SMISMEMBER round trip, and only where a suppression key is configured.
+        """
+        from worker import gdpr
+
+        key = self.suppression_key
+        if key is None or not fresh:
+            return 0, set()
+        probes: list[tuple[Lead, str, str]] = []
+        for lead, events in fresh.items():
+            probes.append((lead, "lead", gdpr.lead_hash(key, *lead)))
+            for ev in events.values():
+                email = ev.data.get("email") if ev.type is EventType.LEAD_PROFILE else None
+                if email:
+                    probes.append((lead, "email", gdpr.email_hash(key, email)))
+        hits: list[int] = self.redis.smismember(gdpr.SUPPRESSED_KEY, [h for _, _, h in probes])  # type: ignore[assignment]
+        dropped, listed = 0, set()
+        for (lead, kind, _), hit in zip(probes, hits, strict=True):
+            if not hit:
+                continue
+            if kind == "lead" and lead in fresh:
+                dropped += len(fresh.pop(lead))
+            elif kind == "email":
+                listed.add(lead)
+        for lead in listed & fresh.keys():
+            # Keep the counters of a re-created erased person, never their email again.
+            fresh[lead] = {k: _without_email(ev) for k, ev in fresh[lead].items()}
+        return dropped, listed
 
     def reevaluate(self, leads: Iterable[Lead], decide: Decider) -> BatchResult:
         """Re-decide leads without new events (the time-based sweep)."""
         return self._transact({lead: {} for lead in leads}, {}, decide)
 
     def _transact(
-        self, fresh: dict[Lead, dict[bytes, LoggedEvent]], received: dict[Lead, int], decide: Decider | None
+        self,
+        fresh: dict[Lead, dict[bytes, LoggedEvent]],
+        received: dict[Lead, int],
+        decide: Decider | None,
+        listed: set[Lead] | None = None,
+        dropped: int = 0,
     ) -> BatchResult:
         leads = list(fresh)
         if not leads:
-            return BatchResult([])
+            return BatchResult([], dropped)
+        listed = listed or set()
         log_keys = [lead_key(*lead) for lead in leads]
         keys = log_keys + ([state_key(*lead) for lead in leads] if decide else [])
         for _attempt in range(MAX_ATTEMPTS):
@@ -150,23 +209,39 @@ class LeadStore:
                     for i, (lead, key, blob) in enumerate(zip(leads, log_keys, blobs, strict=True)):
                         present = eventlog.keys(blob)
                         new = [ev for k, ev in fresh[lead].items() if k not in present]
-                        if new:
-                            blob = eventlog.append(blob, new)
-                            pipe.set(key, blob)
-                        history = eventlog.decode(blob)
+                        new_blob = eventlog.append(blob, new) if new else blob
+                        history = eventlog.decode(new_blob)
                         outcome = None
                         raw_state = states[i] if decide is not None else None
                         if decide is not None and (history or raw_state is not None):
                             prev = json.loads(raw_state) if raw_state else None
-                            outcome = decide(LeadView(lead[0], lead[1], history, prev, len(new)))
-                            self._queue_outcome(pipe, lead, outcome)
+                            view = LeadView(lead[0], lead[1], history, prev, len(new), lead in listed)
+                            outcome = decide(view)
+                        if outcome is not None and outcome.erase:
+                            self._queue_erasure(pipe, lead, outcome)
+                        else:
+                            if new and new_blob is not None:
+                                pipe.set(key, new_blob)
+                            if outcome is not None:
+                                self._queue_outcome(pipe, lead, outcome)
                         dups = received.get(lead, 0) - len(new)
                         updates.append(LeadUpdate(lead[0], lead[1], history, len(new), dups, outcome))
                     pipe.execute()
                 except redis.WatchError:
                     continue
-            return BatchResult(updates)
+            return BatchResult(updates, dropped)
         raise StoreError(f"gave up after {MAX_ATTEMPTS} write conflicts on {len(leads)} leads")
+
+    @staticmethod
+    def _queue_erasure(pipe: Any, lead: Lead, outcome: Outcome) -> None:
+        from worker import gdpr
+
+        pipe.delete(lead_key(*lead), state_key(*lead))
+        pipe.zrem(DUE_KEY, due_member(*lead))
+        if outcome.suppress_hashes:
+            pipe.sadd(gdpr.SUPPRESSED_KEY, *outcome.suppress_hashes)
+        if outcome.audit is not None:
+            pipe.rpush(gdpr.AUDIT_KEY, json.dumps(outcome.audit, separators=(",", ":")))
 
     @staticmethod
     def _queue_outcome(pipe: Any, lead: Lead, outcome: Outcome) -> None:

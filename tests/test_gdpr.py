@@ -1,0 +1,129 @@
+"""GDPR on fakeredis: erasure erases, keyed hashes recognise the person again, logs stay clean."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import fakeredis
+import pytest
+from flask.testing import FlaskClient
+
+from rules.events import Crm, Event, EventType
+from tests.helpers import ADMIN_TOKEN, SECRET
+from tests.rules_helpers import T0, ms
+from webhooks import create_app
+from worker import gdpr
+from worker.config import Config
+from worker.decide import Decider
+from worker.errors import ConfigError
+from worker.logs import install_redaction, redact
+from worker.policyfile import default_policy
+from worker.store import LeadStore
+
+KEY = b"suppression-key-for-tests"
+EMAIL = "Ada.Lovelace@Example.com"
+NOW = ms(T0 + timedelta(days=2))
+
+
+def ev(n: int, etype: str, lead: str = "gd-1", **data: Any) -> Event:
+    return Event(f"{lead}-{n}", EventType(etype), Crm.HUBSPOT, lead, ms(T0 + timedelta(hours=n)), data)
+
+
+def history(lead: str = "gd-1", email: str = EMAIL) -> list[Event]:
+    return [
+        ev(0, "lead_profile", lead, email=email, source="webinar"),
+        *(ev(n, "email_sent", lead) for n in range(1, 15)),
+    ]
+
+
+def apply(conn: fakeredis.FakeRedis, events: list[Event], key: bytes | None = KEY) -> Any:
+    """What `worker.jobs.process_events` does: apply the batch, then purge erased leads' payloads."""
+    result = LeadStore(conn, key).apply_batch(events, Decider(default_policy(), NOW, suppression_key=key))
+    gdpr.purge_payloads(conn, result.erased)
+    return result
+
+
+def all_bytes(conn: fakeredis.FakeRedis) -> bytes:
+    out = []
+    for k in conn.scan_iter("*"):
+        out.append(k)
+        kind = conn.type(k)
+        if kind == b"string":
+            out.append(conn.get(k) or b"")
+        elif kind == b"list":
+            out.extend(conn.lrange(k, 0, -1))
+        elif kind == b"set":
+            out.extend(conn.smembers(k))
+        elif kind == b"zset":
+            out.extend(conn.zrange(k, 0, -1))
+        elif kind == b"hash":
+            out.extend(v for pair in conn.hgetall(k).items() for v in pair)
+    return b"\n".join(out).lower()
+
+
+def test_erasure_deletes_everything_but_keyed_hashes_and_an_audit() -> None:
+    conn = fakeredis.FakeRedis()
+    apply(conn, history())
+    assert b"ada.lovelace" in all_bytes(conn)
+    result = apply(conn, [ev(20, "erasure_requested")])
+    assert result.erased == [("hubspot", "gd-1")]
+    dump = all_bytes(conn)
+    assert b"ada.lovelace" not in dump and b"gd-1" not in dump
+    assert {k.decode() for k in conn.keys("*")} <= {gdpr.SUPPRESSED_KEY, gdpr.AUDIT_KEY, "rq:queues"}
+    assert conn.sismember(gdpr.SUPPRESSED_KEY, gdpr.email_hash(KEY, " ADA.lovelace@example.COM "))
+    audit = conn.lrange(gdpr.AUDIT_KEY, 0, -1)
+    assert len(audit) == 1 and b'"source":"events"' in audit[0]
+
+
+def test_a_bare_hash_is_never_stored_without_the_key() -> None:
+    conn = fakeredis.FakeRedis()
+    apply(conn, history(), key=None)
+    with pytest.raises(ConfigError, match="PRUNER_SUPPRESSION_KEY is not set"):
+        apply(conn, [ev(20, "erasure_requested")], key=None)
+    assert conn.exists("pruner:lead:hubspot:gd-1")  # nothing half-done: the job fails, to be replayed
+
+
+def test_reimport_of_the_same_id_is_dropped() -> None:
+    conn = fakeredis.FakeRedis()
+    apply(conn, [*history(), ev(20, "erasure_requested")])
+    again = apply(conn, history())
+    assert again.dropped == 15 and again.leads == []
+    assert b"gd-1" not in all_bytes(conn)
+
+
+def test_a_new_id_with_the_same_email_stays_suppressed_and_gets_no_task() -> None:
+    conn = fakeredis.FakeRedis()
+    apply(conn, [*history(), ev(20, "erasure_requested")])
+    apply(conn, history("gd-2", email="  ADA.LOVELACE@example.COM "))
+    store = LeadStore(conn, KEY)
+    state = store.state("hubspot", "gd-2")
+    assert state is not None and state["state"] == "SUPPRESSED"
+    assert [a["kind"] for a in store.actions()] == ["suppress"]
+    assert b"ada.lovelace" not in all_bytes(conn)  # the email is not stored again
+    # Later events without an email keep it suppressed.
+    apply(conn, [ev(30, "email_sent", "gd-2"), ev(31, "email_replied", "gd-2")])
+    assert (store.state("hubspot", "gd-2") or {})["state"] == "SUPPRESSED"
+    assert [a["kind"] for a in store.actions()] == ["suppress"]
+
+
+def test_leads_route_answers_erased() -> None:
+    conn = fakeredis.FakeRedis()
+    apply(conn, [*history(), ev(20, "erasure_requested")])
+    config = Config.from_env(
+        {"PRUNER_WEBHOOK_SECRET": SECRET, "PRUNER_ADMIN_TOKEN": ADMIN_TOKEN, "PRUNER_SUPPRESSION_KEY": KEY.decode()}
+    )
+    client: FlaskClient = create_app(config, conn).test_client()
+    response = client.get("/leads/hubspot/gd-1", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert response.status_code == 200
+    assert response.get_json() == {"crm": "hubspot", "lead_id": "gd-1", "state": "SUPPRESSED", "erased": True}
+
+
+def test_log_records_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    install_redaction()
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("rq.worker").info("job for %s, call %s", EMAIL, "+44 20 7946 0958")
+    assert EMAIL not in caplog.text and "7946" not in caplog.text
+    assert "<email>" in caplog.text and "<phone>" in caplog.text
+    assert redact("at 2026-11-25 16:37:57 job 12345678") == "at 2026-11-25 16:37:57 job 12345678"

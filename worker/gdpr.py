@@ -1,0 +1,93 @@
+"""GDPR: keyed hashes for the suppression list, and purging a lead from job payloads.
+
+After an erasure Pruner keeps only HMAC-SHA-256 hashes, keyed with
+`PRUNER_SUPPRESSION_KEY`, of `crm:lead_id` and of each normalized email the
+lead had: enough to recognise a re-imported or re-created person, useless to
+anyone without the key (a bare SHA-256 of an email is reversed by a dictionary).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from worker.queues import make_queue
+from worker.store import ACTIONS_KEY
+
+log = logging.getLogger(__name__)
+
+SUPPRESSED_KEY = "pruner:suppressed"
+AUDIT_KEY = "pruner:erasures"
+
+
+def keyed_hash(key: bytes, kind: str, value: str) -> str:
+    """Return the hex HMAC-SHA-256 of `kind:value` under the suppression key."""
+    return hmac.new(key, f"{kind}\0{value}".encode(), hashlib.sha256).hexdigest()
+
+
+def lead_hash(key: bytes, crm: str, lead_id: str) -> str:
+    return keyed_hash(key, "lead", f"{crm}:{lead_id}")
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def email_hash(key: bytes, email: str) -> str:
+    return keyed_hash(key, "email", normalize_email(email))
+
+
+def _mentions(event: Any, leads: set[tuple[str, str]]) -> bool:
+    return isinstance(event, list) and len(event) >= 4 and (event[2], event[3]) in leads
+
+
+def purge_payloads(connection: redis.Redis, leads: Iterable[tuple[str, str]], queue_name: str = "pruner") -> int:
+    """Remove erased leads from queued, scheduled and failed job payloads and the action outbox.
+
+    Returns how many job payloads or outbox entries were rewritten or deleted. A job
+    holding only erased leads' events is deleted; others are rewritten without them.
+    """
+    erased = set(leads)
+    if not erased:
+        return 0
+    touched = 0
+    queue = make_queue(connection, queue_name)
+    job_ids = set(queue.get_job_ids())
+    for registry in (queue.scheduled_job_registry, queue.failed_job_registry, queue.deferred_job_registry):
+        job_ids.update(registry.get_job_ids())
+    for job_id in job_ids:
+        try:
+            job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+        except NoSuchJobError:
+            continue
+        if job.func_name != "worker.jobs.process_events" or not job.args:
+            continue
+        events = job.args[0]
+        kept = [e for e in events if not _mentions(e, erased)]
+        if len(kept) == len(events):
+            continue
+        touched += 1
+        if kept:
+            job.args = (kept, *job.args[1:])
+            job.save()
+        else:
+            queue.remove(job)
+            for registry in (queue.scheduled_job_registry, queue.failed_job_registry, queue.deferred_job_registry):
+                registry.remove(job)
+            job.delete()
+    raw: list[bytes] = connection.lrange(ACTIONS_KEY, 0, -1)  # type: ignore[assignment]
+    for entry in raw:
+        action = json.loads(entry)
+        if (action.get("crm"), action.get("lead_id")) in erased:
+            touched += int(connection.lrem(ACTIONS_KEY, 0, entry))  # type: ignore[arg-type]
+    log.info("erasure purge: %d payloads or outbox entries removed", touched)
+    return touched
