@@ -21,7 +21,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from worker.queues import make_queue
-from worker.store import ACTIONS_KEY
+from worker.store import ACTIONS_KEY, outbox_key
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,11 @@ def purge_payloads(connection: redis.Redis, leads: Iterable[tuple[str, str]], qu
             for registry in (queue.scheduled_job_registry, queue.failed_job_registry, queue.deferred_job_registry):
                 registry.remove(job)
             job.delete()
-    raw: list[bytes] = connection.lrange(ACTIONS_KEY, 0, -1)  # type: ignore[assignment]
-    for entry in raw:
-        action = json.loads(entry)
-        if (action.get("crm"), action.get("lead_id")) in erased:
-            touched += int(connection.lrem(ACTIONS_KEY, 0, entry))  # type: ignore[arg-type]
+    for list_key in [ACTIONS_KEY, *{outbox_key(crm) for crm, _ in erased}]:
+        raw: list[bytes] = connection.lrange(list_key, 0, -1)  # type: ignore[assignment]
+        for entry in raw:
+            action = json.loads(entry)
+            if (action.get("crm"), action.get("lead_id")) in erased:
+                touched += int(connection.lrem(list_key, 0, entry))  # type: ignore[arg-type]
     log.info("erasure purge: %d payloads or outbox entries removed", touched)
     return touched

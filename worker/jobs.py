@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -11,10 +12,13 @@ import redis
 from rq import get_current_job
 
 from rules.events import Event
+from worker.actions import drain, pending_key
 from worker.config import Config
+from worker.crm import executor_for
 from worker.decide import Decider
 from worker.gdpr import purge_payloads
 from worker.policyfile import cached_policy
+from worker.queues import JOB_TIMEOUT, RETRY, make_queue
 from worker.store import LeadStore
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,7 @@ def process_events(events: list[list[Any]], source: str = "events") -> dict[str,
     if result.erased:
         # The lead is gone from the store; now from every other job payload and the outbox.
         purge_payloads(connection, result.erased, config.queue_name)
+    request_drains(connection, config, result.actions)
     log.info(
         "batch applied source=%s events=%d leads=%d added=%d duplicates=%d actions=%d erased=%d dropped=%d",
         source, len(events), len(result.leads), result.added, result.duplicates, len(result.actions),
@@ -86,6 +91,7 @@ def run_sweep(connection: redis.Redis, config: Config, now_ms: int) -> dict[str,
             result = store.reevaluate(due, decide)
             evaluated += len(due)
             actions += len(result.actions)
+            request_drains(connection, config, result.actions)
         log.info("sweep done due=%d actions=%d", evaluated, actions)
         return {"due": evaluated, "actions": actions}
     finally:
@@ -95,3 +101,31 @@ def run_sweep(connection: redis.Redis, config: Config, now_ms: int) -> dict[str,
 def sweep(now_ms: int | None = None) -> dict[str, int]:
     """RQ job: run the time-based sweep (the clock enqueues it every minute)."""
     return run_sweep(_connection(), _config(), now_ms if now_ms is not None else int(time.time() * 1000))
+
+
+def request_drains(connection: redis.Redis, config: Config, actions: list[dict[str, Any]]) -> None:
+    """Enqueue one outbox drain per CRM that got live actions (at most one pending per CRM)."""
+    for crm in sorted({a["crm"] for a in actions if not a.get("dry_run")}):
+        if connection.set(pending_key(crm), "1", nx=True, ex=300):
+            make_queue(connection, config.queue_name).enqueue(
+                "worker.jobs.drain_outbox",
+                args=(crm,),
+                result_ttl=0,
+                retry=RETRY,
+                job_timeout=JOB_TIMEOUT * 5,
+                description=f"drain_outbox: {crm}",
+            )
+
+
+def drain_outbox(crm: str) -> dict[str, int]:
+    """RQ job: execute the CRM's pending actions (worker/actions.py)."""
+    config = _config()
+    connection = _connection()
+    counts = drain(connection, crm, lambda: executor_for(crm, config, connection))
+    if counts.get("locked"):
+        # Another drain is running and may have passed its last read: look again shortly.
+        make_queue(connection, config.queue_name).enqueue_in(
+            timedelta(seconds=5), "worker.jobs.drain_outbox", args=(crm,), result_ttl=0, retry=RETRY,
+            job_timeout=JOB_TIMEOUT * 5, description=f"drain_outbox: {crm}",
+        )  # fmt: skip
+    return counts

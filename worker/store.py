@@ -6,7 +6,8 @@ Keys (all prefixed `pruner:`):
     state:{crm}:{lead_id}   JSON: state, loss reason, decisions, acted decision keys, as-of time
                             (absent while a lead is ACTIVE with no decisions: most leads)
     due                     sorted set {crm}:{lead_id} -> next time a time-based rule may fire
-    actions                 list of JSON CRM actions (the outbox the CRM adapters drain)
+    actions                 list of JSON CRM actions decided, newest last (a bounded record, dry runs too)
+    outbox:{crm}            JSON CRM actions still to execute (drained by worker/actions.py)
     suppressed              set of keyed hashes of erased leads and their emails (worker/gdpr.py)
     erasures                list of JSON erasure audit records (hashes, time, source; no personal data)
 
@@ -37,6 +38,15 @@ PREFIX = "pruner:lead:"
 STATE_PREFIX = "pruner:state:"
 DUE_KEY = "pruner:due"
 ACTIONS_KEY = "pruner:actions"
+OUTBOX_PREFIX = "pruner:outbox:"
+ACTIONS_KEPT = 100_000
+
+
+def outbox_key(crm: str) -> str:
+    """Return the list of actions still to execute against one CRM."""
+    return f"{OUTBOX_PREFIX}{crm}"
+
+
 MAX_ATTEMPTS = 50
 Lead = tuple[str, str]
 
@@ -256,7 +266,12 @@ class LeadStore:
         else:
             pipe.zadd(DUE_KEY, {member: outcome.due_ms})
         if outcome.actions:
-            pipe.rpush(ACTIONS_KEY, *(json.dumps(a, separators=(",", ":")) for a in outcome.actions))
+            encoded = [json.dumps(a, separators=(",", ":")) for a in outcome.actions]
+            pipe.rpush(ACTIONS_KEY, *encoded)
+            pipe.ltrim(ACTIONS_KEY, -ACTIONS_KEPT, -1)
+            live = [e for a, e in zip(outcome.actions, encoded, strict=True) if not a.get("dry_run")]
+            if live:
+                pipe.rpush(outbox_key(lead[0]), *live)
 
     def history(self, crm: str, lead_id: str) -> list[LoggedEvent] | None:
         """Return a lead's event log, or None when the lead is unknown."""

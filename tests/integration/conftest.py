@@ -45,7 +45,8 @@ def wait_http(url: str, seconds: float = 20.0) -> None:
 
 def base_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PRUNER_", "REDIS_", "HUBSPOT_", "SALESFORCE_"))}
-    env.update(REDIS_URL=REDIS_URL, PRUNER_WEBHOOK_SECRET=SECRET, PRUNER_ADMIN_TOKEN=ADMIN_TOKEN)
+    # Dry run unless a test says otherwise: decisions are recorded, no CRM is called.
+    env.update(REDIS_URL=REDIS_URL, PRUNER_WEBHOOK_SECRET=SECRET, PRUNER_ADMIN_TOKEN=ADMIN_TOKEN, PRUNER_DRY_RUN="1")
     env.update(extra)
     return env
 

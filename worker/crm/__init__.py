@@ -1,0 +1,22 @@
+"""Outbound CRM adapters: one module per CRM, each building an `Executor` (worker/crm/base.py)."""
+
+from __future__ import annotations
+
+import importlib
+
+import redis
+
+from worker.config import Config
+from worker.crm.base import Executor
+from worker.errors import ConfigError
+
+ADAPTERS = {"hubspot": "worker.crm.hubspot", "salesforce": "worker.crm.salesforce"}
+
+
+def executor_for(crm: str, config: Config, connection: redis.Redis) -> Executor:
+    """Build the executor for `crm` from the configuration; raise ConfigError if it cannot act."""
+    if crm not in ADAPTERS:
+        raise ConfigError(f"no CRM adapter for {crm!r}")
+    module = importlib.import_module(ADAPTERS[crm])
+    executor: Executor = module.build_executor(config, connection)
+    return executor
