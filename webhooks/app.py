@@ -65,11 +65,12 @@ def create_app(
         config, connection, make_queue(connection, config.queue_name), LeadStore(connection), clock
     )
 
-    from webhooks import admin, events, health
+    from webhooks import admin, events, health, hubspot
 
     app.register_blueprint(health.bp)
     app.register_blueprint(events.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(hubspot.bp)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> ResponseReturnValue:

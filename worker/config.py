@@ -65,6 +65,8 @@ class Config:
     salesforce_instance_url: str | None = None
     salesforce_access_token: str | None = field(default=None, repr=False)
     salesforce_api_version: str = "59.0"
+    # Rebuild the URL HubSpot signed from X-Forwarded-Proto/Host: only behind a proxy you run.
+    trust_proxy: bool = False
     queue_name: str = "pruner"
     # Seconds a Redis call may take before the web answers 503: HubSpot gives up
     # on a webhook after 5 s, so a hung Redis must fail well before that.
@@ -96,6 +98,7 @@ class Config:
             salesforce_instance_url=(_text(env, "SALESFORCE_INSTANCE_URL") or "").rstrip("/") or None,
             salesforce_access_token=_text(env, "SALESFORCE_ACCESS_TOKEN"),
             salesforce_api_version=_text(env, "SALESFORCE_API_VERSION") or "59.0",
+            trust_proxy=_flag(env, "PRUNER_TRUST_PROXY", False),
         )
 
     def enabled(self) -> dict[str, bool]:

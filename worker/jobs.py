@@ -53,13 +53,24 @@ def decider(config: Config, now_ms: int, source: str = "events") -> Decider:
     )
 
 
-def process_events(events: list[list[Any]], source: str = "events") -> dict[str, int]:
-    """Apply one queued batch of canonical events and decide what it changes."""
+def process_events(
+    events: list[list[Any]], source: str = "events", ops: list[dict[str, Any]] | None = None
+) -> dict[str, int]:
+    """Apply one queued batch of canonical events (and adapter operations) and decide what it changes."""
     config = _config()
     connection = _connection()
     store = LeadStore(connection, suppression_key(config))
     now_ms = int(time.time() * 1000)
-    result = store.apply_batch((Event.from_wire(item) for item in events), decider(config, now_ms, source))
+    decide = decider(config, now_ms, source)
+    batch = [Event.from_wire(item) for item in events]
+    if ops:
+        from worker import hubspot_ops
+
+        # Fetch first: if HubSpot is down the job fails before anything is written, and RQ retries it.
+        if any(op["op"] in ("engagement", "deal") for op in ops):
+            batch += hubspot_ops.fetch_events(ops, hubspot_ops.hubspot_reader(config, connection))
+        hubspot_ops.apply_store_ops(ops, store, decide, make_queue(connection, config.queue_name))
+    result = store.apply_batch(batch, decide)
     if result.erased:
         # The lead is gone from the store; now from every other job payload and the outbox.
         purge_payloads(connection, result.erased, config.queue_name)
@@ -129,3 +140,12 @@ def drain_outbox(crm: str) -> dict[str, int]:
             job_timeout=JOB_TIMEOUT * 5, description=f"drain_outbox: {crm}",
         )  # fmt: skip
     return counts
+
+
+def forget_lead(crm: str, lead_id: str) -> dict[str, int]:
+    """RQ job: drop a lead deleted in the CRM (state, history, due time, pending actions)."""
+    connection = _connection()
+    config = _config()
+    existed = LeadStore(connection).forget(crm, lead_id)
+    purge_payloads(connection, [(crm, lead_id)], config.queue_name)
+    return {"forgotten": int(existed)}

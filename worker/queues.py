@@ -33,16 +33,21 @@ def make_queue(connection: redis.Redis, name: str = "pruner") -> Queue:
     return Queue(name, connection=connection, serializer=JSONSerializer)
 
 
-def enqueue_events(queue: Queue, wire_events: list[list[Any]], source: str) -> str:
-    """Queue one batch of canonical events (wire form) as one job; return the job id."""
+def enqueue_events(
+    queue: Queue, wire_events: list[list[Any]], source: str, ops: list[dict[str, Any]] | None = None
+) -> str:
+    """Queue one batch of canonical events (wire form) and adapter operations as one job."""
+    kwargs: dict[str, Any] = {"source": source}
+    if ops:
+        kwargs["ops"] = ops
     job = queue.enqueue(
         PROCESS_EVENTS,
         args=(wire_events,),
-        kwargs={"source": source},
+        kwargs=kwargs,
         result_ttl=0,  # a finished job's payload names leads: keep nothing (GDPR)
         # RQ logs a job's description; the default is the call with its arguments,
         # which would put lead ids and emails into the worker's log.
-        description=f"process_events: {len(wire_events)} events from {source}",
+        description=f"process_events: {len(wire_events)} events, {len(ops or [])} ops from {source}",
         retry=RETRY,
         job_timeout=JOB_TIMEOUT,
     )

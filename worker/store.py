@@ -273,6 +273,49 @@ class LeadStore:
             if live:
                 pipe.rpush(outbox_key(lead[0]), *live)
 
+    def merge(self, crm: str, into: str, merged: list[str], decide: Decider) -> LeadUpdate | None:
+        """Fold the merged leads' histories into `into` (a CRM merge) and re-decide it, atomically."""
+        survivor = (crm, into)
+        keys = [lead_key(crm, lead) for lead in [into, *merged]] + [state_key(crm, lead) for lead in [into, *merged]]
+        for _attempt in range(MAX_ATTEMPTS):
+            with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(*keys)
+                    values: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
+                    blobs = values[: 1 + len(merged)]
+                    union: dict[bytes, LoggedEvent] = {}
+                    for blob in blobs:
+                        for ev in eventlog.decode(blob):
+                            union.setdefault(ev.key, ev)
+                    if len(union) == len(eventlog.decode(blobs[0])) and not any(blobs[1:]):
+                        return None  # nothing to merge (already merged: a redelivery)
+                    history = list(union.values())
+                    raw_state = values[1 + len(merged)]
+                    prev = json.loads(raw_state) if raw_state else None
+                    outcome = decide(LeadView(crm, into, history, prev, len(history)))
+                    pipe.multi()
+                    for lead in merged:
+                        pipe.delete(lead_key(crm, lead), state_key(crm, lead))
+                        pipe.zrem(DUE_KEY, due_member(crm, lead))
+                    if outcome.erase:
+                        self._queue_erasure(pipe, survivor, outcome)
+                    else:
+                        pipe.set(lead_key(crm, into), eventlog.append(None, history))
+                        self._queue_outcome(pipe, survivor, outcome)
+                    pipe.execute()
+                except redis.WatchError:
+                    continue
+            return LeadUpdate(crm, into, history, len(history), 0, outcome)
+        raise StoreError(f"gave up after {MAX_ATTEMPTS} write conflicts merging {len(merged)} leads")
+
+    def forget(self, crm: str, lead_id: str) -> bool:
+        """Delete everything held about a lead deleted in the CRM (not a suppression)."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(lead_key(crm, lead_id), state_key(crm, lead_id))
+            pipe.zrem(DUE_KEY, due_member(crm, lead_id))
+            deleted, _ = pipe.execute()
+        return bool(deleted)
+
     def history(self, crm: str, lead_id: str) -> list[LoggedEvent] | None:
         """Return a lead's event log, or None when the lead is unknown."""
         blob = self.redis.get(lead_key(crm, lead_id))

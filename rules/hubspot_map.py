@@ -1,0 +1,219 @@
+"""HubSpot Webhooks API batches -> canonical events (pure; no I/O).
+
+What can be mapped from the webhook alone becomes canonical events at once.
+What needs the HubSpot API (thin `object.creation` engagements, a deal's
+associated contacts) or acts on the store rather than adding events (merges,
+deletions) becomes an *operation* the worker carries out. Unknown subscription
+types are counted and acknowledged: a 4xx would make HubSpot retry for 24 hours.
+
+Property names and values differ between portals; `HubSpotMapping` holds them,
+with defaults taken from HubSpot's standard properties.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from rules.errors import SchemaError
+from rules.events import MAX_FUTURE_SKEW_MS, Crm, Event, EventType, parse_rfc3339_ms
+
+MAX_EVENTS = 100
+REDACTED = "REDACTED"
+# objectTypeId of engagement objects whose creation we fetch and map.
+ENGAGEMENT_TYPES = {"0-48": "calls", "0-49": "emails", "0-47": "meetings"}
+
+
+@dataclass(frozen=True)
+class HubSpotMapping:
+    """Portal-specific names; the defaults are HubSpot's standard properties."""
+
+    # A rep setting hs_lead_status to one of these reopens the lead (NEW and
+    # ATTEMPTED_TO_CONTACT are left out: automation sets them, not a rep's decision).
+    open_lead_statuses: frozenset[str] = frozenset({"OPEN", "IN_PROGRESS", "OPEN_DEAL", "CONNECTED"})
+    lead_status_property: str = "hs_lead_status"
+    optout_property: str = "hs_email_optout"
+    # Properties holding the time of the lead's last reply.
+    reply_properties: frozenset[str] = frozenset({"hs_sales_email_last_replied", "hs_email_last_reply_date"})
+    # Contact property -> lead_profile field.
+    profile_properties: dict[str, str] = field(
+        default_factory=lambda: {
+            "hs_analytics_source": "source",
+            "industry": "segment",
+            "hs_lead_priority": "priority",
+            "email": "email",
+        }
+    )
+    deal_properties: frozenset[str] = frozenset({"dealstage", "amount"})
+    # hs_call_disposition ids that mean a conversation happened (HubSpot's default "Connected").
+    connected_dispositions: frozenset[str] = frozenset({"f240bbac-87c9-4f6e-bf70-924b57d47db7"})
+
+
+@dataclass
+class HubSpotBatch:
+    events: list[Event] = field(default_factory=list)
+    ops: list[dict[str, Any]] = field(default_factory=list)
+    ignored: Counter[str] = field(default_factory=Counter)
+
+
+def _field(raw: dict[str, Any], name: str, where: str, kinds: tuple[type, ...]) -> Any:
+    value = raw.get(name)
+    if value is None or isinstance(value, bool) or not isinstance(value, kinds):
+        raise SchemaError(
+            f"{where}.{name}", f"is required and must be {'/'.join(k.__name__ for k in kinds)}, got {value!r:.40}"
+        )
+    return value
+
+
+def dedup_id(raw: dict[str, Any]) -> str:
+    """HubSpot's eventId is not unique: key on (portal, subscription, event, time, object)."""
+    return "hs:{}:{}:{}:{}:{}".format(
+        raw.get("portalId"), raw.get("subscriptionId"), raw.get("eventId"), raw.get("occurredAt"), raw.get("objectId")
+    )
+
+
+def _truthy(value: object) -> bool:
+    return str(value).strip().lower() in {"true", "1", "yes"}
+
+
+def parse_hubspot_batch(body: object, now_ms: int, mapping: HubSpotMapping | None = None) -> HubSpotBatch:
+    """Validate a decoded HubSpot webhook body and map it; raise `SchemaError` naming the bad field."""
+    m = mapping or HubSpotMapping()
+    if not isinstance(body, list):
+        raise SchemaError("body", f"must be a JSON array of HubSpot events, got {type(body).__name__}")
+    if len(body) > MAX_EVENTS:
+        raise SchemaError("body", f"must hold at most {MAX_EVENTS} events, got {len(body)}")
+    out = HubSpotBatch()
+    for i, raw in enumerate(body):
+        where = f"[{i}]"
+        if not isinstance(raw, dict):
+            raise SchemaError(where, f"must be an object, got {type(raw).__name__}")
+        kind = raw.get("subscriptionType") or raw.get("eventType")
+        if not isinstance(kind, str) or not kind:
+            raise SchemaError(f"{where}.subscriptionType", "is required")
+        occurred = _field(raw, "occurredAt", where, (int,))
+        if occurred > now_ms + MAX_FUTURE_SKEW_MS or occurred <= 0:
+            raise SchemaError(f"{where}.occurredAt", f"must be epoch milliseconds not in the future, got {occurred}")
+        object_id = str(_field(raw, "objectId", where, (int, str)))
+        _map_one(raw, kind, object_id, occurred, m, out)
+    return out
+
+
+def _event(
+    raw: dict[str, Any], etype: EventType, lead: str, at: int, data: dict[str, Any] | None = None, suffix: str = ""
+) -> Event:
+    return Event(dedup_id(raw) + suffix, etype, Crm.HUBSPOT, lead, at, data or {})
+
+
+def _map_one(raw: dict[str, Any], kind: str, object_id: str, at: int, m: HubSpotMapping, out: HubSpotBatch) -> None:
+    if kind == "contact.propertyChange":
+        name, value = raw.get("propertyName"), raw.get("propertyValue")
+        if not isinstance(name, str) or value is None or value == REDACTED:
+            out.ignored["contact.propertyChange:unusable"] += 1
+            return
+        value = str(value)
+        if name == m.optout_property:
+            if _truthy(value):
+                out.events.append(_event(raw, EventType.DO_NOT_CONTACT, object_id, at, {"channels": ["email"]}))
+            else:
+                out.ignored[f"property:{name}=false"] += 1
+        elif name == m.lead_status_property:
+            if value.upper() in m.open_lead_statuses:
+                out.events.append(_event(raw, EventType.REOPENED, object_id, at))
+            else:
+                out.ignored[f"property:{name}"] += 1
+        elif name in m.reply_properties:
+            reply_at = _epoch_ms(value)
+            if reply_at is None:
+                out.ignored[f"property:{name}:unparsable"] += 1
+                return
+            # Keyed on the reply time, not the property: the same reply seen via two properties counts once.
+            out.events.append(
+                Event(f"hs:reply:{object_id}:{reply_at}", EventType.EMAIL_REPLIED, Crm.HUBSPOT, object_id, reply_at, {})
+            )
+        elif name in m.profile_properties and value.strip():
+            out.events.append(_event(raw, EventType.LEAD_PROFILE, object_id, at, {m.profile_properties[name]: value}))
+        else:
+            out.ignored[f"property:{name}"] += 1
+    elif kind == "contact.privacyDeletion":
+        out.events.append(_event(raw, EventType.ERASURE_REQUESTED, object_id, at))
+    elif kind == "contact.deletion":
+        out.ops.append({"op": "forget", "crm": "hubspot", "lead_id": object_id, "at": at})
+    elif kind == "contact.merge":
+        survivor = raw.get("newObjectId") or raw.get("primaryObjectId") or object_id
+        merged = [str(x) for x in raw.get("mergedObjectIds") or [] if str(x) != str(survivor)]
+        if merged:
+            out.ops.append({"op": "merge", "crm": "hubspot", "into": str(survivor), "merged": merged, "at": at})
+        else:
+            out.ignored["contact.merge:empty"] += 1
+    elif kind == "deal.propertyChange":
+        name, value = raw.get("propertyName"), raw.get("propertyValue")
+        if name not in m.deal_properties or value in (None, REDACTED):
+            out.ignored[f"deal.property:{name}"] += 1
+            return
+        data: dict[str, Any] = {"deal_id": object_id}
+        if name == "amount":
+            try:
+                data["amount"] = max(0.0, float(value))
+            except (TypeError, ValueError):
+                out.ignored["deal.amount:unparsable"] += 1
+                return
+        else:
+            data["stage"] = str(value)[:200]
+        out.ops.append(
+            {"op": "deal", "crm": "hubspot", "deal_id": object_id, "id": dedup_id(raw), "at": at, "data": data}
+        )
+    elif kind == "object.creation" and str(raw.get("objectTypeId")) in ENGAGEMENT_TYPES:
+        object_type = ENGAGEMENT_TYPES[str(raw.get("objectTypeId"))]
+        out.ops.append(
+            {"op": "engagement", "crm": "hubspot", "object_type": object_type, "object_id": object_id, "at": at}
+        )
+    else:
+        out.ignored[kind] += 1
+
+
+def _epoch_ms(value: str) -> int | None:
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        return parse_rfc3339_ms(text, "value")
+    except SchemaError:
+        return None
+
+
+def engagement_events(
+    object_type: str, record: dict[str, Any], contact_ids: list[str], at: int, m: HubSpotMapping | None = None
+) -> list[Event]:
+    """Map a fetched call/email/meeting (`properties` of the CRM record) to events per associated contact."""
+    m = m or HubSpotMapping()
+    props = record.get("properties") or {}
+    when = _epoch_ms(str(props.get("hs_timestamp") or "")) or at
+    etype: EventType | None = None
+    data: dict[str, Any] = {}
+    if object_type == "calls":
+        if str(props.get("hs_call_direction", "OUTBOUND")).upper() == "INBOUND":
+            etype = EventType.CALL_CONNECTED  # the lead called us: a conversation
+        elif props.get("hs_call_disposition") in m.connected_dispositions:
+            etype = EventType.CALL_CONNECTED
+        else:
+            etype = EventType.CALL_ATTEMPTED
+    elif object_type == "emails":
+        direction = str(props.get("hs_email_direction", "")).upper()
+        etype = {"EMAIL": EventType.EMAIL_SENT, "INCOMING_EMAIL": EventType.EMAIL_REPLIED}.get(direction)
+    elif object_type == "meetings":
+        outcome = str(props.get("hs_meeting_outcome", "SCHEDULED")).upper()
+        etype = {
+            "SCHEDULED": EventType.MEETING_BOOKED,
+            "COMPLETED": EventType.MEETING_HELD,
+            "NO_SHOW": EventType.MEETING_NO_SHOW,
+            "RESCHEDULED": EventType.MEETING_RESCHEDULED,
+        }.get(outcome)
+        data = {"meeting_id": str(record.get("id", ""))[:200]} if record.get("id") else {}
+    if etype is None:
+        return []
+    return [
+        Event(f"hs:{object_type}:{record.get('id')}:{contact}", etype, Crm.HUBSPOT, contact, when, data)
+        for contact in contact_ids
+    ]

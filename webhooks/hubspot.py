@@ -1,0 +1,73 @@
+"""`POST /webhooks/hubspot`: HubSpot Webhooks API batches, signed v3 (or v1/v2 when told).
+
+Verify over the raw bytes and the URL HubSpot called, map to canonical events and
+operations (rules/hubspot_map.py), queue one job, answer 204 only once it is in Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import quote
+
+import redis
+from flask import Blueprint, Request, current_app, request
+from flask.typing import ResponseReturnValue
+
+from rules.errors import SchemaError
+from rules.hubspot_map import parse_hubspot_batch
+from webhooks.app import error, services
+from webhooks.errors import QueueUnavailable, SignatureError
+from webhooks.hubspot_signatures import verify
+from worker.queues import enqueue_events
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("hubspot", __name__)
+
+
+def signed_uri(req: Request, trust_proxy: bool) -> str:
+    """Rebuild the URL as HubSpot saw it: scheme, host, raw path and query."""
+    scheme, host = req.scheme, req.host
+    if trust_proxy:
+        scheme = req.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
+        host = req.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+    raw = req.environ.get("RAW_URI") or req.environ.get("REQUEST_URI")
+    if not raw:
+        raw = quote(req.path)
+        if req.query_string:
+            raw += "?" + req.query_string.decode("latin-1")
+    return f"{scheme}://{host}{raw}"
+
+
+@bp.post("/webhooks/hubspot")
+def receive_hubspot() -> ResponseReturnValue:
+    """Verify, map and queue a HubSpot webhook batch."""
+    svc = services(current_app._get_current_object())  # type: ignore[attr-defined]
+    secret = svc.config.hubspot_client_secret
+    if secret is None:
+        return error(503, "not_configured", "HUBSPOT_CLIENT_SECRET is not set, so HubSpot signatures cannot be checked")
+    body = request.get_data(cache=False)
+    now_ms = int(svc.clock() * 1000)
+    try:
+        verify(body, request.headers, secret, request.method, signed_uri(request, svc.config.trust_proxy), now_ms)
+    except SignatureError as exc:
+        return error(401, "bad_signature", str(exc))
+    try:
+        decoded = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return error(400, "malformed_json", f"the body is not valid JSON: {exc}")
+    try:
+        batch = parse_hubspot_batch(decoded, now_ms)
+    except SchemaError as exc:
+        return error(400, "invalid_event", str(exc))
+    if batch.ignored:
+        # Acknowledged, never a 4xx (HubSpot would retry for 24 h); counts only, no ids.
+        log.info("hubspot events ignored: %s", dict(batch.ignored))
+    if batch.events or batch.ops:
+        try:
+            enqueue_events(svc.queue, [e.to_wire() for e in batch.events], source="hubspot", ops=batch.ops)
+        except redis.RedisError as exc:
+            log.warning("enqueue failed: %s", type(exc).__name__)
+            raise QueueUnavailable("the queue (Redis) is unavailable; nothing was accepted, retry later") from None
+    return "", 204

@@ -1,0 +1,89 @@
+"""HubSpot webhook signatures (v1, v2, v3) as pure functions over raw bytes.
+
+v3 (the default, `X-HubSpot-Signature-v3`): base64 HMAC-SHA256 keyed with the app's
+client secret over `method + uri + body + timestamp`, timestamp in epoch ms, refused
+when more than 5 minutes away in either direction (HubSpot's own Python client only
+checks the past). v1 and v2 (`X-HubSpot-Signature` with `X-HubSpot-Signature-Version`)
+are hex SHA-256 of `secret + body` and `secret + method + uri + body`: accepted only
+when the version header asks for them, since they carry no timestamp.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+from webhooks.errors import SignatureError
+from webhooks.signatures import Headers
+
+TOLERANCE_MS = 5 * 60 * 1000
+# HubSpot decodes exactly these escapes in the URI before signing (CRM_WIRE.md).
+_URI_DECODE = {
+    "%3A": ":", "%2F": "/", "%3F": "?", "%40": "@", "%21": "!", "%24": "$",
+    "%27": "'", "%28": "(", "%29": ")", "%2A": "*", "%2C": ",", "%3B": ";",
+}  # fmt: skip
+
+
+def normalize_uri(uri: str) -> str:
+    """Decode the escapes HubSpot decodes before signing (either case of hex digits)."""
+    out = []
+    i = 0
+    while i < len(uri):
+        chunk = uri[i : i + 3].upper()
+        if uri[i] == "%" and chunk in _URI_DECODE:
+            out.append(_URI_DECODE[chunk])
+            i += 3
+        else:
+            out.append(uri[i])
+            i += 1
+    return "".join(out)
+
+
+def sign_v1(secret: str, body: bytes) -> str:
+    return hashlib.sha256(secret.encode() + body).hexdigest()
+
+
+def sign_v2(secret: str, method: str, uri: str, body: bytes) -> str:
+    return hashlib.sha256(f"{secret}{method}{uri}".encode() + body).hexdigest()
+
+
+def sign_v3(secret: str, method: str, uri: str, body: bytes, timestamp: str) -> str:
+    message = f"{method}{uri}".encode() + body + timestamp.encode()
+    return base64.b64encode(hmac.new(secret.encode(), message, hashlib.sha256).digest()).decode()
+
+
+def verify(body: bytes, headers: Headers, secret: str, method: str, uri: str, now_ms: int) -> str:
+    """Check a HubSpot request's signature; return the version used or raise `SignatureError`."""
+    uri = normalize_uri(uri)
+    v3 = headers.get("X-HubSpot-Signature-v3")
+    version = (headers.get("X-HubSpot-Signature-Version") or "").strip().lower()
+    if v3 or version == "v3" or not version:
+        if not v3:
+            raise SignatureError("missing X-HubSpot-Signature-v3 header: the request is not signed")
+        stamp = headers.get("X-HubSpot-Request-Timestamp") or ""
+        if not stamp.isdigit():
+            raise SignatureError(f"X-HubSpot-Request-Timestamp must be epoch milliseconds, got {stamp[:40]!r}")
+        skew = now_ms - int(stamp)
+        if skew > TOLERANCE_MS:
+            raise SignatureError(f"X-HubSpot-Request-Timestamp is {skew // 1000} s old, more than the 300 s allowed")
+        if -skew > TOLERANCE_MS:
+            raise SignatureError(f"X-HubSpot-Request-Timestamp is {-skew // 1000} s in the future, more than 300 s")
+        expected = sign_v3(secret, method, uri, body, stamp)
+        _compare(v3, expected)
+        return "v3"
+    given = headers.get("X-HubSpot-Signature")
+    if not given:
+        raise SignatureError("missing X-HubSpot-Signature header: the request is not signed")
+    if version == "v1":
+        _compare(given.lower(), sign_v1(secret, body))
+    elif version == "v2":
+        _compare(given.lower(), sign_v2(secret, method, uri, body))
+    else:
+        raise SignatureError(f"X-HubSpot-Signature-Version must be v1, v2 or v3, got {version[:10]!r}")
+    return version
+
+
+def _compare(given: str, expected: str) -> None:
+    if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode()):
+        raise SignatureError("the HubSpot signature does not match: wrong client secret, URL, or an altered body")

@@ -1,0 +1,96 @@
+"""Carry out the HubSpot operations a webhook batch could not map by itself (rules/hubspot_map.py).
+
+- `engagement`: a thin `object.creation` of a call, email or meeting: fetch it with its
+  contact associations and map it to canonical events.
+- `deal`: a deal's stage or amount changed: fetch its contacts, one `deal_updated` each.
+- `merge`: fold merged contacts' histories into the surviving contact.
+- `forget`: the contact was deleted in HubSpot: drop its state, later (see below).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from datetime import timedelta
+from typing import Any, Protocol
+
+import redis
+
+from rules.events import Crm, Event, EventType
+from rules.hubspot_map import engagement_events
+from worker.config import Config
+from worker.store import Decider, LeadStore
+
+log = logging.getLogger(__name__)
+
+# HubSpot fires contact.privacyDeletion and contact.deletion in any order, in different
+# batches. Forgetting at once could lose the email before the erasure hashes it, so a
+# deletion is carried out this much later.
+FORGET_DELAY = timedelta(minutes=15)
+ENGAGEMENT_PROPERTIES = {
+    "calls": ["hs_timestamp", "hs_call_direction", "hs_call_disposition", "hs_call_status"],
+    "emails": ["hs_timestamp", "hs_email_direction"],
+    "meetings": ["hs_timestamp", "hs_meeting_outcome"],
+}
+
+
+class HubSpotReader(Protocol):
+    def get_object(
+        self, object_type: str, object_id: str, properties: list[str], associations: list[str]
+    ) -> dict[str, Any]: ...
+
+    def associated_ids(self, from_type: str, object_id: str, to_type: str) -> list[str]: ...
+
+
+def hubspot_reader(config: Config, connection: redis.Redis) -> HubSpotReader:
+    """Return the HubSpot API client (worker/crm/hubspot.py) used to fetch thin events."""
+    module = importlib.import_module("worker.crm.hubspot")
+    client: HubSpotReader = module.build_client(config, connection)
+    return client
+
+
+def _contacts(record: dict[str, Any]) -> list[str]:
+    results = ((record.get("associations") or {}).get("contacts") or {}).get("results") or []
+    return sorted({str(r.get("id") or r.get("toObjectId")) for r in results if r.get("id") or r.get("toObjectId")})
+
+
+def fetch_events(ops: list[dict[str, Any]], reader: HubSpotReader) -> list[Event]:
+    """Resolve `engagement` and `deal` operations into canonical events via the API."""
+    events: list[Event] = []
+    for op in ops:
+        if op["op"] == "engagement":
+            kind = op["object_type"]
+            record = reader.get_object(kind, op["object_id"], ENGAGEMENT_PROPERTIES[kind], ["contacts"])
+            events += engagement_events(kind, record, _contacts(record), int(op["at"]))
+        elif op["op"] == "deal":
+            for contact in reader.associated_ids("deals", op["deal_id"], "contacts"):
+                events.append(
+                    Event(
+                        f"{op['id']}:{contact}",
+                        EventType.DEAL_UPDATED,
+                        Crm.HUBSPOT,
+                        contact,
+                        int(op["at"]),
+                        dict(op["data"]),
+                    )
+                )
+    return events
+
+
+def apply_store_ops(ops: list[dict[str, Any]], store: LeadStore, decide: Decider, queue: Any) -> int:
+    """Carry out merges now and schedule forgets; return how many operations were applied."""
+    done = 0
+    for op in ops:
+        if op["op"] == "merge":
+            store.merge(op["crm"], op["into"], list(op["merged"]), decide)
+            done += 1
+        elif op["op"] == "forget":
+            queue.enqueue_in(
+                FORGET_DELAY,
+                "worker.jobs.forget_lead",
+                args=(op["crm"], op["lead_id"]),
+                result_ttl=0,
+                description="forget_lead: a contact deleted in the CRM",
+            )
+            done += 1
+    return done
