@@ -115,6 +115,63 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class Progress:
+    """A one-line progress counter on stderr, only when a person is watching (a TTY)."""
+
+    def __init__(self, label: str, total: int | None = None) -> None:
+        self.label, self.total, self.done = label, total, 0
+        self.live = sys.stderr.isatty()
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if self.live:
+            of = f"/{self.total}" if self.total else ""
+            print(f"\r{self.label}: {self.done}{of}", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.live:
+            print(file=sys.stderr)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from worker.queues import connect
+    from worker.stats import collect, format_text
+
+    config = _config()
+    progress = Progress("leads")
+    stats = collect(connect(config.redis_url, timeout=30), progress)
+    progress.close()
+    print(json.dumps(stats.to_json(), indent=2) if args.format == "json" else format_text(stats))
+    return EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from worker.queues import connect, make_queue
+
+    config = _config()
+    queue = make_queue(connect(config.redis_url, timeout=30), config.queue_name)
+    registry = queue.failed_job_registry
+    job_ids = registry.get_job_ids()
+    if args.job:
+        missing = sorted(set(args.job) - set(job_ids))
+        if missing:
+            print(f"pruner: not in the failed registry: {', '.join(missing)}", file=sys.stderr)
+            return EXIT_USAGE
+        job_ids = list(args.job)
+    progress = Progress("requeued", len(job_ids))
+    requeued = 0
+    for job_id in job_ids:
+        try:
+            registry.requeue(job_id)
+            requeued += 1
+        except Exception as exc:  # a job deleted meanwhile: say so, keep going
+            print(f"pruner: could not requeue {job_id}: {exc}", file=sys.stderr)
+        progress(1)
+    progress.close()
+    print(f"requeued {requeued} of {len(job_ids)} failed jobs on queue {config.queue_name!r}")
+    return EXIT_OK if requeued == len(job_ids) else EXIT_FAILED
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from worker.simulate import format_text, simulate_file
 
@@ -168,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lead_id")
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("stats", help="loss and conversion by source, segment, priority, reason")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_stats)
+    p = sub.add_parser("replay", help="re-enqueue failed jobs (all, or the ones named)")
+    p.add_argument("--failed", action="store_true", help="take jobs from the failed registry (the default)")
+    p.add_argument("--job", action="append", help="only this failed job id (repeatable)")
+    p.set_defaults(func=cmd_replay)
     p = sub.add_parser("simulate", help="dry-run the policy over a JSONL history of canonical events")
     p.add_argument("events", help="JSONL file: one canonical event (or one batch) per line")
     p.add_argument("--policy", help="policy file (default: the bundled one)")

@@ -74,3 +74,80 @@ def test_check_reports_what_is_enabled() -> None:
     assert result.returncode == 0, result.stderr
     assert "on   /webhooks/events" in result.stdout
     assert "off  /webhooks/hubspot" in result.stdout
+
+
+def test_replay_reruns_a_failed_erasure_once_the_key_is_set(redis_db: redis.Redis) -> None:
+    from datetime import UTC, datetime
+
+    from rules.events import Crm, Event, EventType
+    from tests.integration.conftest import start_worker, stop
+    from tests.integration.test_pipeline import wait_until
+    from worker.queues import PROCESS_EVENTS, make_queue
+
+    queue = make_queue(redis_db)
+    at = int(datetime.now(tz=UTC).timestamp() * 1000) - 60_000
+    wire = [Event("er-1", EventType.ERASURE_REQUESTED, Crm.HUBSPOT, "rp-1", at, {}).to_wire()]
+    queue.enqueue(PROCESS_EVENTS, args=(wire,), kwargs={"source": "events"}, result_ttl=0)  # no retries
+    worker = start_worker(base_env())
+    try:
+        wait_until(lambda: queue.failed_job_registry.count == 1)
+    finally:
+        stop(worker)
+    env = base_env(PRUNER_SUPPRESSION_KEY="replay-key")
+    result = subprocess.run(
+        [str(BIN / "pruner"), "replay", "--failed"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert "requeued 1 of 1 failed jobs" in result.stdout
+    worker = start_worker(env)
+    try:
+        wait_until(lambda: queue.failed_job_registry.count == 0 and redis_db.scard("pruner:suppressed") == 1)
+    finally:
+        stop(worker)
+
+
+def test_stats_report_loss_and_conversion_by_source(redis_db: redis.Redis) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from rules.events import Crm, Event, EventType
+    from worker.decide import Decider
+    from worker.policyfile import default_policy
+    from worker.store import LeadStore
+
+    now = datetime.now(tz=UTC)
+    at = int((now - timedelta(days=3)).timestamp() * 1000)
+    store = LeadStore(redis_db)
+    events = []
+    for i, source in enumerate(["webinar", "webinar", "referral"]):
+        lead = f"st-{i}"
+        events.append(Event(f"{lead}-p", EventType.LEAD_PROFILE, Crm.HUBSPOT, lead, at, {"source": source}))
+        if i < 2:
+            events += [Event(f"{lead}-n{k}", EventType.NOT_INTERESTED, Crm.HUBSPOT, lead, at + k, {}) for k in (1, 2)]
+        else:
+            events.append(Event(f"{lead}-d", EventType.DEAL_UPDATED, Crm.HUBSPOT, lead, at + 1, {"stage": "closedwon"}))
+    store.apply_batch(events, Decider(default_policy(), int(now.timestamp() * 1000)))
+    result = subprocess.run(
+        [str(BIN / "pruner"), "stats", "--format", "json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=base_env(),
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert stats["leads"] == 3
+    assert stats["by"]["source"]["webinar"] == {
+        "leads": 2,
+        "won": 0,
+        "lost": 2,
+        "loss_rate": 1.0,
+        "conversion_rate": 0.0,
+        "reasons": {"not_interested": 2},
+    }
+    assert stats["by"]["source"]["referral"]["conversion_rate"] == 1.0
+    assert stats["lost_from_state"] == {"ACTIVE": 2}
+    text = subprocess.run(
+        [str(BIN / "pruner"), "stats"], cwd=ROOT, capture_output=True, text=True, env=base_env(), timeout=30
+    ).stdout
+    assert "webinar" in text and "not_interested" in text
