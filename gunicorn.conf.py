@@ -1,0 +1,23 @@
+"""gunicorn settings for the `web` process (Procfile), friendly to Heroku-like platforms."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '5000')}"
+# Sync workers: each request is short (verify, validate, one Redis round trip), so
+# processes beat threads for CPU-bound signature and schema checks under the GIL.
+workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
+worker_class = "sync"
+# HubSpot gives up after 5 s; nothing here should take longer than a hung Redis (2 s).
+timeout = 20
+# Platforms send SIGTERM and SIGKILL 30 s later: finish in-flight requests well before.
+graceful_timeout = 20
+keepalive = 5
+accesslog = "-"
+errorlog = "-"
+# Requests carry no personal data in the URL except /leads ids: log the path, not the query.
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
+# Only honour X-Forwarded-* from the platform's router when told to.
+forwarded_allow_ips = "*" if os.environ.get("PRUNER_TRUST_PROXY") == "1" else "127.0.0.1"
