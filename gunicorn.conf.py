@@ -21,3 +21,17 @@ errorlog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
 # Only honour X-Forwarded-* from the platform's router when told to.
 forwarded_allow_ips = "*" if os.environ.get("PRUNER_TRUST_PROXY") == "1" else "127.0.0.1"
+
+# prometheus-client's multiprocess mode: each gunicorn worker writes its counters to
+# files here and /metrics sums them. Set before any worker imports prometheus_client.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pruner-prometheus-")
+
+
+def child_exit(server: object, worker: object) -> None:
+    """Drop a dead worker's live gauges (counters keep their totals)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]

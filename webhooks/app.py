@@ -65,12 +65,13 @@ def create_app(
         config, connection, make_queue(connection, config.queue_name), LeadStore(connection), clock
     )
 
-    from webhooks import admin, events, health, hubspot
+    from webhooks import admin, events, health, hubspot, metrics
 
     app.register_blueprint(health.bp)
     app.register_blueprint(events.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(hubspot.bp)
+    app.register_blueprint(metrics.bp)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> ResponseReturnValue:

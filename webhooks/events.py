@@ -17,6 +17,7 @@ from rules.errors import SchemaError
 from rules.events import parse_batch
 from webhooks.app import error, services
 from webhooks.errors import QueueUnavailable, SignatureError
+from webhooks.metrics import count_received
 from webhooks.signatures import decode_secret, verify
 from worker.queues import enqueue_events
 
@@ -51,4 +52,5 @@ def receive_events() -> ResponseReturnValue:
     except redis.RedisError as exc:
         log.warning("enqueue failed: %s", type(exc).__name__)
         raise QueueUnavailable("the queue (Redis) is unavailable; nothing was accepted, retry later") from None
+    count_received("events", [e.type.value for e in events])
     return jsonify(accepted=len(events)), 202

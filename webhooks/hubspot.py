@@ -19,6 +19,7 @@ from rules.hubspot_map import parse_hubspot_batch
 from webhooks.app import error, services
 from webhooks.errors import QueueUnavailable, SignatureError
 from webhooks.hubspot_signatures import verify
+from webhooks.metrics import count_received
 from worker.queues import enqueue_events
 
 log = logging.getLogger(__name__)
@@ -70,4 +71,5 @@ def receive_hubspot() -> ResponseReturnValue:
         except redis.RedisError as exc:
             log.warning("enqueue failed: %s", type(exc).__name__)
             raise QueueUnavailable("the queue (Redis) is unavailable; nothing was accepted, retry later") from None
+    count_received("hubspot", [e.type.value for e in batch.events])
     return "", 204

@@ -88,9 +88,11 @@ class Decider:
         acted_list: list[str] = list(prev.get("acted", []))
         acted = set(acted_list)
         actions = actions_for(view, ev, acted, self.dry_run)
-        acted_list += [d.key for d in ev.decisions if d.key not in acted]
+        fresh = [d for d in ev.decisions if d.key not in acted]
+        acted_list += [d.key for d in fresh]
+        new = [(d.rule, d.to.value, d.reason) for d in fresh]
         if not ev.decisions and ev.next_due_ms is None and not listed:
-            return Outcome(None, None, actions)
+            return Outcome(None, None, actions, new_decisions=new)
         state = {
             "state": ev.state.value,
             "loss_reason": ev.loss_reason,
@@ -101,7 +103,7 @@ class Decider:
         }
         if listed:
             state["suppression_list"] = True
-        return Outcome(state, ev.next_due_ms, actions)
+        return Outcome(state, ev.next_due_ms, actions, new_decisions=new)
 
     def erase(self, view: LeadView) -> Outcome:
         """Forget the lead: keep keyed hashes of its id and emails, and an audit record."""

@@ -17,6 +17,7 @@ from worker.config import Config
 from worker.crm import executor_for
 from worker.decide import Decider
 from worker.gdpr import purge_payloads
+from worker.metrics import record_batch
 from worker.policyfile import cached_policy
 from worker.queues import JOB_TIMEOUT, RETRY, make_queue
 from worker.store import LeadStore
@@ -75,6 +76,14 @@ def process_events(
         # The lead is gone from the store; now from every other job payload and the outbox.
         purge_payloads(connection, result.erased, config.queue_name)
     request_drains(connection, config, result.actions)
+    job = get_current_job()
+    record_batch(
+        connection,
+        result.new_decisions,
+        ((source, e.type.value) for e in batch),
+        job.enqueued_at.timestamp() if job is not None and job.enqueued_at else None,
+        max((e.occurred_ms for e in batch), default=None),
+    )
     log.info(
         "batch applied source=%s events=%d leads=%d added=%d duplicates=%d actions=%d erased=%d dropped=%d",
         source, len(events), len(result.leads), result.added, result.duplicates, len(result.actions),
@@ -103,6 +112,7 @@ def run_sweep(connection: redis.Redis, config: Config, now_ms: int) -> dict[str,
             evaluated += len(due)
             actions += len(result.actions)
             request_drains(connection, config, result.actions)
+            record_batch(connection, result.new_decisions, (), None, None)
         log.info("sweep done due=%d actions=%d", evaluated, actions)
         return {"due": evaluated, "actions": actions}
     finally:

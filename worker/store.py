@@ -96,6 +96,8 @@ class Outcome:
     state: dict[str, Any] | None = None  # None: no state record (plain ACTIVE lead)
     due_ms: int | None = None
     actions: list[dict[str, Any]] = field(default_factory=list)
+    # Decisions this evaluation added (rule, to, reason): aggregate metrics only.
+    new_decisions: list[tuple[str, str, str | None]] = field(default_factory=list)
     # Erasure: delete everything about the lead, keep these keyed hashes and one audit record.
     erase: bool = False
     suppress_hashes: list[str] = field(default_factory=list)
@@ -138,6 +140,10 @@ class BatchResult:
     @property
     def actions(self) -> list[dict[str, Any]]:
         return [a for u in self.leads if u.outcome for a in u.outcome.actions]
+
+    @property
+    def new_decisions(self) -> list[tuple[str, str, str | None]]:
+        return [d for u in self.leads if u.outcome for d in u.outcome.new_decisions]
 
 
 class LeadStore:

@@ -1,0 +1,28 @@
+"""/metrics: web counters and queue health from Redis."""
+
+from __future__ import annotations
+
+import fakeredis
+from flask.testing import FlaskClient
+
+from tests.helpers import batch_body, event, signed_headers
+from worker import metrics as worker_metrics
+
+
+def test_metrics_show_received_events_and_queue_depth(client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
+    body = batch_body([event("email_sent"), event("email_sent"), event("call_attempted")])
+    assert client.post("/webhooks/events", data=body, headers=signed_headers(body)).status_code == 202
+    bad = batch_body([event("nonsense")])
+    assert client.post("/webhooks/events", data=bad, headers=signed_headers(bad)).status_code == 400
+    worker_metrics.record_batch(
+        fake_redis, [("repeated_no", "LOST", "not_interested")], [("events", "email_sent")], None, None
+    )
+    worker_metrics.count_crm_call(fake_redis, "hubspot", "/crm/v3/objects/contacts/batch/update", 200)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'pruner_events_received_total{source="events",type="email_sent"}' in text
+    assert 'pruner_events_rejected_total{reason="400",source="events"}' in text
+    assert 'pruner_queue_jobs{queue="pruner",registry="queued"} 1.0' in text
+    assert 'pruner_decisions_total{reason="not_interested",rule="repeated_no",to="LOST"} 1.0' in text
+    assert 'pruner_crm_calls_total{crm="hubspot",endpoint="/crm/v3/objects/contacts/batch/update",status="200"}' in text
+    assert "pruner_webhook_seconds_bucket" in text
+    assert "pruner_redis_up 1.0" in text

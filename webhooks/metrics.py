@@ -1,0 +1,144 @@
+"""`GET /metrics`: Prometheus exposition for the web process and, via Redis, the workers.
+
+Web-side numbers (events received and rejected, webhook latency) use prometheus-client,
+in multiprocess mode when gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR. Queue health
+and worker-side aggregates (decisions, CRM calls, lag) are read from Redis at scrape
+time by a custom collector, so they are right however many worker dynos run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import redis
+from flask import Blueprint, Response, current_app, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from rq import Queue, Worker
+
+from worker import metrics as worker_metrics
+
+bp = Blueprint("metrics", __name__)
+
+EVENTS_RECEIVED = Counter("pruner_events_received_total", "Events accepted and queued", ["source", "type"])
+EVENTS_REJECTED = Counter("pruner_events_rejected_total", "Requests refused", ["source", "reason"])
+LATENCY = Histogram(
+    "pruner_webhook_seconds", "Webhook handling time", ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)  # fmt: skip
+
+
+class RedisCollector(Collector):
+    """Queue depth, failures, workers, lag and worker-side counters, read at scrape time."""
+
+    def __init__(self, connection: redis.Redis, queue: Queue) -> None:
+        self.connection = connection
+        self.queue = queue
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        try:
+            yield from self._collect()
+        except redis.RedisError:
+            up = GaugeMetricFamily("pruner_redis_up", "1 when Redis answered the scrape")
+            up.add_metric([], 0)
+            yield up
+
+    def _collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        q = self.queue
+        up = GaugeMetricFamily("pruner_redis_up", "1 when Redis answered the scrape")
+        up.add_metric([], 1)
+        yield up
+        depth = GaugeMetricFamily("pruner_queue_jobs", "Jobs per queue and registry", labels=["queue", "registry"])
+        depth.add_metric([q.name, "queued"], q.count)
+        depth.add_metric([q.name, "started"], q.started_job_registry.count)
+        depth.add_metric([q.name, "scheduled"], q.scheduled_job_registry.count)
+        depth.add_metric([q.name, "failed"], q.failed_job_registry.count)
+        yield depth
+        workers = GaugeMetricFamily("pruner_workers", "RQ workers registered on the queue")
+        workers.add_metric([], Worker.count(queue=q))
+        yield workers
+        oldest = q.get_job_ids(0, 0)
+        lag = GaugeMetricFamily("pruner_queue_lag_seconds", "Age of the oldest queued job")
+        job = q.fetch_job(oldest[0]) if oldest else None
+        lag.add_metric([], max(0.0, time.time() - job.enqueued_at.timestamp()) if job and job.enqueued_at else 0.0)
+        yield lag
+        lag_raw: dict[bytes, bytes] = self.connection.hgetall(worker_metrics.LAG_KEY)  # type: ignore[assignment]
+        last = {k.decode(): float(v) for k, v in lag_raw.items()}
+        processing = GaugeMetricFamily(
+            "pruner_processing_lag_seconds", "Last batch: now - enqueued time, and now - newest event time",
+            labels=["kind"],
+        )  # fmt: skip
+        processing.add_metric(["queue"], last.get("queue_seconds", 0.0))
+        processing.add_metric(["event"], last.get("event_seconds", 0.0))
+        yield processing
+        yield self._hash_counter(
+            worker_metrics.DECISIONS_KEY,
+            "pruner_decisions",
+            "Decisions by rule, target state and loss reason",
+            ["rule", "to", "reason"],
+        )
+        yield self._hash_counter(
+            worker_metrics.CRM_CALLS_KEY,
+            "pruner_crm_calls",
+            "CRM calls by CRM, endpoint and status",
+            ["crm", "endpoint", "status"],
+        )
+        yield self._hash_counter(
+            worker_metrics.EVENTS_KEY, "pruner_events_applied", "Events applied by the workers", ["source", "type"]
+        )
+
+    def _hash_counter(self, key: str, name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, doc, labels=labels)
+        raw: dict[bytes, bytes] = self.connection.hgetall(key)  # type: ignore[assignment]
+        for field, value in raw.items():
+            parts = field.decode().split("|")
+            if len(parts) == len(labels):
+                family.add_metric(parts, float(value))
+        return family
+
+
+def registry_for(connection: redis.Redis, queue: Queue) -> CollectorRegistry:
+    """Build the registry /metrics serves."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+    else:
+        for collector in (EVENTS_RECEIVED, EVENTS_REJECTED, LATENCY):
+            registry.register(collector)
+    registry.register(RedisCollector(connection, queue))
+    return registry
+
+
+@bp.before_app_request
+def _start_timer() -> None:
+    g.pruner_started = time.perf_counter()
+
+
+@bp.after_app_request
+def _observe(response: Response) -> Response:
+    if request.path.startswith("/webhooks/") and "pruner_started" in g:
+        LATENCY.labels(request.path).observe(time.perf_counter() - g.pruner_started)
+        if response.status_code >= 400:
+            EVENTS_REJECTED.labels(request.path.rsplit("/", 1)[-1], str(response.status_code)).inc()
+    return response
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Serve the Prometheus text exposition."""
+    svc = current_app.extensions["pruner"]
+    registry = current_app.extensions.setdefault("pruner_metrics", registry_for(svc.redis, svc.queue))
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def count_received(source: str, types: list[str]) -> None:
+    """Count events accepted and queued by one request."""
+    counts: dict[str, int] = {}
+    for t in types:
+        counts[t] = counts.get(t, 0) + 1
+    for t, n in counts.items():
+        EVENTS_RECEIVED.labels(source, t).inc(n)

@@ -1,0 +1,54 @@
+"""Aggregate counters the workers keep in Redis, for `/metrics` and the dashboard.
+
+Workers may run on other machines than the web (Heroku dynos), so prometheus-client's
+multiprocess files cannot carry their numbers; a few Redis hashes can. Only
+aggregates are stored: rule and reason names, CRM endpoints and statuses — never a
+lead id.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import redis
+
+DECISIONS_KEY = "pruner:metrics:decisions"  # field "rule|to|reason" -> count
+CRM_CALLS_KEY = "pruner:metrics:crm_calls"  # field "crm|endpoint|status" -> count
+EVENTS_KEY = "pruner:metrics:events"  # field "source|type" -> count of events applied
+LAG_KEY = "pruner:metrics:lag"  # fields: queue_seconds, event_seconds, at (of the last batch)
+DAILY_PREFIX = "pruner:metrics:daily:"  # per UTC day: field "to|reason" -> decisions that day
+
+
+def record_batch(
+    connection: redis.Redis,
+    decisions: Iterable[tuple[str, str, str | None]],
+    events: Iterable[tuple[str, str]],
+    enqueued_at: float | None,
+    newest_event_ms: int | None,
+) -> None:
+    """Count a processed batch's new decisions and events, and remember its lag."""
+    now = time.time()
+    day = time.strftime("%Y-%m-%d", time.gmtime(now))
+    with connection.pipeline(transaction=False) as pipe:
+        for rule, to, reason in decisions:
+            pipe.hincrby(DECISIONS_KEY, f"{rule}|{to}|{reason or ''}", 1)
+            pipe.hincrby(DAILY_PREFIX + day, f"{to}|{reason or ''}", 1)
+        pipe.expire(DAILY_PREFIX + day, 400 * 86_400)
+        counts: dict[str, int] = {}
+        for source, etype in events:
+            counts[f"{source}|{etype}"] = counts.get(f"{source}|{etype}", 0) + 1
+        for field, n in counts.items():
+            pipe.hincrby(EVENTS_KEY, field, n)
+        lag: dict[str, float] = {"at": now}
+        if enqueued_at is not None:
+            lag["queue_seconds"] = max(0.0, now - enqueued_at)
+        if newest_event_ms is not None:
+            lag["event_seconds"] = max(0.0, now - newest_event_ms / 1000)
+        pipe.hset(LAG_KEY, mapping=lag)  # type: ignore[arg-type]
+        pipe.execute()
+
+
+def count_crm_call(connection: redis.Redis, crm: str, endpoint: str, status: int | str) -> None:
+    """Count one outbound CRM call (endpoint as a template, e.g. `/crm/v3/objects/contacts/batch/update`)."""
+    connection.hincrby(CRM_CALLS_KEY, f"{crm}|{endpoint}|{status}", 1)
