@@ -65,13 +65,16 @@ def create_app(
         config, connection, make_queue(connection, config.queue_name), LeadStore(connection), clock
     )
 
-    from webhooks import admin, events, health, hubspot, metrics
+    from webhooks import admin, dashboard, events, health, hubspot, metrics, salesforce
 
     app.register_blueprint(health.bp)
     app.register_blueprint(events.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(hubspot.bp)
+    app.register_blueprint(salesforce.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(dashboard.bp)
+    dashboard.mount_rq_dashboard(app)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> ResponseReturnValue:

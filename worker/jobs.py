@@ -159,3 +159,38 @@ def forget_lead(crm: str, lead_id: str) -> dict[str, int]:
     existed = LeadStore(connection).forget(crm, lead_id)
     purge_payloads(connection, [(crm, lead_id)], config.queue_name)
     return {"forgotten": int(existed)}
+
+
+STATS_SNAPSHOT_KEY = "pruner:stats:snapshot"  # JSON: {"computed_at", "seconds", "stats"} for /dashboard
+STATS_LOCK = "pruner:stats:lock"
+STATS_INTERVAL_SECONDS = 300
+
+
+def store_stats_snapshot(connection: redis.Redis) -> dict[str, Any]:
+    """Compute `pruner stats` aggregates and store them as the dashboard's snapshot."""
+    import json
+    from datetime import UTC, datetime
+
+    from worker.stats import collect
+
+    started = time.time()
+    stats = collect(connection)
+    snapshot = {
+        "computed_at": datetime.fromtimestamp(started, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "seconds": round(time.time() - started, 3),
+        "stats": stats.to_json(),
+    }
+    connection.set(STATS_SNAPSHOT_KEY, json.dumps(snapshot))
+    return snapshot
+
+
+def refresh_stats() -> dict[str, int]:
+    """RQ job: refresh the dashboard's stats snapshot (the clock enqueues it every 5 minutes)."""
+    connection = _connection()
+    # A SCAN over every lead can outlast the interval on big installs: never run two at once.
+    if not connection.set(STATS_LOCK, "1", nx=True, ex=STATS_INTERVAL_SECONDS * 2):
+        return {"skipped": 1}
+    try:
+        return {"leads": int(store_stats_snapshot(connection)["stats"]["leads"])}
+    finally:
+        connection.delete(STATS_LOCK)

@@ -48,10 +48,13 @@ class JsonCronJob(CronJob):
 
 
 def run_clock(config: Config, connection: redis.Redis | None = None) -> None:
-    """Enqueue the time-based sweep every minute with RQ's cron scheduler."""
+    """Enqueue the sweep every minute and the dashboard's stats snapshot every 5 minutes (RQ's cron)."""
     connection = connection or connect(config.redis_url)
     scheduler = CronScheduler(connection=connection)
     options: dict[str, Any] = {"interval": SWEEP_INTERVAL_SECONDS, "job_timeout": 300, "result_ttl": 0}
     cron_job = scheduler.register(jobs.sweep, config.queue_name, **options)
     cron_job.__class__ = JsonCronJob  # same state, JSON enqueue; see JsonCronJob
+    stats_options: dict[str, Any] = {"interval": jobs.STATS_INTERVAL_SECONDS, "job_timeout": 600, "result_ttl": 0}
+    stats_job = scheduler.register(jobs.refresh_stats, config.queue_name, **stats_options)
+    stats_job.__class__ = JsonCronJob  # the dashboard reads its snapshot instead of scanning every lead
     scheduler.start()

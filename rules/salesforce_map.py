@@ -1,0 +1,393 @@
+"""Salesforce Outbound Message notifications -> canonical events: pure functions, no I/O.
+
+The inbound view (webhooks/salesforce.py) parses the SOAP envelope into `Notification`s;
+`map_notifications` turns them into canonical `Event`s with `crm = salesforce`. Every
+field name and picklist value used here is a `SalesforceMapping` attribute, because
+Salesforce orgs rename picklists and add their own fields.
+
+What each sObject becomes (defaults):
+
+- `Lead`: `HasOptedOutOfEmail` true -> `do_not_contact` [email]; `DoNotCall` true ->
+  `do_not_contact` [phone] (both -> one event with both channels); `Status` in
+  `not_interested_statuses` ("Closed - Not Interested") -> `not_interested`; `Status` in
+  `open_statuses` AND the marker `Pruner_Reopened__c` set -> `reopened` (an outbound message
+  carries only the latest values, so "it was closed before" cannot be seen: a flow or
+  process that reopens a lead must set the marker, to `true` or, better, to the time of
+  the reopen); `LeadSource`/`Industry`/`Rating`/`Email` -> `lead_profile`
+  (source/segment/priority/email).
+- `Task` whose `WhoId` is a lead (`00Q…`), skipped while `IsClosed` is false (a planned
+  task is not an activity yet): `TaskSubtype` Call -> `call_connected` when
+  `CallDisposition` is a conversation ("Connected", "Spoke", "Meeting booked", …) or
+  `CallDurationInSeconds` > 60, else `call_attempted`; a disposition in
+  `not_interested_dispositions` ("Not interested") -> `call_connected` + `not_interested`.
+  `TaskSubtype` Email/ListEmail -> `email_sent`, or `email_replied` when the marker
+  `Pruner_Inbound__c` is true or, absent the marker, the `Subject` starts with "RE:".
+- `Event` whose `WhoId` is a lead -> `meeting_booked`; `meeting_held` once `EndDateTime`
+  is past (unless `Pruner_Cancelled__c` or `Pruner_No_Show__c`); `meeting_no_show` when
+  `Pruner_No_Show__c`; `meeting_rescheduled` when `Pruner_Rescheduled__c` is true
+  (`first_meeting` from `Pruner_First_Meeting__c` when sent). `meeting_id` = the Event Id.
+- `Opportunity` -> `deal_updated` (`deal_id`, `amount`, `stage`); the lead comes from
+  `Pruner_Lead_Id__c` (a converted lead's Opportunity has no lead link of its own).
+- `Individual` -> `erasure_requested` when `ShouldForget`, `do_not_contact` [all] when
+  `HasOptedOutSolicit`; the lead comes from `Pruner_Lead_Id__c` (Individuals link to
+  leads only through `Lead.IndividualId`).
+- Anything else is skipped and counted, never refused: Salesforce would retry it for 24 h.
+
+Event ids (the store's dedup key). Salesforce re-sends a notification with the same
+`Id`, and sends a new notification on every edit that matches the rule, always with the
+record's latest values. So:
+
+- activities are keyed by their record: a Task or Event is one call, email or meeting,
+  however often it is edited or re-sent (`sf:{TaskId}:call_connected`,
+  `sf:{EventId}:meeting_booked`, `sf:{EventId}:meeting_rescheduled:{StartDateTime}`);
+- states are keyed by record and value (`sf:{LeadId}:do_not_contact:email`,
+  `sf:{IndividualId}:erasure_requested`): repeating a fact does not repeat the event;
+- occurrences on a Lead or Opportunity are keyed by the notification
+  (`sf:{NotificationId}:not_interested`, `…:reopened`, `…:lead_profile`,
+  `…:deal_updated`): the outbound rule for them should fire on the change ("created, and
+  any time it's edited to subsequently meet criteria"), not on every edit.
+
+Times: the record's own timestamps (`CompletedDateTime`, `CreatedDate`, `ActivityDate`,
+`EndDateTime`, `LastModifiedDate`, per kind) when present and parseable, else the receive
+time; never later than the receive time (nothing has happened in the future).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from rules.errors import SchemaError
+from rules.events import Event, EventType, format_ms, parse_event, parse_rfc3339_ms
+
+LEAD_PREFIX = "00Q"
+_ID = re.compile(r"[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?")
+_SUFFIX_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def to_18(record_id: str) -> str:
+    """Return the case-insensitive 18-character form of a Salesforce id (15 or 18 chars in)."""
+    if len(record_id) != 15:
+        return record_id
+    suffix = ""
+    for start in range(0, 15, 5):
+        chunk = record_id[start : start + 5]
+        bits = sum(1 << i for i, char in enumerate(chunk) if "A" <= char <= "Z")
+        suffix += _SUFFIX_CHARS[bits]
+    return record_id + suffix
+
+
+def is_record_id(value: object) -> bool:
+    """Say whether `value` looks like a Salesforce record id (15 or 18 alphanumerics)."""
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One `<Notification>` of an outbound message: its id, sObject type and field values."""
+
+    id: str
+    sobject: str
+    fields: Mapping[str, str | None]
+
+
+@dataclass(frozen=True)
+class SalesforceMapping:
+    """Field names and picklist values the mapping reads; every one can be overridden."""
+
+    open_statuses: frozenset[str] = frozenset({"Open - Not Contacted", "Working - Contacted"})
+    reopened_field: str = "Pruner_Reopened__c"
+    not_interested_statuses: frozenset[str] = frozenset({"Closed - Not Interested"})
+    profile_fields: Mapping[str, str] = field(
+        default_factory=lambda: {"source": "LeadSource", "segment": "Industry", "priority": "Rating", "email": "Email"}
+    )
+    # Compared case-insensitively: dispositions are free-text picklists in most orgs.
+    connected_dispositions: frozenset[str] = frozenset(
+        {
+            "connected",
+            "spoke",
+            "spoke with contact",
+            "conversation",
+            "meeting booked",
+            "meeting scheduled",
+            "interested",
+        }
+    )
+    not_interested_dispositions: frozenset[str] = frozenset({"not interested"})
+    connected_min_seconds: int = 60
+    call_subtypes: frozenset[str] = frozenset({"Call"})
+    email_subtypes: frozenset[str] = frozenset({"Email", "ListEmail"})
+    inbound_email_field: str = "Pruner_Inbound__c"
+    reply_subject_prefixes: tuple[str, ...] = ("re:",)
+    rescheduled_field: str = "Pruner_Rescheduled__c"
+    first_meeting_field: str = "Pruner_First_Meeting__c"
+    cancelled_field: str = "Pruner_Cancelled__c"
+    no_show_field: str = "Pruner_No_Show__c"
+    opportunity_lead_field: str = "Pruner_Lead_Id__c"
+    individual_lead_field: str = "Pruner_Lead_Id__c"
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> SalesforceMapping:
+        """Build a mapping from overrides (e.g. decoded JSON); raise SchemaError naming a bad key."""
+        known = {f.name: f for f in fields(cls)}
+        default = cls()
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key not in known:
+                raise SchemaError(key, f"is not a Salesforce mapping setting (allowed: {', '.join(known)})")
+            current = getattr(default, key)
+            if isinstance(current, frozenset | tuple):
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise SchemaError(key, f"must be a list of strings, got {value!r:.80}")
+                lowered = key in {"connected_dispositions", "not_interested_dispositions", "reply_subject_prefixes"}
+                items = [v.lower() for v in value] if lowered else list(value)
+                values[key] = tuple(items) if isinstance(current, tuple) else frozenset(items)
+            elif isinstance(current, int):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise SchemaError(key, f"must be a non-negative integer, got {value!r:.80}")
+                values[key] = value
+            elif isinstance(current, str):
+                if not isinstance(value, str) or not value.strip():
+                    raise SchemaError(key, f"must be a non-empty string, got {value!r:.80}")
+                values[key] = value.strip()
+            else:  # profile_fields
+                if not isinstance(value, dict) or not set(value) <= set(default.profile_fields):
+                    raise SchemaError(
+                        key, f"must map some of {sorted(default.profile_fields)} to fields, got {value!r:.80}"
+                    )
+                values[key] = {**default.profile_fields, **value}
+        return cls(**values)
+
+
+@dataclass
+class MapResult:
+    """The events one message yields, and what was skipped, counted by reason."""
+
+    events: list[Event] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
+def _true(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in {"true", "1"}
+
+
+def _text(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _time_ms(value: str | None) -> int | None:
+    """Parse a Salesforce dateTime (`2026-11-20T10:00:00.000Z`) or date (`2026-11-20`)."""
+    value = _text(value)
+    if value is None:
+        return None
+    if _DATE.fullmatch(value):
+        value += "T00:00:00Z"
+    elif len(value) >= 5 and value[-5] in "+-" and value[-3] != ":":
+        value = value[:-2] + ":" + value[-2:]  # `+0000` -> `+00:00`
+    try:
+        return parse_rfc3339_ms(value, "time")
+    except SchemaError:
+        return None
+
+
+def _lead_id(value: str | None) -> str | None:
+    value = _text(value)
+    if value is None or not is_record_id(value) or not value.startswith(LEAD_PREFIX):
+        return None
+    return to_18(value)
+
+
+class _Builder:
+    """Collects canonical events for one message, validating each like `/webhooks/events` does."""
+
+    def __init__(self, now_ms: int, result: MapResult) -> None:
+        self.now_ms = now_ms
+        self.result = result
+
+    def first_time(self, values: Mapping[str, str | None], names: Iterable[str]) -> int:
+        for name in names:
+            at = _time_ms(values.get(name))
+            if at is not None:
+                return min(at, self.now_ms)
+        return self.now_ms
+
+    def add(
+        self, event_id: str, etype: EventType, lead_id: str, at_ms: int, data: dict[str, Any] | None = None
+    ) -> None:
+        raw = {
+            "id": event_id,
+            "type": etype.value,
+            "crm": "salesforce",
+            "lead_id": lead_id,
+            "occurred_at": format_ms(at_ms),
+            "data": data or {},
+        }
+        try:
+            self.result.events.append(parse_event(raw, event_id, self.now_ms))
+        except SchemaError:
+            # A value Salesforce allows but the canonical schema does not (e.g. a negative
+            # amount): drop that one event, keep the rest, never make Salesforce retry.
+            self.result.skipped["invalid_value"] += 1
+
+
+def _map_lead(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
+    f = n.fields
+    lead = _lead_id(f.get("Id"))
+    if lead is None:
+        b.result.skipped["lead_without_id"] += 1
+        return
+    at = b.first_time(f, ("LastModifiedDate", "CreatedDate"))
+    channels = [c for c, name in (("email", "HasOptedOutOfEmail"), ("phone", "DoNotCall")) if _true(f.get(name))]
+    if channels:
+        b.add(
+            f"sf:{lead}:do_not_contact:{'+'.join(channels)}", EventType.DO_NOT_CONTACT, lead, at, {"channels": channels}
+        )
+    status = _text(f.get("Status"))
+    if status in m.not_interested_statuses:
+        b.add(f"sf:{n.id}:not_interested", EventType.NOT_INTERESTED, lead, at)
+    marker = _text(f.get(m.reopened_field))
+    if status in m.open_statuses and marker is not None:
+        reopened_at = _time_ms(marker)
+        if reopened_at is not None:
+            # A reopen time identifies the reopen itself: re-sent or later edits don't repeat it.
+            b.add(f"sf:{lead}:reopened:{reopened_at}", EventType.REOPENED, lead, min(reopened_at, b.now_ms))
+        elif _true(marker):
+            b.add(f"sf:{n.id}:reopened", EventType.REOPENED, lead, at)
+    profile = {key: value for key, name in m.profile_fields.items() if (value := _text(f.get(name))) is not None}
+    if profile:
+        b.add(f"sf:{n.id}:lead_profile", EventType.LEAD_PROFILE, lead, at, profile)
+
+
+def _map_task(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
+    f = n.fields
+    task_id, lead = _text(f.get("Id")) or n.id, _lead_id(f.get("WhoId"))
+    if lead is None:
+        b.result.skipped["task_not_on_a_lead"] += 1
+        return
+    if _text(f.get("IsClosed")) is not None and not _true(f.get("IsClosed")):
+        b.result.skipped["task_not_done"] += 1
+        return
+    subtype = _text(f.get("TaskSubtype"))
+    at = b.first_time(f, ("CompletedDateTime", "CreatedDate", "ActivityDate", "LastModifiedDate"))
+    if subtype in m.call_subtypes:
+        disposition = (_text(f.get("CallDisposition")) or "").lower()
+        try:
+            seconds = int(float(_text(f.get("CallDurationInSeconds")) or "0"))
+        except ValueError:
+            seconds = 0
+        if disposition in m.not_interested_dispositions:
+            b.add(f"sf:{task_id}:call_connected", EventType.CALL_CONNECTED, lead, at)
+            b.add(f"sf:{task_id}:not_interested", EventType.NOT_INTERESTED, lead, at)
+        elif disposition in m.connected_dispositions or seconds > m.connected_min_seconds:
+            b.add(f"sf:{task_id}:call_connected", EventType.CALL_CONNECTED, lead, at)
+        else:
+            b.add(f"sf:{task_id}:call_attempted", EventType.CALL_ATTEMPTED, lead, at)
+    elif subtype in m.email_subtypes:
+        inbound = f.get(m.inbound_email_field)
+        if inbound is not None and _text(inbound) is not None:
+            replied = _true(inbound)
+        else:
+            subject = (_text(f.get("Subject")) or "").lower()
+            replied = any(subject.startswith(prefix) for prefix in m.reply_subject_prefixes)
+        etype = EventType.EMAIL_REPLIED if replied else EventType.EMAIL_SENT
+        b.add(f"sf:{task_id}:{etype.value}", etype, lead, at)
+    else:
+        b.result.skipped["task_subtype_unmapped"] += 1
+
+
+def _map_event(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
+    f = n.fields
+    meeting, lead = _text(f.get("Id")) or n.id, _lead_id(f.get("WhoId"))
+    if lead is None:
+        b.result.skipped["event_not_on_a_lead"] += 1
+        return
+    data = {"meeting_id": meeting}
+    b.add(f"sf:{meeting}:meeting_booked", EventType.MEETING_BOOKED, lead, b.first_time(f, ("CreatedDate",)), data)
+    if _true(f.get(m.rescheduled_field)):
+        moved: dict[str, Any] = dict(data)
+        if _text(f.get(m.first_meeting_field)) is not None:
+            moved["first_meeting"] = _true(f.get(m.first_meeting_field))
+        # One reschedule per new start time: unrelated edits keep the same start.
+        start = _time_ms(f.get("StartDateTime"))
+        key = f"sf:{meeting}:meeting_rescheduled:{start if start is not None else n.id}"
+        b.add(key, EventType.MEETING_RESCHEDULED, lead, b.first_time(f, ("LastModifiedDate",)), moved)
+    end = _time_ms(f.get("EndDateTime"))
+    if end is None or end > b.now_ms or _true(f.get(m.cancelled_field)):
+        return
+    if _true(f.get(m.no_show_field)):
+        b.add(f"sf:{meeting}:meeting_no_show", EventType.MEETING_NO_SHOW, lead, end, data)
+    else:
+        b.add(f"sf:{meeting}:meeting_held", EventType.MEETING_HELD, lead, end, data)
+
+
+def _map_opportunity(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
+    f = n.fields
+    lead = _lead_id(f.get(m.opportunity_lead_field))
+    if lead is None:
+        b.result.skipped["opportunity_without_lead"] += 1
+        return
+    data: dict[str, Any] = {}
+    if (deal := _text(f.get("Id"))) is not None:
+        data["deal_id"] = deal
+    if (stage := _text(f.get("StageName"))) is not None:
+        data["stage"] = stage
+    amount = _text(f.get("Amount"))
+    if amount is not None:
+        try:
+            data["amount"] = float(amount)
+        except ValueError:
+            b.result.skipped["invalid_value"] += 1
+    at = b.first_time(f, ("LastModifiedDate", "CreatedDate"))
+    b.add(f"sf:{n.id}:deal_updated", EventType.DEAL_UPDATED, lead, at, data)
+
+
+def _map_individual(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
+    f = n.fields
+    lead = _lead_id(f.get(m.individual_lead_field))
+    if lead is None:
+        b.result.skipped["individual_without_lead"] += 1
+        return
+    record = _text(f.get("Id")) or n.id
+    at = b.first_time(f, ("LastModifiedDate", "CreatedDate"))
+    if _true(f.get("ShouldForget")):
+        b.add(f"sf:{record}:{lead}:erasure_requested", EventType.ERASURE_REQUESTED, lead, at)
+    if _true(f.get("HasOptedOutSolicit")):
+        channels = ["all"]
+        b.add(f"sf:{record}:{lead}:do_not_contact:all", EventType.DO_NOT_CONTACT, lead, at, {"channels": channels})
+
+
+_MAPPERS: dict[str, Callable[[Notification, SalesforceMapping, _Builder], None]] = {
+    "Lead": _map_lead,
+    "Task": _map_task,
+    "Event": _map_event,
+    "Opportunity": _map_opportunity,
+    "Individual": _map_individual,
+}
+
+
+def map_notifications(
+    notifications: Iterable[Notification], now_ms: int, mapping: SalesforceMapping | None = None
+) -> MapResult:
+    """Map one outbound message's notifications to canonical events; count what is skipped."""
+    mapping = mapping or SalesforceMapping()
+    result = MapResult()
+    builder = _Builder(now_ms, result)
+    for notification in notifications:
+        mapper = _MAPPERS.get(notification.sobject)
+        if mapper is None:
+            # The type comes from the sender's xsi:type: keep the counter name tame for logs.
+            name = re.sub(r"[^A-Za-z0-9_]", "", notification.sobject)[:40] or "?"
+            result.skipped[f"unknown_sobject:{name}"] += 1
+            continue
+        before = len(result.events) + sum(result.skipped.values())
+        mapper(notification, mapping, builder)
+        if len(result.events) + sum(result.skipped.values()) == before:
+            result.skipped["nothing_to_map"] += 1
+    return result

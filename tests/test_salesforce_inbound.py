@@ -1,0 +1,464 @@
+"""Salesforce Outbound Messages: parsing, hostile XML, org checks, Ack, and the sObject mapping."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import fakeredis
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from rules.errors import SchemaError
+from rules.events import EventType, format_ms
+from rules.salesforce_map import Notification, SalesforceMapping, map_notifications, to_18
+from tests.fakes.salesforce import outbound_message
+from webhooks import create_app
+from webhooks.salesforce import ACK, MalformedMessage, mapping_from_env, parse_message, same_org
+from worker.config import Config
+from worker.errors import ConfigError
+from worker.queues import make_queue
+
+ORG = "00D000000000001EAA"
+NOW = datetime.now(tz=UTC).replace(microsecond=0)
+NOW_MS = int(NOW.timestamp() * 1000)
+_counter = itertools.count(1)
+
+
+def sf_id(prefix: str) -> str:
+    """A fresh 18-character id with the given key prefix."""
+    return to_18(f"{prefix}{next(_counter):012d}")
+
+
+LEAD = sf_id("00Q")
+
+
+def stamp(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def note(sobject: str, fields: dict[str, Any], notification_id: str | None = None) -> tuple[str, str, dict[str, Any]]:
+    return notification_id or sf_id("04l"), sobject, fields
+
+
+def mapped(*notes: tuple[str, str, dict[str, Any]], mapping: SalesforceMapping | None = None) -> Any:
+    """Parse a real SOAP body (the same path as the view), then map it at NOW."""
+    message = parse_message(outbound_message(ORG, list(notes)))
+    return map_notifications(message.notifications, NOW_MS, mapping)
+
+
+def kinds(result: Any) -> list[str]:
+    return [e.type.value for e in result.events]
+
+
+@pytest.fixture
+def sf_config() -> Config:
+    return Config.from_env({"SALESFORCE_ORG_ID": ORG})
+
+
+@pytest.fixture
+def sf_app(sf_config: Config, fake_redis: fakeredis.FakeRedis) -> Flask:
+    return create_app(sf_config, fake_redis, clock=lambda: NOW_MS / 1000)
+
+
+@pytest.fixture
+def sf_client(sf_app: Flask) -> FlaskClient:
+    return sf_app.test_client()
+
+
+def post(client: FlaskClient, body: bytes) -> Any:
+    return client.post("/webhooks/salesforce", data=body, headers={"Content-Type": "text/xml; charset=utf-8"})
+
+
+def queued_events(conn: fakeredis.FakeRedis) -> list[list[Any]]:
+    queue = make_queue(conn)
+    return [item for job in queue.jobs for item in job.args[0]]
+
+
+# -- the view ---------------------------------------------------------------------------
+
+
+def test_ack_is_exact_and_the_message_is_one_job(sf_client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
+    body = outbound_message(
+        ORG,
+        [
+            note("Lead", {"Id": LEAD, "LeadSource": "Web", "LastModifiedDate": stamp(NOW - timedelta(hours=1))}),
+            note("Task", {"Id": sf_id("00T"), "WhoId": LEAD, "TaskSubtype": "Call", "CallDisposition": "Connected"}),
+        ],
+    )
+    response = post(sf_client, body)
+    assert response.status_code == 200
+    assert response.mimetype == "text/xml"
+    assert response.get_data(as_text=True) == ACK
+    assert ACK == (
+        '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body>'
+        '<notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack>true</Ack>'
+        "</notificationsResponse></soapenv:Body></soapenv:Envelope>"
+    )
+    queue = make_queue(fake_redis)
+    assert queue.count == 1
+    job = queue.jobs[0]
+    assert job.kwargs["source"] == "salesforce"
+    assert [(e[1], e[2], e[3]) for e in job.args[0]] == [
+        ("lead_profile", "salesforce", LEAD),
+        ("call_connected", "salesforce", LEAD),
+    ]
+
+
+def test_unset_org_is_503_not_configured(fake_redis: fakeredis.FakeRedis) -> None:
+    client = create_app(Config.from_env({}), fake_redis).test_client()
+    response = post(client, outbound_message(ORG, [note("Lead", {"Id": LEAD, "DoNotCall": True})]))
+    assert response.status_code == 503
+    assert response.mimetype == "text/xml"
+    assert "not configured" in response.get_data(as_text=True)
+    assert "<faultcode>soapenv:Server</faultcode>" in response.get_data(as_text=True)
+    assert make_queue(fake_redis).count == 0
+
+
+def test_wrong_org_is_403(sf_client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
+    response = post(sf_client, outbound_message("00D000000000002EAA", [note("Lead", {"Id": LEAD, "DoNotCall": True})]))
+    assert response.status_code == 403
+    assert "<soapenv:Fault>" in response.get_data(as_text=True)
+    assert make_queue(fake_redis).count == 0
+
+
+def test_org_id_matches_in_15_and_18_character_forms(fake_redis: fakeredis.FakeRedis) -> None:
+    client = create_app(Config.from_env({"SALESFORCE_ORG_ID": ORG[:15]}), fake_redis).test_client()
+    assert post(client, outbound_message(ORG, [note("Lead", {"Id": LEAD, "DoNotCall": True})])).status_code == 200
+    assert same_org(ORG[:15], ORG) and same_org(ORG, ORG[:15])
+    assert not same_org(ORG.lower(), ORG)  # 15-character ids are case-sensitive
+
+
+@pytest.mark.parametrize(
+    ("body", "sentence"),
+    [
+        (b"<soapenv:Envelope", "not well-formed XML"),
+        (b"", "empty"),
+        (b'{"events": []}', "not well-formed XML"),
+        (b"<a/>", "not a SOAP 1.1 Envelope"),
+        (
+            b'<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body/>'
+            b"</soapenv:Envelope>",
+            "no &lt;notifications&gt;",
+        ),
+    ],
+)
+def test_malformed_is_400_fault_with_a_sentence(
+    sf_client: FlaskClient, fake_redis: fakeredis.FakeRedis, body: bytes, sentence: str
+) -> None:
+    response = post(sf_client, body)
+    assert response.status_code == 400
+    text = response.get_data(as_text=True)
+    assert "<faultcode>soapenv:Client</faultcode>" in text
+    assert sentence in text
+    assert make_queue(fake_redis).count == 0
+
+
+BILLION_LAUGHS = b"""<?xml version="1.0"?>
+<!DOCTYPE lolz [
+ <!ENTITY lol "lol">
+ <!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+ <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+ <!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
+ <!ENTITY lol5 "&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;">
+ <!ENTITY lol6 "&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;">
+ <!ENTITY lol7 "&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;">
+ <!ENTITY lol8 "&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;">
+ <!ENTITY lol9 "&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;">
+]>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body>
+<notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>&lol9;</OrganizationId>
+</notifications></soapenv:Body></soapenv:Envelope>"""
+
+XXE = b"""<?xml version="1.0"?>
+<!DOCTYPE foo [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body>
+<notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>00D000000000001EAA</OrganizationId>
+<Notification><Id>04l000000000001AAA</Id><sObject xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+ xsi:type="sf:Lead" xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:Id>00Q000000000001EAA</sf:Id>
+<sf:Description>&xxe;</sf:Description></sObject></Notification>
+</notifications></soapenv:Body></soapenv:Envelope>"""
+
+EXTERNAL_DTD = b"""<?xml version="1.0"?>
+<!DOCTYPE soapenv:Envelope SYSTEM "file:///etc/passwd">
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body/></soapenv:Envelope>"""
+
+PARAMETER_ENTITY = b"""<?xml version="1.0"?>
+<!DOCTYPE foo [<!ENTITY % ext SYSTEM "http://127.0.0.1:9/evil.dtd"> %ext;]>
+<foo/>"""
+
+
+@pytest.mark.parametrize("body", [BILLION_LAUGHS, XXE, EXTERNAL_DTD, PARAMETER_ENTITY])
+def test_hostile_xml_is_refused_at_once_and_leaks_nothing(
+    sf_client: FlaskClient, fake_redis: fakeredis.FakeRedis, body: bytes
+) -> None:
+    started = time.monotonic()
+    response = post(sf_client, body)
+    assert time.monotonic() - started < 1.0
+    assert response.status_code == 400
+    text = response.get_data(as_text=True)
+    assert "DTD or entities" in text
+    assert "root:" not in text and "/bin/" not in text and "passwd" not in text and "lol" not in text
+    assert make_queue(fake_redis).count == 0
+
+
+def test_parse_message_refuses_entities_even_without_the_view() -> None:
+    with pytest.raises(MalformedMessage, match="DTD or entities"):
+        parse_message(XXE)
+
+
+def test_redis_down_is_503_fault(sf_config: Config) -> None:
+    server = fakeredis.FakeServer()
+    server.connected = False
+    client = create_app(sf_config, fakeredis.FakeRedis(server=server)).test_client()
+    response = post(client, outbound_message(ORG, [note("Lead", {"Id": LEAD, "DoNotCall": True})]))
+    assert response.status_code == 503
+    assert response.mimetype == "text/xml"
+    assert "retry later" in response.get_data(as_text=True)
+
+
+def test_oversized_body_is_413_fault(sf_client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
+    response = post(sf_client, b"<a>" + b"x" * (1024 * 1024) + b"</a>")
+    assert response.status_code == 413
+    assert "<soapenv:Fault>" in response.get_data(as_text=True)
+    assert make_queue(fake_redis).count == 0
+
+
+def test_unknown_sobjects_and_empty_mappings_are_acknowledged(
+    sf_client: FlaskClient, fake_redis: fakeredis.FakeRedis
+) -> None:
+    body = outbound_message(
+        ORG,
+        [
+            note("Contact", {"Id": sf_id("003"), "Email": "someone@example.com"}),
+            note("Task", {"Id": sf_id("00T"), "WhoId": sf_id("003"), "TaskSubtype": "Call"}),  # a contact's call
+            note("Opportunity", {"Id": sf_id("006"), "StageName": "Prospecting"}),  # no lead link
+        ],
+    )
+    response = post(sf_client, body)
+    assert response.status_code == 200
+    assert response.get_data(as_text=True) == ACK
+    assert make_queue(fake_redis).count == 0
+
+
+def test_same_notification_twice_gives_the_same_event_ids() -> None:
+    first = note("Lead", {"Id": LEAD, "Status": "Closed - Not Interested", "LeadSource": "Web"})
+    assert [e.id for e in mapped(first).events] == [e.id for e in mapped(first).events]
+
+
+# -- the mapping ------------------------------------------------------------------------
+
+
+def test_lead_opt_outs_become_do_not_contact_per_channel() -> None:
+    assert [e.data for e in mapped(note("Lead", {"Id": LEAD, "HasOptedOutOfEmail": True})).events] == [
+        {"channels": ["email"]}
+    ]
+    assert [e.data for e in mapped(note("Lead", {"Id": LEAD, "DoNotCall": True})).events] == [{"channels": ["phone"]}]
+    both = mapped(note("Lead", {"Id": LEAD, "HasOptedOutOfEmail": True, "DoNotCall": True, "HasOptedOutOfFax": False}))
+    assert [(e.type, e.data) for e in both.events] == [(EventType.DO_NOT_CONTACT, {"channels": ["email", "phone"]})]
+    # A fact, not an occurrence: the same opt-out in a later notification is the same event.
+    again = mapped(note("Lead", {"Id": LEAD, "HasOptedOutOfEmail": True, "DoNotCall": True}))
+    assert again.events[0].id == both.events[0].id
+    assert kinds(mapped(note("Lead", {"Id": LEAD, "HasOptedOutOfEmail": False, "DoNotCall": False}))) == []
+
+
+def test_lead_reopened_needs_an_open_status_and_the_marker() -> None:
+    assert kinds(mapped(note("Lead", {"Id": LEAD, "Status": "Working - Contacted"}))) == []
+    assert (
+        kinds(mapped(note("Lead", {"Id": LEAD, "Status": "Closed - Not Converted", "Pruner_Reopened__c": True}))) == []
+    )
+    flagged = mapped(note("Lead", {"Id": LEAD, "Status": "Working - Contacted", "Pruner_Reopened__c": True}))
+    assert kinds(flagged) == ["reopened"]
+    when = NOW - timedelta(hours=3)
+    timed = note("Lead", {"Id": LEAD, "Status": "Open - Not Contacted", "Pruner_Reopened__c": stamp(when)})
+    first, second = mapped(timed).events, mapped((sf_id("04l"), timed[1], timed[2])).events
+    assert first[0].occurred_ms == int(when.timestamp() * 1000)
+    assert first[0].id == second[0].id  # keyed by the reopen time, not by the notification
+
+
+def test_lead_not_interested_status_and_profile() -> None:
+    result = mapped(
+        note(
+            "Lead",
+            {
+                "Id": LEAD,
+                "Status": "Closed - Not Interested",
+                "LeadSource": "Partner Referral",
+                "Industry": "Banking",
+                "Rating": "Hot",
+                "Email": "ada@example.com",
+                "LastModifiedDate": stamp(NOW - timedelta(hours=2)),
+            },
+        )
+    )
+    assert kinds(result) == ["not_interested", "lead_profile"]
+    profile = result.events[1]
+    assert profile.data == {
+        "source": "Partner Referral",
+        "segment": "Banking",
+        "priority": "Hot",
+        "email": "ada@example.com",
+    }
+    assert profile.occurred_ms == int((NOW - timedelta(hours=2)).timestamp() * 1000)
+    assert all(e.crm.value == "salesforce" and e.lead_id == LEAD for e in result.events)
+
+
+def test_lead_ids_are_normalised_to_18_characters() -> None:
+    result = mapped(note("Task", {"Id": sf_id("00T"), "WhoId": LEAD[:15], "TaskSubtype": "Call"}))
+    assert result.events[0].lead_id == LEAD
+
+
+def call(**fields: Any) -> tuple[str, str, dict[str, Any]]:
+    return note("Task", {"Id": sf_id("00T"), "WhoId": LEAD, "TaskSubtype": "Call", **fields})
+
+
+def test_calls_connected_attempted_and_not_interested() -> None:
+    assert kinds(mapped(call(CallDisposition="Connected"))) == ["call_connected"]
+    assert kinds(mapped(call(CallDisposition="spoke"))) == ["call_connected"]
+    assert kinds(mapped(call(CallDisposition="Left voicemail", CallDurationInSeconds="61"))) == ["call_connected"]
+    assert kinds(mapped(call(CallDisposition="Left voicemail", CallDurationInSeconds="60"))) == ["call_attempted"]
+    assert kinds(mapped(call())) == ["call_attempted"]
+    assert kinds(mapped(call(CallDisposition="Not interested"))) == ["call_connected", "not_interested"]
+    custom = SalesforceMapping.from_dict({"connected_dispositions": ["Talked"], "connected_min_seconds": 300})
+    assert kinds(mapped(call(CallDisposition="talked"), mapping=custom)) == ["call_connected"]
+    assert kinds(mapped(call(CallDurationInSeconds="200"), mapping=custom)) == ["call_attempted"]
+
+
+def test_task_ids_come_from_the_task_so_edits_do_not_count_twice() -> None:
+    task = call(CallDisposition="Connected")
+    edited = (sf_id("04l"), task[1], {**task[2], "Description": "notes added"})
+    assert mapped(task).events[0].id == mapped(edited).events[0].id == f"sf:{task[2]['Id']}:call_connected"
+
+
+def test_tasks_not_on_a_lead_or_not_done_are_skipped() -> None:
+    contact = mapped(note("Task", {"Id": sf_id("00T"), "WhoId": sf_id("003"), "TaskSubtype": "Call"}))
+    assert kinds(contact) == [] and contact.skipped["task_not_on_a_lead"] == 1
+    planned = mapped(call(IsClosed=False))
+    assert kinds(planned) == [] and planned.skipped["task_not_done"] == 1
+    other = mapped(note("Task", {"Id": sf_id("00T"), "WhoId": LEAD, "TaskSubtype": "Task"}))
+    assert other.skipped["task_subtype_unmapped"] == 1
+
+
+def test_emails_sent_and_replied() -> None:
+    def email(**fields: Any) -> tuple[str, str, dict[str, Any]]:
+        return note("Task", {"Id": sf_id("00T"), "WhoId": LEAD, "TaskSubtype": "Email", **fields})
+
+    assert kinds(mapped(email(Subject="Pricing for Q3"))) == ["email_sent"]
+    assert kinds(mapped(email(Subject="RE: Pricing for Q3"))) == ["email_replied"]
+    assert kinds(mapped(email(Subject="Re: Pricing for Q3"))) == ["email_replied"]
+    # The configurable marker wins over the subject guess, both ways.
+    assert kinds(mapped(email(Subject="RE: Pricing", Pruner_Inbound__c=False))) == ["email_sent"]
+    assert kinds(mapped(email(Subject="Pricing", Pruner_Inbound__c=True))) == ["email_replied"]
+    assert kinds(mapped(note("Task", {"Id": sf_id("00T"), "WhoId": LEAD, "TaskSubtype": "ListEmail"}))) == [
+        "email_sent"
+    ]
+
+
+def test_task_time_comes_from_the_record_and_never_from_the_future() -> None:
+    created = NOW - timedelta(days=2)
+    result = mapped(call(CreatedDate=stamp(created), ActivityDate=(NOW - timedelta(days=5)).date().isoformat()))
+    assert result.events[0].occurred_ms == int(created.timestamp() * 1000)
+    dated = mapped(call(ActivityDate=(NOW - timedelta(days=5)).date().isoformat()))
+    assert format_ms(dated.events[0].occurred_ms).endswith("T00:00:00Z")
+    future = mapped(call(CreatedDate=stamp(NOW + timedelta(days=3))))
+    assert future.events[0].occurred_ms == NOW_MS
+    receive_time = mapped(call())
+    assert receive_time.events[0].occurred_ms == NOW_MS
+
+
+def meeting(**fields: Any) -> tuple[str, str, dict[str, Any]]:
+    return note("Event", {"Id": sf_id("00U"), "WhoId": LEAD, "CreatedDate": stamp(NOW - timedelta(days=3)), **fields})
+
+
+def test_meetings_booked_held_no_show_and_rescheduled() -> None:
+    future = meeting(EndDateTime=stamp(NOW + timedelta(days=1)))
+    result = mapped(future)
+    assert kinds(result) == ["meeting_booked"]
+    assert result.events[0].data == {"meeting_id": future[2]["Id"]}
+    past = meeting(EndDateTime=stamp(NOW - timedelta(hours=1)))
+    result = mapped(past)
+    assert kinds(result) == ["meeting_booked", "meeting_held"]
+    assert result.events[1].occurred_ms == int((NOW - timedelta(hours=1)).timestamp() * 1000)
+    assert kinds(mapped(meeting(EndDateTime=stamp(NOW - timedelta(hours=1)), Pruner_Cancelled__c=True))) == [
+        "meeting_booked"
+    ]
+    assert kinds(mapped(meeting(EndDateTime=stamp(NOW - timedelta(hours=1)), Pruner_No_Show__c=True))) == [
+        "meeting_booked",
+        "meeting_no_show",
+    ]
+    moved = meeting(
+        StartDateTime=stamp(NOW + timedelta(days=2)),
+        EndDateTime=stamp(NOW + timedelta(days=2, hours=1)),
+        Pruner_Rescheduled__c=True,
+    )
+    result = mapped(moved)
+    assert kinds(result) == ["meeting_booked", "meeting_rescheduled"]
+    assert result.events[1].data == {"meeting_id": moved[2]["Id"]}
+    first = mapped(meeting(StartDateTime=stamp(NOW), Pruner_Rescheduled__c=True, Pruner_First_Meeting__c=True))
+    assert first.events[1].data["first_meeting"] is True
+    # The same move re-sent or edited again is one reschedule; a new start time is another.
+    again = mapped((sf_id("04l"), moved[1], moved[2]))
+    assert again.events[1].id == result.events[1].id
+    later = mapped((sf_id("04l"), moved[1], {**moved[2], "StartDateTime": stamp(NOW + timedelta(days=9))}))
+    assert later.events[1].id != result.events[1].id
+
+
+def test_opportunity_needs_the_lead_link() -> None:
+    opp = sf_id("006")
+    result = mapped(
+        note("Opportunity", {"Id": opp, "StageName": "Negotiation", "Amount": "75000.0", "Pruner_Lead_Id__c": LEAD})
+    )
+    assert kinds(result) == ["deal_updated"]
+    assert result.events[0].data == {"deal_id": opp, "stage": "Negotiation", "amount": 75000.0}
+    orphan = mapped(note("Opportunity", {"Id": opp, "StageName": "Negotiation"}))
+    assert kinds(orphan) == [] and orphan.skipped["opportunity_without_lead"] == 1
+    custom = SalesforceMapping.from_dict({"opportunity_lead_field": "Lead__c"})
+    linked = mapped(note("Opportunity", {"Id": opp, "Amount": "10", "Lead__c": LEAD[:15]}), mapping=custom)
+    assert linked.events[0].lead_id == LEAD
+    negative = mapped(note("Opportunity", {"Id": opp, "Amount": "-5", "Pruner_Lead_Id__c": LEAD}))
+    assert kinds(negative) == [] and negative.skipped["invalid_value"] == 1
+
+
+def test_individual_forget_and_opt_out() -> None:
+    individual = sf_id("0PK")
+    result = mapped(
+        note(
+            "Individual",
+            {"Id": individual, "ShouldForget": True, "HasOptedOutSolicit": True, "Pruner_Lead_Id__c": LEAD},
+        )
+    )
+    assert kinds(result) == ["erasure_requested", "do_not_contact"]
+    assert result.events[1].data == {"channels": ["all"]}
+    orphan = mapped(note("Individual", {"Id": individual, "ShouldForget": True}))
+    assert kinds(orphan) == [] and orphan.skipped["individual_without_lead"] == 1
+
+
+def test_unknown_sobject_is_counted() -> None:
+    result = mapped(note("Account", {"Id": sf_id("001")}), note("Weird<Type", {"Id": sf_id("001")}))
+    assert kinds(result) == []
+    assert result.skipped["unknown_sobject:Account"] == 1
+
+
+def test_nil_fields_are_absent_values() -> None:
+    result = mapped(note("Lead", {"Id": LEAD, "LeadSource": None, "Industry": "Retail"}))
+    assert result.events[0].data == {"segment": "Retail"}
+
+
+def test_mapping_overrides_are_validated() -> None:
+    with pytest.raises(SchemaError, match="not_a_setting"):
+        SalesforceMapping.from_dict({"not_a_setting": 1})
+    with pytest.raises(SchemaError, match="open_statuses"):
+        SalesforceMapping.from_dict({"open_statuses": "Open"})
+    assert mapping_from_env({"SALESFORCE_MAPPING": '{"open_statuses": ["Open"]}'}).open_statuses == frozenset({"Open"})
+    with pytest.raises(ConfigError, match="SALESFORCE_MAPPING"):
+        mapping_from_env({"SALESFORCE_MAPPING": "{nope"})
+    with pytest.raises(ConfigError, match="SALESFORCE_MAPPING"):
+        mapping_from_env({"SALESFORCE_MAPPING": '{"reopened_field": ""}'})
+
+
+def test_map_notifications_is_pure_over_plain_notifications() -> None:
+    result = map_notifications([Notification(sf_id("04l"), "Lead", {"Id": LEAD, "DoNotCall": "true"})], NOW_MS)
+    assert kinds(result) == ["do_not_contact"]

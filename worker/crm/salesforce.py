@@ -1,0 +1,593 @@
+"""Salesforce REST callbacks: carry out Pruner's decided actions on Leads, Opportunities, Tasks.
+
+REST root: `SALESFORCE_INSTANCE_URL` + `/services/data/v{SALESFORCE_API_VERSION}`, Bearer
+`SALESFORCE_ACCESS_TOKEN`. `SalesforceExecutor.execute` takes a drain's batch of actions
+and coalesces them:
+
+- `mark_lost`: Lead `Status` (default "Closed - Not Converted") and the reason field
+  (default `Pruner_Lost_Reason__c`); the lead's open Opportunities, found with one SOQL
+  query on a lead-link field (default `Pruner_Lead_Id__c`, `IsClosed = false`), get
+  `StageName` "Closed Lost".
+- `suppress`: Lead `HasOptedOutOfEmail` / `DoNotCall` per the action's `channels` (both when
+  it names none), and `HasOptedOutSolicit` on the lead's Individual when `IndividualId` is set.
+- `breakup_task` / `reengage_task`: a `Task` on the lead, owned by the lead's owner, with
+  a subject saying what to do and a short brief (RULES.md). Creating is not idempotent,
+  so the subject carries a reference derived from the action id and existing Pruner
+  tasks are looked up first: a drain that is retried after a lost answer creates nothing twice.
+
+All updates go through `PATCH composite/sobjects` (≤ 200 records, `allOrNone` false) when
+several are pending, a single `PATCH sobjects/{type}/{id}` otherwise; a record Salesforce
+refuses is retried alone once, then reported as a failed `ActionOutcome`. Connection
+errors, timeouts, 5xx, 429 and 403 `REQUEST_LIMIT_EXCEEDED` are retried with jittered
+exponential backoff (honouring `Retry-After`), bounded, then raised as `TransientCrmError`.
+A 401 raises `SalesforceAuthError`: every action stays in the outbox for `pruner replay`
+once the token is renewed. All requests share one Redis rate budget across workers.
+
+Optional environment (defaults in brackets): `SALESFORCE_RATE_LIMIT` ["25/1"],
+`SALESFORCE_LOST_STATUS` ["Closed - Not Converted"], `SALESFORCE_LOST_REASON_FIELD`
+["Pruner_Lost_Reason__c"], `SALESFORCE_LOST_STAGE` ["Closed Lost"],
+`SALESFORCE_OPPORTUNITY_LEAD_FIELD` ["Pruner_Lead_Id__c"].
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import redis
+import requests
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+
+from rules.lifecycle import ActionKind
+from rules.salesforce_map import is_record_id, to_18
+from worker.config import Config
+from worker.crm.base import ActionOutcome, CrmError, TransientCrmError
+from worker.crm.ratelimit import RateLimiter, parse_rate
+from worker.errors import ConfigError
+from worker.logs import redact
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RATE_KEY = "pruner:ratelimit:salesforce"
+MAX_RECORDS = 200  # composite/sobjects limit per request
+MAX_IN_IDS = 100  # ids per SOQL `IN (...)`: keeps the query URL far below Salesforce's 16k limit
+TASK_PREFIX = "Pruner:"
+_FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_REF = re.compile(r"\[pruner-ref ([0-9a-f]{12})\]")
+_USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
+
+KINDS = frozenset(kind.value for kind in ActionKind)
+TASK_TEXT = {
+    "breakup_task": (
+        "Pruner: send a polite break-up message",
+        "Pruner suggests closing the loop with this lead (reason: {reason}). Send a short, friendly "
+        "break-up message: thank them for their time; say clearly that you are stopping your "
+        "follow-ups; leave the door open, since a reply at any time is welcome; and offer one last "
+        "piece of value, such as a useful resource or insight. A reply from the lead sets it back "
+        "to active in Pruner.",
+    ),
+    "reengage_task": (
+        "Pruner: friendly check-in with this lead",
+        "This lead was marked lost some months ago (reason: {reason}). Send a friendly, low-pressure "
+        "check-in: say hi, ask whether their priorities have changed, and share something useful. "
+        "No hard sell; if they are still not interested, thank them and let it rest.",
+    ),
+}
+
+
+class SalesforceAuthError(CrmError):
+    """Salesforce refused the access token (401): no action can succeed until it is renewed."""
+
+
+class _Transient(Exception):
+    """One attempt failed in a way worth retrying; `retry_after` is Salesforce's hint, if any."""
+
+    def __init__(self, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class SalesforceSettings:
+    """Org-specific names and the client's limits; `from_env` reads the optional variables."""
+
+    lost_status: str = "Closed - Not Converted"
+    lost_reason_field: str = "Pruner_Lost_Reason__c"
+    lost_stage: str = "Closed Lost"
+    opportunity_lead_field: str = "Pruner_Lead_Id__c"
+    rate_limit: int = 25
+    rate_window_s: float = 1.0
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    max_attempts: int = 5
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    # A Retry-After beyond this is not waited out inside a job: RQ's own retry takes over.
+    max_retry_after_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("lost_reason_field", "opportunity_lead_field"):
+            value = getattr(self, name)
+            if not _FIELD.fullmatch(value):
+                raise ConfigError(f"{name} must be a Salesforce field API name, got {value!r}")
+        if self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be at least 1, got {self.max_attempts}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SalesforceSettings:
+        """Read the optional `SALESFORCE_*` settings; raise ConfigError on unusable values."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        names = {
+            "lost_status": "SALESFORCE_LOST_STATUS",
+            "lost_reason_field": "SALESFORCE_LOST_REASON_FIELD",
+            "lost_stage": "SALESFORCE_LOST_STAGE",
+            "opportunity_lead_field": "SALESFORCE_OPPORTUNITY_LEAD_FIELD",
+        }
+        for attr, name in names.items():
+            if env.get(name, "").strip():
+                values[attr] = env[name].strip()
+        rate = env.get("SALESFORCE_RATE_LIMIT", "").strip()
+        if rate:
+            values["rate_limit"], values["rate_window_s"] = parse_rate(rate, "SALESFORCE_RATE_LIMIT")
+        return cls(**values)
+
+
+def build_executor(config: Config, connection: redis.Redis) -> SalesforceExecutor:
+    """Build the executor from the configuration; raise ConfigError when it cannot call Salesforce."""
+    if not config.salesforce_instance_url:
+        raise ConfigError("SALESFORCE_INSTANCE_URL is not set, so Salesforce callbacks cannot be made")
+    if not config.salesforce_access_token:
+        raise ConfigError("SALESFORCE_ACCESS_TOKEN is not set, so Salesforce callbacks cannot be made")
+    url = urlsplit(config.salesforce_instance_url)
+    if url.scheme not in ("https", "http") or not url.netloc:
+        raise ConfigError(
+            f"SALESFORCE_INSTANCE_URL must be an https:// (or http://) URL, got {config.salesforce_instance_url!r}"
+        )
+    settings = SalesforceSettings.from_env()
+    limiter = RateLimiter(
+        connection,
+        settings.rate_limit,
+        settings.rate_window_s,
+        key=RATE_KEY,
+        margin_s=min(0.5, settings.rate_window_s * 0.05),
+    )
+    client = SalesforceClient(
+        config.salesforce_instance_url, config.salesforce_access_token, config.salesforce_api_version, limiter, settings
+    )
+    return SalesforceExecutor(client, settings)
+
+
+class SalesforceClient:
+    """HTTP to one org's REST API: auth, timeouts, rate budget, bounded retries."""
+
+    def __init__(
+        self,
+        instance_url: str,
+        token: str,
+        api_version: str,
+        limiter: RateLimiter | None,
+        settings: SalesforceSettings | None = None,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.instance_url = instance_url.rstrip("/")
+        self.base = f"{self.instance_url}/services/data/v{api_version.strip().lstrip('vV')}"
+        self.settings = settings or SalesforceSettings()
+        self.limiter = limiter
+        self.session = session or requests.Session()
+        self.session.headers.update({"Authorization": f"Bearer {token}", "Accept": "application/json"})
+        self.sleep = sleep
+        self.api_usage: tuple[int, int] | None = None
+
+    # -- one attempt -------------------------------------------------------------------
+
+    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Send one request (no retry); raise _Transient, SalesforceAuthError, or return the response."""
+        if self.limiter is not None:
+            try:
+                self.limiter.acquire(timeout_s=self.settings.backoff_max_s)
+            except TimeoutError:
+                raise _Transient("no request slot in the shared Salesforce rate budget") from None
+        url = path if path.startswith("http") else f"{self.base}/{path.lstrip('/')}"
+        try:
+            response = self.session.request(
+                method, url, timeout=(self.settings.connect_timeout_s, self.settings.read_timeout_s), **kwargs
+            )
+        except requests.Timeout:
+            raise _Transient(f"Salesforce did not answer {method} {_shape(path)} in time") from None
+        except requests.ConnectionError:
+            raise _Transient(f"could not connect to Salesforce for {method} {_shape(path)}") from None
+        self._track_usage(response)
+        status = response.status_code
+        if status == 401:
+            raise SalesforceAuthError(
+                "Salesforce refused the access token (401 INVALID_SESSION_ID): renew SALESFORCE_ACCESS_TOKEN, "
+                "then run `pruner replay --failed`"
+            )
+        codes = {e.get("errorCode") for e in errors_of(response)} if status in (403, 429) else set()
+        if status == 429 or status >= 500 or "REQUEST_LIMIT_EXCEEDED" in codes:
+            retry_after = _retry_after(response.headers.get("Retry-After"))
+            if "REQUEST_LIMIT_EXCEEDED" in codes and self.limiter is not None:
+                # Every worker shares the org's limit: hold them all back, not just this one.
+                self.limiter.block(retry_after or self.settings.backoff_initial_s)
+            what = "REQUEST_LIMIT_EXCEEDED" if "REQUEST_LIMIT_EXCEEDED" in codes else f"HTTP {status}"
+            raise _Transient(f"Salesforce answered {what} to {method} {_shape(path)}", retry_after)
+        return response
+
+    def _track_usage(self, response: requests.Response) -> None:
+        match = _USAGE.search(response.headers.get("Sforce-Limit-Info", ""))
+        if match is None:
+            return
+        used, limit = int(match.group(1)), int(match.group(2))
+        previous, self.api_usage = self.api_usage, (used, limit)
+        ratio = used / limit if limit else 0.0
+        # Once per 5% step: enough to see the trend without a line per request.
+        if previous is None or (previous[1] and int(previous[0] / previous[1] * 20) != int(ratio * 20)):
+            level = logging.WARNING if ratio >= 0.8 else logging.INFO
+            log.log(level, "salesforce api usage %d/%d (%.0f%% of the org's daily requests)", used, limit, ratio * 100)
+
+    # -- retries -----------------------------------------------------------------------
+
+    def retrying(self, step: Callable[[], T]) -> T:
+        """Run `step` (one or more calls) with bounded jittered backoff; raise TransientCrmError at the end."""
+        s = self.settings
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            hint = getattr(exc, "retry_after", None)
+            if hint is not None:
+                return float(min(hint, s.max_retry_after_s))
+            # Exponential with jitter, written out: tenacity renamed wait_exponential_jitter's
+            # arguments between the versions pyproject allows.
+            backoff = min(s.backoff_max_s, s.backoff_initial_s * 2 ** (state.attempt_number - 1))
+            return backoff + random.uniform(0, s.backoff_initial_s)
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.settings.max_attempts),
+            wait=wait,
+            retry=retry_if_exception_type(_Transient),
+            sleep=self.sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(step)
+        except _Transient as exc:
+            raise TransientCrmError(f"{exc} (gave up after {self.settings.max_attempts} attempts)") from None
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Send an idempotent request with retries."""
+        return self.retrying(lambda: self.call(method, path, **kwargs))
+
+    def query(self, soql: str, retry: bool = True) -> list[dict[str, Any]]:
+        """Run a SOQL query, following `nextRecordsUrl`; raise SalesforceQueryError if refused."""
+
+        def once() -> list[dict[str, Any]]:
+            records: list[dict[str, Any]] = []
+            response = self.call("GET", "query", params={"q": soql})
+            while True:
+                if response.status_code != 200:
+                    raise SalesforceQueryError(describe(response))
+                page = response.json()
+                records.extend(page.get("records", []))
+                next_url = page.get("nextRecordsUrl")
+                if page.get("done", True) or not next_url:
+                    return records
+                response = self.call("GET", f"{self.instance_url}{next_url}")
+
+        return self.retrying(once) if retry else once()
+
+
+class SalesforceQueryError(CrmError):
+    """Salesforce refused a SOQL query (e.g. a field that does not exist in this org)."""
+
+
+def errors_of(response: requests.Response) -> list[dict[str, Any]]:
+    """Return Salesforce's error list (`[{"message", "errorCode", "fields"}]`) from a response, if any."""
+    try:
+        body = response.json()
+    except ValueError:
+        return []
+    items = body if isinstance(body, list) else [body]
+    return [e for e in items if isinstance(e, dict) and ("errorCode" in e or "message" in e)]
+
+
+def describe(response: requests.Response) -> str:
+    """One sentence for a refused request: status, error codes and messages (redacted, short)."""
+    errors = errors_of(response)
+    if not errors:
+        return f"HTTP {response.status_code}"
+    parts = [f"{e.get('errorCode') or e.get('statusCode') or 'ERROR'}: {e.get('message', '')}".strip() for e in errors]
+    return redact(f"HTTP {response.status_code} " + "; ".join(parts))[:300]
+
+
+def _record_error(result: Mapping[str, Any]) -> str:
+    errors = result.get("errors") or []
+    parts = [f"{e.get('statusCode') or e.get('errorCode') or 'ERROR'}: {e.get('message', '')}" for e in errors]
+    return redact("; ".join(parts) or "refused without a reason")[:300]
+
+
+def _retry_after(raw: str | None) -> float | None:
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(tz=UTC)).total_seconds())
+
+
+def _shape(path: str) -> str:
+    """The path without record ids or query strings: logs and errors name the endpoint only."""
+    path = path.split("?", 1)[0]
+    if path.startswith("http"):
+        path = urlsplit(path).path
+    return "/".join("{id}" if is_record_id(part) else part for part in path.split("/"))
+
+
+def _soql_list(values: Iterable[str]) -> str:
+    # Ids are checked with is_record_id before they get here; escaping is a second fence.
+    return ", ".join("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in values)
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def task_ref(action_id: str) -> str:
+    """A short, stable reference for an action, written into its Task subject to make creation idempotent."""
+    return hashlib.sha256(action_id.encode()).hexdigest()[:12]
+
+
+RecordKey = tuple[str, str]  # (sObject type, 18-char id)
+
+
+@dataclass
+class _Plan:
+    """Record updates merged by record, and which actions each one serves."""
+
+    fields: dict[RecordKey, dict[str, Any]] = field(default_factory=dict)
+    owners: dict[RecordKey, set[str]] = field(default_factory=dict)
+
+    def update(self, key: RecordKey, values: Mapping[str, Any], action_id: str) -> None:
+        self.fields.setdefault(key, {}).update(values)
+        self.owners.setdefault(key, set()).add(action_id)
+
+
+class SalesforceExecutor:
+    """Carries out Pruner's actions in one Salesforce org, coalesced into few calls."""
+
+    crm = "salesforce"
+
+    def __init__(self, client: SalesforceClient, settings: SalesforceSettings | None = None) -> None:
+        self.client = client
+        self.settings = settings or client.settings
+        self._individuals = True  # False once the org says Lead.IndividualId does not exist
+
+    def execute(self, actions: Sequence[dict[str, Any]]) -> list[ActionOutcome]:
+        """Carry out `actions`; one outcome per action. Raises TransientCrmError / SalesforceAuthError."""
+        failures: dict[str, list[str]] = {}
+        notes: dict[str, list[str]] = {}
+        todo: list[dict[str, Any]] = []
+        for action in actions:
+            if action.get("kind") not in KINDS:
+                failures[action["id"]] = [f"unknown action kind {action.get('kind')!r}"]
+            elif not is_record_id(action.get("lead_id")):
+                failures[action["id"]] = ["lead_id is not a Salesforce record id"]
+            else:
+                todo.append({**action, "lead_id": to_18(action["lead_id"])})
+        lost = [a for a in todo if a["kind"] == "mark_lost"]
+        suppress = [a for a in todo if a["kind"] == "suppress"]
+        tasks = [a for a in todo if a["kind"] in ("breakup_task", "reengage_task")]
+        leads = self._leads({a["lead_id"] for a in suppress + tasks})
+        plan = _Plan()
+        for action in lost:
+            lost_values = {
+                "Status": self.settings.lost_status,
+                self.settings.lost_reason_field: action.get("reason") or "",
+            }
+            plan.update(("Lead", action["lead_id"]), lost_values, action["id"])
+        self._plan_opportunities(lost, plan, notes)
+        for action in suppress:
+            channels = set(action.get("channels") or ["all"])
+            values: dict[str, Any] = {}
+            if channels & {"email", "all"}:
+                values["HasOptedOutOfEmail"] = True
+            if channels & {"phone", "all"}:
+                values["DoNotCall"] = True
+            plan.update(("Lead", action["lead_id"]), values, action["id"])
+            individual = (leads.get(action["lead_id"]) or {}).get("IndividualId")
+            if isinstance(individual, str) and is_record_id(individual):
+                plan.update(("Individual", to_18(individual)), {"HasOptedOutSolicit": True}, action["id"])
+        for key, error in self._save(plan.fields).items():
+            for action_id in plan.owners[key]:
+                failures.setdefault(action_id, []).append(f"{key[0]} update failed: {error}")
+        for action_id, error in self._create_tasks(tasks, leads).items():
+            failures.setdefault(action_id, []).append(error)
+        outcomes = []
+        for action in actions:
+            errors = failures.get(action["id"])
+            detail = "; ".join(errors or notes.get(action["id"], []))
+            outcomes.append(ActionOutcome(action["id"], not errors, detail[:500]))
+        failed = sum(not o.ok for o in outcomes)
+        log.info(
+            "salesforce actions done=%d failed=%d lost=%d suppress=%d tasks=%d records=%d",
+            len(outcomes) - failed, failed, len(lost), len(suppress), len(tasks), len(plan.fields),
+        )  # fmt: skip
+        return outcomes
+
+    # -- reads -------------------------------------------------------------------------
+
+    def _leads(self, lead_ids: set[str]) -> dict[str, dict[str, Any]]:
+        """Fetch OwnerId (and IndividualId where the org has Individuals) of these leads, by 18-char id."""
+        out: dict[str, dict[str, Any]] = {}
+        ids = sorted(lead_ids)
+        for chunk in _chunks(ids, MAX_IN_IDS):
+            columns = "Id, OwnerId, IndividualId" if self._individuals else "Id, OwnerId"
+            soql = f"SELECT {columns} FROM Lead WHERE Id IN ({_soql_list(chunk)})"
+            try:
+                records = self.client.query(soql)
+            except SalesforceQueryError as exc:
+                if not self._individuals or "IndividualId" not in str(exc):
+                    raise CrmError(f"Salesforce refused the lead lookup: {exc}") from None
+                log.warning("salesforce org has no Lead.IndividualId (data protection off): Individuals not updated")
+                self._individuals = False
+                records = self.client.query(f"SELECT Id, OwnerId FROM Lead WHERE Id IN ({_soql_list(chunk)})")
+            for record in records:
+                if is_record_id(record.get("Id")):
+                    out[to_18(record["Id"])] = record
+        return out
+
+    def _plan_opportunities(self, lost: list[dict[str, Any]], plan: _Plan, notes: dict[str, list[str]]) -> None:
+        """Add `StageName` = lost stage for every open Opportunity linked to a lost lead."""
+        by_lead: dict[str, list[str]] = {}
+        for action in lost:
+            by_lead.setdefault(action["lead_id"], []).append(action["id"])
+        link = self.settings.opportunity_lead_field
+        for chunk in _chunks(sorted(by_lead), MAX_IN_IDS // 2):
+            # The link is a text field: it may hold the 15- or the 18-character form of the id.
+            values = [form for lead in chunk for form in (lead, lead[:15])]
+            soql = f"SELECT Id, {link} FROM Opportunity WHERE {link} IN ({_soql_list(values)}) AND IsClosed = false"
+            try:
+                records = self.client.query(soql)
+            except SalesforceQueryError as exc:
+                # The lead is still marked lost; say why its deals were not, without failing it.
+                log.warning("salesforce opportunity lookup refused: %s", exc)
+                for lead in chunk:
+                    for action_id in by_lead[lead]:
+                        notes.setdefault(action_id, []).append(f"open opportunities not closed: {exc}")
+                continue
+            for record in records:
+                lead_value = record.get(link)
+                if (
+                    not is_record_id(record.get("Id"))
+                    or not isinstance(lead_value, str)
+                    or not is_record_id(lead_value)
+                ):
+                    continue
+                for action_id in by_lead.get(to_18(lead_value), []):
+                    plan.update(
+                        ("Opportunity", to_18(record["Id"])), {"StageName": self.settings.lost_stage}, action_id
+                    )
+
+    # -- writes ------------------------------------------------------------------------
+
+    def _save(self, updates: Mapping[RecordKey, dict[str, Any]]) -> dict[RecordKey, str]:
+        """Apply record updates (composite when several); return the errors of records that still fail."""
+        keys = sorted(updates)  # grouped by type: Salesforce processes a request in per-type chunks
+        failed: dict[RecordKey, str] = {}
+        for chunk in _chunks(keys, MAX_RECORDS):
+            failed.update(self._save_batch(chunk, updates))
+        # A refused record may have hit a passing condition (a row lock): once more, alone.
+        return {key: error for key in failed if (error := self._save_one(key, updates[key])) is not None}
+
+    def _save_batch(
+        self, keys: Sequence[RecordKey], updates: Mapping[RecordKey, dict[str, Any]]
+    ) -> dict[RecordKey, str]:
+        if len(keys) == 1:
+            error = self._save_one(keys[0], updates[keys[0]])
+            return {} if error is None else {keys[0]: error}
+        records = [{"attributes": {"type": t}, "id": i, **updates[(t, i)]} for t, i in keys]
+        response = self.client.request("PATCH", "composite/sobjects", json={"allOrNone": False, "records": records})
+        if response.status_code != 200:
+            return {key: describe(response) for key in keys}
+        results = response.json()
+        if not isinstance(results, list) or len(results) != len(keys):
+            return {key: "Salesforce answered the batch update with an unexpected body" for key in keys}
+        return {key: _record_error(r) for key, r in zip(keys, results, strict=True) if not r.get("success")}
+
+    def _save_one(self, key: RecordKey, values: Mapping[str, Any]) -> str | None:
+        response = self.client.request("PATCH", f"sobjects/{key[0]}/{key[1]}", json=dict(values))
+        return None if response.status_code in (200, 204) else describe(response)
+
+    def _create_tasks(self, actions: list[dict[str, Any]], leads: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+        """Create one Task per action unless it already exists; return errors by action id."""
+        if not actions:
+            return {}
+        errors: dict[str, str] = {}
+        wanted = []
+        for action in actions:
+            if action["lead_id"] not in leads:
+                errors[action["id"]] = (
+                    "Salesforce did not return the lead (deleted, merged or not visible to the API user)"
+                )
+            else:
+                wanted.append(action)
+        for chunk in _chunks(wanted, MAX_RECORDS):
+            # Look-up and create are retried together: a create whose answer was lost is found next time.
+            errors.update(self.client.retrying(functools.partial(self._create_tasks_once, chunk, leads)))
+        return errors
+
+    def _create_tasks_once(
+        self, actions: Sequence[dict[str, Any]], leads: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, str]:
+        existing: set[str] = set()
+        lead_ids = sorted({a["lead_id"] for a in actions})
+        for chunk in _chunks(lead_ids, MAX_IN_IDS):
+            soql = (
+                f"SELECT Id, Subject FROM Task WHERE WhoId IN ({_soql_list(chunk)}) AND Subject LIKE '{TASK_PREFIX}%'"
+            )
+            try:
+                records = self.client.query(soql, retry=False)
+            except SalesforceQueryError as exc:
+                raise CrmError(f"Salesforce refused the task lookup: {exc}") from None
+            existing.update(m.group(1) for r in records if (m := _REF.search(r.get("Subject") or "")))
+        todo = [a for a in actions if task_ref(a["id"]) not in existing]
+        if not todo:
+            return {}
+        records = [self._task(a, leads[a["lead_id"]]) for a in todo]
+        if len(records) == 1:
+            results = [self._create_one(records[0])]
+        else:
+            response = self.client.call("POST", "composite/sobjects", json={"allOrNone": False, "records": records})
+            if response.status_code == 200 and isinstance(body := response.json(), list) and len(body) == len(todo):
+                results = [None if r.get("success") else _record_error(r) for r in body]
+            else:
+                results = [describe(response)] * len(todo)
+        errors = {}
+        for action, record, error in zip(todo, records, results, strict=True):
+            if error is not None:
+                # Once more, alone; a second refusal is final for this action.
+                error = self._create_one(record)
+            if error is not None:
+                errors[action["id"]] = f"Task creation failed: {error}"
+        return errors
+
+    def _create_one(self, record: Mapping[str, Any]) -> str | None:
+        body = {k: v for k, v in record.items() if k != "attributes"}
+        response = self.client.call("POST", "sobjects/Task", json=body)
+        return None if response.status_code in (200, 201) else describe(response)
+
+    def _task(self, action: Mapping[str, Any], lead: Mapping[str, Any]) -> dict[str, Any]:
+        subject, brief = TASK_TEXT[action["kind"]]
+        record: dict[str, Any] = {
+            "attributes": {"type": "Task"},
+            "WhoId": action["lead_id"],
+            "Subject": f"{subject} [pruner-ref {task_ref(action['id'])}]",
+            "Description": brief.format(reason=(action.get("reason") or "not given").replace("_", " ")),
+            "Status": "Not Started",
+            "ActivityDate": datetime.now(tz=UTC).date().isoformat(),
+        }
+        owner = lead.get("OwnerId")
+        # Tasks cannot belong to a queue (00G…): only a user owner is copied to the rep's task.
+        if isinstance(owner, str) and owner.startswith("005"):
+            record["OwnerId"] = owner
+        return record
