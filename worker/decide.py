@@ -15,7 +15,7 @@ from typing import Any
 
 from rules.calendar import Calendar
 from rules.events import EventType, format_ms
-from rules.lifecycle import CONTACT_ACTIONS, Decision, Evaluation, State, evaluate
+from rules.lifecycle import CONTACT_ACTIONS, ActionKind, Decision, Evaluation, State, evaluate
 from rules.policy import Policy
 from worker import gdpr
 from worker.errors import ConfigError
@@ -54,6 +54,9 @@ def actions_for(view: LeadView, ev: Evaluation, acted: set[str], dry_run: bool) 
                 "dry_run": dry_run,
             }
         )
+        if kind is ActionKind.SUPPRESS:
+            # Tells the CRM which opt-outs to set: email opt-out, do-not-call, or both.
+            out[-1]["channels"] = decision.inputs.get("channels", ["all"])
     return out
 
 
