@@ -101,5 +101,8 @@ def drain(connection: redis.Redis, crm: str, executor_factory: Callable[[], Exec
         log.info("outbox drained crm=%s %s", crm, " ".join(f"{k}={v}" for k, v in counts.items()))
         return counts
     finally:
+        close = getattr(executor, "close", None)
+        if callable(close):
+            close()  # release the executor's HTTP session
         if connection.get(lock_key(crm)) == token.encode():
             connection.delete(lock_key(crm))

@@ -49,6 +49,18 @@ def record_batch(
         pipe.execute()
 
 
+def endpoint_template(path: str) -> str:
+    """Replace record ids and emails in an API path by `{id}`: metrics stay aggregate and non-personal."""
+    return "/".join("{id}" if _is_identifier(seg) else seg for seg in path.split("?", 1)[0].split("/"))
+
+
+def _is_identifier(segment: str) -> bool:
+    # Numeric HubSpot ids, 15/18-character Salesforce ids, emails; not `v3` or `v59.0`.
+    if segment.isdigit() or "@" in segment or "%40" in segment.upper():
+        return True
+    return len(segment) in (15, 18) and segment.isalnum() and any(c.isdigit() for c in segment)
+
+
 def count_crm_call(connection: redis.Redis, crm: str, endpoint: str, status: int | str) -> None:
     """Count one outbound CRM call (endpoint as a template, e.g. `/crm/v3/objects/contacts/batch/update`)."""
     connection.hincrby(CRM_CALLS_KEY, f"{crm}|{endpoint}|{status}", 1)

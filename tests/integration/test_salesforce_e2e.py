@@ -235,9 +235,10 @@ def test_do_not_call_suppresses_the_lead_in_salesforce(sf: SalesforceSystem) -> 
     sf.deliver(sf.note("Lead", {"Id": lead, "DoNotCall": True, "LastModifiedDate": stamp(NOW - timedelta(minutes=5))}))
     doc = sf.lead(lead)
     assert doc["state"] == "SUPPRESSED"
-    wait_until(lambda: (sf.fake.get("Lead", lead) or {}).get("HasOptedOutOfEmail") is True, 20)
+    # A phone-only objection: do-not-call, and email subscriptions are left as they were.
+    wait_until(lambda: (sf.fake.get("Lead", lead) or {}).get("DoNotCall") is True, 20)
     record = sf.fake.get("Lead", lead)
-    assert record is not None and record["DoNotCall"] is True
+    assert record is not None and record.get("HasOptedOutOfEmail") is not True
     wait_until(lambda: (sf.fake.get("Individual", individual) or {}).get("HasOptedOutSolicit") is True, 20)
 
 

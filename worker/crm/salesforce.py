@@ -56,6 +56,7 @@ from worker.crm.base import ActionOutcome, CrmError, TransientCrmError
 from worker.crm.ratelimit import RateLimiter, parse_rate
 from worker.errors import ConfigError
 from worker.logs import redact
+from worker.metrics import count_crm_call, endpoint_template
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,9 @@ def build_executor(config: Config, connection: redis.Redis) -> SalesforceExecuto
     client = SalesforceClient(
         config.salesforce_instance_url, config.salesforce_access_token, config.salesforce_api_version, limiter, settings
     )
+    client.on_response = lambda method, path, status: count_crm_call(
+        connection, "salesforce", f"{method} {endpoint_template(path)}", status
+    )
     return SalesforceExecutor(client, settings)
 
 
@@ -192,6 +196,8 @@ class SalesforceClient:
         self.session.headers.update({"Authorization": f"Bearer {token}", "Accept": "application/json"})
         self.sleep = sleep
         self.api_usage: tuple[int, int] | None = None
+        # Called with (method, path, status) after every response: the /metrics CRM call counter.
+        self.on_response: Callable[[str, str, int], None] | None = None
 
     # -- one attempt -------------------------------------------------------------------
 
@@ -213,6 +219,8 @@ class SalesforceClient:
             raise _Transient(f"could not connect to Salesforce for {method} {_shape(path)}") from None
         self._track_usage(response)
         status = response.status_code
+        if self.on_response is not None:
+            self.on_response(method, path, status)
         if status == 401:
             raise SalesforceAuthError(
                 "Salesforce refused the access token (401 INVALID_SESSION_ID): renew SALESFORCE_ACCESS_TOKEN, "

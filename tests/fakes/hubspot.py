@@ -1,0 +1,632 @@
+"""A fake HubSpot API: the endpoints Pruner calls, in-memory records, every call recorded.
+
+Use it in a thread (`FakeHubSpotServer`) or as a process (`python -m tests.fakes.hubspot
+--port 8123 --token t`). Tests in other processes drive it over HTTP:
+
+    POST /_fake/reset     forget records, calls and configuration
+    POST /_fake/config    {"rate_limit": 10, "window_s": 10, "fail_rate": 0.3, "seed": 1, ...} (see `Options`)
+    POST /_fake/seed      {"contacts": [{"id", "properties"}], "deals": [{"id", "properties", "contacts": [...]}]}
+    GET  /_fake/calls     every API call: method, path, query, body, status, at
+    GET  /_fake/state     contacts, deals, tasks (with their contacts), unsubscribed emails
+
+It is strict where HubSpot is strict and a sloppy client would get away with it:
+Bearer token, ≤ 100 inputs per batch, no id twice in one batch, string property values,
+required task properties and association types. Faults happen before any write, as a
+real 429/503 would: a refused request changed nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+TOKEN = "fake-hubspot-token"
+ALIASES = {"0-1": "contacts", "0-3": "deals", "0-27": "tasks", "contact": "contacts", "deal": "deals", "task": "tasks"}
+TYPES = ("contacts", "deals", "tasks")
+# HUBSPOT_DEFINED association type ids, per direction.
+ASSOCIATION_TYPES = {
+    ("contacts", "deals"): 4,
+    ("deals", "contacts"): 3,
+    ("tasks", "contacts"): 204,
+    ("contacts", "tasks"): 203,
+}
+TASK_STATUSES = {"NOT_STARTED", "IN_PROGRESS", "WAITING", "COMPLETED", "DEFERRED"}
+TASK_PRIORITIES = {"NONE", "LOW", "MEDIUM", "HIGH"}
+TASK_TYPES = {"EMAIL", "CALL", "TODO", "LINKED_IN"}
+
+Reply = tuple[dict[str, Any], int]
+
+
+@dataclass
+class Options:
+    """How the fake misbehaves. Everything off by default."""
+
+    rate_limit: int | None = None  # requests per window, counted by arrival; 429 beyond it
+    window_s: float = 10.0
+    retry_after: str | None = None  # sent with 429s when set (HubSpot's own use of it is unconfirmed)
+    fail_rate: float = 0.0  # share of API requests answered 503 before doing anything
+    seed: int | None = None
+    fail_status: int = 503
+    # Path prefix -> status: every API request under it fails that way (e.g. {"/crm/v3/objects/deals": 503});
+    # a key ending in "$" is an exact path.
+    fail_paths: dict[str, int] = field(default_factory=dict)
+    # Record ids a batch update refuses (207), while a single PATCH of them succeeds.
+    batch_fail_ids: list[str] = field(default_factory=list)
+    # What a batch update naming a missing record answers: 207 (others written) or 400 (nothing written).
+    missing_batch_status: int = 207
+    page_size: int = 100  # association results per page
+    # One-shot answers for the next matching requests: {"status", "path"?, "retry_after"?, "interval_ms"?, "body"?}.
+    script: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _error(status: int, message: str, category: str = "VALIDATION_ERROR", **context: Any) -> Reply:
+    body: dict[str, Any] = {
+        "status": "error",
+        "message": message,
+        "correlationId": str(uuid.uuid4()),
+        "category": category,
+    }
+    if context:
+        body["context"] = context
+    return body, status
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+
+
+class FakeHubSpot:
+    """The fake's state and behaviour; `app()` serves it over HTTP. Thread-safe."""
+
+    def __init__(self, token: str = TOKEN) -> None:
+        self.token = token
+        self.lock = threading.RLock()
+        self.reset()
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        with self.lock:
+            self.options = Options()
+            self.rng = random.Random()
+            self.objects: dict[str, dict[str, dict[str, str]]] = {t: {} for t in TYPES}
+            self.associations: set[tuple[str, str, str, str]] = set()
+            self.unsubscribed: list[str] = []
+            self.calls: list[dict[str, Any]] = []
+            self.arrivals: deque[float] = deque()
+            self.ids = itertools.count(9_000_001)
+
+    def configure(self, **options: Any) -> None:
+        with self.lock:
+            merged = {**asdict(self.options), **options}
+            self.options = Options(**merged)
+            if "seed" in options:
+                self.rng = random.Random(options["seed"])
+            if "rate_limit" in options or "window_s" in options:
+                self.arrivals.clear()
+
+    def add_contact(self, contact_id: str, email: str | None = None, **properties: str) -> None:
+        with self.lock:
+            props = {"hs_object_id": contact_id, **properties}
+            if email is not None:
+                props["email"] = email
+            self.objects["contacts"][contact_id] = props
+
+    def add_deal(
+        self, deal_id: str, contact_id: str | None = None, stage: str = "appointmentscheduled", **properties: str
+    ) -> None:
+        with self.lock:
+            self.objects["deals"][deal_id] = {"hs_object_id": deal_id, "dealstage": stage, **properties}
+            if contact_id is not None:
+                self._associate("deals", deal_id, "contacts", contact_id)
+
+    def delete(self, object_type: str, object_id: str) -> None:
+        with self.lock:
+            self.objects[object_type].pop(object_id, None)
+            self.associations = {a for a in self.associations if (a[0], a[1]) != (object_type, object_id)}
+            self.associations = {a for a in self.associations if (a[2], a[3]) != (object_type, object_id)}
+
+    def _associate(self, from_type: str, from_id: str, to_type: str, to_id: str) -> None:
+        self.associations.add((from_type, from_id, to_type, to_id))
+        self.associations.add((to_type, to_id, from_type, from_id))
+
+    def contact(self, contact_id: str) -> dict[str, str]:
+        with self.lock:
+            return dict(self.objects["contacts"][contact_id])
+
+    def deal(self, deal_id: str) -> dict[str, str]:
+        with self.lock:
+            return dict(self.objects["deals"][deal_id])
+
+    def associated(self, from_type: str, from_id: str, to_type: str) -> list[str]:
+        with self.lock:
+            return sorted(t for f, i, tt, t in self.associations if (f, i, tt) == (from_type, from_id, to_type))
+
+    def tasks_for(self, contact_id: str) -> list[dict[str, str]]:
+        with self.lock:
+            return [dict(self.objects["tasks"][t]) for t in self.associated("contacts", contact_id, "tasks")]
+
+    def api_calls(self, method: str | None = None, contains: str = "") -> list[dict[str, Any]]:
+        """Recorded API calls (not control calls), optionally filtered by method and path substring."""
+        with self.lock:
+            return [c for c in self.calls if (method is None or c["method"] == method) and contains in c["path"]]
+
+    def state(self) -> dict[str, Any]:
+        with self.lock:
+            tasks = {
+                tid: {"properties": props, "contacts": self.associated("tasks", tid, "contacts")}
+                for tid, props in self.objects["tasks"].items()
+            }
+            return {
+                "contacts": self.objects["contacts"],
+                "deals": self.objects["deals"],
+                "tasks": tasks,
+                "unsubscribed": list(self.unsubscribed),
+            }
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    def app(self) -> Flask:
+        """Return the WSGI app serving this fake."""
+        app = Flask("fake_hubspot")
+        app.before_request(self._gate)
+        app.after_request(self._record)
+        self._control_routes(app)
+        self._crm_routes(app)
+        return app
+
+    def _gate(self) -> Response | Reply | None:
+        g.at = time.time()
+        if request.path.startswith("/_fake/"):
+            return None
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return _error(401, "Authentication credentials not found.", "INVALID_AUTHENTICATION")
+        with self.lock:
+            o = self.options
+            if o.rate_limit is not None:
+                now = time.monotonic()
+                self.arrivals.append(now)
+                while self.arrivals and self.arrivals[0] <= now - o.window_s:
+                    self.arrivals.popleft()
+                if len(self.arrivals) > o.rate_limit:
+                    return self._rate_limited(o.retry_after, int(o.window_s * 1000))
+            for i, entry in enumerate(o.script):
+                if request.path.startswith(entry.get("path", "")):
+                    del o.script[i]
+                    return self._scripted(entry)
+            for prefix, status in o.fail_paths.items():
+                # A trailing "$" matches the path exactly (POST /crm/v3/objects/tasks, not its batch/create).
+                if request.path == prefix[:-1] if prefix.endswith("$") else request.path.startswith(prefix):
+                    return _error(status, "Injected failure", "SERVICE_UNAVAILABLE")
+            if o.fail_rate and self.rng.random() < o.fail_rate:
+                return _error(o.fail_status, "Injected failure", "SERVICE_UNAVAILABLE")
+        return None
+
+    def _rate_limited(self, retry_after: str | None, interval_ms: int) -> Response:
+        response = jsonify(
+            {
+                "status": "error",
+                "errorType": "RATE_LIMIT",
+                "policyName": "TEN_SECONDLY_ROLLING",
+                "message": "You have reached your ten_secondly_rolling limit.",
+                "correlationId": str(uuid.uuid4()),
+            }
+        )
+        response.status_code = 429
+        limit = self.options.rate_limit or 100
+        response.headers["X-HubSpot-RateLimit-Max"] = str(limit)
+        response.headers["X-HubSpot-RateLimit-Remaining"] = "0"
+        response.headers["X-HubSpot-RateLimit-Interval-Milliseconds"] = str(interval_ms)
+        if retry_after is not None:
+            response.headers["Retry-After"] = retry_after
+        return response
+
+    def _scripted(self, entry: dict[str, Any]) -> Response | Reply:
+        status = int(entry["status"])
+        if status == 429 and "body" not in entry:
+            return self._rate_limited(entry.get("retry_after"), int(entry.get("interval_ms", 10_000)))
+        if "body" in entry:
+            response = jsonify(entry["body"])
+            response.status_code = status
+        else:
+            response = jsonify(_error(status, f"Scripted HTTP {status}", "SCRIPTED")[0])
+            response.status_code = status
+        if entry.get("retry_after") is not None:
+            response.headers["Retry-After"] = str(entry["retry_after"])
+        return response
+
+    def _record(self, response: Response) -> Response:
+        if not request.path.startswith("/_fake/"):
+            with self.lock:
+                self.calls.append(
+                    {
+                        "method": request.method,
+                        "path": request.path,
+                        "query": request.args.to_dict(),
+                        "body": request.get_json(silent=True),
+                        "status": response.status_code,
+                        "at": g.get("at", time.time()),
+                    }
+                )
+        return response
+
+    def _control_routes(self, app: Flask) -> None:
+        @app.post("/_fake/reset")
+        def reset() -> Reply:
+            self.reset()
+            return {"ok": True}, 200
+
+        @app.post("/_fake/config")
+        def config() -> Reply:
+            try:
+                self.configure(**(request.get_json(force=True) or {}))
+            except TypeError as exc:
+                return {"error": str(exc)}, 400
+            return asdict(self.options), 200
+
+        @app.post("/_fake/seed")
+        def seed() -> Reply:
+            body = request.get_json(force=True) or {}
+            for c in body.get("contacts", []):
+                self.add_contact(str(c["id"]), **c.get("properties", {}))
+            for d in body.get("deals", []):
+                props = dict(d.get("properties", {}))
+                stage = props.pop("dealstage", "appointmentscheduled")
+                self.add_deal(str(d["id"]), None, stage, **props)
+                for contact in d.get("contacts", []):
+                    with self.lock:
+                        self._associate("deals", str(d["id"]), "contacts", str(contact))
+            return {"ok": True}, 200
+
+        @app.get("/_fake/calls")
+        def calls() -> Response:
+            return jsonify(self.api_calls())
+
+        @app.get("/_fake/state")
+        def state() -> Reply:
+            return self.state(), 200
+
+    def _crm_routes(self, app: Flask) -> None:
+        app.add_url_rule("/crm/v3/objects/<otype>/<oid>", view_func=self._get, methods=["GET"])
+        app.add_url_rule("/crm/v3/objects/<otype>/<oid>", view_func=self._patch, methods=["PATCH"])
+        app.add_url_rule("/crm/v3/objects/<otype>", view_func=self._create, methods=["POST"])
+        app.add_url_rule("/crm/v3/objects/<otype>/batch/update", view_func=self._batch_update, methods=["POST"])
+        app.add_url_rule("/crm/v3/objects/<otype>/batch/read", view_func=self._batch_read, methods=["POST"])
+        app.add_url_rule("/crm/v3/objects/<otype>/batch/create", view_func=self._batch_create, methods=["POST"])
+        app.add_url_rule(
+            "/crm/v4/objects/<from_type>/<oid>/associations/<to_type>", view_func=self._associations, methods=["GET"]
+        )
+        app.add_url_rule(
+            "/crm/v4/associations/<from_type>/<to_type>/batch/read",
+            view_func=self._batch_associations,
+            methods=["POST"],
+        )
+        app.add_url_rule(
+            "/communication-preferences/v4/statuses/<subscriber>/unsubscribe-all",
+            view_func=self._unsubscribe_all,
+            methods=["POST"],
+        )
+
+    # -- CRM endpoints ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _json() -> dict[str, Any] | None:
+        body = request.get_json(silent=True)
+        return body if isinstance(body, dict) else None
+
+    @staticmethod
+    def _properties_error(props: Any) -> str | None:
+        if not isinstance(props, dict):
+            return "properties must be an object"
+        bad = [k for k, v in props.items() if not isinstance(v, str)]
+        return f"property values must be strings: {bad}" if bad else None
+
+    def _view(self, otype: str, oid: str, wanted: list[str] | None) -> dict[str, Any]:
+        props = self.objects[otype][oid]
+        shown = props if wanted is None else {k: props.get(k) for k in [*wanted, "hs_object_id"]}
+        return {"id": oid, "properties": shown, "createdAt": _now_iso(), "updatedAt": _now_iso(), "archived": False}
+
+    def _get(self, otype: str, oid: str) -> Reply:
+        otype = ALIASES.get(otype, otype)
+        if otype not in TYPES:
+            return _error(400, f"Unable to infer object type from: {otype}")
+        with self.lock:
+            if oid not in self.objects[otype]:
+                return _error(404, "Object not found.", "OBJECT_NOT_FOUND")
+            wanted = [p for p in request.args.get("properties", "").split(",") if p]
+            body = self._view(otype, oid, wanted or None)
+            assoc = {}
+            for to_type in [ALIASES.get(t, t) for t in request.args.get("associations", "").split(",") if t]:
+                ids = self.associated(otype, oid, to_type)
+                if ids:
+                    kind = f"{otype[:-1]}_to_{to_type[:-1]}"
+                    assoc[to_type] = {"results": [{"id": i, "type": kind} for i in ids]}
+            if assoc:
+                body["associations"] = assoc
+            return body, 200
+
+    def _patch(self, otype: str, oid: str) -> Reply:
+        otype = ALIASES.get(otype, otype)
+        body = self._json()
+        if otype not in TYPES or body is None:
+            return _error(400, "Invalid input JSON or object type")
+        problem = self._properties_error(body.get("properties"))
+        if problem:
+            return _error(400, problem)
+        with self.lock:
+            if oid not in self.objects[otype]:
+                return _error(404, "resource not found", "OBJECT_NOT_FOUND")
+            self.objects[otype][oid].update(body["properties"])
+            return self._view(otype, oid, None), 200
+
+    def _batch_inputs(self, body: dict[str, Any] | None) -> list[dict[str, Any]] | Reply:
+        if body is None or not isinstance(body.get("inputs"), list):
+            return _error(400, "Invalid input JSON: inputs is required")
+        inputs: list[dict[str, Any]] = body["inputs"]
+        if len(inputs) > 100:
+            return _error(400, f"Batch size of {len(inputs)} exceeds the limit of 100")
+        return inputs
+
+    def _batch_update(self, otype: str) -> Reply:
+        otype = ALIASES.get(otype, otype)
+        inputs = self._batch_inputs(self._json())
+        if isinstance(inputs, tuple):
+            return inputs
+        ids = [str(i.get("id")) for i in inputs]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            return _error(400, f"Duplicate IDs found in batch input: {duplicates}. IDs must be unique")
+        for item in inputs:
+            problem = self._properties_error(item.get("properties"))
+            if problem:
+                return _error(400, problem)
+        with self.lock:
+            missing = [i for i in ids if i not in self.objects[otype]]
+            if missing and self.options.missing_batch_status == 400:
+                return _error(400, f"Could not get some {otype} objects, they may be deleted or not exist.",
+                              "OBJECT_NOT_FOUND", ids=missing)  # fmt: skip
+            refused = [i for i in ids if i in self.options.batch_fail_ids and i not in missing]
+            results = []
+            for item in inputs:
+                oid = str(item["id"])
+                if oid in missing or oid in refused:
+                    continue
+                self.objects[otype][oid].update(item["properties"])
+                results.append(self._view(otype, oid, None))
+            errors = []
+            if missing:
+                errors.append(
+                    {
+                        "status": "error",
+                        "category": "OBJECT_NOT_FOUND",
+                        "message": f"Could not get some {otype} objects, they may be deleted or not exist.",
+                        "context": {"ids": missing},
+                    }
+                )
+            if refused:
+                errors.append(
+                    {"status": "error", "category": "CONFLICT", "message": "Simulated per-record failure",
+                     "context": {"ids": refused}}
+                )  # fmt: skip
+            body: dict[str, Any] = {"status": "COMPLETE", "results": results}
+            if errors:
+                body.update(errors=errors, numErrors=len(errors))
+                return body, 207
+            return body, 200
+
+    def _batch_read(self, otype: str) -> Reply:
+        otype = ALIASES.get(otype, otype)
+        body = self._json()
+        inputs = self._batch_inputs(body)
+        if isinstance(inputs, tuple):
+            return inputs
+        wanted = [str(p) for p in (body or {}).get("properties", [])]
+        with self.lock:
+            ids = [str(i.get("id")) for i in inputs]
+            results = [self._view(otype, i, wanted) for i in dict.fromkeys(ids) if i in self.objects[otype]]
+            missing = [i for i in ids if i not in self.objects[otype]]
+        out: dict[str, Any] = {"status": "COMPLETE", "results": results}
+        if missing:
+            out["errors"] = [
+                {"status": "error", "category": "OBJECT_NOT_FOUND", "message": "Could not get some objects",
+                 "context": {"ids": missing}}
+            ]  # fmt: skip
+            return out, 207
+        return out, 200
+
+    def _new_task(self, item: dict[str, Any]) -> tuple[str | None, str]:
+        """Create one task from an input; return (task id, "") or (None, why refused). Lock held."""
+        props = item.get("properties")
+        problem = self._properties_error(props)
+        if problem:
+            return None, problem
+        assert isinstance(props, dict)
+        if not props.get("hs_timestamp"):
+            return None, "Property hs_timestamp is required"
+        for name, allowed in (
+            ("hs_task_status", TASK_STATUSES),
+            ("hs_task_priority", TASK_PRIORITIES),
+            ("hs_task_type", TASK_TYPES),
+        ):
+            if name in props and props[name] not in allowed:
+                return None, f"{props[name]!r} is not a valid option for {name}"
+        contacts = []
+        for assoc in item.get("associations") or []:
+            types = assoc.get("types") or []
+            if [t.get("associationTypeId") for t in types] != [204] or types[0].get("associationCategory") != (
+                "HUBSPOT_DEFINED"
+            ):
+                return None, f"unsupported association types {types}"
+            target = str((assoc.get("to") or {}).get("id"))
+            if target not in self.objects["contacts"]:
+                return None, f"association target contact {target} was not found"
+            contacts.append(target)
+        task_id = str(next(self.ids))
+        self.objects["tasks"][task_id] = {"hs_object_id": task_id, **props}
+        for contact in contacts:
+            self._associate("tasks", task_id, "contacts", contact)
+        return task_id, ""
+
+    def _create(self, otype: str) -> Reply:
+        otype = ALIASES.get(otype, otype)
+        body = self._json()
+        if otype != "tasks" or body is None:
+            return _error(400, "this fake creates tasks only")
+        with self.lock:
+            task_id, problem = self._new_task(body)
+            if task_id is None:
+                return _error(400, problem)
+            return self._view("tasks", task_id, None), 201
+
+    def _batch_create(self, otype: str) -> Reply:
+        otype = ALIASES.get(otype, otype)
+        if otype != "tasks":
+            return _error(400, "this fake creates tasks only")
+        inputs = self._batch_inputs(self._json())
+        if isinstance(inputs, tuple):
+            return inputs
+        with self.lock:
+            results, errors = [], []
+            for item in inputs:
+                trace = item.get("objectWriteTraceId")
+                task_id, problem = self._new_task(item)
+                if task_id is None:
+                    errors.append({"status": "error", "category": "VALIDATION_ERROR", "message": problem,
+                                   "context": {"objectWriteTraceId": [trace]}})  # fmt: skip
+                else:
+                    view = self._view("tasks", task_id, None)
+                    if trace is not None:
+                        view["objectWriteTraceId"] = trace
+                    results.append(view)
+        body: dict[str, Any] = {"status": "COMPLETE", "results": results}
+        if errors:
+            body.update(errors=errors, numErrors=len(errors))
+            return body, 207
+        return body, 201
+
+    def _association_page(self, from_type: str, oid: str, to_type: str, after: str | None) -> dict[str, Any]:
+        ids = self.associated(from_type, oid, to_type)
+        start = int(after or 0)
+        size = self.options.page_size
+        type_id = ASSOCIATION_TYPES.get((from_type, to_type), 1)
+        page: dict[str, Any] = {
+            "to": [
+                {
+                    "toObjectId": int(i) if i.isdigit() else i,
+                    "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": type_id, "label": None}],
+                }
+                for i in ids[start : start + size]
+            ]
+        }
+        if start + size < len(ids):
+            page["paging"] = {"next": {"after": str(start + size), "link": None}}
+        return page
+
+    def _associations(self, from_type: str, oid: str, to_type: str) -> Reply:
+        from_type, to_type = ALIASES.get(from_type, from_type), ALIASES.get(to_type, to_type)
+        with self.lock:
+            if oid not in self.objects.get(from_type, {}):
+                return _error(404, "Object not found.", "OBJECT_NOT_FOUND")
+            page = self._association_page(from_type, oid, to_type, request.args.get("after"))
+        body = {"results": page["to"]}
+        if "paging" in page:
+            body["paging"] = page["paging"]
+        return body, 200
+
+    def _batch_associations(self, from_type: str, to_type: str) -> Reply:
+        from_type, to_type = ALIASES.get(from_type, from_type), ALIASES.get(to_type, to_type)
+        inputs = self._batch_inputs(self._json())
+        if isinstance(inputs, tuple):
+            return inputs
+        with self.lock:
+            results, errors = [], []
+            for item in inputs:
+                oid = str(item.get("id"))
+                page = self._association_page(from_type, oid, to_type, item.get("after"))
+                if page["to"]:
+                    results.append({"from": {"id": oid}, **page})
+                else:
+                    errors.append({"status": "error", "category": "OBJECT_NOT_FOUND",
+                                   "message": f"No {to_type} are associated with {from_type} {oid}.",
+                                   "context": {"fromObjectId": [oid]}})  # fmt: skip
+        body: dict[str, Any] = {"status": "COMPLETE", "results": results}
+        if errors:
+            body.update(errors=errors, numErrors=len(errors))
+            return body, 207
+        return body, 200
+
+    def _unsubscribe_all(self, subscriber: str) -> Reply:
+        if request.args.get("channel") != "EMAIL":
+            return _error(400, "channel must be EMAIL")
+        with self.lock:
+            self.unsubscribed.append(subscriber)
+        status = {
+            "subscriberIdString": subscriber,
+            "channel": "EMAIL",
+            "status": "NOT_SUBSCRIBED",
+            "wideStatusType": "PORTAL_WIDE",
+            "timestamp": _now_iso(),
+        }
+        return {"status": "COMPLETE", "results": [status], "startedAt": _now_iso(), "completedAt": _now_iso()}, 200
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # paths carry emails; and test output needs no access log
+
+
+class FakeHubSpotServer:
+    """Serve a `FakeHubSpot` on a free local port from a background thread."""
+
+    def __init__(self, fake: FakeHubSpot | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.fake = fake or FakeHubSpot()
+        self.server: BaseWSGIServer = make_server(
+            host, port, self.fake.app(), threaded=True, request_handler=_QuietHandler
+        )
+        self.url = f"http://{host}:{self.server.server_port}"
+        # A short poll interval: `stop` waits for the serving loop to notice.
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-hubspot", daemon=True
+        )
+
+    def start(self) -> FakeHubSpotServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+    def __enter__(self) -> FakeHubSpotServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve a fake HubSpot API for tests.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--token", default=TOKEN)
+    args = parser.parse_args(argv)
+    server = make_server(
+        args.host, args.port, FakeHubSpot(args.token).app(), threaded=True, request_handler=_QuietHandler
+    )
+    print(f"fake HubSpot on http://{args.host}:{server.server_port}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

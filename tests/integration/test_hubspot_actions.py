@@ -1,0 +1,194 @@
+"""Decisions reach HubSpot: gunicorn + two real `pruner worker` processes + the fake HubSpot server.
+
+The fake runs in this process (a thread); the workers call it over HTTP with
+PRUNER_DRY_RUN=0, as they would call api.hubapi.com. Redis is DB 15, flushed before
+and after each test (`redis_db` from conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
+from tests.helpers import ADMIN_TOKEN, batch_body, event, signed_headers
+from tests.integration.conftest import base_env, start_web, start_worker, stop, wait_http
+from tests.integration.test_pipeline import drained, wait_until
+from worker.actions import dead_key, done_key, lock_key
+from worker.store import outbox_key
+
+pytestmark = pytest.mark.integration
+RATE = (10, 10.0)  # HUBSPOT_RATE_LIMIT for the workers, and the fake's own limit
+T0 = datetime.now(tz=UTC) - timedelta(days=3)
+
+
+@pytest.fixture
+def server() -> Iterator[FakeHubSpotServer]:
+    with FakeHubSpotServer() as running_server:
+        yield running_server
+
+
+@pytest.fixture
+def hubspot(server: FakeHubSpotServer) -> FakeHubSpot:
+    return server.fake
+
+
+@contextmanager
+def running(server: FakeHubSpotServer, workers: int = 2) -> Iterator[str]:
+    """Web + workers talking to the fake HubSpot for real; yield the web URL."""
+    env = base_env(
+        PRUNER_DRY_RUN="0",
+        HUBSPOT_ACCESS_TOKEN=TOKEN,
+        HUBSPOT_API_BASE=server.url,
+        HUBSPOT_RATE_LIMIT=f"{RATE[0]}/{RATE[1]:g}",
+    )
+    web, url = start_web(env)
+    procs: list[subprocess.Popen[bytes]] = [start_worker(env) for _ in range(workers)]
+    try:
+        wait_http(f"{url}/healthz")
+        yield url
+    finally:
+        for proc in [web, *procs]:
+            stop(proc)
+
+
+def post(url: str, events: list[dict[str, Any]]) -> None:
+    body = batch_body(events)
+    response = requests.post(f"{url}/webhooks/events", data=body, headers=signed_headers(body), timeout=10)
+    assert response.status_code == 202, response.text
+
+
+def lead_state(url: str, lead: str) -> str | None:
+    response = requests.get(
+        f"{url}/leads/hubspot/{lead}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10
+    )
+    return str(response.json()["state"]) if response.status_code == 200 else None
+
+
+def outbox(conn: redis.Redis) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in conn.lrange(outbox_key("hubspot"), 0, -1)]
+
+
+def seed(fake: FakeHubSpot, leads: list[str]) -> None:
+    for lead in leads:
+        fake.add_contact(lead, f"person{lead}@example.com", hs_lead_status="OPEN")
+        fake.add_deal(f"deal-{lead}", lead)
+
+
+def said_no_twice(lead: str) -> list[dict[str, Any]]:
+    return [event("not_interested", lead, at=T0), event("not_interested", lead, at=T0 + timedelta(days=1))]
+
+
+def pushed_back(lead: str) -> list[dict[str, Any]]:
+    return [
+        event("meeting_rescheduled", lead, at=T0 + timedelta(hours=h), data={"first_meeting": h == 0}) for h in range(3)
+    ]
+
+
+def is_lost_in_hubspot(fake: FakeHubSpot, lead: str) -> bool:
+    return fake.contact(lead).get("hs_lead_status") == "UNQUALIFIED" and (
+        fake.deal(f"deal-{lead}")["dealstage"] == "closedlost"
+    )
+
+
+def writes(fake: FakeHubSpot) -> list[dict[str, Any]]:
+    return [c for c in fake.api_calls() if c["method"] == "PATCH" or c["path"].endswith("/batch/update")]
+
+
+def assert_under_rate_limit(fake: FakeHubSpot) -> None:
+    calls = fake.api_calls()
+    assert [c for c in calls if c["status"] == 429] == []
+    times = sorted(c["at"] for c in calls)
+    limit, window = RATE
+    for i in range(len(times) - limit):
+        assert times[i + limit] - times[i] >= window, f"more than {limit} requests reached HubSpot within {window} s"
+
+
+def assert_all_done(conn: redis.Redis) -> None:
+    wait_until(drained(conn), seconds=30)
+    assert outbox(conn) == []
+    assert conn.lrange(dead_key("hubspot"), 0, -1) == []
+
+
+def test_forty_lost_leads_reach_hubspot_in_a_few_batch_calls(
+    redis_db: redis.Redis, server: FakeHubSpotServer, hubspot: FakeHubSpot
+) -> None:
+    leads = [str(5000 + i) for i in range(40)]
+    seed(hubspot, leads)
+    hubspot.configure(rate_limit=RATE[0], window_s=RATE[1])
+    with running(server) as url:
+        for lead in leads:
+            # One webhook per lead, spread over ~6 s as they would happen: the first leads each
+            # get a drain of their own until the 10-per-10-s budget runs out; the rest pile up
+            # meanwhile and must go out together once it refills.
+            post(url, said_no_twice(lead))
+            time.sleep(0.15)
+        wait_until(lambda: all(is_lost_in_hubspot(hubspot, lead) for lead in leads), seconds=40)
+        assert_all_done(redis_db)
+    assert all(hubspot.contact(lead)["pruner_lost_reason"] == "not_interested" for lead in leads)
+    assert all(hubspot.deal(f"deal-{lead}")["closed_lost_reason"] == "not_interested" for lead in leads)
+    written = writes(hubspot)
+    assert len(written) <= len(leads) // 4, [(c["method"], c["path"]) for c in written]
+    assert max(len(c["body"].get("inputs", [])) for c in written) > 10  # coalesced into batch calls
+    assert len(hubspot.api_calls()) > RATE[0]  # so the budget was spent, and waited for
+    assert_under_rate_limit(hubspot)
+
+
+def test_every_action_lands_exactly_once_through_injected_503s(
+    redis_db: redis.Redis, server: FakeHubSpotServer, hubspot: FakeHubSpot
+) -> None:
+    breakups = [str(6000 + i) for i in range(10)]
+    losses = [str(6100 + i) for i in range(10)]
+    seed(hubspot, breakups + losses)
+    # Seed 1: the first draw fails, so at least one 503 is certain; then 30% at random.
+    hubspot.configure(fail_rate=0.3, seed=1, rate_limit=RATE[0], window_s=RATE[1])
+    with running(server) as url:
+        events = [e for lead in breakups for e in pushed_back(lead)]
+        post(url, events + [e for lead in losses for e in said_no_twice(lead)])
+
+        def landed() -> bool:
+            return all(hubspot.tasks_for(lead) for lead in breakups) and all(
+                is_lost_in_hubspot(hubspot, lead) for lead in losses
+            )
+
+        wait_until(landed, seconds=40)
+        assert_all_done(redis_db)
+    assert [len(hubspot.tasks_for(lead)) for lead in breakups] == [1] * len(breakups)
+    assert all(hubspot.tasks_for(lead) == [] for lead in losses)
+    subjects = {t["hs_task_subject"] for lead in breakups for t in hubspot.tasks_for(lead)}
+    assert subjects == {"Send a polite break-up message"}
+    assert any(c["status"] == 503 for c in hubspot.api_calls())
+    assert_under_rate_limit(hubspot)
+
+
+def test_do_not_contact_cancels_a_queued_breakup_task(
+    redis_db: redis.Redis, server: FakeHubSpotServer, hubspot: FakeHubSpot
+) -> None:
+    lead = "7001"
+    seed(hubspot, [lead])
+    with running(server) as url:
+        # Hold the drain lock, as a long drain elsewhere would: actions queue up but none run yet.
+        redis_db.set(lock_key("hubspot"), "held-by-test", px=60_000)
+        post(url, pushed_back(lead))
+        wait_until(lambda: [a["kind"] for a in outbox(redis_db)] == ["breakup_task"])
+        breakup_id = outbox(redis_db)[0]["id"]
+        post(url, [event("do_not_contact", lead, at=T0 + timedelta(days=1), data={"channels": ["all"]})])
+        wait_until(lambda: lead_state(url, lead) == "SUPPRESSED")
+        wait_until(lambda: [a["kind"] for a in outbox(redis_db)] == ["breakup_task", "suppress"])
+        assert hubspot.api_calls() == []
+        redis_db.delete(lock_key("hubspot"))
+        wait_until(lambda: hubspot.contact(lead).get("pruner_do_not_contact") == "true", seconds=30)
+        assert_all_done(redis_db)
+    assert hubspot.tasks_for(lead) == []
+    assert redis_db.sismember(done_key("hubspot"), breakup_id)  # cancelled for good, not left pending
+    assert hubspot.unsubscribed == [f"person{lead}@example.com"]
+    assert not [c for c in hubspot.api_calls() if "/tasks" in c["path"]]
