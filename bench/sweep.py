@@ -1,0 +1,83 @@
+"""Benchmark the time-based sweep: 1,000 due leads among 1,000,000 tracked.
+
+.venv/bin/python -m bench.sweep [--tracked 1000000] [--due 1000]
+
+Every tracked lead has an event log and a due time; only `--due` of them are due
+(BREAKUP_DUE past their grace). The sweep must cost what the due leads cost, not
+what all leads cost. Baseline, same run: a full SCAN over the lead keys, which is
+what a sweep without a due-time index would at least have to do.
+Target (issue 3): < 1 s. Uses Redis DB 13 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+
+from bench.common import bench_redis, flush_bench_db
+from rules.counters import LoggedEvent
+from rules.events import Crm, Event, EventType
+from worker import eventlog
+from worker.config import Config
+from worker.decide import Decider
+from worker.jobs import run_sweep
+from worker.policyfile import default_policy
+from worker.store import DUE_KEY, LeadStore, due_member, lead_key
+
+DAY = 86_400_000
+T0 = 1_772_442_000_000  # Monday 2 March 2026 09:00 UTC: no holidays near
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.sweep")
+    p.add_argument("--tracked", type=int, default=1_000_000)
+    p.add_argument("--due", type=int, default=1000)
+    args = p.parse_args(argv)
+    conn = bench_redis()
+    flush_bench_db(conn)
+    try:
+        store = LeadStore(conn)
+        policy = default_policy()
+        # The due leads: 13 silent touches -> BREAKUP_DUE, with their real state records.
+        due_events = [
+            Event(f"d{i}-{n}", EventType.EMAIL_SENT, Crm.HUBSPOT, f"due-{i}", T0 + n * 60_000, {})
+            for i in range(args.due)
+            for n in range(13)
+        ]
+        for start in range(0, len(due_events), 13 * 100):
+            store.apply_batch(due_events[start : start + 13 * 100], Decider(policy, T0 + DAY))
+        # The rest: one touch each, due (as far as the index knows) a year from now.
+        blob = eventlog.append(None, [LoggedEvent(T0, EventType.EMAIL_SENT, b"\x00" * 8, {})])
+        filled = args.due
+        while filled < args.tracked:
+            with conn.pipeline(transaction=False) as pipe:
+                chunk = range(filled, min(filled + 20_000, args.tracked))
+                for i in chunk:
+                    pipe.set(lead_key("hubspot", f"cold-{i}"), blob)
+                pipe.zadd(DUE_KEY, {due_member("hubspot", f"cold-{i}"): T0 + 365 * DAY for i in chunk})
+                pipe.execute()
+            filled += len(chunk)
+        print(f"tracked leads: {conn.zcard(DUE_KEY):,} in the due index, {conn.dbsize():,} keys")
+
+        started = time.perf_counter()
+        scanned = sum(1 for _ in conn.scan_iter("pruner:lead:*", count=10_000))
+        scan_s = time.perf_counter() - started
+        started = time.perf_counter()
+        result = run_sweep(conn, Config.from_env({}), T0 + 30 * DAY)
+        sweep_s = time.perf_counter() - started
+        sample = range(0, args.due, 97)
+        lost = sum(1 for i in sample if (store.state("hubspot", f"due-{i}") or {}).get("state") == "LOST")
+        print(f"baseline SCAN of {scanned:,} lead keys: {scan_s:.2f} s")
+        print(
+            f"sweep: {result['due']} due leads evaluated, {result['actions']} actions in {sweep_s:.3f} s "
+            f"({sweep_s / scan_s:.3f}x the SCAN); sampled due leads LOST: {lost}/{len(sample)}"
+        )
+        print(f"target < 1 s: {'MET' if sweep_s < 1 else 'NOT MET'}")
+        return 0 if result["due"] == args.due else 1
+    finally:
+        flush_bench_db(conn)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
