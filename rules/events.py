@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -134,7 +134,16 @@ def parse_rfc3339_ms(value: object, where: str) -> int:
         parsed = datetime.fromisoformat(value.replace("z", "Z"))
     except ValueError:
         raise SchemaError(where, f"is not a valid date-time, got {value!r:.60}") from None
-    return int(parsed.timestamp() * 1000)
+    return to_ms(parsed)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def to_ms(moment: datetime) -> int:
+    """Return an aware datetime as epoch milliseconds, exactly (no float rounding)."""
+    return (moment - _EPOCH) // _MS
 
 
 def _is_plain_utc(v: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -31,12 +32,19 @@ def test_signed_batch_is_queued_as_one_json_job(client: FlaskClient, fake_redis:
     queue = make_queue(fake_redis)
     assert queue.count == 1
     job = queue.jobs[0]
-    assert job.func_name == "worker.jobs.process_events"
-    assert len(job.args[0]) == 3
+    assert job.func_name == "worker.jobs.process_body"
+    assert job.args[0] == body.decode()  # queued as it came: validated, not re-encoded
     # The payload in Redis is JSON, not pickle: pickle would run code on load.
     raw = fake_redis.hget(f"rq:job:{job.id}", "data")
     assert raw is not None
-    assert b"process_events" in __import__("zlib").decompress(raw)
+    assert json.loads(raw)[0] == "worker.jobs.process_body"
+
+
+def test_a_utf16_body_is_queued_as_decoded_events(client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
+    body = json.dumps({"events": [event()]}).encode("utf-16")
+    assert post(client, body).status_code == 202
+    job = make_queue(fake_redis).jobs[0]
+    assert job.func_name == "worker.jobs.process_events" and len(job.args[0]) == 1
 
 
 @pytest.mark.parametrize(
@@ -155,3 +163,27 @@ def test_leads_route_off_without_token(fake_redis: fakeredis.FakeRedis) -> None:
         "error": "not_configured",
         "detail": "PRUNER_ADMIN_TOKEN is not set, so admin routes are off",
     }
+
+
+def test_our_one_round_trip_enqueue_writes_the_job_rq_would(fake_redis: fakeredis.FakeRedis) -> None:
+    from rq.job import Job
+
+    from worker.queues import JOB_TIMEOUT, PROCESS_EVENTS, RETRY, enqueue_events
+
+    queue = make_queue(fake_redis)
+    ours = enqueue_events(queue, [["e1", "email_sent", "hubspot", "L1", 5, {}]], "events")
+    theirs = queue.enqueue(
+        PROCESS_EVENTS,
+        args=([["e1", "email_sent", "hubspot", "L1", 5, {}]],),
+        kwargs={"source": "events"},
+        result_ttl=0,
+        retry=RETRY,
+        job_timeout=JOB_TIMEOUT,
+    )
+    # Same fields as RQ's own enqueue: if an RQ upgrade adds one, this fails before production does.
+    assert set(fake_redis.hkeys(f"rq:job:{ours}")) == set(fake_redis.hkeys(f"rq:job:{theirs.id}"))
+    job = Job.fetch(ours, connection=fake_redis, serializer=queue.serializer)
+    rq_job = Job.fetch(theirs.id, connection=fake_redis, serializer=queue.serializer)
+    assert (job.func_name, job.args, job.kwargs) == (rq_job.func_name, rq_job.args, rq_job.kwargs)
+    assert (job.retries_left, job.retry_intervals, job.timeout, job.result_ttl) == (5, [1, 5, 30, 120, 600], 120, 0)
+    assert queue.job_ids == [ours, theirs.id]

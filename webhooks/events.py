@@ -6,7 +6,6 @@ one job for the whole batch — and answers 202 only once that job is in Redis.
 
 from __future__ import annotations
 
-import json
 import logging
 
 import redis
@@ -14,12 +13,12 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from rules.errors import SchemaError
-from rules.events import parse_batch
+from rules.fastparse import parse_body, validate_body
 from webhooks.app import error, services
 from webhooks.errors import QueueUnavailable, SignatureError
 from webhooks.metrics import count_received
 from webhooks.signatures import decode_secret, verify
-from worker.queues import enqueue_events
+from worker.queues import enqueue_body, enqueue_events
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +38,24 @@ def receive_events() -> ResponseReturnValue:
         verify(body, request.headers, decode_secret(secret), now)
     except SignatureError as exc:
         return error(401, "bad_signature", str(exc))
+    now_ms = int(now * 1000)
     try:
-        decoded = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return error(400, "malformed_json", f"the body is not valid JSON: {exc}")
-    try:
-        events = parse_batch(decoded, now_ms=int(now * 1000))
+        types = validate_body(body, now_ms)
     except SchemaError as exc:
         return error(400, "invalid_event", str(exc))
+    except (ValueError, UnicodeDecodeError) as exc:
+        return error(400, "malformed_json", f"the body is not valid JSON: {exc}")
+    count = sum(types.values())
     try:
-        enqueue_events(svc.queue, [e.to_wire() for e in events], source="events")
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:  # JSON in UTF-16/32 is valid too: queue the decoded events instead
+            enqueue_events(svc.queue, [e.to_wire() for e in parse_body(body, now_ms)], source="events")
+        else:
+            # The body was just validated: queue it as it came, no per-event re-encoding.
+            enqueue_body(svc.queue, text, count, source="events")
     except redis.RedisError as exc:
         log.warning("enqueue failed: %s", type(exc).__name__)
         raise QueueUnavailable("the queue (Redis) is unavailable; nothing was accepted, retry later") from None
-    count_received("events", [e.type.value for e in events])
-    return jsonify(accepted=len(events)), 202
+    count_received("events", types)
+    return jsonify(accepted=count), 202

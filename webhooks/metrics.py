@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections import Counter as Tally
+from collections.abc import Iterator, Mapping
 
 import redis
 from flask import Blueprint, Response, current_app, g, request
@@ -135,10 +136,8 @@ def metrics() -> Response:
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
-def count_received(source: str, types: list[str]) -> None:
-    """Count events accepted and queued by one request."""
-    counts: dict[str, int] = {}
-    for t in types:
-        counts[t] = counts.get(t, 0) + 1
+def count_received(source: str, types: Mapping[str, int] | list[str]) -> None:
+    """Count events accepted and queued by one request (a type -> count mapping, or a list of types)."""
+    counts = types if isinstance(types, Mapping) else Tally(types)
     for t, n in counts.items():
         EVENTS_RECEIVED.labels(source, t).inc(n)

@@ -20,7 +20,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from worker.queues import make_queue
+from worker.queues import PROCESS_BODY, PROCESS_EVENTS, make_queue
 from worker.store import ACTIONS_KEY, outbox_key
 
 log = logging.getLogger(__name__)
@@ -69,15 +69,22 @@ def purge_payloads(connection: redis.Redis, leads: Iterable[tuple[str, str]], qu
             job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
         except NoSuchJobError:
             continue
-        if job.func_name != "worker.jobs.process_events" or not job.args:
+        if not job.args or job.func_name not in (PROCESS_EVENTS, PROCESS_BODY):
             continue
-        events = job.args[0]
-        kept = [e for e in events if not _mentions(e, erased)]
+        if job.func_name == PROCESS_BODY:
+            # A batch queued as received: {"events": [{"crm": ..., "lead_id": ...}, ...]}.
+            events = json.loads(job.args[0]).get("events", [])
+            kept = [e for e in events if (e.get("crm"), e.get("lead_id")) not in erased]
+            new_arg: Any = json.dumps({"events": kept}, separators=(",", ":"))
+        else:
+            events = job.args[0]
+            kept = [e for e in events if not _mentions(e, erased)]
+            new_arg = kept
         if len(kept) == len(events):
             continue
         touched += 1
         if kept:
-            job.args = (kept, *job.args[1:])
+            job.args = (new_arg, *job.args[1:])
             job.save()
         else:
             queue.remove(job)

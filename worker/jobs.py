@@ -12,6 +12,7 @@ import redis
 from rq import get_current_job
 
 from rules.events import Event
+from rules.fastparse import parse_body
 from worker.actions import drain, pending_key
 from worker.config import Config
 from worker.crm import executor_for
@@ -58,12 +59,26 @@ def process_events(
     events: list[list[Any]], source: str = "events", ops: list[dict[str, Any]] | None = None
 ) -> dict[str, int]:
     """Apply one queued batch of canonical events (and adapter operations) and decide what it changes."""
+    return _process([Event.from_wire(item) for item in events], source, ops)
+
+
+def process_body(body: str, source: str = "events") -> dict[str, int]:
+    """Apply a canonical batch queued as the JSON text it arrived in (validated at ingest)."""
+    # Validated when it arrived; "too far in the future" was judged then, not now.
+    return _process(parse_body(body.encode(), now_ms=_NO_FUTURE_LIMIT), source, None)
+
+
+_NO_FUTURE_LIMIT = 2**62
+
+
+def _process(batch: list[Event], source: str, ops: list[dict[str, Any]] | None) -> dict[str, int]:
     config = _config()
     connection = _connection()
     store = LeadStore(connection, suppression_key(config))
     now_ms = int(time.time() * 1000)
     decide = decider(config, now_ms, source)
-    batch = [Event.from_wire(item) for item in events]
+    received = len(batch)
+    batch = list(batch)
     if ops:
         from worker import hubspot_ops
 
@@ -86,10 +101,10 @@ def process_events(
     )
     log.info(
         "batch applied source=%s events=%d leads=%d added=%d duplicates=%d actions=%d erased=%d dropped=%d",
-        source, len(events), len(result.leads), result.added, result.duplicates, len(result.actions),
+        source, received, len(result.leads), result.added, result.duplicates, len(result.actions),
         len(result.erased), result.dropped,
     )  # fmt: skip
-    return {"events": len(events), "added": result.added, "duplicates": result.duplicates}
+    return {"events": received, "added": result.added, "duplicates": result.duplicates}
 
 
 def run_sweep(connection: redis.Redis, config: Config, now_ms: int) -> dict[str, int]:

@@ -221,6 +221,7 @@ class LeadStore:
                     values: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
                     blobs, states = values[: len(leads)], values[len(leads) :]
                     updates = []
+                    log_writes: dict[str, bytes] = {}
                     pipe.multi()
                     for i, (lead, key, blob) in enumerate(zip(leads, log_keys, blobs, strict=True)):
                         present = eventlog.keys(blob)
@@ -237,11 +238,13 @@ class LeadStore:
                             self._queue_erasure(pipe, lead, outcome)
                         else:
                             if new and new_blob is not None:
-                                pipe.set(key, new_blob)
+                                log_writes[key] = new_blob
                             if outcome is not None:
-                                self._queue_outcome(pipe, lead, outcome)
+                                self._queue_outcome(pipe, lead, outcome, raw_state is not None)
                         dups = received.get(lead, 0) - len(new)
                         updates.append(LeadUpdate(lead[0], lead[1], history, len(new), dups, outcome))
+                    if log_writes:
+                        pipe.mset(log_writes)  # one command for the whole batch's logs
                     pipe.execute()
                 except redis.WatchError:
                     continue
@@ -260,8 +263,12 @@ class LeadStore:
             pipe.rpush(gdpr.AUDIT_KEY, json.dumps(outcome.audit, separators=(",", ":")))
 
     @staticmethod
-    def _queue_outcome(pipe: Any, lead: Lead, outcome: Outcome) -> None:
+    def _queue_outcome(pipe: Any, lead: Lead, outcome: Outcome, had_state: bool = True) -> None:
         skey = state_key(*lead)
+        if outcome.state is None and not had_state and not outcome.actions:
+            # The common case (an ACTIVE lead without decisions, before and after): a due
+            # entry only ever exists beside a state record, so there is nothing to write.
+            return
         if outcome.state is None:
             pipe.delete(skey)
         else:

@@ -1,0 +1,131 @@
+"""The fast path for `/webhooks/events`: decode and validate a batch in C (msgspec).
+
+`parse_batch` (rules/events.py) is the authoritative validator and writes the
+error messages that name the bad field. It costs ~5 us per event in Python;
+msgspec decodes and checks types, lengths, enums and time zones of a 100-event
+batch in ~50 us. Valid batches take the fast path; anything the fast path does not
+accept outright — a decode error, a type error, a blank id, a far-future time, an
+unusual timestamp — is handed to `parse_batch`, which either accepts it or says
+exactly what is wrong. So the fast path can only be stricter, never looser.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import msgspec
+
+from rules.events import (
+    _REQUIRED_DATA,
+    DATA_FIELDS,
+    MAX_EVENTS_PER_BATCH,
+    MAX_FUTURE_SKEW_MS,
+    MAX_ID_LENGTH,
+    Crm,
+    Event,
+    EventType,
+    _check_data_value,
+    parse_batch,
+    to_ms,
+)
+
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+
+
+class _EventIn(msgspec.Struct, forbid_unknown_fields=True):
+    id: _Id
+    type: EventType
+    crm: Crm
+    lead_id: _Id
+    occurred_at: Annotated[datetime, msgspec.Meta(tz=True)]
+    data: dict[str, Any] | None = None
+
+
+class _BatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    events: Annotated[list[_EventIn], msgspec.Meta(min_length=1, max_length=MAX_EVENTS_PER_BATCH)]
+
+
+_DECODER = msgspec.json.Decoder(_BatchIn)
+
+
+class _Slow(Exception):
+    """The fast path declines; the authoritative validator decides."""
+
+
+def _fast(body: bytes, now_ms: int) -> list[Event]:
+    try:
+        batch = _DECODER.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise _Slow from None
+    limit = now_ms + MAX_FUTURE_SKEW_MS
+    out = []
+    for ev in batch.events:
+        if ev.id.isspace() or ev.lead_id.isspace():
+            raise _Slow
+        occurred_ms = to_ms(ev.occurred_at)
+        if occurred_ms > limit:
+            raise _Slow
+        data: dict[str, Any] = {}
+        if ev.data:
+            spec = DATA_FIELDS[ev.type]
+            for key, value in ev.data.items():
+                if key not in spec:
+                    raise _Slow
+                try:
+                    data[key] = _check_data_value(spec[key][0], value, "data")
+                except Exception:
+                    raise _Slow from None
+        for key in _REQUIRED_DATA[ev.type]:
+            if key not in data:
+                raise _Slow
+        out.append(Event(ev.id, ev.type, ev.crm, ev.lead_id, occurred_ms, data))
+    return out
+
+
+def _fast_count(body: bytes, now_ms: int) -> Counter[str]:
+    # `_fast` without building events: the web only needs to know the batch is valid.
+    try:
+        batch = _DECODER.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise _Slow from None
+    limit = _EPOCH + timedelta(milliseconds=now_ms + MAX_FUTURE_SKEW_MS)
+    types: Counter[str] = Counter()
+    for ev in batch.events:
+        types[ev.type] += 1
+        if ev.id.isspace() or ev.lead_id.isspace() or ev.occurred_at > limit:
+            raise _Slow
+        if ev.data or _REQUIRED_DATA[ev.type]:
+            spec = DATA_FIELDS[ev.type]
+            data = ev.data or {}
+            for key, value in data.items():
+                if key not in spec:
+                    raise _Slow
+                try:
+                    _check_data_value(spec[key][0], value, "data")
+                except Exception:
+                    raise _Slow from None
+            if any(key not in data for key in _REQUIRED_DATA[ev.type]):
+                raise _Slow
+    return types
+
+
+def validate_body(body: bytes, now_ms: int) -> Counter[str]:
+    """Check a raw batch as `parse_body` would; return its events counted by type (the web's hot path)."""
+    try:
+        return _fast_count(body, now_ms)
+    except _Slow:
+        return Counter(e.type.value for e in parse_batch(json.loads(body), now_ms))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_body(body: bytes, now_ms: int) -> list[Event]:
+    """Validate a raw `/webhooks/events` body; raise ValueError (bad JSON) or SchemaError (bad field)."""
+    try:
+        return _fast(body, now_ms)
+    except _Slow:
+        return parse_batch(json.loads(body), now_ms)

@@ -1,0 +1,105 @@
+"""The msgspec fast path never accepts what the authoritative validator refuses, and agrees on values."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rules.errors import SchemaError
+from rules.events import parse_batch
+from rules.fastparse import _fast, _fast_count, _Slow, parse_body
+
+NOW = 1_795_000_000_000
+stamps = st.sampled_from([
+    "2026-11-20T10:00:00Z", "2026-11-20t10:00:00z", "2026-11-20 10:00:00Z", "2026-11-20T10:00:00.123456789Z",
+    "2026-11-20T10:00:00.5+05:30", "2026-11-20T10:00:00-00:00", "2026-11-20T10:00:00", "2026-11-20",
+    "2026-02-30T10:00:00Z", "2026-11-20T24:00:00Z", "2026-11-20T10:00Z", "2026-11-20T10:00:00+05",
+    "2099-01-01T00:00:00Z", "20261120T100000Z", "2026-11-20T10:00:60Z", "2026-11-20T10:00:00.999Z",
+])  # fmt: skip
+texts = st.one_of(st.sampled_from(["a", " ", "", "x" * 256, "x" * 257, "\t", "lead 1", "é"]), st.text(max_size=5))
+data = st.one_of(
+    st.just({}),
+    st.just(None),
+    st.just({"follow_up": True}),
+    st.just({"follow_up": 1}),
+    st.just({"minutes": 5}),
+    st.just({"minutes": 0}),
+    st.just({"minutes": True}),
+    st.just({"reason": "budget"}),
+    st.just({"reason": " "}),
+    st.just({"channels": ["email", "email"]}),
+    st.just({"channels": []}),
+    st.just({"amount": float("inf")}),
+    st.just({"amount": -1}),
+    st.just({"expires_at": "2026-12-01T00:00:00Z"}),
+    st.just({"bogus": 1}),
+    st.just([]),
+)
+types = st.sampled_from(
+    [
+        "email_sent",
+        "time_logged",
+        "decision_no",
+        "do_not_contact",
+        "deal_updated",
+        "proposal_sent",
+        "not_a_type",
+        "EMAIL_SENT",
+    ]
+)
+events = st.fixed_dictionaries(
+    {
+        "id": texts,
+        "type": types,
+        "crm": st.sampled_from(["hubspot", "salesforce", "pipedrive"]),
+        "lead_id": texts,
+        "occurred_at": stamps,
+    },
+    optional={"data": data, "extra": st.just(1)},
+)
+
+
+def slow(body: bytes) -> Any:
+    try:
+        return parse_batch(json.loads(body), NOW)
+    except SchemaError as exc:
+        return f"error: {exc}"
+
+
+@settings(max_examples=400, deadline=None)
+@given(batch=st.lists(events, min_size=0, max_size=4))
+def test_fast_path_is_never_looser(batch: list[dict[str, Any]]) -> None:
+    body = json.dumps({"events": batch}).encode()
+    expected = slow(body)
+    try:
+        counted = _fast_count(body, NOW)
+    except _Slow:
+        pass  # the authoritative validator decides
+    else:
+        assert not isinstance(expected, str), expected
+        assert counted == Counter(e.type.value for e in expected)
+    try:
+        got: Any = _fast(body, NOW)
+    except _Slow:
+        return  # the authoritative validator decides, so parse_body == slow by construction
+    assert got == expected
+
+
+def test_parse_body_reports_like_parse_batch() -> None:
+    body = json.dumps(
+        {
+            "events": [
+                {"id": "e", "type": "nope", "crm": "hubspot", "lead_id": "L", "occurred_at": "2026-11-20T10:00:00Z"}
+            ]
+        }
+    ).encode()
+    try:
+        parse_body(body, NOW)
+    except SchemaError as exc:
+        assert str(exc) == "events[0].type must be one of the canonical types, got 'nope'"
+    else:
+        raise AssertionError("accepted an unknown type")
