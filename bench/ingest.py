@@ -70,7 +70,7 @@ LUA = Path(__file__).with_name("wrk_post.lua")
 TARGETS: dict[str, tuple[str, str]] = {
     "bare": ("bench.baseline_app:create_bare_app()", "read the body, drop it"),
     "minimal": ("bench.baseline_app:create_app()", "verify signature + 1 LPUSH"),
-    "pruner": ("webhooks:create_app()", "verify + JSON + parse_batch + RQ enqueue"),
+    "pruner": ("webhooks:create_app()", "verify + validate + enqueue RQ job"),
 }
 TARGET_RATIO = 0.8
 
