@@ -127,3 +127,17 @@ def test_log_records_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
     assert EMAIL not in caplog.text and "7946" not in caplog.text
     assert "<email>" in caplog.text and "<phone>" in caplog.text
     assert redact("at 2026-11-25 16:37:57 job 12345678") == "at 2026-11-25 16:37:57 job 12345678"
+
+
+def test_logs_are_json_lines_and_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    import json as jsonlib
+
+    from worker.logs import JsonFormatter
+
+    install_redaction()
+    record = logging.getLogger("worker.jobs").makeRecord(
+        "worker.jobs", logging.INFO, __file__, 1, "batch for %s", (EMAIL,), None
+    )
+    line = jsonlib.loads(JsonFormatter().format(record))
+    assert line["level"] == "info" and line["logger"] == "worker.jobs"
+    assert line["msg"] == "batch for <email>"

@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from webhooks.errors import QueueUnavailable
 from worker.config import Config
-from worker.logs import install_redaction
+from worker.logs import install_redaction, setup_logging
 from worker.queues import connect, make_queue
 from worker.store import LeadStore
 
@@ -56,6 +56,9 @@ def create_app(
 ) -> Flask:
     """Build the web app from `config` (default: the environment)."""
     install_redaction()
+    if not logging.getLogger().handlers:
+        # Under gunicorn nothing configured the root logger: JSON lines to stdout, redacted.
+        setup_logging()
     config = config or Config.from_env()
     connection = connection or connect(config.redis_url, timeout=config.redis_timeout)
     app = Flask(__name__)

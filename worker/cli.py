@@ -177,7 +177,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     policy = _policy(args.policy)
     try:
-        report = simulate_file(args.events, policy, _now_ms(args.now))
+        bar = Progress("read %")
+        report = simulate_file(args.events, policy, _now_ms(args.now), progress=lambda f: bar(int(f * 100) - bar.done))
+        bar.close()
     except OSError as exc:
         print(f"pruner: cannot read {args.events}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE

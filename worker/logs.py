@@ -8,9 +8,12 @@ email address or an international phone number before any handler sees it.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 EMAIL = re.compile(r"[\w.+%-]+@[\w-]+(?:\.[\w-]+)+")
@@ -47,7 +50,30 @@ def install_redaction() -> None:
     logging.setLogRecordFactory(factory)
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: what log platforms (Heroku drains, Loki, Datadog) parse without rules."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "pid": record.process,
+        }
+        if record.exc_info:
+            entry["exc"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=False)
+
+
 def setup_logging(level: int = logging.INFO) -> None:
-    """Log to stdout (the platform collects it), redacted."""
+    """Log JSON lines to stdout (the platform collects it), redacted; PRUNER_LOG_FORMAT=text for people."""
     install_redaction()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    handler = logging.StreamHandler(sys.stdout)
+    if os.environ.get("PRUNER_LOG_FORMAT", "json").strip().lower() == "text":
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import queue
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -63,7 +64,7 @@ def _shard_of(item: object, shards: int) -> int:
     return zlib.crc32(lead.encode()) % shards if isinstance(lead, str) else 0
 
 
-def read_events(stream: IO[str], shard: int = 0, shards: int = 1) -> Iterator[Event]:
+def read_events(stream: Iterable[str], shard: int = 0, shards: int = 1) -> Iterator[Event]:
     """Yield validated events from JSONL; a bad line raises `SchemaError` naming line and field.
 
     With `shards` > 1, only events of leads in `shard` are validated and yielded.
@@ -140,24 +141,55 @@ def simulate(events: Iterator[Event], policy: Policy, now_ms: int | None = None)
 PARALLEL_MIN_BYTES = 4 * 1024 * 1024
 
 
-def simulate_file(path: str, policy: Policy, now_ms: int | None = None, workers: int | None = None) -> Report:
-    """`simulate` over a JSONL file, sharding leads across processes for large files."""
+def _counting(stream: IO[str], report: Callable[[int], None]) -> Iterator[str]:
+    """Yield the stream's lines, reporting characters read every few thousand lines."""
+    read = 0
+    for n, line in enumerate(stream, start=1):
+        read += len(line)
+        if n % 4096 == 0:
+            report(read)
+        yield line
+    report(read)
+
+
+def simulate_file(
+    path: str,
+    policy: Policy,
+    now_ms: int | None = None,
+    workers: int | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> Report:
+    """`simulate` over a JSONL file, sharding leads across processes for large files.
+
+    `progress`, when given, is called with the fraction of the file read so far.
+    """
+    size = max(1, os.path.getsize(path))
     if workers is None:
-        workers = min(os.cpu_count() or 1, 8) if os.path.getsize(path) >= PARALLEL_MIN_BYTES else 1
+        workers = min(os.cpu_count() or 1, 8) if size >= PARALLEL_MIN_BYTES else 1
     if workers <= 1:
         with open(path, encoding="utf-8") as stream:
-            return simulate(read_events(stream), policy, now_ms)
+            lines: Iterable[str] = stream
+            if progress is not None:
+                lines = _counting(stream, lambda read: progress(min(1.0, read / size)))
+            return simulate(read_events(lines), policy, now_ms)
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(workers)
     last_seen = ctx.Array("q", workers)
+    read = ctx.Value("q", 0)  # characters shard 0 has read: every shard reads the whole file
     results = ctx.Queue()
     procs = [
-        ctx.Process(target=_shard_worker, args=(path, policy, now_ms, k, workers, barrier, last_seen, results))
+        ctx.Process(target=_shard_worker, args=(path, policy, now_ms, k, workers, barrier, last_seen, results, read))
         for k in range(workers)
     ]
     for proc in procs:
         proc.start()
-    outcomes = [results.get() for _ in procs]
+    outcomes: list[Any] = []
+    while len(outcomes) < len(procs):
+        try:
+            outcomes.append(results.get(timeout=0.5))
+        except queue.Empty:
+            if progress is not None:
+                progress(min(1.0, read.value / size))
     for proc in procs:
         proc.join()
     errors = sorted((o[1], o[2]) for o in outcomes if o[0] == "error")
@@ -179,12 +211,23 @@ def simulate_file(path: str, policy: Policy, now_ms: int | None = None, workers:
 
 
 def _shard_worker(
-    path: str, policy: Policy, now_ms: int | None, shard: int, shards: int, barrier: Any, last_seen: Any, results: Any
+    path: str,
+    policy: Policy,
+    now_ms: int | None,
+    shard: int,
+    shards: int,
+    barrier: Any,
+    last_seen: Any,
+    results: Any,
+    read: Any,
 ) -> None:
     report = Report()
     try:
         with open(path, encoding="utf-8") as stream:
-            leads, last = _collect(read_events(stream, shard, shards), report)
+            lines: Iterable[str] = stream
+            if shard == 0:
+                lines = _counting(stream, lambda n: setattr(read, "value", n))
+            leads, last = _collect(read_events(lines, shard, shards), report)
         last_seen[shard] = last
     except SchemaError as exc:
         last_seen[shard] = -1
