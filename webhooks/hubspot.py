@@ -19,7 +19,7 @@ from rules.hubspot_map import parse_hubspot_batch
 from webhooks.app import error, services
 from webhooks.errors import QueueUnavailable, SignatureError
 from webhooks.hubspot_signatures import verify
-from webhooks.metrics import count_received
+from webhooks.metrics import count_ignored, count_received
 from worker.queues import enqueue_events
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def receive_hubspot() -> ResponseReturnValue:
     if batch.ignored:
         # Acknowledged, never a 4xx (HubSpot would retry for 24 h); counts only, no ids.
         log.info("hubspot events ignored: %s", dict(batch.ignored))
+        count_ignored("hubspot", batch.ignored)
     if batch.events or batch.ops:
         try:
             enqueue_events(svc.queue, [e.to_wire() for e in batch.events], source="hubspot", ops=batch.ops)

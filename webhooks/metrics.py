@@ -27,6 +27,10 @@ bp = Blueprint("metrics", __name__)
 
 EVENTS_RECEIVED = Counter("pruner_events_received_total", "Events accepted and queued", ["source", "type"])
 EVENTS_REJECTED = Counter("pruner_events_rejected_total", "Requests refused", ["source", "reason"])
+EVENTS_IGNORED = Counter(
+    "pruner_events_ignored_total", "CRM events acknowledged but not mapped (e.g. unknown subscription types)",
+    ["source", "kind"],
+)  # fmt: skip
 LATENCY = Histogram(
     "pruner_webhook_seconds", "Webhook handling time", ["route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
@@ -108,7 +112,7 @@ def registry_for(connection: redis.Redis, queue: Queue) -> CollectorRegistry:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)
     else:
-        for collector in (EVENTS_RECEIVED, EVENTS_REJECTED, LATENCY):
+        for collector in (EVENTS_RECEIVED, EVENTS_REJECTED, EVENTS_IGNORED, LATENCY):
             registry.register(collector)
     registry.register(RedisCollector(connection, queue))
     return registry
@@ -141,3 +145,9 @@ def count_received(source: str, types: Mapping[str, int] | list[str]) -> None:
     counts = types if isinstance(types, Mapping) else Tally(types)
     for t, n in counts.items():
         EVENTS_RECEIVED.labels(source, t).inc(n)
+
+
+def count_ignored(source: str, kinds: Mapping[str, int]) -> None:
+    """Count CRM events acknowledged without mapping them (a 4xx would make the CRM retry for a day)."""
+    for kind, n in kinds.items():
+        EVENTS_IGNORED.labels(source, kind.split(":", 1)[0]).inc(n)
