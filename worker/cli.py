@@ -207,7 +207,7 @@ def cmd_clock(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from worker.dev import run_dev
 
-    return run_dev(port=args.port)
+    return run_dev(port=args.port, fake_hubspot=args.fake_hubspot)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("dev", help="run web + worker + clock (and a Redis if none answers)")
     p.add_argument("--port", type=int, default=None, help="web port (default $PORT or 5000)")
+    p.add_argument(
+        "--fake-hubspot", action="store_true", help="also run the tests' fake HubSpot API and send callbacks to it"
+    )
     p.set_defaults(func=cmd_dev)
     p = sub.add_parser("check", help="validate configuration and policy, print what is enabled")
     p.add_argument("--policy", help="policy file to check (default $PRUNER_POLICY or the bundled one)")

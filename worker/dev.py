@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import shutil
@@ -100,7 +101,27 @@ curl -sS -X POST http://127.0.0.1:{port}/webhooks/events -H 'content-type: appli
 sleep 1; curl -sS -H 'Authorization: Bearer {admin_token}' http://127.0.0.1:{port}/leads/hubspot/demo-1; echo"""
 
 
-def run_dev(port: int | None = None) -> int:
+def _start_fake_hubspot(children: list[subprocess.Popen[bytes]], env: dict[str, str]) -> str:
+    """Start the test suite's fake HubSpot (tests/fakes/hubspot.py) with a demo contact and deal."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.hubspot", "--port", str(port)], env=env)
+    children.append(proc)
+    _wait_for(lambda: _http_ok(f"{url}/_fake/state"), "the fake HubSpot")
+    seed = {
+        "contacts": [{"id": "demo-1", "properties": {"email": "demo@example.com", "hs_lead_status": "OPEN"}}],
+        "deals": [{"id": "deal-1", "properties": {"dealstage": "presentationscheduled"}, "contacts": ["demo-1"]}],
+    }
+    request = urllib.request.Request(
+        f"{url}/_fake/seed", data=json.dumps(seed).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
+    urllib.request.urlopen(request, timeout=5).close()
+    env.update(HUBSPOT_API_BASE=url, HUBSPOT_ACCESS_TOKEN="fake-hubspot-token")
+    env.setdefault("PRUNER_DRY_RUN", "0")
+    return url
+
+
+def run_dev(port: int | None = None, fake_hubspot: bool = False) -> int:
     """Run web + worker + clock (+ Redis when needed) until Ctrl-C or a process dies."""
     children: list[subprocess.Popen[bytes]] = []
     fake = None
@@ -116,6 +137,10 @@ def run_dev(port: int | None = None) -> int:
         if not env.get("PRUNER_ADMIN_TOKEN"):
             env["PRUNER_ADMIN_TOKEN"] = secrets.token_urlsafe(16)
             print("pruner dev: generated PRUNER_ADMIN_TOKEN for this session")
+        fake_url = _start_fake_hubspot(children, env) if fake_hubspot else None
+        if fake_url is None and not env.get("HUBSPOT_ACCESS_TOKEN") and not env.get("SALESFORCE_ACCESS_TOKEN"):
+            # No CRM to write to: record decisions only, rather than fail every callback.
+            env.setdefault("PRUNER_DRY_RUN", "1")
         py = sys.executable
         commands = {
             "web": [
@@ -140,7 +165,13 @@ def run_dev(port: int | None = None) -> int:
             f"\npruner dev: ready on http://127.0.0.1:{port}  (Redis: {redis_url})\n"
             "Send a signed event and read the lead back — paste this into another shell:\n\n"
             f"{example(port, env['PRUNER_WEBHOOK_SECRET'], env['PRUNER_ADMIN_TOKEN'])}\n\n"
-            "Ctrl-C stops everything.\n",
+            + (
+                f"Fake HubSpot on {fake_url}: send two not_interested events for demo-1 (change the type and\n"
+                f"the id in the snippet), then see it marked UNQUALIFIED: curl -s {fake_url}/_fake/state\n\n"
+                if fake_url
+                else ""
+            )
+            + "Ctrl-C stops everything.\n",
             flush=True,
         )
         while True:

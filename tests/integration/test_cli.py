@@ -151,3 +151,49 @@ def test_stats_report_loss_and_conversion_by_source(redis_db: redis.Redis) -> No
         [str(BIN / "pruner"), "stats"], cwd=ROOT, capture_output=True, text=True, env=base_env(), timeout=30
     ).stdout
     assert "webinar" in text and "not_interested" in text
+
+
+def test_dev_with_the_fake_hubspot_writes_a_lost_lead_back(redis_db: redis.Redis) -> None:
+    import re
+
+    import requests
+
+    from tests.helpers import batch_body, event, signed_headers
+    from tests.integration.test_pipeline import wait_until
+
+    port = free_port()
+    env = base_env()
+    env.pop("PRUNER_DRY_RUN")  # let dev decide: with a CRM to talk to, it writes
+    proc = subprocess.Popen(
+        [str(BIN / "pruner"), "dev", "--port", str(port), "--fake-hubspot"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        text = ""
+        deadline = time.monotonic() + 40
+        while "Ctrl-C stops everything" not in text and time.monotonic() < deadline:
+            text += proc.stdout.readline()
+        found = re.search(r"Fake HubSpot on (http://127\.0\.0\.1:\d+)", text)
+        assert found, text
+        fake = found.group(1)
+        body = batch_body([event("not_interested", lead_id="demo-1"), event("not_interested", lead_id="demo-1")])
+        sent = requests.post(
+            f"http://127.0.0.1:{port}/webhooks/events", data=body, headers=signed_headers(body), timeout=10
+        )
+        assert sent.status_code == 202
+
+        def unqualified() -> bool:
+            contact = requests.get(f"{fake}/_fake/state", timeout=5).json()["contacts"]["demo-1"]
+            return bool(contact.get("hs_lead_status") == "UNQUALIFIED")
+
+        wait_until(unqualified, 40)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
