@@ -8,12 +8,13 @@ otherwise leave the default in force while the team believes it changed it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import yaml
 
 from rules.errors import PolicyError
+from rules.hubspot_map import HubSpotMapping
 
 RULE_IDS = (
     "repeated_no",
@@ -73,6 +74,8 @@ class Policy:
     tiers: tuple[Tier, ...]
     reengage_after_days: int
     loss_reason_categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Portal-specific HubSpot property names and values (rules/hubspot_map.py).
+    hubspot: HubSpotMapping = field(default_factory=HubSpotMapping)
 
     def param(self, rule: str, name: str) -> float:
         return self.params[rule][name]
@@ -132,7 +135,7 @@ def parse_policy(text: str, defaults: Policy | None = None) -> Policy:
     except yaml.YAMLError as exc:
         raise PolicyError("(file)", f"is not valid YAML: {exc}") from None
     raw = _mapping(raw if raw is not None else {}, "(file)")
-    _no_unknown(raw, {"version", "rules", "guardrails", "reengage", "loss_reason_categories"}, "")
+    _no_unknown(raw, {"version", "rules", "guardrails", "reengage", "loss_reason_categories", "hubspot"}, "")
     if raw.get("version", 1) != 1:
         raise PolicyError("version", f"must be 1, got {raw.get('version')!r}")
 
@@ -235,4 +238,48 @@ def parse_policy(text: str, defaults: Policy | None = None) -> Policy:
     else:
         cats = dict(defaults.loss_reason_categories) if defaults else {}
 
-    return Policy(enabled, params, min_touches, country, quiet, tier_tuple, after_days, cats)
+    hubspot = (
+        _hubspot(raw["hubspot"], defaults.hubspot if defaults else HubSpotMapping())
+        if "hubspot" in raw
+        else (defaults.hubspot if defaults else HubSpotMapping())
+    )
+    return Policy(enabled, params, min_touches, country, quiet, tier_tuple, after_days, cats, hubspot)
+
+
+_PROFILE_FIELDS = {"source", "segment", "priority", "email"}
+
+
+def _words(value: object, path: str) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise PolicyError(path, f"must be a list of non-empty strings, got {value!r:.60}")
+    return frozenset(value)
+
+
+def _name(value: object, path: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise PolicyError(path, f"must be a property name, got {value!r:.60}")
+    return value
+
+
+def _hubspot(value: object, base: HubSpotMapping) -> HubSpotMapping:
+    body = _mapping(value, "hubspot")
+    known = {f.name for f in fields(HubSpotMapping)}
+    _no_unknown(body, known, "hubspot")
+    changes: dict[str, Any] = {}
+    for key, item in body.items():
+        where = f"hubspot.{key}"
+        if key in ("lead_status_property", "optout_property"):
+            changes[key] = _name(item, where)
+        elif key == "profile_properties":
+            props = _mapping(item, where)
+            for prop, target in props.items():
+                if target not in _PROFILE_FIELDS:
+                    raise PolicyError(
+                        f"{where}.{prop}", f"must be one of {sorted(_PROFILE_FIELDS)}, got {target!r:.40}"
+                    )
+            changes[key] = dict(props)
+        elif key == "open_lead_statuses":
+            changes[key] = frozenset(v.upper() for v in _words(item, where))
+        else:
+            changes[key] = _words(item, where)
+    return replace(base, **changes)

@@ -240,3 +240,48 @@ def test_merge_folds_histories_into_the_survivor(fake_redis: fakeredis.FakeRedis
     assert store.history("hubspot", "104") is None and store.history("hubspot", "105") is None
     assert (store.state("hubspot", "103") or {})["state"] == "LOST"  # two "no"s across the merged records
     assert store.merge("hubspot", "103", ["104", "105"], decide) is None  # redelivered merge: no-op
+
+
+def test_portal_specific_names_come_from_the_policy() -> None:
+    from rules.policy import parse_policy
+    from worker.policyfile import default_policy
+
+    policy = parse_policy(
+        "hubspot:\n  optout_property: custom_optout\n  open_lead_statuses: [working]\n"
+        "  profile_properties: {lead_origin: source}\n",
+        default_policy(),
+    )
+    mapping = policy.hubspot
+    batch = parse_hubspot_batch(
+        [
+            hs_event("contact.propertyChange", propertyName="custom_optout", propertyValue="true"),
+            hs_event("contact.propertyChange", eventId=8, propertyName="hs_lead_status", propertyValue="WORKING"),
+            hs_event("contact.propertyChange", eventId=9, propertyName="lead_origin", propertyValue="webinar"),
+            hs_event("contact.propertyChange", eventId=10, propertyName="hs_email_optout", propertyValue="true"),
+        ],
+        now_ms=int(time.time() * 1000),
+        mapping=mapping,
+    )
+    assert [(e.type.value, dict(e.data)) for e in batch.events] == [
+        ("do_not_contact", {"channels": ["email"]}),
+        ("reopened", {}),
+        ("lead_profile", {"source": "webinar"}),
+    ]
+    assert batch.ignored == {"property:hs_email_optout": 1}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("hubspot:\n  optout_propety: x\n", "hubspot.optout_propety is not a known key"),
+        ("hubspot:\n  profile_properties: {industry: sector}\n", "hubspot.profile_properties.industry must be one of"),
+        ("hubspot:\n  open_lead_statuses: OPEN\n", "hubspot.open_lead_statuses must be a list"),
+    ],
+)
+def test_bad_hubspot_policy_keys_are_named(text: str, message: str) -> None:
+    from rules.errors import PolicyError
+    from rules.policy import parse_policy
+    from worker.policyfile import default_policy
+
+    with pytest.raises(PolicyError, match=message):
+        parse_policy(text, default_policy())

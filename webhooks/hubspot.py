@@ -20,6 +20,7 @@ from webhooks.app import error, services
 from webhooks.errors import QueueUnavailable, SignatureError
 from webhooks.hubspot_signatures import verify
 from webhooks.metrics import count_ignored, count_received
+from worker.policyfile import cached_policy
 from worker.queues import enqueue_events
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def receive_hubspot() -> ResponseReturnValue:
     except (ValueError, UnicodeDecodeError) as exc:
         return error(400, "malformed_json", f"the body is not valid JSON: {exc}")
     try:
-        batch = parse_hubspot_batch(decoded, now_ms)
+        batch = parse_hubspot_batch(decoded, now_ms, cached_policy(svc.config.policy_path).hubspot)
     except SchemaError as exc:
         return error(400, "invalid_event", str(exc))
     if batch.ignored:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import redis
 
 from rules.events import Crm, Event, EventType
-from rules.hubspot_map import engagement_events
+from rules.hubspot_map import HubSpotMapping, engagement_events
 from worker.config import Config
 from worker.store import Decider, LeadStore
 
@@ -54,14 +54,16 @@ def _contacts(record: dict[str, Any]) -> list[str]:
     return sorted({str(r.get("id") or r.get("toObjectId")) for r in results if r.get("id") or r.get("toObjectId")})
 
 
-def fetch_events(ops: list[dict[str, Any]], reader: HubSpotReader) -> list[Event]:
+def fetch_events(
+    ops: list[dict[str, Any]], reader: HubSpotReader, mapping: HubSpotMapping | None = None
+) -> list[Event]:
     """Resolve `engagement` and `deal` operations into canonical events via the API."""
     events: list[Event] = []
     for op in ops:
         if op["op"] == "engagement":
             kind = op["object_type"]
             record = reader.get_object(kind, op["object_id"], ENGAGEMENT_PROPERTIES[kind], ["contacts"])
-            events += engagement_events(kind, record, _contacts(record), int(op["at"]))
+            events += engagement_events(kind, record, _contacts(record), int(op["at"]), mapping)
         elif op["op"] == "deal":
             for contact in reader.associated_ids("deals", op["deal_id"], "contacts"):
                 events.append(

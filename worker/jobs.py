@@ -84,7 +84,8 @@ def _process(batch: list[Event], source: str, ops: list[dict[str, Any]] | None) 
 
         # Fetch first: if HubSpot is down the job fails before anything is written, and RQ retries it.
         if any(op["op"] in ("engagement", "deal") for op in ops):
-            batch += hubspot_ops.fetch_events(ops, hubspot_ops.hubspot_reader(config, connection))
+            reader = hubspot_ops.hubspot_reader(config, connection)
+            batch += hubspot_ops.fetch_events(ops, reader, cached_policy(config.policy_path).hubspot)
         hubspot_ops.apply_store_ops(ops, store, decide, make_queue(connection, config.queue_name))
     result = store.apply_batch(batch, decide)
     if result.erased:
