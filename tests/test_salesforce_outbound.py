@@ -366,3 +366,60 @@ def test_api_usage_is_tracked_and_logs_hold_no_personal_data(
     assert ex.client.api_usage is not None and ex.client.api_usage[1] == 10
     assert "api usage" in caplog.text
     assert "ada@example.com" not in caplog.text and "Lovelace" not in caplog.text
+
+
+def test_with_credentials_a_401_logs_in_again_once(fake: FakeSalesforce, url: str, sleeps: Sleeps) -> None:
+    lead_id = lead(fake)
+    logins: list[str] = []
+    ex = executor(url, sleeps, token="expired-session")
+    ex.client.refresh = lambda: logins.append("login") or TOKEN  # type: ignore[func-returns-value]
+    outcomes = ex.execute([action("mark_lost", lead_id)])
+    assert [o.ok for o in outcomes] == [True] and logins == ["login"]
+    assert fake.get("Lead", lead_id)["Status"] == "Closed - Not Converted"  # type: ignore[index]
+    ex = executor(url, sleeps, token="expired-session")
+    ex.client.refresh = lambda: "still-wrong"
+    with pytest.raises(SalesforceAuthError):  # a second 401 is not retried again
+        ex.execute([action("mark_lost", lead(fake))])
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"SALESFORCE_USERNAME": "u", "SALESFORCE_PASSWORD": "p", "SALESFORCE_SECURITY_TOKEN": "t"},
+            {"username": "u", "password": "p", "security_token": "t", "domain": "login"},
+        ),
+        (
+            {
+                "SALESFORCE_USERNAME": "u",
+                "SALESFORCE_CONSUMER_KEY": "k",
+                "SALESFORCE_PRIVATE_KEY_FILE": "/k.pem",
+                "SALESFORCE_DOMAIN": "test",
+            },
+            {"username": "u", "consumer_key": "k", "privatekey_file": "/k.pem", "domain": "test"},
+        ),
+        (
+            {"SALESFORCE_CONSUMER_KEY": "k", "SALESFORCE_CONSUMER_SECRET": "s"},
+            {"consumer_key": "k", "consumer_secret": "s", "domain": "login"},
+        ),
+    ],
+    ids=["password", "jwt", "client-credentials"],
+)
+def test_login_flows_go_through_simple_salesforce(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: dict[str, str]
+) -> None:
+    import simple_salesforce.login as sf_login
+
+    from worker.crm.salesforce import credentials_login
+
+    seen: dict[str, Any] = {}
+
+    def fake_login(**kwargs: Any) -> tuple[str, str]:
+        seen.update(kwargs)
+        return "session-123", "example.my.salesforce.com"
+
+    monkeypatch.setattr(sf_login, "SalesforceLogin", fake_login)
+    login = credentials_login(env)
+    assert login is not None and login() == "session-123"
+    assert seen == expected
+    assert credentials_login({}) is None

@@ -147,12 +147,55 @@ class SalesforceSettings:
         return cls(**values)
 
 
+def credentials_login(env: Mapping[str, str]) -> Callable[[], str] | None:
+    """Return a function that logs in with the configured credentials (simple-salesforce), or None.
+
+    Username + password (+ security token), JWT bearer (username + consumer key + private
+    key file) and client credentials (consumer key + secret) are supported. Only the
+    session id is used: simple-salesforce builds https:// URLs, and our own base is kept
+    so that an http:// instance (a local fake or sandbox proxy) still works.
+    """
+    user, password = env.get("SALESFORCE_USERNAME"), env.get("SALESFORCE_PASSWORD")
+    key, secret = env.get("SALESFORCE_CONSUMER_KEY"), env.get("SALESFORCE_CONSUMER_SECRET")
+    key_file = env.get("SALESFORCE_PRIVATE_KEY_FILE")
+    common: dict[str, Any] = {"domain": env.get("SALESFORCE_DOMAIN") or "login"}
+    kwargs: dict[str, Any]
+    if user and password:
+        kwargs = {"username": user, "password": password, "security_token": env.get("SALESFORCE_SECURITY_TOKEN", "")}
+    elif user and key and key_file:
+        kwargs = {"username": user, "consumer_key": key, "privatekey_file": key_file}
+    elif key and secret:
+        kwargs = {"consumer_key": key, "consumer_secret": secret}
+    else:
+        return None
+
+    def login() -> str:
+        from simple_salesforce.exceptions import SalesforceAuthenticationFailed
+        from simple_salesforce.login import SalesforceLogin
+
+        try:
+            session_id, _instance = SalesforceLogin(**kwargs, **common)
+        except SalesforceAuthenticationFailed as exc:
+            raise SalesforceAuthError(f"Salesforce login failed: {exc.code}") from None
+        return str(session_id)
+
+    return login
+
+
 def build_executor(config: Config, connection: redis.Redis) -> SalesforceExecutor:
     """Build the executor from the configuration; raise ConfigError when it cannot call Salesforce."""
     if not config.salesforce_instance_url:
         raise ConfigError("SALESFORCE_INSTANCE_URL is not set, so Salesforce callbacks cannot be made")
-    if not config.salesforce_access_token:
-        raise ConfigError("SALESFORCE_ACCESS_TOKEN is not set, so Salesforce callbacks cannot be made")
+    login = credentials_login(os.environ)
+    token = config.salesforce_access_token
+    if not token:
+        if login is None:
+            raise ConfigError(
+                "neither SALESFORCE_ACCESS_TOKEN nor login credentials (SALESFORCE_USERNAME + SALESFORCE_PASSWORD, "
+                "or SALESFORCE_CONSUMER_KEY with a secret or private key) are set, so Salesforce callbacks "
+                "cannot be made"
+            )
+        token = login()
     url = urlsplit(config.salesforce_instance_url)
     if url.scheme not in ("https", "http") or not url.netloc:
         raise ConfigError(
@@ -166,9 +209,8 @@ def build_executor(config: Config, connection: redis.Redis) -> SalesforceExecuto
         key=RATE_KEY,
         margin_s=min(0.5, settings.rate_window_s * 0.05),
     )
-    client = SalesforceClient(
-        config.salesforce_instance_url, config.salesforce_access_token, config.salesforce_api_version, limiter, settings
-    )
+    client = SalesforceClient(config.salesforce_instance_url, token, config.salesforce_api_version, limiter, settings)
+    client.refresh = login
     client.on_response = lambda method, path, status: count_crm_call(
         connection, "salesforce", f"{method} {endpoint_template(path)}", status
     )
@@ -198,11 +240,24 @@ class SalesforceClient:
         self.api_usage: tuple[int, int] | None = None
         # Called with (method, path, status) after every response: the /metrics CRM call counter.
         self.on_response: Callable[[str, str, int], None] | None = None
+        # Where login credentials are configured: returns a fresh session id (one retry per 401).
+        self.refresh: Callable[[], str] | None = None
 
     # -- one attempt -------------------------------------------------------------------
 
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """Send one request (no retry); raise _Transient, SalesforceAuthError, or return the response."""
+        try:
+            return self._call(method, path, **kwargs)
+        except SalesforceAuthError:
+            if self.refresh is None:
+                raise
+            # Sessions expire; with credentials we log in again, once, then give up loudly.
+            self.session.headers["Authorization"] = f"Bearer {self.refresh()}"
+            log.info("salesforce session refreshed after a 401")
+            return self._call(method, path, **kwargs)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         if self.limiter is not None:
             try:
                 self.limiter.acquire(timeout_s=self.settings.backoff_max_s)
