@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -203,11 +204,21 @@ def print_log_problems(name: str, path: Path) -> None:
         print("\n".join("   | " + line[:200] for line in lines[-15:]))
 
 
+def scrape_counter(url: str, name: str) -> float:
+    """Sum every series of one counter on a Prometheus text page."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
 def measure(targets: list[Target], args: argparse.Namespace, key: bytes, conn: redis.Redis, tmp: Path) -> None:
     """Warm every target up, then run `--rounds` interleaved rounds (order rotated each round)."""
     for t in targets:
         pool = write_pool(tmp, t.builder, key, t.host, args.warmup_pool)
         t.warm = run_wrk(t.url, pool, args.warmup, args.wrk_threads, args.connections)
+    pruner = next((t for t in targets if t.name == "pruner"), None)
+    # /metrics during the load: the counters must move by exactly what was accepted.
+    before = scrape_counter(pruner.url, "pruner_events_received_total") if pruner else 0.0
     chunk = max(1, round(args.duration / args.rounds))
     for rnd in range(args.rounds):
         shift = rnd % len(targets)
@@ -223,6 +234,15 @@ def measure(targets: list[Target], args: argparse.Namespace, key: bytes, conn: r
     time.sleep(0.3)  # let requests wrk abandoned at its deadline finish
     for t in targets:
         t.stored = stored_count(t.name, conn)
+    if pruner is not None:
+        moved = scrape_counter(pruner.url, "pruner_events_received_total") - before
+        accepted = sum(r.statuses.get(202, 0) for r in pruner.runs) * args.events
+        # wrk stops counting at its deadline; requests in flight then still land: moved >= accepted.
+        verdict = "OK" if moved >= accepted else "MISMATCH"
+        print(
+            f"   /metrics during the load: pruner_events_received_total +{moved:,.0f} "
+            f"for {accepted:,} events in the 202s wrk counted: {verdict}"
+        )
 
 
 def report(targets: list[Target], args: argparse.Namespace) -> float | None:
