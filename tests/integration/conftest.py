@@ -9,19 +9,47 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+import requests
 
-from tests.helpers import ADMIN_TOKEN, SECRET
+from tests.helpers import ADMIN_TOKEN, SECRET, batch_body, signed_headers
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.integration
+
+
+def send(url: str, events: list[dict[str, Any]]) -> requests.Response:
+    """POST a signed canonical batch to `/webhooks/events`."""
+    body = batch_body(events)
+    return requests.post(f"{url}/webhooks/events", data=body, headers=signed_headers(body), timeout=10)
+
+
+def get_lead(url: str, lead_id: str, crm: str = "hubspot") -> requests.Response:
+    """GET `/leads/<crm>/<lead_id>` with the admin token."""
+    return requests.get(f"{url}/leads/{crm}/{lead_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+
+
+def wait_until(check: Callable[[], bool], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"condition not met within {seconds} s")
+
+
+def drained(conn: redis.Redis) -> Callable[[], bool]:
+    """True once every queued job has finished: jobs are deleted on success (result_ttl=0),
+    so no `rq:job:*` key is left; a failed job keeps its key and makes the wait fail loudly."""
+    return lambda: not any(True for _ in conn.scan_iter("rq:job:*", count=1000))
 
 
 def free_port() -> int:

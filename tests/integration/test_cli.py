@@ -80,8 +80,7 @@ def test_replay_reruns_a_failed_erasure_once_the_key_is_set(redis_db: redis.Redi
     from datetime import UTC, datetime
 
     from rules.events import Crm, Event, EventType
-    from tests.integration.conftest import start_worker, stop
-    from tests.integration.test_pipeline import wait_until
+    from tests.integration.conftest import start_worker, stop, wait_until
     from worker.queues import PROCESS_EVENTS, make_queue
 
     queue = make_queue(redis_db)
@@ -159,7 +158,7 @@ def test_dev_with_the_fake_hubspot_writes_a_lost_lead_back(redis_db: redis.Redis
     import requests
 
     from tests.helpers import batch_body, event, signed_headers
-    from tests.integration.test_pipeline import wait_until
+    from tests.integration.conftest import wait_until
 
     port = free_port()
     env = base_env()

@@ -20,11 +20,20 @@ from typing import Any
 
 import pytest
 import redis
-import requests
 
-from tests.helpers import ADMIN_TOKEN, batch_body, event, signed_headers
-from tests.integration.conftest import REDIS_URL, base_env, start_web, start_worker, stop, wait_http
-from tests.integration.test_pipeline import drained, wait_until
+from tests.helpers import ADMIN_TOKEN, event
+from tests.integration.conftest import (
+    REDIS_URL,
+    base_env,
+    drained,
+    get_lead,
+    send,
+    start_web,
+    start_worker,
+    stop,
+    wait_http,
+    wait_until,
+)
 from worker.jobs import STATS_SNAPSHOT_KEY
 from worker.queues import make_queue
 
@@ -94,15 +103,12 @@ class Site:
         self.url, self.conn = url, conn
 
     def send(self, events: list[dict[str, Any]]) -> None:
-        body = batch_body(events)
-        response = requests.post(f"{self.url}/webhooks/events", data=body, headers=signed_headers(body), timeout=10)
+        response = send(self.url, events)
         assert response.status_code == 202, response.text
         wait_until(drained(self.conn))
 
     def state(self, n: int) -> dict[str, Any]:
-        response = requests.get(
-            f"{self.url}/leads/hubspot/{lead(n)}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10
-        )
+        response = get_lead(self.url, lead(n))
         assert response.status_code == 200, response.text
         return dict(response.json())
 

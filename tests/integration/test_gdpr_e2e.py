@@ -11,8 +11,7 @@ import redis
 import requests
 
 from tests.helpers import batch_body, event, signed_headers
-from tests.integration.conftest import LOG_DIR, base_env, start_web, start_worker, stop, wait_http
-from tests.integration.test_pipeline import wait_until
+from tests.integration.conftest import LOG_DIR, base_env, start_web, start_worker, stop, wait_http, wait_until
 from tests.integration.test_rules_e2e import System
 from worker.queues import make_queue
 from worker.store import LeadStore

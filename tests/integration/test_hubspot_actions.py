@@ -20,9 +20,8 @@ import redis
 import requests
 
 from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
-from tests.helpers import ADMIN_TOKEN, batch_body, event, signed_headers
-from tests.integration.conftest import base_env, start_web, start_worker, stop, wait_http
-from tests.integration.test_pipeline import drained, wait_until
+from tests.helpers import batch_body, event, signed_headers
+from tests.integration.conftest import base_env, drained, get_lead, start_web, start_worker, stop, wait_http, wait_until
 from worker.actions import dead_key, done_key, lock_key
 from worker.store import outbox_key
 
@@ -68,9 +67,7 @@ def post(url: str, events: list[dict[str, Any]]) -> None:
 
 
 def lead_state(url: str, lead: str) -> str | None:
-    response = requests.get(
-        f"{url}/leads/hubspot/{lead}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10
-    )
+    response = get_lead(url, lead)
     return str(response.json()["state"]) if response.status_code == 200 else None
 
 

@@ -11,9 +11,7 @@ import redis
 import requests
 from hubspot.utils.signature import Signature
 
-from tests.helpers import ADMIN_TOKEN
-from tests.integration.conftest import base_env, start_web, start_worker, stop, wait_http
-from tests.integration.test_pipeline import drained, wait_until
+from tests.integration.conftest import base_env, drained, get_lead, start_web, start_worker, stop, wait_http, wait_until
 
 pytestmark = pytest.mark.integration
 SECRET = "hs-integration-client-secret"
@@ -60,19 +58,13 @@ def post_signed(url: str, events: list[dict[str, object]], version: str = "v3") 
     return requests.post(uri, data=body.encode(), headers=headers, timeout=10)
 
 
-def lead(url: str, lead_id: str) -> requests.Response:
-    return requests.get(
-        f"{url}/leads/hubspot/{lead_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10
-    )
-
-
 def test_signed_by_hubspots_client_and_processed(hubspot_web: str, redis_db: redis.Redis) -> None:
     opt_out = hs_event("contact.propertyChange", 9001, 1, propertyName="hs_email_optout", propertyValue="true")
     response = post_signed(hubspot_web, [opt_out, hs_event("ticket.creation", 5, 2)])
     assert response.status_code == 204, response.text
     assert post_signed(hubspot_web, [opt_out], version="v1").status_code == 204  # redelivered, v1-signed
     wait_until(drained(redis_db))
-    doc = lead(hubspot_web, "9001").json()
+    doc = get_lead(hubspot_web, "9001").json()
     assert doc["state"] == "SUPPRESSED" and doc["events"] == 1  # the redelivery was not counted again
     scraped = requests.get(f"{hubspot_web}/metrics", timeout=10).text
     assert 'pruner_events_ignored_total{kind="ticket.creation",source="hubspot"}' in scraped

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import subprocess
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,36 +12,22 @@ import pytest
 import redis
 import requests
 
-from tests.helpers import ADMIN_TOKEN, batch_body, event, signed_headers
-from tests.integration.conftest import base_env, start_web, start_worker, stop, wait_http
+from tests.helpers import batch_body, event, signed_headers
+from tests.integration.conftest import (
+    base_env,
+    drained,
+    get_lead,
+    send,
+    start_web,
+    start_worker,
+    stop,
+    wait_http,
+    wait_until,
+)
 from worker.queues import make_queue
 
 pytestmark = pytest.mark.integration
 T0 = datetime.now(tz=UTC) - timedelta(days=3)
-
-
-def send(url: str, events: list[dict[str, Any]]) -> requests.Response:
-    body = batch_body(events)
-    return requests.post(f"{url}/webhooks/events", data=body, headers=signed_headers(body), timeout=10)
-
-
-def lead(url: str, lead_id: str, crm: str = "hubspot") -> requests.Response:
-    return requests.get(f"{url}/leads/{crm}/{lead_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
-
-
-def wait_until(check: Callable[[], bool], seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"condition not met within {seconds} s")
-
-
-def drained(conn: redis.Redis) -> Callable[[], bool]:
-    """True once every queued job has finished: jobs are deleted on success (result_ttl=0),
-    so no `rq:job:*` key is left; a failed job keeps its key and makes the wait fail loudly."""
-    return lambda: not any(True for _ in conn.scan_iter("rq:job:*", count=1000))
 
 
 def history() -> list[dict[str, Any]]:
@@ -69,9 +54,9 @@ def test_shuffled_duplicated_batches_count_once(
         response = send(web, chunk)
         assert response.status_code == 202, response.text
         assert response.json() == {"accepted": len(chunk)}
-    wait_until(lambda: lead(web, "e2e-1").status_code == 200 and lead(web, "e2e-1").json()["events"] == 8)
+    wait_until(lambda: get_lead(web, "e2e-1").status_code == 200 and get_lead(web, "e2e-1").json()["events"] == 8)
     wait_until(drained(redis_db))
-    body = lead(web, "e2e-1").json()
+    body = get_lead(web, "e2e-1").json()
     assert body["state"] == "ACTIVE" and body["loss_reason"] is None and body["decisions"] == []
     counters = body["counters"]
     assert counters["outbound_touches"] == 7
@@ -86,7 +71,7 @@ def test_shuffled_duplicated_batches_count_once(
     # A full redelivery (the CRM retrying everything) changes nothing.
     assert send(web, events).status_code == 202
     wait_until(drained(redis_db))
-    assert lead(web, "e2e-1").json()["counters"] == counters
+    assert get_lead(web, "e2e-1").json()["counters"] == counters
     # `drained` also proved that finished jobs left no payload (result_ttl=0): lead ids
     # do not linger in Redis job hashes.
 
@@ -102,7 +87,7 @@ def test_two_workers_on_the_same_leads_lose_nothing(web: str, redis_db: redis.Re
             assert send(web, batch).status_code == 202
             sent += len(batch)
         wait_until(drained(redis_db), seconds=60)
-        totals = [lead(web, f"hot-{i}").json()["counters"]["outbound_touches"] for i in range(3)]
+        totals = [get_lead(web, f"hot-{i}").json()["counters"]["outbound_touches"] for i in range(3)]
         assert totals == [300, 300, 300]
         assert sum(totals) == sent
     finally:

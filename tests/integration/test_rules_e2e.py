@@ -11,21 +11,23 @@ from typing import Any
 
 import pytest
 import redis
-import requests
 
 from rules.calendar import Calendar
-from tests.helpers import ADMIN_TOKEN, batch_body, event, iso, signed_headers
+from tests.helpers import event, iso
 from tests.integration.conftest import (
     BIN,
     REDIS_URL,
     ROOT,
     base_env,
+    drained,
+    get_lead,
+    send,
     start_web,
     start_worker,
     stop,
     wait_http,
+    wait_until,
 )
-from tests.integration.test_pipeline import drained, wait_until
 from worker.policyfile import default_policy
 from worker.store import LeadStore
 
@@ -56,15 +58,12 @@ class System:
         self.url, self.conn, self.redis_url = url, conn, redis_url
 
     def send(self, events: list[dict[str, Any]]) -> None:
-        body = batch_body(events)
-        response = requests.post(f"{self.url}/webhooks/events", data=body, headers=signed_headers(body), timeout=10)
+        response = send(self.url, events)
         assert response.status_code == 202, response.text
         wait_until(drained(self.conn))
 
     def lead(self, lead_id: str) -> dict[str, Any]:
-        response = requests.get(
-            f"{self.url}/leads/hubspot/{lead_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10
-        )
+        response = get_lead(self.url, lead_id)
         assert response.status_code == 200, response.text
         return dict(response.json())
 

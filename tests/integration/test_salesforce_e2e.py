@@ -11,9 +11,17 @@ import redis
 import requests
 
 from tests.fakes.salesforce import FakeSalesforce, outbound_message
-from tests.helpers import ADMIN_TOKEN
-from tests.integration.conftest import REDIS_URL, base_env, start_web, start_worker, stop, wait_http
-from tests.integration.test_pipeline import drained, wait_until
+from tests.integration.conftest import (
+    REDIS_URL,
+    base_env,
+    drained,
+    get_lead,
+    start_web,
+    start_worker,
+    stop,
+    wait_http,
+    wait_until,
+)
 from webhooks.salesforce import ACK
 
 pytestmark = pytest.mark.integration
@@ -48,9 +56,7 @@ class SalesforceSystem:
         wait_until(drained(self.conn))
 
     def lead(self, lead_id: str) -> dict[str, Any]:
-        response = requests.get(
-            f"{self.url}/leads/salesforce/{lead_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10
-        )
+        response = get_lead(self.url, lead_id, "salesforce")
         assert response.status_code == 200, response.text
         return dict(response.json())
 
@@ -286,7 +292,5 @@ def test_hostile_or_foreign_messages_are_refused_over_http(sf: SalesforceSystem)
     lead = sf.new_lead()
     foreign = sf.post(sf.note("Lead", {"Id": lead, "DoNotCall": True}), org="00D000000000002EAA")
     assert foreign.status_code == 403 and "soapenv:Fault" in foreign.text
-    response = requests.get(
-        f"{sf.url}/leads/salesforce/{lead}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10
-    )
+    response = get_lead(sf.url, lead, "salesforce")
     assert response.status_code == 404

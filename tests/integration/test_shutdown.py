@@ -9,8 +9,7 @@ import pytest
 import redis
 
 from rules.events import Crm, Event, EventType
-from tests.integration.conftest import start_worker, stop
-from tests.integration.test_pipeline import wait_until
+from tests.integration.conftest import start_worker, stop, wait_until
 from worker.queues import enqueue_events, make_queue
 from worker.store import PREFIX
 
