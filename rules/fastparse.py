@@ -55,60 +55,54 @@ class _Slow(Exception):
     """The fast path declines; the authoritative validator decides."""
 
 
-def _fast(body: bytes, now_ms: int) -> list[Event]:
+def _decode(body: bytes) -> list[_EventIn]:
     try:
-        batch = _DECODER.decode(body)
+        return _DECODER.decode(body).events
     except (msgspec.DecodeError, msgspec.ValidationError):
         raise _Slow from None
+
+
+def _data(ev: _EventIn) -> dict[str, Any]:
+    """Check an event's `data` against its type; return it normalized, or decline."""
+    data: dict[str, Any] = {}
+    if ev.data:
+        spec = DATA_FIELDS[ev.type]
+        for key, value in ev.data.items():
+            if key not in spec:
+                raise _Slow
+            try:
+                data[key] = _check_data_value(spec[key][0], value, "data")
+            except Exception:
+                raise _Slow from None
+    for key in _REQUIRED_DATA[ev.type]:
+        if key not in data:
+            raise _Slow
+    return data
+
+
+def _fast(body: bytes, now_ms: int) -> list[Event]:
     limit = now_ms + MAX_FUTURE_SKEW_MS
     out = []
-    for ev in batch.events:
+    for ev in _decode(body):
         if ev.id.isspace() or ev.lead_id.isspace():
             raise _Slow
         occurred_ms = to_ms(ev.occurred_at)
         if occurred_ms > limit:
             raise _Slow
-        data: dict[str, Any] = {}
-        if ev.data:
-            spec = DATA_FIELDS[ev.type]
-            for key, value in ev.data.items():
-                if key not in spec:
-                    raise _Slow
-                try:
-                    data[key] = _check_data_value(spec[key][0], value, "data")
-                except Exception:
-                    raise _Slow from None
-        for key in _REQUIRED_DATA[ev.type]:
-            if key not in data:
-                raise _Slow
-        out.append(Event(ev.id, ev.type, ev.crm, ev.lead_id, occurred_ms, data))
+        out.append(Event(ev.id, ev.type, ev.crm, ev.lead_id, occurred_ms, _data(ev)))
     return out
 
 
 def _fast_count(body: bytes, now_ms: int) -> Counter[str]:
     # `_fast` without building events: the web only needs to know the batch is valid.
-    try:
-        batch = _DECODER.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        raise _Slow from None
     limit = _EPOCH + timedelta(milliseconds=now_ms + MAX_FUTURE_SKEW_MS)
     types: Counter[str] = Counter()
-    for ev in batch.events:
+    for ev in _decode(body):
         types[ev.type] += 1
         if ev.id.isspace() or ev.lead_id.isspace() or ev.occurred_at > limit:
             raise _Slow
         if ev.data or _REQUIRED_DATA[ev.type]:
-            spec = DATA_FIELDS[ev.type]
-            data = ev.data or {}
-            for key, value in data.items():
-                if key not in spec:
-                    raise _Slow
-                try:
-                    _check_data_value(spec[key][0], value, "data")
-                except Exception:
-                    raise _Slow from None
-            if any(key not in data for key in _REQUIRED_DATA[ev.type]):
-                raise _Slow
+            _data(ev)
     return types
 
 
