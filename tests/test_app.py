@@ -32,12 +32,13 @@ def test_signed_batch_is_queued_as_one_json_job(client: FlaskClient, fake_redis:
     queue = make_queue(fake_redis)
     assert queue.count == 1
     job = queue.jobs[0]
-    assert job.func_name == "worker.jobs.process_body"
-    assert job.args[0] == body.decode()  # queued as it came: validated, not re-encoded
-    # The payload in Redis is JSON, not pickle: pickle would run code on load.
+    assert job.func_name == "worker.jobs.process_batch"
+    assert job.args[0] == json.loads(body)
+    # The payload in Redis is JSON, not pickle: pickle would run code on load. The body
+    # sits in it byte for byte, as it came: validated, not re-encoded.
     raw = fake_redis.hget(f"rq:job:{job.id}", "data")
-    assert raw is not None
-    assert json.loads(raw)[0] == "worker.jobs.process_body"
+    assert raw is not None and body in raw
+    assert json.loads(raw)[0] == "worker.jobs.process_batch"
 
 
 def test_a_utf16_body_is_queued_as_decoded_events(client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
@@ -180,10 +181,29 @@ def test_our_one_round_trip_enqueue_writes_the_job_rq_would(fake_redis: fakeredi
         retry=RETRY,
         job_timeout=JOB_TIMEOUT,
     )
-    # Same fields as RQ's own enqueue: if an RQ upgrade adds one, this fails before production does.
-    assert set(fake_redis.hkeys(f"rq:job:{ours}")) == set(fake_redis.hkeys(f"rq:job:{theirs.id}"))
+    # Every field RQ's own enqueue writes with a value, ours writes too; only the ones RQ
+    # writes empty (and reads with a falsy default) are left out. If an RQ upgrade adds
+    # a field, this fails before production does.
+    our_hash = fake_redis.hgetall(f"rq:job:{ours}")
+    rq_hash = fake_redis.hgetall(f"rq:job:{theirs.id}")
+    assert set(our_hash) == {field for field, value in rq_hash.items() if value != b""}
+    for field in (b"origin", b"timeout", b"result_ttl", b"status", b"retries_left", b"retry_intervals"):
+        assert our_hash[field] == rq_hash[field], field
     job = Job.fetch(ours, connection=fake_redis, serializer=queue.serializer)
     rq_job = Job.fetch(theirs.id, connection=fake_redis, serializer=queue.serializer)
     assert (job.func_name, job.args, job.kwargs) == (rq_job.func_name, rq_job.args, rq_job.kwargs)
     assert (job.retries_left, job.retry_intervals, job.timeout, job.result_ttl) == (5, [1, 5, 30, 120, 600], 120, 0)
+    for attr in ("origin", "worker_name", "started_at", "ended_at", "last_heartbeat", "group_id", "failure_ttl"):
+        assert getattr(job, attr) == getattr(rq_job, attr), attr
+    assert (job.get_status(), job.enqueued_at is not None) == (rq_job.get_status(), True)
     assert queue.job_ids == [ours, theirs.id]
+
+
+def test_a_flushed_redis_gets_the_enqueue_script_again(fake_redis: fakeredis.FakeRedis) -> None:
+    from worker.queues import enqueue_events
+
+    queue = make_queue(fake_redis)
+    enqueue_events(queue, [["e1", "email_sent", "hubspot", "L1", 5, {}]], "events")
+    fake_redis.script_flush()
+    enqueue_events(queue, [["e2", "email_sent", "hubspot", "L1", 6, {}]], "events")
+    assert queue.count == 2

@@ -26,3 +26,12 @@ def test_metrics_show_received_events_and_queue_depth(client: FlaskClient, fake_
     assert 'pruner_crm_calls_total{crm="hubspot",endpoint="/crm/v3/objects/contacts/batch/update",status="200"}' in text
     assert "pruner_webhook_seconds_bucket" in text
     assert "pruner_redis_up 1.0" in text
+
+
+def test_made_up_webhook_paths_share_one_series(client: FlaskClient) -> None:
+    for n in range(5):
+        assert client.post(f"/webhooks/made-up-{n}", data=b"{}").status_code == 404
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "made-up" not in text
+    assert 'pruner_events_rejected_total{reason="404",source="unmatched"}' in text
+    assert 'pruner_webhook_seconds_count{route="unmatched"}' in text

@@ -12,7 +12,7 @@ import redis
 from rq import get_current_job
 
 from rules.events import Event
-from rules.fastparse import parse_body
+from rules.fastparse import parse_decoded
 from worker.actions import drain, pending_key
 from worker.config import Config
 from worker.crm import executor_for
@@ -62,10 +62,10 @@ def process_events(
     return _process([Event.from_wire(item) for item in events], source, ops)
 
 
-def process_body(body: str, source: str = "events") -> dict[str, int]:
-    """Apply a canonical batch queued as the JSON text it arrived in (validated at ingest)."""
+def process_batch(batch: dict[str, Any], source: str = "events") -> dict[str, int]:
+    """Apply a canonical `{"events": [...]}` batch queued as it arrived (validated at ingest)."""
     # Validated when it arrived; "too far in the future" was judged then, not now.
-    return _process(parse_body(body.encode(), now_ms=_NO_FUTURE_LIMIT), source, None)
+    return _process(parse_decoded(batch, now_ms=_NO_FUTURE_LIMIT), source, None)
 
 
 _NO_FUTURE_LIMIT = 2**62

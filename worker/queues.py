@@ -6,18 +6,19 @@ code in the worker. Every Queue and Worker in Pruner is built here, with JSON.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
 PROCESS_EVENTS = "worker.jobs.process_events"
-PROCESS_BODY = "worker.jobs.process_body"
+PROCESS_BATCH = "worker.jobs.process_batch"
 # Bounded retries with backoff: a failing batch is retried, then parked in the
 # failed registry for `pruner replay` — never retried forever, never dropped.
 RETRY = Retry(max=5, interval=[1, 5, 30, 120, 600])
@@ -39,20 +40,24 @@ def make_queue(connection: redis.Redis, name: str = "pruner") -> Queue:
 
 
 # One round trip instead of RQ's Queue.enqueue (Job object, zlib, 2-3 round trips,
-# ~1 ms per request): write the job hash exactly as RQ 3 does and push its id. RQ
-# reads uncompressed job data (Job.restore falls back when zlib fails), and every
+# ~1 ms per request): write the job hash as RQ 3 does and push its id. RQ reads
+# uncompressed job data (Job.restore falls back when zlib fails) and reads every
+# field with a falsy default, so the fields RQ writes empty are left out. Every
 # integration test runs these jobs through a real RQ worker.
 _ENQUEUE_LUA = """
 redis.call('SADD', KEYS[3], KEYS[2])
 redis.call('HSET', KEYS[1], 'created_at', ARGV[2], 'enqueued_at', ARGV[2], 'data', ARGV[3], 'description', ARGV[4],
   'origin', ARGV[5], 'timeout', ARGV[6], 'result_ttl', '0', 'status', 'queued', 'retries_left', ARGV[7],
-  'retry_intervals', ARGV[8], 'success_callback_name', '', 'failure_callback_name', '', 'stopped_callback_name', '',
-  'started_at', '', 'ended_at', '', 'last_heartbeat', '', 'worker_name', '', 'group_id', '')
+  'retry_intervals', ARGV[8])
 redis.call('RPUSH', KEYS[2], ARGV[1])
 return 1
 """
+_ENQUEUE_SHA = hashlib.sha1(_ENQUEUE_LUA.encode()).hexdigest()
 _RQ_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 _RETRY_INTERVALS = json.dumps(RETRY.intervals)
+_TIMEOUT = str(JOB_TIMEOUT)
+_RETRIES = str(RETRY.max)
+_BATCH_HEAD = b'["' + PROCESS_BATCH.encode() + b'",null,['
 
 
 def enqueue_events(
@@ -63,22 +68,35 @@ def enqueue_events(
     if ops:
         kwargs["ops"] = ops
     description = f"process_events: {len(wire_events)} events, {len(ops or [])} ops from {source}"
-    return _enqueue(queue, PROCESS_EVENTS, wire_events, kwargs, description)
+    data = json.dumps([PROCESS_EVENTS, None, [wire_events], kwargs], separators=(",", ":")).encode()
+    return _enqueue(queue, data, description)
 
 
-def enqueue_body(queue: Queue, body: str, count: int, source: str) -> str:
-    """Queue a validated canonical batch as the JSON text it arrived in (no re-encoding per event)."""
-    return _enqueue(queue, PROCESS_BODY, body, {"source": source}, f"process_body: {count} events from {source}")
+def enqueue_batch(queue: Queue, body: bytes, count: int, source: str) -> str:
+    """Queue a canonical batch the fast path validated, as the JSON it arrived in.
+
+    `body` must be one UTF-8 JSON value with nothing around it — what `rules.fastparse`
+    decoded whole. Spliced between the job data's brackets it is then valid JSON that the
+    worker reads back as `{"events": [...]}`: no escaping into a string, no re-encoding
+    (~35 us less per 100-event request than `json.dumps`).
+    """
+    tail = json.dumps({"source": source}, separators=(",", ":")).encode()
+    data = _BATCH_HEAD + body + b"]," + tail + b"]"
+    return _enqueue(queue, data, f"process_batch: {count} events from {source}")
 
 
-def _enqueue(queue: Queue, func: str, arg: Any, kwargs: dict[str, Any], description: str) -> str:
-    # Field by field what RQ 3's enqueue writes (tests/test_app.py compares the two hashes).
+def _enqueue(queue: Queue, data: bytes, description: str) -> str:
+    # What RQ 3's enqueue writes (tests/test_app.py compares the two jobs).
     # result_ttl 0: a finished job's payload names leads, keep nothing (GDPR). The
     # description replaces RQ's default, the call with its arguments, which would put
     # lead ids and emails into the worker's log.
     job_id = str(uuid.uuid4())
     now = datetime.now(tz=UTC).strftime(_RQ_TIME)
-    data = json.dumps([func, None, [arg], kwargs], separators=(",", ":"))
-    args = [job_id, now, data, description, queue.name, str(JOB_TIMEOUT), str(RETRY.max), _RETRY_INTERVALS]
-    Script(queue.connection, _ENQUEUE_LUA)(keys=[f"rq:job:{job_id}", queue.key, "rq:queues"], args=args)
+    args: list[str | bytes] = [job_id, now, data, description, queue.name, _TIMEOUT, _RETRIES, _RETRY_INTERVALS]
+    keys = [f"rq:job:{job_id}", queue.key, "rq:queues"]
+    try:
+        queue.connection.evalsha(_ENQUEUE_SHA, len(keys), *keys, *args)
+    except NoScriptError:  # a restarted or flushed Redis forgot it: load it once, then as before
+        queue.connection.script_load(_ENQUEUE_LUA)
+        queue.connection.evalsha(_ENQUEUE_SHA, len(keys), *keys, *args)
     return job_id
