@@ -199,11 +199,38 @@ def test_our_one_round_trip_enqueue_writes_the_job_rq_would(fake_redis: fakeredi
     assert queue.job_ids == [ours, theirs.id]
 
 
-def test_a_flushed_redis_gets_the_enqueue_script_again(fake_redis: fakeredis.FakeRedis) -> None:
+def test_a_failed_enqueue_raises_and_leaves_the_client_usable(fake_redis: fakeredis.FakeRedis) -> None:
+    import redis
+
     from worker.queues import enqueue_events
 
     queue = make_queue(fake_redis)
-    enqueue_events(queue, [["e1", "email_sent", "hubspot", "L1", 5, {}]], "events")
-    fake_redis.script_flush()
+    fake_redis.set("rq:queues", "not a set")  # SADD inside the transaction fails: WRONGTYPE
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        enqueue_events(queue, [["e1", "email_sent", "hubspot", "L1", 5, {}]], "events")
+    fake_redis.delete("rq:queues")
     enqueue_events(queue, [["e2", "email_sent", "hubspot", "L1", 6, {}]], "events")
-    assert queue.count == 2
+    assert fake_redis.ping() and fake_redis.smembers("rq:queues") == {queue.key.encode()}
+
+
+def test_an_enqueue_whose_send_failed_is_sent_once_more(
+    fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    from worker.queues import enqueue_events
+
+    queue = make_queue(fake_redis)
+    conn_class = type(fake_redis.connection_pool.get_connection())
+    real_send = conn_class.send_packed_command
+    failures: list[int] = []
+
+    def send_once_broken(self: Any, packed: Any, *args: Any, **kwargs: Any) -> None:
+        if not failures and b"MULTI" in bytes(packed[0]):
+            failures.append(1)
+            raise redis.ConnectionError("Connection reset by peer")  # nothing reached Redis
+        real_send(self, packed, *args, **kwargs)
+
+    monkeypatch.setattr(conn_class, "send_packed_command", send_once_broken)
+    enqueue_events(queue, [["e1", "email_sent", "hubspot", "L1", 5, {}]], "events")
+    assert failures == [1] and queue.count == 1

@@ -14,6 +14,7 @@ import requests
 
 from tests.helpers import batch_body, event, signed_headers
 from tests.integration.conftest import (
+    REDIS_URL,
     base_env,
     drained,
     get_lead,
@@ -24,7 +25,7 @@ from tests.integration.conftest import (
     wait_http,
     wait_until,
 )
-from worker.queues import make_queue
+from worker.queues import enqueue_events, make_queue
 
 pytestmark = pytest.mark.integration
 T0 = datetime.now(tz=UTC) - timedelta(days=3)
@@ -148,3 +149,13 @@ def test_redis_down_means_503_not_202(redis_db: redis.Redis) -> None:
         assert "retry later" in response.json()["detail"]
     finally:
         stop(proc)
+
+
+def test_enqueue_reconnects_when_redis_dropped_the_pooled_connection(redis_db: redis.Redis) -> None:
+    # What a Redis restart, failover or idle timeout does to the web's pooled connection.
+    client = redis.Redis.from_url(REDIS_URL)
+    queue = make_queue(client)
+    enqueue_events(queue, [["e1", "email_sent", "hubspot", "L1", 5, {}]], "events")
+    assert redis_db.client_kill_filter(_id=client.client_id()) == 1
+    enqueue_events(queue, [["e2", "email_sent", "hubspot", "L1", 6, {}]], "events")
+    assert [job.args[0][0][0] for job in queue.jobs] == ["e1", "e2"]
