@@ -72,7 +72,7 @@ def enqueue_batch(queue: Queue, body: bytes, count: int, source: str) -> str:
     (~35 us less per 100-event request than `json.dumps`).
     """
     tail = json.dumps({"source": source}, separators=(",", ":")).encode()
-    data = _BATCH_HEAD + body + b"]," + tail + b"]"
+    data = b"".join((_BATCH_HEAD, body, b"],", tail, b"]"))  # one copy of the body, not four
     return _enqueue(queue, data, f"process_batch: {count} events from {source}")
 
 
