@@ -1,7 +1,7 @@
 """Processing benchmark: one `pruner worker --burst` draining queued event batches, against RQ's no-op rate.
 
-1. Fill DB 13's `pruner` queue with N batches (validated with parse_batch, queued with
-   worker.queues.enqueue_events — exactly what the web does), spread over a set of leads.
+1. Fill DB 13's `pruner` queue with N batches (validated with rules.fastparse.fast_count, queued
+   with worker.queues.enqueue_batch — exactly what the web does), spread over a set of leads.
 2. Start `.venv/bin/pruner worker --burst` (REDIS_URL on DB 13, PRUNER_DRY_RUN=1, no CRM credentials:
    decisions are recorded, nothing is called) and time the drain from the first job leaving the queue
    until the queue, RQ's in-flight list and started registry are empty and the worker's
@@ -19,7 +19,6 @@ needs to run one empty job (target >= 30).
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import tempfile
 import time
@@ -44,8 +43,8 @@ from bench.common import (
     stop,
 )
 from bench.jobs import NOOP
-from rules.events import parse_batch
-from worker.queues import JOB_TIMEOUT, RETRY, enqueue_events, make_queue
+from rules.fastparse import fast_count
+from worker.queues import JOB_TIMEOUT, RETRY, enqueue_batch, make_queue
 from worker.store import PREFIX
 
 TARGET_RATIO = 30.0
@@ -129,14 +128,18 @@ def fill_events(queue: Queue, batches: int, events: int, leads: int) -> int:
     now_ms = int(time.time() * 1000)
     total = 0
     for _ in range(batches):
-        parsed = parse_batch(json.loads(builder.body()), now_ms=now_ms)
-        enqueue_events(queue, [e.to_wire() for e in parsed], source="events")
-        total += len(parsed)
+        body = builder.body()
+        types = fast_count(body, now_ms)
+        if types is None:
+            raise RuntimeError("the fast path declined a benchmark batch")
+        count = sum(types.values())
+        enqueue_batch(queue, body, count, source="events")
+        total += count
     return total
 
 
 def fill_noop(queue: Queue, jobs: int) -> None:
-    """Queue `jobs` no-op jobs with the options enqueue_events uses."""
+    """Queue `jobs` no-op jobs with the options enqueue_batch uses."""
     for _ in range(jobs):
         queue.enqueue(NOOP, result_ttl=0, retry=RETRY, job_timeout=JOB_TIMEOUT)
 
