@@ -119,3 +119,25 @@ def test_sharded_simulation_reports_the_first_bad_line(tmp_path: Path) -> None:
     history.write_text("\n".join(lines) + "\n")
     with pytest.raises(SchemaError, match=r"line 8.type must be one of the canonical types"):
         simulate_file(str(history), default_policy(), workers=2)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("HUBSPOT_RATE_LIMIT", "fast", "HUBSPOT_RATE_LIMIT"),
+        ("SALESFORCE_RATE_LIMIT", "10/0", "SALESFORCE_RATE_LIMIT"),
+        ("SALESFORCE_LOST_REASON_FIELD", "Reason'; DROP", "lost_reason_field"),
+        ("SALESFORCE_MAPPING", "{nope", "SALESFORCE_MAPPING must be a JSON object"),
+    ],
+)
+def test_check_refuses_bad_crm_settings_before_any_callback(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    # A typo in a CRM setting must stop the deploy (`pruner check` is the release phase), not the first drain.
+    for var in ("PRUNER_POLICY", "PRUNER_WEBHOOK_SECRET", "REDIS_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check"])
+    assert exit_info.value.code != 0
+    assert message in capsys.readouterr().err

@@ -111,9 +111,16 @@ def test_build_executor_fails_loudly_without_a_token(conn: redis.Redis) -> None:
 
 
 def test_build_executor_reads_the_environment(conn: redis.Redis) -> None:
-    config = Config.from_env({"HUBSPOT_ACCESS_TOKEN": "t", "HUBSPOT_API_BASE": "http://127.0.0.1:9/"})
-    env = {"HUBSPOT_RATE_LIMIT": "7/3", "HUBSPOT_LOST_STATUS": "BAD_TIMING", "HUBSPOT_DEAL_LOST_STAGE": "lost2"}
-    with build_executor(config, conn, env) as built:
+    config = Config.from_env(
+        {
+            "HUBSPOT_ACCESS_TOKEN": "t",
+            "HUBSPOT_API_BASE": "http://127.0.0.1:9/",
+            "HUBSPOT_RATE_LIMIT": "7/3",
+            "HUBSPOT_LOST_STATUS": "BAD_TIMING",
+            "HUBSPOT_DEAL_LOST_STAGE": "lost2",
+        }
+    )
+    with build_executor(config, conn) as built:
         assert built.client.base_url == "http://127.0.0.1:9"
         assert built.client.limiter is not None
         assert (built.client.limiter.limit, built.client.limiter.window_s) == (7, 3.0)

@@ -17,8 +17,9 @@ from rules.events import EventType, format_ms
 from rules.salesforce_map import Notification, SalesforceMapping, map_notifications, to_18
 from tests.fakes.salesforce import outbound_message
 from webhooks import create_app
-from webhooks.salesforce import ACK, MalformedMessage, mapping_from_env, parse_message, same_org
+from webhooks.salesforce import ACK, MalformedMessage, parse_message, same_org
 from worker.config import Config
+from worker.config import salesforce_mapping as mapping_from_env
 from worker.errors import ConfigError
 from worker.queues import make_queue
 

@@ -13,10 +13,7 @@ JSON object such as `{"open_statuses": ["Open"], "opportunity_lead_field": "Lead
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 from xml.etree.ElementTree import Element, ParseError
@@ -29,11 +26,9 @@ from flask import Blueprint, Flask, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from rules.errors import SchemaError
-from rules.salesforce_map import Notification, SalesforceMapping, is_record_id, map_notifications
+from rules.salesforce_map import Notification, is_record_id, map_notifications
 from webhooks.app import MAX_BODY_BYTES, services
 from webhooks.errors import WebhookError
-from worker.errors import ConfigError
 from worker.queues import enqueue_events
 
 log = logging.getLogger(__name__)
@@ -135,27 +130,10 @@ def fault(status: int, code: Literal["Client", "Server"], message: str) -> Respo
     return Response(body, status, mimetype="text/xml")
 
 
-def mapping_from_env(env: Mapping[str, str]) -> SalesforceMapping:
-    """Build the mapping from `SALESFORCE_MAPPING` (JSON overrides); raise ConfigError if unusable."""
-    raw = env.get("SALESFORCE_MAPPING", "").strip()
-    if not raw:
-        return SalesforceMapping()
-    try:
-        decoded = json.loads(raw)
-    except ValueError as exc:
-        raise ConfigError(f"SALESFORCE_MAPPING must be a JSON object: {exc}") from None
-    if not isinstance(decoded, dict):
-        raise ConfigError(f"SALESFORCE_MAPPING must be a JSON object, got {type(decoded).__name__}")
-    try:
-        return SalesforceMapping.from_dict(decoded)
-    except SchemaError as exc:
-        raise ConfigError(f"SALESFORCE_MAPPING: {exc}") from None
-
-
 @bp.record_once
 def _configure(state: BlueprintSetupState) -> None:
-    # Read once at app creation, so a bad mapping stops the deploy instead of a request.
-    state.app.extensions.setdefault(MAPPING_EXTENSION, mapping_from_env(os.environ))
+    # Parsed by Config.from_env, so a bad SALESFORCE_MAPPING stops the deploy instead of a request.
+    state.app.extensions.setdefault(MAPPING_EXTENSION, services(state.app).config.salesforce_mapping)  # type: ignore[arg-type]
 
 
 @bp.post("/webhooks/salesforce")

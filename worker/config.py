@@ -6,11 +6,20 @@ so a logged config never leaks them.
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from rules.errors import SchemaError
+from rules.salesforce_map import SalesforceMapping
+from worker.crm.ratelimit import DEFAULT_LIMIT, DEFAULT_WINDOW_S, parse_rate
 from worker.errors import ConfigError
+
+if TYPE_CHECKING:
+    from worker.crm.hubspot import HubSpotSettings
+    from worker.crm.salesforce import SalesforceSettings
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 _TRUE = {"1", "true", "yes", "on"}
@@ -71,6 +80,14 @@ class Config:
     # Seconds a Redis call may take before the web answers 503: HubSpot gives up
     # on a webhook after 5 s, so a hung Redis must fail well before that.
     redis_timeout: float = 2.0
+    # The optional per-CRM settings, parsed here too so that a bad value stops the
+    # deploy (web, worker, `pruner check`) instead of the first callback.
+    hubspot: HubSpotSettings = field(default_factory=lambda: _hubspot_settings({}))
+    hubspot_rate_limit: tuple[int, float] = (DEFAULT_LIMIT, DEFAULT_WINDOW_S)
+    salesforce: SalesforceSettings = field(default_factory=lambda: _salesforce_settings({}))
+    salesforce_mapping: SalesforceMapping = field(default_factory=SalesforceMapping)
+    # Logs in with SALESFORCE_USERNAME/PASSWORD, JWT or client credentials; None when none are set.
+    salesforce_login: Callable[[], str] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -99,6 +116,11 @@ class Config:
             salesforce_access_token=_text(env, "SALESFORCE_ACCESS_TOKEN"),
             salesforce_api_version=_text(env, "SALESFORCE_API_VERSION") or "59.0",
             trust_proxy=_flag(env, "PRUNER_TRUST_PROXY", False),
+            hubspot=_hubspot_settings(env),
+            hubspot_rate_limit=_rate(env, "HUBSPOT_RATE_LIMIT"),
+            salesforce=_salesforce_settings(env),
+            salesforce_mapping=salesforce_mapping(env),
+            salesforce_login=_salesforce_login(env),
         )
 
     def enabled(self) -> dict[str, bool]:
@@ -122,3 +144,44 @@ def _check_whsec(secret: str) -> None:
         decode_secret(secret)
     except ValueError as exc:
         raise ConfigError(f"PRUNER_WEBHOOK_SECRET is not a usable Standard Webhooks secret: {exc}") from None
+
+
+def _rate(env: Mapping[str, str], name: str) -> tuple[int, float]:
+    raw = env.get(name, "").strip()
+    return parse_rate(raw, name) if raw else (DEFAULT_LIMIT, DEFAULT_WINDOW_S)
+
+
+def salesforce_mapping(env: Mapping[str, str]) -> SalesforceMapping:
+    """Build the inbound mapping from `SALESFORCE_MAPPING` (JSON overrides); raise ConfigError if unusable."""
+    raw = env.get("SALESFORCE_MAPPING", "").strip()
+    if not raw:
+        return SalesforceMapping()
+    try:
+        decoded = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"SALESFORCE_MAPPING must be a JSON object: {exc}") from None
+    if not isinstance(decoded, dict):
+        raise ConfigError(f"SALESFORCE_MAPPING must be a JSON object, got {type(decoded).__name__}")
+    try:
+        return SalesforceMapping.from_dict(decoded)
+    except SchemaError as exc:
+        raise ConfigError(f"SALESFORCE_MAPPING: {exc}") from None
+
+
+# The CRM modules import this one (for `Config`), so their settings are imported on use.
+def _hubspot_settings(env: Mapping[str, str]) -> HubSpotSettings:
+    from worker.crm.hubspot import HubSpotSettings
+
+    return HubSpotSettings.from_env(env)
+
+
+def _salesforce_settings(env: Mapping[str, str]) -> SalesforceSettings:
+    from worker.crm.salesforce import SalesforceSettings
+
+    return SalesforceSettings.from_env(env)
+
+
+def _salesforce_login(env: Mapping[str, str]) -> Callable[[], str] | None:
+    from worker.crm.salesforce import credentials_login
+
+    return credentials_login(env)

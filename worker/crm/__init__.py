@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 import redis
 
-from worker.config import Config
 from worker.crm.base import Executor
 from worker.errors import ConfigError
+
+if TYPE_CHECKING:  # worker.config imports worker.crm.ratelimit, so not at run time
+    from worker.config import Config
 
 ADAPTERS = {"hubspot": "worker.crm.hubspot", "salesforce": "worker.crm.salesforce"}
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,7 +45,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from worker.config import Config
 from worker.crm.base import ActionOutcome, CrmError, TransientCrmError
-from worker.crm.ratelimit import RateLimiter
+from worker.crm.ratelimit import DEFAULT_MARGIN_S, RateLimiter
 from worker.errors import ConfigError
 from worker.logs import redact
 from worker.metrics import count_crm_call, endpoint_template
@@ -862,25 +861,25 @@ class HubSpotExecutor:
         }
 
 
-def build_executor(config: Config, connection: redis.Redis, env: Mapping[str, str] | None = None) -> HubSpotExecutor:
+def build_executor(config: Config, connection: redis.Redis) -> HubSpotExecutor:
     """Build the HubSpot executor from the configuration; raise ConfigError when it cannot act."""
     if not config.hubspot_access_token:
         raise ConfigError(
             "HUBSPOT_ACCESS_TOKEN is not set, so Pruner cannot write its decisions back to HubSpot "
             "(set the private app token, or PRUNER_DRY_RUN=1 to only record decisions)"
         )
-    env = os.environ if env is None else env
     months = max(1, round(cached_policy(config.policy_path).reengage_after_days / 30))
-    client = build_client(config, connection, env)
-    return HubSpotExecutor(client, connection, HubSpotSettings.from_env(env, reengage_months=months))
+    client = build_client(config, connection)
+    return HubSpotExecutor(client, connection, replace(config.hubspot, reengage_months=months))
 
 
-def build_client(config: Config, connection: redis.Redis, env: Mapping[str, str] | None = None) -> HubSpotClient:
+def build_client(config: Config, connection: redis.Redis) -> HubSpotClient:
     """Build the API client (shared rate limit, call metrics); used to fetch thin webhook events too."""
     if not config.hubspot_access_token:
         raise ConfigError("HUBSPOT_ACCESS_TOKEN is not set, so Pruner cannot read engagements from HubSpot")
-    env = os.environ if env is None else env
-    client = HubSpotClient(config.hubspot_api_base, config.hubspot_access_token, RateLimiter.from_env(connection, env))
+    limit, window = config.hubspot_rate_limit
+    limiter = RateLimiter(connection, limit, window, margin_s=min(DEFAULT_MARGIN_S, window * 0.05))
+    client = HubSpotClient(config.hubspot_api_base, config.hubspot_access_token, limiter)
     client.on_response = lambda method, path, status: count_crm_call(
         connection, "hubspot", f"{method} {endpoint_template(path)}", status
     )

@@ -15,11 +15,10 @@ one that was told.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import redis
 
@@ -104,17 +103,6 @@ class RateLimiter:
         self._sleep = sleep
         self._acquire = connection.register_script(_ACQUIRE)
         self._block = connection.register_script(_BLOCK)
-
-    @classmethod
-    def from_env(
-        cls, connection: redis.Redis, env: Mapping[str, str] | None = None, key: str = DEFAULT_KEY
-    ) -> RateLimiter:
-        """Build the limiter, reading `HUBSPOT_RATE_LIMIT` ("100/10") when set."""
-        env = os.environ if env is None else env
-        raw = env.get("HUBSPOT_RATE_LIMIT", "").strip()
-        limit, window = parse_rate(raw) if raw else (DEFAULT_LIMIT, DEFAULT_WINDOW_S)
-        # The margin is a share of the window so that short test windows are not mostly margin.
-        return cls(connection, limit, window, key=key, margin_s=min(DEFAULT_MARGIN_S, window * 0.05))
 
     @property
     def _block_key(self) -> str:

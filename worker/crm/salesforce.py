@@ -34,7 +34,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 import random
 import re
 import time
@@ -128,9 +127,8 @@ class SalesforceSettings:
             raise ConfigError(f"max_attempts must be at least 1, got {self.max_attempts}")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> SalesforceSettings:
-        """Read the optional `SALESFORCE_*` settings; raise ConfigError on unusable values."""
-        env = os.environ if env is None else env
+    def from_env(cls, env: Mapping[str, str]) -> SalesforceSettings:
+        """Read the optional `SALESFORCE_*` settings (Config.from_env calls this); raise ConfigError if unusable."""
         values: dict[str, Any] = {}
         names = {
             "lost_status": "SALESFORCE_LOST_STATUS",
@@ -186,7 +184,7 @@ def build_executor(config: Config, connection: redis.Redis) -> SalesforceExecuto
     """Build the executor from the configuration; raise ConfigError when it cannot call Salesforce."""
     if not config.salesforce_instance_url:
         raise ConfigError("SALESFORCE_INSTANCE_URL is not set, so Salesforce callbacks cannot be made")
-    login = credentials_login(os.environ)
+    login = config.salesforce_login
     token = config.salesforce_access_token
     if not token:
         if login is None:
@@ -201,7 +199,7 @@ def build_executor(config: Config, connection: redis.Redis) -> SalesforceExecuto
         raise ConfigError(
             f"SALESFORCE_INSTANCE_URL must be an https:// (or http://) URL, got {config.salesforce_instance_url!r}"
         )
-    settings = SalesforceSettings.from_env()
+    settings = config.salesforce
     limiter = RateLimiter(
         connection,
         settings.rate_limit,
