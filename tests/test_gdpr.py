@@ -141,3 +141,24 @@ def test_logs_are_json_lines_and_redacted(capsys: pytest.CaptureFixture[str]) ->
     line = jsonlib.loads(JsonFormatter().format(record))
     assert line["level"] == "info" and line["logger"] == "worker.jobs"
     assert line["msg"] == "batch for <email>"
+
+
+def test_erasure_purges_queued_batches_in_every_job_format() -> None:
+    import json
+
+    from tests.helpers import batch_body, event
+    from worker.queues import enqueue_batch, enqueue_events, make_queue
+
+    conn = fakeredis.FakeRedis()
+    queue = make_queue(conn)
+    mixed = batch_body([event(lead_id="gd-1", event_id="a"), event(lead_id="keep-1", event_id="b")])
+    enqueue_batch(queue, mixed, 2, "events")
+    queue.enqueue("worker.jobs.process_body", mixed.decode(), source="events")  # an older web's job
+    enqueue_events(queue, [["c", "email_sent", "hubspot", "gd-1", 5, {}]], "events")  # only the erased lead
+    assert gdpr.purge_payloads(conn, [("hubspot", "gd-1")]) == 3
+    jobs = queue.jobs
+    assert len(jobs) == 2  # the job holding only the erased lead is gone
+    batch, text = (job.args[0] for job in jobs)
+    assert [e["lead_id"] for e in batch["events"]] == ["keep-1"]
+    assert [e["lead_id"] for e in json.loads(text)["events"]] == ["keep-1"]
+    assert b"gd-1" not in all_bytes(conn)

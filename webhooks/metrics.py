@@ -127,11 +127,11 @@ def _start_timer() -> None:
 
 @bp.after_app_request
 def _observe(response: Response) -> Response:
-    rule = request.url_rule
-    # Label by the matched route, never the raw path: requests to made-up /webhooks/...
-    # URLs must not each mint a new time series.
-    route = rule.rule if rule is not None else "unmatched"
     if request.path.startswith("/webhooks/") and "pruner_started" in g:
+        # Label by the matched route, never the raw path: requests to made-up /webhooks/...
+        # URLs must not each mint a new time series.
+        rule = request.url_rule
+        route = rule.rule if rule is not None else "unmatched"
         _latency(route).observe(time.perf_counter() - g.pruner_started)
         if response.status_code >= 400:
             EVENTS_REJECTED.labels(route.rsplit("/", 1)[-1], str(response.status_code)).inc()

@@ -20,7 +20,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from worker.queues import PROCESS_BATCH, PROCESS_EVENTS, make_queue
+from worker.queues import PROCESS_BATCH, PROCESS_BODY, PROCESS_EVENTS, make_queue
 from worker.store import ACTIONS_KEY, outbox_key
 
 log = logging.getLogger(__name__)
@@ -69,13 +69,15 @@ def purge_payloads(connection: redis.Redis, leads: Iterable[tuple[str, str]], qu
             job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
         except NoSuchJobError:
             continue
-        if not job.args or job.func_name not in (PROCESS_EVENTS, PROCESS_BATCH):
+        if not job.args or job.func_name not in (PROCESS_EVENTS, PROCESS_BATCH, PROCESS_BODY):
             continue
-        if job.func_name == PROCESS_BATCH:
-            # A batch queued as received: {"events": [{"crm": ..., "lead_id": ...}, ...]}.
-            events = job.args[0].get("events", [])
+        if job.func_name in (PROCESS_BATCH, PROCESS_BODY):
+            # A batch queued as received: {"events": [{"crm": ..., "lead_id": ...}, ...]}
+            # (as JSON text in the older process_body jobs).
+            as_text = job.func_name == PROCESS_BODY
+            events = (json.loads(job.args[0]) if as_text else job.args[0]).get("events", [])
             kept = [e for e in events if (e.get("crm"), e.get("lead_id")) not in erased]
-            new_arg: Any = {"events": kept}
+            new_arg: Any = json.dumps({"events": kept}) if as_text else {"events": kept}
         else:
             events = job.args[0]
             kept = [e for e in events if not _mentions(e, erased)]

@@ -19,6 +19,7 @@ from rq.serializers import JSONSerializer
 
 PROCESS_EVENTS = "worker.jobs.process_events"
 PROCESS_BATCH = "worker.jobs.process_batch"
+PROCESS_BODY = "worker.jobs.process_body"  # queued by versions before 2026-11-25; still run
 # Bounded retries with backoff: a failing batch is retried, then parked in the
 # failed registry for `pruner replay` — never retried forever, never dropped.
 RETRY = Retry(max=5, interval=[1, 5, 30, 120, 600])

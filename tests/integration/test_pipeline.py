@@ -159,3 +159,14 @@ def test_enqueue_reconnects_when_redis_dropped_the_pooled_connection(redis_db: r
     assert redis_db.client_kill_filter(_id=client.client_id()) == 1
     enqueue_events(queue, [["e2", "email_sent", "hubspot", "L1", 6, {}]], "events")
     assert [job.args[0][0][0] for job in queue.jobs] == ["e1", "e2"]
+
+
+def test_jobs_queued_by_the_previous_version_still_run(
+    web: str, worker: subprocess.Popen[bytes], redis_db: redis.Redis
+) -> None:
+    # A rolling upgrade: the old web queued `process_body` jobs (the batch as JSON text).
+    body = batch_body([event("email_sent", lead_id="legacy-1", event_id=f"legacy-{n}") for n in range(3)])
+    make_queue(redis_db).enqueue("worker.jobs.process_body", body.decode(), source="events", result_ttl=0)
+    wait_until(lambda: get_lead(web, "legacy-1").status_code == 200)
+    wait_until(drained(redis_db))
+    assert get_lead(web, "legacy-1").json()["counters"]["outbound_touches"] == 3
