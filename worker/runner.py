@@ -17,6 +17,10 @@ from worker.queues import connect, make_queue
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_SECONDS = 60
+# How often a worker cleans RQ's registries (RQ's default: 10 minutes). That is when a
+# job abandoned by a killed worker (its heartbeat expired, ~90 s) is retried, so this
+# bounds how late its events arrive. One worker at a time does it, under RQ's lock.
+MAINTENANCE_SECONDS = 60
 
 
 def run_worker(config: Config, burst: bool = False, connection: redis.Redis | None = None) -> bool:
@@ -25,12 +29,14 @@ def run_worker(config: Config, burst: bool = False, connection: redis.Redis | No
     queue = make_queue(connection, config.queue_name)
     # SimpleWorker runs jobs in-process: forking per job costs ~15 ms, more than a
     # whole 100-event batch takes to apply. RQ's warm shutdown still lets the
-    # current batch finish on SIGTERM, and an abandoned one is re-queued by Retry.
+    # current batch finish on SIGTERM, and a killed worker's batch is retried (Retry)
+    # by the next registry maintenance.
     worker = SimpleWorker(
         [queue],
         connection=connection,
         serializer=queue.serializer,
         log_job_description=False,  # descriptions of old jobs may hold arguments: no personal data in logs
+        maintenance_interval=MAINTENANCE_SECONDS,
     )
     return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))
 

@@ -1,17 +1,19 @@
-"""A worker told to stop (SIGTERM, as a platform does on deploy) finishes its batch: nothing lost."""
+"""A worker told to stop (SIGTERM, as a platform does on deploy) finishes its batch; a killed one loses nothing."""
 
 from __future__ import annotations
 
 import signal
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
+from rq.job import Job
 
 from rules.events import Crm, Event, EventType
 from tests.integration.conftest import start_worker, stop, wait_until
 from worker.queues import enqueue_events, make_queue
-from worker.store import PREFIX
+from worker.store import PREFIX, LeadStore
 
 pytestmark = pytest.mark.integration
 
@@ -43,3 +45,44 @@ def test_sigterm_mid_batch_finishes_the_batch(redis_db: redis.Redis) -> None:
         wait_until(lambda: sum(1 for _ in redis_db.scan_iter(f"{PREFIX}hubspot:sd-*", count=1000)) == 6000, 60)
     finally:
         stop(worker)
+
+
+def test_sigkill_mid_batch_loses_nothing_and_counts_once(redis_db: redis.Redis) -> None:
+    # The OOM killer or a crashed dyno: no warm shutdown, the batch stops half-applied.
+    queue = make_queue(redis_db)
+    at = int((datetime.now(tz=UTC) - timedelta(days=1)).timestamp() * 1000)
+    for b in range(4):
+        batch = [
+            Event(f"kd-{b}-{i}", EventType.EMAIL_SENT, Crm.HUBSPOT, f"kd-{b}-{i}", at, {}).to_wire()
+            for i in range(1000)
+        ]
+        enqueue_events(queue, batch, source="events")
+    worker = start_worker()
+    try:
+        wait_until(lambda: queue.started_job_registry.count >= 1, seconds=20)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=10)
+    finally:
+        stop(worker)
+    [job_id] = queue.started_job_registry.get_job_ids()  # abandoned mid-batch
+    # A batch is applied in one MULTI/EXEC, so a kill leaves it applied whole or not at all.
+    # Take the harder case, the worker dying just after its write reached Redis: the retry
+    # must then count nothing twice.
+    abandoned = Job.fetch(job_id, connection=redis_db, serializer=queue.serializer)
+    LeadStore(redis_db).apply_batch(Event.from_wire(w) for w in abandoned.args[0])
+    # What a live worker's registry maintenance does once the dead worker's heartbeat has
+    # expired (~90 s, then within MAINTENANCE_SECONDS): retry the abandoned job.
+    queue.started_job_registry.cleanup(timestamp=time.time() + 3600)
+    assert queue.failed_job_registry.count == 0
+    worker = start_worker()
+    try:
+        wait_until(lambda: sum(1 for _ in redis_db.scan_iter(f"{PREFIX}hubspot:kd-*", count=1000)) == 4000, 60)
+        wait_until(lambda: queue.count == 0 and queue.started_job_registry.count == 0, 30)
+    finally:
+        stop(worker)
+    # Every event counted exactly once, the half-applied batch included.
+    store = LeadStore(redis_db)
+    for b in range(4):
+        for i in (0, 499, 999):
+            assert len(store.history("hubspot", f"kd-{b}-{i}") or []) == 1
+    assert queue.failed_job_registry.count == 0
