@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_SECONDS = 60
 # How often a worker cleans RQ's registries (RQ's default: 10 minutes). That is when a
-# job abandoned by a killed worker (its heartbeat expired, ~90 s) is retried, so this
-# bounds how late its events arrive. One worker at a time does it, under RQ's lock.
+# job abandoned by a killed worker is retried, once its started-registry entry expires
+# (a SimpleWorker sets it to the job timeout + 60 s, so a slow live job is never taken
+# for dead), so this bounds how late its events arrive. One worker at a time does it.
 MAINTENANCE_SECONDS = 60
 
 

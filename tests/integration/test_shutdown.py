@@ -70,8 +70,8 @@ def test_sigkill_mid_batch_loses_nothing_and_counts_once(redis_db: redis.Redis) 
     # must then count nothing twice.
     abandoned = Job.fetch(job_id, connection=redis_db, serializer=queue.serializer)
     LeadStore(redis_db).apply_batch(Event.from_wire(w) for w in abandoned.args[0])
-    # What a live worker's registry maintenance does once the dead worker's heartbeat has
-    # expired (~90 s, then within MAINTENANCE_SECONDS): retry the abandoned job.
+    # What a live worker's registry maintenance does once the abandoned entry has expired
+    # (job timeout + 60 s, then within MAINTENANCE_SECONDS): retry the job.
     queue.started_job_registry.cleanup(timestamp=time.time() + 3600)
     assert queue.failed_job_registry.count == 0
     worker = start_worker()
