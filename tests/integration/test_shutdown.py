@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
+from rq import Queue
 from rq.job import Job
 
 from rules.events import Crm, Event, EventType
@@ -18,22 +19,30 @@ from worker.store import PREFIX, LeadStore
 pytestmark = pytest.mark.integration
 
 
-def test_sigterm_mid_batch_finishes_the_batch(redis_db: redis.Redis) -> None:
-    queue = make_queue(redis_db)
+def signal_mid_batch(queue: Queue, prefix: str, batches: int, signum: int) -> int:
+    """Queue `batches` batches of 1,000 one-event leads, start a worker, signal it once it is busy.
+
+    Returns the worker's exit code.
+    """
     at = int((datetime.now(tz=UTC) - timedelta(days=1)).timestamp() * 1000)
-    for b in range(6):
+    for b in range(batches):
         batch = [
-            Event(f"sd-{b}-{i}", EventType.EMAIL_SENT, Crm.HUBSPOT, f"sd-{b}-{i}", at, {}).to_wire()
+            Event(f"{prefix}-{b}-{i}", EventType.EMAIL_SENT, Crm.HUBSPOT, f"{prefix}-{b}-{i}", at, {}).to_wire()
             for i in range(1000)
         ]
         enqueue_events(queue, batch, source="events")
     worker = start_worker()
     try:
         wait_until(lambda: queue.started_job_registry.count >= 1, seconds=20)
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=30) == 0
+        worker.send_signal(signum)
+        return worker.wait(timeout=30)
     finally:
         stop(worker)
+
+
+def test_sigterm_mid_batch_finishes_the_batch(redis_db: redis.Redis) -> None:
+    queue = make_queue(redis_db)
+    assert signal_mid_batch(queue, "sd", 6, signal.SIGTERM) == 0
     done = sum(1 for _ in redis_db.scan_iter(f"{PREFIX}hubspot:sd-*", count=1000))
     # Whatever was started was finished: whole batches only, and the rest still queued.
     assert done % 1000 == 0 and done >= 1000
@@ -50,20 +59,7 @@ def test_sigterm_mid_batch_finishes_the_batch(redis_db: redis.Redis) -> None:
 def test_sigkill_mid_batch_loses_nothing_and_counts_once(redis_db: redis.Redis) -> None:
     # The OOM killer or a crashed dyno: no warm shutdown, the batch stops half-applied.
     queue = make_queue(redis_db)
-    at = int((datetime.now(tz=UTC) - timedelta(days=1)).timestamp() * 1000)
-    for b in range(4):
-        batch = [
-            Event(f"kd-{b}-{i}", EventType.EMAIL_SENT, Crm.HUBSPOT, f"kd-{b}-{i}", at, {}).to_wire()
-            for i in range(1000)
-        ]
-        enqueue_events(queue, batch, source="events")
-    worker = start_worker()
-    try:
-        wait_until(lambda: queue.started_job_registry.count >= 1, seconds=20)
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(timeout=10)
-    finally:
-        stop(worker)
+    assert signal_mid_batch(queue, "kd", 4, signal.SIGKILL) == -signal.SIGKILL
     [job_id] = queue.started_job_registry.get_job_ids()  # abandoned mid-batch
     # A batch is applied in one MULTI/EXEC, so a kill leaves it applied whole or not at all.
     # Take the harder case, the worker dying just after its write reached Redis: the retry
