@@ -162,3 +162,18 @@ def test_erasure_purges_queued_batches_in_every_job_format() -> None:
     assert [e["lead_id"] for e in batch["events"]] == ["keep-1"]
     assert [e["lead_id"] for e in json.loads(text)["events"]] == ["keep-1"]
     assert b"gd-1" not in all_bytes(conn)
+
+
+def test_erasure_drops_drained_and_refused_action_records_naming_the_lead() -> None:
+    import json
+
+    from worker.actions import dead_key, done_key
+
+    conn = fakeredis.FakeRedis()
+    conn.sadd(done_key("hubspot"), "hubspot:gd-1:lost@1", "hubspot:gd-10:lost@1", "hubspot:keep-1:lost@1")
+    for action_id in ("hubspot:gd-1:breakup@2", "hubspot:keep-1:breakup@2"):
+        conn.rpush(dead_key("hubspot"), json.dumps({"id": action_id, "detail": "404 Not Found", "at": 1}))
+    assert gdpr.purge_payloads(conn, [("hubspot", "gd-1")]) == 2
+    assert conn.smembers(done_key("hubspot")) == {b"hubspot:gd-10:lost@1", b"hubspot:keep-1:lost@1"}
+    assert [json.loads(e)["id"] for e in conn.lrange(dead_key("hubspot"), 0, -1)] == ["hubspot:keep-1:breakup@2"]
+    assert b"gd-1:" not in all_bytes(conn)

@@ -35,3 +35,19 @@ def test_made_up_webhook_paths_share_one_series(client: FlaskClient) -> None:
     assert "made-up" not in text
     assert 'pruner_events_rejected_total{reason="404",source="unmatched"}' in text
     assert 'pruner_webhook_seconds_count{route="unmatched"}' in text
+
+
+def test_crm_endpoints_are_counted_without_record_ids() -> None:
+    from worker.metrics import endpoint_template
+
+    cases = {
+        "/crm/v3/objects/deals/deal-4242424242": "/crm/v3/objects/deals/{id}",
+        "/crm/v3/objects/contacts/51000476449?properties=email": "/crm/v3/objects/contacts/{id}",
+        "/communication-preferences/v4/statuses/ada%40example.com/unsubscribe": (
+            "/communication-preferences/v4/statuses/{id}/unsubscribe"
+        ),
+        "/services/data/v59.0/sobjects/Lead/00Q5e00000AbCdEFGH": "/services/data/v59.0/sobjects/Lead/{id}",
+        "/services/data/v59.0/composite/sobjects": "/services/data/v59.0/composite/sobjects",
+        "/services/oauth2/token": "/services/oauth2/token",
+    }
+    assert {path: endpoint_template(path) for path in cases} == cases

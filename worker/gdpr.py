@@ -99,5 +99,25 @@ def purge_payloads(connection: redis.Redis, leads: Iterable[tuple[str, str]], qu
             action = json.loads(entry)
             if (action.get("crm"), action.get("lead_id")) in erased:
                 touched += int(connection.lrem(list_key, 0, entry))  # type: ignore[arg-type]
-    log.info("erasure purge: %d payloads or outbox entries removed", touched)
+    for crm in {crm for crm, _ in erased}:
+        touched += _purge_action_ids(connection, crm, {lead for c, lead in erased if c == crm})
+    log.info("erasure purge: %d payloads, outbox entries or action records removed", touched)
     return touched
+
+
+def _purge_action_ids(connection: redis.Redis, crm: str, leads: set[str]) -> int:
+    """Drop the drained-action markers and refused-action records naming the leads.
+
+    Action ids are `crm:lead_id:decision`, and the done set keeps them for 14 days
+    after each drain, so an erased lead's id would otherwise outlive its erasure.
+    """
+    from worker.actions import dead_key, done_key
+
+    prefixes = tuple(f"{crm}:{lead}:" for lead in leads)
+    done = [m for m in connection.sscan_iter(done_key(crm), count=1000) if m.decode().startswith(prefixes)]
+    removed = int(connection.srem(done_key(crm), *done)) if done else 0
+    entries: list[bytes] = connection.lrange(dead_key(crm), 0, -1)  # type: ignore[assignment]
+    for entry in entries:
+        if str(json.loads(entry).get("id", "")).startswith(prefixes):
+            removed += int(connection.lrem(dead_key(crm), 0, entry))  # type: ignore[arg-type]
+    return removed

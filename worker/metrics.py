@@ -8,6 +8,7 @@ lead id.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 
@@ -55,10 +56,14 @@ def endpoint_template(path: str) -> str:
 
 
 def _is_identifier(segment: str) -> bool:
-    # Numeric HubSpot ids, 15/18-character Salesforce ids, emails; not `v3` or `v59.0`.
-    if segment.isdigit() or "@" in segment or "%40" in segment.upper():
+    # Record ids all carry digits (HubSpot's numbers, Salesforce's 15/18 characters, and
+    # whatever a CRM prefixes them with); API words do not, but for versions and oauth2.
+    if "@" in segment or "%40" in segment.upper():
         return True
-    return len(segment) in (15, 18) and segment.isalnum() and any(c.isdigit() for c in segment)
+    return any(c.isdigit() for c in segment) and not _API_WORD.fullmatch(segment)
+
+
+_API_WORD = re.compile(r"v\d+(\.\d+)?|oauth2")
 
 
 def count_crm_call(connection: redis.Redis, crm: str, endpoint: str, status: int | str) -> None:

@@ -49,6 +49,7 @@ def running(server: FakeHubSpotServer, workers: int = 2) -> Iterator[str]:
         HUBSPOT_ACCESS_TOKEN=TOKEN,
         HUBSPOT_API_BASE=server.url,
         HUBSPOT_RATE_LIMIT=f"{RATE[0]}/{RATE[1]:g}",
+        PRUNER_SUPPRESSION_KEY="integration-suppression-key",
     )
     web, url = start_web(env)
     procs: list[subprocess.Popen[bytes]] = [start_worker(env) for _ in range(workers)]
@@ -189,3 +190,21 @@ def test_do_not_contact_cancels_a_queued_breakup_task(
     assert redis_db.sismember(done_key("hubspot"), breakup_id)  # cancelled for good, not left pending
     assert hubspot.unsubscribed == [f"person{lead}@example.com"]
     assert not [c for c in hubspot.api_calls() if "/tasks" in c["path"]]
+
+
+def test_an_erased_lead_leaves_no_id_in_the_drain_records(
+    redis_db: redis.Redis, server: FakeHubSpotServer, hubspot: FakeHubSpot
+) -> None:
+    from tests.integration.test_gdpr_e2e import dump
+
+    lead = "4242424242"
+    seed(hubspot, [lead])
+    with running(server, workers=1) as url:
+        post(url, said_no_twice(lead))
+        wait_until(lambda: is_lost_in_hubspot(hubspot, lead), seconds=30)
+        assert_all_done(redis_db)
+        assert any(lead.encode() in m for m in redis_db.smembers(done_key("hubspot")))  # the drain's marker
+        post(url, [event("erasure_requested", lead, at=T0 + timedelta(days=2))])
+        wait_until(lambda: get_lead(url, lead).json().get("erased") is True)
+        wait_until(drained(redis_db))
+    assert lead.encode() not in dump(redis_db)
