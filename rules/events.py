@@ -183,7 +183,21 @@ def _check_text(value: object, where: str, max_length: int = MAX_TEXT_LENGTH) ->
         raise SchemaError(where, "must not be empty")
     if len(value) > max_length:
         raise SchemaError(where, f"must be at most {max_length} characters, got {len(value)}")
+    if not _utf8(value):
+        # JSON's "\ud800" escapes decode to lone surrogates, which no Redis key or CRM
+        # field can hold: accepted, they would fail the whole batch in the worker.
+        raise SchemaError(where, "must be valid Unicode text, got an unpaired surrogate escape")
     return value
+
+
+def _utf8(value: str) -> bool:
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_data_value(kind: str, value: object, where: str) -> object:
@@ -220,7 +234,7 @@ _CRM_BY_VALUE = {c.value: c for c in Crm}
 
 
 def _fast_text(value: object, max_length: int) -> bool:
-    return type(value) is str and 0 < len(value) <= max_length and not value.isspace()
+    return type(value) is str and 0 < len(value) <= max_length and not value.isspace() and _utf8(value)
 
 
 def parse_event(raw: object, where: str, now_ms: int) -> Event:

@@ -60,6 +60,8 @@ def test_a_utf16_body_is_queued_as_decoded_events(client: FlaskClient, fake_redi
         ([{**event(), "colour": "red"}], "events[0].colour is not a field of a canonical event"),
         ([], "events must hold at least one event"),
         ([event()] * 1001, "events must hold at most 1000 events, got 1001"),
+        ([event(), event(lead_id="L\ud800")], "events[1].lead_id must be valid Unicode text"),
+        ([event("decision_no", data={"reason": "\udfff"})], "events[0].data.reason must be valid Unicode text"),
     ],
     ids=[
         "unknown-type",
@@ -71,6 +73,8 @@ def test_a_utf16_body_is_queued_as_decoded_events(client: FlaskClient, fake_redi
         "extra-key",
         "empty",
         "too-many",
+        "lone-surrogate-id",
+        "lone-surrogate-text",
     ],
 )
 def test_schema_errors_name_the_field(

@@ -91,8 +91,13 @@ def test_v1_signature_when_the_header_says_so(hs_client: FlaskClient, fake_redis
         (json.dumps({"events": []}).encode(), 400, "must be a JSON array"),
         (json.dumps([{"subscriptionType": "contact.creation"}]).encode(), 400, "[0].occurredAt is required"),
         (json.dumps([hs_event("contact.creation")] * 101).encode(), 400, "at most 100 events"),
+        (
+            json.dumps([hs_event("contact.propertyChange", propertyName="industry", propertyValue="x\ud800")]).encode(),
+            400,
+            "not valid JSON",
+        ),
     ],
-    ids=["garbage", "object", "missing-field", "too-many"],
+    ids=["garbage", "object", "missing-field", "too-many", "lone-surrogate"],
 )
 def test_garbage_with_a_valid_signature_is_400(
     hs_client: FlaskClient, fake_redis: fakeredis.FakeRedis, body: bytes, status: int, detail: str
