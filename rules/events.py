@@ -20,6 +20,9 @@ from rules.errors import SchemaError
 MAX_EVENTS_PER_BATCH = 1000
 MAX_ID_LENGTH = 256
 MAX_TEXT_LENGTH = 1000
+# Integer fields (minutes logged): anything larger is a sender's bug, and unbounded
+# integers would overflow the float arithmetic of the rules.
+MAX_POS_INT = 1_000_000_000
 # Events stamped further ahead than this are a sender's clock bug, not the future:
 # accepting them would let one bad clock hold a lead's silence counters hostage.
 MAX_FUTURE_SKEW_MS = 24 * 3600 * 1000
@@ -190,6 +193,14 @@ def _check_text(value: object, where: str, max_length: int = MAX_TEXT_LENGTH) ->
     return value
 
 
+def _finite(value: int | float) -> bool:
+    # JSON integers have no size limit; one a float cannot hold would fail the worker's arithmetic.
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _utf8(value: str) -> bool:
     if value.isascii():
         return True
@@ -208,12 +219,12 @@ def _check_data_value(kind: str, value: object, where: str) -> object:
             raise SchemaError(where, f"must be true or false, got {value!r:.60}")
         return value
     if kind == _NUMBER:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value) or value < 0:
             raise SchemaError(where, f"must be a non-negative number, got {value!r:.60}")
         return value
     if kind == _POS_INT:
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise SchemaError(where, f"must be an integer > 0, got {value!r:.60}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_POS_INT:
+            raise SchemaError(where, f"must be an integer > 0 and at most {MAX_POS_INT}, got {value!r:.60}")
         return value
     if kind == _TIME:
         parse_rfc3339_ms(value, where)

@@ -12,6 +12,7 @@ with defaults taken from HubSpot's standard properties.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,10 +156,13 @@ def _map_one(raw: dict[str, Any], kind: str, object_id: str, at: int, m: HubSpot
         data: dict[str, Any] = {"deal_id": object_id}
         if name == "amount":
             try:
-                data["amount"] = max(0.0, float(value))
+                amount = float(value)
             except (TypeError, ValueError):
+                amount = math.nan
+            if not math.isfinite(amount):  # "1e999" parses as infinity
                 out.ignored["deal.amount:unparsable"] += 1
                 return
+            data["amount"] = max(0.0, amount)
         else:
             data["stage"] = str(value)[:200]
         out.ops.append(

@@ -62,6 +62,8 @@ def test_a_utf16_body_is_queued_as_decoded_events(client: FlaskClient, fake_redi
         ([event()] * 1001, "events must hold at most 1000 events, got 1001"),
         ([event(), event(lead_id="L\ud800")], "events[1].lead_id must be valid Unicode text"),
         ([event("decision_no", data={"reason": "\udfff"})], "events[0].data.reason must be valid Unicode text"),
+        ([event("deal_updated", data={"amount": 10**400})], "events[0].data.amount must be a non-negative number"),
+        ([event("time_logged", data={"minutes": 10**12})], "events[0].data.minutes must be an integer > 0 and at most"),
     ],
     ids=[
         "unknown-type",
@@ -75,6 +77,8 @@ def test_a_utf16_body_is_queued_as_decoded_events(client: FlaskClient, fake_redi
         "too-many",
         "lone-surrogate-id",
         "lone-surrogate-text",
+        "amount-beyond-float",
+        "minutes-absurd",
     ],
 )
 def test_schema_errors_name_the_field(

@@ -290,3 +290,11 @@ def test_bad_hubspot_policy_keys_are_named(text: str, message: str) -> None:
 
     with pytest.raises(PolicyError, match=message):
         parse_policy(text, default_policy())
+
+
+def test_an_infinite_deal_amount_is_ignored_not_mapped() -> None:
+    batch = parse_hubspot_batch(
+        [hs_event("deal.propertyChange", object_id=4, propertyName="amount", propertyValue="1e999")],
+        now_ms=int(time.time() * 1000),
+    )
+    assert batch.ops == [] and batch.ignored["deal.amount:unparsable"] == 1

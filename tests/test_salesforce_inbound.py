@@ -419,8 +419,9 @@ def test_opportunity_needs_the_lead_link() -> None:
     custom = SalesforceMapping.from_dict({"opportunity_lead_field": "Lead__c"})
     linked = mapped(note("Opportunity", {"Id": opp, "Amount": "10", "Lead__c": LEAD[:15]}), mapping=custom)
     assert linked.events[0].lead_id == LEAD
-    negative = mapped(note("Opportunity", {"Id": opp, "Amount": "-5", "Pruner_Lead_Id__c": LEAD}))
-    assert kinds(negative) == [] and negative.skipped["invalid_value"] == 1
+    for bad in ("-5", "1e999"):  # 1e999 parses as infinity
+        refused = mapped(note("Opportunity", {"Id": opp, "Amount": bad, "Pruner_Lead_Id__c": LEAD}))
+        assert kinds(refused) == [] and refused.skipped["invalid_value"] == 1
 
 
 def test_individual_forget_and_opt_out() -> None:
