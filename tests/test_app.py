@@ -9,6 +9,8 @@ from typing import Any
 import fakeredis
 import pytest
 from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.helpers import ADMIN_TOKEN, SECRET, batch_body, event, signed_headers
 from webhooks import create_app
@@ -242,3 +244,45 @@ def test_an_enqueue_whose_send_failed_is_sent_once_more(
     monkeypatch.setattr(conn_class, "send_packed_command", send_once_broken)
     enqueue_events(queue, [["e1", "email_sent", "hubspot", "L1", 5, {}]], "events")
     assert failures == [1] and queue.count == 1
+
+
+# Leaves include what JSON allows and Python's json decodes, but a float or UTF-8 cannot hold.
+_awkward = st.sampled_from([10**400, -(10**400), 2**63, 1e308, -0.0, "\ud800x", " ", "", "\u0000"])
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8) | _awkward,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def _mostly(valid: Any) -> st.SearchStrategy[Any]:
+    """The valid value three times in four, so that checks deeper in the event are reached too."""
+    return st.one_of(st.just(valid), st.just(valid), st.just(valid), _json)
+
+
+_DATA_KEYS = ["minutes", "amount", "channels", "reason", "follow_up", "expires_at", "meeting_id", "email"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    fields=st.fixed_dictionaries(
+        {
+            "id": _mostly("e-1"),
+            "type": st.one_of(
+                st.sampled_from(["email_sent", "time_logged", "deal_updated", "do_not_contact", "lead_profile"]), _json
+            ),
+            "crm": _mostly("hubspot"),
+            "lead_id": _mostly("L-1"),
+            "occurred_at": _mostly("2026-11-20T10:00:00Z"),
+        },
+        optional={"data": st.one_of(st.dictionaries(st.sampled_from(_DATA_KEYS), _json, max_size=2), _json)},
+    )
+)
+def test_any_signed_json_gets_202_or_400_never_500(
+    client: FlaskClient, fake_redis: fakeredis.FakeRedis, fields: dict[str, Any]
+) -> None:
+    fake_redis.flushdb()
+    body = json.dumps({"events": [fields]}).encode()
+    response = post(client, body)
+    assert response.status_code in (202, 400), (response.status_code, response.get_json())
+    assert queued(fake_redis) == (1 if response.status_code == 202 else 0)
