@@ -74,6 +74,15 @@ def dedup_id(raw: dict[str, Any]) -> str:
     )
 
 
+def _is_id(value: object) -> bool:
+    """A HubSpot record id as the webhooks send it: a number, or digits in a string."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return 0 < value < 10**30
+    return isinstance(value, str) and 0 < len(value) <= 64 and value.isascii() and value.strip() == value != ""
+
+
 def _truthy(value: object) -> bool:
     return str(value).strip().lower() in {"true", "1", "yes"}
 
@@ -96,7 +105,10 @@ def parse_hubspot_batch(body: object, now_ms: int, mapping: HubSpotMapping | Non
         occurred = _field(raw, "occurredAt", where, (int,))
         if occurred > now_ms + MAX_FUTURE_SKEW_MS or occurred <= 0:
             raise SchemaError(f"{where}.occurredAt", f"must be epoch milliseconds not in the future, got {occurred}")
-        object_id = str(_field(raw, "objectId", where, (int, str)))
+        object_id = _field(raw, "objectId", where, (int, str))
+        if not _is_id(object_id):
+            raise SchemaError(f"{where}.objectId", f"must be a HubSpot record id, got {object_id!r:.40}")
+        object_id = str(object_id)
         _map_one(raw, kind, object_id, occurred, m, out)
     return out
 
@@ -143,14 +155,18 @@ def _map_one(raw: dict[str, Any], kind: str, object_id: str, at: int, m: HubSpot
         out.ops.append({"op": "forget", "crm": "hubspot", "lead_id": object_id, "at": at})
     elif kind == "contact.merge":
         survivor = raw.get("newObjectId") or raw.get("primaryObjectId") or object_id
-        merged = [str(x) for x in raw.get("mergedObjectIds") or [] if str(x) != str(survivor)]
+        ids = raw.get("mergedObjectIds") or []
+        if not _is_id(survivor) or not isinstance(ids, list) or not all(_is_id(x) for x in ids):
+            out.ignored["contact.merge:unusable"] += 1
+            return
+        merged = [str(x) for x in ids if str(x) != str(survivor)]
         if merged:
             out.ops.append({"op": "merge", "crm": "hubspot", "into": str(survivor), "merged": merged, "at": at})
         else:
             out.ignored["contact.merge:empty"] += 1
     elif kind == "deal.propertyChange":
         name, value = raw.get("propertyName"), raw.get("propertyValue")
-        if name not in m.deal_properties or value in (None, REDACTED):
+        if not isinstance(name, str) or name not in m.deal_properties or value in (None, REDACTED):
             out.ignored[f"deal.property:{name}"] += 1
             return
         data: dict[str, Any] = {"deal_id": object_id}

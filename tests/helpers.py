@@ -9,6 +9,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from hypothesis import strategies as st
+
 from webhooks.signatures import decode_secret, sign
 
 SECRET = "whsec_" + base64.b64encode(b"pruner-test-secret-32-bytes-long").decode()
@@ -53,3 +55,12 @@ def signed_headers(
 
 def batch_body(events: list[dict[str, Any]]) -> bytes:
     return json.dumps({"events": events}).encode()
+
+
+# Leaves include what JSON allows and Python's json decodes, but a float or UTF-8 cannot hold.
+awkward_values = st.sampled_from([10**400, -(10**400), 2**63, 1e308, -0.0, "\ud800x", " ", "", "\u0000"])
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8) | awkward_values,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)

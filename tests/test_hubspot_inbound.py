@@ -9,10 +9,12 @@ from typing import Any
 import fakeredis
 import pytest
 from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rules.events import EventType
 from rules.hubspot_map import engagement_events, parse_hubspot_batch
-from tests.helpers import ADMIN_TOKEN
+from tests.helpers import ADMIN_TOKEN, awkward_values, json_values
 from webhooks import create_app
 from webhooks.hubspot_signatures import sign_v1, sign_v3
 from worker.config import Config
@@ -298,3 +300,28 @@ def test_an_infinite_deal_amount_is_ignored_not_mapped() -> None:
         now_ms=int(time.time() * 1000),
     )
     assert batch.ops == [] and batch.ignored["deal.amount:unparsable"] == 1
+
+
+_KINDS = ["contact.propertyChange", "contact.privacyDeletion", "contact.deletion", "contact.merge"]
+_KINDS += ["deal.propertyChange", "object.creation", "contact.creation"]
+_FIELDS = ["objectId", "occurredAt", "propertyName", "propertyValue", "mergedObjectIds", "primaryObjectId"]
+_FIELDS += ["objectTypeId", "portalId", "eventId", "subscriptionType"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    kind=st.sampled_from(_KINDS),
+    field=st.sampled_from(_FIELDS),
+    value=awkward_values | json_values,
+    prop=st.sampled_from(["hs_email_optout", "hs_lead_status", "amount", "dealstage", "industry"]),
+)
+def test_any_signed_hubspot_event_gets_204_or_400_never_500(
+    hs_client: FlaskClient, fake_redis: fakeredis.FakeRedis, kind: str, field: str, value: Any, prop: str
+) -> None:
+    # One field of an otherwise well-formed event replaced by anything JSON can carry.
+    fake_redis.flushdb()
+    raw = hs_event(kind, propertyName=prop, propertyValue="x", mergedObjectIds=[104], objectTypeId="0-48")
+    raw[field] = value
+    response = post(hs_client, [raw])
+    assert response.status_code in (204, 400), (response.status_code, response.get_json())
+    assert make_queue(fake_redis).count <= (1 if response.status_code == 204 else 0)
