@@ -11,6 +11,8 @@ import fakeredis
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rules.errors import SchemaError
 from rules.events import EventType, format_ms
@@ -464,3 +466,25 @@ def test_mapping_overrides_are_validated() -> None:
 def test_map_notifications_is_pure_over_plain_notifications() -> None:
     result = map_notifications([Notification(sf_id("04l"), "Lead", {"Id": LEAD, "DoNotCall": "true"})], NOW_MS)
     assert kinds(result) == ["do_not_contact"]
+
+
+_SOBJECTS = ["Lead", "Task", "Event", "Opportunity", "Individual", "Contact"]
+_SF_FIELDS = ["Id", "Status", "DoNotCall", "HasOptedOutOfEmail", "WhoId", "TaskSubtype", "CallDisposition"]
+_SF_FIELDS += ["ActivityDate", "StartDateTime", "CreatedDate", "LastModifiedDate", "Amount", "StageName"]
+_SF_FIELDS += ["Pruner_Lead_Id__c", "Pruner_Reopened__c", "Email", "LeadSource", "IsDeleted"]
+_xml_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=24) | st.sampled_from(
+    ["1e999", "-5", "NaN", "2026-13-45T99:99:99Z", "true", "", " ", "00Q000000000001", "x" * 300]
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    sobject=st.sampled_from(_SOBJECTS),
+    fields=st.dictionaries(st.sampled_from(_SF_FIELDS), _xml_text | st.none() | st.booleans(), max_size=5),
+)
+def test_any_outbound_message_gets_an_ack_or_a_fault_never_a_500(
+    sf_client: FlaskClient, fake_redis: fakeredis.FakeRedis, sobject: str, fields: dict[str, Any]
+) -> None:
+    fake_redis.flushdb()
+    response = post(sf_client, outbound_message(ORG, [note(sobject, {"Id": LEAD, **fields})]))
+    assert response.status_code in (200, 400), response.get_data(as_text=True)[:300]
