@@ -75,12 +75,12 @@ def dedup_id(raw: dict[str, Any]) -> str:
 
 
 def _is_id(value: object) -> bool:
-    """A HubSpot record id as the webhooks send it: a number, or digits in a string."""
+    """A usable record id: a positive number (what HubSpot sends), or a short ASCII string without blanks."""
     if isinstance(value, bool):
         return False
     if isinstance(value, int):
         return 0 < value < 10**30
-    return isinstance(value, str) and 0 < len(value) <= 64 and value.isascii() and value.strip() == value != ""
+    return isinstance(value, str) and 0 < len(value) <= 64 and value.isascii() and not any(c.isspace() for c in value)
 
 
 def _truthy(value: object) -> bool:
