@@ -25,6 +25,7 @@ import contextlib
 import cProfile
 import io
 import math
+import os
 import pstats
 import re
 import shutil
@@ -73,6 +74,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "pruner": ("webhooks:create_app()", "verify + validate + enqueue RQ job"),
 }
 TARGET_RATIO = 0.8
+CPU_PARTS = ("gunicorn", "redis", "wrk")
 
 
 @dataclass
@@ -112,6 +114,9 @@ class Target:
     runs: list[WrkResult] = field(default_factory=list)
     pool_seconds: float = 0.0
     stored: int | None = None
+    pid: int = 0  # the gunicorn master
+    # CPU seconds spent during the measured rounds: gunicorn (master + workers), Redis, wrk.
+    cpu: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CPU_PARTS, 0.0))
 
     @property
     def url(self) -> str:
@@ -210,6 +215,37 @@ def scrape_counter(url: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process so far (0 when it is gone or not visible here)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _family(pid: int) -> list[int]:
+    """`pid` and its children (a gunicorn master and its workers)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return [pid, *kids]
+
+
+def cpu_sample(t: Target, redis_pid: int | None) -> dict[str, float]:
+    """CPU seconds so far of the target's gunicorn processes, of Redis, and of this process's children (wrk)."""
+    children = os.times()
+    return {
+        "gunicorn": sum(_cpu_seconds(pid) for pid in _family(t.pid)),
+        "redis": _cpu_seconds(redis_pid) if redis_pid else 0.0,
+        "wrk": children.children_user + children.children_system,
+    }
+
+
 def measure(targets: list[Target], args: argparse.Namespace, key: bytes, conn: redis.Redis, tmp: Path) -> None:
     """Warm every target up, then run `--rounds` interleaved rounds (order rotated each round)."""
     for t in targets:
@@ -219,6 +255,10 @@ def measure(targets: list[Target], args: argparse.Namespace, key: bytes, conn: r
     # /metrics during the load: the counters must move by exactly what was accepted.
     before = scrape_counter(pruner.url, "pruner_events_received_total") if pruner else 0.0
     chunk = max(1, round(args.duration / args.rounds))
+    # Redis's own CPU is visible when it runs on this machine (the benchmark's default).
+    redis_pid = int(conn.info("server")["process_id"])
+    if not Path(f"/proc/{redis_pid}/stat").exists():
+        redis_pid = 0
     for rnd in range(args.rounds):
         shift = rnd % len(targets)
         for t in targets[shift:] + targets[:shift]:
@@ -228,7 +268,11 @@ def measure(targets: list[Target], args: argparse.Namespace, key: bytes, conn: r
             started = time.perf_counter()
             pool = write_pool(tmp, t.builder, key, t.host, count)  # signed now: fresh timestamps
             t.pool_seconds += time.perf_counter() - started
+            before_cpu = cpu_sample(t, redis_pid)
             t.runs.append(run_wrk(t.url, pool, chunk, args.wrk_threads, args.connections))
+            after_cpu = cpu_sample(t, redis_pid)
+            for part in CPU_PARTS:
+                t.cpu[part] += after_cpu[part] - before_cpu[part]
             print(f"   round {rnd + 1} {t.name:<8} {t.runs[-1].rps:>7,.0f} req/s", flush=True)
     time.sleep(0.3)  # let requests wrk abandoned at its deadline finish
     for t in targets:
@@ -289,6 +333,17 @@ def report(targets: list[Target], args: argparse.Namespace) -> float | None:
         runs = {t.name: t.runs for t in targets}
         per_round = [p.rps / m.rps for p, m in zip(runs["pruner"], runs["minimal"], strict=True) if m.rps]
         print(f"  per round: {', '.join(f'{r:.2f}' for r in per_round)} (the machine's noise)")
+    cpu = {t.name: sum(t.cpu.values()) / t.total("requests") for t in targets if t.total("requests")}
+    if cpu:
+        # On a shared machine req/s swings with the neighbours' load; CPU per request much less:
+        # with the cores saturated, requests/s is the cores divided by it.
+        print("CPU per request during the rounds (gunicorn + Redis + wrk, from /proc):")
+        for t in targets:
+            if t.name in cpu:
+                parts = ", ".join(f"{part} {t.cpu[part] / t.total('requests') * 1e6:,.0f}" for part in CPU_PARTS)
+                print(f"  {t.name:<8} {cpu[t.name] * 1e6:>6,.0f} us ({parts})")
+        if "pruner" in cpu and "minimal" in cpu:
+            print(f"  CPU ratio minimal/pruner = {cpu['minimal'] / cpu['pruner']:.2f}")
     if by_name.get("bare"):
         for name in ("minimal", "pruner"):
             if name in by_name:
@@ -411,9 +466,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 port = free_port()
                 print(f"-- starting {name}: gunicorn '{spec}' on 127.0.0.1:{port}", flush=True)
                 log = stack.enter_context((tmp / f"{name}.log").open("wb"))
-                stack.enter_context(gunicorn(spec, port, settings, child_env(secret), log))
+                server = stack.enter_context(gunicorn(spec, port, settings, child_env(secret), log))
                 builder = BatchBuilder(lead_ids(args.leads), args.events, seed=zlib.crc32(name.encode()))
-                targets.append(Target(name, port, builder))
+                targets.append(Target(name, port, builder, pid=server.pid))
             measure(targets, args, decode_secret(secret), conn, tmp)
         finally:
             stack.close()
