@@ -177,3 +177,46 @@ def test_erasure_drops_drained_and_refused_action_records_naming_the_lead() -> N
     assert conn.smembers(done_key("hubspot")) == {b"hubspot:gd-10:lost@1", b"hubspot:keep-1:lost@1"}
     assert [json.loads(e)["id"] for e in conn.lrange(dead_key("hubspot"), 0, -1)] == ["hubspot:keep-1:breakup@2"]
     assert b"gd-1:" not in all_bytes(conn)
+
+
+def test_a_drain_racing_an_erasure_keeps_no_record_of_the_erased_lead() -> None:
+    import json
+
+    from worker.actions import dead_key, done_key, drain
+    from worker.crm.base import ActionOutcome
+    from worker.store import outbox_key, state_key
+
+    conn = fakeredis.FakeRedis()
+    for lead in ("gd-1", "keep-1"):
+        conn.set(state_key("hubspot", lead), json.dumps({"state": "LOST"}))
+        for kind in ("mark_lost", "breakup_task"):
+            action = {"id": f"hubspot:{lead}:{kind}", "kind": kind, "crm": "hubspot", "lead_id": lead}
+            conn.rpush(outbox_key("hubspot"), json.dumps(action))
+
+    executed: list[str] = []
+
+    class ErasedMeanwhile:
+        crm = "hubspot"
+
+        def execute(self, actions: list[dict[str, Any]]) -> list[ActionOutcome]:
+            executed.extend(a["id"] for a in actions)
+            if conn.exists(state_key("hubspot", "gd-1")):
+                # The erasure job runs while the CRM calls are in flight: state gone, outbox
+                # purged; and another lead's decision is queued meanwhile.
+                conn.delete(state_key("hubspot", "gd-1"))
+                gdpr.purge_payloads(conn, [("hubspot", "gd-1")])
+                conn.set(state_key("hubspot", "new-1"), json.dumps({"state": "LOST"}))
+                new = {"id": "hubspot:new-1:mark_lost", "kind": "mark_lost", "crm": "hubspot", "lead_id": "new-1"}
+                conn.rpush(outbox_key("hubspot"), json.dumps(new))
+            return [ActionOutcome(a["id"], ok=a["kind"] == "mark_lost", detail="409") for a in actions]
+
+    drain(conn, "hubspot", ErasedMeanwhile)
+    assert executed.count("hubspot:new-1:mark_lost") == 1  # queued during the drain, not trimmed away unseen
+    assert conn.llen(outbox_key("hubspot")) == 0
+    assert conn.smembers(done_key("hubspot")) == {
+        b"hubspot:keep-1:mark_lost",
+        b"hubspot:keep-1:breakup_task",
+        b"hubspot:new-1:mark_lost",
+    }
+    assert [json.loads(e)["id"] for e in conn.lrange(dead_key("hubspot"), 0, -1)] == ["hubspot:keep-1:breakup_task"]
+    assert b"gd-1" not in all_bytes(conn)

@@ -5,8 +5,8 @@ head of `pruner:outbox:{crm}`, skips actions already done (`pruner:done:{crm}`)
 and contact actions for leads that are SUPPRESSED by now (a do-not-contact may
 have arrived after the action was queued: RULES.md guardrail 4), hands the rest
 to the CRM's executor in one call (so it can coalesce them into batch requests),
-then records them done and trims them off the outbox. If the executor raises,
-nothing is trimmed: the job fails, RQ retries it, and the actions stay queued.
+then records them done and removes them from the outbox. If the executor raises,
+nothing is removed: the job fails, RQ retries it, and the actions stay queued.
 """
 
 from __future__ import annotations
@@ -60,6 +60,14 @@ def _suppressed(connection: redis.Redis, actions: list[dict[str, Any]]) -> set[s
     return out
 
 
+def _stateless(connection: redis.Redis, actions: list[dict[str, Any]]) -> set[str]:
+    """Return ids of actions whose lead has no state record (any lead with an action has one until erased)."""
+    if not actions:
+        return set()
+    raw: list[bytes | None] = connection.mget([state_key(a["crm"], a["lead_id"]) for a in actions])  # type: ignore[assignment]
+    return {a["id"] for a, state in zip(actions, raw, strict=True) if state is None}
+
+
 def drain(connection: redis.Redis, crm: str, executor_factory: Callable[[], Executor]) -> dict[str, int]:
     """Execute everything in the CRM's outbox; return counts. Raises if the CRM stays unavailable."""
     token = str(time.time_ns())
@@ -85,16 +93,23 @@ def drain(connection: redis.Redis, crm: str, executor_factory: Callable[[], Exec
             if todo:
                 executor = executor or executor_factory()
                 outcomes = executor.execute(todo)
+            # A lead erased (or forgotten) while its actions ran has no state left: keep no
+            # record naming it, or its id would outlive the erasure's purge in these sets.
+            gone = _stateless(connection, todo)
             dead = [o for o in outcomes if not o.ok]
             with connection.pipeline(transaction=True) as pipe:
-                ids = [a["id"] for a in todo] + list(suppressed)
+                ids = [a["id"] for a in todo if a["id"] not in gone] + list(suppressed)
                 if ids:
                     pipe.sadd(done_key(crm), *ids)
                     pipe.expire(done_key(crm), DONE_TTL_S)
-                for outcome in dead:
+                for outcome in (o for o in dead if o.action_id not in gone):
                     entry = {"id": outcome.action_id, "detail": outcome.detail[:500], "at": int(time.time())}
                     pipe.rpush(dead_key(crm), json.dumps(entry))
-                pipe.ltrim(outbox_key(crm), len(raw), -1)
+                # Remove exactly the entries handled, not the first len(raw): an erasure's purge
+                # may have removed some meanwhile, and trimming by count would then drop
+                # actions queued since, unseen.
+                for handled in raw:
+                    pipe.lrem(outbox_key(crm), 1, handled)  # type: ignore[arg-type]
                 pipe.execute()
             counts["executed"] += len(outcomes) - len(dead)
             counts["dead"] += len(dead)
