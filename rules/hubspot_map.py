@@ -173,7 +173,7 @@ def _map_one(raw: dict[str, Any], kind: str, object_id: str, at: int, m: HubSpot
         if name == "amount":
             try:
                 amount = float(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON integer past float range
                 amount = math.nan
             if not math.isfinite(amount):  # "1e999" parses as infinity
                 out.ignored["deal.amount:unparsable"] += 1

@@ -280,7 +280,7 @@ def _map_task(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
         disposition = (_text(f.get("CallDisposition")) or "").lower()
         try:
             seconds = int(float(_text(f.get("CallDurationInSeconds")) or "0"))
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, NaN, or "1e999" (infinity)
             seconds = 0
         if disposition in m.not_interested_dispositions:
             b.add(f"sf:{task_id}:call_connected", EventType.CALL_CONNECTED, lead, at)

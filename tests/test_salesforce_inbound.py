@@ -328,6 +328,8 @@ def test_calls_connected_attempted_and_not_interested() -> None:
     custom = SalesforceMapping.from_dict({"connected_dispositions": ["Talked"], "connected_min_seconds": 300})
     assert kinds(mapped(call(CallDisposition="talked"), mapping=custom)) == ["call_connected"]
     assert kinds(mapped(call(CallDurationInSeconds="200"), mapping=custom)) == ["call_attempted"]
+    for junk in ("1e999", "NaN", "a minute"):  # a duration that is no number counts as none
+        assert kinds(mapped(call(CallDurationInSeconds=junk))) == ["call_attempted"]
 
 
 def test_task_ids_come_from_the_task_so_edits_do_not_count_twice() -> None:
@@ -471,9 +473,9 @@ def test_map_notifications_is_pure_over_plain_notifications() -> None:
 _SOBJECTS = ["Lead", "Task", "Event", "Opportunity", "Individual", "Contact"]
 _SF_FIELDS = ["Id", "Status", "DoNotCall", "HasOptedOutOfEmail", "WhoId", "TaskSubtype", "CallDisposition"]
 _SF_FIELDS += ["ActivityDate", "StartDateTime", "CreatedDate", "LastModifiedDate", "Amount", "StageName"]
-_SF_FIELDS += ["Pruner_Lead_Id__c", "Pruner_Reopened__c", "Email", "LeadSource", "IsDeleted"]
+_SF_FIELDS += ["Pruner_Lead_Id__c", "Pruner_Reopened__c", "Email", "LeadSource", "IsDeleted", "CallDurationInSeconds"]
 _xml_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=24) | st.sampled_from(
-    ["1e999", "-5", "NaN", "2026-13-45T99:99:99Z", "true", "", " ", "00Q000000000001", "x" * 300]
+    ["1e999", "-5", "NaN", "2026-13-45T99:99:99Z", "true", "", " ", "00Q000000000001", "x" * 300, "Call"]
 )
 
 
