@@ -367,11 +367,11 @@ def stage_breakdown(secret: str, conn: redis.Redis, count: int, events: int, pro
         now = time.time()
         verify(body, head, key, now)
         t1 = time.process_time()
-        types = fast_count(body, int(now * 1000))
+        count = fast_count(body, int(now * 1000))
         t2 = time.process_time()
-        if types is None:
+        if count is None:
             raise RuntimeError("the fast path declined a benchmark batch")
-        enqueue_batch(queue, body, sum(types.values()), source="events")
+        enqueue_batch(queue, body, count, source="events")
         t3 = time.process_time()
         conn.lpush(RAW_KEY, body)
         t4 = time.process_time()

@@ -12,7 +12,6 @@ exactly what is wrong. So the fast path can only be stricter, never looser.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -99,24 +98,24 @@ def _events(decoded: list[_EventIn], now_ms: int) -> list[Event]:
     return out
 
 
-def _fast_count(body: bytes, now_ms: int) -> Counter[str]:
-    # `_fast` without building events: the web only needs to know the batch is valid.
+def _fast_count(body: bytes, now_ms: int) -> int:
+    # `_fast` without building events: the web only needs to know the batch is valid, and
+    # how many events it holds. (Tallying them by type here cost ~14 us per 100 events.)
     limit = _EPOCH + timedelta(milliseconds=now_ms + MAX_FUTURE_SKEW_MS)
-    types: Counter[str] = Counter()
-    for ev in _decode(body):
-        types[ev.type] += 1
+    events = _decode(body)
+    for ev in events:
         if ev.id.isspace() or ev.lead_id.isspace() or ev.occurred_at > limit:
             raise _Slow
         if ev.data or _REQUIRED_DATA[ev.type]:
             _data(ev)
-    return types
+    return len(events)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def fast_count(body: bytes, now_ms: int) -> Counter[str] | None:
-    """Validate a raw batch on the fast path: its events counted by type, or None if it declines.
+def fast_count(body: bytes, now_ms: int) -> int | None:
+    """Validate a raw batch on the fast path: how many events it holds, or None if it declines.
 
     A batch the fast path accepts is one UTF-8 JSON object, decoded whole (the web queues
     it as it came). None says nothing about validity: `parse_body` then decides, and says

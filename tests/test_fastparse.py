@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from typing import Any
 
 from hypothesis import given, settings
@@ -81,7 +80,7 @@ def test_fast_path_is_never_looser(batch: list[dict[str, Any]]) -> None:
         pass  # the authoritative validator decides
     else:
         assert not isinstance(expected, str), expected
-        assert counted == Counter(e.type.value for e in expected)
+        assert counted == len(expected)
     try:
         got: Any = _fast(body, NOW)
     except _Slow:

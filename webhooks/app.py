@@ -78,6 +78,7 @@ def create_app(
     app.register_blueprint(metrics.bp)
     app.register_blueprint(dashboard.bp)
     dashboard.mount_rq_dashboard(app)
+    metrics.instrument(app)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> ResponseReturnValue:

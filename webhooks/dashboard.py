@@ -650,11 +650,12 @@ def mount_rq_dashboard(app: Flask) -> None:
     setattr(app, "redis_conn", svc.redis)  # noqa: B010 (rq-dashboard reads this attribute)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=RQ_PREFIX)
 
-    @app.before_request
+    # First of the blueprint's own before_request functions, so nothing of rq-dashboard runs
+    # for a caller without the token; scoped to it, so other routes do not pay for the check.
     def _guard_rq() -> ResponseReturnValue | None:
-        if request.blueprint != "rq_dashboard":
-            return None
         return check_admin()
+
+    app.before_request_funcs.setdefault("rq_dashboard", []).insert(0, _guard_rq)
 
     # Runs after rq-dashboard's own before_request, which builds a client from the URL on
     # some routes: use ours instead (timeouts, `rediss://` with self-signed certificates).

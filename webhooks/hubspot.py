@@ -75,5 +75,5 @@ def receive_hubspot() -> ResponseReturnValue:
         except redis.RedisError as exc:
             log.warning("enqueue failed: %s", type(exc).__name__)
             raise QueueUnavailable("the queue (Redis) is unavailable; nothing was accepted, retry later") from None
-    count_received("hubspot", [e.type.value for e in batch.events])
+    count_received("hubspot", len(batch.events))
     return "", 204
