@@ -58,3 +58,21 @@ def test_crm_endpoints_are_counted_without_record_ids() -> None:
         "/services/oauth2/token": "/services/oauth2/token",
     }
     assert {path: endpoint_template(path) for path in cases} == cases
+
+
+def test_refusals_are_timed_and_counted_under_the_route_named(client: FlaskClient) -> None:
+    def series(text: str, name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+    before = client.get("/metrics").get_data(as_text=True)
+    assert client.get("/webhooks/events").status_code == 405  # a real route, wrong method
+    assert client.post("/webhooks/events", data=b"{}").status_code == 401  # unsigned
+    assert client.get("/healthz").status_code == 200  # not a webhook: not timed
+    after = client.get("/metrics").get_data(as_text=True)
+    for name, moved in (
+        ('pruner_events_rejected_total{reason="405",source="events"}', 1),
+        ('pruner_events_rejected_total{reason="401",source="events"}', 1),
+        ('pruner_webhook_seconds_count{route="/webhooks/events"}', 2),
+        ('pruner_webhook_seconds_count{route="/healthz"}', 0),
+    ):
+        assert series(after, name) - series(before, name) == moved, name
