@@ -179,6 +179,28 @@ def test_erasure_drops_drained_and_refused_action_records_naming_the_lead() -> N
     assert b"gd-1:" not in all_bytes(conn)
 
 
+def test_erasure_drops_the_hubspot_step_progress_of_the_leads_actions() -> None:
+    import json
+
+    from worker.actions import dead_key, done_key
+    from worker.crm.hubspot import Progress
+    from worker.store import outbox_key
+
+    conn = fakeredis.FakeRedis()
+    progress = Progress(conn)
+    drained, refused, queued = "hubspot:gd-1:lost@1", "hubspot:gd-1:breakup@2", "hubspot:gd-1:suppress@3"
+    kept = "hubspot:keep-1:lost@1"
+    conn.sadd(done_key("hubspot"), drained, kept)
+    conn.rpush(dead_key("hubspot"), json.dumps({"id": refused, "detail": "404 Not Found", "at": 1}))
+    conn.rpush(outbox_key("hubspot"), json.dumps({"id": queued, "crm": "hubspot", "lead_id": "gd-1"}))
+    # Half-done actions: a drain stopped between the contact update and the deals.
+    steps = [(drained, "contact"), (drained, "deals"), (refused, "task"), (queued, "unsub"), (kept, "contact")]
+    progress.mark(steps)
+    gdpr.purge_payloads(conn, [("hubspot", "gd-1")])
+    assert progress.done(steps) == {(kept, "contact")}
+    assert conn.zcard("pruner:hubspot:progress") == 1
+
+
 def test_a_drain_racing_an_erasure_keeps_no_record_of_the_erased_lead() -> None:
     import json
 

@@ -93,31 +93,42 @@ def purge_payloads(connection: redis.Redis, leads: Iterable[tuple[str, str]], qu
             for registry in (queue.scheduled_job_registry, queue.failed_job_registry, queue.deferred_job_registry):
                 registry.remove(job)
             job.delete()
+    pending: set[str] = set()  # ids of the erased leads' queued actions
     for list_key in [ACTIONS_KEY, *{outbox_key(crm) for crm, _ in erased}]:
         raw: list[bytes] = connection.lrange(list_key, 0, -1)  # type: ignore[assignment]
         for entry in raw:
             action = json.loads(entry)
             if (action.get("crm"), action.get("lead_id")) in erased:
                 touched += int(connection.lrem(list_key, 0, entry))  # type: ignore[arg-type]
+                pending.add(str(action.get("id", "")))
     for crm in {crm for crm, _ in erased}:
-        touched += _purge_action_ids(connection, crm, {lead for c, lead in erased if c == crm})
+        touched += _purge_action_ids(connection, crm, {lead for c, lead in erased if c == crm}, pending)
     log.info("erasure purge: %d payloads, outbox entries or action records removed", touched)
     return touched
 
 
-def _purge_action_ids(connection: redis.Redis, crm: str, leads: set[str]) -> int:
-    """Drop the drained-action markers and refused-action records naming the leads.
+def _purge_action_ids(connection: redis.Redis, crm: str, leads: set[str], pending: set[str]) -> int:
+    """Drop the drained-action markers, refused-action records and step progress of the leads.
 
     Action ids are `crm:lead_id:decision`, and the done set keeps them for 14 days
-    after each drain, so an erased lead's id would otherwise outlive its erasure.
+    after each drain, so an erased lead's id would otherwise outlive its erasure. HubSpot's
+    step progress keeps hashes of the same ids for as long; those go too, for every action
+    id known here: drained (done), refused (dead) or still queued (`pending`).
     """
     from worker.actions import dead_key, done_key
+    from worker.crm.hubspot import CRM as HUBSPOT
+    from worker.crm.hubspot import Progress
 
     prefixes = tuple(f"{crm}:{lead}:" for lead in leads)
     done = [m for m in connection.sscan_iter(done_key(crm), count=1000) if m.decode().startswith(prefixes)]
     removed = int(connection.srem(done_key(crm), *done)) if done else 0
+    action_ids = {m.decode() for m in done} | {a for a in pending if a.startswith(prefixes)}
     entries: list[bytes] = connection.lrange(dead_key(crm), 0, -1)  # type: ignore[assignment]
     for entry in entries:
-        if str(json.loads(entry).get("id", "")).startswith(prefixes):
+        action_id = str(json.loads(entry).get("id", ""))
+        if action_id.startswith(prefixes):
             removed += int(connection.lrem(dead_key(crm), 0, entry))  # type: ignore[arg-type]
+            action_ids.add(action_id)
+    if crm == HUBSPOT and action_ids:
+        removed += Progress(connection).forget(sorted(action_ids))
     return removed

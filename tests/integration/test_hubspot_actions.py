@@ -23,6 +23,7 @@ from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
 from tests.helpers import batch_body, event, signed_headers
 from tests.integration.conftest import base_env, drained, get_lead, start_web, start_worker, stop, wait_http, wait_until
 from worker.actions import dead_key, done_key, lock_key
+from worker.crm.hubspot import PROGRESS_KEY
 from worker.store import outbox_key
 
 pytestmark = pytest.mark.integration
@@ -204,7 +205,9 @@ def test_an_erased_lead_leaves_no_id_in_the_drain_records(
         wait_until(lambda: is_lost_in_hubspot(hubspot, lead), seconds=30)
         assert_all_done(redis_db)
         assert any(lead.encode() in m for m in redis_db.smembers(done_key("hubspot")))  # the drain's marker
+        assert redis_db.zcard(PROGRESS_KEY) > 0  # hashes of its action's steps: guessable ids, so personal
         post(url, [event("erasure_requested", lead, at=T0 + timedelta(days=2))])
         wait_until(lambda: get_lead(url, lead).json().get("erased") is True)
         wait_until(drained(redis_db))
     assert lead.encode() not in dump(redis_db)
+    assert redis_db.zcard(PROGRESS_KEY) == 0

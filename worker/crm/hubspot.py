@@ -70,6 +70,7 @@ STEPS = {
     "breakup_task": ("task",),
     "reengage_task": ("task",),
 }
+ALL_STEPS = sorted({step for steps in STEPS.values() for step in steps})
 
 
 class HubSpotApiError(CrmError):
@@ -567,7 +568,8 @@ class Progress:
     """Which steps of which actions already happened in HubSpot (so a re-run drain skips them).
 
     Members are hashes of (action id, step), scored by time, so the key holds no lead ids
-    and old entries are trimmed as new ones arrive.
+    and old entries are trimmed as new ones arrive. An erasure removes its lead's entries
+    (`forget`): a hash of guessable ids is still personal data.
     """
 
     def __init__(self, connection: redis.Redis, key: str = PROGRESS_KEY, ttl_s: int = PROGRESS_TTL_S) -> None:
@@ -582,6 +584,11 @@ class Progress:
             return set()
         scores = self.redis.zmscore(self.key, [self._member(a, s) for a, s in pairs])
         return {pair for pair, score in zip(pairs, scores, strict=True) if score is not None}
+
+    def forget(self, action_ids: Iterable[str]) -> int:
+        """Remove every step recorded for `action_ids`; return how many entries went."""
+        members = [self._member(a, step) for a in action_ids for step in ALL_STEPS]
+        return int(self.redis.zrem(self.key, *members)) if members else 0
 
     def mark(self, pairs: Iterable[tuple[str, str]]) -> None:
         members = {self._member(a, s): time.time() for a, s in pairs}
