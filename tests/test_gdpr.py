@@ -206,6 +206,7 @@ def test_a_drain_racing_an_erasure_keeps_no_record_of_the_erased_lead() -> None:
 
     from worker.actions import dead_key, done_key, drain
     from worker.crm.base import ActionOutcome
+    from worker.crm.hubspot import Progress
     from worker.store import outbox_key, state_key
 
     conn = fakeredis.FakeRedis()
@@ -230,6 +231,7 @@ def test_a_drain_racing_an_erasure_keeps_no_record_of_the_erased_lead() -> None:
                 conn.set(state_key("hubspot", "new-1"), json.dumps({"state": "LOST"}))
                 new = {"id": "hubspot:new-1:mark_lost", "kind": "mark_lost", "crm": "hubspot", "lead_id": "new-1"}
                 conn.rpush(outbox_key("hubspot"), json.dumps(new))
+            Progress(conn).mark((a["id"], "contact") for a in actions)  # steps done after the purge
             return [ActionOutcome(a["id"], ok=a["kind"] == "mark_lost", detail="409") for a in actions]
 
     drain(conn, "hubspot", ErasedMeanwhile)
@@ -242,3 +244,7 @@ def test_a_drain_racing_an_erasure_keeps_no_record_of_the_erased_lead() -> None:
     }
     assert [json.loads(e)["id"] for e in conn.lrange(dead_key("hubspot"), 0, -1)] == ["hubspot:keep-1:breakup_task"]
     assert b"gd-1" not in all_bytes(conn)
+    stepped = [
+        (f"hubspot:{lead}:{kind}", "contact") for lead in ("gd-1", "keep-1") for kind in ("mark_lost", "breakup_task")
+    ]
+    assert {a for a, _ in Progress(conn).done(stepped)} == {"hubspot:keep-1:mark_lost", "hubspot:keep-1:breakup_task"}

@@ -21,6 +21,7 @@ import redis
 
 from rules.lifecycle import CONTACT_ACTIONS, ActionKind
 from worker.crm.base import ActionOutcome, Executor
+from worker.gdpr import forget_progress
 from worker.store import outbox_key, state_key
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,9 @@ def drain(connection: redis.Redis, crm: str, executor_factory: Callable[[], Exec
                 for handled in raw:
                     pipe.lrem(outbox_key(crm), 1, handled)  # type: ignore[arg-type]
                 pipe.execute()
+            if gone:
+                # Steps it marked done while the erasure purged: hashes of guessable ids.
+                forget_progress(connection, crm, gone)
             counts["executed"] += len(outcomes) - len(dead)
             counts["dead"] += len(dead)
         log.info("outbox drained crm=%s %s", crm, " ".join(f"{k}={v}" for k, v in counts.items()))

@@ -116,8 +116,6 @@ def _purge_action_ids(connection: redis.Redis, crm: str, leads: set[str], pendin
     id known here: drained (done), refused (dead) or still queued (`pending`).
     """
     from worker.actions import dead_key, done_key
-    from worker.crm.hubspot import CRM as HUBSPOT
-    from worker.crm.hubspot import Progress
 
     prefixes = tuple(f"{crm}:{lead}:" for lead in leads)
     done = [m for m in connection.sscan_iter(done_key(crm), count=1000) if m.decode().startswith(prefixes)]
@@ -129,6 +127,13 @@ def _purge_action_ids(connection: redis.Redis, crm: str, leads: set[str], pendin
         if action_id.startswith(prefixes):
             removed += int(connection.lrem(dead_key(crm), 0, entry))  # type: ignore[arg-type]
             action_ids.add(action_id)
-    if crm == HUBSPOT and action_ids:
-        removed += Progress(connection).forget(sorted(action_ids))
-    return removed
+    return removed + forget_progress(connection, crm, action_ids)
+
+
+def forget_progress(connection: redis.Redis, crm: str, action_ids: Iterable[str]) -> int:
+    """Remove what the CRM adapter recorded about these actions' steps (HubSpot's progress)."""
+    from worker.crm.hubspot import CRM as HUBSPOT
+    from worker.crm.hubspot import Progress
+
+    ids = sorted(action_ids)
+    return Progress(connection).forget(ids) if crm == HUBSPOT and ids else 0
