@@ -77,6 +77,31 @@ def test_erasure_deletes_everything_but_keyed_hashes_and_an_audit() -> None:
     assert len(audit) == 1 and b'"source":"events"' in audit[0]
 
 
+@pytest.mark.parametrize("moment", ["after_the_screen", "after_the_read"])
+def test_an_erasure_committed_during_another_batch_is_not_undone(moment: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two workers: A erases the lead while B is between its screen (or its read) and its EXEC.
+    # B must not re-create the lead, nor queue a CRM action for it.
+    conn = fakeredis.FakeRedis()
+    apply(conn, history())
+    racing = [ev(30, "not_interested"), ev(31, "not_interested"), ev(32, "email_sent")]
+    hook = "_screen" if moment == "after_the_screen" else "_queue_outcome"
+    original = getattr(LeadStore, hook)
+    erased: list[bool] = []
+
+    def erase_first(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        if not erased:
+            erased.append(True)
+            apply(conn, [ev(20, "erasure_requested")])  # worker A, on its own connection
+        return out
+
+    monkeypatch.setattr(LeadStore, hook, staticmethod(erase_first) if hook == "_queue_outcome" else erase_first)
+    result = apply(conn, racing)  # worker B
+    assert erased and result.dropped == len(racing)
+    assert LeadStore(conn).history("hubspot", "gd-1") is None
+    assert not LeadStore(conn).actions() and b"gd-1" not in all_bytes(conn)
+
+
 def test_a_bare_hash_is_never_stored_without_the_key() -> None:
     conn = fakeredis.FakeRedis()
     apply(conn, history(), key=None)
@@ -106,6 +131,32 @@ def test_a_new_id_with_the_same_email_stays_suppressed_and_gets_no_task() -> Non
     apply(conn, [ev(30, "email_sent", "gd-2"), ev(31, "email_replied", "gd-2")])
     assert (store.state("hubspot", "gd-2") or {})["state"] == "SUPPRESSED"
     assert [a["kind"] for a in store.actions()] == ["suppress"]
+
+
+def test_a_merge_delivered_after_the_survivors_erasure_re_creates_nothing() -> None:
+    conn = fakeredis.FakeRedis()
+    apply(conn, [*history(), ev(20, "erasure_requested")])
+    apply(conn, [ev(n, "not_interested", "gd-9") for n in (1, 2)])  # a duplicate record, merged later
+    decide = Decider(default_policy(), NOW, suppression_key=KEY)
+    update = LeadStore(conn, KEY).merge("hubspot", "gd-1", ["gd-9"], decide)
+    assert update is not None and update.outcome is not None and update.outcome.erase
+    gdpr.purge_payloads(conn, [("hubspot", "gd-1"), ("hubspot", "gd-9")])  # what the job does then
+    store = LeadStore(conn, KEY)
+    assert store.history("hubspot", "gd-1") is None and store.history("hubspot", "gd-9") is None
+    assert b"gd-1" not in all_bytes(conn) and b"gd-9" not in all_bytes(conn)
+
+
+def test_merging_a_recognised_erased_person_keeps_the_survivor_suppressed() -> None:
+    conn = fakeredis.FakeRedis()
+    apply(conn, [*history(), ev(20, "erasure_requested")])
+    apply(conn, history("gd-2", email=EMAIL))  # re-imported under a new id: recognised, SUPPRESSED
+    apply(conn, [ev(1, "email_sent", "gd-3")])
+    decide = Decider(default_policy(), NOW, suppression_key=KEY)
+    update = LeadStore(conn, KEY).merge("hubspot", "gd-3", ["gd-2"], decide)
+    assert update is not None and update.outcome is not None
+    assert update.outcome.state is not None and update.outcome.state["state"] == "SUPPRESSED"
+    later = apply(conn, [ev(n, "meeting_rescheduled", "gd-3") for n in (30, 31, 32)])
+    assert not [a for a in later.actions if a["kind"] != "suppress"]  # never a task for this person
 
 
 def test_leads_route_answers_erased() -> None:

@@ -162,19 +162,22 @@ class LeadStore:
             logged = eventlog.to_logged(event)
             fresh.setdefault(lead, {}).setdefault(logged.key, logged)
             received[lead] = received.get(lead, 0) + 1
-        dropped, listed = self._screen(fresh) if decide is not None else (0, set())
-        return self._transact(fresh, received, decide, listed, dropped)
+        return self._transact(fresh, received, decide, screen=decide is not None)
 
-    def _screen(self, fresh: dict[Lead, dict[bytes, LoggedEvent]]) -> tuple[int, set[Lead]]:
-        """Drop events of erased leads; find leads whose email is on the suppression list.
+    def _screen(
+        self, conn: Any, fresh: dict[Lead, dict[bytes, LoggedEvent]]
+    ) -> tuple[dict[Lead, dict[bytes, LoggedEvent]], int, set[Lead]]:
+        """Return `fresh` without erased leads' events, how many were dropped, and listed leads.
 
-        One SMISMEMBER round trip, and only where a suppression key is configured.
+        Listed leads are those whose email is on the suppression list (an earlier erasure of
+        the same person); their events come back without the email. One SMISMEMBER round
+        trip on `conn`, and only where a suppression key is configured.
         """
         from worker import gdpr
 
         key = self.suppression_key
         if key is None or not fresh:
-            return 0, set()
+            return fresh, 0, set()
         probes: list[tuple[Lead, str, str]] = []
         for lead, events in fresh.items():
             probes.append((lead, "lead", gdpr.lead_hash(key, *lead)))
@@ -182,19 +185,14 @@ class LeadStore:
                 email = ev.data.get("email") if ev.type is EventType.LEAD_PROFILE else None
                 if email:
                     probes.append((lead, "email", gdpr.email_hash(key, email)))
-        hits: list[int] = self.redis.smismember(gdpr.SUPPRESSED_KEY, [h for _, _, h in probes])  # type: ignore[assignment]
-        dropped, listed = 0, set()
-        for (lead, kind, _), hit in zip(probes, hits, strict=True):
-            if not hit:
-                continue
-            if kind == "lead" and lead in fresh:
-                dropped += len(fresh.pop(lead))
-            elif kind == "email":
-                listed.add(lead)
-        for lead in listed & fresh.keys():
+        hits: list[int] = conn.smismember(gdpr.SUPPRESSED_KEY, [h for _, _, h in probes])
+        erased = {lead for (lead, kind, _), hit in zip(probes, hits, strict=True) if hit and kind == "lead"}
+        listed = {lead for (lead, kind, _), hit in zip(probes, hits, strict=True) if hit and kind == "email"}
+        kept = {lead: events for lead, events in fresh.items() if lead not in erased}
+        for lead in listed & kept.keys():
             # Keep the counters of a re-created erased person, never their email again.
-            fresh[lead] = {k: _without_email(ev) for k, ev in fresh[lead].items()}
-        return dropped, listed
+            kept[lead] = {k: _without_email(ev) for k, ev in kept[lead].items()}
+        return kept, sum(len(fresh[lead]) for lead in erased), listed
 
     def reevaluate(self, leads: Iterable[Lead], decide: Decider) -> BatchResult:
         """Re-decide leads without new events (the time-based sweep)."""
@@ -202,22 +200,34 @@ class LeadStore:
 
     def _transact(
         self,
-        fresh: dict[Lead, dict[bytes, LoggedEvent]],
+        batch: dict[Lead, dict[bytes, LoggedEvent]],
         received: dict[Lead, int],
         decide: Decider | None,
-        listed: set[Lead] | None = None,
-        dropped: int = 0,
+        screen: bool = False,
     ) -> BatchResult:
-        leads = list(fresh)
-        if not leads:
-            return BatchResult([], dropped)
-        listed = listed or set()
-        log_keys = [lead_key(*lead) for lead in leads]
-        keys = log_keys + ([state_key(*lead) for lead in leads] if decide else [])
+        if not batch:
+            return BatchResult([], 0)
+        screening = screen and self.suppression_key is not None
+        # An erasure committed by another worker between a screen and EXEC would otherwise let
+        # this batch re-create the erased lead: so the screen runs inside the optimistic
+        # transaction, and the suppression set is watched with the leads' keys (erasures are
+        # rare, so the retries this costs are too).
+        from worker.gdpr import SUPPRESSED_KEY
+
+        watched = [SUPPRESSED_KEY] if screening else []
         for _attempt in range(MAX_ATTEMPTS):
             with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    pipe.watch(*keys)
+                    leads = list(batch)
+                    log_keys = [lead_key(*lead) for lead in leads]
+                    keys = log_keys + ([state_key(*lead) for lead in leads] if decide else [])
+                    pipe.watch(*keys, *watched)
+                    fresh, dropped, listed = self._screen(pipe, batch) if screening else (batch, 0, set())
+                    leads = [lead for lead in leads if lead in fresh]
+                    log_keys = [lead_key(*lead) for lead in leads]
+                    keys = log_keys + ([state_key(*lead) for lead in leads] if decide else [])
+                    if not leads:
+                        return BatchResult([], dropped)
                     values: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
                     blobs, states = values[: len(leads)], values[len(leads) :]
                     updates = []
@@ -287,13 +297,32 @@ class LeadStore:
                 pipe.rpush(outbox_key(lead[0]), *live)
 
     def merge(self, crm: str, into: str, merged: list[str], decide: Decider) -> LeadUpdate | None:
-        """Fold the merged leads' histories into `into` (a CRM merge) and re-decide it, atomically."""
+        """Fold the merged leads' histories into `into` (a CRM merge) and re-decide it, atomically.
+
+        None when there was nothing to merge. An update whose outcome erases means `into`
+        and the merged leads are gone: the caller purges their queued payloads.
+        """
+        from worker import gdpr
+
         survivor = (crm, into)
         keys = [lead_key(crm, lead) for lead in [into, *merged]] + [state_key(crm, lead) for lead in [into, *merged]]
+        key = self.suppression_key
         for _attempt in range(MAX_ATTEMPTS):
             with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    pipe.watch(*keys)
+                    # Watched and read in the transaction, as in apply_batch: an erasure
+                    # committing meanwhile must not be undone by the merge.
+                    pipe.watch(*keys, *([gdpr.SUPPRESSED_KEY] if key else []))
+                    if key is not None and pipe.sismember(gdpr.SUPPRESSED_KEY, gdpr.lead_hash(key, crm, into)):
+                        # A merge delivered after the survivor's erasure: the merged records
+                        # are the same erased person, so they go too and nothing is re-created.
+                        # The erasing outcome tells the caller to purge their queued payloads.
+                        pipe.multi()
+                        for lead in merged:
+                            pipe.delete(lead_key(crm, lead), state_key(crm, lead))
+                            pipe.zrem(DUE_KEY, due_member(crm, lead))
+                        pipe.execute()
+                        return LeadUpdate(crm, into, [], 0, 0, Outcome(erase=True))
                     values: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
                     blobs = values[: 1 + len(merged)]
                     union: dict[bytes, LoggedEvent] = {}
@@ -305,7 +334,11 @@ class LeadStore:
                     history = list(union.values())
                     raw_state = values[1 + len(merged)]
                     prev = json.loads(raw_state) if raw_state else None
-                    outcome = decide(LeadView(crm, into, history, prev, len(history)))
+                    # A merged record recognised as an erased person (its email on the
+                    # suppression list) keeps the survivor suppressed: the flag lives in states.
+                    states = [json.loads(s) for s in values[1 + len(merged) :] if s]
+                    listed = any(s.get("suppression_list") for s in states)
+                    outcome = decide(LeadView(crm, into, history, prev, len(history), listed))
                     pipe.multi()
                     for lead in merged:
                         pipe.delete(lead_key(crm, lead), state_key(crm, lead))
