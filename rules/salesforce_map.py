@@ -20,6 +20,8 @@ What each sObject becomes (defaults):
   `CallDisposition` is a conversation ("Connected", "Spoke", "Meeting booked", …) or
   `CallDurationInSeconds` > 60, else `call_attempted`; a disposition in
   `not_interested_dispositions` ("Not interested") -> `call_connected` + `not_interested`.
+  `CallType` Inbound (the lead called us) is always `call_connected`, never an attempt;
+  `CallType` Internal (colleagues, not the lead) is skipped and counted as `call_internal`.
   `TaskSubtype` Email/ListEmail -> `email_sent`, or `email_replied` when the marker
   `Pruner_Inbound__c` is true or, absent the marker, the `Subject` starts with "RE:".
 - `Event` whose `WhoId` is a lead -> `meeting_booked`; `meeting_held` once `EndDateTime`
@@ -48,8 +50,9 @@ record's latest values. So:
   any time it's edited to subsequently meet criteria"), not on every edit.
 
 Times: the record's own timestamps (`CompletedDateTime`, `CreatedDate`, `ActivityDate`,
-`EndDateTime`, `LastModifiedDate`, per kind) when present and parseable, else the receive
-time; never later than the receive time (nothing has happened in the future).
+`EndDateTime`, `LastModifiedDate`, per kind) when present, parseable and inside Salesforce's
+dateTime range (1700-01-01 to 4000-12-31 UTC), else the receive time; never later than the
+receive time (nothing has happened in the future).
 """
 
 from __future__ import annotations
@@ -58,15 +61,30 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from typing import Any
 
 from rules.errors import SchemaError
-from rules.events import Event, EventType, format_ms, parse_event, parse_rfc3339_ms
+from rules.events import Event, EventType, format_ms, parse_event, parse_rfc3339_ms, to_ms
 
 LEAD_PREFIX = "00Q"
 _ID = re.compile(r"[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?")
 _SUFFIX_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# Salesforce's own dateTime range. A value outside it is no real record time, and one
+# before year 1 in UTC (`0001-01-01T00:00:00+01:00`) cannot even be formatted.
+_EARLIEST_MS = to_ms(datetime(1700, 1, 1, tzinfo=UTC))
+_LATEST_MS = to_ms(datetime(4000, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC))
+# Free-text values in most orgs: `SalesforceMapping.from_dict` lowers them, the mapping compares lowered.
+_LOWERED_SETTINGS = frozenset(
+    {
+        "connected_dispositions",
+        "not_interested_dispositions",
+        "reply_subject_prefixes",
+        "inbound_call_types",
+        "internal_call_types",
+    }
+)
 
 
 def to_18(record_id: str) -> str:
@@ -120,6 +138,10 @@ class SalesforceMapping:
     not_interested_dispositions: frozenset[str] = frozenset({"not interested"})
     connected_min_seconds: int = 60
     call_subtypes: frozenset[str] = frozenset({"Call"})
+    call_type_field: str = "CallType"
+    # Compared case-insensitively, like dispositions: CTI packages write their own values.
+    inbound_call_types: frozenset[str] = frozenset({"inbound"})
+    internal_call_types: frozenset[str] = frozenset({"internal"})
     email_subtypes: frozenset[str] = frozenset({"Email", "ListEmail"})
     inbound_email_field: str = "Pruner_Inbound__c"
     reply_subject_prefixes: tuple[str, ...] = ("re:",)
@@ -143,7 +165,7 @@ class SalesforceMapping:
             if isinstance(current, frozenset | tuple):
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                     raise SchemaError(key, f"must be a list of strings, got {value!r:.80}")
-                lowered = key in {"connected_dispositions", "not_interested_dispositions", "reply_subject_prefixes"}
+                lowered = key in _LOWERED_SETTINGS
                 items = [v.lower() for v in value] if lowered else list(value)
                 values[key] = tuple(items) if isinstance(current, tuple) else frozenset(items)
             elif isinstance(current, int):
@@ -192,9 +214,10 @@ def _time_ms(value: str | None) -> int | None:
     elif len(value) >= 5 and value[-5] in "+-" and value[-3] != ":":
         value = value[:-2] + ":" + value[-2:]  # `+0000` -> `+00:00`
     try:
-        return parse_rfc3339_ms(value, "time")
+        at = parse_rfc3339_ms(value, "time")
     except SchemaError:
         return None
+    return at if _EARLIEST_MS <= at <= _LATEST_MS else None
 
 
 def _lead_id(value: str | None) -> str | None:
@@ -221,19 +244,21 @@ class _Builder:
     def add(
         self, event_id: str, etype: EventType, lead_id: str, at_ms: int, data: dict[str, Any] | None = None
     ) -> None:
-        raw = {
-            "id": event_id,
-            "type": etype.value,
-            "crm": "salesforce",
-            "lead_id": lead_id,
-            "occurred_at": format_ms(at_ms),
-            "data": data or {},
-        }
         try:
+            raw = {
+                "id": event_id,
+                "type": etype.value,
+                "crm": "salesforce",
+                "lead_id": lead_id,
+                "occurred_at": format_ms(at_ms),
+                "data": data or {},
+            }
             self.result.events.append(parse_event(raw, event_id, self.now_ms))
-        except SchemaError:
+        except (SchemaError, ValueError, OverflowError, OSError):
             # A value Salesforce allows but the canonical schema does not (e.g. a negative
-            # amount): drop that one event, keep the rest, never make Salesforce retry.
+            # amount), or a time `format_ms` cannot write (`_time_ms` keeps those out; this is
+            # the second fence, and `datetime.fromtimestamp` raises any of the last three):
+            # drop that one event, keep the rest, never make Salesforce retry.
             self.result.skipped["invalid_value"] += 1
 
 
@@ -277,18 +302,7 @@ def _map_task(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
     subtype = _text(f.get("TaskSubtype"))
     at = b.first_time(f, ("CompletedDateTime", "CreatedDate", "ActivityDate", "LastModifiedDate"))
     if subtype in m.call_subtypes:
-        disposition = (_text(f.get("CallDisposition")) or "").lower()
-        try:
-            seconds = int(float(_text(f.get("CallDurationInSeconds")) or "0"))
-        except (ValueError, OverflowError):  # not a number, NaN, or "1e999" (infinity)
-            seconds = 0
-        if disposition in m.not_interested_dispositions:
-            b.add(f"sf:{task_id}:call_connected", EventType.CALL_CONNECTED, lead, at)
-            b.add(f"sf:{task_id}:not_interested", EventType.NOT_INTERESTED, lead, at)
-        elif disposition in m.connected_dispositions or seconds > m.connected_min_seconds:
-            b.add(f"sf:{task_id}:call_connected", EventType.CALL_CONNECTED, lead, at)
-        else:
-            b.add(f"sf:{task_id}:call_attempted", EventType.CALL_ATTEMPTED, lead, at)
+        _map_call(task_id, lead, at, f, m, b)
     elif subtype in m.email_subtypes:
         inbound = f.get(m.inbound_email_field)
         if inbound is not None and _text(inbound) is not None:
@@ -300,6 +314,35 @@ def _map_task(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
         b.add(f"sf:{task_id}:{etype.value}", etype, lead, at)
     else:
         b.result.skipped["task_subtype_unmapped"] += 1
+
+
+def _map_call(task_id: str, lead: str, at: int, f: Mapping[str, str | None], m: SalesforceMapping, b: _Builder) -> None:
+    direction = (_text(f.get(m.call_type_field)) or "").lower()
+    if direction in m.internal_call_types:
+        # A call between colleagues logged on the lead is no contact with the lead.
+        b.result.skipped["call_internal"] += 1
+        return
+    disposition = (_text(f.get("CallDisposition")) or "").lower()
+    try:
+        seconds = int(float(_text(f.get("CallDurationInSeconds")) or "0"))
+    except (ValueError, OverflowError):  # not a number, NaN, or "1e999" (infinity)
+        seconds = 0
+    said_no = disposition in m.not_interested_dispositions
+    # The lead calling us is a conversation the lead started, whatever the disposition:
+    # counting it as an unanswered outbound touch would push a lead who reached out
+    # towards unresponsive.
+    connected = (
+        said_no
+        or direction in m.inbound_call_types
+        or disposition in m.connected_dispositions
+        or seconds > m.connected_min_seconds
+    )
+    if connected:
+        b.add(f"sf:{task_id}:call_connected", EventType.CALL_CONNECTED, lead, at)
+    else:
+        b.add(f"sf:{task_id}:call_attempted", EventType.CALL_ATTEMPTED, lead, at)
+    if said_no:
+        b.add(f"sf:{task_id}:not_interested", EventType.NOT_INTERESTED, lead, at)
 
 
 def _map_event(n: Notification, m: SalesforceMapping, b: _Builder) -> None:

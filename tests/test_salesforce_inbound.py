@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import itertools
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import fakeredis
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from werkzeug.exceptions import BadRequest
 
 from rules.errors import SchemaError
 from rules.events import EventType, format_ms
-from rules.salesforce_map import Notification, SalesforceMapping, map_notifications, to_18
+from rules.salesforce_map import MapResult, Notification, SalesforceMapping, _Builder, map_notifications, to_18
 from tests.fakes.salesforce import outbound_message
 from webhooks import create_app
+from webhooks import salesforce as salesforce_view
 from webhooks.salesforce import ACK, MalformedMessage, parse_message, same_org
 from worker.config import Config
 from worker.config import salesforce_mapping as mapping_from_env
@@ -223,6 +226,137 @@ def test_redis_down_is_503_fault(sf_config: Config) -> None:
     assert "retry later" in response.get_data(as_text=True)
 
 
+def test_dates_before_year_one_in_utc_are_acknowledged_and_fall_back(
+    sf_client: FlaskClient, fake_redis: fakeredis.FakeRedis
+) -> None:
+    task, event = sf_id("00T"), sf_id("00U")
+    created = NOW - timedelta(days=2)
+    body = outbound_message(
+        ORG,
+        [
+            # Year 0 in UTC: this used to crash format_ms and answer a JSON 500.
+            note(
+                "Task",
+                {
+                    "Id": task,
+                    "WhoId": LEAD,
+                    "TaskSubtype": "Call",
+                    "CallDisposition": "Connected",
+                    "CompletedDateTime": "0001-01-01T00:00:00+01:00",
+                    "CreatedDate": stamp(created),
+                },
+            ),
+            note("Event", {"Id": event, "WhoId": LEAD, "EndDateTime": "0001-01-01T00:30:00+05:00"}),
+        ],
+    )
+    response = post(sf_client, body)
+    assert response.status_code == 200
+    assert response.get_data(as_text=True) == ACK
+    # The task falls back to its next date; the meeting has no usable end, so it is not held.
+    assert [(e[0], e[4]) for e in queued_events(fake_redis)] == [
+        (f"sf:{task}:call_connected", int(created.timestamp() * 1000)),
+        (f"sf:{event}:meeting_booked", NOW_MS),
+    ]
+
+
+_OUT_OF_RANGE = [
+    "0001-01-01T00:00:00+01:00",
+    "0001-01-01T00:30:00+05:00",
+    "0001-01-01",
+    "1699-12-31T23:59:59Z",
+    "4001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59-01:00",
+]
+
+
+@pytest.mark.parametrize("bad", _OUT_OF_RANGE)
+@pytest.mark.parametrize(
+    ("sobject", "fields", "names"),
+    [
+        ("Task", {"TaskSubtype": "Call", "WhoId": LEAD}, ["CompletedDateTime", "CreatedDate", "ActivityDate"]),
+        ("Lead", {"Id": LEAD, "DoNotCall": True}, ["LastModifiedDate", "CreatedDate"]),
+        ("Event", {"WhoId": LEAD}, ["CreatedDate"]),
+        ("Opportunity", {"Pruner_Lead_Id__c": LEAD}, ["LastModifiedDate", "CreatedDate"]),
+        ("Individual", {"Pruner_Lead_Id__c": LEAD, "ShouldForget": True}, ["LastModifiedDate", "CreatedDate"]),
+    ],
+)
+def test_times_outside_salesforce_range_are_no_time(
+    bad: str, sobject: str, fields: dict[str, Any], names: list[str]
+) -> None:
+    result = mapped(note(sobject, {"Id": sf_id("00T"), **fields, **dict.fromkeys(names, bad)}))
+    assert result.events and result.skipped == {}
+    assert all(e.occurred_ms == NOW_MS for e in result.events)  # the receive time, as for any unusable date
+
+
+def test_salesforce_range_bounds_are_kept() -> None:
+    earliest = mapped(meeting(EndDateTime="1700-01-01T00:00:00Z"))
+    assert kinds(earliest) == ["meeting_booked", "meeting_held"]
+    assert earliest.events[1].occurred_ms == int(datetime(1700, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    assert kinds(mapped(meeting(EndDateTime="1699-12-31T23:59:59Z"))) == ["meeting_booked"]
+    # A future time is clamped to the receive time; one past the range is no time at all.
+    created = NOW - timedelta(days=2)
+    latest = mapped(call(CompletedDateTime="4000-12-31T23:59:59Z", CreatedDate=stamp(created)))
+    assert latest.events[0].occurred_ms == NOW_MS
+    beyond = mapped(call(CompletedDateTime="4001-01-01T00:00:00Z", CreatedDate=stamp(created)))
+    assert beyond.events[0].occurred_ms == int(created.timestamp() * 1000)
+    opened = mapped(note("Lead", {"Id": LEAD, "Status": "Open - Not Contacted", "Pruner_Reopened__c": "0001-01-01"}))
+    assert kinds(opened) == []  # a marker with an impossible time is neither a time nor "true"
+
+
+def test_a_time_that_cannot_be_formatted_skips_only_that_event() -> None:
+    # The second fence behind _time_ms: whatever reaches the builder never escapes it.
+    result = MapResult()
+    builder = _Builder(NOW_MS, result)
+    builder.add("sf:a", EventType.CALL_CONNECTED, LEAD, -62135600400000)  # 0000-12-31T23:00:00Z
+    builder.add("sf:b", EventType.CALL_CONNECTED, LEAD, 10**20)
+    builder.add("sf:c", EventType.CALL_CONNECTED, LEAD, NOW_MS)
+    assert [e.id for e in result.events] == ["sf:c"]
+    assert result.skipped == {"invalid_value": 2}
+
+
+def test_a_bug_in_the_mapping_answers_a_soap_fault_not_json(
+    sf_client: FlaskClient,
+    fake_redis: fakeredis.FakeRedis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> MapResult:
+        raise RuntimeError(f"boom near {LEAD}")
+
+    monkeypatch.setattr(salesforce_view, "map_notifications", broken)
+    response = post(sf_client, outbound_message(ORG, [note("Lead", {"Id": LEAD, "DoNotCall": True})]))
+    assert response.status_code == 500
+    assert response.mimetype == "text/xml"
+    text = response.get_data(as_text=True)
+    assert "<faultcode>soapenv:Server</faultcode>" in text
+    assert "retry later" in text
+    assert "boom" not in text and LEAD not in text and "{" not in text
+    assert any(r.exc_info and r.name == "webhooks.salesforce" for r in caplog.records)
+    assert make_queue(fake_redis).count == 0
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "code"),
+    [
+        (BadRequest(f"bad {LEAD}"), 400, "Client"),
+        (redis.ConnectionError("down"), 503, "Server"),
+    ],
+)
+def test_http_and_redis_errors_in_the_view_keep_their_status_as_soap_faults(
+    sf_client: FlaskClient, monkeypatch: pytest.MonkeyPatch, raised: Exception, status: int, code: str
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> MapResult:
+        raise raised
+
+    monkeypatch.setattr(salesforce_view, "map_notifications", broken)
+    response = post(sf_client, outbound_message(ORG, [note("Lead", {"Id": LEAD, "DoNotCall": True})]))
+    assert response.status_code == status
+    assert response.mimetype == "text/xml"
+    text = response.get_data(as_text=True)
+    assert f"<faultcode>soapenv:{code}</faultcode>" in text
+    assert LEAD not in text
+
+
 def test_oversized_body_is_413_fault(sf_client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
     response = post(sf_client, b"<a>" + b"x" * (1024 * 1024) + b"</a>")
     assert response.status_code == 413
@@ -330,6 +464,48 @@ def test_calls_connected_attempted_and_not_interested() -> None:
     assert kinds(mapped(call(CallDurationInSeconds="200"), mapping=custom)) == ["call_attempted"]
     for junk in ("1e999", "NaN", "a minute"):  # a duration that is no number counts as none
         assert kinds(mapped(call(CallDurationInSeconds=junk))) == ["call_attempted"]
+
+
+def test_inbound_calls_are_conversations_the_lead_started() -> None:
+    task = call(CallType="Inbound", CallDurationInSeconds="45")
+    result = mapped(task)
+    assert kinds(result) == ["call_connected"]
+    assert result.events[0].id == f"sf:{task[2]['Id']}:call_connected"
+    assert kinds(mapped(call(CallType="inbound"))) == ["call_connected"]
+    assert kinds(mapped(call(CallType="Inbound", CallDisposition="Left voicemail"))) == ["call_connected"]
+    assert kinds(mapped(call(CallType="Inbound", CallDisposition="Not interested"))) == [
+        "call_connected",
+        "not_interested",
+    ]
+
+
+def test_outbound_and_untyped_calls_are_unchanged() -> None:
+    for typed in ({"CallType": "Outbound"}, {}, {"CallType": None}, {"CallType": ""}):
+        assert kinds(mapped(call(CallDurationInSeconds="45", **typed))) == ["call_attempted"]
+        assert kinds(mapped(call(CallDisposition="Connected", **typed))) == ["call_connected"]
+        assert kinds(mapped(call(CallDisposition="Not interested", **typed))) == ["call_connected", "not_interested"]
+
+
+def test_internal_calls_are_not_contact_with_the_lead() -> None:
+    result = mapped(call(CallType="Internal", CallDisposition="Connected", CallDurationInSeconds="300"))
+    assert kinds(result) == []
+    assert result.skipped == {"call_internal": 1}
+
+
+def test_call_type_field_and_values_are_configurable() -> None:
+    custom = SalesforceMapping.from_dict(
+        {"call_type_field": "Call_Direction__c", "inbound_call_types": ["Incoming"], "internal_call_types": ["Team"]}
+    )
+    assert kinds(mapped(call(Call_Direction__c="incoming"), mapping=custom)) == ["call_connected"]
+    assert mapped(call(Call_Direction__c="TEAM"), mapping=custom).skipped == {"call_internal": 1}
+    assert kinds(mapped(call(CallType="Inbound"), mapping=custom)) == ["call_attempted"]  # not the field read
+    with pytest.raises(SchemaError, match="call_type_field"):
+        SalesforceMapping.from_dict({"call_type_field": " "})
+    with pytest.raises(SchemaError, match="inbound_call_types"):
+        SalesforceMapping.from_dict({"inbound_call_types": "Inbound"})
+    with pytest.raises(ConfigError, match="call_type_field"):
+        mapping_from_env({"SALESFORCE_MAPPING": '{"call_type_field": 5}'})
+    assert mapping_from_env({"SALESFORCE_MAPPING": '{"call_type_field": "Dir__c"}'}).call_type_field == "Dir__c"
 
 
 def test_task_ids_come_from_the_task_so_edits_do_not_count_twice() -> None:
@@ -474,19 +650,32 @@ _SOBJECTS = ["Lead", "Task", "Event", "Opportunity", "Individual", "Contact"]
 _SF_FIELDS = ["Id", "Status", "DoNotCall", "HasOptedOutOfEmail", "WhoId", "TaskSubtype", "CallDisposition"]
 _SF_FIELDS += ["ActivityDate", "StartDateTime", "CreatedDate", "LastModifiedDate", "Amount", "StageName"]
 _SF_FIELDS += ["Pruner_Lead_Id__c", "Pruner_Reopened__c", "Email", "LeadSource", "IsDeleted", "CallDurationInSeconds"]
+_SF_FIELDS += ["CompletedDateTime", "EndDateTime", "CallType"]
 _xml_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=24) | st.sampled_from(
     ["1e999", "-5", "NaN", "2026-13-45T99:99:99Z", "true", "", " ", "00Q000000000001", "x" * 300, "Call"]
+)
+# Any year a dateTime can spell, with offsets that push year 1 to year 0 (or 9999 to 10000) in UTC.
+_offsets = st.sampled_from([UTC, *(timezone(timedelta(hours=h)) for h in (-12, -1, 1, 5, 14))])
+_sf_time = (
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59), timezones=_offsets).map(
+        lambda dt: dt.isoformat(timespec="milliseconds")
+    )
+    | st.dates().map(lambda day: day.isoformat())
+    | st.sampled_from([*_OUT_OF_RANGE, "0001-01-01T00:00:00+0100", "Inbound", "Internal"])
 )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     sobject=st.sampled_from(_SOBJECTS),
-    fields=st.dictionaries(st.sampled_from(_SF_FIELDS), _xml_text | st.none() | st.booleans(), max_size=5),
+    fields=st.dictionaries(st.sampled_from(_SF_FIELDS), _xml_text | _sf_time | st.none() | st.booleans(), max_size=5),
 )
 def test_any_outbound_message_gets_an_ack_or_a_fault_never_a_500(
     sf_client: FlaskClient, fake_redis: fakeredis.FakeRedis, sobject: str, fields: dict[str, Any]
 ) -> None:
     fake_redis.flushdb()
-    response = post(sf_client, outbound_message(ORG, [note(sobject, {"Id": LEAD, **fields})]))
+    # Linked to the lead unless the fields say otherwise, so most examples reach an event
+    # (and the time it is stamped with) instead of stopping at "not on a lead".
+    linked = {"Id": LEAD, "WhoId": LEAD, "Pruner_Lead_Id__c": LEAD, "TaskSubtype": "Call", "ShouldForget": True}
+    response = post(sf_client, outbound_message(ORG, [note(sobject, {**linked, **fields})]))
     assert response.status_code in (200, 400), response.get_data(as_text=True)[:300]

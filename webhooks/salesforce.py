@@ -5,7 +5,9 @@ defusedxml (no DTD, no entities, no external references: a billion-laughs or XXE
 is refused before anything expands), the `OrganizationId` must be ours, and nothing
 is acknowledged before the mapped events are in Redis. Every answer on this route is
 SOAP: Salesforce reads faults, not JSON. Unknown sObjects are acknowledged and counted,
-never refused, or Salesforce would retry them for 24 hours.
+never refused, or Salesforce would retry them for 24 hours. The blueprint's error handlers
+keep that true for anything the view raises: Flask consults a blueprint's handlers before
+the app's JSON ones (webhooks/app.py).
 
 The mapping (rules/salesforce_map.py) takes overrides from `SALESFORCE_MAPPING`, a
 JSON object such as `{"open_statuses": ["Open"], "opportunity_lead_field": "Lead__c"}`.
@@ -24,11 +26,12 @@ import redis
 from defusedxml import DefusedXmlException
 from flask import Blueprint, Flask, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.http import HTTP_STATUS_CODES
 
 from rules.salesforce_map import Notification, is_record_id, map_notifications
 from webhooks.app import MAX_BODY_BYTES, services
-from webhooks.errors import WebhookError
+from webhooks.errors import QueueUnavailable, WebhookError
 from worker.queues import enqueue_events
 
 log = logging.getLogger(__name__)
@@ -128,6 +131,31 @@ def fault(status: int, code: Literal["Client", "Server"], message: str) -> Respo
         "</soapenv:Fault></soapenv:Body></soapenv:Envelope>"
     )
     return Response(body, status, mimetype="text/xml")
+
+
+@bp.errorhandler(HTTPException)
+def _http_fault(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    # The status's standard phrase, not `exc.description`: whoever raised it may have put
+    # request content there.
+    reason = HTTP_STATUS_CODES.get(status, "Error")
+    return fault(status, "Client" if status < 500 else "Server", f"the request could not be handled: {status} {reason}")
+
+
+@bp.errorhandler(redis.RedisError)
+@bp.errorhandler(QueueUnavailable)
+def _queue_fault(exc: Exception) -> Response:
+    # Without this the Exception handler below would answer 500 where the app answers 503.
+    log.warning("salesforce message: redis unavailable: %s", type(exc).__name__)
+    return fault(503, "Server", "the queue (Redis) is unavailable; nothing was accepted, retry later")
+
+
+@bp.errorhandler(Exception)
+def _server_fault(exc: Exception) -> Response:
+    # A bug of ours must still answer SOAP: Salesforce retries a fault, and a JSON body
+    # tells it nothing. Nothing from the request or the exception goes into the answer.
+    log.exception("salesforce message failed")
+    return fault(500, "Server", "the server failed; nothing was acknowledged, retry later")
 
 
 @bp.record_once
