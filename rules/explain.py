@@ -39,6 +39,8 @@ def sentence(decision: Mapping[str, Any]) -> str:
         "reengage": f"the lead has been LOST since {i.get('lost_since')}, {i.get('after_days')} days: time to check in",
         "reply_resets": f"the lead showed signs of life ({i.get('event')})",
         "do_not_contact": f"the lead asked not to be contacted (channels: {i.get('channels')})",
+        "do_not_contact_channels": f"the lead also asked not to be contacted by {i.get('added')} "
+        f"(channels now: {i.get('channels')})",
         "erasure_requested": "the lead asked for erasure",
         "consent_given": "the lead gave explicit consent again",
         "suppression_list": "the person's email is on the suppression list (an earlier erasure)",

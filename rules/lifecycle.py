@@ -13,6 +13,11 @@ again each time it returns to ACTIVE (a reply, a manual reopen, a re-consent).
 Counts that rules compare ("not interested" twice, two follow-up reschedules,
 minutes invested) are counted within the episode, so a lead that came back to
 life is not struck down again at once by what happened before.
+
+A suppressed lead only ever leaves SUPPRESSED on a re-consent, but a later
+do-not-contact that covers a channel not yet covered (phone after email) is a
+decision of its own, `do_not_contact_channels`, carrying every channel so far:
+the CRM must set that opt-out too.
 """
 
 from __future__ import annotations
@@ -55,6 +60,15 @@ ACTION_FOR_STATE = {
 # Actions that contact the person: never issued for a suppressed lead (guardrail 4).
 CONTACT_ACTIONS = frozenset({ActionKind.BREAKUP_TASK, ActionKind.REENGAGE_TASK})
 SILENCE_RULES = frozenset({"unresponsive", "call_cadence_exhausted", "proposal_expired", "breakup_grace"})
+# What the CRM can be told about a person who objected (RULES.md guardrail 5): "all" is both.
+ALL_CHANNELS = frozenset({"email", "phone"})
+
+
+def covered_channels(channels: Iterable[str]) -> frozenset[str]:
+    """Return the opt-outs (email, phone) a do-not-contact's channels ask the CRM to set."""
+    named = frozenset(channels)
+    # No channels means all, as the CRM adapters read a suppress action.
+    return ALL_CHANNELS if not named or "all" in named else named & ALL_CHANNELS
 
 
 @dataclass(frozen=True)
@@ -163,6 +177,9 @@ class _Replay:
     weekly_calls: dict[int, int] = field(default_factory=dict)
     last_response_ms: int | None = None
     proposal_fired_for: int | None = None
+    # While SUPPRESSED: the channels the suppress decisions so far carry, and what they cover.
+    dnc_channels: frozenset[str] = frozenset()
+    dnc_covered: frozenset[str] = frozenset()
 
     # -- transitions ---------------------------------------------------------------
 
@@ -171,6 +188,30 @@ class _Replay:
         self.state, self.reason, self.entered_ms = to, reason, at
         if to is State.ACTIVE:
             self.episode = _Episode(at)
+        elif to is State.SUPPRESSED:
+            # Read as `worker.decide` builds the suppress action: no channels means all.
+            self._suppress_channels(frozenset(inputs.get("channels", ["all"])))
+
+    def widen_suppression(self, channels: Iterable[str], at: int) -> None:
+        """Record a do-not-contact on a suppressed lead that covers channels not yet covered.
+
+        Channels only grow until a re-consent, and the new decision carries all of them:
+        whichever decision is the last, its suppress action tells the CRM every opt-out so
+        far, so the CRM ends up told the union whatever order the objections arrived in.
+        """
+        added = covered_channels(channels) - self.dnc_covered
+        if not added:
+            return  # a restated objection: nothing new for the CRM, so no decision
+        union = self.dnc_channels | frozenset(channels)
+        inputs = {"channels": sorted(union), "added": sorted(added)}
+        # Not `move`: the lead stays SUPPRESSED since it first objected.
+        self.decisions.append(
+            Decision("do_not_contact_channels", State.SUPPRESSED, State.SUPPRESSED, "do_not_contact", at, inputs)
+        )
+        self._suppress_channels(union)
+
+    def _suppress_channels(self, channels: frozenset[str]) -> None:
+        self.dnc_channels, self.dnc_covered = channels, covered_channels(channels)
 
     # -- the policy ------------------------------------------------------------------
 
@@ -355,6 +396,8 @@ class _Replay:
             if etype is EventType.CONSENT_GIVEN:
                 self._reset_silence(at)
                 self.move("consent_given", State.ACTIVE, None, at, {})
+            elif etype is EventType.DO_NOT_CONTACT:
+                self.widen_suppression(ev.data.get("channels", ["all"]), at)
             return
         if etype is EventType.DO_NOT_CONTACT:
             channels = sorted(ev.data.get("channels", ["all"]))

@@ -188,3 +188,54 @@ def test_policy_can_disable_and_tune() -> None:
     assert final(h, policy=policy).state is State.ACTIVE
     h.add("not_interested", at(3))
     assert final(h, policy=policy).state is State.LOST
+
+
+def test_a_later_phone_opt_out_widens_the_suppression() -> None:
+    h = History().add("do_not_contact", at(0), channels=["email"]).add("do_not_contact", at(3), channels=["phone"])
+    ev = final(h)
+    assert ev.state is State.SUPPRESSED
+    first, widened = ev.decisions
+    assert (first.rule, first.inputs["channels"]) == ("do_not_contact", ["email"])
+    assert (widened.rule, widened.source, widened.to) == ("do_not_contact_channels", State.SUPPRESSED, State.SUPPRESSED)
+    assert widened.inputs == {"channels": ["email", "phone"], "added": ["phone"]}
+    assert widened.at_ms == at(3) and widened.key != first.key
+
+
+def test_opt_outs_of_the_same_instant_get_distinct_keys() -> None:
+    h = History().add("do_not_contact", at(0), channels=["phone"]).add("do_not_contact", at(0), channels=["email"])
+    ev = final(h)
+    assert [d.rule for d in ev.decisions] == ["do_not_contact", "do_not_contact_channels"]
+    assert len({d.key for d in ev.decisions}) == 2
+    assert ev.decisions[-1].inputs["channels"] == ["email", "phone"]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(["email"], ["email"]), (["all"], ["email"]), (["all"], ["phone"]), (["email", "phone"], ["all"])],
+)
+def test_a_do_not_contact_that_adds_no_channel_decides_nothing(first: list[str], second: list[str]) -> None:
+    h = History().add("do_not_contact", at(0), channels=first).add("do_not_contact", at(2), channels=second)
+    assert [d.rule for d in final(h).decisions] == ["do_not_contact"]
+
+
+def test_all_after_one_channel_covers_the_other() -> None:
+    h = History().add("do_not_contact", at(0), channels=["phone"]).add("do_not_contact", at(2), channels=["all"])
+    widened = final(h).decisions[-1]
+    assert widened.inputs == {"channels": ["all", "phone"], "added": ["email"]}
+
+
+def test_consent_starts_the_channels_afresh() -> None:
+    h = History().add("do_not_contact", at(0), channels=["email"]).add("consent_given", at(1))
+    h.add("do_not_contact", at(2), channels=["phone"]).add("do_not_contact", at(3), channels=["phone"])
+    ev = final(h)
+    assert [(d.rule, d.inputs.get("channels")) for d in ev.decisions] == [
+        ("do_not_contact", ["email"]),
+        ("consent_given", None),
+        ("do_not_contact", ["phone"]),
+    ]
+
+
+def test_a_suppression_list_entry_already_covers_every_channel() -> None:
+    h = History().add("email_sent", at(0)).add("do_not_contact", at(1), channels=["phone"])
+    ev = evaluate(h.events, P, at(2), suppressed=True)
+    assert [d.rule for d in ev.decisions] == ["suppression_list"]

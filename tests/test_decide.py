@@ -1,0 +1,153 @@
+"""What the CRM is told: actions from `worker.decide` across batches, delivered in any order."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rules.counters import LoggedEvent
+from rules.lifecycle import evaluate
+from tests.rules_helpers import History, at
+from worker.decide import Decider
+from worker.policyfile import default_policy
+from worker.store import LeadView
+
+P = default_policy()
+NOW = at(30)
+
+
+class Lead:
+    """Feeds batches to a `Decider` the way the store does, and records the actions it queues."""
+
+    def __init__(self) -> None:
+        self.history: dict[bytes, LoggedEvent] = {}
+        self.state: dict[str, Any] | None = None
+        self.actions: list[dict[str, Any]] = []
+        self.new_decisions: list[tuple[str, str, str | None]] = []
+
+    def deliver(self, batch: list[LoggedEvent], now: int = NOW) -> list[dict[str, Any]]:
+        added = [e for e in batch if e.key not in self.history]
+        self.history.update((e.key, e) for e in added)
+        view = LeadView(
+            "hubspot", "L1", sorted(self.history.values(), key=LoggedEvent.sort_key), self.state, len(added)
+        )
+        outcome = Decider(P, now)(view)
+        if outcome.state is not None:
+            self.state = outcome.state
+        self.actions += outcome.actions
+        self.new_decisions += outcome.new_decisions
+        return outcome.actions
+
+    def suppress_channels(self) -> list[list[str]]:
+        return [a["channels"] for a in self.actions if a["kind"] == "suppress"]
+
+
+def covered(channels: list[str] | set[str]) -> set[str]:
+    """The CRM opt-outs a list of channels sets: "all" is email and phone."""
+    return {"email", "phone"} if "all" in channels else set(channels)
+
+
+def dnc(h: History, days: float, *channels: str) -> LoggedEvent:
+    h.add("do_not_contact", at(days), channels=list(channels))
+    return h.events[-1]
+
+
+def test_in_order_email_then_phone_tells_the_crm_about_phone() -> None:
+    h = History()
+    email, phone = dnc(h, 0, "email"), dnc(h, 3, "phone")
+    lead = Lead()
+    lead.deliver([email])
+    lead.deliver([phone])
+    assert lead.suppress_channels() == [["email"], ["email", "phone"]]
+
+
+def test_reverse_order_ends_with_the_crm_told_both_channels() -> None:
+    h = History()
+    email, phone = dnc(h, 0, "email"), dnc(h, 3, "phone")
+    lead = Lead()
+    lead.deliver([phone])
+    lead.deliver([email])
+    told = lead.suppress_channels()
+    assert told[0] == ["phone"] and told[-1] == ["email", "phone"]
+    assert lead.state is not None and lead.state["state"] == "SUPPRESSED"
+
+
+def test_both_opt_outs_in_one_batch_tell_both_channels_at_once() -> None:
+    h = History()
+    batch = [dnc(h, 0, "email"), dnc(h, 3, "phone")]
+    lead = Lead()
+    lead.deliver(batch)
+    assert lead.suppress_channels() == [["email", "phone"]]
+
+
+def test_a_duplicate_do_not_contact_adds_nothing() -> None:
+    h = History()
+    first = dnc(h, 0, "email", "phone")
+    lead = Lead()
+    lead.deliver([first])
+    decisions = list(lead.state["decisions"]) if lead.state else []
+    # The same event redelivered, then the same opt-out restated later under a new id.
+    assert lead.deliver([first]) == []
+    assert lead.deliver([dnc(h, 2, "phone"), dnc(h, 4, "all")], now=NOW + 1) == []
+    assert lead.state is not None and lead.state["decisions"] == decisions
+    assert [rule for rule, _, _ in lead.new_decisions] == ["do_not_contact"]
+
+
+KINDS = [
+    ("do_not_contact", ["email"]),
+    ("do_not_contact", ["phone"]),
+    ("do_not_contact", ["all"]),
+    ("consent_given", None),
+]
+
+
+def build(kinds: list[int]) -> History:
+    """One event per entry, a day apart: distinct instants, so "since the last consent" is unambiguous."""
+    h = History()
+    for day, kind in enumerate(kinds):
+        etype, channels = KINDS[kind]
+        if channels is None:
+            h.add(etype, at(day))
+        else:
+            h.add(etype, at(day), channels=channels)
+    return h
+
+
+def channels_since_last_consent(h: History) -> set[str]:
+    events = sorted(h.events, key=LoggedEvent.sort_key)
+    last = max((i for i, e in enumerate(events) if e.type.value == "consent_given"), default=-1)
+    return {c for e in events[last + 1 :] for c in covered(e.data.get("channels", []))}
+
+
+def told_since_last_consent(lead: Lead, h: History) -> set[str]:
+    """Channels of the suppress actions queued for the decisions of the lead's current suppression."""
+    decisions = evaluate(h.events, P, NOW).decisions
+    last = max((i for i, d in enumerate(decisions) if d.rule == "consent_given"), default=-1)
+    current = {f"hubspot:L1:{d.key}" for d in decisions[last + 1 :]}
+    return {c for a in lead.actions if a["kind"] == "suppress" and a["id"] in current for c in covered(a["channels"])}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    kinds=st.lists(st.integers(0, len(KINDS) - 1), min_size=1, max_size=6),
+    seed=st.integers(0, 10**6),
+    dup_every=st.integers(1, 4),
+)
+def test_the_crm_ends_up_told_every_channel_objected_to_since_the_last_consent(
+    kinds: list[int], seed: int, dup_every: int
+) -> None:
+    h = build(kinds)
+    rng = random.Random(seed)
+    stream = h.events + h.events[::dup_every]
+    rng.shuffle(stream)
+    lead = Lead()
+    for event in stream:  # one event a batch: every arrival order is a separate re-evaluation
+        lead.deliver([event])
+    assert told_since_last_consent(lead, h) == channels_since_last_consent(h)
+    in_order = Lead()
+    for event in h.events:
+        in_order.deliver([event])
+    assert told_since_last_consent(in_order, h) == channels_since_last_consent(h)
