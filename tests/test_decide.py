@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from typing import Any
 
 from hypothesis import given, settings
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from rules.counters import LoggedEvent
 from rules.lifecycle import evaluate
 from tests.rules_helpers import History, at
-from worker.decide import Decider
+from worker.decide import Decider, identities
 from worker.policyfile import default_policy
 from worker.store import LeadView
 
@@ -126,7 +127,7 @@ def told_since_last_consent(lead: Lead, h: History) -> set[str]:
     """Channels of the suppress actions queued for the decisions of the lead's current suppression."""
     decisions = evaluate(h.events, P, NOW).decisions
     last = max((i for i, d in enumerate(decisions) if d.rule == "consent_given"), default=-1)
-    current = {f"hubspot:L1:{d.key}" for d in decisions[last + 1 :]}
+    current = {f"hubspot:L1:{name}" for name in identities(decisions)[last + 1 :]}
     return {c for a in lead.actions if a["kind"] == "suppress" and a["id"] in current for c in covered(a["channels"])}
 
 
@@ -151,3 +152,65 @@ def test_the_crm_ends_up_told_every_channel_objected_to_since_the_last_consent(
     for event in h.events:
         in_order.deliver([event])
     assert told_since_last_consent(in_order, h) == channels_since_last_consent(h)
+
+
+def test_a_late_follow_up_does_not_send_the_break_up_task_again() -> None:
+    # Ten emails, a reply, then four follow-ups: the fourth asks for a break-up message. The
+    # first follow-up is delivered last, which moves the moment the rule fires by a day.
+    h = History()
+    for day in range(10):
+        h.add("email_sent", at(day))
+    h.add("email_replied", at(9, hours=1))
+    follow_ups = [h.add("email_sent", at(10 + i)).events[-1] for i in range(4)]
+    now = at(16)
+    in_order, late = Lead(), Lead()
+    for event in h.events:
+        in_order.deliver([event], now)
+    for event in [e for e in h.events if e is not follow_ups[0]] + [follow_ups[0]]:
+        late.deliver([event], now)
+    assert [a["kind"] for a in in_order.actions] == ["breakup_task"]
+    assert [a["kind"] for a in late.actions] == ["breakup_task"]
+
+
+MIX = ["email_sent", "email_sent", "call_attempted", "email_replied", "not_interested", "reopened"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    spec=st.lists(st.tuples(st.integers(0, len(MIX) - 1), st.integers(0, 40)), min_size=1, max_size=30),
+    seed=st.integers(0, 10**6),
+    batch=st.integers(1, 5),
+)
+def test_no_decision_is_acted_on_twice_whatever_the_order(spec: list[tuple[int, int]], seed: int, batch: int) -> None:
+    h = History().touches(12, at(-1))  # one touch short of the guardrail
+    for kind, half_days in spec:
+        h.add(MIX[kind], at(half_days / 2))
+    rng = random.Random(seed)
+    stream = h.events + rng.sample(h.events, min(5, len(h.events)))  # and some redeliveries
+    rng.shuffle(stream)
+    lead = Lead()
+    most: dict[tuple[str, str], int] = {}  # per (rule, action): the most decisions implying it in one story
+    for start in range(0, len(stream), batch):
+        lead.deliver(stream[start : start + batch], at(60))
+        story = evaluate(sorted(lead.history.values(), key=LoggedEvent.sort_key), P, at(60)).decisions
+        counts = Counter((d.rule, d.action.value) for d in story if d.action is not None)
+        for pair, n in counts.items():
+            most[pair] = max(most.get(pair, 0), n)
+    # A story revised by late events may act on a decision it later drops or replaces (a LOST
+    # undone by an earlier reply delivered late, a LOST for another reason), but never twice on
+    # one decision whose time merely moved.
+    sent = Counter((a["rule"], a["kind"]) for a in lead.actions)
+    assert all(n <= most[pair] for pair, n in sent.items()), (sent, most)
+
+
+def test_decisions_acted_on_by_an_older_version_are_not_sent_again() -> None:
+    # Versions before 2026-11-25 recorded `rule:state:time` keys in `acted`: an upgrade
+    # must not re-send every lead's actions.
+    h = History().touches(13, at(0)).add("not_interested", at(1)).add("not_interested", at(1, hours=1))
+    lead = Lead()
+    lead.deliver(h.events, at(2))
+    assert [a["kind"] for a in lead.actions] == ["mark_lost"]
+    assert lead.state is not None
+    story = evaluate(sorted(lead.history.values(), key=LoggedEvent.sort_key), P, at(2)).decisions
+    lead.state["acted"] = [d.key for d in story]  # what the older version stored
+    assert lead.deliver([h.add("email_sent", at(2)).events[-1]], at(3)) == []

@@ -2,7 +2,7 @@
 
 Which actions to emit is the one stateful choice: the evaluation is recomputed
 from the whole history each time, so a decision's action is emitted once, keyed
-by the decision (`rule:state:time`) in the lead's `acted` list. Only the action
+by the decision's identity (`rule:state#n`, see `identities`) in the lead's `acted` list. Only the action
 that matches where the lead stands *now* is emitted — a backfill that replays
 ACTIVE -> BREAKUP_DUE -> LOST in one go marks the lead lost, it does not also ask
 the rep for a break-up message that is already moot. A suppressed lead gets no
@@ -11,6 +11,8 @@ contact action of any kind (RULES.md guardrail 4).
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from rules.calendar import Calendar
@@ -25,16 +27,44 @@ MAX_DECISIONS_KEPT = 50
 MAX_ACTED_KEPT = 200
 
 
+def identities(decisions: Sequence[Decision]) -> list[str]:
+    """Name each decision by its rule, its target state and how many times that rule led there.
+
+    Not by its time: a late or reordered event can move the moment a rule fired (a
+    follow-up delivered after the ones it preceded), and an identity that moved would send
+    the same action to the CRM again. This one stays put unless the story itself changes,
+    or what the CRM must be told does: a suppression's channels are part of it, so an
+    earlier-dated "all channels" arriving after "email" is still sent.
+    """
+    seen: Counter[tuple[str, State]] = Counter()
+    out = []
+    for d in decisions:
+        seen[d.rule, d.to] += 1
+        name = f"{d.rule}:{d.to.value}#{seen[d.rule, d.to]}"
+        if d.action is ActionKind.SUPPRESS:
+            name += ":" + "+".join(sorted(d.inputs.get("channels", ["all"])))
+        out.append(name)
+    return out
+
+
+def _was_acted(decision: Decision, identity: str, acted: set[str]) -> bool:
+    # `rule:state:time` keys are what versions before 2026-11-25 recorded in `acted`.
+    return identity in acted or decision.key in acted
+
+
 def actions_for(view: LeadView, ev: Evaluation, acted: set[str], dry_run: bool) -> list[dict[str, Any]]:
     """Return the CRM actions this evaluation newly implies for the lead."""
-    if not ev.decisions or ev.decisions[-1].key in acted:
+    if not ev.decisions:
         return []
+    names = dict(zip(map(id, ev.decisions), identities(ev.decisions), strict=True))
     current = ev.decisions[-1]
+    if _was_acted(current, names[id(current)], acted):
+        return []
     wanted: list[Decision] = []
     if current.to is State.REENGAGE_DUE:
         # Lost and due for a check-in in one evaluation: the CRM must learn of the loss too.
         lost = next((d for d in reversed(ev.decisions) if d.to is State.LOST), None)
-        if lost is not None and lost.key not in acted:
+        if lost is not None and not _was_acted(lost, names[id(lost)], acted):
             wanted.append(lost)
     wanted.append(current)
     out = []
@@ -44,7 +74,7 @@ def actions_for(view: LeadView, ev: Evaluation, acted: set[str], dry_run: bool) 
             continue
         out.append(
             {
-                "id": f"{view.crm}:{view.lead_id}:{decision.key}",
+                "id": f"{view.crm}:{view.lead_id}:{names[id(decision)]}",
                 "kind": kind.value,
                 "crm": view.crm,
                 "lead_id": view.lead_id,
@@ -91,9 +121,12 @@ class Decider:
         acted_list: list[str] = list(prev.get("acted", []))
         acted = set(acted_list)
         actions = actions_for(view, ev, acted, self.dry_run)
-        fresh = [d for d in ev.decisions if d.key not in acted]
-        acted_list += [d.key for d in fresh]
-        new = [(d.rule, d.to.value, d.reason) for d in fresh]
+        fresh = [
+            (d, name) for d, name in zip(ev.decisions, identities(ev.decisions), strict=True)
+            if not _was_acted(d, name, acted)
+        ]  # fmt: skip
+        acted_list += [name for _, name in fresh]
+        new = [(d.rule, d.to.value, d.reason) for d, _ in fresh]
         if not ev.decisions and ev.next_due_ms is None and not listed:
             return Outcome(None, None, actions, new_decisions=new)
         state = {
