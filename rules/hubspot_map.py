@@ -21,6 +21,12 @@ from rules.errors import SchemaError
 from rules.events import MAX_FUTURE_SKEW_MS, Crm, Event, EventType, parse_rfc3339_ms
 
 MAX_EVENTS = 100
+# Reply times outside [2000-01-01, now + MAX_FUTURE_SKEW_MS] (the bound /webhooks/events
+# uses) are a sender's bug, "0" included: one far ahead would stay the lead's latest reply
+# for ever and freeze its silence counters; one at 1970 counts a reply that never happened.
+MIN_REPLY_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+# Epoch ms has 13 digits until the year 2286; int() of thousands of digits raises instead.
+MAX_EPOCH_DIGITS = 16
 REDACTED = "REDACTED"
 # objectTypeId of engagement objects whose creation we fetch and map.
 ENGAGEMENT_TYPES = {"0-48": "calls", "0-49": "emails", "0-47": "meetings"}
@@ -109,7 +115,7 @@ def parse_hubspot_batch(body: object, now_ms: int, mapping: HubSpotMapping | Non
         if not _is_id(object_id):
             raise SchemaError(f"{where}.objectId", f"must be a HubSpot record id, got {object_id!r:.40}")
         object_id = str(object_id)
-        _map_one(raw, kind, object_id, occurred, m, out)
+        _map_one(raw, kind, object_id, occurred, now_ms, m, out)
     return out
 
 
@@ -119,7 +125,9 @@ def _event(
     return Event(dedup_id(raw) + suffix, etype, Crm.HUBSPOT, lead, at, data or {})
 
 
-def _map_one(raw: dict[str, Any], kind: str, object_id: str, at: int, m: HubSpotMapping, out: HubSpotBatch) -> None:
+def _map_one(
+    raw: dict[str, Any], kind: str, object_id: str, at: int, now_ms: int, m: HubSpotMapping, out: HubSpotBatch
+) -> None:
     if kind == "contact.propertyChange":
         name, value = raw.get("propertyName"), raw.get("propertyValue")
         if not isinstance(name, str) or value is None or value == REDACTED:
@@ -141,6 +149,9 @@ def _map_one(raw: dict[str, Any], kind: str, object_id: str, at: int, m: HubSpot
             if reply_at is None:
                 out.ignored[f"property:{name}:unparsable"] += 1
                 return
+            if not MIN_REPLY_MS <= reply_at <= now_ms + MAX_FUTURE_SKEW_MS:
+                out.ignored[f"property:{name}:out_of_range"] += 1
+                return
             # Keyed on the reply time, not the property: the same reply seen via two properties counts once.
             out.events.append(
                 Event(f"hs:reply:{object_id}:{reply_at}", EventType.EMAIL_REPLIED, Crm.HUBSPOT, object_id, reply_at, {})
@@ -154,12 +165,20 @@ def _map_one(raw: dict[str, Any], kind: str, object_id: str, at: int, m: HubSpot
     elif kind == "contact.deletion":
         out.ops.append({"op": "forget", "crm": "hubspot", "lead_id": object_id, "at": at})
     elif kind == "contact.merge":
-        survivor = raw.get("newObjectId") or raw.get("primaryObjectId") or object_id
+        primary = raw.get("primaryObjectId")
+        survivor = raw.get("newObjectId") or primary or object_id
         ids = raw.get("mergedObjectIds") or []
         if not _is_id(survivor) or not isinstance(ids, list) or not all(_is_id(x) for x in ids):
             out.ignored["contact.merge:unusable"] += 1
             return
-        merged = [str(x) for x in ids if str(x) != str(survivor)]
+        if primary and str(primary) != str(survivor):
+            # HubSpot made a new record (newObjectId) of the merge: the primary is folded into it
+            # like the others, or its history would stay behind under an id that no longer exists.
+            if not _is_id(primary):
+                out.ignored["contact.merge:unusable"] += 1
+                return
+            ids = [primary, *ids]
+        merged = list(dict.fromkeys(str(x) for x in ids if str(x) != str(survivor)))
         if merged:
             out.ops.append({"op": "merge", "crm": "hubspot", "into": str(survivor), "merged": merged, "at": at})
         else:
@@ -195,8 +214,9 @@ def _map_one(raw: dict[str, Any], kind: str, object_id: str, at: int, m: HubSpot
 
 def _epoch_ms(value: str) -> int | None:
     text = value.strip()
-    if text.isdigit():
-        return int(text)
+    # isascii: str.isdigit also accepts "²", which int() refuses.
+    if text.isascii() and text.isdigit():
+        return int(text) if len(text) <= MAX_EPOCH_DIGITS else None
     try:
         return parse_rfc3339_ms(text, "value")
     except SchemaError:

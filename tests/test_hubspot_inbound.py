@@ -9,7 +9,7 @@ from typing import Any
 import fakeredis
 import pytest
 from flask.testing import FlaskClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rules.events import EventType
@@ -309,20 +309,235 @@ _FIELDS = ["objectId", "occurredAt", "propertyName", "propertyValue", "mergedObj
 _FIELDS += ["objectTypeId", "portalId", "eventId", "subscriptionType"]
 
 
+# Strings str.isdigit accepts but int() refuses or cannot afford (superscripts, 5,000 digits),
+# and other digits int() does accept (Arabic-Indic): all once reached int() and gave 500s.
+_DIGITISH = st.sampled_from(["\u00b2", "9" * 5000, "\u0661\u0662", "99999999999999", "0", "-1"])
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     kind=st.sampled_from(_KINDS),
     field=st.sampled_from(_FIELDS),
-    value=awkward_values | json_values,
-    prop=st.sampled_from(["hs_email_optout", "hs_lead_status", "amount", "dealstage", "industry"]),
+    value=awkward_values | json_values | _DIGITISH,
+    prop=st.sampled_from(
+        ["hs_email_optout", "hs_lead_status", "amount", "dealstage", "industry", "hs_sales_email_last_replied"]
+    ),
+    prop_value=st.sampled_from(["x", "true", "1790000000000"]) | _DIGITISH,
 )
+# The search reaches a reply property with a bad value only now and then: pin the ones seen in review.
+@example(kind=_KINDS[0], field="eventId", value=1, prop="hs_sales_email_last_replied", prop_value="\u00b2")
+@example(kind=_KINDS[0], field="eventId", value=1, prop="hs_sales_email_last_replied", prop_value="9" * 5000)
 def test_any_signed_hubspot_event_gets_204_or_400_never_500(
-    hs_client: FlaskClient, fake_redis: fakeredis.FakeRedis, kind: str, field: str, value: Any, prop: str
+    hs_client: FlaskClient,
+    fake_redis: fakeredis.FakeRedis,
+    kind: str,
+    field: str,
+    value: Any,
+    prop: str,
+    prop_value: str,
 ) -> None:
     # One field of an otherwise well-formed event replaced by anything JSON can carry.
     fake_redis.flushdb()
-    raw = hs_event(kind, propertyName=prop, propertyValue="x", mergedObjectIds=[104], objectTypeId="0-48")
+    raw = hs_event(kind, propertyName=prop, propertyValue=prop_value, mergedObjectIds=[104], objectTypeId="0-48")
     raw[field] = value
     response = post(hs_client, [raw])
     assert response.status_code in (204, 400), (response.status_code, response.get_json())
     assert make_queue(fake_redis).count <= (1 if response.status_code == 204 else 0)
+
+
+class GoneReader(FakeReader):
+    """A reader for which some records were deleted in HubSpot, and which may be unavailable."""
+
+    def __init__(self, gone: set[str], down: bool = False) -> None:
+        super().__init__()
+        self.gone, self.down = gone, down
+
+    def _check(self, object_id: str) -> None:
+        from worker.crm.base import TransientCrmError
+        from worker.crm.hubspot import HubSpotNotFound
+
+        if self.down:
+            raise TransientCrmError("HubSpot answered 503 after retries")
+        if object_id in self.gone:
+            raise HubSpotNotFound(404, f"HubSpot record {object_id} was not found")
+
+    def get_object(
+        self, object_type: str, object_id: str, properties: list[str], associations: list[str]
+    ) -> dict[str, Any]:
+        self._check(object_id)
+        return super().get_object(object_type, object_id, properties, associations)
+
+    def associated_ids(self, from_type: str, object_id: str, to_type: str) -> list[str]:
+        self._check(object_id)
+        return super().associated_ids(from_type, object_id, to_type)
+
+
+def test_a_record_deleted_in_hubspot_is_skipped_not_fatal_to_the_batch(caplog: pytest.LogCaptureFixture) -> None:
+    from worker.crm.base import TransientCrmError
+
+    batch = parse_hubspot_batch(
+        [
+            hs_event("object.creation", object_id=1, objectTypeId="0-48"),
+            hs_event("object.creation", object_id=2, objectTypeId="0-49"),
+            hs_event("deal.propertyChange", object_id=555, propertyName="dealstage", propertyValue="closedwon"),
+            hs_event("deal.propertyChange", object_id=4, eventId=8, propertyName="amount", propertyValue="10"),
+        ],
+        now_ms=int(time.time() * 1000),
+    )
+    with caplog.at_level("INFO", logger="worker.hubspot_ops"):
+        events = fetch_events(batch.ops, GoneReader({"1", "555"}))
+    assert [(e.type, e.lead_id) for e in events] == [
+        (EventType.EMAIL_REPLIED, "201"),
+        (EventType.EMAIL_REPLIED, "202"),
+        (EventType.DEAL_UPDATED, "201"),
+    ]
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "'engagement': 1" in logged and "'deal': 1" in logged
+    assert "555" not in logged  # counts, never the ids
+    # HubSpot being down is not a deletion: the job fails and RQ retries it.
+    with pytest.raises(TransientCrmError):
+        fetch_events(batch.ops, GoneReader(set(), down=True))
+
+
+@pytest.mark.parametrize(
+    ("extra", "into", "merged"),
+    [
+        ({"primaryObjectId": 103, "mergedObjectIds": [104], "newObjectId": 900}, "900", ["103", "104"]),
+        ({"primaryObjectId": 103, "mergedObjectIds": [104], "newObjectId": 103}, "103", ["104"]),
+        ({"primaryObjectId": 103, "mergedObjectIds": [104, 105]}, "103", ["104", "105"]),
+        ({"primaryObjectId": 103, "mergedObjectIds": [103, 104], "newObjectId": "900"}, "900", ["103", "104"]),
+    ],
+    ids=["new-record", "new-is-primary", "no-new", "primary-listed-too"],
+)
+def test_a_merge_into_a_new_record_folds_the_primary_too(extra: dict[str, Any], into: str, merged: list[str]) -> None:
+    batch = parse_hubspot_batch([hs_event("contact.merge", object_id=103, **extra)], now_ms=int(time.time() * 1000))
+    assert [(op["into"], op["merged"]) for op in batch.ops] == [(into, merged)]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["99999999999999", "0", "9999-12-31T23:59:59Z", "1999-12-31T23:59:59Z", "946684799999"],
+    ids=["year-5138", "zero", "year-9999", "last-century", "just-before-2000"],
+)
+def test_reply_times_out_of_range_are_ignored(value: str) -> None:
+    batch = parse_hubspot_batch(
+        [hs_event("contact.propertyChange", propertyName="hs_sales_email_last_replied", propertyValue=value)],
+        now_ms=int(time.time() * 1000),
+    )
+    assert batch.events == [] and batch.ignored == {"property:hs_sales_email_last_replied:out_of_range": 1}
+
+
+def test_reply_times_at_the_bounds_are_kept() -> None:
+    now = int(time.time() * 1000)
+    batch = parse_hubspot_batch(
+        [
+            hs_event("contact.propertyChange", propertyName="hs_sales_email_last_replied", propertyValue=value)
+            for value in ("946684800000", str(now + 24 * 3600 * 1000))
+        ],
+        now_ms=now,
+    )
+    assert [e.occurred_ms for e in batch.events] == [946_684_800_000, now + 24 * 3600 * 1000]
+
+
+@pytest.mark.parametrize(
+    "value", ["\u00b2", "9" * 5000, "\u0661\u0662", " 17\u00b2 "], ids=["superscript", "5000-digits", "arabic", "mixed"]
+)
+def test_unusable_reply_times_are_ignored_not_500(
+    hs_client: FlaskClient, fake_redis: fakeredis.FakeRedis, value: str
+) -> None:
+    # An unparsable value is acknowledged and counted like any other (a 400 would drop the whole batch).
+    events = [hs_event("contact.propertyChange", propertyName="hs_sales_email_last_replied", propertyValue=value)]
+    batch = parse_hubspot_batch(events, now_ms=int(time.time() * 1000))
+    assert batch.events == [] and batch.ignored == {"property:hs_sales_email_last_replied:unparsable": 1}
+    assert post(hs_client, events).status_code == 204
+    assert make_queue(fake_redis).count == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 20_000 + b"]" * 20_000, b'["\xff"]', b"[" * 1_000 + b"]" * 1_000],
+    ids=["deep-20000", "bad-utf8", "deep-1000"],
+)
+def test_undecodable_signed_bodies_are_400_malformed_json(
+    hs_client: FlaskClient, fake_redis: fakeredis.FakeRedis, body: bytes
+) -> None:
+    response = post(hs_client, None, body)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["error"] == "malformed_json"
+    assert response.get_json()["detail"].startswith("the body is not valid JSON")
+    assert make_queue(fake_redis).count == 0
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    ["\u00b2", "9" * 5000, "\u0661\u0662\u0663", "1" * 17, "-1", "+1693657560000"],
+    ids=["superscript", "5000-digits", "arabic-digits", "17-digits", "negative", "plus"],
+)
+def test_timestamps_not_ascii_epoch_ms_are_401(
+    hs_client: FlaskClient, fake_redis: fakeredis.FakeRedis, stamp: str
+) -> None:
+    body = b"[]"
+    headers = {
+        "X-HubSpot-Signature-v3": sign_v3(SECRET, "POST", URL, body, stamp),
+        "X-HubSpot-Request-Timestamp": stamp,
+    }
+    response = post(hs_client, None, body, headers)
+    assert response.status_code == 401, response.get_data(as_text=True)
+    assert "X-HubSpot-Request-Timestamp must be epoch milliseconds" in response.get_json()["detail"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(stamp=st.text(max_size=30) | st.integers().map(str) | st.sampled_from(["\u00b2", "9" * 5000, "\u0663"]))
+def test_any_timestamp_header_is_a_signature_error_never_a_crash(stamp: str) -> None:
+    from webhooks.errors import SignatureError
+    from webhooks.hubspot_signatures import verify
+
+    headers = {"X-HubSpot-Signature-v3": "x", "X-HubSpot-Request-Timestamp": stamp}
+    with pytest.raises(SignatureError):
+        verify(b"[]", headers, SECRET, "POST", URL, int(time.time() * 1000))
+
+
+def test_v2_signs_the_uri_exactly_as_sent_v3_decoded(hs_client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
+    from hubspot.utils.signature import Signature
+
+    from webhooks.hubspot_signatures import sign_v2
+
+    path = "/webhooks/hubspot?tenant=acme%40eu"
+    body = json.dumps([hs_event("contact.privacyDeletion")]).encode()
+    v2 = Signature.get_signature(SECRET, body.decode(), "v2", "http://localhost" + path, "POST")
+    assert v2 == sign_v2(SECRET, "POST", "http://localhost" + path, body)
+    ts = str(int(time.time() * 1000))
+    v3 = sign_v3(SECRET, "POST", "http://localhost/webhooks/hubspot?tenant=acme@eu", body, ts)
+    cases = [
+        ({"X-HubSpot-Signature": v2, "X-HubSpot-Signature-Version": "v2"}, 204),
+        ({"X-HubSpot-Signature-v3": v3, "X-HubSpot-Request-Timestamp": ts}, 204),
+        # v2 over the decoded URI is not what HubSpot sends.
+        (
+            {
+                "X-HubSpot-Signature": sign_v2(
+                    SECRET, "POST", "http://localhost/webhooks/hubspot?tenant=acme@eu", body
+                ),
+                "X-HubSpot-Signature-Version": "v2",
+            },
+            401,
+        ),
+    ]
+    for headers, status in cases:
+        response = hs_client.post(path, data=body, headers={**headers, "Content-Type": "application/json"})
+        assert response.status_code == status, (headers, response.get_data(as_text=True))
+
+
+_BODIES = (
+    st.binary(max_size=40)
+    | st.binary(max_size=8).map(lambda b: b'["' + b + b'"]')
+    | st.integers(1, 30_000).map(lambda n: b"[" * n + b"]" * n)
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=_BODIES)
+def test_any_signed_body_gets_204_or_400_never_500(
+    hs_client: FlaskClient, fake_redis: fakeredis.FakeRedis, body: bytes
+) -> None:
+    response = post(hs_client, None, body)
+    assert response.status_code in (204, 400), (body[:40], response.status_code, response.get_data(as_text=True))

@@ -59,8 +59,11 @@ def receive_hubspot() -> ResponseReturnValue:
         # msgspec, not json.loads: it also refuses unpaired surrogate escapes ("\ud800"),
         # text no Redis key or CRM field could hold, which would fail the batch in the worker.
         decoded = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter for bad UTF-8 in a string
         return error(400, "malformed_json", f"the body is not valid JSON: {exc}")
+    except RecursionError:
+        # msgspec refuses arrays nested past Python's recursion limit; HubSpot never sends them.
+        return error(400, "malformed_json", "the body is not valid JSON: it nests arrays or objects too deeply")
     try:
         batch = parse_hubspot_batch(decoded, now_ms, cached_policy(svc.config.policy_path).hubspot)
     except SchemaError as exc:

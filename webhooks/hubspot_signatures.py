@@ -1,7 +1,8 @@
 """HubSpot webhook signatures (v1, v2, v3) as pure functions over raw bytes.
 
 v3 (the default, `X-HubSpot-Signature-v3`): base64 HMAC-SHA256 keyed with the app's
-client secret over `method + uri + body + timestamp`, timestamp in epoch ms, refused
+client secret over `method + uri + body + timestamp` (a few escapes in the URI decoded
+first, `normalize_uri`; v2 signs the URI as sent), timestamp in epoch ms, refused
 when more than 5 minutes away in either direction (HubSpot's own Python client only
 checks the past). v1 and v2 (`X-HubSpot-Signature` with `X-HubSpot-Signature-Version`)
 are hex SHA-256 of `secret + body` and `secret + method + uri + body`: accepted only
@@ -18,6 +19,9 @@ from webhooks.errors import SignatureError
 from webhooks.signatures import Headers
 
 TOLERANCE_MS = 5 * 60 * 1000
+# Epoch ms has 13 digits until the year 2286; anything much longer is not a time, and
+# int() of thousands of digits raises (Python's int_max_str_digits) instead of refusing.
+MAX_TIMESTAMP_DIGITS = 16
 # HubSpot decodes exactly these escapes in the URI before signing (CRM_WIRE.md).
 _URI_DECODE = {
     "%3A": ":", "%2F": "/", "%3F": "?", "%40": "@", "%21": "!", "%24": "$",
@@ -55,21 +59,25 @@ def sign_v3(secret: str, method: str, uri: str, body: bytes, timestamp: str) -> 
 
 def verify(body: bytes, headers: Headers, secret: str, method: str, uri: str, now_ms: int) -> str:
     """Check a HubSpot request's signature; return the version used or raise `SignatureError`."""
-    uri = normalize_uri(uri)
     v3 = headers.get("X-HubSpot-Signature-v3")
     version = (headers.get("X-HubSpot-Signature-Version") or "").strip().lower()
     if v3 or version == "v3" or not version:
         if not v3:
             raise SignatureError("missing X-HubSpot-Signature-v3 header: the request is not signed")
         stamp = headers.get("X-HubSpot-Request-Timestamp") or ""
-        if not stamp.isdigit():
-            raise SignatureError(f"X-HubSpot-Request-Timestamp must be epoch milliseconds, got {stamp[:40]!r}")
+        # isascii too: str.isdigit also accepts "²" (which int() refuses) and other scripts' digits.
+        if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= MAX_TIMESTAMP_DIGITS):
+            raise SignatureError(
+                f"X-HubSpot-Request-Timestamp must be epoch milliseconds (at most {MAX_TIMESTAMP_DIGITS} "
+                f"ASCII digits), got {stamp[:40]!r}"
+            )
         skew = now_ms - int(stamp)
         if skew > TOLERANCE_MS:
             raise SignatureError(f"X-HubSpot-Request-Timestamp is {skew // 1000} s old, more than the 300 s allowed")
         if -skew > TOLERANCE_MS:
             raise SignatureError(f"X-HubSpot-Request-Timestamp is {-skew // 1000} s in the future, more than 300 s")
-        expected = sign_v3(secret, method, uri, body, stamp)
+        # Only v3 decodes escapes in the URI before signing; v2 signs it exactly as sent.
+        expected = sign_v3(secret, method, normalize_uri(uri), body, stamp)
         _compare(v3, expected)
         return "v3"
     given = headers.get("X-HubSpot-Signature")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections import Counter
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -19,6 +20,7 @@ import redis
 from rules.events import Crm, Event, EventType
 from rules.hubspot_map import HubSpotMapping, engagement_events
 from worker.config import Config
+from worker.crm.hubspot import HubSpotNotFound
 from worker.store import Decider, LeadStore
 
 log = logging.getLogger(__name__)
@@ -57,26 +59,38 @@ def _contacts(record: dict[str, Any]) -> list[str]:
 def fetch_events(
     ops: list[dict[str, Any]], reader: HubSpotReader, mapping: HubSpotMapping | None = None
 ) -> list[Event]:
-    """Resolve `engagement` and `deal` operations into canonical events via the API."""
+    """Resolve `engagement` and `deal` operations into canonical events via the API.
+
+    A record deleted in HubSpot since the webhook fired is skipped: retrying cannot bring it
+    back, and failing would hold the batch's other events (an opt-out, say) back for good.
+    Any other error propagates, so RQ retries the job while HubSpot is unavailable.
+    """
     events: list[Event] = []
+    gone: Counter[str] = Counter()
     for op in ops:
-        if op["op"] == "engagement":
-            kind = op["object_type"]
-            record = reader.get_object(kind, op["object_id"], ENGAGEMENT_PROPERTIES[kind], ["contacts"])
-            events += engagement_events(kind, record, _contacts(record), int(op["at"]), mapping)
-        elif op["op"] == "deal":
-            for contact in reader.associated_ids("deals", op["deal_id"], "contacts"):
-                events.append(
-                    Event(
-                        f"{op['id']}:{contact}",
-                        EventType.DEAL_UPDATED,
-                        Crm.HUBSPOT,
-                        contact,
-                        int(op["at"]),
-                        dict(op["data"]),
-                    )
-                )
+        try:
+            events += _fetch_one(op, reader, mapping)
+        except HubSpotNotFound:
+            gone[op["op"]] += 1
+    if gone:
+        # Counts only: record ids would tie the log line to a person.
+        log.info("hubspot records gone before they were fetched, skipped: %s", dict(gone))
     return events
+
+
+def _fetch_one(op: dict[str, Any], reader: HubSpotReader, mapping: HubSpotMapping | None) -> list[Event]:
+    if op["op"] == "engagement":
+        kind = op["object_type"]
+        record = reader.get_object(kind, op["object_id"], ENGAGEMENT_PROPERTIES[kind], ["contacts"])
+        return engagement_events(kind, record, _contacts(record), int(op["at"]), mapping)
+    if op["op"] == "deal":
+        return [
+            Event(
+                f"{op['id']}:{contact}", EventType.DEAL_UPDATED, Crm.HUBSPOT, contact, int(op["at"]), dict(op["data"])
+            )
+            for contact in reader.associated_ids("deals", op["deal_id"], "contacts")
+        ]
+    return []
 
 
 def apply_store_ops(ops: list[dict[str, Any]], store: LeadStore, decide: Decider, queue: Any) -> int:
