@@ -299,3 +299,26 @@ def test_a_drain_racing_an_erasure_keeps_no_record_of_the_erased_lead() -> None:
         (f"hubspot:{lead}:{kind}", "contact") for lead in ("gd-1", "keep-1") for kind in ("mark_lost", "breakup_task")
     ]
     assert {a for a, _ in Progress(conn).done(stepped)} == {"hubspot:keep-1:mark_lost", "hubspot:keep-1:breakup_task"}
+
+
+def test_a_merge_into_an_erased_lead_purges_the_merged_leads_queued_actions(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    from worker.queues import enqueue_events, make_queue
+    from worker.store import outbox_key
+
+    monkeypatch.setenv("PRUNER_SUPPRESSION_KEY", KEY.decode())
+    conn = fakeredis.FakeRedis()
+    queue = make_queue(conn)
+
+    def run(wire: list[Event], ops: list[dict[str, Any]] | None = None) -> None:
+        enqueue_events(queue, [e.to_wire() for e in wire], source="hubspot", ops=ops)
+        SimpleWorker([queue], connection=conn, serializer=JSONSerializer).work(burst=True, with_scheduler=False)
+        assert queue.failed_job_registry.count == 0
+
+    run([*history(), ev(20, "erasure_requested")])
+    run([ev(n, "not_interested", "gd-9") for n in (1, 2)])  # LOST: a mark_lost waits in the outbox
+    assert b"gd-9" in b"".join(conn.lrange(outbox_key("hubspot"), 0, -1))
+    run([], ops=[{"op": "merge", "crm": "hubspot", "into": "gd-1", "merged": ["gd-9"], "at": NOW}])
+    assert b"gd-9" not in all_bytes(conn) and b"gd-1" not in all_bytes(conn)

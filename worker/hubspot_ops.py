@@ -93,13 +93,19 @@ def _fetch_one(op: dict[str, Any], reader: HubSpotReader, mapping: HubSpotMappin
     return []
 
 
-def apply_store_ops(ops: list[dict[str, Any]], store: LeadStore, decide: Decider, queue: Any) -> int:
-    """Carry out merges now and schedule forgets; return how many operations were applied."""
-    done = 0
+def apply_store_ops(ops: list[dict[str, Any]], store: LeadStore, decide: Decider, queue: Any) -> list[tuple[str, str]]:
+    """Carry out merges now and schedule forgets; return the leads a merge erased.
+
+    A merge erases when the survivor was erased already, or when the merged histories hold
+    an erasure request: the caller then purges those leads from queued payloads, as it
+    does for erasures in the batch.
+    """
+    erased: list[tuple[str, str]] = []
     for op in ops:
         if op["op"] == "merge":
-            store.merge(op["crm"], op["into"], list(op["merged"]), decide)
-            done += 1
+            update = store.merge(op["crm"], op["into"], list(op["merged"]), decide)
+            if update is not None and update.outcome is not None and update.outcome.erase:
+                erased += [(op["crm"], lead) for lead in [op["into"], *op["merged"]]]
         elif op["op"] == "forget":
             queue.enqueue_in(
                 FORGET_DELAY,
@@ -108,5 +114,4 @@ def apply_store_ops(ops: list[dict[str, Any]], store: LeadStore, decide: Decider
                 result_ttl=0,
                 description="forget_lead: a contact deleted in the CRM",
             )
-            done += 1
-    return done
+    return erased

@@ -92,11 +92,13 @@ def _process(batch: list[Event], source: str, ops: list[dict[str, Any]] | None) 
         if any(op["op"] in ("engagement", "deal") for op in ops):
             reader = hubspot_ops.hubspot_reader(config, connection)
             batch += hubspot_ops.fetch_events(ops, reader, cached_policy(config.policy_path).hubspot)
-        hubspot_ops.apply_store_ops(ops, store, decide, make_queue(connection, config.queue_name))
+        merged_away = hubspot_ops.apply_store_ops(ops, store, decide, make_queue(connection, config.queue_name))
+    else:
+        merged_away = []
     result = store.apply_batch(batch, decide)
-    if result.erased:
+    if result.erased or merged_away:
         # The lead is gone from the store; now from every other job payload and the outbox.
-        purge_payloads(connection, result.erased, config.queue_name)
+        purge_payloads(connection, [*merged_away, *result.erased], config.queue_name)
     request_drains(connection, config, result.actions)
     job = get_current_job()
     record_batch(
