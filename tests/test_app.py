@@ -93,8 +93,17 @@ def test_schema_errors_name_the_field(
     assert queued(fake_redis) == 0
 
 
-def test_malformed_json(client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
-    response = post(client, b'{"events": [')
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"events": [',
+        b"[" * 20_000 + b"]" * 20_000,  # nested past the recursion limit: was a 500
+        b'{"events": [{"id": "a", "data": ' + b'{"x":' * 5_000 + b"1" + b"}" * 5_000 + b"}]}",
+    ],
+    ids=["truncated", "deep-arrays", "deep-data"],
+)
+def test_malformed_json(client: FlaskClient, fake_redis: fakeredis.FakeRedis, body: bytes) -> None:
+    response = post(client, body)
     assert response.status_code == 400
     assert "not valid JSON" in response.get_json()["detail"]
     assert queued(fake_redis) == 0

@@ -65,6 +65,10 @@ def receive_events() -> ResponseReturnValue:
         return error(400, "invalid_event", str(exc))
     except (ValueError, UnicodeDecodeError) as exc:
         return error(400, "malformed_json", f"the body is not valid JSON: {exc}")
+    except RecursionError:
+        # json.loads (the slow path) gives up on arrays or objects nested past Python's
+        # recursion limit; no canonical batch nests more than three deep.
+        return error(400, "malformed_json", "the body is not valid JSON: it nests arrays or objects too deeply")
     try:
         if parsed is None:
             enqueue_batch(svc.queue, body, count, source="events")  # validated whole: queued as it came
