@@ -541,3 +541,26 @@ def test_any_signed_body_gets_204_or_400_never_500(
 ) -> None:
     response = post(hs_client, None, body)
     assert response.status_code in (204, 400), (body[:40], response.status_code, response.get_data(as_text=True))
+
+
+def test_an_opt_out_on_a_record_merged_away_in_the_same_batch_reaches_the_survivor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    from rules.events import Crm, Event
+    from worker.queues import enqueue_events, make_queue
+
+    monkeypatch.setenv("PRUNER_DRY_RUN", "1")  # no CRM here: actions are recorded, not drained
+    conn = fakeredis.FakeRedis()
+    queue = make_queue(conn)
+    t = int(time.time() * 1000) - 3_600_000
+    opt_out = Event("hs:dnc:104", EventType.DO_NOT_CONTACT, Crm.HUBSPOT, "104", t, {"channels": ["email"]})
+    merge = {"op": "merge", "crm": "hubspot", "into": "103", "merged": ["104"], "at": t + 1}
+    enqueue_events(queue, [opt_out.to_wire()], source="hubspot", ops=[merge])
+    SimpleWorker([queue], connection=conn, serializer=JSONSerializer).work(burst=True, with_scheduler=False)
+    assert queue.failed_job_registry.count == 0
+    store = LeadStore(conn)
+    assert store.history("hubspot", "104") is None
+    assert (store.state("hubspot", "103") or {}).get("state") == "SUPPRESSED"

@@ -13,7 +13,7 @@ import importlib
 import logging
 from collections import Counter
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import redis
 
@@ -93,19 +93,30 @@ def _fetch_one(op: dict[str, Any], reader: HubSpotReader, mapping: HubSpotMappin
     return []
 
 
-def apply_store_ops(ops: list[dict[str, Any]], store: LeadStore, decide: Decider, queue: Any) -> list[tuple[str, str]]:
-    """Carry out merges now and schedule forgets; return the leads a merge erased.
+class StoreOps(NamedTuple):
+    """What merges did: leads they erased (to purge from payloads), actions they queued (to drain)."""
 
-    A merge erases when the survivor was erased already, or when the merged histories hold
-    an erasure request: the caller then purges those leads from queued payloads, as it
-    does for erasures in the batch.
+    erased: list[tuple[str, str]]
+    actions: list[dict[str, Any]]
+
+
+def apply_store_ops(ops: list[dict[str, Any]], store: LeadStore, decide: Decider, queue: Any) -> StoreOps:
+    """Carry out merges now and schedule forgets.
+
+    Call it after the batch's events are stored, so a merge folds in what the same batch
+    said about the merged records (an opt-out on the record merged away must reach the
+    survivor). A merge erases when the survivor was erased already, or when the merged
+    histories hold an erasure request: the caller then purges those leads from queued
+    payloads, as it does for erasures in the batch.
     """
-    erased: list[tuple[str, str]] = []
+    done = StoreOps([], [])
     for op in ops:
         if op["op"] == "merge":
             update = store.merge(op["crm"], op["into"], list(op["merged"]), decide)
-            if update is not None and update.outcome is not None and update.outcome.erase:
-                erased += [(op["crm"], lead) for lead in [op["into"], *op["merged"]]]
+            if update is not None and update.outcome is not None:
+                done.actions.extend(update.outcome.actions)
+                if update.outcome.erase:
+                    done.erased.extend((op["crm"], lead) for lead in [op["into"], *op["merged"]])
         elif op["op"] == "forget":
             queue.enqueue_in(
                 FORGET_DELAY,
@@ -114,4 +125,4 @@ def apply_store_ops(ops: list[dict[str, Any]], store: LeadStore, decide: Decider
                 result_ttl=0,
                 description="forget_lead: a contact deleted in the CRM",
             )
-    return erased
+    return done

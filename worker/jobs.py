@@ -92,14 +92,16 @@ def _process(batch: list[Event], source: str, ops: list[dict[str, Any]] | None) 
         if any(op["op"] in ("engagement", "deal") for op in ops):
             reader = hubspot_ops.hubspot_reader(config, connection)
             batch += hubspot_ops.fetch_events(ops, reader, cached_policy(config.policy_path).hubspot)
-        merged_away = hubspot_ops.apply_store_ops(ops, store, decide, make_queue(connection, config.queue_name))
-    else:
-        merged_away = []
     result = store.apply_batch(batch, decide)
-    if result.erased or merged_away:
+    erased, actions = result.erased, result.actions
+    if ops:
+        # Merges after the events: they fold in what this batch said about the merged records.
+        merges = hubspot_ops.apply_store_ops(ops, store, decide, make_queue(connection, config.queue_name))
+        erased, actions = [*erased, *merges.erased], [*actions, *merges.actions]
+    if erased:
         # The lead is gone from the store; now from every other job payload and the outbox.
-        purge_payloads(connection, [*merged_away, *result.erased], config.queue_name)
-    request_drains(connection, config, result.actions)
+        purge_payloads(connection, erased, config.queue_name)
+    request_drains(connection, config, actions)
     job = get_current_job()
     record_batch(
         connection,
