@@ -322,3 +322,22 @@ def test_a_merge_into_an_erased_lead_purges_the_merged_leads_queued_actions(monk
     assert b"gd-9" in b"".join(conn.lrange(outbox_key("hubspot"), 0, -1))
     run([], ops=[{"op": "merge", "crm": "hubspot", "into": "gd-1", "merged": ["gd-9"], "at": NOW}])
     assert b"gd-9" not in all_bytes(conn) and b"gd-1" not in all_bytes(conn)
+
+
+def test_a_suppressed_contact_deleted_and_restored_in_the_crm_stays_suppressed() -> None:
+    conn = fakeredis.FakeRedis()
+    apply(conn, [*history("gd-5"), ev(16, "do_not_contact", "gd-5", channels=["all"])])
+    store = LeadStore(conn, KEY)
+    assert (store.state("hubspot", "gd-5") or {}).get("state") == "SUPPRESSED"
+    assert store.forget("hubspot", "gd-5")  # contact.deletion, then restored in HubSpot
+    gdpr.purge_payloads(conn, [("hubspot", "gd-5")])  # as the forget job does
+    assert b"gd-5" not in all_bytes(conn)  # what remains is a keyed hash
+    before = len(store.actions())
+    apply(conn, [ev(n, "meeting_rescheduled", "gd-5") for n in (30, 31, 32)])
+    assert (store.state("hubspot", "gd-5") or {}).get("state") == "SUPPRESSED"
+    assert all(a["kind"] == "suppress" for a in store.actions()[before:])
+    # A lead that was never suppressed leaves nothing behind and comes back as new.
+    apply(conn, [ev(1, "email_sent", "gd-6")])
+    store.forget("hubspot", "gd-6")
+    apply(conn, [ev(2, "email_sent", "gd-6")])
+    assert store.state("hubspot", "gd-6") is None

@@ -46,6 +46,11 @@ def email_hash(key: bytes, email: str) -> str:
     return keyed_hash(key, "email", normalize_email(email))
 
 
+def objection_hash(key: bytes, crm: str, lead_id: str) -> str:
+    """Marks a suppressed lead deleted in the CRM: if the record comes back, so does SUPPRESSED."""
+    return keyed_hash(key, "objected", f"{crm}:{lead_id}")
+
+
 def _mentions(event: Any, leads: set[tuple[str, str]]) -> bool:
     return isinstance(event, list) and len(event) >= 4 and (event[2], event[3]) in leads
 

@@ -182,7 +182,7 @@ def forget_lead(crm: str, lead_id: str) -> dict[str, int]:
     """RQ job: drop a lead deleted in the CRM (state, history, due time, pending actions)."""
     connection = _connection()
     config = _config()
-    existed = LeadStore(connection).forget(crm, lead_id)
+    existed = LeadStore(connection, suppression_key(config)).forget(crm, lead_id)
     purge_payloads(connection, [(crm, lead_id)], config.queue_name)
     return {"forgotten": int(existed)}
 

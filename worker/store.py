@@ -181,15 +181,19 @@ class LeadStore:
         probes: list[tuple[Lead, str, str]] = []
         for lead, events in fresh.items():
             probes.append((lead, "lead", gdpr.lead_hash(key, *lead)))
+            probes.append((lead, "objected", gdpr.objection_hash(key, *lead)))
             for ev in events.values():
                 email = ev.data.get("email") if ev.type is EventType.LEAD_PROFILE else None
                 if email:
                     probes.append((lead, "email", gdpr.email_hash(key, email)))
         hits: list[int] = conn.smismember(gdpr.SUPPRESSED_KEY, [h for _, _, h in probes])
         erased = {lead for (lead, kind, _), hit in zip(probes, hits, strict=True) if hit and kind == "lead"}
-        listed = {lead for (lead, kind, _), hit in zip(probes, hits, strict=True) if hit and kind == "email"}
+        recognised = {lead for (lead, kind, _), hit in zip(probes, hits, strict=True) if hit and kind == "email"}
+        objected = {lead for (lead, kind, _), hit in zip(probes, hits, strict=True) if hit and kind == "objected"}
+        # Listed: an erased person's email again, or a suppressed lead deleted and restored in the CRM.
+        listed = recognised | objected
         kept = {lead: events for lead, events in fresh.items() if lead not in erased}
-        for lead in listed & kept.keys():
+        for lead in recognised & kept.keys():
             # Keep the counters of a re-created erased person, never their email again.
             kept[lead] = {k: _without_email(ev) for k, ev in kept[lead].items()}
         return kept, sum(len(fresh[lead]) for lead in erased), listed
@@ -355,12 +359,30 @@ class LeadStore:
         raise StoreError(f"gave up after {MAX_ATTEMPTS} write conflicts merging {len(merged)} leads")
 
     def forget(self, crm: str, lead_id: str) -> bool:
-        """Delete everything held about a lead deleted in the CRM (not a suppression)."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(lead_key(crm, lead_id), state_key(crm, lead_id))
-            pipe.zrem(DUE_KEY, due_member(crm, lead_id))
-            deleted, _ = pipe.execute()
-        return bool(deleted)
+        """Delete everything held about a lead deleted in the CRM (not a suppression).
+
+        A SUPPRESSED lead leaves a keyed hash of its id behind (where a suppression key is
+        configured): a record restored in the CRM must not come back open to contact, since
+        only an explicit re-consent ends a suppression.
+        """
+        from worker import gdpr
+
+        key = self.suppression_key
+        for _attempt in range(MAX_ATTEMPTS):
+            with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(state_key(crm, lead_id))
+                    raw = pipe.get(state_key(crm, lead_id))
+                    suppressed = raw is not None and json.loads(raw).get("state") == "SUPPRESSED"
+                    pipe.multi()
+                    pipe.delete(lead_key(crm, lead_id), state_key(crm, lead_id))
+                    pipe.zrem(DUE_KEY, due_member(crm, lead_id))
+                    if suppressed and key is not None:
+                        pipe.sadd(gdpr.SUPPRESSED_KEY, gdpr.objection_hash(key, crm, lead_id))
+                    return bool(pipe.execute()[0])
+                except redis.WatchError:
+                    continue
+        raise StoreError(f"gave up after {MAX_ATTEMPTS} write conflicts forgetting a lead")
 
     def history(self, crm: str, lead_id: str) -> list[LoggedEvent] | None:
         """Return a lead's event log, or None when the lead is unknown."""
