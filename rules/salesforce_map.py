@@ -71,6 +71,7 @@ LEAD_PREFIX = "00Q"
 _ID = re.compile(r"[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?")
 _SUFFIX_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_SOBJECT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")
 # Salesforce's own dateTime range. A value outside it is no real record time, and one
 # before year 1 in UTC (`0001-01-01T00:00:00+01:00`) cannot even be formatted.
 _EARLIEST_MS = to_ms(datetime(1700, 1, 1, tzinfo=UTC))
@@ -97,6 +98,24 @@ def to_18(record_id: str) -> str:
         bits = sum(1 << i for i, char in enumerate(chunk) if "A" <= char <= "Z")
         suffix += _SUFFIX_CHARS[bits]
     return record_id + suffix
+
+
+def to_15(record_id: str) -> str:
+    """Return the case-sensitive 15-character form of a Salesforce id.
+
+    An 18-character id's suffix spells the case of the first 15 characters, so an id pasted
+    in the wrong case (18-character ids are meant to be case-insensitive) is restored.
+    """
+    if len(record_id) != 18:
+        return record_id
+    out = []
+    for group, start in enumerate(range(0, 15, 5)):
+        bits = _SUFFIX_CHARS.find(record_id[15 + group].upper())
+        if bits < 0:
+            return record_id[:15]  # not a checksum: keep what was given
+        chunk = record_id[start : start + 5]
+        out += [c.upper() if bits >> i & 1 else c.lower() for i, c in enumerate(chunk)]
+    return "".join(out)
 
 
 def is_record_id(value: object) -> bool:
@@ -425,8 +444,9 @@ def map_notifications(
     for notification in notifications:
         mapper = _MAPPERS.get(notification.sobject)
         if mapper is None:
-            # The type comes from the sender's xsi:type: keep the counter name tame for logs.
-            name = re.sub(r"[^A-Za-z0-9_]", "", notification.sobject)[:40] or "?"
+            # The type comes from the sender's xsi:type and ends up in a log line: an sObject
+            # API name is kept, anything else (an email address, say) is not repeated.
+            name = notification.sobject if _SOBJECT_NAME.fullmatch(notification.sobject) else "invalid"
             result.skipped[f"unknown_sobject:{name}"] += 1
             continue
         before = len(result.events) + sum(result.skipped.values())

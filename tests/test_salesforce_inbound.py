@@ -135,7 +135,17 @@ def test_org_id_matches_in_15_and_18_character_forms(fake_redis: fakeredis.FakeR
     client = create_app(Config.from_env({"SALESFORCE_ORG_ID": ORG[:15]}), fake_redis).test_client()
     assert post(client, outbound_message(ORG, [note("Lead", {"Id": LEAD, "DoNotCall": True})])).status_code == 200
     assert same_org(ORG[:15], ORG) and same_org(ORG, ORG[:15])
-    assert not same_org(ORG.lower(), ORG)  # 15-character ids are case-sensitive
+    assert not same_org(ORG[:15].lower(), ORG)  # 15-character ids are case-sensitive
+    # 18-character ids are not: one pasted in lowercase still matches (its checksum restores the case).
+    assert same_org(ORG, ORG.lower()) and same_org(ORG.lower(), ORG)
+    other = to_18("00D000000000001".replace("D", "d"))  # differs from ORG only in case
+    assert not same_org(other, ORG) and not same_org(other.lower(), ORG)
+
+
+@pytest.mark.parametrize("value", ["00Q000000000001EAA", "not-an-id", "00D0000000001"])
+def test_an_unusable_org_id_stops_the_config(value: str) -> None:
+    with pytest.raises(ConfigError, match="SALESFORCE_ORG_ID"):
+        Config.from_env({"SALESFORCE_ORG_ID": value})
 
 
 @pytest.mark.parametrize(
@@ -619,9 +629,13 @@ def test_individual_forget_and_opt_out() -> None:
 
 
 def test_unknown_sobject_is_counted() -> None:
-    result = mapped(note("Account", {"Id": sf_id("001")}), note("Weird<Type", {"Id": sf_id("001")}))
+    result = mapped(
+        note("Account", {"Id": sf_id("001")}),
+        note("Weird<Type", {"Id": sf_id("001")}),
+        note("jane.doe@example.com", {"Id": sf_id("001")}),  # a sender's xsi:type, logged as a count
+    )
     assert kinds(result) == []
-    assert result.skipped["unknown_sobject:Account"] == 1
+    assert result.skipped == {"unknown_sobject:Account": 1, "unknown_sobject:invalid": 2}
 
 
 def test_nil_fields_are_absent_values() -> None:

@@ -29,7 +29,7 @@ from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
 
-from rules.salesforce_map import Notification, is_record_id, map_notifications
+from rules.salesforce_map import Notification, is_record_id, map_notifications, to_15
 from webhooks.app import MAX_BODY_BYTES, services
 from webhooks.errors import QueueUnavailable, WebhookError
 from worker.queues import enqueue_events
@@ -119,8 +119,12 @@ def _fields(sobject: Element) -> dict[str, str | None]:
 
 
 def same_org(received: str, configured: str) -> bool:
-    """Compare org ids by their case-sensitive 15-character form (18-char ids add a checksum)."""
-    return len(received) >= 15 and received[:15] == configured.strip()[:15]
+    """Compare org ids by their case-sensitive 15-character form (18-char ids add a checksum).
+
+    An 18-character id is case-insensitive by design, so one configured in lowercase still
+    matches: its checksum restores the case.
+    """
+    return len(received) >= 15 and to_15(received) == to_15(configured.strip())
 
 
 def fault(status: int, code: Literal["Client", "Server"], message: str) -> Response:

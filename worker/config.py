@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from rules.errors import SchemaError
-from rules.salesforce_map import SalesforceMapping
+from rules.salesforce_map import SalesforceMapping, is_record_id
 from worker.crm.ratelimit import DEFAULT_LIMIT, DEFAULT_WINDOW_S, parse_rate
 from worker.errors import ConfigError
 
@@ -100,6 +100,10 @@ class Config:
         secret = _text(env, "PRUNER_WEBHOOK_SECRET")
         if secret is not None:
             _check_whsec(secret)
+        org_id = _text(env, "SALESFORCE_ORG_ID")
+        if org_id is not None and not (is_record_id(org_id) and org_id.upper().startswith("00D")):
+            # Else every outbound message would get a 403, with nothing saying why.
+            raise ConfigError("SALESFORCE_ORG_ID must be an organization id: 00D and 12 or 15 letters or digits")
         return cls(
             port=_int(env, "PORT", 5000, 1, 65535),
             redis_url=redis_url,
@@ -111,7 +115,7 @@ class Config:
             hubspot_client_secret=_text(env, "HUBSPOT_CLIENT_SECRET"),
             hubspot_access_token=_text(env, "HUBSPOT_ACCESS_TOKEN"),
             hubspot_api_base=(_text(env, "HUBSPOT_API_BASE") or "https://api.hubapi.com").rstrip("/"),
-            salesforce_org_id=_text(env, "SALESFORCE_ORG_ID"),
+            salesforce_org_id=org_id,
             salesforce_instance_url=(_text(env, "SALESFORCE_INSTANCE_URL") or "").rstrip("/") or None,
             salesforce_access_token=_text(env, "SALESFORCE_ACCESS_TOKEN"),
             salesforce_api_version=_text(env, "SALESFORCE_API_VERSION") or "59.0",
