@@ -124,3 +124,24 @@ def test_any_order_any_duplicates_any_batching_same_counters(
     for lo, hi in zip(bounds, bounds[1:], strict=False):
         store.apply_batch(delivery[lo:hi])
     assert fold(store.history("hubspot", "L") or []) == expected
+
+
+def test_a_sweep_releases_only_its_own_lock(monkeypatch: Any) -> None:
+    from worker.config import Config
+    from worker.jobs import SWEEP_LOCK, run_sweep
+
+    conn = fakeredis.FakeRedis()
+    config = Config.from_env({})
+    conn.set(SWEEP_LOCK, "another sweep")
+    assert run_sweep(conn, config, 0) == {"due": 0, "skipped": 1}
+    assert conn.get(SWEEP_LOCK) == b"another sweep"  # a skipped sweep leaves the holder's lock
+    conn.delete(SWEEP_LOCK)
+    assert run_sweep(conn, config, 0)["due"] == 0 and not conn.exists(SWEEP_LOCK)  # its own: released
+
+    def outlived(self: LeadStore, now_ms: int, limit: int) -> list[tuple[str, str]]:
+        conn.set(SWEEP_LOCK, "the next sweep")  # this sweep's lock expired; another took it
+        return []
+
+    monkeypatch.setattr(LeadStore, "due", outlived)
+    run_sweep(conn, config, 0)
+    assert conn.get(SWEEP_LOCK) == b"the next sweep"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
@@ -122,7 +123,8 @@ def run_sweep(connection: redis.Redis, config: Config, now_ms: int) -> dict[str,
     """Re-evaluate every lead whose next due time is at or before `now_ms`."""
     store = LeadStore(connection, suppression_key(config))
     # One sweep at a time: two would do the same work twice (correctly, thanks to WATCH).
-    if not connection.set(SWEEP_LOCK, str(now_ms), nx=True, px=10 * 60 * 1000):
+    token = uuid.uuid4().hex
+    if not connection.set(SWEEP_LOCK, token, nx=True, px=10 * 60 * 1000):
         log.info("sweep skipped: another sweep holds the lock")
         return {"due": 0, "skipped": 1}
     try:
@@ -142,7 +144,12 @@ def run_sweep(connection: redis.Redis, config: Config, now_ms: int) -> dict[str,
         log.info("sweep done due=%d actions=%d", evaluated, actions)
         return {"due": evaluated, "actions": actions}
     finally:
-        connection.delete(SWEEP_LOCK)
+        # Only our own lock: a sweep that outran the lock's 10 minutes must not release the
+        # next sweep's. (Check and delete in one script, so nothing runs in between.)
+        connection.eval(_RELEASE, 1, SWEEP_LOCK, token)
+
+
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 def sweep(now_ms: int | None = None) -> dict[str, int]:
