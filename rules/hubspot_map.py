@@ -253,6 +253,10 @@ def engagement_events(
         data = {"meeting_id": str(record.get("id", ""))[:200]} if record.get("id") else {}
     if etype is None:
         return []
+    if etype is EventType.EMAIL_REPLIED:
+        # Keyed like the `hs_sales_email_last_replied` property change: one reply seen both
+        # ways (the property and the INCOMING_EMAIL engagement, same time) counts once.
+        return [Event(f"hs:reply:{contact}:{when}", etype, Crm.HUBSPOT, contact, when, data) for contact in contact_ids]
     return [
         Event(f"hs:{object_type}:{record.get('id')}:{contact}", etype, Crm.HUBSPOT, contact, when, data)
         for contact in contact_ids

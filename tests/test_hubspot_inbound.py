@@ -564,3 +564,16 @@ def test_an_opt_out_on_a_record_merged_away_in_the_same_batch_reaches_the_surviv
     store = LeadStore(conn)
     assert store.history("hubspot", "104") is None
     assert (store.state("hubspot", "103") or {}).get("state") == "SUPPRESSED"
+
+
+def test_a_reply_seen_as_property_and_as_engagement_counts_once() -> None:
+    now = int(time.time() * 1000)
+    reply_at = now - 120_000
+    by_property = parse_hubspot_batch(
+        [hs_event("contact.propertyChange", propertyName="hs_sales_email_last_replied", propertyValue=str(reply_at))],
+        now_ms=now,
+    ).events
+    record = {"id": "77", "properties": {"hs_email_direction": "INCOMING_EMAIL", "hs_timestamp": str(reply_at)}}
+    by_engagement = engagement_events("emails", record, ["101"], now)
+    assert [e.type for e in by_property + by_engagement] == [EventType.EMAIL_REPLIED] * 2
+    assert by_property[0].id == by_engagement[0].id  # the store keeps one of them
