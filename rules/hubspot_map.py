@@ -30,6 +30,9 @@ MAX_EPOCH_DIGITS = 16
 REDACTED = "REDACTED"
 # objectTypeId of engagement objects whose creation we fetch and map.
 ENGAGEMENT_TYPES = {"0-48": "calls", "0-49": "emails", "0-47": "meetings"}
+# Engagement property changes that are fetched again: a meeting's outcome is set after it
+# was created (and mapped as booked).
+OUTCOME_CHANGES = {("0-47", "hs_meeting_outcome")}
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,12 @@ def _map_one(
         out.ops.append(
             {"op": "engagement", "crm": "hubspot", "object_type": object_type, "object_id": object_id, "at": at}
         )
+    elif kind == "object.propertyChange" and (str(raw.get("objectTypeId")), raw.get("propertyName")) in OUTCOME_CHANGES:
+        # A meeting is created SCHEDULED; whether it was held or a no-show is set later.
+        object_type = ENGAGEMENT_TYPES[str(raw.get("objectTypeId"))]
+        out.ops.append(
+            {"op": "engagement", "crm": "hubspot", "object_type": object_type, "object_id": object_id, "at": at}
+        )
     else:
         out.ignored[kind] += 1
 
@@ -257,7 +266,10 @@ def engagement_events(
         # Keyed like the `hs_sales_email_last_replied` property change: one reply seen both
         # ways (the property and the INCOMING_EMAIL engagement, same time) counts once.
         return [Event(f"hs:reply:{contact}:{when}", etype, Crm.HUBSPOT, contact, when, data) for contact in contact_ids]
+    # A meeting is one record with several outcomes over time (booked, then held or a
+    # no-show): each outcome is its own event. The booking keeps the plain key.
+    suffix = f":{etype.value}" if object_type == "meetings" and etype is not EventType.MEETING_BOOKED else ""
     return [
-        Event(f"hs:{object_type}:{record.get('id')}:{contact}", etype, Crm.HUBSPOT, contact, when, data)
+        Event(f"hs:{object_type}:{record.get('id')}:{contact}{suffix}", etype, Crm.HUBSPOT, contact, when, data)
         for contact in contact_ids
     ]

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from rules.events import EventType
+from rules.events import Event, EventType
 from rules.hubspot_map import engagement_events, parse_hubspot_batch
 from tests.helpers import ADMIN_TOKEN, awkward_values, json_values
 from webhooks import create_app
@@ -577,3 +577,24 @@ def test_a_reply_seen_as_property_and_as_engagement_counts_once() -> None:
     by_engagement = engagement_events("emails", record, ["101"], now)
     assert [e.type for e in by_property + by_engagement] == [EventType.EMAIL_REPLIED] * 2
     assert by_property[0].id == by_engagement[0].id  # the store keeps one of them
+
+
+def test_a_meeting_outcome_set_later_is_fetched_and_counted_as_its_own_event() -> None:
+    now = int(time.time() * 1000)
+    batch = parse_hubspot_batch(
+        [
+            hs_event("object.propertyChange", object_id=555, objectTypeId="0-47", propertyName="hs_meeting_outcome"),
+            hs_event("object.propertyChange", object_id=556, objectTypeId="0-47", propertyName="hs_meeting_title"),
+        ],
+        now_ms=now,
+    )
+    assert [(op["op"], op["object_type"], op["object_id"]) for op in batch.ops] == [("engagement", "meetings", "555")]
+    assert batch.ignored == {"object.propertyChange": 1}
+
+    def meeting(outcome: str) -> Event:
+        record = {"id": "555", "properties": {"hs_meeting_outcome": outcome, "hs_timestamp": str(now - 3_600_000)}}
+        return engagement_events("meetings", record, ["101"], now)[0]
+
+    booked, no_show = meeting("SCHEDULED"), meeting("NO_SHOW")
+    assert (booked.type, no_show.type) == (EventType.MEETING_BOOKED, EventType.MEETING_NO_SHOW)
+    assert booked.id == "hs:meetings:555:101" and no_show.id != booked.id  # both kept by the store
