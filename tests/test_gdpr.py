@@ -341,3 +341,46 @@ def test_a_suppressed_contact_deleted_and_restored_in_the_crm_stays_suppressed()
     store.forget("hubspot", "gd-6")
     apply(conn, [ev(2, "email_sent", "gd-6")])
     assert store.state("hubspot", "gd-6") is None
+
+
+def merge(conn: fakeredis.FakeRedis, into: str, merged: list[str]) -> Any:
+    return LeadStore(conn, KEY).merge("hubspot", into, merged, Decider(default_policy(), NOW, suppression_key=KEY))
+
+
+def test_events_for_a_record_merged_away_go_to_the_survivor_whatever_the_order() -> None:
+    conn = fakeredis.FakeRedis()
+    store = LeadStore(conn, KEY)
+    merge(conn, "gd-3", ["gd-4"])  # gd-4 never seen before: only where its events belong is kept
+    apply(conn, [ev(1, "do_not_contact", "gd-4", channels=["email"])])
+    assert store.history("hubspot", "gd-4") is None
+    assert (store.state("hubspot", "gd-3") or {}).get("state") == "SUPPRESSED"
+    # Seen before the merge, redelivered after it: folded once, never re-created.
+    first = [ev(n, "email_sent", "gd-6") for n in (1, 2)]
+    apply(conn, first)
+    merge(conn, "gd-5", ["gd-6"])
+    again = apply(conn, [*first, ev(3, "email_sent", "gd-6")])
+    assert store.history("hubspot", "gd-6") is None
+    assert len(store.history("hubspot", "gd-5") or []) == 3 and again.duplicates == 2
+    # Merged again: ids merged into gd-5 follow it.
+    merge(conn, "gd-7", ["gd-5"])
+    apply(conn, [ev(4, "email_sent", "gd-6")])
+    assert store.history("hubspot", "gd-5") is None and len(store.history("hubspot", "gd-7") or []) == 4
+
+
+def test_erasing_a_survivor_covers_the_ids_merged_into_it() -> None:
+    conn = fakeredis.FakeRedis()
+    apply(conn, history("gd-1"))
+    merge(conn, "gd-1", ["gd-8"])
+    apply(conn, [ev(20, "erasure_requested", "gd-1")])
+    later = apply(conn, [ev(30, "email_sent", "gd-8")])  # the merged-away id, later
+    assert later.dropped == 1 and LeadStore(conn).history("hubspot", "gd-8") is None
+    dump = all_bytes(conn)
+    assert b"gd-1" not in dump and b"gd-8" not in dump
+
+
+def test_a_record_deleted_in_the_crm_takes_its_merge_mapping_with_it() -> None:
+    conn = fakeredis.FakeRedis()
+    merge(conn, "gd-3", ["gd-4"])
+    assert conn.hgetall("pruner:merged:hubspot") == {b"gd-4": b"gd-3"}
+    LeadStore(conn, KEY).forget("hubspot", "gd-3")
+    assert conn.hgetall("pruner:merged:hubspot") == {}

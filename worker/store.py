@@ -8,11 +8,14 @@ Keys (all prefixed `pruner:`):
     due                     sorted set {crm}:{lead_id} -> next time a time-based rule may fire
     actions                 list of JSON CRM actions decided, newest last (a bounded record, dry runs too)
     outbox:{crm}            JSON CRM actions still to execute (drained by worker/actions.py)
+    merged:{crm}            hash: id of a record merged away in the CRM -> the id it was merged into
     suppressed              set of keyed hashes of erased leads and their emails (worker/gdpr.py)
     erasures                list of JSON erasure audit records (hashes, time, source; no personal data)
 
-A batch is applied in three round trips whatever its size: WATCH the touched
-leads' keys, MGET them, then MULTI/SET/ZADD/RPUSH/EXEC. When another worker (or
+A batch is applied in a handful of round trips whatever its size: WATCH the
+merged-id hash and look the batch's ids up in it (records merged away in the CRM),
+WATCH the touched leads' keys, screen them against the suppression set (where a key
+is configured), MGET them, then MULTI/SET/ZADD/RPUSH/EXEC. When another worker (or
 the sweep) changed one of those leads in between, EXEC fails and the batch is
 re-read and re-decided — nothing is lost, nothing counted or acted on twice.
 """
@@ -39,6 +42,7 @@ STATE_PREFIX = "pruner:state:"
 DUE_KEY = "pruner:due"
 ACTIONS_KEY = "pruner:actions"
 OUTBOX_PREFIX = "pruner:outbox:"
+MERGED_PREFIX = "pruner:merged:"
 ACTIONS_KEPT = 100_000
 
 
@@ -64,6 +68,11 @@ def lead_key(crm: str, lead_id: str) -> str:
 
 def state_key(crm: str, lead_id: str) -> str:
     return f"{STATE_PREFIX}{crm}:{lead_id}"
+
+
+def merged_key(crm: str) -> str:
+    """Return the hash of merged-away record ids -> the surviving record's id."""
+    return f"{MERGED_PREFIX}{crm}"
 
 
 def due_member(crm: str, lead_id: str) -> str:
@@ -215,18 +224,28 @@ class LeadStore:
         # An erasure committed by another worker between a screen and EXEC would otherwise let
         # this batch re-create the erased lead: so the screen runs inside the optimistic
         # transaction, and the suppression set is watched with the leads' keys (erasures are
-        # rare, so the retries this costs are too).
+        # rare, so the retries this costs are too). Merges likewise: the merged-id hashes are
+        # watched, and events for a record merged away go to the record it was merged into.
         from worker.gdpr import SUPPRESSED_KEY
 
         watched = [SUPPRESSED_KEY] if screening else []
+        alias_keys = sorted({merged_key(crm) for crm, _ in batch}) if screen else []
+        asked_erasure = screen and any(
+            ev.type is EventType.ERASURE_REQUESTED for events in batch.values() for ev in events.values()
+        )
         for _attempt in range(MAX_ATTEMPTS):
             with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    leads = list(batch)
+                    if alias_keys:
+                        pipe.watch(*alias_keys)
+                        resolved, counts, aliases = self._resolve(pipe, batch, received, asked_erasure)
+                    else:
+                        resolved, counts, aliases = batch, received, {}
+                    leads = list(resolved)
                     log_keys = [lead_key(*lead) for lead in leads]
                     keys = log_keys + ([state_key(*lead) for lead in leads] if decide else [])
                     pipe.watch(*keys, *watched)
-                    fresh, dropped, listed = self._screen(pipe, batch) if screening else (batch, 0, set())
+                    fresh, dropped, listed = self._screen(pipe, resolved) if screening else (resolved, 0, set())
                     leads = [lead for lead in leads if lead in fresh]
                     log_keys = [lead_key(*lead) for lead in leads]
                     keys = log_keys + ([state_key(*lead) for lead in leads] if decide else [])
@@ -249,13 +268,13 @@ class LeadStore:
                             view = LeadView(lead[0], lead[1], history, prev, len(new), lead in listed)
                             outcome = decide(view)
                         if outcome is not None and outcome.erase:
-                            self._queue_erasure(pipe, lead, outcome)
+                            self._queue_erasure(pipe, lead, outcome, aliases.get(lead, []))
                         else:
                             if new and new_blob is not None:
                                 log_writes[key] = new_blob
                             if outcome is not None:
                                 self._queue_outcome(pipe, lead, outcome, raw_state is not None)
-                        dups = received.get(lead, 0) - len(new)
+                        dups = counts.get(lead, 0) - len(new)
                         updates.append(LeadUpdate(lead[0], lead[1], history, len(new), dups, outcome))
                     if log_writes:
                         pipe.mset(log_writes)  # one command for the whole batch's logs
@@ -265,12 +284,57 @@ class LeadStore:
             return BatchResult(updates, dropped)
         raise StoreError(f"gave up after {MAX_ATTEMPTS} write conflicts on {len(leads)} leads")
 
-    @staticmethod
-    def _queue_erasure(pipe: Any, lead: Lead, outcome: Outcome) -> None:
+    def _resolve(
+        self,
+        conn: Any,
+        batch: dict[Lead, dict[bytes, LoggedEvent]],
+        received: dict[Lead, int],
+        with_aliases: bool,
+    ) -> tuple[dict[Lead, dict[bytes, LoggedEvent]], dict[Lead, int], dict[Lead, list[str]]]:
+        """Send events for records merged away in the CRM to the record they were merged into.
+
+        Returns the batch and received counts re-keyed, and (when `with_aliases`, for an
+        erasure) each lead's merged-away ids, so the erasure can cover them too.
+        """
+        leads = list(batch)
+        by_crm: dict[str, list[str]] = {}
+        for crm, lead_id in leads:
+            by_crm.setdefault(crm, []).append(lead_id)
+        target: dict[Lead, Lead] = {}
+        aliases: dict[Lead, list[str]] = {}
+        for crm, ids in by_crm.items():
+            if with_aliases:
+                # An erasure is rare: read the whole (small) hash to find ids merged into its lead.
+                raw: dict[bytes, bytes] = conn.hgetall(merged_key(crm))
+                table = {k.decode(): v.decode() for k, v in raw.items()}
+                for merged, into in table.items():
+                    aliases.setdefault((crm, into), []).append(merged)
+                found = [table.get(i) for i in ids]
+            else:
+                found = [v.decode() if v else None for v in conn.hmget(merged_key(crm), ids)]
+            target.update({(crm, i): (crm, into) for i, into in zip(ids, found, strict=True) if into})
+        if not target:
+            return batch, received, aliases
+        resolved: dict[Lead, dict[bytes, LoggedEvent]] = {}
+        counts: dict[Lead, int] = {}
+        for lead in leads:
+            survivor = target.get(lead, lead)
+            resolved.setdefault(survivor, {}).update(batch[lead])
+            counts[survivor] = counts.get(survivor, 0) + received.get(lead, 0)
+        return resolved, counts, aliases
+
+    def _queue_erasure(self, pipe: Any, lead: Lead, outcome: Outcome, aliases: Iterable[str] = ()) -> None:
         from worker import gdpr
 
         pipe.delete(lead_key(*lead), state_key(*lead))
         pipe.zrem(DUE_KEY, due_member(*lead))
+        merged = list(aliases)
+        if merged and self.suppression_key is not None:
+            # Ids merged into the erased lead are the same person: their events are dropped
+            # from now on too, and the mapping that named them goes.
+            hashes = [gdpr.lead_hash(self.suppression_key, lead[0], m) for m in merged]
+            pipe.sadd(gdpr.SUPPRESSED_KEY, *hashes)
+            pipe.hdel(merged_key(lead[0]), *merged)
         if outcome.suppress_hashes:
             pipe.sadd(gdpr.SUPPRESSED_KEY, *outcome.suppress_hashes)
         if outcome.audit is not None:
@@ -316,15 +380,23 @@ class LeadStore:
                 try:
                     # Watched and read in the transaction, as in apply_batch: an erasure
                     # committing meanwhile must not be undone by the merge.
-                    pipe.watch(*keys, *([gdpr.SUPPRESSED_KEY] if key else []))
+                    pipe.watch(*keys, merged_key(crm), *([gdpr.SUPPRESSED_KEY] if key else []))
+                    raw_aliases: dict[bytes, bytes] = pipe.hgetall(merged_key(crm))  # type: ignore[assignment]
+                    aliases = {k.decode(): v.decode() for k, v in raw_aliases.items()}
+                    # Ids merged earlier into one merged now: they follow it to the survivor.
+                    chained = [alias for alias, target in aliases.items() if target in merged]
                     if key is not None and pipe.sismember(gdpr.SUPPRESSED_KEY, gdpr.lead_hash(key, crm, into)):
                         # A merge delivered after the survivor's erasure: the merged records
-                        # are the same erased person, so they go too and nothing is re-created.
-                        # The erasing outcome tells the caller to purge their queued payloads.
+                        # are the same erased person, so they go too and nothing is re-created;
+                        # their ids are dropped from now on like the survivor's. The erasing
+                        # outcome tells the caller to purge their queued payloads.
                         pipe.multi()
                         for lead in merged:
                             pipe.delete(lead_key(crm, lead), state_key(crm, lead))
                             pipe.zrem(DUE_KEY, due_member(crm, lead))
+                        gone = [*merged, *chained]
+                        pipe.sadd(gdpr.SUPPRESSED_KEY, *(gdpr.lead_hash(key, crm, m) for m in gone))
+                        pipe.hdel(merged_key(crm), *gone)
                         pipe.execute()
                         return LeadUpdate(crm, into, [], 0, 0, Outcome(erase=True))
                     values: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
@@ -333,8 +405,15 @@ class LeadStore:
                     for blob in blobs:
                         for ev in eventlog.decode(blob):
                             union.setdefault(ev.key, ev)
+                    remap = {m: into for m in [*merged, *chained] if aliases.get(m) != into}
                     if len(union) == len(eventlog.decode(blobs[0])) and not any(blobs[1:]):
-                        return None  # nothing to merge (already merged: a redelivery)
+                        # Nothing to fold (a redelivery, or records Pruner never saw): still
+                        # remember where their later events belong.
+                        if remap:
+                            pipe.multi()
+                            pipe.hset(merged_key(crm), mapping=remap)  # type: ignore[arg-type]
+                            pipe.execute()
+                        return None
                     history = list(union.values())
                     raw_state = values[1 + len(merged)]
                     prev = json.loads(raw_state) if raw_state else None
@@ -348,10 +427,13 @@ class LeadStore:
                         pipe.delete(lead_key(crm, lead), state_key(crm, lead))
                         pipe.zrem(DUE_KEY, due_member(crm, lead))
                     if outcome.erase:
-                        self._queue_erasure(pipe, survivor, outcome)
+                        merged_in = [a for a, target in aliases.items() if target == into]
+                        self._queue_erasure(pipe, survivor, outcome, [*merged, *chained, *merged_in])
                     else:
                         pipe.set(lead_key(crm, into), eventlog.append(None, history))
                         self._queue_outcome(pipe, survivor, outcome)
+                        if remap:
+                            pipe.hset(merged_key(crm), mapping=remap)  # type: ignore[arg-type]
                     pipe.execute()
                 except redis.WatchError:
                     continue
@@ -371,12 +453,18 @@ class LeadStore:
         for _attempt in range(MAX_ATTEMPTS):
             with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    pipe.watch(state_key(crm, lead_id))
+                    pipe.watch(state_key(crm, lead_id), merged_key(crm))
                     raw = pipe.get(state_key(crm, lead_id))
                     suppressed = raw is not None and json.loads(raw).get("state") == "SUPPRESSED"
+                    raw_table: dict[bytes, bytes] = pipe.hgetall(merged_key(crm))  # type: ignore[assignment]
+                    table = {k.decode(): v.decode() for k, v in raw_table.items()}
+                    # The record is gone from the CRM: so is any mapping that names it.
+                    naming = [alias for alias, into in table.items() if lead_id in (alias, into)]
                     pipe.multi()
                     pipe.delete(lead_key(crm, lead_id), state_key(crm, lead_id))
                     pipe.zrem(DUE_KEY, due_member(crm, lead_id))
+                    if naming:
+                        pipe.hdel(merged_key(crm), *naming)
                     if suppressed and key is not None:
                         pipe.sadd(gdpr.SUPPRESSED_KEY, gdpr.objection_hash(key, crm, lead_id))
                     return bool(pipe.execute()[0])
