@@ -84,6 +84,11 @@ def test_v1_signature_when_the_header_says_so(hs_client: FlaskClient, fake_redis
     body = json.dumps([hs_event("contact.privacyDeletion")]).encode()
     headers = {"X-HubSpot-Signature": sign_v1(SECRET, body), "X-HubSpot-Signature-Version": "v1"}
     assert post(hs_client, None, body, headers).status_code == 204
+    # Where HUBSPOT_SIGNATURE_VERSIONS=v3, the same request (no timestamp: replayable) is refused.
+    env = {"HUBSPOT_CLIENT_SECRET": SECRET, "HUBSPOT_SIGNATURE_VERSIONS": "v3"}
+    strict = create_app(Config.from_env(env), fake_redis).test_client()
+    refused = post(strict, None, body, headers)
+    assert refused.status_code == 401 and "sign with v3" in refused.get_json()["detail"]
 
 
 @pytest.mark.parametrize(

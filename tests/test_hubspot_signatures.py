@@ -79,3 +79,25 @@ def test_uri_escapes_are_decoded_like_hubspot() -> None:
         "X-HubSpot-Request-Timestamp": str(TS),
     }
     assert verify(b"[]", headers, SECRET, "POST", raw, TS) == "v3"
+
+
+def test_v1_and_v2_can_be_refused_since_they_carry_no_timestamp() -> None:
+    # A captured delivery stripped of its v3 headers, replayed as v1 a week later.
+    v1 = {"X-HubSpot-Signature": sign_v1(SECRET, EXAMPLE), "X-HubSpot-Signature-Version": "v1"}
+    week_later = TS + 7 * 86_400_000
+    assert verify(EXAMPLE, v1, SECRET, "POST", URI, week_later) == "v1"  # the default accepts all three
+    with pytest.raises(SignatureError, match="v1 signatures are not accepted here"):
+        verify(EXAMPLE, v1, SECRET, "POST", URI, week_later, frozenset({"v3"}))
+    # The same request as HubSpot sent it, v3 headers included, still passes within its window.
+    both = {**v1, **v3_headers(EXAMPLE)}
+    assert verify(EXAMPLE, both, SECRET, "POST", URI, TS + 1000, frozenset({"v3"})) == "v3"
+
+
+@pytest.mark.parametrize("value", ["v1", "v1,v2", "v4,v3", ","])
+def test_signature_versions_must_include_v3(value: str) -> None:
+    from worker.config import Config
+    from worker.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="HUBSPOT_SIGNATURE_VERSIONS"):
+        Config.from_env({"HUBSPOT_SIGNATURE_VERSIONS": value})
+    assert Config.from_env({"HUBSPOT_SIGNATURE_VERSIONS": " V3 "}).hubspot_signature_versions == {"v3"}

@@ -52,7 +52,8 @@ def receive_hubspot() -> ResponseReturnValue:
     body = request.get_data(cache=False)
     now_ms = int(svc.clock() * 1000)
     try:
-        verify(body, request.headers, secret, request.method, signed_uri(request, svc.config.trust_proxy), now_ms)
+        uri = signed_uri(request, svc.config.trust_proxy)
+        verify(body, request.headers, secret, request.method, uri, now_ms, svc.config.hubspot_signature_versions)
     except SignatureError as exc:
         return error(401, "bad_signature", str(exc))
     try:

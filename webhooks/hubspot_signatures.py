@@ -57,8 +57,24 @@ def sign_v3(secret: str, method: str, uri: str, body: bytes, timestamp: str) -> 
     return base64.b64encode(hmac.new(secret.encode(), message, hashlib.sha256).digest()).decode()
 
 
-def verify(body: bytes, headers: Headers, secret: str, method: str, uri: str, now_ms: int) -> str:
-    """Check a HubSpot request's signature; return the version used or raise `SignatureError`."""
+ALL_VERSIONS = frozenset({"v1", "v2", "v3"})
+
+
+def verify(
+    body: bytes,
+    headers: Headers,
+    secret: str,
+    method: str,
+    uri: str,
+    now_ms: int,
+    allowed: frozenset[str] = ALL_VERSIONS,
+) -> str:
+    """Check a HubSpot request's signature; return the version used or raise `SignatureError`.
+
+    `allowed` narrows the versions accepted: HubSpot sends v3 beside v1/v2 on every request,
+    and v1/v2 carry no timestamp, so a captured request stripped of its v3 headers could be
+    replayed as v1 for ever. `HUBSPOT_SIGNATURE_VERSIONS=v3` closes that.
+    """
     v3 = headers.get("X-HubSpot-Signature-v3")
     version = (headers.get("X-HubSpot-Signature-Version") or "").strip().lower()
     if v3 or version == "v3" or not version:
@@ -80,6 +96,8 @@ def verify(body: bytes, headers: Headers, secret: str, method: str, uri: str, no
         expected = sign_v3(secret, method, normalize_uri(uri), body, stamp)
         _compare(v3, expected)
         return "v3"
+    if version in ("v1", "v2") and version not in allowed:
+        raise SignatureError(f"{version} signatures are not accepted here (they carry no timestamp); sign with v3")
     given = headers.get("X-HubSpot-Signature")
     if not given:
         raise SignatureError("missing X-HubSpot-Signature header: the request is not signed")

@@ -51,6 +51,14 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     return value
 
 
+def _signature_versions(env: Mapping[str, str]) -> frozenset[str]:
+    raw = _text(env, "HUBSPOT_SIGNATURE_VERSIONS") or "v1,v2,v3"
+    versions = frozenset(v.strip().lower() for v in raw.split(",") if v.strip())
+    if not versions or not versions <= {"v1", "v2", "v3"} or "v3" not in versions:
+        raise ConfigError(f"HUBSPOT_SIGNATURE_VERSIONS must list v3 and optionally v1, v2, got {raw!r}")
+    return versions
+
+
 def _text(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name, "").strip()
     return value or None
@@ -68,6 +76,8 @@ class Config:
     dry_run: bool = False
     suppression_key: str | None = field(default=None, repr=False)
     hubspot_client_secret: str | None = field(default=None, repr=False)
+    # Signature versions /webhooks/hubspot accepts (HUBSPOT_SIGNATURE_VERSIONS, default all three).
+    hubspot_signature_versions: frozenset[str] = frozenset({"v1", "v2", "v3"})
     hubspot_access_token: str | None = field(default=None, repr=False)
     hubspot_api_base: str = "https://api.hubapi.com"
     salesforce_org_id: str | None = None
@@ -113,6 +123,7 @@ class Config:
             dry_run=_flag(env, "PRUNER_DRY_RUN", False),
             suppression_key=_text(env, "PRUNER_SUPPRESSION_KEY"),
             hubspot_client_secret=_text(env, "HUBSPOT_CLIENT_SECRET"),
+            hubspot_signature_versions=_signature_versions(env),
             hubspot_access_token=_text(env, "HUBSPOT_ACCESS_TOKEN"),
             hubspot_api_base=(_text(env, "HUBSPOT_API_BASE") or "https://api.hubapi.com").rstrip("/"),
             salesforce_org_id=org_id,
