@@ -384,3 +384,16 @@ def test_a_record_deleted_in_the_crm_takes_its_merge_mapping_with_it() -> None:
     assert conn.hgetall("pruner:merged:hubspot") == {b"gd-4": b"gd-3"}
     LeadStore(conn, KEY).forget("hubspot", "gd-3")
     assert conn.hgetall("pruner:merged:hubspot") == {}
+
+
+def test_a_privacy_deletion_arriving_after_the_deletion_still_recognises_the_email() -> None:
+    conn = fakeredis.FakeRedis()
+    apply(conn, history("gd-1"))
+    LeadStore(conn, KEY).forget("hubspot", "gd-1")  # contact.deletion, carried out 15 minutes later
+    gdpr.purge_payloads(conn, [("hubspot", "gd-1")])
+    assert b"ada.lovelace" not in all_bytes(conn)  # only keyed hashes wait for a late erasure
+    apply(conn, [ev(20, "erasure_requested", "gd-1")])  # privacyDeletion, retried by HubSpot later
+    assert conn.sismember(gdpr.SUPPRESSED_KEY, gdpr.email_hash(KEY, EMAIL))
+    assert not conn.keys("pruner:forgotten:*")
+    apply(conn, history("gd-2", email=EMAIL))  # imported again under a new id
+    assert (LeadStore(conn, KEY).state("hubspot", "gd-2") or {}).get("state") == "SUPPRESSED"

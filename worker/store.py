@@ -43,6 +43,9 @@ DUE_KEY = "pruner:due"
 ACTIONS_KEY = "pruner:actions"
 OUTBOX_PREFIX = "pruner:outbox:"
 MERGED_PREFIX = "pruner:merged:"
+FORGOTTEN_PREFIX = "pruner:forgotten:"
+# How long a deleted lead's email hashes wait for a privacyDeletion (HubSpot retries for a day).
+FORGOTTEN_TTL_S = 3 * 86_400
 ACTIONS_KEPT = 100_000
 
 
@@ -68,6 +71,15 @@ def lead_key(crm: str, lead_id: str) -> str:
 
 def state_key(crm: str, lead_id: str) -> str:
     return f"{STATE_PREFIX}{crm}:{lead_id}"
+
+
+def forgotten_key(lead_hash: str) -> str:
+    """Return the set of a forgotten lead's email hashes, kept for a late erasure."""
+    return f"{FORGOTTEN_PREFIX}{lead_hash}"
+
+
+def _emails(history: Iterable[LoggedEvent]) -> set[str]:
+    return {ev.data["email"] for ev in history if ev.type is EventType.LEAD_PROFILE and ev.data.get("email")}
 
 
 def merged_key(crm: str) -> str:
@@ -253,6 +265,7 @@ class LeadStore:
                         return BatchResult([], dropped)
                     values: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
                     blobs, states = values[: len(leads)], values[len(leads) :]
+                    forgotten = self._forgotten(pipe, fresh) if asked_erasure else {}
                     updates = []
                     log_writes: dict[str, bytes] = {}
                     pipe.multi()
@@ -268,7 +281,7 @@ class LeadStore:
                             view = LeadView(lead[0], lead[1], history, prev, len(new), lead in listed)
                             outcome = decide(view)
                         if outcome is not None and outcome.erase:
-                            self._queue_erasure(pipe, lead, outcome, aliases.get(lead, []))
+                            self._queue_erasure(pipe, lead, outcome, aliases.get(lead, []), forgotten.get(lead, []))
                         else:
                             if new and new_blob is not None:
                                 log_writes[key] = new_blob
@@ -323,10 +336,32 @@ class LeadStore:
             counts[survivor] = counts.get(survivor, 0) + received.get(lead, 0)
         return resolved, counts, aliases
 
-    def _queue_erasure(self, pipe: Any, lead: Lead, outcome: Outcome, aliases: Iterable[str] = ()) -> None:
+    def _forgotten(self, conn: Any, fresh: dict[Lead, dict[bytes, LoggedEvent]]) -> dict[Lead, list[str]]:
+        """Email hashes kept from an earlier forget of the leads this batch asks to erase."""
+        from worker import gdpr
+
+        key = self.suppression_key
+        if key is None:
+            return {}
+        out: dict[Lead, list[str]] = {}
+        for lead, events in fresh.items():
+            if any(e.type is EventType.ERASURE_REQUESTED for e in events.values()):
+                kept = conn.smembers(forgotten_key(gdpr.lead_hash(key, *lead)))
+                out[lead] = sorted(h.decode() for h in kept)
+        return out
+
+    def _queue_erasure(
+        self, pipe: Any, lead: Lead, outcome: Outcome, aliases: Iterable[str] = (), forgotten: Iterable[str] = ()
+    ) -> None:
         from worker import gdpr
 
         pipe.delete(lead_key(*lead), state_key(*lead))
+        remembered = list(forgotten)
+        if remembered and self.suppression_key is not None:
+            # The lead was deleted in the CRM before its erasure arrived: its emails, kept
+            # as keyed hashes for this, join the suppression list like the lead's own would.
+            pipe.sadd(gdpr.SUPPRESSED_KEY, *remembered)
+            pipe.delete(forgotten_key(gdpr.lead_hash(self.suppression_key, *lead)))
         pipe.zrem(DUE_KEY, due_member(*lead))
         merged = list(aliases)
         if merged and self.suppression_key is not None:
@@ -445,7 +480,9 @@ class LeadStore:
 
         A SUPPRESSED lead leaves a keyed hash of its id behind (where a suppression key is
         configured): a record restored in the CRM must not come back open to contact, since
-        only an explicit re-consent ends a suppression.
+        only an explicit re-consent ends a suppression. And for a few days, keyed hashes of
+        its emails: HubSpot's privacyDeletion may arrive after the deletion was carried out,
+        and the erasure must still recognise the person if they are imported again.
         """
         from worker import gdpr
 
@@ -453,7 +490,9 @@ class LeadStore:
         for _attempt in range(MAX_ATTEMPTS):
             with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    pipe.watch(state_key(crm, lead_id), merged_key(crm))
+                    pipe.watch(state_key(crm, lead_id), merged_key(crm), lead_key(crm, lead_id))
+                    blob = pipe.get(lead_key(crm, lead_id))
+                    emails = _emails(eventlog.decode(blob) if blob is not None else [])  # type: ignore[arg-type]
                     raw = pipe.get(state_key(crm, lead_id))
                     suppressed = raw is not None and json.loads(raw).get("state") == "SUPPRESSED"
                     raw_table: dict[bytes, bytes] = pipe.hgetall(merged_key(crm))  # type: ignore[assignment]
@@ -467,6 +506,10 @@ class LeadStore:
                         pipe.hdel(merged_key(crm), *naming)
                     if suppressed and key is not None:
                         pipe.sadd(gdpr.SUPPRESSED_KEY, gdpr.objection_hash(key, crm, lead_id))
+                    if emails and key is not None:
+                        forgotten = forgotten_key(gdpr.lead_hash(key, crm, lead_id))
+                        pipe.sadd(forgotten, *(gdpr.email_hash(key, e) for e in emails))
+                        pipe.expire(forgotten, FORGOTTEN_TTL_S)
                     return bool(pipe.execute()[0])
                 except redis.WatchError:
                     continue
