@@ -145,3 +145,41 @@ def test_a_sweep_releases_only_its_own_lock(monkeypatch: Any) -> None:
     monkeypatch.setattr(LeadStore, "due", outlived)
     run_sweep(conn, config, 0)
     assert conn.get(SWEEP_LOCK) == b"the next sweep"
+
+
+def test_a_drain_releases_only_its_own_lock() -> None:
+    import json
+
+    from worker.actions import drain, lock_key
+    from worker.crm.base import ActionOutcome
+    from worker.store import outbox_key, state_key
+
+    class Racy(fakeredis.FakeRedis):
+        """The drain's lock expires and the next drain takes it just as the drain releases it."""
+
+        def take_over(self) -> None:
+            if super().get(lock_key("hubspot")) not in (None, b"the next drain"):
+                super().set(lock_key("hubspot"), "the next drain")
+
+        def get(self, name: Any) -> Any:
+            value = super().get(name)  # a release that reads first, then deletes
+            if name == lock_key("hubspot"):
+                self.take_over()
+            return value
+
+        def eval(self, *args: Any) -> Any:  # a release in one step: nothing gets in between
+            if lock_key("hubspot") in args:
+                self.take_over()
+            return super().eval(*args)
+
+    conn = Racy()
+    conn.set(state_key("hubspot", "L1"), json.dumps({"state": "LOST"}))
+    action = {"id": "hubspot:L1:x#1", "kind": "mark_lost", "crm": "hubspot", "lead_id": "L1"}
+    conn.rpush(outbox_key("hubspot"), json.dumps(action))
+
+    class Executor:
+        def execute(self, actions: list[dict[str, Any]]) -> list[ActionOutcome]:
+            return [ActionOutcome(a["id"], True, "") for a in actions]
+
+    assert drain(conn, "hubspot", Executor)["executed"] == 1
+    assert conn.get(lock_key("hubspot")) == b"the next drain"  # not released by the drain it outlived

@@ -22,6 +22,7 @@ import redis
 from rules.lifecycle import CONTACT_ACTIONS, ActionKind
 from worker.crm.base import ActionOutcome, Executor
 from worker.gdpr import forget_progress
+from worker.locks import release
 from worker.store import outbox_key, state_key
 
 log = logging.getLogger(__name__)
@@ -123,5 +124,4 @@ def drain(connection: redis.Redis, crm: str, executor_factory: Callable[[], Exec
         close = getattr(executor, "close", None)
         if callable(close):
             close()  # release the executor's HTTP session
-        if connection.get(lock_key(crm)) == token.encode():
-            connection.delete(lock_key(crm))
+        release(connection, lock_key(crm), token)  # ours only, checked and deleted at once

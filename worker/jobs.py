@@ -20,6 +20,7 @@ from worker.config import Config
 from worker.crm import executor_for
 from worker.decide import Decider
 from worker.gdpr import purge_payloads
+from worker.locks import release
 from worker.metrics import record_batch
 from worker.policyfile import cached_policy
 from worker.queues import JOB_TIMEOUT, RETRY, make_queue
@@ -144,12 +145,8 @@ def run_sweep(connection: redis.Redis, config: Config, now_ms: int) -> dict[str,
         log.info("sweep done due=%d actions=%d", evaluated, actions)
         return {"due": evaluated, "actions": actions}
     finally:
-        # Only our own lock: a sweep that outran the lock's 10 minutes must not release the
-        # next sweep's. (Check and delete in one script, so nothing runs in between.)
-        connection.eval(_RELEASE, 1, SWEEP_LOCK, token)
-
-
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+        # Only our own lock: a sweep that outran the lock's 10 minutes must not release the next sweep's.
+        release(connection, SWEEP_LOCK, token)
 
 
 def sweep(now_ms: int | None = None) -> dict[str, int]:
