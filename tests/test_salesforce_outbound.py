@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from tests.fakes.salesforce import FakeSalesforce
 from worker.config import Config
 from worker.crm.base import CrmError, TransientCrmError
+from worker.crm.ratelimit import RateLimiter
 from worker.crm.salesforce import (
     RATE_KEY,
     SalesforceAuthError,
@@ -213,6 +215,77 @@ def test_request_limit_exceeded_backs_off_then_succeeds(fake: FakeSalesforce, ur
     assert [c["status"] for c in fake.calls] == [403, 403, 200, 204]  # query twice refused, then query and patch
 
 
+class BlockRecorder(RateLimiter):
+    """The shared limiter, recording how long it is told to hold every worker back (without holding them)."""
+
+    def __init__(self, connection: fakeredis.FakeRedis) -> None:
+        super().__init__(connection, 25, 1.0, key=RATE_KEY, margin_s=0)
+        self.blocks: list[float] = []
+
+    def block(self, seconds: float) -> None:
+        self.blocks.append(seconds)
+
+
+@pytest.mark.parametrize(
+    ("fault", "blocks"),
+    [
+        ({"error_next": 2, "error_status": 429, "retry_after": 3}, [3.0, 3.0]),
+        ({"error_next": 2, "error_status": 429}, [0.5, 0.5]),
+        ({"limit_next": 2}, [0.5, 0.5]),
+        ({"error_next": 2, "error_status": 503, "retry_after": 3}, []),
+        ({"error_next": 2, "error_status": 500}, []),
+    ],
+    ids=["429-retry-after", "429-bare", "request-limit-exceeded", "503-retry-after", "500-bare"],
+)
+def test_a_429_holds_back_every_worker_a_server_error_only_this_one(
+    fake: FakeSalesforce,
+    url: str,
+    sleeps: Sleeps,
+    fake_redis: fakeredis.FakeRedis,
+    fault: dict[str, Any],
+    blocks: list[float],
+) -> None:
+    lead_id = lead(fake)
+    limiter = BlockRecorder(fake_redis)
+    config = SalesforceSettings(backoff_initial_s=0.5)
+    ex = SalesforceExecutor(SalesforceClient(url, TOKEN, "59.0", limiter, config, sleep=sleeps), config)
+    fake.configure(**fault)
+    [outcome] = ex.execute([action("mark_lost", lead_id)])
+    assert outcome.ok
+    assert limiter.blocks == blocks  # the org's budget is shared by every worker
+    if "retry_after" in fault:
+        assert sleeps == [3.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [{"error_next": 2, "error_status": 429}, {"limit_next": 2}, {"error_next": 2, "error_status": 503}],
+    ids=["429", "request-limit-exceeded", "503"],
+)
+def test_a_retry_after_beyond_the_cap_is_left_to_rq_and_holds_back_every_worker(
+    fake: FakeSalesforce, url: str, sleeps: Sleeps, fake_redis: fakeredis.FakeRedis, fault: dict[str, Any]
+) -> None:
+    lead_id = lead(fake)
+    config = SalesforceSettings(max_retry_after_s=60)
+    limiter = RateLimiter(fake_redis, 25, 1.0, key=RATE_KEY, margin_s=0)
+    ex = SalesforceExecutor(SalesforceClient(url, TOKEN, "59.0", limiter, config, sleep=sleeps), config)
+    fake.configure(retry_after=120, **fault)
+    with pytest.raises(TransientCrmError, match="Retry-After"):
+        ex.execute([action("mark_lost", lead_id)])
+    # Not sent again before the org allows it, nor waited out in the job: RQ's retry takes over.
+    assert len(fake.calls) == 1 and sleeps == []
+    until = fake_redis.get(RATE_KEY + ":until")
+    assert until is not None and 110 < int(until) / 1_000_000 - time.time() <= 120
+    assert fake.get("Lead", lead_id)["Status"] == "Working - Contacted"  # type: ignore[index]
+
+
+def test_a_retry_after_within_the_cap_is_waited_out(fake: FakeSalesforce, url: str, sleeps: Sleeps) -> None:
+    lead_id = lead(fake)
+    fake.configure(error_next=1, error_status=429, retry_after=60)
+    [outcome] = executor(url, sleeps, max_retry_after_s=60).execute([action("mark_lost", lead_id)])
+    assert outcome.ok and sleeps == [60.0]
+
+
 def test_backoff_without_retry_after_is_exponential_with_jitter(fake: FakeSalesforce, url: str, sleeps: Sleeps) -> None:
     lead_id = lead(fake)
     fake.configure(error_next=3, error_status=503)
@@ -273,6 +346,69 @@ def test_suppress_in_an_org_without_individuals(fake: FakeSalesforce, url: str, 
     [outcome] = executor(url, sleeps).execute([action("suppress", lead_id, reason="do_not_contact")])
     assert outcome.ok
     assert fake.get("Lead", lead_id)["DoNotCall"] is True  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("channels", "solicit"),
+    [(["phone"], False), (["email"], False), (["email", "phone"], True), (["all"], True), (None, True)],
+    ids=["phone", "email", "email+phone", "all", "none-means-all"],
+)
+def test_the_individual_opts_out_of_all_solicitation_only_for_every_channel(
+    fake: FakeSalesforce, url: str, sleeps: Sleeps, channels: list[str] | None, solicit: bool
+) -> None:
+    individual = fake.add("Individual", {"HasOptedOutSolicit": False})
+    lead_id = lead(fake, IndividualId=individual)
+    extra = {} if channels is None else {"channels": channels}
+    [outcome] = executor(url, sleeps).execute([action("suppress", lead_id, reason="do_not_contact", **extra)])
+    assert outcome.ok, outcome.detail
+    record = fake.get("Lead", lead_id)
+    assert record is not None
+    covered = {"email", "phone"} if channels is None or "all" in channels else set(channels)
+    assert record.get("HasOptedOutOfEmail") is ("email" in covered or None)
+    assert record.get("DoNotCall") is ("phone" in covered or None)
+    # RULES.md guardrail 5: the channels decide what the CRM is told; "don't market" is every channel.
+    assert fake.get("Individual", individual)["HasOptedOutSolicit"] is solicit  # type: ignore[index]
+
+
+@pytest.mark.parametrize("with_individual", [False, True], ids=["single-patch", "composite"])
+def test_a_refused_loss_does_not_take_the_opt_out_down(
+    fake: FakeSalesforce, url: str, sleeps: Sleeps, with_individual: bool
+) -> None:
+    fake.configure(missing_fields=["Pruner_Lost_Reason__c"])  # an org without the custom reason field
+    individual = fake.add("Individual", {"HasOptedOutSolicit": False})
+    both = lead(fake, IndividualId=individual) if with_individual else lead(fake)
+    lost, suppress = action("mark_lost", both), action("suppress", both, reason="do_not_contact")
+    outcomes = {o.action_id: o for o in executor(url, sleeps).execute([lost, suppress])}
+    assert outcomes[suppress["id"]].ok, outcomes[suppress["id"]].detail
+    assert not outcomes[lost["id"]].ok and "INVALID_FIELD" in outcomes[lost["id"]].detail
+    record = fake.get("Lead", both)
+    assert record is not None and record["HasOptedOutOfEmail"] is True and record["DoNotCall"] is True
+    assert record["Status"] == "Working - Contacted"
+    if with_individual:
+        assert fake.get("Individual", individual)["HasOptedOutSolicit"] is True  # type: ignore[index]
+
+
+def test_a_refused_opt_out_does_not_take_the_loss_down(fake: FakeSalesforce, url: str, sleeps: Sleeps) -> None:
+    fake.configure(missing_fields=["DoNotCall"])
+    both = lead(fake)
+    lost, suppress = action("mark_lost", both, reason="budget"), action("suppress", both, reason="do_not_contact")
+    outcomes = {o.action_id: o for o in executor(url, sleeps).execute([lost, suppress])}
+    assert outcomes[lost["id"]].ok, outcomes[lost["id"]].detail
+    assert not outcomes[suppress["id"]].ok and "INVALID_FIELD" in outcomes[suppress["id"]].detail
+    record = fake.get("Lead", both)
+    assert record is not None and (record["Status"], record["Pruner_Lost_Reason__c"]) == (
+        "Closed - Not Converted",
+        "budget",
+    )
+
+
+def test_loss_and_opt_out_of_one_lead_are_still_one_update(fake: FakeSalesforce, url: str, sleeps: Sleeps) -> None:
+    both = lead(fake)
+    outcomes = executor(url, sleeps).execute([action("mark_lost", both), action("suppress", both)])
+    assert all(o.ok for o in outcomes), outcomes
+    [patch] = fake.api_calls("PATCH")
+    assert patch["path"] == f"sobjects/Lead/{both}"
+    assert set(patch["json"]) == {"Status", "Pruner_Lost_Reason__c", "HasOptedOutOfEmail", "DoNotCall"}
 
 
 def test_missing_opportunity_link_field_does_not_block_the_loss(fake: FakeSalesforce, url: str, sleeps: Sleeps) -> None:

@@ -9,7 +9,8 @@ and coalesces them:
   query on a lead-link field (default `Pruner_Lead_Id__c`, `IsClosed = false`), get
   `StageName` "Closed Lost".
 - `suppress`: Lead `HasOptedOutOfEmail` / `DoNotCall` per the action's `channels` (both when
-  it names none), and `HasOptedOutSolicit` on the lead's Individual when `IndividualId` is set.
+  it names none), and, when they cover every channel, `HasOptedOutSolicit` ("don't market") on
+  the lead's Individual where `IndividualId` is set.
 - `breakup_task` / `reengage_task`: a `Task` on the lead, owned by the lead's owner, with
   a subject saying what to do and a short brief (RULES.md). Creating is not idempotent,
   so the subject carries a reference derived from the action id and existing Pruner
@@ -17,9 +18,14 @@ and coalesces them:
 
 All updates go through `PATCH composite/sobjects` (≤ 200 records, `allOrNone` false) when
 several are pending, a single `PATCH sobjects/{type}/{id}` otherwise; a record Salesforce
-refuses is retried alone once, then reported as a failed `ActionOutcome`. Connection
+refuses is retried alone once, then reported as a failed `ActionOutcome`. A lead both lost
+and suppressed in one drain is one update, but retried as two, so a refusal of the loss
+(a custom field missing in this org, a validation rule) never takes the opt-out down. Connection
 errors, timeouts, 5xx, 429 and 403 `REQUEST_LIMIT_EXCEEDED` are retried with jittered
 exponential backoff (honouring `Retry-After`), bounded, then raised as `TransientCrmError`.
+A 429 or `REQUEST_LIMIT_EXCEEDED` holds back every worker through the shared limiter; a
+`Retry-After` beyond `max_retry_after_s` is not waited out in the job: it holds back every
+worker for that long and raises `TransientCrmError` at once, so RQ retries the drain later.
 A 401 raises `SalesforceAuthError`: every action stays in the outbox for `pruner replay`
 once the token is renewed. All requests share one Redis rate budget across workers.
 
@@ -46,9 +52,9 @@ from urllib.parse import urlsplit
 
 import redis
 import requests
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
-from rules.lifecycle import ActionKind
+from rules.lifecycle import ALL_CHANNELS, ActionKind, covered_channels
 from rules.salesforce_map import is_record_id, to_18
 from worker.config import Config
 from worker.crm.base import ActionOutcome, CrmError, TransientCrmError
@@ -282,9 +288,12 @@ class SalesforceClient:
         codes = {e.get("errorCode") for e in errors_of(response)} if status in (403, 429) else set()
         if status == 429 or status >= 500 or "REQUEST_LIMIT_EXCEEDED" in codes:
             retry_after = _retry_after(response.headers.get("Retry-After"))
-            if "REQUEST_LIMIT_EXCEEDED" in codes and self.limiter is not None:
-                # Every worker shares the org's limit: hold them all back, not just this one.
-                self.limiter.block(retry_after or self.settings.backoff_initial_s)
+            limited = status == 429 or "REQUEST_LIMIT_EXCEEDED" in codes
+            beyond = retry_after is not None and retry_after > self.settings.max_retry_after_s
+            if (limited or beyond) and self.limiter is not None:
+                # Every worker shares the org's limit: hold them all back, not just this one. A long
+                # Retry-After on a server error (maintenance) holds for every worker too.
+                self.limiter.block(retry_after if retry_after is not None else self.settings.backoff_initial_s)
             what = "REQUEST_LIMIT_EXCEEDED" if "REQUEST_LIMIT_EXCEEDED" in codes else f"HTTP {status}"
             raise _Transient(f"Salesforce answered {what} to {method} {_shape(path)}", retry_after)
         return response
@@ -307,18 +316,27 @@ class SalesforceClient:
         """Run `step` (one or more calls) with bounded jittered backoff; raise TransientCrmError at the end."""
         s = self.settings
 
+        def beyond_cap(exc: BaseException | None) -> bool:
+            hint = getattr(exc, "retry_after", None)
+            return hint is not None and hint > s.max_retry_after_s
+
+        def stop(state: RetryCallState) -> bool:
+            # A longer Retry-After is not waited out (nor cut short) in the job: RQ's retry takes over.
+            exc = state.outcome.exception() if state.outcome else None
+            return state.attempt_number >= s.max_attempts or beyond_cap(exc)
+
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             hint = getattr(exc, "retry_after", None)
             if hint is not None:
-                return float(min(hint, s.max_retry_after_s))
+                return float(hint)  # at most max_retry_after_s: `stop` ends the retries above it
             # Exponential with jitter, written out: tenacity renamed wait_exponential_jitter's
             # arguments between the versions pyproject allows.
             backoff = min(s.backoff_max_s, s.backoff_initial_s * 2 ** (state.attempt_number - 1))
             return backoff + random.uniform(0, s.backoff_initial_s)
 
         retrying = Retrying(
-            stop=stop_after_attempt(self.settings.max_attempts),
+            stop=stop,
             wait=wait,
             retry=retry_if_exception_type(_Transient),
             sleep=self.sleep,
@@ -327,6 +345,11 @@ class SalesforceClient:
         try:
             return retrying(step)
         except _Transient as exc:
+            if beyond_cap(exc):
+                raise TransientCrmError(
+                    f"{exc} with Retry-After {exc.retry_after:.0f} s, longer than a job waits "
+                    f"({s.max_retry_after_s:.0f} s): every worker holds back, RQ retries later"
+                ) from None
             raise TransientCrmError(f"{exc} (gave up after {self.settings.max_attempts} attempts)") from None
 
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
@@ -421,16 +444,25 @@ def task_ref(action_id: str) -> str:
 RecordKey = tuple[str, str]  # (sObject type, 18-char id)
 
 
+PartKey = tuple[RecordKey, str]  # (record, the kind of action its fields serve)
+
+
 @dataclass
 class _Plan:
-    """Record updates merged by record, and which actions each one serves."""
+    """Record updates, in parts by action kind that are sent merged but retried apart, and their actions."""
 
-    fields: dict[RecordKey, dict[str, Any]] = field(default_factory=dict)
-    owners: dict[RecordKey, set[str]] = field(default_factory=dict)
+    parts: dict[RecordKey, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    owners: dict[PartKey, set[str]] = field(default_factory=dict)
 
-    def update(self, key: RecordKey, values: Mapping[str, Any], action_id: str) -> None:
-        self.fields.setdefault(key, {}).update(values)
-        self.owners.setdefault(key, set()).add(action_id)
+    def update(self, key: RecordKey, values: Mapping[str, Any], action_id: str, part: str) -> None:
+        self.parts.setdefault(key, {}).setdefault(part, {}).update(values)
+        self.owners.setdefault((key, part), set()).add(action_id)
+
+    def merged(self) -> dict[RecordKey, dict[str, Any]]:
+        """Each record's fields, all parts together: one record in one request."""
+        return {
+            key: {k: v for values in parts.values() for k, v in values.items()} for key, parts in self.parts.items()
+        }
 
 
 class SalesforceExecutor:
@@ -460,26 +492,29 @@ class SalesforceExecutor:
         tasks = [a for a in todo if a["kind"] in ("breakup_task", "reengage_task")]
         leads = self._leads({a["lead_id"] for a in suppress + tasks})
         plan = _Plan()
+        # Opt-outs are planned first: when a record is retried part by part, they go first (guardrail 4).
+        for action in suppress:
+            # RULES.md guardrail 5: the channels decide what Salesforce is told.
+            covered = covered_channels(action.get("channels") or ["all"])
+            values: dict[str, Any] = {}
+            if "email" in covered:
+                values["HasOptedOutOfEmail"] = True
+            if "phone" in covered:
+                values["DoNotCall"] = True
+            plan.update(("Lead", action["lead_id"]), values, action["id"], "suppress")
+            individual = (leads.get(action["lead_id"]) or {}).get("IndividualId")
+            # "Don't market" on any channel: only for an objection that covers every channel.
+            if covered == ALL_CHANNELS and isinstance(individual, str) and is_record_id(individual):
+                plan.update(("Individual", to_18(individual)), {"HasOptedOutSolicit": True}, action["id"], "suppress")
         for action in lost:
             lost_values = {
                 "Status": self.settings.lost_status,
                 self.settings.lost_reason_field: action.get("reason") or "",
             }
-            plan.update(("Lead", action["lead_id"]), lost_values, action["id"])
+            plan.update(("Lead", action["lead_id"]), lost_values, action["id"], "mark_lost")
         self._plan_opportunities(lost, plan, notes)
-        for action in suppress:
-            channels = set(action.get("channels") or ["all"])
-            values: dict[str, Any] = {}
-            if channels & {"email", "all"}:
-                values["HasOptedOutOfEmail"] = True
-            if channels & {"phone", "all"}:
-                values["DoNotCall"] = True
-            plan.update(("Lead", action["lead_id"]), values, action["id"])
-            individual = (leads.get(action["lead_id"]) or {}).get("IndividualId")
-            if isinstance(individual, str) and is_record_id(individual):
-                plan.update(("Individual", to_18(individual)), {"HasOptedOutSolicit": True}, action["id"])
-        for key, error in self._save(plan.fields).items():
-            for action_id in plan.owners[key]:
+        for (key, part), error in self._save(plan).items():
+            for action_id in plan.owners[(key, part)]:
                 failures.setdefault(action_id, []).append(f"{key[0]} update failed: {error}")
         for action_id, error in self._create_tasks(tasks, leads).items():
             failures.setdefault(action_id, []).append(error)
@@ -491,7 +526,7 @@ class SalesforceExecutor:
         failed = sum(not o.ok for o in outcomes)
         log.info(
             "salesforce actions done=%d failed=%d lost=%d suppress=%d tasks=%d records=%d",
-            len(outcomes) - failed, failed, len(lost), len(suppress), len(tasks), len(plan.fields),
+            len(outcomes) - failed, failed, len(lost), len(suppress), len(tasks), len(plan.parts),
         )  # fmt: skip
         return outcomes
 
@@ -546,19 +581,31 @@ class SalesforceExecutor:
                     continue
                 for action_id in by_lead.get(to_18(lead_value), []):
                     plan.update(
-                        ("Opportunity", to_18(record["Id"])), {"StageName": self.settings.lost_stage}, action_id
+                        ("Opportunity", to_18(record["Id"])),
+                        {"StageName": self.settings.lost_stage},
+                        action_id,
+                        "mark_lost",
                     )
 
     # -- writes ------------------------------------------------------------------------
 
-    def _save(self, updates: Mapping[RecordKey, dict[str, Any]]) -> dict[RecordKey, str]:
-        """Apply record updates (composite when several); return the errors of records that still fail."""
+    def _save(self, plan: _Plan) -> dict[PartKey, str]:
+        """Apply the plan's record updates (composite when several); return the errors of parts that still fail."""
+        updates = plan.merged()
         keys = sorted(updates)  # grouped by type: Salesforce processes a request in per-type chunks
         failed: dict[RecordKey, str] = {}
         for chunk in _chunks(keys, MAX_RECORDS):
             failed.update(self._save_batch(chunk, updates))
-        # A refused record may have hit a passing condition (a row lock): once more, alone.
-        return {key: error for key in failed if (error := self._save_one(key, updates[key])) is not None}
+        # A refused record may have hit a passing condition (a row lock): once more, alone. A record
+        # serving a loss and an opt-out is retried one part at a time (opt-out first): Salesforce
+        # refuses a record's update whole, and a refusal of the loss's fields must not keep the
+        # do-not-contact from the CRM, nor the other way round.
+        errors: dict[PartKey, str] = {}
+        for key in failed:
+            for part, values in plan.parts[key].items():
+                if (error := self._save_one(key, values)) is not None:
+                    errors[(key, part)] = error
+        return errors
 
     def _save_batch(
         self, keys: Sequence[RecordKey], updates: Mapping[RecordKey, dict[str, Any]]
