@@ -17,6 +17,7 @@ import pytest
 import redis
 import requests
 
+import worker.crm.hubspot as hubspot_module
 from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
 from worker.config import Config
 from worker.crm.base import TransientCrmError
@@ -28,6 +29,7 @@ from worker.crm.hubspot import (
     HubSpotExecutor,
     HubSpotNotFound,
     build_executor,
+    task_marker,
 )
 from worker.crm.ratelimit import RateLimiter, parse_rate
 from worker.errors import ConfigError
@@ -61,6 +63,7 @@ def client(server: FakeHubSpotServer, conn: redis.Redis, **options: Any) -> HubS
     limiter = RateLimiter(conn, limit=1000, window_s=1.0, key="pruner:ratelimit:unit", margin_s=0)
     options.setdefault("backoff_base_s", 0.01)
     options.setdefault("backoff_cap_s", 0.05)
+    options.setdefault("search_delay_s", 0.0)
     return HubSpotClient(server.url, options.pop("token", TOKEN), limiter, **options)
 
 
@@ -296,6 +299,19 @@ def test_a_wait_longer_than_the_retry_budget_gives_up_at_once(
     assert len(fake.api_calls()) == 1
 
 
+def test_a_wait_longer_than_the_retry_budget_still_holds_back_every_worker(
+    fake: FakeHubSpot, server: FakeHubSpotServer, conn: redis.Redis
+) -> None:
+    seed(fake, 1)
+    fake.configure(script=[{"status": 429, "retry_after": "600"}])
+    with client(server, conn) as short, pytest.raises(TransientCrmError, match="HTTP 429"):
+        short.update("contacts", "101", {"hs_lead_status": "UNQUALIFIED"})
+    other_worker = RateLimiter(conn, limit=1000, window_s=1.0, key="pruner:ratelimit:unit", margin_s=0)
+    with pytest.raises(TimeoutError):
+        other_worker.acquire(timeout_s=0.3)
+    assert len(fake.api_calls()) == 1
+
+
 def test_the_daily_limit_is_not_retried(fake: FakeHubSpot, server: FakeHubSpotServer, conn: redis.Redis) -> None:
     body = {"status": "error", "errorType": "RATE_LIMIT", "policyName": "DAILY", "message": "daily limit"}
     fake.configure(script=[{"status": 429, "body": body}])
@@ -426,6 +442,51 @@ def test_a_refused_unsubscribe_fails_the_action_but_still_flags_the_contact(
     assert fake.contact("101")["pruner_do_not_contact"] == "true"
 
 
+def test_a_refused_lost_reason_does_not_keep_the_do_not_contact_out(
+    fake: FakeHubSpot, executor: HubSpotExecutor
+) -> None:
+    seed(fake, 1)
+    fake.configure(missing_properties=["pruner_lost_reason"])  # the admin never created it
+    lost, suppress = executor.execute([action("mark_lost", "101"), action("suppress", "101")])
+    assert suppress.ok
+    assert not lost.ok and 'Property "pruner_lost_reason" does not exist' in lost.detail
+    assert fake.contact("101")["pruner_do_not_contact"] == "true"
+    bodies = [c["body"]["properties"] for c in fake.api_calls("PATCH", "/contacts/101")]
+    assert bodies[1:] == [{"pruner_do_not_contact": "true"}, {"hs_lead_status": "UNQUALIFIED",
+                                                            "pruner_lost_reason": "not_interested"}]  # fmt: skip
+
+
+def test_merged_contact_updates_refused_in_a_batch_still_flag_do_not_contact(
+    fake: FakeHubSpot, executor: HubSpotExecutor
+) -> None:
+    seed(fake, 3)
+    fake.configure(missing_properties=["pruner_lost_reason"])
+    batch = [
+        action("suppress", "101"),
+        action("mark_lost", "101"),
+        action("mark_lost", "102", n=1),
+        action("suppress", "102", n=1),
+        action("suppress", "103"),
+    ]
+    outcomes = executor.execute(batch)
+    assert [(o.action_id.split(":")[1], o.ok) for o in outcomes] == [
+        ("101", True), ("101", False), ("102", False), ("102", True), ("103", True)
+    ]  # fmt: skip
+    assert all(fake.contact(c)["pruner_do_not_contact"] == "true" for c in ("101", "102", "103"))
+    assert all(fake.contact(c)["hs_lead_status"] == "OPEN" for c in ("101", "102"))
+
+
+def test_a_refused_do_not_contact_property_does_not_keep_the_loss_out(
+    fake: FakeHubSpot, executor: HubSpotExecutor
+) -> None:
+    seed(fake, 1)
+    fake.configure(missing_properties=["pruner_do_not_contact"])
+    lost, suppress = executor.execute([action("mark_lost", "101"), action("suppress", "101")])
+    assert lost.ok and not suppress.ok
+    assert fake.contact("101")["hs_lead_status"] == "UNQUALIFIED"
+    assert fake.unsubscribed == ["lead101@example.com"]  # the unsubscribe itself went through
+
+
 def test_a_phone_only_do_not_contact_keeps_email_subscriptions(fake: FakeHubSpot, executor: HubSpotExecutor) -> None:
     seed(fake, 2)
     phone = {**action("suppress", "101"), "channels": ["phone"]}
@@ -448,6 +509,168 @@ def test_a_rerun_after_a_transient_failure_creates_no_second_task(fake: FakeHubS
     fake.configure(fail_paths={})
     assert all(o.ok for o in executor.execute(actions))
     assert all(len(fake.tasks_for(cid)) == 1 for cid in ids)
+
+
+def task_creates(fake: FakeHubSpot) -> list[dict[str, Any]]:
+    return [c for c in fake.api_calls("POST", "/crm/v3/objects/tasks") if not c["path"].endswith("/search")]
+
+
+def test_a_refused_task_whose_resend_fails_keeps_the_batch_recorded(
+    fake: FakeHubSpot, executor: HubSpotExecutor
+) -> None:
+    ids = seed(fake, 3)
+    actions = [action("breakup_task", cid) for cid in [*ids, "104"]]  # 104 is not in HubSpot: refused in a 207
+    fake.configure(fail_paths={"/crm/v3/objects/tasks$": 503})  # ...and its re-send alone meets 503s
+    with pytest.raises(TransientCrmError):
+        executor.execute(actions)
+    assert [len(fake.tasks_for(cid)) for cid in ids] == [1, 1, 1]
+    fake.configure(fail_paths={})
+    before = len(task_creates(fake))
+    outcomes = executor.execute(actions)
+    assert [o.ok for o in outcomes] == [True, True, True, False]
+    assert [len(fake.tasks_for(cid)) for cid in ids] == [1, 1, 1]
+    (again,) = task_creates(fake)[before:]  # only the refused one is tried again
+    assert again["path"] == "/crm/v3/objects/tasks" and again["body"]["associations"][0]["to"]["id"] == "104"
+
+
+def test_one_by_one_creates_after_a_refused_batch_are_recorded_as_they_happen(
+    fake: FakeHubSpot, executor: HubSpotExecutor
+) -> None:
+    ids = seed(fake, 3)
+    actions = [action("breakup_task", cid) for cid in ids]
+    fake.configure(
+        script=[{"status": 400, "path": "/crm/v3/objects/tasks/batch/create"}],  # nothing created
+        fail_task_contacts={"103": 503},  # the third single create fails transiently
+    )
+    with pytest.raises(TransientCrmError):
+        executor.execute(actions)
+    assert [len(fake.tasks_for(cid)) for cid in ids] == [1, 1, 0]
+    fake.configure(fail_task_contacts={})
+    before = len(task_creates(fake))
+    assert all(o.ok for o in executor.execute(actions))
+    assert [len(fake.tasks_for(cid)) for cid in ids] == [1, 1, 1]
+    assert [c["body"]["associations"][0]["to"]["id"] for c in task_creates(fake)[before:]] == ["103"]
+
+
+def wait_for_calls(fake: FakeHubSpot, count: int, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+    """The fake records a call once it has answered: a late answer shows up late."""
+    deadline = time.monotonic() + timeout_s
+    while len(fake.api_calls()) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return fake.api_calls()
+
+
+def test_a_create_answered_after_the_read_timeout_is_not_sent_again(
+    fake: FakeHubSpot, executor: HubSpotExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(fake, 1)
+    monkeypatch.setattr(hubspot_module, "TIMEOUT", (5.0, 0.3))
+    fake.configure(script=[{"path": "/crm/v3/objects/tasks$", "after_write": True, "delay_s": 0.8}])
+    (outcome,) = executor.execute([action("breakup_task", "101")])
+    assert outcome.ok
+    calls = wait_for_calls(fake, 2)
+    assert sorted(c["path"] for c in calls) == ["/crm/v3/objects/tasks", "/crm/v3/objects/tasks/search"]
+    assert len(fake.tasks_for("101")) == 1
+
+
+@pytest.mark.parametrize("status", [502, 504, 500])
+def test_a_lost_answer_to_a_task_create_is_searched_for_not_sent_again(
+    fake: FakeHubSpot, executor: HubSpotExecutor, status: int
+) -> None:
+    ids = seed(fake, 3)
+    fake.configure(script=[{"path": "/crm/v3/objects/tasks", "after_write": True, "status": status}])
+    assert all(o.ok for o in executor.execute([action("reengage_task", cid) for cid in ids]))
+    assert [len(fake.tasks_for(cid)) for cid in ids] == [1, 1, 1]
+    calls = [(c["path"].rsplit("/", 1)[-1], c["status"]) for c in fake.api_calls()]
+    assert calls == [("create", status), ("search", 200)]
+    (search,) = fake.api_calls("POST", "/search")
+    assert [g["filters"] for g in search["body"]["filterGroups"]] == [
+        [{"propertyName": "hs_task_body", "operator": "CONTAINS_TOKEN", "value": marker}]
+        for marker in sorted(task_marker(action("reengage_task", cid)["id"]) for cid in ids)
+    ]
+
+
+def test_tasks_a_207_says_nothing_about_are_searched_for_together(
+    fake: FakeHubSpot, server: FakeHubSpotServer, conn: redis.Redis
+) -> None:
+    ids = seed(fake, 3)
+    silent = {"status": "COMPLETE", "results": [], "errors": []}  # created, but the answer names none of them
+    fake.configure(script=[{"path": "/crm/v3/objects/tasks/batch/create", "after_write": True, "status": 207,
+                            "body": silent}])  # fmt: skip
+    slept: list[float] = []
+    with HubSpotExecutor(client(server, conn, sleep=slept.append), conn, clock=lambda: NOW_S) as ex:
+        assert all(o.ok for o in ex.execute([action("breakup_task", cid) for cid in ids]))
+    assert [len(fake.tasks_for(cid)) for cid in ids] == [1, 1, 1]
+    assert [c["path"].rsplit("/", 1)[-1] for c in fake.api_calls()] == ["create", "search"]
+    assert slept == [0.0]  # one wait for the index, not one per task
+
+
+def test_a_create_refused_before_any_write_is_sent_again_after_the_search(
+    fake: FakeHubSpot, executor: HubSpotExecutor
+) -> None:
+    seed(fake, 1)
+    fake.configure(script=[{"status": 503, "path": "/crm/v3/objects/tasks$"}])
+    assert executor.execute([action("breakup_task", "101")])[0].ok
+    assert [(c["path"], c["status"]) for c in fake.api_calls()] == [
+        ("/crm/v3/objects/tasks", 503),
+        ("/crm/v3/objects/tasks/search", 200),
+        ("/crm/v3/objects/tasks", 201),
+    ]
+    assert len(fake.tasks_for("101")) == 1
+
+
+def test_a_429_on_a_task_create_is_sent_again_without_a_search(fake: FakeHubSpot, executor: HubSpotExecutor) -> None:
+    seed(fake, 1)
+    fake.configure(script=[{"status": 429, "retry_after": "0", "path": "/crm/v3/objects/tasks$"}])
+    assert executor.execute([action("breakup_task", "101")])[0].ok
+    assert [(c["path"], c["status"]) for c in fake.api_calls()] == [
+        ("/crm/v3/objects/tasks", 429),
+        ("/crm/v3/objects/tasks", 201),
+    ]
+
+
+def test_the_search_waits_for_the_index_to_see_a_doubtful_create(
+    fake: FakeHubSpot, server: FakeHubSpotServer, conn: redis.Redis
+) -> None:
+    seed(fake, 1)
+    fake.configure(search_lag_s=0.4, script=[{"path": "/crm/v3/objects/tasks$", "after_write": True, "status": 502}])
+    with HubSpotExecutor(client(server, conn, search_delay_s=0.6), conn, clock=lambda: NOW_S) as slow:
+        assert slow.execute([action("breakup_task", "101")])[0].ok
+    create, search = fake.api_calls()
+    assert search["path"].endswith("/search") and search["at"] - create["at"] >= 0.6
+    assert len(fake.tasks_for("101")) == 1
+
+
+def test_a_drain_that_gave_up_on_a_doubtful_create_searches_before_creating_again(
+    fake: FakeHubSpot, executor: HubSpotExecutor
+) -> None:
+    seed(fake, 1)
+    fake.configure(
+        script=[{"path": "/crm/v3/objects/tasks$", "after_write": True, "status": 504}],
+        fail_paths={"/crm/v3/objects/tasks/search": 503},
+    )
+    with pytest.raises(TransientCrmError):
+        executor.execute([action("breakup_task", "101")])
+    assert len(task_creates(fake)) == 1  # never sent again while the search could not tell
+    fake.configure(fail_paths={})
+    assert executor.execute([action("breakup_task", "101")])[0].ok
+    assert len(task_creates(fake)) == 1 and len(fake.tasks_for("101")) == 1
+    assert fake.api_calls()[-1]["path"] == "/crm/v3/objects/tasks/search"
+
+
+def test_a_refused_search_fails_the_doubtful_task_instead_of_doubling_it(
+    fake: FakeHubSpot, executor: HubSpotExecutor
+) -> None:
+    seed(fake, 1)
+    fake.configure(
+        script=[
+            {"path": "/crm/v3/objects/tasks$", "after_write": True, "status": 502},
+            {"path": "/crm/v3/objects/tasks/search", "status": 400},
+        ]
+    )
+    (outcome,) = executor.execute([action("breakup_task", "101")])
+    assert not outcome.ok and "may exist" in outcome.detail
+    assert len(fake.tasks_for("101")) == 1
 
 
 def test_a_rerun_does_not_unsubscribe_again(fake: FakeHubSpot, executor: HubSpotExecutor) -> None:

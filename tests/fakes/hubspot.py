@@ -12,14 +12,24 @@ Use it in a thread (`FakeHubSpotServer`) or as a process (`python -m tests.fakes
 It is strict where HubSpot is strict and a sloppy client would get away with it:
 Bearer token, ≤ 100 inputs per batch, no id twice in one batch, string property values,
 required task properties and association types. Faults happen before any write, as a
-real 429/503 would: a refused request changed nothing.
+real 429/503 would: a refused request changed nothing; except script entries with
+`"after_write": true`, which carry the request out and then lose or delay the answer.
+
+`POST /crm/v3/objects/{type}/search` supports `filterGroups` (≤ 5, ORed; ≤ 6 filters
+each, ANDed) with EQ, NEQ, HAS_PROPERTY, NOT_HAS_PROPERTY and CONTAINS_TOKEN, plus
+`properties`, `limit` (≤ 200) and `after`. CONTAINS_TOKEN is strict: the text is split
+into words at anything but letters, digits and "_", and the value must equal one word
+(case-insensitive; `*` is a wildcard), since how HubSpot splits punctuated values is
+unconfirmed. Records newer than `search_lag_s` are not found yet, as in HubSpot's index.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import itertools
 import random
+import re
 import threading
 import time
 import uuid
@@ -66,7 +76,14 @@ class Options:
     missing_batch_status: int = 207
     page_size: int = 100  # association results per page
     # One-shot answers for the next matching requests: {"status", "path"?, "retry_after"?, "interval_ms"?, "body"?}.
+    # "path" is a prefix, or exact when it ends with "$". With "after_write": true the request is carried out
+    # first, then answered "status" (if given) after "delay_s" (if given): a lost or late answer.
     script: list[dict[str, Any]] = field(default_factory=list)
+    # Properties the portal does not have: a write naming one is refused (400), as HubSpot does.
+    missing_properties: list[str] = field(default_factory=list)
+    # Contact id -> status: a task create (single or batch) associated to that contact is answered so, unwritten.
+    fail_task_contacts: dict[str, int] = field(default_factory=dict)
+    search_lag_s: float = 0.0  # records created this recently are not found by search yet
 
 
 def _error(status: int, message: str, category: str = "VALIDATION_ERROR", **context: Any) -> Reply:
@@ -79,6 +96,18 @@ def _error(status: int, message: str, category: str = "VALIDATION_ERROR", **cont
     if context:
         body["context"] = context
     return body, status
+
+
+TASK_CREATE_PATHS = ("/crm/v3/objects/tasks", "/crm/v3/objects/tasks/batch/create")
+
+
+def _matches(path: str, pattern: str) -> bool:
+    """A path prefix, or the exact path when `pattern` ends with "$"."""
+    return path == pattern[:-1] if pattern.endswith("$") else path.startswith(pattern)
+
+
+def _tokens(text: str) -> list[str]:
+    return [t.lower() for t in re.split(r"[^0-9A-Za-z_]+", text) if t]
 
 
 def _now_iso() -> str:
@@ -104,6 +133,7 @@ class FakeHubSpot:
             self.unsubscribed: list[str] = []
             self.calls: list[dict[str, Any]] = []
             self.arrivals: deque[float] = deque()
+            self.created: dict[tuple[str, str], float] = {}  # (type, id) -> time.monotonic() at creation
             self.ids = itertools.count(9_000_001)
 
     def configure(self, **options: Any) -> None:
@@ -181,6 +211,7 @@ class FakeHubSpot:
         app = Flask("fake_hubspot")
         app.before_request(self._gate)
         app.after_request(self._record)
+        app.after_request(self._after_write)  # runs before _record: Flask calls these in reverse
         self._control_routes(app)
         self._crm_routes(app)
         return app
@@ -193,6 +224,7 @@ class FakeHubSpot:
             return _error(401, "Authentication credentials not found.", "INVALID_AUTHENTICATION")
         with self.lock:
             o = self.options
+            deferred = None  # an "after_write" script entry: applies only if no fault below refuses the request
             if o.rate_limit is not None:
                 now = time.monotonic()
                 self.arrivals.append(now)
@@ -201,16 +233,39 @@ class FakeHubSpot:
                 if len(self.arrivals) > o.rate_limit:
                     return self._rate_limited(o.retry_after, int(o.window_s * 1000))
             for i, entry in enumerate(o.script):
-                if request.path.startswith(entry.get("path", "")):
+                if _matches(request.path, entry.get("path", "")):
                     del o.script[i]
+                    if entry.get("after_write"):
+                        deferred = entry
+                        break
                     return self._scripted(entry)
             for prefix, status in o.fail_paths.items():
                 # A trailing "$" matches the path exactly (POST /crm/v3/objects/tasks, not its batch/create).
-                if request.path == prefix[:-1] if prefix.endswith("$") else request.path.startswith(prefix):
+                if _matches(request.path, prefix):
                     return _error(status, "Injected failure", "SERVICE_UNAVAILABLE")
+            if o.fail_task_contacts and request.method == "POST" and request.path in TASK_CREATE_PATHS:
+                body = request.get_json(silent=True) or {}
+                items = body.get("inputs", []) if request.path.endswith("/batch/create") else [body]
+                for item in items if isinstance(items, list) else []:
+                    for assoc in (item.get("associations") or []) if isinstance(item, dict) else []:
+                        status = o.fail_task_contacts.get(str((assoc.get("to") or {}).get("id")))
+                        if status is not None:
+                            return _error(status, "Injected failure", "SERVICE_UNAVAILABLE")
             if o.fail_rate and self.rng.random() < o.fail_rate:
                 return _error(o.fail_status, "Injected failure", "SERVICE_UNAVAILABLE")
+        g.after_write = deferred
         return None
+
+    def _after_write(self, response: Response) -> Response:
+        entry = g.get("after_write")
+        if entry is None:
+            return response
+        if entry.get("delay_s"):
+            time.sleep(float(entry["delay_s"]))  # lock not held: the fake keeps serving meanwhile
+        if entry.get("status") is None:
+            return response
+        replaced = self._scripted(entry)
+        return replaced if isinstance(replaced, Response) else jsonify(replaced[0])
 
     def _rate_limited(self, retry_after: str | None, interval_ms: int) -> Response:
         response = jsonify(
@@ -303,6 +358,7 @@ class FakeHubSpot:
         app.add_url_rule("/crm/v3/objects/<otype>/batch/update", view_func=self._batch_update, methods=["POST"])
         app.add_url_rule("/crm/v3/objects/<otype>/batch/read", view_func=self._batch_read, methods=["POST"])
         app.add_url_rule("/crm/v3/objects/<otype>/batch/create", view_func=self._batch_create, methods=["POST"])
+        app.add_url_rule("/crm/v3/objects/<otype>/search", view_func=self._search, methods=["POST"])
         app.add_url_rule(
             "/crm/v4/objects/<from_type>/<oid>/associations/<to_type>", view_func=self._associations, methods=["GET"]
         )
@@ -324,12 +380,16 @@ class FakeHubSpot:
         body = request.get_json(silent=True)
         return body if isinstance(body, dict) else None
 
-    @staticmethod
-    def _properties_error(props: Any) -> str | None:
+    def _properties_error(self, props: Any) -> str | None:
         if not isinstance(props, dict):
             return "properties must be an object"
         bad = [k for k, v in props.items() if not isinstance(v, str)]
-        return f"property values must be strings: {bad}" if bad else None
+        if bad:
+            return f"property values must be strings: {bad}"
+        unknown = [k for k in props if k in self.options.missing_properties]
+        if unknown:
+            return f'Property values were not valid: Property "{unknown[0]}" does not exist'
+        return None
 
     def _view(self, otype: str, oid: str, wanted: list[str] | None) -> dict[str, Any]:
         props = self.objects[otype][oid]
@@ -473,6 +533,7 @@ class FakeHubSpot:
             contacts.append(target)
         task_id = str(next(self.ids))
         self.objects["tasks"][task_id] = {"hs_object_id": task_id, **props}
+        self.created[("tasks", task_id)] = time.monotonic()
         for contact in contacts:
             self._associate("tasks", task_id, "contacts", contact)
         return task_id, ""
@@ -513,6 +574,60 @@ class FakeHubSpot:
             body.update(errors=errors, numErrors=len(errors))
             return body, 207
         return body, 201
+
+    @staticmethod
+    def _filter_matches(props: dict[str, str], f: dict[str, Any]) -> bool | str:
+        """Whether a record's properties pass one search filter; a string says why the filter is invalid."""
+        name, operator, value = f.get("propertyName"), f.get("operator"), f.get("value")
+        if not isinstance(name, str):
+            return "filter propertyName is required"
+        have = props.get(name)
+        if operator == "HAS_PROPERTY":
+            return have not in (None, "")
+        if operator == "NOT_HAS_PROPERTY":
+            return have in (None, "")
+        if not isinstance(value, str):
+            return f"filter on {name}: value must be a string"
+        if operator == "EQ":
+            return (have or "").lower() == value.lower()
+        if operator == "NEQ":
+            return (have or "").lower() != value.lower()
+        if operator == "CONTAINS_TOKEN":
+            return any(fnmatch.fnmatchcase(t, value.lower()) for t in _tokens(have or ""))
+        return f"unsupported operator {operator!r}"
+
+    def _search(self, otype: str) -> Reply:
+        otype = ALIASES.get(otype, otype)
+        body = self._json()
+        if otype not in TYPES or body is None:
+            return _error(400, "Invalid input JSON or object type")
+        groups = body.get("filterGroups") or []
+        if not isinstance(groups, list) or len(groups) > 5:
+            return _error(400, "There can be at most 5 filterGroups")
+        if any(not isinstance(grp, dict) or len(grp.get("filters") or []) > 6 for grp in groups):
+            return _error(400, "There can be at most 6 filters in a filterGroup")
+        limit = int(body.get("limit", 10))
+        if not 0 < limit <= 200:
+            return _error(400, f"limit must be between 1 and 200, got {limit}")
+        wanted = [str(p) for p in body.get("properties") or []] or None
+        with self.lock:
+            now = time.monotonic()
+            hits = []
+            for oid, props in self.objects[otype].items():
+                if now - self.created.get((otype, oid), 0.0) < self.options.search_lag_s:
+                    continue  # not indexed yet
+                verdicts = [[self._filter_matches(props, f) for f in grp.get("filters") or []] for grp in groups]
+                problems = [v for grp in verdicts for v in grp if isinstance(v, str)]
+                if problems:
+                    return _error(400, problems[0])
+                if not groups or any(all(grp) for grp in verdicts):
+                    hits.append(oid)
+            start = int(body.get("after") or 0)
+            results = [self._view(otype, oid, wanted) for oid in hits[start : start + limit]]
+        out: dict[str, Any] = {"total": len(hits), "results": results}
+        if start + limit < len(hits):
+            out["paging"] = {"next": {"after": str(start + limit)}}
+        return out, 200
 
     def _association_page(self, from_type: str, oid: str, to_type: str, after: str | None) -> dict[str, Any]:
         ids = self.associated(from_type, oid, to_type)

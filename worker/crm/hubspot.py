@@ -15,8 +15,18 @@ pending), one batch association read, one batch deal read, one batch task create
 Exactly once: the drain (worker/actions.py) only trims actions off the outbox after
 `execute` returns, so a drain that fails half-way runs them again. Updates are
 idempotent; creating a task or unsubscribing is not something to repeat, so each
-action's finished steps are recorded in Redis (`pruner:hubspot:progress`) and skipped
-on the next run.
+action's finished steps are recorded in Redis (`pruner:hubspot:progress`) as soon as
+HubSpot confirms them, and skipped on the next run.
+
+A task create that may have happened without HubSpot saying so (a timeout, a dropped
+connection, a 5xx: HubSpot may have written the task and lost the answer) is never
+simply sent again. Each task's body carries a marker, one word derived from its action
+id (`task_marker`); before sending such a task again, the tasks search
+(`POST /crm/v3/objects/tasks/search`, `hs_task_body` CONTAINS_TOKEN the marker) looks
+for it. A create is recorded as sent (`task_sent`) before it goes out, so a drain that
+dies or gives up before the answer makes the next run search first too. HubSpot's
+search index lags behind writes (by how much is unconfirmed: vendors advise ~10 s), so
+the search waits `search_delay_s` after the doubtful attempt.
 
 Errors: connection errors, timeouts, 429 and 5xx are retried by `HubSpotClient` with
 backoff, then raise `TransientCrmError` (the whole drain is retried by RQ). A 401/403
@@ -33,10 +43,10 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import redis
@@ -63,12 +73,16 @@ MAX_BACKOFF_S = 60.0
 PROGRESS_KEY = "pruner:hubspot:progress"
 PROGRESS_TTL_S = 14 * 86_400  # as long as the drain remembers done actions
 TASK_TO_CONTACT = 204  # HUBSPOT_DEFINED association type: task -> contact
+# How long HubSpot's search may take to see a record just written (unconfirmed; see above).
+SEARCH_DELAY_S = 10.0
+SEARCH_GROUPS = 5  # filterGroups per search request: HubSpot's limit (they are ORed)
 # The steps of each action kind this adapter carries out; progress is recorded per step.
+# "task_sent" is not a step done but a doubt: the create went out, HubSpot may have carried it out.
 STEPS = {
     "mark_lost": ("contact", "deals"),
     "suppress": ("unsub", "contact"),
-    "breakup_task": ("task",),
-    "reengage_task": ("task",),
+    "breakup_task": ("task_sent", "task"),
+    "reengage_task": ("task_sent", "task"),
 }
 ALL_STEPS = sorted({step for steps in STEPS.values() for step in steps})
 
@@ -107,6 +121,31 @@ class _Retryable(Exception):
 
 
 _TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, _Retryable)
+
+T = TypeVar("T")
+TaskResults = Callable[[Mapping[str, "RecordError | None"]], None]
+
+
+def _unsent(exc: BaseException) -> bool:
+    """Whether a failed request certainly wrote nothing: a 429 (refused at the door), or no connection made."""
+    return (isinstance(exc, _Retryable) and exc.status == 429) or isinstance(exc, requests.ConnectTimeout)
+
+
+def task_marker(action_id: str) -> str:
+    """Return the word a task's body carries so a search can tell whether the task exists.
+
+    One alphanumeric token: CONTAINS_TOKEN matches whole tokens, and how HubSpot splits an
+    action id full of ':' and '#' into tokens is unconfirmed.
+    """
+    return "pruner" + hashlib.sha256(action_id.encode()).hexdigest()[:24]
+
+
+def _marked(trace: str, properties: Mapping[str, str]) -> dict[str, str]:
+    marker = task_marker(trace)
+    body = properties.get("hs_task_body", "")
+    if marker in body:
+        return dict(properties)
+    return {**properties, "hs_task_body": f"{body}\n\nref {marker}".lstrip()}
 
 
 def _q(segment: str) -> str:
@@ -179,6 +218,7 @@ class HubSpotClient:
         max_backoff_s: float = MAX_BACKOFF_S,
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 20.0,
+        search_delay_s: float = SEARCH_DELAY_S,
         sleep: Callable[[float], None] = time.sleep,
         session: requests.Session | None = None,
     ) -> None:
@@ -190,6 +230,7 @@ class HubSpotClient:
         self.max_backoff_s = max_backoff_s
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
+        self.search_delay_s = search_delay_s
         self._sleep = sleep
         self.session = session or requests.Session()
         self.session.headers.update(
@@ -227,8 +268,6 @@ class HubSpotClient:
             exc = state.outcome.exception() if state.outcome else None
             what = f"HTTP {exc.status}" if isinstance(exc, _Retryable) else type(exc).__name__
             log.warning("hubspot %s: %s, retry %d in %.1f s", label, what, state.attempt_number, state.upcoming_sleep)
-            if isinstance(exc, _Retryable) and exc.status == 429 and exc.wait_s and self.limiter is not None:
-                self.limiter.block(exc.wait_s)
 
         return note
 
@@ -246,7 +285,11 @@ class HubSpotClient:
             if _body(response).get("policyName") == "DAILY":
                 # Retrying within the minute cannot help: the daily budget resets at midnight.
                 raise TransientCrmError("HubSpot's daily API limit is used up; the actions stay queued")
-            raise _Retryable(status, _header_seconds(response))
+            wait_s = _header_seconds(response)
+            if wait_s and self.limiter is not None:
+                # Every worker holds back, also when this one gives up because the wait is past its budget.
+                self.limiter.block(wait_s)
+            raise _Retryable(status, wait_s)
         if status >= 500:
             raise _Retryable(status, _header_seconds(response))
         if status in (401, 403):
@@ -270,16 +313,29 @@ class HubSpotClient:
         `label` names the request in logs and errors instead of the path, which may hold an email.
         """
         label = label or f"{method} {path}"
+        return self._retrying(label, lambda: self._send_once(method, path, params, json))
+
+    def _retrying(self, label: str, attempt: Callable[[], T], searching: Callable[[], bool] | None = None) -> T:
+        """Call `attempt` until it returns, retrying transient failures; raise TransientCrmError when exhausted.
+
+        While `searching()` is true the next attempt starts with a search for writes that may
+        have happened: the wait before it is at least `search_delay_s`, for the index to catch up.
+        """
+
+        def wait(state: RetryCallState) -> float:
+            seconds = self._wait(state)
+            return max(seconds, self.search_delay_s) if searching is not None and searching() else seconds
+
         retrying = Retrying(
             retry=retry_if_exception_type(_TRANSIENT),
             stop=self._stop,
-            wait=self._wait,
+            wait=wait,
             sleep=self._sleep,
             before_sleep=self._before_sleep(label),
             reraise=True,
         )
         try:
-            response: requests.Response = retrying(self._send_once, method, path, params, json)
+            return retrying(attempt)
         except _Retryable as exc:
             raise TransientCrmError(
                 f"HubSpot answered HTTP {exc.status} to {label} on every attempt; the actions stay queued"
@@ -289,7 +345,6 @@ class HubSpotClient:
             raise TransientCrmError(
                 f"HubSpot did not answer {label} ({type(exc).__name__}) on any attempt; the actions stay queued"
             ) from None
-        return response
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -449,43 +504,133 @@ class HubSpotClient:
     def _not_found(object_type: str, object_id: str) -> RecordError:
         return RecordError(404, f"HubSpot {object_type} record {object_id} was not found (deleted or merged?)")
 
-    def create_tasks(self, tasks: Sequence[tuple[str, str, Mapping[str, str]]]) -> dict[str, RecordError | None]:
+    def create_tasks(
+        self,
+        tasks: Sequence[tuple[str, str, Mapping[str, str]]],
+        *,
+        unsure: Collection[str] = (),
+        on_result: TaskResults | None = None,
+    ) -> dict[str, RecordError | None]:
         """Create tasks (trace id, contact id, properties) associated to their contacts; return {trace id: error}.
 
         One task: `POST /crm/v3/objects/tasks`; several: `batch/create`, each input carrying
-        its trace id as `objectWriteTraceId` so a 207 says which ones were created.
+        its trace id as `objectWriteTraceId` so a 207 says which ones were created. Each
+        task's `hs_task_body` carries `task_marker(trace)` (appended when missing).
+
+        A create is never simply sent again: after an attempt that may have created tasks
+        (timeout, dropped connection, 5xx, a 207 silent about one) their markers are searched
+        for, and only the tasks not found are sent. `unsure` names tasks an earlier run may
+        have created: they are searched for before anything is sent. `on_result` gets results
+        as soon as HubSpot gives them, so they can be recorded before a later request raises.
         """
         out: dict[str, RecordError | None] = {}
+
+        def report(results: Mapping[str, RecordError | None]) -> None:
+            out.update(results)
+            if on_result is not None and results:
+                on_result(results)
+
+        doubtful = set(unsure)
         for chunk in _chunks(list(tasks)):
-            if len(chunk) == 1:
-                trace, contact, properties = chunk[0]
-                out[trace] = self._create_task(contact, properties)
-                continue
-            inputs = [
-                {"properties": dict(p), "associations": self._task_associations(c), "objectWriteTraceId": t}
-                for t, c, p in chunk
-            ]
-            response = self.request("POST", "/crm/v3/objects/tasks/batch/create", json={"inputs": inputs})
-            if response.status_code in (200, 201):
-                out.update(dict.fromkeys(t for t, _, _ in chunk))
-                continue
-            body = _body(response)
-            if response.status_code == 207:
-                created = {str(r.get("objectWriteTraceId")) for r in body.get("results", [])}
-                refused = _named_ids(body, "objectWriteTraceId")
-                for trace, contact, properties in chunk:
-                    if trace in created:
-                        out[trace] = None
-                    elif trace in refused:
-                        out[trace] = self._create_task(contact, properties)
-                    else:
-                        # HubSpot said neither: creating it again could make a second task.
-                        out[trace] = RecordError(207, "HubSpot did not say whether this task was created")
-                continue
-            # A refused batch created nothing: find the culprits one by one.
-            for trace, contact, properties in chunk:
-                out[trace] = self._create_task(contact, properties)
+            self._create_chunk([(t, c, _marked(t, p)) for t, c, p in chunk], doubtful, report)
         return out
+
+    def _create_chunk(
+        self, chunk: Sequence[tuple[str, str, dict[str, str]]], doubtful: Collection[str], report: TaskResults
+    ) -> None:
+        """Create ≤ 100 tasks, first searching for those in `doubtful`; report every result."""
+        pending = {t: (c, p) for t, c, p in chunk}
+        check = {t for t in pending if t in doubtful}  # may exist already: search before sending
+        fresh = False  # the last attempt may just have written: the search waits for the index
+
+        def attempt() -> tuple[list[str], requests.Response] | None:
+            nonlocal fresh
+            fresh = False
+            while check:
+                group = sorted(check)[:SEARCH_GROUPS]
+                found = self._find_tasks(group)
+                check.difference_update(group)
+                for trace in found:
+                    del pending[trace]
+                report(dict.fromkeys(found))
+            if not pending:
+                return None
+            sent = list(pending)
+            inputs = [
+                {"properties": pending[t][1], "associations": self._task_associations(pending[t][0]),
+                 "objectWriteTraceId": t}
+                for t in sent
+            ]  # fmt: skip
+            try:
+                if len(inputs) == 1:
+                    del inputs[0]["objectWriteTraceId"]
+                    return sent, self._send_once("POST", "/crm/v3/objects/tasks", None, inputs[0])
+                return sent, self._send_once("POST", "/crm/v3/objects/tasks/batch/create", None, {"inputs": inputs})
+            except _TRANSIENT as exc:
+                if not _unsent(exc):
+                    check.update(sent)
+                    fresh = True
+                raise
+
+        if check:
+            self._sleep(self.search_delay_s)  # the earlier attempt may have been moments ago
+        label = "POST /crm/v3/objects/tasks" + ("" if len(pending) == 1 else "/batch/create")
+        try:
+            answer = self._retrying(label, attempt, searching=lambda: fresh)
+        except HubSpotApiError as exc:
+            # HubSpot refused the search: those tasks may exist, and a second one is worse than none.
+            report(
+                {t: RecordError(exc.status, f"{exc}; the task may exist, so it was not created again") for t in check}
+            )
+            rest = [(t, c, p) for t, (c, p) in pending.items() if t not in check]
+            if rest:
+                self._create_chunk(rest, (), report)
+            return
+        if answer is None:
+            return
+        sent, response = answer
+        if len(sent) == 1:
+            report({sent[0]: self._task_error(pending[sent[0]][0], response)})
+            return
+        body = _body(response)
+        if response.status_code == 207:
+            created = {str(r.get("objectWriteTraceId")) for r in body.get("results", [])}
+            refused = _named_ids(body, "objectWriteTraceId")
+            report({t: None for t in sent if t in created})
+            # Those HubSpot said nothing about are searched for first (together); refused ones go alone to learn why.
+            unknown = [(t, *pending[t]) for t in sent if t not in created and t not in refused]
+            if unknown:
+                self._create_chunk(unknown, {t for t, _, _ in unknown}, report)
+            for trace in sent:
+                if trace in refused and trace not in created:
+                    self._create_chunk([(trace, *pending[trace])], (), report)
+            return
+        if response.ok:
+            report(dict.fromkeys(sent))
+            return
+        # A refused batch created nothing: find the culprits one by one, each reported as it is done.
+        for trace in sent:
+            contact, properties = pending[trace]
+            self._create_chunk([(trace, contact, properties)], (), report)
+
+    def _find_tasks(self, traces: Sequence[str]) -> set[str]:
+        """Return which of these tasks (≤ SEARCH_GROUPS) exist: one search for their markers, not retried here."""
+        markers = {task_marker(t): t for t in traces}
+        body = {
+            "filterGroups": [
+                {"filters": [{"propertyName": "hs_task_body", "operator": "CONTAINS_TOKEN", "value": marker}]}
+                for marker in markers
+            ],
+            "properties": ["hs_task_body"],
+            "limit": 100,
+        }
+        response = self._send_once("POST", "/crm/v3/objects/tasks/search", None, body)
+        if not response.ok:
+            raise HubSpotApiError(response.status_code, f"HubSpot refused to search tasks (HTTP "
+                                  f"{response.status_code}): {_message(response)}")  # fmt: skip
+        # The token match is HubSpot's; the exact match is ours, so a loose tokenizer cannot mislead.
+        found = [str((r.get("properties") or {}).get("hs_task_body") or "") for r in _body(response).get("results", [])]
+        return {trace for marker, trace in markers.items() if any(marker in text for text in found)}
 
     @staticmethod
     def _task_associations(contact_id: str) -> list[dict[str, Any]]:
@@ -496,12 +641,8 @@ class HubSpotClient:
             }
         ]
 
-    def _create_task(self, contact_id: str, properties: Mapping[str, str]) -> RecordError | None:
-        response = self.request(
-            "POST",
-            "/crm/v3/objects/tasks",
-            json={"properties": dict(properties), "associations": self._task_associations(contact_id)},
-        )
+    @staticmethod
+    def _task_error(contact_id: str, response: requests.Response) -> RecordError | None:
         if response.ok:
             return None
         return RecordError(
@@ -739,7 +880,8 @@ class HubSpotExecutor:
     def _contacts(self, actions: list[dict[str, Any]], done: set[tuple[str, str]], run: _Run) -> None:
         s = self.settings
         updates: dict[str, dict[str, str]] = {}
-        owners: dict[str, list[str]] = {}
+        # Per contact, per action kind: the properties and the actions wanting them.
+        parts: dict[str, dict[str, tuple[dict[str, str], list[str]]]] = {}
         for action in actions:
             # A refused unsubscribe still gets the do-not-contact flag: the more of it HubSpot knows, the better.
             if action["lead_id"] in run.missing or (action["id"], "contact") in done:
@@ -754,18 +896,33 @@ class HubSpotExecutor:
                 continue
             # One input per contact: HubSpot refuses a batch naming an id twice. Later actions win.
             updates.setdefault(action["lead_id"], {}).update(props)
-            owners.setdefault(action["lead_id"], []).append(action["id"])
+            kind_props, owners = parts.setdefault(action["lead_id"], {}).setdefault(action["kind"], ({}, []))
+            kind_props.update(props)
+            owners.append(action["id"])
         if not updates:
             return
         results = self.client.batch_update("contacts", updates)
-        finished = []
-        for contact, error in results.items():
-            for action_id in owners.get(contact, []):
-                if error is None:
-                    finished.append((action_id, "contact"))
+        finished: list[tuple[str, str]] = []
+        try:
+            for contact, error in results.items():
+                kinds = parts.get(contact, {})
+                if error is not None and error.status != 404 and len(kinds) > 1:
+                    # HubSpot refuses a record's update as a whole: one property it lacks (say the lost
+                    # reason nobody created) must not keep a do-not-contact out. Each kind alone, then.
+                    errors = {
+                        k: self.client.update("contacts", contact, kinds[k][0])
+                        for k in sorted(kinds, key=lambda k: k != "suppress")
+                    }
                 else:
-                    run.fail(action_id, error.message)
-        self._finish(finished)
+                    errors = dict.fromkeys(kinds, error)
+                for kind, (_, owners) in kinds.items():
+                    for action_id in owners:
+                        if (kind_error := errors[kind]) is None:
+                            finished.append((action_id, "contact"))
+                        else:
+                            run.fail(action_id, kind_error.message)
+        finally:
+            self._finish(finished)
 
     def _deals(self, actions: list[dict[str, Any]], done: set[tuple[str, str]], run: _Run) -> None:
         s = self.settings
@@ -825,18 +982,23 @@ class HubSpotExecutor:
         if not todo:
             return
         now_ms = str(int(self.clock() * 1000))
-        # One batch at a time, each recorded before the next: if a later batch raises, the tasks
-        # already created must not be created again when the drain is retried.
+        # Sent by an earlier run that never heard back: HubSpot may have them, so they are searched for first.
+        unsure = {a["id"] for a in todo if (a["id"], "task_sent") in done}
+
+        def record(results: Mapping[str, RecordError | None]) -> None:
+            # Each task as soon as HubSpot confirms it: should a later request raise, the tasks already
+            # created must not be created again when the drain is retried.
+            self._finish([(trace, "task") for trace, error in results.items() if error is None])
+            for trace, error in results.items():
+                if error is not None:
+                    run.fail(trace, error.message)
+
         for chunk in _chunks(todo):
-            results = self.client.create_tasks([(a["id"], a["lead_id"], self._task(a, now_ms)) for a in chunk])
-            finished = []
-            for action in chunk:
-                error = results.get(action["id"])
-                if error is None:
-                    finished.append((action["id"], "task"))
-                else:
-                    run.fail(action["id"], error.message)
-            self._finish(finished)
+            # Before sending: should this run die or give up before HubSpot answers, the next one searches first.
+            self._finish([(a["id"], "task_sent") for a in chunk])
+            self.client.create_tasks(
+                [(a["id"], a["lead_id"], self._task(a, now_ms)) for a in chunk], unsure=unsure, on_result=record
+            )
 
     def _task(self, action: dict[str, Any], now_ms: str) -> dict[str, str]:
         reason = _reason_text(action.get("reason"))
@@ -860,7 +1022,7 @@ class HubSpotExecutor:
             task_type = "TODO"
         return {
             "hs_task_subject": subject,
-            "hs_task_body": f"{body}\n\nPruner action {action['id']}",
+            "hs_task_body": f"{body}\n\nPruner action {action['id']} (ref {task_marker(action['id'])})",
             "hs_timestamp": now_ms,
             "hs_task_status": "NOT_STARTED",
             "hs_task_priority": "MEDIUM",
