@@ -7,8 +7,10 @@ otherwise leave the default in force while the team believes it changed it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from datetime import date
 from typing import Any
 
 import yaml
@@ -26,16 +28,27 @@ RULE_IDS = (
     "call_cadence_exhausted",
     "breakup_grace",
 )
-# Rule parameters: name -> (minimum allowed value). All are positive integers except `factor`.
-_RULE_PARAMS: dict[str, dict[str, float]] = {
-    "repeated_no": {"min_not_interested": 1},
+# Upper bounds keep every date the rules compute (a threshold x the largest multiplier, from
+# today) inside what `datetime` can represent, and every calendar walk short: a policy that
+# `pruner check` accepts must not crash or stall the worker.
+MAX_COUNT = 1000  # touches, follow-ups, attempts, "no"s
+MAX_DAYS = 3650  # ten years
+MAX_WEEKS = 520
+MAX_MULTIPLIER = 10
+MAX_FACTOR = 1000
+MAX_MINUTES = 525_600  # a year
+MAX_AMOUNT = 1e15
+MAX_QUIET_DAYS = 200  # of the year: silence must still be able to elapse
+# Rule parameters: name -> (minimum, maximum). All are integers except `factor`.
+_RULE_PARAMS: dict[str, dict[str, tuple[float, float]]] = {
+    "repeated_no": {"min_not_interested": (1, MAX_COUNT)},
     "decisive_no": {},
-    "pushed_back": {"min_follow_up_reschedules": 1},
-    "unresponsive": {"min_follow_ups": 1},
-    "effort_exceeds_value": {"factor": 0.1},
-    "proposal_expired": {"days_after_expiry": 0},
-    "call_cadence_exhausted": {"min_attempts_per_week": 1, "weeks": 1},
-    "breakup_grace": {"business_days": 0},
+    "pushed_back": {"min_follow_up_reschedules": (1, MAX_COUNT)},
+    "unresponsive": {"min_follow_ups": (1, MAX_COUNT)},
+    "effort_exceeds_value": {"factor": (0.1, MAX_FACTOR)},
+    "proposal_expired": {"days_after_expiry": (0, MAX_DAYS)},
+    "call_cadence_exhausted": {"min_attempts_per_week": (1, MAX_COUNT), "weeks": (1, MAX_WEEKS)},
+    "breakup_grace": {"business_days": (0, MAX_DAYS)},
 }
 
 
@@ -110,22 +123,28 @@ def _no_unknown(value: Mapping[str, Any], allowed: set[str] | tuple[str, ...], p
             raise PolicyError(where, f"is not a known key (known: {', '.join(sorted(allowed))})")
 
 
-def _number(value: object, path: str, low: float, integer: bool) -> float:
+def _number(value: object, path: str, low: float, high: float, integer: bool) -> float:
+    """Return `value` as a float if it is a finite number (an integer if `integer`) in [low, high]."""
     ok = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok or value < low:  # type: ignore[operator]
-        kind = "an integer" if integer else "a number"
-        raise PolicyError(path, f"must be {kind} >= {low:g}, got {value!r:.60}")
+    if isinstance(value, bool) or not ok or not math.isfinite(value) or not low <= value <= high:  # type: ignore[arg-type,operator]
+        kind = "an integer" if integer else "a finite number"
+        raise PolicyError(path, f"must be {kind} between {low:g} and {high:g}, got {value!r:.60}")
     return float(value)  # type: ignore[arg-type]
 
 
 def _month_day(value: object, path: str) -> tuple[int, int]:
     try:
         month, day = (int(part) for part in str(value).split("-"))
-        if not (1 <= month <= 12 and 1 <= day <= 31):
-            raise ValueError
+        date(2000, month, day)  # a leap year: 02-29 is a day, 02-30 is not
     except ValueError:
         raise PolicyError(path, f'must be "MM-DD", got {value!r:.60}') from None
     return month, day
+
+
+def _quiet_days(periods: tuple[QuietPeriod, ...]) -> int:
+    """Count the days of a (leap) year that `periods` make quiet."""
+    days = (date.fromordinal(date(2000, 1, 1).toordinal() + i) for i in range(366))
+    return sum(any(p.contains(d.month, d.day) for p in periods) for d in days)
 
 
 def parse_policy(text: str, defaults: Policy | None = None) -> Policy:
@@ -151,9 +170,9 @@ def parse_policy(text: str, defaults: Policy | None = None) -> Policy:
             raise PolicyError(f"rules.{rule_id}.enabled", f"must be true or false, got {flag!r:.60}")
         enabled[rule_id] = flag
         params.setdefault(rule_id, {})
-        for name, low in _RULE_PARAMS[rule_id].items():
+        for name, (low, high) in _RULE_PARAMS[rule_id].items():
             if name in body:
-                params[rule_id][name] = _number(body[name], f"rules.{rule_id}.{name}", low, name != "factor")
+                params[rule_id][name] = _number(body[name], f"rules.{rule_id}.{name}", low, high, name != "factor")
             elif name not in params[rule_id]:
                 raise PolicyError(f"rules.{rule_id}.{name}", "is required")
 
@@ -164,7 +183,7 @@ def parse_policy(text: str, defaults: Policy | None = None) -> Policy:
     min_touches = guards.get("min_touches_for_silence", defaults.min_touches_for_silence if defaults else None)
     if min_touches is None:
         raise PolicyError("guardrails.min_touches_for_silence", "is required")
-    min_touches = int(_number(min_touches, "guardrails.min_touches_for_silence", 0, True))
+    min_touches = int(_number(min_touches, "guardrails.min_touches_for_silence", 0, MAX_COUNT, True))
 
     country = guards.get("holiday_country", defaults.holiday_country if defaults else None)
     if country is not None:
@@ -191,6 +210,10 @@ def parse_policy(text: str, defaults: Policy | None = None) -> Policy:
             start = _month_day(item["from"], f"{where}.from")
             periods.append(QuietPeriod(start, _month_day(item["to"], f"{where}.to")))
         quiet = tuple(periods)
+        if (n := _quiet_days(quiet)) > MAX_QUIET_DAYS:
+            raise PolicyError(
+                "guardrails.quiet_periods", f"leave no time for silence: they cover {n} days, at most {MAX_QUIET_DAYS}"
+            )
     else:
         quiet = defaults.quiet_periods if defaults else ()
 
@@ -208,9 +231,9 @@ def parse_policy(text: str, defaults: Policy | None = None) -> Policy:
                     raise PolicyError(f"{where}.{key}", "is required")
             tiers.append(
                 Tier(
-                    _number(item["min_amount"], f"{where}.min_amount", 0, False),
-                    _number(item["multiplier"], f"{where}.multiplier", 1, False),
-                    int(_number(item["typical_minutes"], f"{where}.typical_minutes", 1, True)),
+                    _number(item["min_amount"], f"{where}.min_amount", 0, MAX_AMOUNT, False),
+                    _number(item["multiplier"], f"{where}.multiplier", 1, MAX_MULTIPLIER, False),
+                    int(_number(item["typical_minutes"], f"{where}.typical_minutes", 1, MAX_MINUTES, True)),
                 )
             )
         tiers.sort(key=lambda t: -t.min_amount)
@@ -225,7 +248,7 @@ def parse_policy(text: str, defaults: Policy | None = None) -> Policy:
     after = reengage.get("after_days", defaults.reengage_after_days if defaults else None)
     if after is None:
         raise PolicyError("reengage.after_days", "is required")
-    after_days = int(_number(after, "reengage.after_days", 1, True))
+    after_days = int(_number(after, "reengage.after_days", 1, MAX_DAYS, True))
 
     if "loss_reason_categories" in raw:
         cats_raw = _mapping(raw["loss_reason_categories"], "loss_reason_categories")

@@ -32,3 +32,14 @@ def app(config: Config, fake_redis: fakeredis.FakeRedis) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_job_config() -> Iterator[None]:
+    # RQ jobs read the environment once per worker process (worker.jobs._config). Tests that run
+    # jobs in-process (SimpleWorker) each set their own environment: drop what an earlier test cached.
+    from worker import jobs
+
+    jobs._config.cache_clear()
+    yield
+    jobs._config.cache_clear()

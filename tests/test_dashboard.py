@@ -319,3 +319,10 @@ def test_rq_dashboard_reads_json_jobs_and_busy_workers(client: FlaskClient, fake
     finally:
         worker.register_death()
     assert client.post(f"/rq/job/{job.id}/delete", headers=AUTH).json == {"status": "DISABLED"}
+
+
+@pytest.mark.parametrize("value", ["\u00b2\u00b2.abc", "\u0661\u0662.abc", "9" * 5000 + ".abc", "-1.abc", ".abc"])
+@pytest.mark.parametrize("path", ["/dashboard", "/rq/"])
+def test_a_malformed_session_cookie_is_refused_not_a_500(client: FlaskClient, value: str, path: str) -> None:
+    assert client.get(path, headers={"Cookie": f"{COOKIE}={value}"}).status_code == 401
+    assert not session_valid(ADMIN_TOKEN, value, time.time())

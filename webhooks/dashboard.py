@@ -81,7 +81,9 @@ def session_value(token: str, expires: int) -> str:
 def session_valid(token: str, value: str, now: float) -> bool:
     """Say whether a cookie value was made with `token` and has not expired."""
     expires, _, _ = value.partition(".")
-    if not expires.isdigit() or int(expires) < now:
+    # isdigit() alone accepts "²" and other non-ASCII digits, which int() refuses (a 500);
+    # twelve digits reach past the year 30000 and stay far below int()'s length limit.
+    if not (expires.isascii() and expires.isdigit() and len(expires) <= 12) or int(expires) < now:
         return False
     return hmac.compare_digest(session_value(token, int(expires)).encode(), value.encode())
 

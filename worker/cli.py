@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 
+import redis
+
 from rules.errors import PolicyError, SchemaError
 from rules.events import format_ms, parse_rfc3339_ms
 from rules.policy import Policy
-from worker.config import Config
+from worker.config import DEFAULT_REDIS_URL, Config, policy_path_from_env, redis_location
 from worker.errors import ConfigError
 from worker.logs import setup_logging
 from worker.policyfile import load_policy
@@ -48,7 +51,7 @@ def _now_ms(value: str | None) -> int | None:
 def cmd_check(args: argparse.Namespace) -> int:
     config = _config()
     policy = _policy(args.policy or config.policy_path)
-    print(f"configuration OK (redis {config.redis_url.split('@')[-1]})")
+    print(f"configuration OK (redis {redis_location(config.redis_url)})")
     print(f"policy OK: {args.policy or config.policy_path or 'bundled default'}")
     on = [rule for rule, enabled in policy.enabled.items() if enabled]
     print(f"  rules on: {', '.join(on)}")
@@ -89,7 +92,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     config = _config()
     connection = connect(config.redis_url, timeout=10)
     if config.suppression_key and is_erased(connection, config.suppression_key.encode(), args.crm, args.lead_id):
-        print(f"{args.crm} lead {args.lead_id} was erased on request: SUPPRESSED, nothing else is kept")
+        if args.format == "json":  # what GET /leads answers for it (CONTRACT.md "HTTP")
+            print(json.dumps({"crm": args.crm, "lead_id": args.lead_id, "state": "SUPPRESSED", "erased": True}))
+        else:
+            print(f"{args.crm} lead {args.lead_id} was erased on request: SUPPRESSED, nothing else is kept")
         return EXIT_OK
     store = LeadStore(connection)
     history = store.history(args.crm, args.lead_id)
@@ -173,19 +179,24 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from worker.simulate import format_text, simulate_file
+    from worker.simulate import SimulationError, format_text, simulate_file
 
-    policy = _policy(args.policy)
+    # The policy the worker runs (PRUNER_POLICY) unless told otherwise: else a dry run misleads.
+    policy = _policy(args.policy or policy_path_from_env())
+    bar = Progress("read %")
     try:
-        bar = Progress("read %")
         report = simulate_file(args.events, policy, _now_ms(args.now), progress=lambda f: bar(int(f * 100) - bar.done))
-        bar.close()
     except OSError as exc:
         print(f"pruner: cannot read {args.events}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
     except SchemaError as exc:
         print(f"pruner: {args.events}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except SimulationError as exc:
+        print(f"pruner: simulating {args.events} failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        bar.close()
     print(json.dumps(report.to_json(), indent=2) if args.format == "json" else format_text(report))
     return EXIT_OK
 
@@ -239,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_replay)
     p = sub.add_parser("simulate", help="dry-run the policy over a JSONL history of canonical events")
     p.add_argument("events", help="JSONL file: one canonical event (or one batch) per line")
-    p.add_argument("--policy", help="policy file (default: the bundled one)")
+    p.add_argument("--policy", help="policy file (default $PRUNER_POLICY or the bundled one)")
     p.add_argument("--now", help="evaluate as of this RFC 3339 time (default: the last event's)")
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_simulate)
@@ -255,7 +266,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the `pruner` command line."""
     setup_logging()
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except redis.RedisError as exc:
+        where = redis_location(os.environ.get("REDIS_URL", "").strip() or DEFAULT_REDIS_URL)
+        print(f"pruner: Redis at {where} did not answer: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return code
 
 

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
+
+import redis
 
 from rules.errors import SchemaError
 from rules.salesforce_map import SalesforceMapping, is_record_id
@@ -64,6 +68,83 @@ def _text(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
+def policy_path_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """Return `PRUNER_POLICY` (None: the bundled default), as every process reads it."""
+    return _text(os.environ if env is None else env, "PRUNER_POLICY")
+
+
+def redis_location(url: str) -> str:
+    """Return `url` as scheme, host, port and db only: safe to print, whatever the URL holds."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    if parts.scheme == "unix":
+        db = query.get("db", [""])[0]
+        return f"unix://{parts.path}" + (f"?db={db}" if db.isdigit() else "")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        port = None
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    path = parts.path.strip("/")
+    db = path if path.isdigit() else query.get("db", ["0"])[0]
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "") + (f"/{db}" if db.isdigit() else "")
+
+
+def _check_redis_url(url: str) -> None:
+    """Build, without connecting, the connection every process will make; raise ConfigError if it cannot be."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or "@" in scheme or ":" in scheme:
+        raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://, got a value without a scheme")
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {scheme}://")
+    shown = redis_location(url)
+    parts = urlsplit(url)
+    if scheme == "unix" and not parts.path:
+        raise ConfigError(f"REDIS_URL must name the socket path (unix:///run/redis.sock), got {shown}")
+    if scheme != "unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        # redis-py would silently use database 0: another app's data, perhaps.
+        raise ConfigError(f"REDIS_URL database must be a number (redis://host:6379/0), got {parts.path!r}")
+    # As worker.queues.connect builds it (this module cannot import that one).
+    kwargs: dict[str, object] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
+    if scheme == "rediss":
+        kwargs["ssl_cert_reqs"] = "none"
+    try:
+        pool = redis.ConnectionPool.from_url(url, **kwargs)
+        pool.make_connection()  # validates every option; connects only on first use
+    except (ValueError, TypeError, redis.RedisError) as exc:
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc)) if isinstance(exc, TypeError) else None
+        problem = f"{unknown.group(1)!r} is not a Redis connection option" if unknown else str(exc)
+        secrets = [parts.password or "", parts.username or "", *parse_qs(parts.query).get("password", [])]
+        for secret in secrets:
+            if secret:
+                problem = problem.replace(secret, "***")
+        raise ConfigError(f"REDIS_URL {shown} cannot be used: {problem}") from None
+    pool.disconnect()
+
+
+def _http_url(env: Mapping[str, str], name: str) -> str | None:
+    """Return the http(s) URL in `name` without a trailing slash, None if unset; raise ConfigError if unusable."""
+    raw = _text(env, name)
+    if raw is None:
+        return None
+    parts = urlsplit(raw)
+    try:
+        usable = parts.scheme in ("https", "http") and bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:
+        usable = False
+    if not usable:
+        # Whatever credentials a URL holds stay out of the message.
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl() if parts.netloc else raw
+        shown = shown.rpartition("@")[2] if "@" in shown else shown
+        raise ConfigError(f"{name} must be an https:// (or http://) URL such as https://host.example, got {shown!r}")
+    return raw.rstrip("/")
+
+
+_API_VERSION = re.compile(r"[vV]?\d{1,3}\.\d")
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything Pruner reads from its environment, validated."""
@@ -104,9 +185,10 @@ class Config:
         """Build the config from `env` (default: `os.environ`); raise `ConfigError` on bad values."""
         env = os.environ if env is None else env
         redis_url = _text(env, "REDIS_URL") or DEFAULT_REDIS_URL
-        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
-            shown = redis_url.split("@")[-1]  # never echo a password
-            raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {shown!r}")
+        _check_redis_url(redis_url)
+        api_version = _text(env, "SALESFORCE_API_VERSION") or "59.0"
+        if not _API_VERSION.fullmatch(api_version):
+            raise ConfigError(f"SALESFORCE_API_VERSION must look like 59.0, got {api_version!r}")
         secret = _text(env, "PRUNER_WEBHOOK_SECRET")
         if secret is not None:
             _check_whsec(secret)
@@ -119,17 +201,17 @@ class Config:
             redis_url=redis_url,
             admin_token=_text(env, "PRUNER_ADMIN_TOKEN"),
             webhook_secret=secret,
-            policy_path=_text(env, "PRUNER_POLICY"),
+            policy_path=policy_path_from_env(env),
             dry_run=_flag(env, "PRUNER_DRY_RUN", False),
             suppression_key=_text(env, "PRUNER_SUPPRESSION_KEY"),
             hubspot_client_secret=_text(env, "HUBSPOT_CLIENT_SECRET"),
             hubspot_signature_versions=_signature_versions(env),
             hubspot_access_token=_text(env, "HUBSPOT_ACCESS_TOKEN"),
-            hubspot_api_base=(_text(env, "HUBSPOT_API_BASE") or "https://api.hubapi.com").rstrip("/"),
+            hubspot_api_base=_http_url(env, "HUBSPOT_API_BASE") or "https://api.hubapi.com",
             salesforce_org_id=org_id,
-            salesforce_instance_url=(_text(env, "SALESFORCE_INSTANCE_URL") or "").rstrip("/") or None,
+            salesforce_instance_url=_http_url(env, "SALESFORCE_INSTANCE_URL"),
             salesforce_access_token=_text(env, "SALESFORCE_ACCESS_TOKEN"),
-            salesforce_api_version=_text(env, "SALESFORCE_API_VERSION") or "59.0",
+            salesforce_api_version=api_version,
             trust_proxy=_flag(env, "PRUNER_TRUST_PROXY", False),
             hubspot=_hubspot_settings(env),
             hubspot_rate_limit=_rate(env, "HUBSPOT_RATE_LIMIT"),
@@ -146,7 +228,9 @@ class Config:
             "/webhooks/salesforce": self.salesforce_org_id is not None,
             "admin routes (/leads, /dashboard)": self.admin_token is not None,
             "hubspot callbacks": self.hubspot_access_token is not None,
-            "salesforce callbacks": bool(self.salesforce_instance_url and self.salesforce_access_token),
+            "salesforce callbacks": bool(
+                self.salesforce_instance_url and (self.salesforce_access_token or self.salesforce_login)
+            ),
             "erasure (suppression key)": self.suppression_key is not None,
             "dry run": self.dry_run,
         }

@@ -19,6 +19,8 @@ from typing import Any
 
 import redis
 
+from worker.config import Config, redis_location
+from worker.errors import ConfigError
 from worker.queues import connect
 
 LOCAL_REDIS = "redis://localhost:6379/0"
@@ -123,13 +125,19 @@ def _start_fake_hubspot(children: list[subprocess.Popen[bytes]], env: dict[str, 
 
 def run_dev(port: int | None = None, fake_hubspot: bool = False) -> int:
     """Run web + worker + clock (+ Redis when needed) until Ctrl-C or a process dies."""
+    try:
+        # Each process reads the same environment: refuse it once, here, rather than three tracebacks.
+        config = Config.from_env()
+    except ConfigError as exc:
+        print(f"pruner dev: configuration error: {exc}", file=sys.stderr)
+        return 3  # the CLI's configuration-error exit code
     children: list[subprocess.Popen[bytes]] = []
     fake = None
     # A platform or `timeout` stops us with SIGTERM: clean up exactly as for Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         redis_url, fake = _pick_redis(children)
-        port = port or int(os.environ.get("PORT", "5000"))
+        port = port or config.port
         env = dict(os.environ, REDIS_URL=redis_url, PORT=str(port))
         if not env.get("PRUNER_WEBHOOK_SECRET"):
             env["PRUNER_WEBHOOK_SECRET"] = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
@@ -162,7 +170,7 @@ def run_dev(port: int | None = None, fake_hubspot: bool = False) -> int:
         children.extend(procs.values())
         _wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/readyz"), "the web process")
         print(
-            f"\npruner dev: ready on http://127.0.0.1:{port}  (Redis: {redis_url})\n"
+            f"\npruner dev: ready on http://127.0.0.1:{port}  (Redis: {redis_location(redis_url)})\n"
             "Send a signed event and read the lead back — paste this into another shell:\n\n"
             f"{example(port, env['PRUNER_WEBHOOK_SECRET'], env['PRUNER_ADMIN_TOKEN'])}\n\n"
             + (

@@ -27,6 +27,10 @@ def load_policy(path: str | None) -> Policy:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError("(file)", f"{path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise PolicyError(
+            "(file)", f"{path} is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+        ) from None
     return parse_policy(text, defaults=default_policy())
 
 

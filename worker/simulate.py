@@ -14,11 +14,13 @@ import multiprocessing
 import os
 import queue
 import re
+import signal
+import threading
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 from rules.calendar import Calendar
 from rules.counters import LoggedEvent
@@ -26,10 +28,15 @@ from rules.errors import SchemaError
 from rules.events import Event, parse_event
 from rules.lifecycle import evaluate
 from rules.policy import Policy
+from worker.errors import PrunerError
 from worker.eventlog import to_logged
 
 # Simulations replay old and synthetic histories: no "future" check applies.
 _FAR_FUTURE_MS = 2**62
+
+
+class SimulationError(PrunerError):
+    """The simulation itself failed (a shard crashed or died), not the input."""
 
 
 @dataclass
@@ -55,7 +62,7 @@ class Report:
         }
 
 
-_LEAD_ID = re.compile(r'"lead_id"\s*:\s*"([^"]*)"')
+_LEAD_ID = re.compile(rb'"lead_id"\s*:\s*"([^"]*)"')
 
 
 def _shard_of(item: object, shards: int) -> int:
@@ -64,10 +71,29 @@ def _shard_of(item: object, shards: int) -> int:
     return zlib.crc32(lead.encode()) % shards if isinstance(lead, str) else 0
 
 
-def read_events(stream: Iterable[str], shard: int = 0, shards: int = 1) -> Iterator[Event]:
+def _decode(line: str | bytes, number: int) -> Any:
+    """Return the JSON value on one line; raise `SchemaError` naming the line if it is not one."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SchemaError(
+                f"line {number}", f"is not valid UTF-8: byte 0x{line[exc.start]:02x} at column {exc.start + 1}"
+            ) from None
+    try:
+        return json.loads(line)
+    except ValueError as exc:
+        raise SchemaError(f"line {number}", f"is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise SchemaError(f"line {number}", "is nested too deeply to be a canonical event") from None
+
+
+def read_events(stream: Iterable[str | bytes], shard: int = 0, shards: int = 1) -> Iterator[Event]:
     """Yield validated events from JSONL; a bad line raises `SchemaError` naming line and field.
 
-    With `shards` > 1, only events of leads in `shard` are validated and yielded.
+    `stream` yields text lines, or raw lines (bytes: each is decoded as UTF-8, so a bad byte
+    is reported with its line). With `shards` > 1, only events of leads in `shard` are
+    validated and yielded.
     """
     for number, line in enumerate(stream, start=1):
         if not line.strip():
@@ -75,20 +101,22 @@ def read_events(stream: Iterable[str], shard: int = 0, shards: int = 1) -> Itera
         if shards > 1:
             # Skip other shards' lines without decoding them when the lead id is plain to see:
             # exactly one `"lead_id": "..."` without escapes. Every line still has exactly one
-            # owner, which decodes and validates it, so a bad line is always reported.
-            found = _LEAD_ID.findall(line)
-            if len(found) == 1 and "\\" not in found[0] and zlib.crc32(found[0].encode()) % shards != shard:
+            # owner, which decodes and validates it, so a bad line (even one that is not
+            # UTF-8: the id's raw bytes are hashed) is always reported.
+            raw_line = line if isinstance(line, bytes) else line.encode("utf-8", "surrogatepass")
+            found = _LEAD_ID.findall(raw_line)
+            if len(found) == 1 and b"\\" not in found[0] and zlib.crc32(found[0]) % shards != shard:
                 continue
+        raw = _decode(line, number)
         try:
-            raw = json.loads(line)
-        except ValueError as exc:
-            raise SchemaError(f"line {number}", f"is not valid JSON: {exc}") from None
-        if isinstance(raw, dict) and "events" in raw and isinstance(raw["events"], list):
-            for i, item in enumerate(raw["events"]):
-                if shards == 1 or _shard_of(item, shards) == shard:
-                    yield parse_event(item, f"line {number}: events[{i}]", _FAR_FUTURE_MS)
-        elif shards == 1 or _shard_of(raw, shards) == shard:
-            yield parse_event(raw, f"line {number}", _FAR_FUTURE_MS)
+            if isinstance(raw, dict) and "events" in raw and isinstance(raw["events"], list):
+                for i, item in enumerate(raw["events"]):
+                    if shards == 1 or _shard_of(item, shards) == shard:
+                        yield parse_event(item, f"line {number}: events[{i}]", _FAR_FUTURE_MS)
+            elif shards == 1 or _shard_of(raw, shards) == shard:
+                yield parse_event(raw, f"line {number}", _FAR_FUTURE_MS)
+        except RecursionError:
+            raise SchemaError(f"line {number}", "is nested too deeply to be a canonical event") from None
 
 
 Histories = dict[tuple[str, str], dict[bytes, LoggedEvent]]
@@ -141,8 +169,8 @@ def simulate(events: Iterator[Event], policy: Policy, now_ms: int | None = None)
 PARALLEL_MIN_BYTES = 4 * 1024 * 1024
 
 
-def _counting(stream: IO[str], report: Callable[[int], None]) -> Iterator[str]:
-    """Yield the stream's lines, reporting characters read every few thousand lines."""
+def _counting(stream: Iterable[bytes], report: Callable[[int], None]) -> Iterator[bytes]:
+    """Yield the stream's lines, reporting bytes read every few thousand lines."""
     read = 0
     for n, line in enumerate(stream, start=1):
         read += len(line)
@@ -161,43 +189,57 @@ def simulate_file(
 ) -> Report:
     """`simulate` over a JSONL file, sharding leads across processes for large files.
 
-    `progress`, when given, is called with the fraction of the file read so far.
+    `progress`, when given, is called with the fraction of the file read so far. A bad line
+    raises `SchemaError` naming it; a shard that crashes or dies raises `SimulationError`.
     """
     size = max(1, os.path.getsize(path))
     if workers is None:
         workers = min(os.cpu_count() or 1, 8) if size >= PARALLEL_MIN_BYTES else 1
     if workers <= 1:
-        with open(path, encoding="utf-8") as stream:
-            lines: Iterable[str] = stream
+        # Bytes, decoded line by line: a byte that is not UTF-8 is reported with its line.
+        with open(path, "rb") as stream:
+            lines: Iterable[bytes] = stream
             if progress is not None:
                 lines = _counting(stream, lambda read: progress(min(1.0, read / size)))
             return simulate(read_events(lines), policy, now_ms)
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(workers)
     last_seen = ctx.Array("q", workers)
-    read = ctx.Value("q", 0)  # characters shard 0 has read: every shard reads the whole file
+    read = ctx.Value("q", 0)  # bytes shard 0 has read: every shard reads the whole file
     results = ctx.Queue()
     procs = [
-        ctx.Process(target=_shard_worker, args=(path, policy, now_ms, k, workers, barrier, last_seen, results, read))
+        ctx.Process(
+            target=_shard_worker,
+            args=(path, policy, now_ms, k, workers, barrier, last_seen, results, read),
+            daemon=True,
+        )
         for k in range(workers)
     ]
     for proc in procs:
         proc.start()
-    outcomes: list[Any] = []
-    while len(outcomes) < len(procs):
-        try:
-            outcomes.append(results.get(timeout=0.5))
-        except queue.Empty:
-            if progress is not None:
-                progress(min(1.0, read.value / size))
-    for proc in procs:
-        proc.join()
-    errors = sorted((o[1], o[2]) for o in outcomes if o[0] == "error")
+    finished = False
+    try:
+        outcomes = _gather(procs, results, lambda: progress(min(1.0, read.value / size)) if progress else None)
+        finished = True
+    finally:
+        if not finished:
+            # Wake the shards waiting for the one that died, and stop whatever is left.
+            barrier.abort()
+            for proc in procs:
+                if proc.is_alive():
+                    proc.terminate()
+        for proc in procs:
+            proc.join()
+    errors = sorted((o[2], o[3]) for o in outcomes.values() if o[0] == "error")
     if errors:
-        line, (field, problem) = errors[0]
+        _, (field, problem) = errors[0]
         raise SchemaError(field, problem)
+    crashes = sorted((shard, o[2]) for shard, o in outcomes.items() if o[0] == "crash")
+    if crashes:
+        shard, what = crashes[0]
+        raise SimulationError(f"shard {shard + 1} of {workers} failed: {what}")
     merged = Report()
-    for _, report in outcomes:
+    for _, _, report in outcomes.values():
         merged.events += report.events
         merged.duplicates += report.duplicates
         merged.leads += report.leads
@@ -208,6 +250,34 @@ def simulate_file(
         merged.lead_states.update(report.lead_states)
     merged.lead_states = dict(sorted(merged.lead_states.items()))
     return merged
+
+
+def _gather(procs: list[Any], results: Any, tick: Callable[[], None]) -> dict[int, tuple[Any, ...]]:
+    """Collect one outcome per shard; raise `SimulationError` when a shard ends without one."""
+    outcomes: dict[int, tuple[Any, ...]] = {}
+    while len(outcomes) < len(procs):
+        try:
+            outcome = results.get(timeout=0.5)
+            outcomes[outcome[1]] = outcome
+            continue
+        except queue.Empty:
+            tick()
+        ended = [k for k, proc in enumerate(procs) if proc.exitcode is not None and k not in outcomes]
+        if not ended:
+            continue
+        # A shard's report is in the pipe before its process ends: take what is there.
+        try:
+            while True:
+                outcome = results.get(timeout=0.1)
+                outcomes[outcome[1]] = outcome
+        except queue.Empty:
+            pass
+        for k in ended:
+            if k not in outcomes:
+                code = procs[k].exitcode
+                how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+                raise SimulationError(f"shard {k + 1} of {len(procs)} {how} before reporting")
+    return outcomes
 
 
 def _shard_worker(
@@ -221,27 +291,45 @@ def _shard_worker(
     results: Any,
     read: Any,
 ) -> None:
+    # Ctrl-C reaches every process of the group; the parent stops the shards.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     report = Report()
+    outcome: tuple[Any, ...] | None = None
+    leads: Histories = {}
+    # Every failure is reported, never raised: the other shards wait for this one at the barrier.
     try:
-        with open(path, encoding="utf-8") as stream:
-            lines: Iterable[str] = stream
+        with open(path, "rb") as stream:
+            lines: Iterable[bytes] = stream
             if shard == 0:
                 lines = _counting(stream, lambda n: setattr(read, "value", n))
             leads, last = _collect(read_events(lines, shard, shards), report)
         last_seen[shard] = last
     except SchemaError as exc:
-        last_seen[shard] = -1
-        barrier.wait()
         line = int(m.group(1)) if (m := re.match(r"line (\d+)", exc.field)) else 0
-        results.put(("error", line, (exc.field, exc.problem)))
-        return
+        outcome = ("error", shard, line, (exc.field, exc.problem))
+    except Exception as exc:
+        outcome = ("crash", shard, _describe(exc))
+    if outcome is not None:
+        last_seen[shard] = -1
     # Every shard must know the whole file's last event time before deciding "as of" it.
-    barrier.wait()
-    if min(last_seen) < 0:
-        results.put(("ok", Report()))
-        return
-    _decide(leads, policy, now_ms if now_ms is not None else max(last_seen), report)
-    results.put(("ok", report))
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        return  # the parent gave up: another shard died
+    if outcome is None:
+        try:
+            if min(last_seen) < 0:
+                outcome = ("ok", shard, Report())
+            else:
+                _decide(leads, policy, now_ms if now_ms is not None else max(last_seen), report)
+                outcome = ("ok", shard, report)
+        except Exception as exc:
+            outcome = ("crash", shard, _describe(exc))
+    results.put(outcome)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def format_text(report: Report, max_leads: int = 50) -> str:
