@@ -241,10 +241,24 @@ def test_do_not_call_suppresses_the_lead_in_salesforce(sf: SalesforceSystem) -> 
     sf.deliver(sf.note("Lead", {"Id": lead, "DoNotCall": True, "LastModifiedDate": stamp(NOW - timedelta(minutes=5))}))
     doc = sf.lead(lead)
     assert doc["state"] == "SUPPRESSED"
-    # A phone-only objection: do-not-call, and email subscriptions are left as they were.
+    # A phone-only objection: do-not-call, and email subscriptions are left as they were, and so
+    # is the Individual's "don't market on any channel" (set only for an objection to every channel).
     wait_until(lambda: (sf.fake.get("Lead", lead) or {}).get("DoNotCall") is True, 20)
     record = sf.fake.get("Lead", lead)
     assert record is not None and record.get("HasOptedOutOfEmail") is not True
+    assert (sf.fake.get("Individual", individual) or {}).get("HasOptedOutSolicit") is False
+    # Then an objection to email as well: now every channel, and the Individual opts out of solicitation.
+    sf.deliver(
+        sf.note(
+            "Lead",
+            {
+                "Id": lead,
+                "DoNotCall": True,
+                "HasOptedOutOfEmail": True,
+                "LastModifiedDate": stamp(NOW - timedelta(minutes=2)),
+            },
+        )
+    )
     wait_until(lambda: (sf.fake.get("Individual", individual) or {}).get("HasOptedOutSolicit") is True, 20)
 
 
