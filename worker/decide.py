@@ -28,19 +28,24 @@ MAX_ACTED_KEPT = 200
 
 
 def identities(decisions: Sequence[Decision]) -> list[str]:
-    """Name each decision by its rule, its target state and how many times that rule led there.
+    """Name each decision by its rule, its target state, its episode and its rank there.
 
-    Not by its time: a late or reordered event can move the moment a rule fired (a
-    follow-up delivered after the ones it preceded), and an identity that moved would send
-    the same action to the CRM again. This one stays put unless the story itself changes,
-    or what the CRM must be told does: a suppression's channels are part of it, so an
-    earlier-dated "all channels" arriving after "email" is still sent.
+    An episode is the stretch between two returns to ACTIVE (a reply, a reopen, a
+    re-consent); the rank counts that rule's moves to that state within it. Not the time:
+    a late or reordered event can move the moment a rule fired (a follow-up delivered after
+    the ones it preceded), and a name that moved would send the same action again. A
+    suppression's channels are part of the name, so an earlier-dated "all channels"
+    arriving after "email" is still sent.
     """
+    episode = 0
     seen: Counter[tuple[str, State]] = Counter()
     out = []
     for d in decisions:
+        if d.to is State.ACTIVE:
+            episode += 1
+            seen.clear()
         seen[d.rule, d.to] += 1
-        name = f"{d.rule}:{d.to.value}#{seen[d.rule, d.to]}"
+        name = f"{d.rule}:{d.to.value}@{episode}#{seen[d.rule, d.to]}"
         if d.action is ActionKind.SUPPRESS:
             name += ":" + "+".join(sorted(d.inputs.get("channels", ["all"])))
         out.append(name)
@@ -48,7 +53,9 @@ def identities(decisions: Sequence[Decision]) -> list[str]:
 
 
 def _was_acted(decision: Decision, identity: str, acted: set[str]) -> bool:
-    # `rule:state:time` keys are what versions before 2026-11-25 recorded in `acted`.
+    # Either name: the identity survives a moved time, the `rule:state:time` key a story
+    # re-told with an extra episode before it (late events that add a reply earlier on).
+    # Versions before 2026-11-25 recorded only the key.
     return identity in acted or decision.key in acted
 
 
@@ -125,7 +132,13 @@ class Decider:
             (d, name) for d, name in zip(ev.decisions, identities(ev.decisions), strict=True)
             if not _was_acted(d, name, acted)
         ]  # fmt: skip
-        acted_list += [name for _, name in fresh]
+        acted_list += [key for d, name in fresh for key in (name, d.key)]
+        # A decision known by one name only (from an older version, or a moved time) learns the other.
+        known = set(acted_list)
+        acted_list += [
+            key for d, name in zip(ev.decisions, identities(ev.decisions), strict=True) for key in (name, d.key)
+            if key not in known and _was_acted(d, name, acted)
+        ]  # fmt: skip
         new = [(d.rule, d.to.value, d.reason) for d, _ in fresh]
         if not ev.decisions and ev.next_due_ms is None and not listed:
             return Outcome(None, None, actions, new_decisions=new)
