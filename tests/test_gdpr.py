@@ -397,3 +397,42 @@ def test_a_privacy_deletion_arriving_after_the_deletion_still_recognises_the_ema
     assert not conn.keys("pruner:forgotten:*")
     apply(conn, history("gd-2", email=EMAIL))  # imported again under a new id
     assert (LeadStore(conn, KEY).state("hubspot", "gd-2") or {}).get("state") == "SUPPRESSED"
+
+
+def test_an_erasure_naming_a_merged_away_id_purges_what_named_it() -> None:
+    conn = fakeredis.FakeRedis()
+    apply(conn, history("gd-1"))
+    apply(conn, [ev(1, "do_not_contact", "gd-8", channels=["email"])])  # a suppress action names gd-8
+    merge(conn, "gd-1", ["gd-8"])
+    result = apply(conn, [ev(20, "erasure_requested", "gd-8")])  # the privacy request names the old id
+    assert sorted(result.erased) == [("hubspot", "gd-1"), ("hubspot", "gd-8")]
+    dump = all_bytes(conn)
+    assert b"gd-8" not in dump and b"gd-1" not in dump
+
+
+def test_a_failing_merge_does_not_keep_the_batchs_erasure_from_being_purged(monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis
+
+    from worker import jobs
+    from worker.queues import enqueue_events, make_queue
+
+    conn = fakeredis.FakeRedis()
+    monkeypatch.setenv("PRUNER_SUPPRESSION_KEY", KEY.decode())
+    monkeypatch.setattr(jobs, "_connection", lambda: conn)
+    later = ev(0, "lead_profile", "gd-1", email=EMAIL)
+    enqueue_events(make_queue(conn), [later.to_wire()], source="hubspot")  # a queued job still naming gd-1
+    real, calls = LeadStore.merge, []
+
+    def flaky(self: LeadStore, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.ConnectionError("a Redis blip during the merge")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(LeadStore, "merge", flaky)
+    batch = [Event("x1", EventType.ERASURE_REQUESTED, Crm.HUBSPOT, "gd-1", NOW - 1000, {})]
+    ops = [{"op": "merge", "crm": "hubspot", "into": "gd-3", "merged": ["gd-4"], "at": NOW}]
+    with pytest.raises(redis.ConnectionError):
+        jobs._process(list(batch), "hubspot", ops)  # the erasure is applied, then the merge fails
+    jobs._process(list(batch), "hubspot", ops)  # RQ's retry: the erasure is a duplicate by now
+    assert b"ada.lovelace" not in all_bytes(conn)

@@ -116,7 +116,8 @@ def apply_store_ops(ops: list[dict[str, Any]], store: LeadStore, decide: Decider
             if update is not None and update.outcome is not None:
                 done.actions.extend(update.outcome.actions)
                 if update.outcome.erase:
-                    done.erased.extend((op["crm"], lead) for lead in [op["into"], *op["merged"]])
+                    gone = dict.fromkeys([op["into"], *op["merged"], *update.aliases])
+                    done.erased.extend((op["crm"], lead) for lead in gone)
         elif op["op"] == "forget":
             queue.enqueue_in(
                 FORGET_DELAY,

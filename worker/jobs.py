@@ -95,15 +95,13 @@ def _process(batch: list[Event], source: str, ops: list[dict[str, Any]] | None) 
             reader = hubspot_ops.hubspot_reader(config, connection)
             batch += hubspot_ops.fetch_events(ops, reader, cached_policy(config.policy_path).hubspot)
     result = store.apply_batch(batch, decide)
-    erased, actions = result.erased, result.actions
+    # Purge and drain what the batch did before the merges run: if a merge fails, RQ's retry
+    # finds these events applied already (duplicates) and would not do it again.
+    _after_apply(connection, config, result.erased, result.actions)
     if ops:
         # Merges after the events: they fold in what this batch said about the merged records.
         merges = hubspot_ops.apply_store_ops(ops, store, decide, make_queue(connection, config.queue_name))
-        erased, actions = [*erased, *merges.erased], [*actions, *merges.actions]
-    if erased:
-        # The lead is gone from the store; now from every other job payload and the outbox.
-        purge_payloads(connection, erased, config.queue_name)
-    request_drains(connection, config, actions)
+        _after_apply(connection, config, merges.erased, merges.actions)
     job = get_current_job()
     record_batch(
         connection,
@@ -152,6 +150,15 @@ def run_sweep(connection: redis.Redis, config: Config, now_ms: int) -> dict[str,
 def sweep(now_ms: int | None = None) -> dict[str, int]:
     """RQ job: run the time-based sweep (the clock enqueues it every minute)."""
     return run_sweep(_connection(), _config(), now_ms if now_ms is not None else int(time.time() * 1000))
+
+
+def _after_apply(
+    connection: redis.Redis, config: Config, erased: list[tuple[str, str]], actions: list[dict[str, Any]]
+) -> None:
+    if erased:
+        # The lead is gone from the store; now from every other job payload and the outbox.
+        purge_payloads(connection, erased, config.queue_name)
+    request_drains(connection, config, actions)
 
 
 def request_drains(connection: redis.Redis, config: Config, actions: list[dict[str, Any]]) -> None:

@@ -138,6 +138,8 @@ class LeadUpdate:
     added: int
     duplicates: int
     outcome: Outcome | None
+    # Ids merged into this lead earlier (or in this merge): an erasure covers them too.
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,9 @@ class BatchResult:
 
     @property
     def erased(self) -> list[Lead]:
-        return [(u.crm, u.lead_id) for u in self.leads if u.outcome and u.outcome.erase]
+        return [
+            (u.crm, lead_id) for u in self.leads if u.outcome and u.outcome.erase for lead_id in (u.lead_id, *u.aliases)
+        ]
 
     @property
     def added(self) -> int:
@@ -288,7 +292,8 @@ class LeadStore:
                             if outcome is not None:
                                 self._queue_outcome(pipe, lead, outcome, raw_state is not None)
                         dups = counts.get(lead, 0) - len(new)
-                        updates.append(LeadUpdate(lead[0], lead[1], history, len(new), dups, outcome))
+                        merged_in = tuple(aliases.get(lead, ())) if outcome is not None and outcome.erase else ()
+                        updates.append(LeadUpdate(lead[0], lead[1], history, len(new), dups, outcome, merged_in))
                     if log_writes:
                         pipe.mset(log_writes)  # one command for the whole batch's logs
                     pipe.execute()
@@ -429,11 +434,11 @@ class LeadStore:
                         for lead in merged:
                             pipe.delete(lead_key(crm, lead), state_key(crm, lead))
                             pipe.zrem(DUE_KEY, due_member(crm, lead))
-                        gone = [*merged, *chained]
-                        pipe.sadd(gdpr.SUPPRESSED_KEY, *(gdpr.lead_hash(key, crm, m) for m in gone))
-                        pipe.hdel(merged_key(crm), *gone)
+                        away = (*merged, *chained)
+                        pipe.sadd(gdpr.SUPPRESSED_KEY, *(gdpr.lead_hash(key, crm, m) for m in away))
+                        pipe.hdel(merged_key(crm), *away)
                         pipe.execute()
-                        return LeadUpdate(crm, into, [], 0, 0, Outcome(erase=True))
+                        return LeadUpdate(crm, into, [], 0, 0, Outcome(erase=True), away)
                     values: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
                     blobs = values[: 1 + len(merged)]
                     union: dict[bytes, LoggedEvent] = {}
@@ -461,9 +466,11 @@ class LeadStore:
                     for lead in merged:
                         pipe.delete(lead_key(crm, lead), state_key(crm, lead))
                         pipe.zrem(DUE_KEY, due_member(crm, lead))
+                    gone: tuple[str, ...] = ()
                     if outcome.erase:
                         merged_in = [a for a, target in aliases.items() if target == into]
-                        self._queue_erasure(pipe, survivor, outcome, [*merged, *chained, *merged_in])
+                        gone = tuple(dict.fromkeys([*merged, *chained, *merged_in]))
+                        self._queue_erasure(pipe, survivor, outcome, gone)
                     else:
                         pipe.set(lead_key(crm, into), eventlog.append(None, history))
                         self._queue_outcome(pipe, survivor, outcome)
@@ -472,7 +479,7 @@ class LeadStore:
                     pipe.execute()
                 except redis.WatchError:
                     continue
-            return LeadUpdate(crm, into, history, len(history), 0, outcome)
+            return LeadUpdate(crm, into, history, len(history), 0, outcome, gone)
         raise StoreError(f"gave up after {MAX_ATTEMPTS} write conflicts merging {len(merged)} leads")
 
     def forget(self, crm: str, lead_id: str) -> bool:
