@@ -79,6 +79,9 @@ def parse_rate(raw: str, name: str = "HUBSPOT_RATE_LIMIT") -> tuple[int, float]:
     return limit, window
 
 
+MAX_BLOCK_S = 600.0  # a drain job's timeout: longer holds are left to RQ's retries
+
+
 class RateLimiter:
     """A sliding-window request budget shared through Redis by every process using `key`."""
 
@@ -130,7 +133,13 @@ class RateLimiter:
             self._sleep(wait)
 
     def block(self, seconds: float) -> None:
-        """Hold back every process sharing this budget for `seconds` (the CRM said 429)."""
+        """Hold back every process sharing this budget for `seconds` (the CRM said 429), at most MAX_BLOCK_S.
+
+        Capped: the wait comes from a response header, and one absurd `Retry-After` (a date in
+        2049) must not stall every drain and every engagement fetch for years. Past the cap,
+        the RQ retries of the jobs that keep meeting 429s carry on the waiting.
+        """
+        seconds = min(seconds, MAX_BLOCK_S)
         if seconds > 0:
             self._block(keys=[self._block_key], args=[int(seconds * 1_000_000)])
             log.info("rate limiter %s blocked for %.1f s", self.key, seconds)

@@ -289,10 +289,9 @@ class SalesforceClient:
         if status == 429 or status >= 500 or "REQUEST_LIMIT_EXCEEDED" in codes:
             retry_after = _retry_after(response.headers.get("Retry-After"))
             limited = status == 429 or "REQUEST_LIMIT_EXCEEDED" in codes
-            beyond = retry_after is not None and retry_after > self.settings.max_retry_after_s
-            if (limited or beyond) and self.limiter is not None:
-                # Every worker shares the org's limit: hold them all back, not just this one. A long
-                # Retry-After on a server error (maintenance) holds for every worker too.
+            if limited and self.limiter is not None:
+                # Every worker shares the org's limit: hold them all back, not just this one (a
+                # server error's Retry-After is this request's business only).
                 self.limiter.block(retry_after if retry_after is not None else self.settings.backoff_initial_s)
             what = "REQUEST_LIMIT_EXCEEDED" if "REQUEST_LIMIT_EXCEEDED" in codes else f"HTTP {status}"
             raise _Transient(f"Salesforce answered {what} to {method} {_shape(path)}", retry_after)
