@@ -436,3 +436,12 @@ def test_a_failing_merge_does_not_keep_the_batchs_erasure_from_being_purged(monk
         jobs._process(list(batch), "hubspot", ops)  # the erasure is applied, then the merge fails
     jobs._process(list(batch), "hubspot", ops)  # RQ's retry: the erasure is a duplicate by now
     assert b"ada.lovelace" not in all_bytes(conn)
+
+
+def test_a_merge_after_the_survivors_erasure_suppresses_the_merged_records_emails() -> None:
+    conn = fakeredis.FakeRedis()
+    apply(conn, [*history("gd-1"), ev(20, "erasure_requested", "gd-1")])
+    apply(conn, history("gd-9", email="ada.work@example.com"))  # the same person's other record
+    merge(conn, "gd-1", ["gd-9"])  # delivered after the erasure
+    apply(conn, history("gd-2", email="ada.work@example.com"))  # imported again
+    assert (LeadStore(conn, KEY).state("hubspot", "gd-2") or {}).get("state") == "SUPPRESSED"

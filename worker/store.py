@@ -430,12 +430,18 @@ class LeadStore:
                         # are the same erased person, so they go too and nothing is re-created;
                         # their ids are dropped from now on like the survivor's. The erasing
                         # outcome tells the caller to purge their queued payloads.
+                        logs: list[bytes | None] = pipe.mget([lead_key(crm, m) for m in merged])  # type: ignore[assignment]
+                        emails = _emails(ev for blob in logs if blob is not None for ev in eventlog.decode(blob))
                         pipe.multi()
                         for lead in merged:
                             pipe.delete(lead_key(crm, lead), state_key(crm, lead))
                             pipe.zrem(DUE_KEY, due_member(crm, lead))
                         away = (*merged, *chained)
                         pipe.sadd(gdpr.SUPPRESSED_KEY, *(gdpr.lead_hash(key, crm, m) for m in away))
+                        if emails:
+                            # As the erasure would have, had the merge come first: the person's
+                            # emails, recognised if they are imported again.
+                            pipe.sadd(gdpr.SUPPRESSED_KEY, *(gdpr.email_hash(key, e) for e in emails))
                         pipe.hdel(merged_key(crm), *away)
                         pipe.execute()
                         return LeadUpdate(crm, into, [], 0, 0, Outcome(erase=True), away)
