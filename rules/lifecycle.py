@@ -22,7 +22,7 @@ the CRM must set that opt-out too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
@@ -444,11 +444,13 @@ def evaluate(
     now_ms: int,
     calendar: Calendar | None = None,
     suppressed: bool = False,
+    suppressed_channels: Collection[str] = (),
 ) -> Evaluation:
     """Replay a lead's event set through `policy` up to `now_ms`; pure and order-independent.
 
     `suppressed`: the person is on the suppression list (an erased person re-created
-    under a new id): SUPPRESSED from the first event, until an explicit re-consent.
+    under a new id, or a suppressed record restored in the CRM): SUPPRESSED from the first
+    event, until an explicit re-consent; on `suppressed_channels` only, when given.
     """
     replay = _Replay(policy, calendar or Calendar(policy), _thresholds(policy))
     events = sort_events(history)
@@ -456,7 +458,8 @@ def evaluate(
         replay.entered_ms = events[0].occurred_ms
         replay.episode = _Episode(events[0].occurred_ms)
         if suppressed:
-            replay.move("suppression_list", State.SUPPRESSED, "do_not_contact", events[0].occurred_ms, {})
+            inputs = {"channels": sorted(suppressed_channels)} if suppressed_channels else {}
+            replay.move("suppression_list", State.SUPPRESSED, "do_not_contact", events[0].occurred_ms, inputs)
     for i, ev in enumerate(events):
         replay.advance(min(ev.occurred_ms, now_ms))
         replay.apply(ev)

@@ -445,3 +445,16 @@ def test_a_merge_after_the_survivors_erasure_suppresses_the_merged_records_email
     merge(conn, "gd-1", ["gd-9"])  # delivered after the erasure
     apply(conn, history("gd-2", email="ada.work@example.com"))  # imported again
     assert (LeadStore(conn, KEY).state("hubspot", "gd-2") or {}).get("state") == "SUPPRESSED"
+
+
+def test_a_restored_record_is_suppressed_again_on_the_channels_it_objected_to() -> None:
+    conn = fakeredis.FakeRedis()
+    apply(conn, [*history("gd-5"), ev(16, "do_not_contact", "gd-5", channels=["email"])])
+    store = LeadStore(conn, KEY)
+    store.forget("hubspot", "gd-5")  # deleted in the CRM, then restored
+    gdpr.purge_payloads(conn, [("hubspot", "gd-5")])
+    result = apply(conn, [ev(30, "email_sent", "gd-5")])
+    assert (store.state("hubspot", "gd-5") or {}).get("state") == "SUPPRESSED"
+    assert [(a["kind"], a["channels"]) for a in result.actions] == [("suppress", ["email"])]  # not "all"
+    later = apply(conn, [ev(31, "email_replied", "gd-5")])  # the channels persist with the lead
+    assert (store.state("hubspot", "gd-5") or {}).get("suppression_channels") == ["email"] and not later.actions

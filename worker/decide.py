@@ -124,7 +124,10 @@ class Decider:
         # is not undone by a batch processed at wall-clock time afterwards.
         now = max(self.now_ms, int(prev.get("as_of_ms", 0)))
         listed = view.listed or bool(prev.get("suppression_list"))
-        ev = evaluate(view.history, self.policy, now, self.calendar, suppressed=listed)
+        listed_channels = view.listed_channels if view.listed else tuple(prev.get("suppression_channels", ()))
+        ev = evaluate(
+            view.history, self.policy, now, self.calendar, suppressed=listed, suppressed_channels=listed_channels
+        )
         acted_list: list[str] = list(prev.get("acted", []))
         acted = set(acted_list)
         actions = actions_for(view, ev, acted, self.dry_run)
@@ -152,6 +155,8 @@ class Decider:
         }
         if listed:
             state["suppression_list"] = True
+            if listed_channels:
+                state["suppression_channels"] = list(listed_channels)
         return Outcome(state, ev.next_due_ms, actions, new_decisions=new)
 
     def erase(self, view: LeadView) -> Outcome:

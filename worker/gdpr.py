@@ -46,9 +46,12 @@ def email_hash(key: bytes, email: str) -> str:
     return keyed_hash(key, "email", normalize_email(email))
 
 
-def objection_hash(key: bytes, crm: str, lead_id: str) -> str:
-    """Marks a suppressed lead deleted in the CRM: if the record comes back, so does SUPPRESSED."""
-    return keyed_hash(key, "objected", f"{crm}:{lead_id}")
+def objection_hash(key: bytes, crm: str, lead_id: str, channel: str | None = None) -> str:
+    """Marks a suppressed lead deleted in the CRM: if the record comes back, so does SUPPRESSED.
+
+    Without `channel`, the objection covered every channel; with one, that channel only.
+    """
+    return keyed_hash(key, "objected", f"{crm}:{lead_id}" + (f":{channel}" if channel else ""))
 
 
 def _mentions(event: Any, leads: set[tuple[str, str]]) -> bool:

@@ -73,6 +73,23 @@ def state_key(crm: str, lead_id: str) -> str:
     return f"{STATE_PREFIX}{crm}:{lead_id}"
 
 
+OBJECTION_CHANNELS = ("email", "phone")
+
+
+def _objection_hashes(key: bytes, crm: str, lead_id: str, state: dict[str, Any]) -> list[str]:
+    """Keyed hashes recording what a suppressed lead objected to: every channel, or some."""
+    from rules.lifecycle import ALL_CHANNELS, covered_channels
+    from worker import gdpr
+
+    channels: set[str] = set()
+    for decision in state.get("decisions", []):
+        if decision.get("to") == "SUPPRESSED":
+            channels |= covered_channels((decision.get("inputs") or {}).get("channels") or ["all"])
+    if not channels or channels >= ALL_CHANNELS:
+        return [gdpr.objection_hash(key, crm, lead_id)]
+    return [gdpr.objection_hash(key, crm, lead_id, c) for c in sorted(channels)]
+
+
 def forgotten_key(lead_hash: str) -> str:
     """Return the set of a forgotten lead's email hashes, kept for a late erasure."""
     return f"{FORGOTTEN_PREFIX}{lead_hash}"
@@ -108,6 +125,8 @@ class LeadView:
     added: int
     # An email of this lead is on the suppression list (a re-created erased person).
     listed: bool = False
+    # The channels a restored record objected to (empty: all of them).
+    listed_channels: tuple[str, ...] = ()
 
 
 @dataclass
@@ -191,22 +210,24 @@ class LeadStore:
 
     def _screen(
         self, conn: Any, fresh: dict[Lead, dict[bytes, LoggedEvent]]
-    ) -> tuple[dict[Lead, dict[bytes, LoggedEvent]], int, set[Lead]]:
+    ) -> tuple[dict[Lead, dict[bytes, LoggedEvent]], int, dict[Lead, tuple[str, ...]]]:
         """Return `fresh` without erased leads' events, how many were dropped, and listed leads.
 
         Listed leads are those whose email is on the suppression list (an earlier erasure of
-        the same person); their events come back without the email. One SMISMEMBER round
-        trip on `conn`, and only where a suppression key is configured.
+        the same person; their events come back without the email), or suppressed records
+        deleted and restored in the CRM; each with the channels it objected to (empty: all).
+        One SMISMEMBER round trip on `conn`, and only where a suppression key is configured.
         """
         from worker import gdpr
 
         key = self.suppression_key
         if key is None or not fresh:
-            return fresh, 0, set()
+            return fresh, 0, {}
         probes: list[tuple[Lead, str, str]] = []
         for lead, events in fresh.items():
             probes.append((lead, "lead", gdpr.lead_hash(key, *lead)))
             probes.append((lead, "objected", gdpr.objection_hash(key, *lead)))
+            probes += [(lead, f"objected:{c}", gdpr.objection_hash(key, *lead, c)) for c in OBJECTION_CHANNELS]
             for ev in events.values():
                 email = ev.data.get("email") if ev.type is EventType.LEAD_PROFILE else None
                 if email:
@@ -214,9 +235,16 @@ class LeadStore:
         hits: list[int] = conn.smismember(gdpr.SUPPRESSED_KEY, [h for _, _, h in probes])
         erased = {lead for (lead, kind, _), hit in zip(probes, hits, strict=True) if hit and kind == "lead"}
         recognised = {lead for (lead, kind, _), hit in zip(probes, hits, strict=True) if hit and kind == "email"}
-        objected = {lead for (lead, kind, _), hit in zip(probes, hits, strict=True) if hit and kind == "objected"}
-        # Listed: an erased person's email again, or a suppressed lead deleted and restored in the CRM.
-        listed = recognised | objected
+        channels: dict[Lead, set[str]] = {}
+        for (lead, kind, _), hit in zip(probes, hits, strict=True):
+            if hit and kind.startswith("objected"):
+                channels.setdefault(lead, set()).add(kind.partition(":")[2] or "all")
+        # Listed: an erased person's email again (every channel), or a suppressed lead deleted
+        # and restored in the CRM (the channels it had objected to).
+        listed = {
+            lead: () if lead in recognised or "all" in channels.get(lead, ()) else tuple(sorted(channels[lead]))
+            for lead in recognised | channels.keys()
+        }
         kept = {lead: events for lead, events in fresh.items() if lead not in erased}
         for lead in recognised & kept.keys():
             # Keep the counters of a re-created erased person, never their email again.
@@ -261,7 +289,7 @@ class LeadStore:
                     log_keys = [lead_key(*lead) for lead in leads]
                     keys = log_keys + ([state_key(*lead) for lead in leads] if decide else [])
                     pipe.watch(*keys, *watched)
-                    fresh, dropped, listed = self._screen(pipe, resolved) if screening else (resolved, 0, set())
+                    fresh, dropped, listed = self._screen(pipe, resolved) if screening else (resolved, 0, {})
                     leads = [lead for lead in leads if lead in fresh]
                     log_keys = [lead_key(*lead) for lead in leads]
                     keys = log_keys + ([state_key(*lead) for lead in leads] if decide else [])
@@ -282,7 +310,9 @@ class LeadStore:
                         raw_state = states[i] if decide is not None else None
                         if decide is not None and (history or raw_state is not None):
                             prev = json.loads(raw_state) if raw_state else None
-                            view = LeadView(lead[0], lead[1], history, prev, len(new), lead in listed)
+                            view = LeadView(
+                                lead[0], lead[1], history, prev, len(new), lead in listed, listed.get(lead, ())
+                            )
                             outcome = decide(view)
                         if outcome is not None and outcome.erase:
                             self._queue_erasure(pipe, lead, outcome, aliases.get(lead, []), forgotten.get(lead, []))
@@ -507,7 +537,8 @@ class LeadStore:
                     blob = pipe.get(lead_key(crm, lead_id))
                     emails = _emails(eventlog.decode(blob) if blob is not None else [])  # type: ignore[arg-type]
                     raw = pipe.get(state_key(crm, lead_id))
-                    suppressed = raw is not None and json.loads(raw).get("state") == "SUPPRESSED"
+                    state = json.loads(raw) if raw is not None else {}
+                    suppressed = state.get("state") == "SUPPRESSED"
                     raw_table: dict[bytes, bytes] = pipe.hgetall(merged_key(crm))  # type: ignore[assignment]
                     table = {k.decode(): v.decode() for k, v in raw_table.items()}
                     # The record is gone from the CRM: so is any mapping that names it.
@@ -518,7 +549,7 @@ class LeadStore:
                     if naming:
                         pipe.hdel(merged_key(crm), *naming)
                     if suppressed and key is not None:
-                        pipe.sadd(gdpr.SUPPRESSED_KEY, gdpr.objection_hash(key, crm, lead_id))
+                        pipe.sadd(gdpr.SUPPRESSED_KEY, *_objection_hashes(key, crm, lead_id, state))
                     if emails and key is not None:
                         forgotten = forgotten_key(gdpr.lead_hash(key, crm, lead_id))
                         pipe.sadd(forgotten, *(gdpr.email_hash(key, e) for e in emails))
