@@ -257,3 +257,25 @@ def test_a_new_break_up_after_a_reply_is_sent_though_an_earlier_one_was_overtake
     lead.deliver([h.add("not_interested", at(0.5)).events[-1], h.add("not_interested", at(1.5)).events[-1]], at(2.2))
     third = [h.add("email_replied", at(3)).events[-1], reschedule(h, 10), reschedule(h, 11)]
     assert [a["kind"] for a in lead.deliver(third, at(11.1))] == ["breakup_task"]
+
+
+def test_a_long_story_neither_repeats_its_current_action_nor_recounts_old_decisions() -> None:
+    # 51 break-up/reply cycles and a final break-up (over 100 decisions), then ordinary
+    # emails one batch at a time: the remembered decisions must not churn out of `acted`.
+    h = History()
+    first: list[LoggedEvent] = []
+    for i in range(51):
+        first += [
+            reschedule(h, i * 0.3),
+            reschedule(h, i * 0.3 + 0.1),
+            h.add("email_replied", at(i * 0.3 + 0.2)).events[-1],
+        ]
+    first += [reschedule(h, 15.3), reschedule(h, 15.4)]
+    lead = Lead()
+    lead.deliver(first, at(15.5))
+    told = len(lead.actions)
+    counted = len(lead.new_decisions)
+    for k in range(60):
+        lead.deliver([h.add("email_sent", at(15.5, hours=k * 0.01)).events[-1]], at(15.6))
+    assert len(lead.actions) == told and len(lead.new_decisions) == counted
+    assert lead.state is not None and len(lead.state["acted"]) <= 200

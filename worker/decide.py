@@ -128,20 +128,14 @@ class Decider:
         ev = evaluate(
             view.history, self.policy, now, self.calendar, suppressed=listed, suppressed_channels=listed_channels
         )
-        acted_list: list[str] = list(prev.get("acted", []))
-        acted = set(acted_list)
+        acted = set(prev.get("acted", []))
         actions = actions_for(view, ev, acted, self.dry_run)
-        fresh = [
-            (d, name) for d, name in zip(ev.decisions, identities(ev.decisions), strict=True)
-            if not _was_acted(d, name, acted)
-        ]  # fmt: skip
-        acted_list += [key for d, name in fresh for key in (name, d.key)]
-        # A decision known by one name only (from an older version, or a moved time) learns the other.
-        known = set(acted_list)
-        acted_list += [
-            key for d, name in zip(ev.decisions, identities(ev.decisions), strict=True) for key in (name, d.key)
-            if key not in known and _was_acted(d, name, acted)
-        ]  # fmt: skip
+        # Only the latest decisions can still call for an action (the current one, and the
+        # loss a check-in follows): `acted` is rebuilt from them, both names of each, so it
+        # neither grows with a long story nor loses what the current decision needs.
+        recent = list(zip(ev.decisions, identities(ev.decisions), strict=True))[-MAX_ACTED_KEPT // 2 :]
+        fresh = [(d, name) for d, name in recent if not _was_acted(d, name, acted)]
+        acted_list = [key for d, name in recent for key in (name, d.key)]
         new = [(d.rule, d.to.value, d.reason) for d, _ in fresh]
         if not ev.decisions and ev.next_due_ms is None and not listed:
             return Outcome(None, None, actions, new_decisions=new)
@@ -149,7 +143,7 @@ class Decider:
             "state": ev.state.value,
             "loss_reason": ev.loss_reason,
             "decisions": [d.to_json() for d in ev.decisions[-MAX_DECISIONS_KEPT:]],
-            "acted": acted_list[-MAX_ACTED_KEPT:],
+            "acted": acted_list,
             "as_of_ms": now,
             "next_due": format_ms(ev.next_due_ms) if ev.next_due_ms else None,
         }

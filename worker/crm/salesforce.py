@@ -23,9 +23,9 @@ and suppressed in one drain is one update, but retried as two, so a refusal of t
 (a custom field missing in this org, a validation rule) never takes the opt-out down. Connection
 errors, timeouts, 5xx, 429 and 403 `REQUEST_LIMIT_EXCEEDED` are retried with jittered
 exponential backoff (honouring `Retry-After`), bounded, then raised as `TransientCrmError`.
-A 429 or `REQUEST_LIMIT_EXCEEDED` holds back every worker through the shared limiter; a
-`Retry-After` beyond `max_retry_after_s` is not waited out in the job: it holds back every
-worker for that long and raises `TransientCrmError` at once, so RQ retries the drain later.
+A 429 or `REQUEST_LIMIT_EXCEEDED` holds back every worker through the shared limiter (for
+its `Retry-After`, ten minutes at most); a `Retry-After` beyond `max_retry_after_s` is not
+waited out in the job: `TransientCrmError` is raised at once, so RQ retries the drain later.
 A 401 raises `SalesforceAuthError`: every action stays in the outbox for `pruner replay`
 once the token is renewed. All requests share one Redis rate budget across workers.
 
@@ -347,7 +347,7 @@ class SalesforceClient:
             if beyond_cap(exc):
                 raise TransientCrmError(
                     f"{exc} with Retry-After {exc.retry_after:.0f} s, longer than a job waits "
-                    f"({s.max_retry_after_s:.0f} s): every worker holds back, RQ retries later"
+                    f"({s.max_retry_after_s:.0f} s): RQ retries later"
                 ) from None
             raise TransientCrmError(f"{exc} (gave up after {self.settings.max_attempts} attempts)") from None
 
