@@ -467,14 +467,12 @@ class LeadStore:
                             pipe.delete(lead_key(crm, lead), state_key(crm, lead))
                             pipe.zrem(DUE_KEY, due_member(crm, lead))
                         away = (*merged, *chained)
-                        pipe.sadd(gdpr.SUPPRESSED_KEY, *(gdpr.lead_hash(key, crm, m) for m in away))
-                        if emails:
-                            # As the erasure would have, had the merge come first: the person's
-                            # emails, recognised if they are imported again.
-                            pipe.sadd(gdpr.SUPPRESSED_KEY, *(gdpr.email_hash(key, e) for e in emails))
-                        pipe.hdel(merged_key(crm), *away)
+                        # As the erasure would have, had the merge come first: the merged ids and
+                        # the person's emails, recognised if they are imported again.
+                        outcome = Outcome(erase=True, suppress_hashes=[gdpr.email_hash(key, e) for e in sorted(emails)])
+                        self._queue_erasure(pipe, survivor, outcome, away)
                         pipe.execute()
-                        return LeadUpdate(crm, into, [], 0, 0, Outcome(erase=True), away)
+                        return LeadUpdate(crm, into, [], 0, 0, outcome, away)
                     values: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
                     blobs = values[: 1 + len(merged)]
                     union: dict[bytes, LoggedEvent] = {}
