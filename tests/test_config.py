@@ -20,6 +20,7 @@ from worker.errors import ConfigError
         ("redis://localhost:6379/abc", "database must be a number"),
         ("unix://", "socket path"),
         ("http://localhost:6379/0", "must start with redis://"),
+        ("redis://localhost:6379/7?decode_responses=true", "must not set decode_responses"),
     ],
 )
 def test_an_unusable_redis_url_is_refused_naming_it(url: str, message: str) -> None:

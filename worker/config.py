@@ -106,6 +106,10 @@ def _check_redis_url(url: str) -> None:
     if scheme != "unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
         # redis-py would silently use database 0: another app's data, perhaps.
         raise ConfigError(f"REDIS_URL database must be a number (redis://host:6379/0), got {parts.path!r}")
+    decode = parse_qs(parts.query).get("decode_responses", ["false"])[-1].strip().lower()
+    if decode not in ("", "0", "f", "false", "n", "no"):  # what redis-py reads as false
+        # RQ and the event log read bytes: decoded replies would fail every job.
+        raise ConfigError(f"REDIS_URL {shown} must not set decode_responses: RQ and Pruner read raw bytes")
     # As worker.queues.connect builds it (this module cannot import that one).
     kwargs: dict[str, object] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
     if scheme == "rediss":
