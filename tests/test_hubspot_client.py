@@ -19,6 +19,7 @@ import requests
 
 import worker.crm.hubspot as hubspot_module
 from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
+from tests.helpers import redis_url_for_tests
 from worker.config import Config
 from worker.crm.base import TransientCrmError
 from worker.crm.hubspot import (
@@ -34,7 +35,7 @@ from worker.crm.hubspot import (
 from worker.crm.ratelimit import RateLimiter, parse_rate
 from worker.errors import ConfigError
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = redis_url_for_tests(12)
 ROOT = Path(__file__).resolve().parents[1]
 NOW_S = 1_790_000_000.0
 

@@ -77,8 +77,8 @@ def test_redelivered_events_are_acknowledged_not_counted() -> None:
 
 def test_same_event_id_on_another_crm_is_a_different_event() -> None:
     store = LeadStore(fakeredis.FakeRedis())
-    a = parse_event(event(lead_id="L", event_id="x", crm="hubspot"), "e", NOW_MS)
-    b = parse_event(event(lead_id="L", event_id="x", crm="salesforce"), "e", NOW_MS)
+    a = parse_event(event(lead_id="L", event_id="x", crm="hubspot", at=T0), "e", NOW_MS)
+    b = parse_event(event(lead_id="L", event_id="x", crm="salesforce", at=T0), "e", NOW_MS)
     assert store.apply_batch([a, b]).added == 2
 
 

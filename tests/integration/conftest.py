@@ -17,9 +17,9 @@ import pytest
 import redis
 import requests
 
-from tests.helpers import ADMIN_TOKEN, SECRET, batch_body, signed_headers
+from tests.helpers import ADMIN_TOKEN, SECRET, batch_body, redis_url_for_tests, signed_headers
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = redis_url_for_tests(15)
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 

@@ -11,7 +11,16 @@ import redis
 import requests
 
 from tests.helpers import batch_body, event, signed_headers
-from tests.integration.conftest import LOG_DIR, base_env, start_web, start_worker, stop, wait_http, wait_until
+from tests.integration.conftest import (
+    LOG_DIR,
+    REDIS_URL,
+    base_env,
+    start_web,
+    start_worker,
+    stop,
+    wait_http,
+    wait_until,
+)
 from tests.integration.test_rules_e2e import System
 from worker.queues import make_queue
 from worker.store import LeadStore
@@ -53,7 +62,7 @@ def lead_events(lead: str, email: str) -> list[dict[str, object]]:
 
 
 def test_erasure_leaves_no_trace_and_the_person_stays_suppressed(tmp_path: Path) -> None:
-    conn = redis.Redis.from_url("redis://127.0.0.1:6379/15")
+    conn = redis.Redis.from_url(REDIS_URL)
     conn.flushdb()
     log_start = set(LOG_DIR.glob("*.log")) if LOG_DIR.exists() else set()
     # 1. Without a suppression key an erasure cannot be recorded: the job fails, keeps its payload.
@@ -62,7 +71,7 @@ def test_erasure_leaves_no_trace_and_the_person_stays_suppressed(tmp_path: Path)
     worker = start_worker(env)
     try:
         wait_http(f"{url}/healthz")
-        system = System(url, conn, "redis://127.0.0.1:6379/15")
+        system = System(url, conn, REDIS_URL)
         system.send(lead_events("gd-1", EMAIL))
         assert b"ada.lovelace" in dump(conn)
         body_events = [event("erasure_requested", lead_id="gd-1", at=START + timedelta(days=1))]
@@ -83,7 +92,7 @@ def test_erasure_leaves_no_trace_and_the_person_stays_suppressed(tmp_path: Path)
     worker = start_worker(env)
     try:
         wait_http(f"{url}/healthz")
-        system = System(url, conn, "redis://127.0.0.1:6379/15")
+        system = System(url, conn, REDIS_URL)
         system.send([event("erasure_requested", lead_id="gd-1", at=START + timedelta(days=1, hours=1))])
         wait_until(lambda: queue.scheduled_job_registry.count + queue.failed_job_registry.count == 0)
         everything = dump(conn)

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from rules.calendar import Calendar
-from tests.helpers import event, iso
+from tests.helpers import event, iso, redis_url_for_tests
 from tests.integration.conftest import (
     BIN,
     REDIS_URL,
@@ -260,7 +260,7 @@ def test_do_not_contact_that_arrives_late_still_wins(system: System) -> None:
 def test_call_cadence_exhausted_with_a_call_led_policy(tmp_path: Path) -> None:
     policy = tmp_path / "calls.yaml"
     policy.write_text("rules:\n  unresponsive:\n    enabled: false\n")
-    url14 = "redis://127.0.0.1:6379/14"
+    url14 = redis_url_for_tests(14)
     conn = redis.Redis.from_url(url14)
     conn.flushdb()
     env = base_env(REDIS_URL=url14, PRUNER_POLICY=str(policy))
