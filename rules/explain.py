@@ -12,7 +12,30 @@ from rules.policy import Policy
 def _fmt(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if isinstance(value, list | tuple):
+        return _words([_fmt(v) for v in value])
     return str(value)
+
+
+def _words(items: list[str]) -> str:
+    """Join as a person would: "email", "email and phone", "a, b and c"."""
+    if len(items) < 2:
+        return "".join(items)
+    return f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def plural(n: int, noun: str) -> str:
+    """Say a count with its noun: "1 event", "2 events"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _deal(amount: Any) -> str:
+    return "a deal of unknown size" if amount in (None, "None") else f"a deal of {_fmt(amount)}"
+
+
+# What a decision's reason is called, by the state it moved the lead to: only a LOST lead has a
+# loss reason; a break-up is asked for a reason that becomes the loss reason if no reply comes.
+_REASON_LABEL = {"LOST": "loss reason", "BREAKUP_DUE": "break-up reason", "REENGAGE_DUE": "lost for"}
 
 
 def sentence(decision: Mapping[str, Any]) -> str:
@@ -20,6 +43,7 @@ def sentence(decision: Mapping[str, Any]) -> str:
     rule, to, at = decision["rule"], decision["to"], decision["at"]
     i = {k: _fmt(v) for k, v in decision.get("inputs", {}).items()}
     reason = decision.get("reason")
+    deal = _deal(decision.get("inputs", {}).get("deal_amount"))
     text = {
         "repeated_no": f"the lead said not interested {i.get('not_interested')} times (threshold {i.get('threshold')})",
         "decisive_no": f"a decision maker said no, giving a reason of category {i.get('category')!s}",
@@ -29,7 +53,7 @@ def sentence(decision: Mapping[str, Any]) -> str:
         f"(threshold {i.get('threshold')}; {i.get('outbound_touches')} touches in all)",
         "effort_exceeds_value": f"{i.get('minutes_invested')} minutes were invested, "
         f"more than {i.get('threshold_minutes')} "
-        f"({i.get('factor')} x {i.get('typical_minutes')} typical minutes for a deal of {i.get('deal_amount')})",
+        f"({i.get('factor')} x {i.get('typical_minutes')} typical minutes for {deal})",
         "proposal_expired": f"the proposal expired at {i.get('expired_at')} and {i.get('days_threshold')} days passed "
         "with no call returned",
         "call_cadence_exhausted": f"{i.get('weeks_at_cadence')} consecutive weeks had at least "
@@ -45,7 +69,7 @@ def sentence(decision: Mapping[str, Any]) -> str:
         "consent_given": "the lead gave explicit consent again",
         "suppression_list": "the person's email is on the suppression list (an earlier erasure)",
     }.get(rule, f"rule {rule} fired")
-    why = f" (loss reason: {reason})" if reason and to in ("LOST", "BREAKUP_DUE", "REENGAGE_DUE") else ""
+    why = f" ({_REASON_LABEL[to]}: {reason})" if reason and to in _REASON_LABEL else ""
     return f"{at}: {to} because {text}{why}"
 
 

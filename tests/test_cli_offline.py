@@ -377,3 +377,39 @@ def test_explain_json_for_an_erased_lead_is_the_erased_document(
     assert doc == {"crm": "hubspot", "lead_id": "E1", "state": "SUPPRESSED", "erased": True}
     assert main(["explain", "hubspot", "E1"]) == 0
     assert "was erased on request" in capsys.readouterr().out
+
+
+def test_output_piped_into_a_reader_that_stops_early_is_not_an_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    history = tmp_path / "many.jsonl"
+    lines = [json.dumps(event("lead_profile", lead_id=f"lead-{i:05d}", at=T0, event_id=f"p{i}")) for i in range(4000)]
+    history.write_text("\n".join(lines) + "\n")
+    # `pruner simulate ... --format json | head -c 10`: far more than a pipe buffer holds.
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "pruner"), "simulate", str(history), "--now", "2026-04-01T00:00:00Z"]
+        + ["--format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(10).startswith(b"{")
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) in (0, 1)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_every_subcommand_help_has_a_description_an_example_and_its_environment(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from worker.cli import HELP
+
+    for name in HELP:
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        out = capsys.readouterr().out
+        assert "examples:\n  pruner " + name in out and "environment:\n  " in out, name
+        assert len(out.split("\n\n")[1]) > 60, f"{name} --help has no description"

@@ -6,13 +6,16 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 
 from rules.errors import PolicyError, SchemaError
 from rules.events import format_ms, parse_rfc3339_ms
+from rules.explain import plural
 from rules.policy import Policy
 from worker.config import DEFAULT_REDIS_URL, Config, policy_path_from_env, redis_location
 from worker.errors import ConfigError
@@ -64,14 +67,31 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# A --now further ahead than this is "what if", not "catch up": the clocks of two machines may
+# differ by seconds, never by minutes.
+FUTURE_SLACK_MS = 5 * 60 * 1000
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from worker.jobs import run_sweep
+    from worker.jobs import preview_sweep, run_sweep
     from worker.queues import connect
 
     config = _config()
     _policy(config.policy_path)
-    now_ms = _now_ms(args.now) or int(time.time() * 1000)
-    result = run_sweep(connect(config.redis_url, timeout=30), config, now_ms)
+    wall_ms = int(time.time() * 1000)
+    now_ms = _now_ms(args.now) or wall_ms
+    connection = connect(config.redis_url, timeout=30)
+    if now_ms > wall_ms + FUTURE_SLACK_MS and not args.commit_future:
+        # Decisions dated in the future would be permanent (a lead's time never moves back) and
+        # their actions would reach the CRM on the next drain: so only say what would happen.
+        preview = preview_sweep(connection, config, now_ms)
+        print(f"dry run: --now {format_ms(now_ms)} is in the future; nothing was written.")
+        for (crm, lead_id), decisions, actions in preview:
+            said = "; ".join(f"{to} by {rule}" + (f" ({reason})" if reason else "") for rule, to, reason in decisions)
+            print(f"  {crm} {lead_id}: {said or 'no new decision'}; {plural(actions, 'CRM action')}")
+        print(f"{plural(len(preview), 'due lead')} would be evaluated. Add --commit-future to write these decisions.")
+        return EXIT_OK
+    result = run_sweep(connection, config, now_ms)
     if result.get("skipped"):
         print("sweep skipped: another sweep is running")
         return EXIT_FAILED
@@ -106,8 +126,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(doc, indent=2))
         return EXIT_OK
-    reason = f" (loss reason: {doc['loss_reason']})" if doc["loss_reason"] else ""
-    print(f"{args.crm} lead {args.lead_id} is {doc['state']}{reason}; {doc['events']} events")
+    label = "break-up reason" if doc["state"] == "BREAKUP_DUE" else "loss reason"
+    reason = f" ({label}: {doc['loss_reason']})" if doc["loss_reason"] else ""
+    print(f"{args.crm} lead {args.lead_id} is {doc['state']}{reason}; {plural(doc['events'], 'event')}")
     for decision in doc["decisions"]:
         print(f"  {sentence(decision)}")
     if not doc["decisions"]:
@@ -221,43 +242,140 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return run_dev(port=args.port, fake_hubspot=args.fake_hubspot)
 
 
+# Every subcommand's --help: what it does, an example, and the environment it reads.
+_REDIS = "REDIS_URL (default redis://localhost:6379/0)"
+_POLICY = "PRUNER_POLICY (policy file; default: the bundled one)"
+HELP: dict[str, tuple[str, str, list[str], list[str]]] = {
+    # name: (one line, description, examples, environment)
+    "dev": (
+        "run web + worker + clock (and a Redis if none answers)",
+        "Run the whole system on this machine for trying it out: the web process, one RQ worker and the "
+        "clock. Without REDIS_URL and with nothing on localhost:6379 it starts a Redis of its own. It prints "
+        "a signed example request and the exports a second shell needs. Ctrl-C stops everything.",
+        ["pruner dev", "pruner dev --port 8000 --fake-hubspot"],
+        [_REDIS, "PORT (default 5000)", "PRUNER_WEBHOOK_SECRET, PRUNER_ADMIN_TOKEN (generated when unset)"],
+    ),
+    "check": (
+        "validate configuration and policy, print what is enabled",
+        "Validate the environment and the policy file and print what is switched on. The release phase runs "
+        "it: exit 3 on a bad setting or policy fails the deploy.",
+        ["pruner check", "pruner check --policy my-policy.yaml"],
+        [_REDIS, _POLICY, "every PRUNER_*, HUBSPOT_* and SALESFORCE_* setting in the README"],
+    ),
+    "sweep": (
+        "run the time-based evaluation once",
+        "Re-evaluate every lead whose next time-based check is due (proposal expiry, break-up grace, "
+        "re-engage), as the clock does every minute. A --now more than 5 minutes ahead is a dry run that "
+        "prints what would be decided, unless --commit-future says to write it.",
+        [
+            "pruner sweep",
+            "pruner sweep --now 2027-03-01T09:00:00Z",
+            "pruner sweep --now 2027-03-01T09:00:00Z --commit-future",
+        ],
+        [_REDIS, _POLICY, "PRUNER_DRY_RUN", "PRUNER_SUPPRESSION_KEY"],
+    ),
+    "explain": (
+        "why a lead is in its state",
+        "Say why a lead is in its state: each decision with the numbers it compared, and for an ACTIVE "
+        "lead how far it is from each rule. --format json prints what GET /leads/<crm>/<id> answers.",
+        ["pruner explain hubspot 12345", "pruner explain salesforce 00Q5g00000AbCdE --format json"],
+        [_REDIS, _POLICY, "PRUNER_SUPPRESSION_KEY (to recognise an erased lead)"],
+    ),
+    "stats": (
+        "loss and conversion by source, segment, priority, reason",
+        "Print loss and conversion rates by source, segment, priority and reason, and the stage leads were lost in.",
+        ["pruner stats", "pruner stats --format json | jq .by_reason"],
+        [_REDIS],
+    ),
+    "replay": (
+        "re-enqueue failed jobs (all, or the ones named)",
+        "Put jobs from RQ's failed registry (batches or drains whose retries ran out) back on the queue. "
+        "The failed registry is the only source; --failed is accepted so scripts can say so.",
+        ["pruner replay", "pruner replay --job 3f2c...", "pruner replay --failed | tail -1"],
+        [_REDIS],
+    ),
+    "simulate": (
+        "dry-run the policy over a JSONL history of canonical events",
+        'Replay a history of canonical events (one event or one {"events": [...]} batch per line) through '
+        "the policy, without Redis or any CRM, and report what would have been decided, per rule and reason.",
+        ["pruner simulate history.jsonl", "pruner simulate history.jsonl --policy strict.yaml --format json"],
+        [_POLICY],
+    ),
+    "worker": (
+        "run an RQ worker on the pruner queue",
+        "Run one RQ worker: applies queued batches, sweeps and CRM drains. SIGTERM finishes the current job first.",
+        ["pruner worker", "pruner worker --burst"],
+        [_REDIS, _POLICY, "PRUNER_DRY_RUN", "PRUNER_SUPPRESSION_KEY", "HUBSPOT_*", "SALESFORCE_*"],
+    ),
+    "clock": (
+        "enqueue the sweep every minute (RQ cron scheduler)",
+        "Enqueue the sweep every minute and the dashboard's stats every 5 minutes (RQ's cron scheduler). "
+        "Run exactly one.",
+        ["pruner clock"],
+        [_REDIS],
+    ),
+}
+
+
+def _add_command(sub: Any, name: str) -> argparse.ArgumentParser:
+    line, description, examples, env = HELP[name]
+    epilog = "examples:\n" + "".join(f"  {e}\n" for e in examples)
+    epilog += "\nenvironment:\n" + "".join(f"  {v}\n" for v in env)
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=line,
+        description=textwrap.fill(description, 88),
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pruner", description="Prune cold CRM leads, explainably.")
+    parser = argparse.ArgumentParser(
+        prog="pruner",
+        description="Prune cold CRM leads, explainably. `pruner COMMAND --help` says more about each command.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("dev", help="run web + worker + clock (and a Redis if none answers)")
+    p = _add_command(sub, "dev")
     p.add_argument("--port", type=int, default=None, help="web port (default $PORT or 5000)")
     p.add_argument(
         "--fake-hubspot", action="store_true", help="also run the tests' fake HubSpot API and send callbacks to it"
     )
     p.set_defaults(func=cmd_dev)
-    p = sub.add_parser("check", help="validate configuration and policy, print what is enabled")
+    p = _add_command(sub, "check")
     p.add_argument("--policy", help="policy file to check (default $PRUNER_POLICY or the bundled one)")
     p.set_defaults(func=cmd_check)
-    p = sub.add_parser("sweep", help="run the time-based evaluation once")
-    p.add_argument("--now", help="evaluate as if it were this RFC 3339 time")
+    p = _add_command(sub, "sweep")
+    p.add_argument("--now", help="evaluate as if it were this RFC 3339 time (in the future: a dry run)")
+    p.add_argument(
+        "--commit-future",
+        action="store_true",
+        help="with a --now in the future, really write its decisions and queue their CRM actions",
+    )
     p.set_defaults(func=cmd_sweep)
-    p = sub.add_parser("explain", help="why a lead is in its state")
+    p = _add_command(sub, "explain")
     p.add_argument("crm", choices=["hubspot", "salesforce"])
     p.add_argument("lead_id")
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_explain)
-    p = sub.add_parser("stats", help="loss and conversion by source, segment, priority, reason")
+    p = _add_command(sub, "stats")
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_stats)
-    p = sub.add_parser("replay", help="re-enqueue failed jobs (all, or the ones named)")
-    p.add_argument("--failed", action="store_true", help="take jobs from the failed registry (the default)")
+    p = _add_command(sub, "replay")
+    p.add_argument("--failed", action="store_true", help="from the failed registry (the only source; optional)")
     p.add_argument("--job", action="append", help="only this failed job id (repeatable)")
     p.set_defaults(func=cmd_replay)
-    p = sub.add_parser("simulate", help="dry-run the policy over a JSONL history of canonical events")
+    p = _add_command(sub, "simulate")
     p.add_argument("events", help="JSONL file: one canonical event (or one batch) per line")
     p.add_argument("--policy", help="policy file (default $PRUNER_POLICY or the bundled one)")
     p.add_argument("--now", help="evaluate as of this RFC 3339 time (default: the last event's)")
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_simulate)
-    p = sub.add_parser("worker", help="run an RQ worker on the pruner queue")
+    p = _add_command(sub, "worker")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     p.set_defaults(func=cmd_worker)
-    p = sub.add_parser("clock", help="enqueue the sweep every minute (RQ cron scheduler)")
+    p = _add_command(sub, "clock")
     p.set_defaults(func=cmd_clock)
     return parser
 
@@ -268,9 +386,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()
     except redis.RedisError as exc:
         where = redis_location(os.environ.get("REDIS_URL", "").strip() or DEFAULT_REDIS_URL)
         print(f"pruner: Redis at {where} did not answer: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:
+        # The reader went away (`pruner leads | head`): what Python's docs advise for SIGPIPE —
+        # point stdout at devnull so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
     return code
 

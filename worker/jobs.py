@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 SWEEP_LOCK = "pruner:sweep:lock"
 SWEEP_CHUNK = 500
+# A preview prints one line per lead: enough to see what would happen, not a report of millions.
+SWEEP_PREVIEW_LIMIT = 1000
 
 
 @lru_cache(maxsize=1)
@@ -145,6 +147,16 @@ def run_sweep(connection: redis.Redis, config: Config, now_ms: int) -> dict[str,
     finally:
         # Only our own lock: a sweep that outran the lock's 10 minutes must not release the next sweep's.
         release(connection, SWEEP_LOCK, token)
+
+
+def preview_sweep(
+    connection: redis.Redis, config: Config, now_ms: int
+) -> list[tuple[tuple[str, str], list[tuple[str, str, str | None]], int]]:
+    """Say what a sweep at `now_ms` would decide for each due lead, writing nothing."""
+    store = LeadStore(connection, suppression_key(config))
+    decide = decider(config, now_ms)
+    due = store.due(now_ms, SWEEP_PREVIEW_LIMIT)
+    return [(lead, outcome.new_decisions, len(outcome.actions)) for lead, outcome in store.preview(due, decide)]
 
 
 def sweep(now_ms: int | None = None) -> dict[str, int]:

@@ -567,6 +567,15 @@ class LeadStore:
         raw = self.redis.get(state_key(crm, lead_id))
         return None if raw is None else json.loads(raw)
 
+    def preview(self, leads: Iterable[Lead], decide: Decider) -> list[tuple[Lead, Outcome]]:
+        """Say what `decide` would make of each lead, writing nothing (a sweep's dry run)."""
+        out = []
+        for crm, lead_id in leads:
+            history = self.history(crm, lead_id) or []
+            view = LeadView(crm, lead_id, history, self.state(crm, lead_id), 0)
+            out.append(((crm, lead_id), decide(view)))
+        return out
+
     def due(self, now_ms: int, limit: int) -> list[Lead]:
         """Return up to `limit` leads whose next due time is at or before `now_ms`."""
         members: list[bytes] = self.redis.zrangebyscore(DUE_KEY, "-inf", now_ms, start=0, num=limit)  # type: ignore[assignment]

@@ -70,9 +70,9 @@ class System:
     def actions(self, lead_id: str) -> list[str]:
         return [a["kind"] for a in LeadStore(self.conn).actions() if a["lead_id"] == lead_id]
 
-    def sweep(self, now: datetime) -> str:
+    def sweep(self, now: datetime, commit: bool = True) -> str:
         result = subprocess.run(
-            [str(BIN / "pruner"), "sweep", "--now", iso(now)],
+            [str(BIN / "pruner"), "sweep", "--now", iso(now), *(["--commit-future"] if commit else [])],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -174,6 +174,10 @@ def test_breakup_grace_then_reengage_by_sweep(system: System) -> None:
     assert doc["state"] == "BREAKUP_DUE" and doc["next_due"] is not None
     system.sweep(NOW + timedelta(days=3))  # grace not over: 7 business days
     assert system.lead(lead)["state"] == "BREAKUP_DUE"
+    # A future --now without --commit-future only says what would happen.
+    out = system.sweep(NOW + timedelta(days=20), commit=False)
+    assert "dry run" in out and f"hubspot {lead}: LOST by breakup_grace (no_response); 1 CRM action" in out
+    assert system.lead(lead)["state"] == "BREAKUP_DUE" and system.actions(lead) == ["breakup_task"]
     out = system.sweep(NOW + timedelta(days=20))
     assert "due leads evaluated" in out
     doc = system.lead(lead)
