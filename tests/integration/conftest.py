@@ -89,6 +89,47 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def _our_processes() -> dict[int, str]:
+    """Processes started from this checkout's virtualenv, other than this test run and its parents."""
+    mine = {os.getpid()}
+    pid = os.getpid()
+    while pid > 1:
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        mine.add(pid)
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        if any(arg.decode(errors="replace").startswith(str(BIN)) for arg in argv[:2]):
+            found[int(entry.name)] = " ".join(a.decode(errors="replace") for a in argv if a)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_left_behind() -> Iterator[None]:
+    """Fail the run if a test leaves a worker, scheduler, gunicorn or clock process (or a metrics dir) behind."""
+    before = set(_our_processes())
+    metric_dirs = set(Path(tempfile.gettempdir()).glob("pruner-prometheus-*"))
+    yield
+    stray = set(Path(tempfile.gettempdir()).glob("pruner-prometheus-*")) - metric_dirs
+    deadline = time.monotonic() + 10
+    left = {p: cmd for p, cmd in _our_processes().items() if p not in before}
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = {p: cmd for p, cmd in _our_processes().items() if p not in before}
+    for pid in left:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    assert not left, f"processes left running by the tests (now killed): {left}"
+    assert not stray, f"gunicorn metrics directories left behind: {sorted(map(str, stray))}"
+
+
 @pytest.fixture
 def redis_db() -> Iterator[redis.Redis]:
     conn = redis.Redis.from_url(REDIS_URL)
