@@ -1,6 +1,7 @@
 """Draining the per-CRM outbox: execute decided actions against the CRM, exactly once each.
 
-`drain` runs as an RQ job per CRM, one at a time (a Redis lock). It reads the
+`drain` runs as an RQ job per CRM, one at a time (a Redis lock with a short TTL that a
+heartbeat renews, so a drainer that died blocks nobody for long). It reads the
 head of `pruner:outbox:{crm}`, skips actions already done (`pruner:done:{crm}`)
 and contact actions for leads that are SUPPRESSED by now (a do-not-contact may
 have arrived after the action was queued: RULES.md guardrail 4), hands the rest
@@ -14,7 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -22,13 +24,17 @@ import redis
 from rules.lifecycle import CONTACT_ACTIONS, ActionKind
 from worker.crm.base import ActionOutcome, Executor
 from worker.gdpr import forget_progress
-from worker.locks import release
+from worker.locks import Heartbeat, release
 from worker.store import outbox_key, state_key
 
 log = logging.getLogger(__name__)
 
 BATCH = 200
-LOCK_MS = 10 * 60 * 1000
+# The drain lock's TTL, renewed by a heartbeat every third of it: a dead drainer blocks the
+# outbox this long at most (it was 10 minutes, never renewed: FINDINGS item 2).
+LOCK_TTL_MS = 15_000
+# How long one drain job executes before it hands over (platforms SIGKILL 30 s after SIGTERM).
+BUDGET_S = 20.0
 DONE_TTL_S = 14 * 86_400
 
 
@@ -70,58 +76,110 @@ def _stateless(connection: redis.Redis, actions: list[dict[str, Any]]) -> set[st
     return {a["id"] for a, state in zip(actions, raw, strict=True) if state is None}
 
 
-def drain(connection: redis.Redis, crm: str, executor_factory: Callable[[], Executor]) -> dict[str, int]:
-    """Execute everything in the CRM's outbox; return counts. Raises if the CRM stays unavailable."""
-    token = str(time.time_ns())
-    if not connection.set(lock_key(crm), token, nx=True, px=LOCK_MS):
-        return {"locked": 1}
+def drain(
+    connection: redis.Redis,
+    crm: str,
+    executor_factory: Callable[[], Executor],
+    budget_s: float = BUDGET_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, int]:
+    """Execute the CRM's outbox; return counts. Raises if the CRM stays unavailable.
+
+    One drain per CRM at a time, under a lock with a short TTL that a heartbeat renews: a
+    drain that died frees it within seconds. A drain that finds the lock taken returns at
+    once ({"locked": 1}) rather than hold a worker: its request (the pending mark) is seen by
+    the holder, which deletes the mark before each read and looks for it again after letting
+    go; or, should the holder have died, by the clock's outbox watchdog. `{"again": 1}` when
+    the drain used its time budget: the caller queues a fresh one at once.
+    """
+    token = uuid.uuid4().hex
     counts = {"executed": 0, "skipped_done": 0, "skipped_suppressed": 0, "dead": 0}
     executor: Executor | None = None
+
+    def get_executor() -> Executor:
+        nonlocal executor
+        executor = executor or executor_factory()  # only once there is something to execute
+        return executor
+
+    started = clock()
     try:
-        # Actions arriving from now on must trigger another drain.
-        connection.delete(pending_key(crm))
-        while True:
-            raw: list[bytes] = connection.lrange(outbox_key(crm), 0, BATCH - 1)  # type: ignore[assignment]
-            if not raw:
+        while connection.set(lock_key(crm), token, nx=True, px=LOCK_TTL_MS):
+            try:
+                with Heartbeat(connection, lock_key(crm), token, LOCK_TTL_MS) as heartbeat:
+                    while not heartbeat.lost and clock() - started < budget_s:
+                        # Actions queued before this read are in it; later ones must call a drain.
+                        connection.delete(pending_key(crm))
+                        raw: list[bytes] = connection.lrange(outbox_key(crm), 0, BATCH - 1)  # type: ignore[assignment]
+                        if not raw:
+                            break
+                        _drain_batch(connection, crm, raw, get_executor, counts)
+                    else:
+                        # Out of time (a deploy's SIGKILL comes 30 s after SIGTERM), or the lock
+                        # was lost while Redis was away: a fresh drain carries on.
+                        counts["again"] = 1
+            finally:
+                release(connection, lock_key(crm), token)  # ours only, checked and deleted at once
+            if counts.get("again") or not connection.exists(pending_key(crm)):
                 break
-            actions = [json.loads(r) for r in raw]
-            done_flags = connection.smismember(done_key(crm), [a["id"] for a in actions])
-            todo = [a for a, done in zip(actions, done_flags, strict=True) if not done]
-            counts["skipped_done"] += len(actions) - len(todo)
-            suppressed = _suppressed(connection, todo)
-            counts["skipped_suppressed"] += len(suppressed)
-            todo = [a for a in todo if a["id"] not in suppressed]
-            outcomes: list[ActionOutcome] = []
-            if todo:
-                executor = executor or executor_factory()
-                outcomes = executor.execute(todo)
-            # A lead erased (or forgotten) while its actions ran has no state left: keep no
-            # record naming it, or its id would outlive the erasure's purge in these sets.
-            gone = _stateless(connection, todo)
-            dead = [o for o in outcomes if not o.ok]
-            with connection.pipeline(transaction=True) as pipe:
-                ids = [a["id"] for a in todo if a["id"] not in gone] + list(suppressed)
-                if ids:
-                    pipe.sadd(done_key(crm), *ids)
-                    pipe.expire(done_key(crm), DONE_TTL_S)
-                for outcome in (o for o in dead if o.action_id not in gone):
-                    entry = {"id": outcome.action_id, "detail": outcome.detail[:500], "at": int(time.time())}
-                    pipe.rpush(dead_key(crm), json.dumps(entry))
-                # Remove exactly the entries handled, not the first len(raw): an erasure's purge
-                # may have removed some meanwhile, and trimming by count would then drop
-                # actions queued since, unseen.
-                for handled in raw:
-                    pipe.lrem(outbox_key(crm), 1, handled)  # type: ignore[arg-type]
-                pipe.execute()
-            if gone:
-                # Steps it marked done while the erasure purged: hashes of guessable ids.
-                forget_progress(connection, crm, gone)
-            counts["executed"] += len(outcomes) - len(dead)
-            counts["dead"] += len(dead)
+            # A drain was asked for after our last read and may have found the lock taken: go on.
+        else:
+            if not any(counts.values()):
+                return {"locked": 1}
         log.info("outbox drained crm=%s %s", crm, " ".join(f"{k}={v}" for k, v in counts.items()))
         return counts
     finally:
         close = getattr(executor, "close", None)
         if callable(close):
             close()  # release the executor's HTTP session
-        release(connection, lock_key(crm), token)  # ours only, checked and deleted at once
+
+
+def watch(connection: redis.Redis, crms: Sequence[str]) -> list[str]:
+    """Return the CRMs whose outbox holds actions while no drain holds its lock.
+
+    A drain that died leaves its actions queued and its pending mark set, which keeps new
+    drain jobs from being queued; the clock calls this every few seconds and queues a drain
+    for each CRM it returns.
+    """
+    with connection.pipeline(transaction=False) as pipe:
+        for crm in crms:
+            pipe.llen(outbox_key(crm))
+            pipe.exists(lock_key(crm))
+        answers = pipe.execute()
+    return [crm for i, crm in enumerate(crms) if answers[2 * i] and not answers[2 * i + 1]]
+
+
+def _drain_batch(
+    connection: redis.Redis, crm: str, raw: list[bytes], executor: Callable[[], Executor], counts: dict[str, int]
+) -> None:
+    """Execute one batch read from the head of the outbox, then record it done and remove it."""
+    actions = [json.loads(r) for r in raw]
+    done_flags = connection.smismember(done_key(crm), [a["id"] for a in actions])
+    todo = [a for a, done in zip(actions, done_flags, strict=True) if not done]
+    counts["skipped_done"] += len(actions) - len(todo)
+    suppressed = _suppressed(connection, todo)
+    counts["skipped_suppressed"] += len(suppressed)
+    todo = [a for a in todo if a["id"] not in suppressed]
+    outcomes: list[ActionOutcome] = executor().execute(todo) if todo else []
+    # A lead erased (or forgotten) while its actions ran has no state left: keep no
+    # record naming it, or its id would outlive the erasure's purge in these sets.
+    gone = _stateless(connection, todo)
+    dead = [o for o in outcomes if not o.ok]
+    with connection.pipeline(transaction=True) as pipe:
+        ids = [a["id"] for a in todo if a["id"] not in gone] + list(suppressed)
+        if ids:
+            pipe.sadd(done_key(crm), *ids)
+            pipe.expire(done_key(crm), DONE_TTL_S)
+        for outcome in (o for o in dead if o.action_id not in gone):
+            entry = {"id": outcome.action_id, "detail": outcome.detail[:500], "at": int(time.time())}
+            pipe.rpush(dead_key(crm), json.dumps(entry))
+        # Remove exactly the entries handled, not the first len(raw): an erasure's purge
+        # may have removed some meanwhile, and trimming by count would then drop
+        # actions queued since, unseen.
+        for handled in raw:
+            pipe.lrem(outbox_key(crm), 1, handled)  # type: ignore[arg-type]
+        pipe.execute()
+    if gone:
+        # Steps it marked done while the erasure purged: hashes of guessable ids.
+        forget_progress(connection, crm, gone)
+    counts["executed"] += len(outcomes) - len(dead)
+    counts["dead"] += len(dead)

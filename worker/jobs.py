@@ -6,16 +6,15 @@ import json
 import logging
 import time
 import uuid
-from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
 import redis
 from rq import get_current_job
 
-from rules.events import Event
+from rules.events import Crm, Event
 from rules.fastparse import parse_decoded
-from worker.actions import drain, pending_key
+from worker.actions import drain, pending_key, watch
 from worker.config import Config
 from worker.crm import executor_for
 from worker.decide import Decider
@@ -176,15 +175,24 @@ def _after_apply(
 def request_drains(connection: redis.Redis, config: Config, actions: list[dict[str, Any]]) -> None:
     """Enqueue one outbox drain per CRM that got live actions (at most one pending per CRM)."""
     for crm in sorted({a["crm"] for a in actions if not a.get("dry_run")}):
-        if connection.set(pending_key(crm), "1", nx=True, ex=300):
-            make_queue(connection, config.queue_name).enqueue(
-                "worker.jobs.drain_outbox",
-                args=(crm,),
-                result_ttl=0,
-                retry=RETRY,
-                job_timeout=JOB_TIMEOUT * 5,
-                description=f"drain_outbox: {crm}",
-            )
+        # The mark says "a drain is queued for what is in the outbox now"; a drain deletes it as
+        # it reads. Its expiry bounds how long a lost drain job can hold new ones back.
+        if connection.set(pending_key(crm), "1", nx=True, ex=PENDING_TTL_S):
+            _enqueue_drain(connection, config, crm)
+
+
+PENDING_TTL_S = 60
+
+
+def _enqueue_drain(connection: redis.Redis, config: Config, crm: str) -> None:
+    make_queue(connection, config.queue_name).enqueue(
+        "worker.jobs.drain_outbox",
+        args=(crm,),
+        result_ttl=0,
+        retry=RETRY,
+        job_timeout=JOB_TIMEOUT * 5,
+        description=f"drain_outbox: {crm}",
+    )
 
 
 def drain_outbox(crm: str) -> dict[str, int]:
@@ -192,13 +200,28 @@ def drain_outbox(crm: str) -> dict[str, int]:
     config = _config()
     connection = _connection()
     counts = drain(connection, crm, lambda: executor_for(crm, config, connection))
-    if counts.get("locked"):
-        # Another drain is running and may have passed its last read: look again shortly.
-        make_queue(connection, config.queue_name).enqueue_in(
-            timedelta(seconds=5), "worker.jobs.drain_outbox", args=(crm,), result_ttl=0, retry=RETRY,
-            job_timeout=JOB_TIMEOUT * 5, description=f"drain_outbox: {crm}",
-        )  # fmt: skip
+    if counts.get("again"):
+        # Gave up waiting for a busy lock, or used its time: a fresh drain, queued now (not
+        # with enqueue_in, which needs RQ's scheduler, and that dies with its worker).
+        _enqueue_drain(connection, config, crm)
     return counts
+
+
+def watch_outboxes() -> dict[str, int]:
+    """RQ job (the clock, every 15 s): queue a drain for any outbox nobody is draining.
+
+    What lets actions left by a drain that died (its lock expires within seconds) reach the
+    CRM without waiting for the next batch, and without RQ's scheduler.
+    """
+    connection = _connection()
+    config = _config()
+    idle = watch(connection, [crm.value for crm in Crm])
+    for crm in idle:
+        connection.set(pending_key(crm), "1", ex=PENDING_TTL_S)
+        _enqueue_drain(connection, config, crm)
+    if idle:
+        log.info("outbox watchdog queued drains for %s", ",".join(idle))
+    return {"drains": len(idle)}
 
 
 def forget_lead(crm: str, lead_id: str) -> dict[str, int]:

@@ -26,6 +26,8 @@ SWEEP_INTERVAL_SECONDS = 60
 # (a SimpleWorker sets it to the job timeout + 60 s, so a slow live job is never taken
 # for dead), so this bounds how late its events arrive. One worker at a time does it.
 MAINTENANCE_SECONDS = 60
+# A dead drain's lock expires in 15 s (worker/actions.py); the watchdog then queues a new one.
+WATCH_INTERVAL_SECONDS = 15
 
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -78,7 +80,7 @@ class JsonCronJob(CronJob):
 
 
 def run_clock(config: Config, connection: redis.Redis | None = None) -> None:
-    """Enqueue the sweep every minute and the dashboard's stats snapshot every 5 minutes (RQ's cron)."""
+    """Enqueue the sweep every minute, the outbox watchdog every 15 s, the stats every 5 minutes (RQ's cron)."""
     connection = connection or connect(config.redis_url)
     scheduler = CronScheduler(connection=connection)
     options: dict[str, Any] = {"interval": SWEEP_INTERVAL_SECONDS, "job_timeout": 300, "result_ttl": 0}
@@ -87,4 +89,7 @@ def run_clock(config: Config, connection: redis.Redis | None = None) -> None:
     stats_options: dict[str, Any] = {"interval": jobs.STATS_INTERVAL_SECONDS, "job_timeout": 600, "result_ttl": 0}
     stats_job = scheduler.register(jobs.refresh_stats, config.queue_name, **stats_options)
     stats_job.__class__ = JsonCronJob  # the dashboard reads its snapshot instead of scanning every lead
+    watch_options: dict[str, Any] = {"interval": WATCH_INTERVAL_SECONDS, "job_timeout": 60, "result_ttl": 0}
+    watch_job = scheduler.register(jobs.watch_outboxes, config.queue_name, **watch_options)
+    watch_job.__class__ = JsonCronJob  # drains for outboxes a dead drain left behind
     scheduler.start()

@@ -372,6 +372,11 @@ class FakeHubSpot:
             view_func=self._unsubscribe_all,
             methods=["POST"],
         )
+        app.add_url_rule(
+            "/communication-preferences/v4/statuses/<subscriber>/unsubscribe-all",
+            view_func=self._unsubscribe_all_status,
+            methods=["GET"],
+        )
 
     # -- CRM endpoints ---------------------------------------------------------------------------
 
@@ -693,6 +698,21 @@ class FakeHubSpot:
             "timestamp": _now_iso(),
         }
         return {"status": "COMPLETE", "results": [status], "startedAt": _now_iso(), "completedAt": _now_iso()}, 200
+
+    def _unsubscribe_all_status(self, subscriber: str) -> Reply:
+        # HubSpot answers an empty `results` for someone who has not opted out of all email.
+        if request.args.get("channel") != "EMAIL":
+            return _error(400, "channel must be EMAIL")
+        with self.lock:
+            out = subscriber in self.unsubscribed
+        status = {
+            "subscriberIdString": subscriber,
+            "channel": "EMAIL",
+            "status": "NOT_SUBSCRIBED",
+            "wideStatusType": "PORTAL_WIDE",
+            "timestamp": _now_iso(),
+        }
+        return {"status": "COMPLETE", "results": [status] if out else [], "completedAt": _now_iso()}, 200
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -21,7 +21,18 @@ import requests
 
 from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
 from tests.helpers import batch_body, event, signed_headers
-from tests.integration.conftest import base_env, drained, get_lead, start_web, start_worker, stop, wait_http, wait_until
+from tests.integration.conftest import (
+    BIN,
+    ROOT,
+    base_env,
+    drained,
+    get_lead,
+    start_web,
+    start_worker,
+    stop,
+    wait_http,
+    wait_until,
+)
 from worker.actions import dead_key, done_key, lock_key
 from worker.crm.hubspot import PROGRESS_KEY
 from worker.store import outbox_key
@@ -44,7 +55,7 @@ def hubspot(server: FakeHubSpotServer) -> FakeHubSpot:
 
 @contextmanager
 def running(server: FakeHubSpotServer, workers: int = 2) -> Iterator[str]:
-    """Web + workers talking to the fake HubSpot for real; yield the web URL."""
+    """Web + workers + clock talking to the fake HubSpot for real; yield the web URL."""
     env = base_env(
         PRUNER_DRY_RUN="0",
         HUBSPOT_ACCESS_TOKEN=TOKEN,
@@ -54,6 +65,8 @@ def running(server: FakeHubSpotServer, workers: int = 2) -> Iterator[str]:
     )
     web, url = start_web(env)
     procs: list[subprocess.Popen[bytes]] = [start_worker(env) for _ in range(workers)]
+    # The clock too, as the Procfile runs it: its watchdog drains an outbox nobody drains.
+    procs.append(subprocess.Popen([str(BIN / "pruner"), "clock"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL))
     try:
         wait_http(f"{url}/healthz")
         yield url
@@ -211,3 +224,45 @@ def test_an_erased_lead_leaves_no_id_in_the_drain_records(
         wait_until(drained(redis_db))
     assert lead.encode() not in dump(redis_db)
     assert redis_db.zcard(PROGRESS_KEY) == 0
+
+
+def test_a_drain_killed_after_hubspot_unsubscribed_never_unsubscribes_again(
+    redis_db: redis.Redis, server: FakeHubSpotServer, hubspot: FakeHubSpot
+) -> None:
+    lead = "8101"
+    seed(hubspot, [lead])
+    # HubSpot carries the unsubscribe out, then its answer takes 20 s: the worker is killed meanwhile,
+    # between the CRM's effect and its own bookkeeping.
+    path = f"/communication-preferences/v4/statuses/person{lead}@example.com/unsubscribe-all"
+    hubspot.configure(script=[{"path": path + "$", "after_write": True, "delay_s": 20}])
+    env = base_env(
+        PRUNER_DRY_RUN="0",
+        HUBSPOT_ACCESS_TOKEN=TOKEN,
+        HUBSPOT_API_BASE=server.url,
+        PRUNER_SUPPRESSION_KEY="integration-suppression-key",
+    )
+    web, url = start_web(env)
+    clock = subprocess.Popen([str(BIN / "pruner"), "clock"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    first = start_worker(env)
+    second = None
+    try:
+        wait_http(f"{url}/healthz")
+        post(url, [event("do_not_contact", lead, at=T0, data={"channels": ["all"]})])
+        wait_until(lambda: hubspot.unsubscribed == [f"person{lead}@example.com"], seconds=30)
+        first.kill()  # SIGKILL: no finally, no bookkeeping, its drain job lost with it
+        first.wait()
+        killed_at = time.monotonic()
+        second = start_worker(env)
+        # No new event calls a drain: the clock's watchdog must see the outbox nobody drains
+        # once the dead drain's lock has expired (15 s), not after the old 10 minutes.
+        wait_until(lambda: hubspot.contact(lead).get("pruner_do_not_contact") == "true", seconds=45)
+        recovered = time.monotonic() - killed_at
+        wait_until(lambda: outbox(redis_db) == [], seconds=30)
+    finally:
+        for proc in (web, clock, first, second):
+            if proc is not None:
+                stop(proc)
+    assert hubspot.unsubscribed == [f"person{lead}@example.com"]  # once, though the first answer was lost
+    looked = [c for c in hubspot.api_calls() if c["method"] == "GET" and c["path"] == path]
+    assert len(looked) == 1  # the second drain asked HubSpot instead of sending it again
+    assert recovered < 30, f"the dead drain held the outbox for {recovered:.0f} s"

@@ -77,10 +77,11 @@ TASK_TO_CONTACT = 204  # HUBSPOT_DEFINED association type: task -> contact
 SEARCH_DELAY_S = 10.0
 SEARCH_GROUPS = 5  # filterGroups per search request: HubSpot's limit (they are ORed)
 # The steps of each action kind this adapter carries out; progress is recorded per step.
-# "task_sent" is not a step done but a doubt: the create went out, HubSpot may have carried it out.
+# "task_sent" and "unsub_sent" are not steps done but doubts: the request went out, HubSpot may
+# have carried it out; the next run looks before sending again.
 STEPS = {
     "mark_lost": ("contact", "deals"),
-    "suppress": ("unsub", "contact"),
+    "suppress": ("unsub_sent", "unsub", "contact"),
     "breakup_task": ("task_sent", "task"),
     "reengage_task": ("task_sent", "task"),
 }
@@ -650,6 +651,19 @@ class HubSpotClient:
             f"HubSpot refused a task for contact {contact_id} (HTTP {response.status_code}): {_message(response)}",
         )
 
+    def unsubscribed_all(self, email: str) -> bool:
+        """Whether `email` is already unsubscribed from all email (an empty result means it is not)."""
+        response = self.request(
+            "GET",
+            f"/communication-preferences/v4/statuses/{_q(email)}/unsubscribe-all",
+            label="GET /communication-preferences/v4/statuses/{email}/unsubscribe-all",
+            params={"channel": "EMAIL"},
+        )
+        if not response.ok:
+            return False  # unknown: sending the unsubscribe again is safe, only not exactly-once
+        results = (response.json() or {}).get("results") or []
+        return any(r.get("channel") == "EMAIL" and r.get("status") == "NOT_SUBSCRIBED" for r in results)
+
     def unsubscribe_all(self, email: str, contact_id: str) -> RecordError | None:
         """Unsubscribe `email` from every email subscription (communication preferences v4)."""
         response = self.request(
@@ -867,15 +881,24 @@ class HubSpotExecutor:
                     finished.append((action["id"], "unsub"))
                     continue
                 if contact not in results:
-                    results[contact] = self.client.unsubscribe_all(email, contact)
+                    results[contact] = self._unsubscribe(action["id"], email, contact, done)
                 error = results[contact]
                 if error is not None:
                     run.fail(action["id"], error.message)
                 else:
-                    finished.append((action["id"], "unsub"))
+                    # At once, not after the loop: a drain killed between two contacts (SIGKILL,
+                    # OOM, Redis gone) must not unsubscribe the first one again (FINDINGS item 1).
+                    self._finish([(action["id"], "unsub")])
         finally:
-            # Also when a later unsubscribe raises: the ones done must not be sent again.
             self._finish(finished)
+
+    def _unsubscribe(self, action_id: str, email: str, contact: str, done: set[tuple[str, str]]) -> RecordError | None:
+        """Unsubscribe once: a request an earlier run sent but never heard back about is looked up first."""
+        if (action_id, "unsub_sent") in done and self.client.unsubscribed_all(email):
+            log.info("hubspot unsubscribe for contact %s already carried out by an earlier drain", contact)
+            return None
+        self._finish([(action_id, "unsub_sent")])  # before sending: a run that dies now leaves the doubt
+        return self.client.unsubscribe_all(email, contact)
 
     def _contacts(self, actions: list[dict[str, Any]], done: set[tuple[str, str]], run: _Run) -> None:
         s = self.settings
