@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -71,8 +72,14 @@ def wait_http(url: str, seconds: float = 20.0) -> None:
     raise RuntimeError(f"{url} did not answer 200 within {seconds} s")
 
 
+# The processes the tests start keep their temporary files (gunicorn's metrics directories)
+# here, apart from anything else on the machine, so what they leave behind can be checked.
+SESSION_TMP = Path(tempfile.mkdtemp(prefix="pruner-tests-"))
+
+
 def base_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PRUNER_", "REDIS_", "HUBSPOT_", "SALESFORCE_"))}
+    env["TMPDIR"] = str(SESSION_TMP)
     # Dry run unless a test says otherwise: decisions are recorded, no CRM is called.
     env.update(REDIS_URL=REDIS_URL, PRUNER_WEBHOOK_SECRET=SECRET, PRUNER_ADMIN_TOKEN=ADMIN_TOKEN, PRUNER_DRY_RUN="1")
     env.update(extra)
@@ -113,9 +120,8 @@ def _our_processes() -> dict[int, str]:
 def _no_process_left_behind() -> Iterator[None]:
     """Fail the run if a test leaves a worker, scheduler, gunicorn or clock process (or a metrics dir) behind."""
     before = set(_our_processes())
-    metric_dirs = set(Path(tempfile.gettempdir()).glob("pruner-prometheus-*"))
     yield
-    stray = set(Path(tempfile.gettempdir()).glob("pruner-prometheus-*")) - metric_dirs
+    stray = set(SESSION_TMP.glob("pruner-prometheus-*"))
     deadline = time.monotonic() + 10
     left = {p: cmd for p, cmd in _our_processes().items() if p not in before}
     while left and time.monotonic() < deadline:
@@ -127,6 +133,7 @@ def _no_process_left_behind() -> Iterator[None]:
         except ProcessLookupError:
             pass
     assert not left, f"processes left running by the tests (now killed): {left}"
+    shutil.rmtree(SESSION_TMP, ignore_errors=True)
     assert not stray, f"gunicorn metrics directories left behind: {sorted(map(str, stray))}"
 
 

@@ -37,7 +37,7 @@ def test_dev_runs_everything_and_its_printed_example_works(redis_db: redis.Redis
                 break
         text = "".join(lines)
         assert f"ready on http://127.0.0.1:{port}" in text, text
-        snippet = text.split("paste this into another shell:\n\n", 1)[1].split("\n\nCtrl-C", 1)[0]
+        snippet = text.split("read the lead back:\n\n", 1)[1].split("\n\nand ask why", 1)[0]
         out = subprocess.run(["bash", "-c", snippet], capture_output=True, text=True, timeout=30, check=True).stdout
         accepted, lead = [line for line in out.splitlines() if line.strip()]
         assert json.loads(accepted) == {"accepted": 1}
