@@ -14,7 +14,7 @@ from rules.events import Crm, Event, EventType
 from tests.helpers import ADMIN_TOKEN, SECRET
 from tests.rules_helpers import T0, ms
 from webhooks import create_app
-from worker import gdpr
+from worker import gdpr, leadindex
 from worker.config import Config
 from worker.decide import Decider
 from worker.errors import ConfigError
@@ -71,7 +71,9 @@ def test_erasure_deletes_everything_but_keyed_hashes_and_an_audit() -> None:
     assert result.erased == [("hubspot", "gd-1")]
     dump = all_bytes(conn)
     assert b"ada.lovelace" not in dump and b"gd-1" not in dump
-    assert {k.decode() for k in conn.keys("*")} <= {gdpr.SUPPRESSED_KEY, gdpr.AUDIT_KEY, "rq:queues"}
+    # Besides the hashes and the audit: the list index's vocabularies (rule names, loss reasons).
+    vocabularies = {leadindex.VALUES_PREFIX + d for d in leadindex.VOCABULARIES}
+    assert {k.decode() for k in conn.keys("*")} <= {gdpr.SUPPRESSED_KEY, gdpr.AUDIT_KEY, "rq:queues", *vocabularies}
     assert conn.sismember(gdpr.SUPPRESSED_KEY, gdpr.email_hash(KEY, " ADA.lovelace@example.COM "))
     audit = conn.lrange(gdpr.AUDIT_KEY, 0, -1)
     assert len(audit) == 1 and b'"source":"events"' in audit[0]

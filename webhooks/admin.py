@@ -1,4 +1,4 @@
-"""Operator routes behind `PRUNER_ADMIN_TOKEN`: `GET /leads/<crm>/<lead_id>`."""
+"""Operator routes behind `PRUNER_ADMIN_TOKEN`: `GET /leads` and `GET /leads/<crm>/<lead_id>`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from flask.typing import ResponseReturnValue
 from rules.counters import LoggedEvent, fold
 from rules.events import Crm, format_ms
 from webhooks.app import error, services
-from worker import gdpr
+from worker import gdpr, leadindex
 
 bp = Blueprint("admin", __name__)
 
@@ -36,6 +36,24 @@ def admin_only(view: Callable[..., ResponseReturnValue]) -> Callable[..., Respon
         return view(*args, **kwargs)
 
     return guarded
+
+
+@bp.get("/leads")
+@admin_only
+def leads() -> ResponseReturnValue:
+    """List leads, newest change first, one page at a time (ids and lifecycle only)."""
+    try:
+        query = leadindex.parse_query(request.args.to_dict())
+    except leadindex.QueryError as exc:
+        return error(400, "bad_parameter", str(exc))
+    svc = services(current_app._get_current_object())  # type: ignore[attr-defined]
+    found = leadindex.page(svc.redis, query.filters, query.limit, query.cursor)
+    return jsonify(
+        leads=[row.public() for row in found.rows],
+        next_cursor=found.next_cursor,
+        # False until `pruner leads --backfill` (or the clock) indexed leads stored before the index.
+        index_complete=leadindex.is_complete(svc.redis),
+    )
 
 
 @bp.get("/leads/<crm>/<path:lead_id>")

@@ -17,6 +17,7 @@ from rules.errors import PolicyError, SchemaError
 from rules.events import format_ms, parse_rfc3339_ms
 from rules.explain import plural
 from rules.policy import Policy
+from worker import leadlist
 from worker.config import DEFAULT_REDIS_URL, Config, policy_path_from_env, redis_location
 from worker.errors import ConfigError
 from worker.logs import setup_logging
@@ -377,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
     p = _add_command(sub, "clock")
     p.set_defaults(func=cmd_clock)
+    leadlist.add_command(sub, _config)
     return parser
 
 

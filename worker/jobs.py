@@ -14,6 +14,7 @@ from rq import get_current_job
 
 from rules.events import Crm, Event
 from rules.fastparse import parse_decoded
+from worker import leadindex
 from worker.actions import drain, pending_key, watch
 from worker.config import Config
 from worker.crm import executor_for
@@ -263,6 +264,20 @@ def refresh_stats() -> dict[str, int]:
     if not connection.set(STATS_LOCK, "1", nx=True, ex=STATS_INTERVAL_SECONDS * 2):
         return {"skipped": 1}
     try:
+        if not leadindex.is_complete(connection):
+            # A store written before the list index: this job scans every lead anyway.
+            LeadStore(connection).reindex()
         return {"leads": int(store_stats_snapshot(connection)["stats"]["leads"])}
     finally:
         connection.delete(STATS_LOCK)
+
+
+REINDEX_JOB_ID = "pruner-reindex-leads"
+
+
+def reindex_leads() -> dict[str, int]:
+    """RQ job: index every stored lead for `GET /leads` (a worker enqueues it at start until done)."""
+    connection = _connection()
+    if leadindex.is_complete(connection):
+        return {"indexed": 0}
+    return {"indexed": LeadStore(connection).reindex()}

@@ -14,7 +14,7 @@ from rq.cron import CronJob, CronScheduler
 from rq.job import Job
 from rq.worker import SimpleWorker
 
-from worker import jobs
+from worker import jobs, leadindex
 from worker.config import Config
 from worker.queues import connect, make_queue
 
@@ -57,6 +57,10 @@ def run_worker(config: Config, burst: bool = False, connection: redis.Redis | No
     # whole 100-event batch takes to apply. RQ's warm shutdown still lets the
     # current batch finish on SIGTERM, and a killed worker's batch is retried (Retry)
     # by the next registry maintenance.
+    if not leadindex.is_complete(connection):
+        # Leads stored before the list index existed (or a brand-new store): index them once,
+        # as a job, so the start-up is not held up by a big store. A fixed id: one at a time.
+        queue.enqueue(jobs.reindex_leads, job_id=jobs.REINDEX_JOB_ID, job_timeout=3600, result_ttl=0)
     worker = SimpleWorker(
         [queue],
         connection=connection,

@@ -32,7 +32,7 @@ import redis
 
 from rules.counters import LoggedEvent
 from rules.events import Event, EventType
-from worker import eventlog
+from worker import eventlog, leadindex
 from worker.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -298,6 +298,8 @@ class LeadStore:
                     values: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
                     blobs, states = values[: len(leads)], values[len(leads) :]
                     forgotten = self._forgotten(pipe, fresh) if asked_erasure else {}
+                    # The list index moves with the state record (worker/leadindex.py).
+                    indexed = leadindex.read(pipe, leads) if decide is not None else []
                     updates = []
                     log_writes: dict[str, bytes] = {}
                     pipe.multi()
@@ -316,11 +318,14 @@ class LeadStore:
                             outcome = decide(view)
                         if outcome is not None and outcome.erase:
                             self._queue_erasure(pipe, lead, outcome, aliases.get(lead, []), forgotten.get(lead, []))
+                            leadindex.queue_update(pipe, lead, indexed[i], None)
                         else:
                             if new and new_blob is not None:
                                 log_writes[key] = new_blob
                             if outcome is not None:
                                 self._queue_outcome(pipe, lead, outcome, raw_state is not None)
+                                entry = leadindex.entry_for(outcome.state, history, indexed[i], new)
+                                leadindex.queue_update(pipe, lead, indexed[i], entry)
                         dups = counts.get(lead, 0) - len(new)
                         merged_in = tuple(aliases.get(lead, ())) if outcome is not None and outcome.erase else ()
                         updates.append(LeadUpdate(lead[0], lead[1], history, len(new), dups, outcome, merged_in))
@@ -451,6 +456,8 @@ class LeadStore:
                     # Watched and read in the transaction, as in apply_batch: an erasure
                     # committing meanwhile must not be undone by the merge.
                     pipe.watch(*keys, merged_key(crm), *([gdpr.SUPPRESSED_KEY] if key else []))
+                    ids = [into, *merged]
+                    indexed = dict(zip(ids, leadindex.read(pipe, [(crm, m) for m in ids]), strict=True))
                     raw_aliases: dict[bytes, bytes] = pipe.hgetall(merged_key(crm))  # type: ignore[assignment]
                     aliases = {k.decode(): v.decode() for k, v in raw_aliases.items()}
                     # Ids merged earlier into one merged now: they follow it to the survivor.
@@ -466,6 +473,8 @@ class LeadStore:
                         for lead in merged:
                             pipe.delete(lead_key(crm, lead), state_key(crm, lead))
                             pipe.zrem(DUE_KEY, due_member(crm, lead))
+                        for lead, entry in indexed.items():
+                            leadindex.queue_update(pipe, (crm, lead), entry, None)
                         away = (*merged, *chained)
                         # As the erasure would have, had the merge come first: the merged ids and
                         # the person's emails, recognised if they are imported again.
@@ -500,14 +509,18 @@ class LeadStore:
                     for lead in merged:
                         pipe.delete(lead_key(crm, lead), state_key(crm, lead))
                         pipe.zrem(DUE_KEY, due_member(crm, lead))
+                        leadindex.queue_update(pipe, (crm, lead), indexed[lead], None)
                     gone: tuple[str, ...] = ()
                     if outcome.erase:
                         merged_in = [a for a, target in aliases.items() if target == into]
                         gone = tuple(dict.fromkeys([*merged, *chained, *merged_in]))
                         self._queue_erasure(pipe, survivor, outcome, gone)
+                        leadindex.queue_update(pipe, survivor, indexed[into], None)
                     else:
                         pipe.set(lead_key(crm, into), eventlog.append(None, history))
                         self._queue_outcome(pipe, survivor, outcome)
+                        entry = leadindex.entry_for(outcome.state, history, None)
+                        leadindex.queue_update(pipe, survivor, indexed[into], entry)
                         if remap:
                             pipe.hset(merged_key(crm), mapping=remap)  # type: ignore[arg-type]
                     pipe.execute()
@@ -536,6 +549,7 @@ class LeadStore:
                     emails = _emails(eventlog.decode(blob) if blob is not None else [])  # type: ignore[arg-type]
                     raw = pipe.get(state_key(crm, lead_id))
                     state = json.loads(raw) if raw is not None else {}
+                    [entry] = leadindex.read(pipe, [(crm, lead_id)])
                     suppressed = state.get("state") == "SUPPRESSED"
                     raw_table: dict[bytes, bytes] = pipe.hgetall(merged_key(crm))  # type: ignore[assignment]
                     table = {k.decode(): v.decode() for k, v in raw_table.items()}
@@ -544,6 +558,7 @@ class LeadStore:
                     pipe.multi()
                     pipe.delete(lead_key(crm, lead_id), state_key(crm, lead_id))
                     pipe.zrem(DUE_KEY, due_member(crm, lead_id))
+                    leadindex.queue_update(pipe, (crm, lead_id), entry, None)
                     if naming:
                         pipe.hdel(merged_key(crm), *naming)
                     if suppressed and key is not None:
@@ -556,6 +571,50 @@ class LeadStore:
                 except redis.WatchError:
                     continue
         raise StoreError(f"gave up after {MAX_ATTEMPTS} write conflicts forgetting a lead")
+
+    def reindex(self, batch: int = 500) -> int:
+        """Write the list index entry of every stored lead (a store from before the index); return how many.
+
+        Idempotent and safe beside live workers: each batch of leads is read and written in
+        one optimistic transaction on their keys, like a batch of events. Marks the index
+        complete at the end, so the dashboard and `GET /leads` trust it from then on.
+        """
+        done = 0
+        names: list[bytes] = []
+
+        def flush() -> None:
+            nonlocal done
+            leads = [parse_due_member(n[len(PREFIX) :]) for n in names]
+            keys = [lead_key(*lead) for lead in leads] + [state_key(*lead) for lead in leads]
+            for _attempt in range(MAX_ATTEMPTS):
+                with self.redis.pipeline(transaction=True) as pipe:
+                    try:
+                        pipe.watch(*keys)
+                        values: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
+                        old = leadindex.read(pipe, leads)
+                        pipe.multi()
+                        for i, lead in enumerate(leads):
+                            blob, raw_state = values[i], values[len(leads) + i]
+                            history = eventlog.decode(blob) if blob is not None else []
+                            state = json.loads(raw_state) if raw_state else None
+                            leadindex.queue_update(pipe, lead, old[i], leadindex.entry_for(state, history))
+                        pipe.execute()
+                        break
+                    except redis.WatchError:
+                        continue
+            else:
+                raise StoreError(f"gave up after {MAX_ATTEMPTS} write conflicts indexing {len(leads)} leads")
+            done += len(leads)
+            names.clear()
+
+        for name in self.redis.scan_iter(f"{PREFIX}*", count=batch):
+            names.append(name)
+            if len(names) >= batch:
+                flush()
+        if names:
+            flush()
+        self.redis.set(leadindex.INDEXED_KEY, str(done))
+        return done
 
     def history(self, crm: str, lead_id: str) -> list[LoggedEvent] | None:
         """Return a lead's event log, or None when the lead is unknown."""

@@ -1,0 +1,179 @@
+"""The lead list index (worker/leadindex.py): kept in step with the store, paged, erased with the lead."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import fakeredis
+import pytest
+
+from rules.events import Event, format_ms, parse_event
+from tests.helpers import event
+from worker import leadindex
+from worker.decide import Decider
+from worker.leadindex import Filters, QueryError, parse_query
+from worker.policyfile import default_policy
+from worker.store import LeadStore
+
+T0 = datetime(2026, 10, 5, 9, 0, tzinfo=UTC)
+NOW_MS = int((T0 + timedelta(days=20)).timestamp() * 1000)
+KEY = b"k" * 32
+POLICY = default_policy()
+
+
+def ev(etype: str, lead: str, days: float, **data: Any) -> Event:
+    raw = event(etype, lead_id=lead, at=T0 + timedelta(days=days), data=data or None)
+    return parse_event(raw, "e", NOW_MS)
+
+
+def store() -> LeadStore:
+    return LeadStore(fakeredis.FakeRedis(), KEY)
+
+
+def decide() -> Decider:
+    return Decider(POLICY, NOW_MS, suppression_key=KEY)
+
+
+def said_no(lead: str, days: float, source: str = "webinar") -> list[Event]:
+    return [
+        ev("lead_profile", lead, 0, source=source, email=f"{lead}@example.org"),
+        ev("not_interested", lead, days - 1),
+        ev("not_interested", lead, days),
+    ]
+
+
+def ids(page: leadindex.Page) -> list[str]:
+    return [row.lead_id for row in page.rows]
+
+
+def everything(s: LeadStore, filters: Filters, limit: int) -> list[str]:
+    """Follow the cursor to the end, checking no page is longer than asked."""
+    out: list[str] = []
+    cursor = None
+    for _ in range(100):
+        page = leadindex.page(s.redis, filters, limit, cursor)
+        assert len(page.rows) <= limit
+        out += ids(page)
+        cursor = page.next_cursor
+        if cursor is None:
+            return out
+    raise AssertionError("the cursor never ended")
+
+
+def test_lists_by_state_reason_rule_and_source_newest_decision_first() -> None:
+    s = store()
+    batch = said_no("a", 2) + said_no("b", 4, source="referral") + said_no("c", 3)
+    batch += [ev("decision_no", "d", 5, reason="We went with a competitor"), ev("email_sent", "e", 1)]
+    s.apply_batch(batch, decide())
+    lost = leadindex.page(s.redis, Filters(state="LOST"), 10)
+    # By the decision's own time (event time), not the order they were processed in.
+    assert ids(lost) == ["d", "b", "c", "a"] and lost.next_cursor is None
+    assert lost.rows[0].public() == {
+        "crm": "hubspot",
+        "lead_id": "d",
+        "state": "LOST",
+        "loss_reason": "competitor",
+        "changed_at": format_ms(int((T0 + timedelta(days=5)).timestamp() * 1000)),
+        "rules": ["decisive_no"],
+    }
+    assert ids(leadindex.page(s.redis, Filters(reason="not_interested"), 10)) == ["b", "c", "a"]
+    assert ids(leadindex.page(s.redis, Filters(rule="repeated_no", source="webinar"), 10)) == ["c", "a"]
+    assert ids(leadindex.page(s.redis, Filters(state="ACTIVE"), 10)) == ["e"]
+    assert ids(leadindex.page(s.redis, Filters(outcome="open"), 10)) == ["e"]
+    assert ids(leadindex.page(s.redis, Filters(crm="salesforce"), 10)) == []
+    since = int((T0 + timedelta(days=3)).timestamp() * 1000)
+    assert ids(leadindex.page(s.redis, Filters(state="LOST", since_ms=since), 10)) == ["d", "b", "c"]
+    day = 86_400_000
+    assert ids(leadindex.page(s.redis, Filters(state="LOST", since_ms=since, until_ms=since + day - 1), 10)) == ["c"]
+    assert ids(leadindex.page(s.redis, Filters(state="LOST", since_ms=since, until_ms=since + day), 10)) == ["b", "c"]
+    assert leadindex.counts(s.redis, "reason") == {"competitor": 1, "not_interested": 3}
+    assert leadindex.counts(s.redis, "state", since_ms=since) == {"LOST": 3}
+
+
+def test_pages_end_to_end_without_gaps_or_repeats_even_when_changes_tie() -> None:
+    s = store()
+    # 23 leads lost at the very same millisecond, 10 at others: ties must not be skipped or repeated.
+    batch = [e for n in range(23) for e in said_no(f"t{n:02d}", 3)]
+    batch += [e for n in range(10) for e in said_no(f"u{n}", 4 + n / 10)]
+    s.apply_batch(batch, decide())
+    for limit in (1, 4, 7, 33, 50):
+        listed = everything(s, Filters(state="LOST"), limit)
+        assert len(listed) == 33 and len(set(listed)) == 33, limit
+        assert listed[:10] == [f"u{n}" for n in range(9, -1, -1)]
+    listed = everything(s, Filters(state="LOST", source="webinar", rule="repeated_no"), 3)
+    assert len(listed) == 33 and len(set(listed)) == 33
+
+
+def test_a_change_moves_the_lead_between_lists_and_an_erasure_takes_it_off_every_list() -> None:
+    s = store()
+    s.apply_batch(said_no("a", 2) + said_no("b", 3), decide())
+    s.apply_batch([ev("email_replied", "a", 6)], decide())
+    assert ids(leadindex.page(s.redis, Filters(state="LOST"), 10)) == ["b"]
+    assert ids(leadindex.page(s.redis, Filters(state="ACTIVE"), 10)) == ["a"]
+    # A's reason is gone with its loss; the rule that once decided still finds it.
+    assert ids(leadindex.page(s.redis, Filters(reason="not_interested"), 10)) == ["b"]
+    assert ids(leadindex.page(s.redis, Filters(rule="repeated_no"), 10)) == ["a", "b"]
+    s.apply_batch([ev("erasure_requested", "b", 7)], decide())
+    members = [key for key in s.redis.scan_iter("pruner:leads:by:*") if s.redis.zscore(key, "hubspot:b") is not None]
+    assert members == [] and s.redis.hget(leadindex.ENTRIES_KEY, "hubspot:b") is None
+    assert ids(leadindex.page(s.redis, Filters(), 10)) == ["a"]
+
+
+def test_merge_and_forget_take_the_gone_records_off_the_lists() -> None:
+    s = store()
+    s.apply_batch(said_no("a", 2) + [ev("email_sent", "b", 1), ev("email_sent", "c", 1)], decide())
+    s.merge("hubspot", "a", ["b"], decide())
+    assert sorted(ids(leadindex.page(s.redis, Filters(), 10))) == ["a", "c"]
+    s.forget("hubspot", "c")
+    assert ids(leadindex.page(s.redis, Filters(), 10)) == ["a"]
+    assert s.redis.zcard(leadindex.by_key("state", "ACTIVE")) == 0
+
+
+def test_an_unchanged_lead_writes_nothing_to_the_index() -> None:
+    s = store()
+    s.apply_batch(said_no("a", 2), decide())
+    before = s.redis.hget(leadindex.ENTRIES_KEY, "hubspot:a")
+    s.redis.delete(leadindex.ALL_KEY)  # a write would put it back
+    s.apply_batch([ev("email_sent", "a", 5)], decide())
+    assert s.redis.hget(leadindex.ENTRIES_KEY, "hubspot:a") == before and s.redis.zcard(leadindex.ALL_KEY) == 0
+
+
+def test_a_store_from_before_the_index_lists_after_the_backfill() -> None:
+    s = store()
+    s.apply_batch(said_no("a", 2) + [ev("email_sent", "b", 1), ev("deal_updated", "b", 2, stage="closedwon")], decide())
+    for key in [*s.redis.scan_iter("pruner:leads:*")]:
+        s.redis.delete(key)
+    assert ids(leadindex.page(s.redis, Filters(), 10)) == [] and not leadindex.is_complete(s.redis)
+    assert s.reindex(batch=1) == 2
+    assert leadindex.is_complete(s.redis)
+    assert ids(leadindex.page(s.redis, Filters(), 10)) == ["a", "b"]
+    assert ids(leadindex.page(s.redis, Filters(outcome="won"), 10)) == ["b"]
+    assert s.reindex() == 2  # again: nothing changes
+    assert leadindex.counts(s.redis, "outcome") == {"lost": 1, "won": 1}
+
+
+@pytest.mark.parametrize(
+    ("params", "parameter", "words"),
+    [
+        ({"state": "lost"}, "state", "state must be one of ACTIVE"),
+        ({"crm": "pipedrive"}, "crm", "crm must be one of hubspot, salesforce"),
+        ({"since": "yesterday"}, "since", "RFC 3339"),
+        ({"limit": "0"}, "limit", "from 1 to 500"),
+        ({"limit": "1e3"}, "limit", "whole number"),
+        ({"cursor": "bm9wZQ"}, "cursor", "next_cursor"),
+        ({"stat": "LOST"}, "stat", "unknown parameter 'stat'"),
+        ({"source": "x" * 201}, "source", "longer than 200"),
+    ],
+)
+def test_a_bad_parameter_is_named_in_a_sentence(params: dict[str, str], parameter: str, words: str) -> None:
+    with pytest.raises(QueryError) as caught:
+        parse_query(params)
+    assert caught.value.parameter == parameter and words in str(caught.value)
+
+
+def test_a_good_query_reads_every_parameter() -> None:
+    params = {"state": "LOST", "reason": "no_response", "since": "2026-11-01T00:00:00Z", "limit": "5", "crm": ""}
+    q = parse_query(params)
+    assert q.limit == 5 and q.cursor is None
+    assert q.filters == Filters(state="LOST", reason="no_response", since_ms=1_793_491_200_000)
