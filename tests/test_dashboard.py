@@ -19,6 +19,7 @@ from rules.events import Crm, Event, EventType
 from tests.helpers import ADMIN_TOKEN, SECRET
 from webhooks import create_app
 from webhooks.dashboard import COOKIE, axis, session_valid, session_value
+from worker import leadindex
 from worker import metrics as worker_metrics
 from worker.config import Config
 from worker.decide import Decider
@@ -60,6 +61,7 @@ def seed(conn: fakeredis.FakeRedis) -> None:
     at = int((now - timedelta(days=3)).timestamp() * 1000)
     events = [e for lead, profile, ending in SEED for e in lead_events(lead, at, profile, ending)]
     LeadStore(conn).apply_batch(events, Decider(default_policy(), int(now.timestamp() * 1000)))
+    LeadStore(conn).reindex()  # what a worker's start-up job does: the index is then complete
     decisions = [
         ("repeated_no", "LOST", "not_interested"),
         ("repeated_no", "LOST", "not_interested"),
@@ -176,23 +178,25 @@ def test_page_draws_every_chart_with_the_seeded_numbers(client: FlaskClient, see
         "lost-at-stage",
         "lost-from-state",
     }
-    assert "<title>webinar, not_interested: 2 lost leads</title>" in found["loss-by-source"]
-    assert "<title>webinar, competitor: 1 lost leads</title>" in found["loss-by-source"]
-    assert "<title>smb, not_interested: 2 lost leads</title>" in found["loss-by-segment"]
-    assert "<title>high, competitor: 1 lost leads</title>" in found["loss-by-priority"]
-    assert "<title>high, not_interested: 1 lost leads</title>" in found["loss-by-priority"]
-    assert "<title>referral: 1 of 2 leads won (50%)</title>" in found["conversion-by-source"]
-    assert "<title>webinar: 3 of 3 leads lost (100%)</title>" in found["conversion-by-source"]
-    assert "<title>proposal: 1 lost leads</title>" in found["lost-at-stage"]
+    # Words on the page, the identifiers in the tooltips.
+    assert "<title>Webinar (webinar), Not interested (not_interested): 2 lost leads</title>" in found["loss-by-source"]
+    assert "<title>Webinar (webinar), Chose a competitor (competitor): 1 lost leads</title>" in found["loss-by-source"]
+    assert "<title>Smb (smb), Not interested (not_interested): 2 lost leads</title>" in found["loss-by-segment"]
+    assert "<title>High (high), Chose a competitor (competitor): 1 lost leads</title>" in found["loss-by-priority"]
+    assert "<title>High (high), Not interested (not_interested): 1 lost leads</title>" in found["loss-by-priority"]
+    assert "<title>Referral (referral): 1 of 2 leads won (50%)</title>" in found["conversion-by-source"]
+    assert "<title>Webinar (webinar): 3 of 3 leads lost (100%)</title>" in found["conversion-by-source"]
+    assert "<title>Proposal (proposal): 1 lost leads</title>" in found["lost-at-stage"]
     assert "<title>(no deal): 2 lost leads</title>" in found["lost-at-stage"]
-    assert "<title>ACTIVE: 3 lost leads</title>" in found["lost-from-state"]
-    today = datetime.now(tz=UTC).date().isoformat()
-    assert f"<title>{today}, LOST: 3</title>" in found["decisions-per-day"]
-    assert "<title>repeated_no, LOST: 2 decisions</title>" in found["decisions-by-rule"]
-    assert "<title>decisive_no, LOST: 1 decisions</title>" in found["decisions-by-rule"]
+    assert "<title>Active (ACTIVE): 3 lost leads</title>" in found["lost-from-state"]
+    # By the decisions' own date (three days ago), not the day they were processed (today).
+    decided = (datetime.now(tz=UTC) - timedelta(days=3)).date().isoformat()
+    assert f"<title>{decided}, Lost (LOST): 3</title>" in found["decisions-per-day"]
+    assert "<title>Said no repeatedly (repeated_no), Lost (LOST): 2 decisions</title>" in found["decisions-by-rule"]
+    assert "<title>Decision maker said no (decisive_no), Lost (LOST): 1 decisions</title>" in found["decisions-by-rule"]
     assert found["decisions-per-day"].count("class='bar'") == 1  # one day, one state
     assert all(f"aria-labelledby='{cid}-t {cid}-d'" in page for cid in found)
-    assert "computed now; no snapshot yet" in page
+    assert "live; click a number for its leads" in page
     # Queue health: the tiles are there (nothing queued on a fresh fake Redis, no workers).
     for label in ("Queued", "Started", "Scheduled", "Failed", "Workers", "Oldest job waiting", "Last batch: queue lag"):
         assert f'<div class="label">{label}</div>' in page
@@ -212,8 +216,22 @@ def test_page_holds_no_lead_id_no_email_and_loads_nothing_external(
     assert set(re.findall(r"https?://[^\s'\"<>]+", page)) == {"http://www.w3.org/2000/svg"}
 
 
+def test_a_lead_after_the_snapshot_shows_at_once(fake_redis: fakeredis.FakeRedis) -> None:
+    seed(fake_redis)
+    store_stats_snapshot(fake_redis)
+    more = lead_events("dash-lead-006", int(time.time() * 1000) - 10_000, {"source": "ads"}, "not_interested")
+    LeadStore(fake_redis).apply_batch(more, Decider(default_policy(), int(time.time() * 1000)))
+    client = app_with(fake_redis, PRUNER_ADMIN_TOKEN=ADMIN_TOKEN).test_client()
+    page = client.get("/dashboard", headers=AUTH).get_data(as_text=True)
+    # The live index counts 6 leads, the snapshot 5: a small store is recomputed on the spot.
+    assert "<title>Ads (ads), Not interested (not_interested): 1 lost leads</title>" in charts(page)["loss-by-source"]
+    assert re.search(r'data-tile="Leads tracked"><div class="label">Leads tracked</div>\s*<div class="value">6<', page)
+    assert re.search(r'data-tile="Lost"><div class="label">Lost</div>\s*<div class="value">4<', page)
+
+
 def test_page_reads_the_snapshot_and_flags_a_stale_one(fake_redis: fakeredis.FakeRedis) -> None:
     seed(fake_redis)
+    fake_redis.delete(leadindex.INDEXED_KEY)  # a store from before the list index: the snapshot serves
     snapshot = store_stats_snapshot(fake_redis)
     assert snapshot["stats"]["leads"] == 5 and json.loads(fake_redis.get(STATS_SNAPSHOT_KEY) or b"{}") == snapshot
     # A lead arriving after the snapshot shows only once the snapshot is refreshed.
@@ -222,11 +240,12 @@ def test_page_reads_the_snapshot_and_flags_a_stale_one(fake_redis: fakeredis.Fak
     clock = [time.time()]
     client = app_with(fake_redis, lambda: clock[0], PRUNER_ADMIN_TOKEN=ADMIN_TOKEN).test_client()
     page = client.get("/dashboard", headers=AUTH).get_data(as_text=True)
-    assert "<title>ads, " not in charts(page)["loss-by-source"]
+    assert "<title>Ads (ads), " not in charts(page)["loss-by-source"]
+    assert "The lead index is being built" in page
     assert "as of " + snapshot["computed_at"][:10] in page and "no snapshot yet" not in page
     assert "may be down" not in page
     assert (
-        "<title>ads, not_interested: 1 lost leads</title>"
+        "<title>Ads (ads), Not interested (not_interested): 1 lost leads</title>"
         in charts(client_page_after_refresh(fake_redis))["loss-by-source"]
     )
     clock[0] += 3600
@@ -235,6 +254,7 @@ def test_page_reads_the_snapshot_and_flags_a_stale_one(fake_redis: fakeredis.Fak
 
 def client_page_after_refresh(conn: fakeredis.FakeRedis) -> str:
     store_stats_snapshot(conn)
+    conn.delete(leadindex.INDEXED_KEY)
     client = app_with(conn, PRUNER_ADMIN_TOKEN=ADMIN_TOKEN).test_client()
     return client.get("/dashboard", headers=AUTH).get_data(as_text=True)
 

@@ -20,10 +20,11 @@ import hmac
 import html
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
+from urllib.parse import urlencode
 
 import redis
 from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, render_template, request
@@ -35,6 +36,9 @@ from rq.serializers import JSONSerializer
 from werkzeug.wrappers import Response as BaseResponse
 
 from webhooks.app import error, services
+from webhooks.labels import label as words
+from webhooks.labels import titled
+from worker import leadindex
 from worker import metrics as worker_metrics
 from worker.jobs import STATS_SNAPSHOT_KEY
 from worker.stats import DIMENSIONS, collect
@@ -48,6 +52,7 @@ STALE_AFTER_SECONDS = 15 * 60
 DAYS = 30
 MAX_ROWS = 12  # per chart; the rest is folded into "(other)" so a noisy field cannot flood the page
 RQ_PREFIX = "/rq"
+LIST_PATH = "/dashboard/leads"
 CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
@@ -65,8 +70,15 @@ STATE_COLORS = {
     "ACTIVE": "#59a14f",
 }
 WON_COLOR, LOST_COLOR = "#59a14f", "#e15759"
-LOST = {"unit": "lost leads", "empty": "No lost leads yet"}
-RULES = {"unit": "decisions", "empty": "No decisions yet"}
+
+
+class Units(TypedDict):
+    unit: str
+    empty: str
+
+
+LOST: Units = {"unit": "lost leads", "empty": "No lost leads yet"}
+RULES: Units = {"unit": "decisions", "empty": "No decisions yet"}
 
 
 # --- auth -------------------------------------------------------------------------------
@@ -112,6 +124,8 @@ def _login_page(message: str | None, next_path: str, status: int = 401) -> Respo
 def _refuse(detail: str) -> ResponseReturnValue:
     if _wants_html():
         next_path = RQ_PREFIX + "/" if request.path.startswith(RQ_PREFIX) else "/dashboard"
+        if request.path == LIST_PATH:
+            next_path = request.full_path.rstrip("?")  # back to the same list once signed in
         return _login_page(None, next_path)
     return error(401, "unauthorized", detail)
 
@@ -153,7 +167,9 @@ def _with_session(response: BaseResponse, token: str, now: float) -> BaseRespons
 
 def _safe_next(value: str | None) -> str:
     # Only our own pages: a login form must not become an open redirect.
-    if value and (value == "/dashboard" or value.startswith(RQ_PREFIX + "/")) and "//" not in value:
+    if not value or "//" in value:
+        return "/dashboard"
+    if value in ("/dashboard", LIST_PATH) or value.startswith((RQ_PREFIX + "/", LIST_PATH + "?")):
         return value
     return "/dashboard"
 
@@ -192,9 +208,52 @@ def dashboard() -> ResponseReturnValue:
     refused = check_admin()
     if refused is not None:
         return refused
+    chosen = request.args.get("range", str(DAYS))
+    if chosen not in {str(d) for d in RANGES}:
+        return error(
+            400, "bad_parameter", f"range must be one of {', '.join(map(str, RANGES))} (days), got {chosen!r:.40}"
+        )
     now = svc.clock()
-    page = build_page(svc.redis, svc.queue, now, rq_mounted="rq_dashboard" in current_app.blueprints)
+    page = build_page(svc.redis, svc.queue, now, "rq_dashboard" in current_app.blueprints, int(chosen))
     return _secured(Response(render_template("dashboard.html", **page), mimetype="text/html"))
+
+
+@bp.get(LIST_PATH)
+def lead_list() -> ResponseReturnValue:
+    """The lead list behind a tile or bar: `GET /leads`'s filters, as a page for the signed-in browser."""
+    refused = check_admin()
+    if refused is not None:
+        return refused
+    svc = services(current_app._get_current_object())  # type: ignore[attr-defined]
+    params = request.args.to_dict()
+    try:
+        query = leadindex.parse_query(params)
+    except leadindex.QueryError as exc:
+        body = render_template("dashboard_leads.html", problem=str(exc), rows=[], filters=[], more=None, indexed=True)
+        return _secured(Response(body, status=400, mimetype="text/html"))
+    found = leadindex.page(svc.redis, query.filters, query.limit, query.cursor)
+    shown = [
+        (name, value, titled(value)) for name, value in params.items() if value and name not in ("cursor", "limit")
+    ]
+    more = list_href(**{**params, "cursor": found.next_cursor}) if found.next_cursor else None
+    rows = [
+        {
+            **row.public(),
+            "state_words": words(row.entry.state),
+            "reason_words": words(row.entry.loss_reason) if row.entry.loss_reason else "",
+            "rules_words": ", ".join(words(r) for r in row.entry.rules),
+        }
+        for row in found.rows
+    ]
+    body = render_template(
+        "dashboard_leads.html",
+        problem=None,
+        rows=rows,
+        filters=shown,
+        more=more,
+        indexed=leadindex.is_complete(svc.redis),
+    )
+    return _secured(Response(body, mimetype="text/html"))
 
 
 # --- data -------------------------------------------------------------------------------
@@ -206,6 +265,7 @@ class Tile:
     value: str
     note: str = ""
     level: str = "ok"  # ok | warn | bad | info
+    href: str = ""  # the lead list behind the number
 
 
 def queue_health(connection: redis.Redis, queue: Queue, now: float) -> list[Tile]:
@@ -327,58 +387,179 @@ def _pct(x: float) -> str:
     return f"{x * 100:.0f}%" if x * 100 >= 10 or x == 0 else f"{x * 100:.1f}%"
 
 
-def build_page(connection: redis.Redis, queue: Queue, now: float, rq_mounted: bool = False) -> dict[str, Any]:
-    """Gather everything the template shows: tiles and rendered SVG charts."""
+RANGES = (7, 30, 90, 365)  # the time range selector's choices, in days
+# Below this many leads a snapshot that disagrees with the live index is recomputed on the
+# spot (a SCAN of that size takes well under a second); above, the clock's snapshot serves.
+LIVE_RECOMPUTE_MAX = 20_000
+DAY_MS = 86_400_000
+Link = Callable[[str, str], str | None]
+
+
+def list_href(**params: str | None) -> str:
+    """The lead list page for these filters (the `GET /leads` parameters)."""
+    given = {k: v for k, v in params.items() if v}
+    return LIST_PATH + ("?" + urlencode(sorted(given.items())) if given else "")
+
+
+def _iso_day(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def decision_days(connection: redis.Redis, now: float, days: int) -> list[tuple[str, dict[str, int]]]:
+    """Leads per UTC day of their latest decision (its own time), by the state it moved them to."""
+    today = datetime.fromtimestamp(now, tz=UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    first = int(today.timestamp() * 1000) - (days - 1) * DAY_MS
+    spans = [(_iso_day(first + i * DAY_MS)[:10], first + i * DAY_MS, first + (i + 1) * DAY_MS) for i in range(days)]
+    # ACTIVE is left out: most ACTIVE leads were never decided on (their time is their first event's).
+    decided = [state for state in STATE_COLORS if state != "ACTIVE"]
+    return leadindex.per_day(connection, "state", decided, spans)
+
+
+def fresh_stats(connection: redis.Redis, now: float, live_total: int | None) -> tuple[dict[str, Any], float, bool]:
+    """The detail charts' stats: the clock's snapshot, recomputed now when it disagrees with the live index."""
     stats, as_of, from_snapshot = load_stats(connection, now)
+    if live_total is not None and from_snapshot and int(stats.get("leads", 0)) != live_total:
+        if live_total <= LIVE_RECOMPUTE_MAX:
+            return collect(connection).to_json(), now, False
+    return stats, as_of, from_snapshot
+
+
+def build_page(
+    connection: redis.Redis, queue: Queue, now: float, rq_mounted: bool = False, days: int = DAYS
+) -> dict[str, Any]:
+    """Gather everything the template shows: tiles and rendered SVG charts, each linked to its leads."""
+    indexed = leadindex.is_complete(connection)
+    live_total = int(connection.zcard(leadindex.ALL_KEY)) if indexed else None
+    stats, as_of, from_snapshot = fresh_stats(connection, now, live_total)
+    since_ms = (int(now * 1000) // DAY_MS - (days - 1)) * DAY_MS
+    since = _iso_day(since_ms)
+    if indexed:
+        outcomes: Mapping[str, Any] = leadindex.counts(connection, "outcome")
+        states = leadindex.counts(connection, "state")
+        leads = int(live_total or 0)
+    else:
+        outcomes, states, leads = stats.get("outcomes", {}), {}, int(stats.get("leads", 0))
     colors = reason_colors(stats)
-    outcomes = stats.get("outcomes", {})
-    leads = int(stats.get("leads", 0))
     won, lost = int(outcomes.get("won", 0)), int(outcomes.get("lost", 0))
     outcome_tiles = [
-        Tile("Leads tracked", f"{leads:,}", "all leads with events", "info"),
-        Tile("Open", f"{int(outcomes.get('open', 0)):,}", "still being worked", "info"),
-        Tile("Won", f"{won:,}", f"{_pct(won / leads) if leads else '0%'} conversion", "ok"),
-        Tile("Lost", f"{lost:,}", f"{_pct(lost / leads) if leads else '0%'} loss rate", "warn" if lost else "ok"),
-        Tile("Suppressed", f"{int(outcomes.get('suppressed', 0)):,}", "do-not-contact", "info"),
+        Tile("Leads tracked", f"{leads:,}", "all leads with events", "info", list_href()),
+        Tile("Open", f"{int(outcomes.get('open', 0)):,}", "still being worked", "info", list_href(outcome="open")),
+        Tile("Won", f"{won:,}", f"{_pct(won / leads) if leads else '0%'} conversion", "ok", list_href(outcome="won")),
+        Tile(
+            "Lost",
+            f"{lost:,}",
+            f"{_pct(lost / leads) if leads else '0%'} loss rate",
+            "warn" if lost else "ok",
+            list_href(outcome="lost"),
+        ),
+        Tile(
+            "Do not contact",
+            f"{int(outcomes.get('suppressed', 0)):,}",
+            "suppressed",
+            "info",
+            list_href(outcome="suppressed"),
+        ),
     ]
+    if indexed:
+        pending = int(states.get("BREAKUP_DUE", 0))
+        outcome_tiles.append(
+            Tile(
+                "Break-ups pending",
+                f"{pending:,}",
+                "break-up email due or sent",
+                "warn" if pending else "ok",
+                list_href(state="BREAKUP_DUE"),
+            )
+        )
+        checkins = int(states.get("REENGAGE_DUE", 0))
+        outcome_tiles.append(
+            Tile(
+                "Check-ins due", f"{checkins:,}", "lost leads to look at again", "info", list_href(state="REENGAGE_DUE")
+            )
+        )
     by = stats.get("by", {})
     charts: list[dict[str, Any]] = []
     one = {"lost": LOST_COLOR}
 
+    def listable(value: str) -> str | None:
+        return None if value.startswith("(") else value  # "(unknown)", "(other)": no filter names them
+
     def reasons_by(dim: str) -> Markup:
         rows = [(value, dict(row.get("reasons", {}))) for value, row in by.get(dim, {}).items() if row.get("reasons")]
-        return stacked_bars(f"loss-by-{dim}", f"Loss reasons by {dim}", _fold(rows), colors, **LOST)
 
-    days = daily_decisions(connection, now)
-    states = [s for s in STATE_COLORS if any(s in d for _, d in days)]
-    states += sorted({s for _, d in days for s in d} - set(states))
+        def link(value: str, reason: str) -> str | None:
+            return list_href(**{dim: listable(value), "reason": reason}) if listable(value) else None
+
+        return stacked_bars(f"loss-by-{dim}", f"Loss reasons by {dim}", _fold(rows), colors, **LOST, link=link)
+
+    if indexed:
+        per_day = decision_days(connection, now, days)
+        day_title = f"Decisions by decision date (last {days} days, UTC)"
+        day_note = (
+            "Each lead on the day of its latest decision (the decision's own time, not when it was processed), "
+            "by the state it moved to. Click a column for its leads."
+        )
+
+        def day_link(day: str, state: str) -> str | None:
+            start = int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp() * 1000)
+            return list_href(state=state, since=_iso_day(start), until=_iso_day(start + DAY_MS))
+
+        day_links: Link | None = day_link
+    else:
+        per_day = daily_decisions(connection, now, days)
+        day_title = f"Decisions per day processed (last {days} days, UTC)"
+        day_note = "By the day the workers processed them, until the lead index is built (see the banner)."
+        day_links = None
+    day_states = [s for s in STATE_COLORS if any(s in d for _, d in per_day)]
+    day_states += sorted({s for _, d in per_day for s in d} - set(day_states))
     charts.append(
         {
-            "title": f"Decisions per day (last {DAYS} days, UTC)",
-            "note": "Every state change the workers decided, by the state the lead moved to.",
+            "title": day_title,
+            "note": day_note,
             "wide": True,
             "svg": columns(
                 "decisions-per-day",
-                f"Decisions per day, last {DAYS} days",
-                days,
-                {s: STATE_COLORS.get(s, OTHER_COLOR) for s in states},
+                day_title,
+                per_day,
+                {s: STATE_COLORS.get(s, OTHER_COLOR) for s in day_states},
+                link=day_links,
             ),
-            "legend": [(s, STATE_COLORS.get(s, OTHER_COLOR)) for s in states],
+            "legend": [(words(s), STATE_COLORS.get(s, OTHER_COLOR)) for s in day_states],
         }
     )
-    loss_rows = [(reason, {reason: int(n)}) for reason, n in stats.get("loss_reasons", {}).items()]
+    if indexed:
+        reason_counts = leadindex.counts(connection, "reason", since_ms)
+        loss_rows = [(reason, {reason: n}) for reason, n in reason_counts.items()]
+        loss_note = f"Why leads were marked lost, by their latest decision in the last {days} days."
+    else:
+        loss_rows = [(reason, {reason: int(n)}) for reason, n in stats.get("loss_reasons", {}).items()]
+        loss_note = "Why leads were marked lost, all sources."
     charts.append(
         {
             "title": "Loss reasons",
-            "note": "Why leads were marked lost, all sources.",
-            "svg": stacked_bars("loss-reasons", "Loss reasons", _fold(loss_rows), colors, **LOST),
+            "note": loss_note,
+            "svg": stacked_bars(
+                "loss-reasons",
+                "Loss reasons",
+                _fold(loss_rows),
+                colors,
+                **LOST,
+                link=lambda reason, _: list_href(reason=reason, since=since if indexed else None),
+            ),
         }
     )
     charts.append(
         {
             "title": "Conversion vs loss by source",
             "note": "Share of each source's leads won and lost; the rest are open or suppressed.",
-            "svg": rates_chart("conversion-by-source", "Conversion and loss rate by source", by.get("source", {})),
+            "svg": rates_chart(
+                "conversion-by-source",
+                "Conversion and loss rate by source",
+                by.get("source", {}),
+                link=lambda source, outcome: (
+                    list_href(source=listable(source), outcome=outcome) if listable(source) else None
+                ),
+            ),
             "legend": [("won (conversion)", WON_COLOR), ("lost", LOST_COLOR)],
         }
     )
@@ -389,7 +570,7 @@ def build_page(connection: redis.Redis, queue: Queue, now: float, rq_mounted: bo
                 "title": f"Loss reasons by {dim}",
                 "note": f"Lost leads per {dim}, split by reason.",
                 "svg": reasons_by(dim),
-                "legend": [(r, c) for r, c in colors.items() if r in used],
+                "legend": [(words(r), c) for r, c in colors.items() if r in used],
             }
         )
     rule_rows = decisions_by_rule(connection)
@@ -397,9 +578,17 @@ def build_page(connection: redis.Redis, queue: Queue, now: float, rq_mounted: bo
     charts.append(
         {
             "title": "Decisions by rule",
-            "note": "Which rules fire, by the state they moved leads to (since the counters began).",
-            "svg": stacked_bars("decisions-by-rule", "Decisions by rule", _fold(rule_rows), STATE_COLORS, **RULES),
-            "legend": [(s, STATE_COLORS[s]) for s in rule_states],
+            "note": "Which rules fire, by the state they moved leads to (since the counters began). "
+            "A bar lists the leads the rule decided on.",
+            "svg": stacked_bars(
+                "decisions-by-rule",
+                "Decisions by rule",
+                _fold(rule_rows),
+                STATE_COLORS,
+                **RULES,
+                link=lambda rule, _: list_href(rule=listable(rule)) if listable(rule) else None,
+            ),
+            "legend": [(words(s), STATE_COLORS[s]) for s in rule_states],
         }
     )
     stage_rows = [(stage, {"lost": int(n)}) for stage, n in stats.get("lost_at_deal_stage", {}).items()]
@@ -407,7 +596,14 @@ def build_page(connection: redis.Redis, queue: Queue, now: float, rq_mounted: bo
         {
             "title": "Where leads die: deal stage",
             "note": "The deal stage lost leads were in when they were lost.",
-            "svg": stacked_bars("lost-at-stage", "Lost leads by deal stage", _fold(stage_rows), one, **LOST),
+            "svg": stacked_bars(
+                "lost-at-stage",
+                "Lost leads by deal stage",
+                _fold(stage_rows),
+                one,
+                **LOST,
+                link=lambda stage, _: list_href(stage=listable(stage), outcome="lost") if listable(stage) else None,
+            ),
         }
     )
     state_rows = [(state, {"lost": int(n)}) for state, n in stats.get("lost_from_state", {}).items()]
@@ -431,6 +627,10 @@ def build_page(connection: redis.Redis, queue: Queue, now: float, rq_mounted: bo
         "stale": from_snapshot and age > STALE_AFTER_SECONDS,
         "now": datetime.fromtimestamp(now, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "rq_mounted": rq_mounted,
+        "indexed": indexed,
+        "ranges": RANGES,
+        "days": days,
+        "list_path": LIST_PATH,
     }
 
 
@@ -452,6 +652,13 @@ def _ink(fill: str) -> str:
     """Pick dark or white text for a label drawn on `fill` (#rrggbb), whichever reads better."""
     r, g, b = (int(fill[i : i + 2], 16) for i in (1, 3, 5))
     return "#111827" if 0.299 * r + 0.587 * g + 0.114 * b > 150 else "#fff"
+
+
+def _linked(element: str, href: str | None) -> str:
+    """Wrap an SVG element in a link to `href` (a lead list), or leave it be."""
+    if not href:
+        return element
+    return f"<a class='to-leads' href='{_e(href)}'>{element}</a>"
 
 
 def _short(label: str, limit: int = 22) -> str:
@@ -506,8 +713,13 @@ def stacked_bars(
     colors: Mapping[str, str],
     unit: str = "",
     empty: str = "No data yet",
+    link: Link | None = None,
 ) -> Markup:
-    """Draw horizontal bars, one per row, stacked by series, each labelled with its total."""
+    """Draw horizontal bars, one per row, stacked by series, each labelled with its total.
+
+    Rows and series are identifiers: drawn in words, with the identifier in the tooltip;
+    `link(row, series)` gives the lead list a bar segment opens (None: no link).
+    """
     rows = [(label, values) for label, values in rows if sum(values.values()) > 0]
     if not rows:
         return _empty(chart_id, title, empty)
@@ -520,7 +732,7 @@ def stacked_bars(
         total = sum(values.values())
         body.append(
             f"<text x='{x0 - 8}' y='{y + BAR_H / 2 + 4:.1f}' text-anchor='end' font-size='12' fill='#1f2937'>"
-            f"<title>{_e(label)}</title>{_e(_short(label))}</text>"
+            f"<title>{_e(titled(label))}</title>{_e(_short(words(label)))}</text>"
         )
         x = float(x0)
         for series, color in list(colors.items()) + [(k, OTHER_COLOR) for k in values if k not in colors]:
@@ -528,11 +740,14 @@ def stacked_bars(
             if n <= 0:
                 continue
             w = (x1 - x0) * n / scale
-            name = f"{label}: {n} {unit}" if len(colors) == 1 else f"{label}, {series}: {n} {unit}"
-            body.append(
+            name = (
+                f"{titled(label)}: {n} {unit}" if len(colors) == 1 else f"{titled(label)}, {titled(series)}: {n} {unit}"
+            )
+            bar = (
                 f"<rect class='bar' x='{x:.1f}' y='{y:.1f}' width='{max(w, 1):.1f}' height='{BAR_H}' "
                 f"fill='{color}'><title>{_e(name.strip())}</title></rect>"
             )
+            body.append(_linked(bar, link(label, series) if link else None))
             if w >= 22 and len(values) > 1:
                 body.append(
                     f"<text x='{x + w / 2:.1f}' y='{y + BAR_H / 2 + 4:.1f}' text-anchor='middle' font-size='10' "
@@ -543,12 +758,12 @@ def stacked_bars(
             f"<text x='{x + 6:.1f}' y='{y + BAR_H / 2 + 4:.1f}' font-size='12' font-weight='600' "
             f"fill='#111827'>{total:,}</text>"
         )
-    desc = "; ".join(f"{label}: {sum(v.values())}" for label, v in rows)
+    desc = "; ".join(f"{words(label)}: {sum(v.values())}" for label, v in rows)
     return _svg(chart_id, title, f"{title} ({unit}). {desc}", WIDTH, int(bottom + 20), body)
 
 
-def rates_chart(chart_id: str, title: str, groups: Mapping[str, Mapping[str, Any]]) -> Markup:
-    """Draw, per group, a conversion-rate bar and a loss-rate bar on a 0-100 % scale."""
+def rates_chart(chart_id: str, title: str, groups: Mapping[str, Mapping[str, Any]], link: Link | None = None) -> Markup:
+    """Draw, per group, a conversion-rate bar and a loss-rate bar on a 0-100 % scale (`link(group, "won"|"lost")`)."""
     rows = sorted(groups.items(), key=lambda kv: (-int(kv[1].get("leads", 0)), kv[0]))[:MAX_ROWS]
     rows = [(label, row) for label, row in rows if int(row.get("leads", 0)) > 0]
     if not rows:
@@ -561,7 +776,7 @@ def rates_chart(chart_id: str, title: str, groups: Mapping[str, Mapping[str, Any
         leads = int(row.get("leads", 0))
         body.append(
             f"<text x='{x0 - 8}' y='{y + bar_h + 4:.1f}' text-anchor='end' font-size='12' fill='#1f2937'>"
-            f"<title>{_e(label)}</title>{_e(_short(label))}</text>"
+            f"<title>{_e(titled(label))}</title>{_e(_short(words(label)))}</text>"
         )
         for j, (kind, rate_key, count_key, color) in enumerate(
             (("won", "conversion_rate", "won", WON_COLOR), ("lost", "loss_rate", "lost", LOST_COLOR))
@@ -570,25 +785,30 @@ def rates_chart(chart_id: str, title: str, groups: Mapping[str, Mapping[str, Any
             count = int(row.get(count_key, 0))
             by = y + j * (bar_h + 2)
             w = (x1 - x0) * rate
-            body.append(
+            bar = (
                 f"<rect class='bar' x='{x0}' y='{by:.1f}' width='{max(w, 1):.1f}' height='{bar_h}' fill='{color}'>"
-                f"<title>{_e(label)}: {count} of {leads} leads {kind} ({_pct(rate)})</title></rect>"
+                f"<title>{_e(titled(label))}: {count} of {leads} leads {kind} ({_pct(rate)})</title></rect>"
             )
+            body.append(_linked(bar, link(label, kind) if link else None))
             body.append(
                 f"<text x='{x0 + w + 5:.1f}' y='{by + bar_h - 2:.1f}' font-size='11' fill='#111827'>"
                 f"{_pct(rate)} <tspan fill='#6b7280'>({count}/{leads})</tspan></text>"
             )
     desc = "; ".join(
-        f"{label}: {_pct(float(r.get('conversion_rate', 0)))} won, {_pct(float(r.get('loss_rate', 0)))} lost"
+        f"{words(label)}: {_pct(float(r.get('conversion_rate', 0)))} won, {_pct(float(r.get('loss_rate', 0)))} lost"
         for label, r in rows
     )
     return _svg(chart_id, title, f"{title}. {desc}", WIDTH, int(bottom + 20), body)
 
 
 def columns(
-    chart_id: str, title: str, days: Sequence[tuple[str, Mapping[str, int]]], colors: Mapping[str, str]
+    chart_id: str,
+    title: str,
+    days: Sequence[tuple[str, Mapping[str, int]]],
+    colors: Mapping[str, str],
+    link: Link | None = None,
 ) -> Markup:
-    """Draw one stacked column per day, labelled with its total when there were decisions."""
+    """Draw one stacked column per day, labelled with its total when there were decisions (`link(day, state)`)."""
     width, height, x0, top, bottom = 1140, 230, 40, 14, 196
     total_max = max((sum(v.values()) for _, v in days), default=0)
     scale, step = axis(total_max)
@@ -610,17 +830,18 @@ def columns(
                 continue
             h = (bottom - top) * n / scale
             y -= h
-            body.append(
+            bar = (
                 f"<rect class='bar' x='{cx - bar_w / 2:.1f}' y='{y:.1f}' width='{bar_w:.1f}' height='{h:.1f}' "
-                f"fill='{color}'><title>{day}, {_e(state)}: {n}</title></rect>"
+                f"fill='{color}'><title>{day}, {_e(titled(state))}: {n}</title></rect>"
             )
+            body.append(_linked(bar, link(day, state) if link else None))
         total = sum(values.values())
         if total:
             body.append(
                 f"<text x='{cx:.1f}' y='{y - 4:.1f}' text-anchor='middle' font-size='10' font-weight='600' "
                 f"fill='#111827'>{total}</text>"
             )
-        if i % 3 == 0 or i == len(days) - 1:
+        if i % max(1, len(days) // 10) == 0 or i == len(days) - 1:
             body.append(
                 f"<text x='{cx:.1f}' y='{bottom + 16}' text-anchor='middle' font-size='10' fill='#6b7280'>"
                 f"{day[5:]}</text>"

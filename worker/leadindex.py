@@ -7,7 +7,8 @@ with the entry it read before MULTI and the one it computed):
     leads:entries                 hash {crm}:{lead_id} -> compact JSON entry (ids, state, reason,
                                   rules, source, deal stage, changed time; no personal data)
     leads:by:all                  sorted set {crm}:{lead_id} -> changed time (ms)
-    leads:by:{dimension}:{value}  the same, one per crm, state, reason, rule, source and outcome
+    leads:by:{dimension}:{value}  the same, one per crm, state, reason, rule, source, segment,
+                                  priority, deal stage and outcome (won/lost/open/suppressed)
     leads:values:{reason|rule}    the loss reasons and rule names ever seen, for the dashboard
     leads:indexed                 set once every lead written before the index existed is in it
 
@@ -40,7 +41,7 @@ ALL_KEY = "pruner:leads:by:all"
 BY_PREFIX = "pruner:leads:by:"
 VALUES_PREFIX = "pruner:leads:values:"
 INDEXED_KEY = "pruner:leads:indexed"
-DIMENSIONS = ("crm", "state", "reason", "rule", "source", "outcome")
+DIMENSIONS = ("crm", "state", "reason", "rule", "source", "segment", "priority", "stage", "outcome")
 # The dimensions whose values are remembered for the dashboard: the policy's own words (rule
 # names, loss reasons), never CRM free text, so nothing of an erased lead can linger there.
 VOCABULARIES = ("reason", "rule")
@@ -84,6 +85,8 @@ class Entry:
     source: str | None
     deal_stage: str | None
     changed_ms: int
+    segment: str | None = None
+    priority: str | None = None
 
     @property
     def outcome(self) -> str:
@@ -97,19 +100,31 @@ class Entry:
             "reason": {self.loss_reason} if self.loss_reason else set(),
             "rule": set(self.rules),
             "source": {self.source} if self.source else set(),
+            "segment": {self.segment} if self.segment else set(),
+            "priority": {self.priority} if self.priority else set(),
+            "stage": {self.deal_stage} if self.deal_stage else set(),
             "outcome": {self.outcome},
         }
 
     def encode(self) -> str:
         return json.dumps(
-            [self.state, self.loss_reason, list(self.rules), self.source, self.deal_stage, self.changed_ms],
+            [
+                self.state,
+                self.loss_reason,
+                list(self.rules),
+                self.source,
+                self.deal_stage,
+                self.changed_ms,
+                self.segment,
+                self.priority,
+            ],
             separators=(",", ":"),
         )
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Entry:
-        state, reason, rules, source, stage, changed = json.loads(raw)
-        return cls(state, reason, tuple(rules), source, stage, int(changed))
+        state, reason, rules, source, stage, changed, segment, priority = json.loads(raw)
+        return cls(state, reason, tuple(rules), source, stage, int(changed), segment, priority)
 
 
 def entry_for(
@@ -120,7 +135,7 @@ def entry_for(
 ) -> Entry | None:
     """Compute a lead's entry from its state record and event log (None: no events, nothing to list).
 
-    The source and deal stage come from folding the log, which is only done when `old` is
+    The profile (source, segment, priority) and deal stage come from folding the log, which is only done when `old` is
     missing or a new event can change them: most batches re-use the old entry's.
     """
     if not history and state is None:
@@ -128,10 +143,10 @@ def entry_for(
     record = state or {}
     decisions = record.get("decisions") or []
     if old is None or any(ev.type in PROFILE_TYPES for ev in new):
-        counters = fold(history)
-        source, stage = counters.source, counters.deal_stage
+        c = fold(history)
+        profile = (c.source, c.deal_stage, c.segment, c.priority)
     else:
-        source, stage = old.source, old.deal_stage
+        profile = (old.source, old.deal_stage, old.segment, old.priority)
     if decisions:
         changed = max(_ms(d.get("at")) for d in decisions)
     elif old is not None:
@@ -139,7 +154,9 @@ def entry_for(
     else:
         changed = min((ev.occurred_ms for ev in history), default=0)
     rules = tuple(sorted({str(d["rule"]) for d in decisions if d.get("rule")}))
-    return Entry(str(record.get("state", "ACTIVE")), record.get("loss_reason"), rules, source, stage, changed)
+    source, stage, segment, priority = profile
+    state_name, reason = str(record.get("state", "ACTIVE")), record.get("loss_reason")
+    return Entry(state_name, reason, rules, source, stage, changed, segment, priority)
 
 
 def _ms(value: object) -> int:
@@ -197,6 +214,9 @@ class Filters:
     reason: str | None = None
     rule: str | None = None
     source: str | None = None
+    segment: str | None = None
+    priority: str | None = None
+    stage: str | None = None
     outcome: str | None = None
     since_ms: int | None = None
     until_ms: int | None = None
@@ -339,7 +359,10 @@ def is_complete(connection: redis.Redis) -> bool:
 # --- query parameters (shared by GET /leads, /dashboard/leads and `pruner leads`) -------------
 
 DEFAULT_LIMIT = 50
-QUERY_PARAMETERS = ("crm", "state", "rule", "reason", "source", "outcome", "since", "until", "cursor", "limit")
+QUERY_PARAMETERS = (
+    *("crm", "state", "rule", "reason", "source", "segment", "priority", "stage", "outcome"),
+    *("since", "until", "cursor", "limit"),
+)
 STATES = FIXED_VALUES["state"]
 OUTCOMES = FIXED_VALUES["outcome"]
 CRMS = FIXED_VALUES["crm"]
@@ -401,6 +424,9 @@ def parse_query(params: Mapping[str, str]) -> Query:
         reason=given.get("reason"),
         rule=given.get("rule"),
         source=given.get("source"),
+        segment=given.get("segment"),
+        priority=given.get("priority"),
+        stage=given.get("stage"),
         outcome=given.get("outcome"),
         since_ms=times.get("since"),
         # `until` is exclusive (a day's list runs from its midnight to the next); scores are whole ms.
