@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fakeredis
 import pytest
+from flask.testing import FlaskClient
 
 from rules.events import Event, format_ms, parse_event
-from tests.helpers import event
+from tests.helpers import ADMIN_TOKEN, SECRET, event
+from webhooks import create_app
 from worker import leadindex
+from worker.config import Config
 from worker.decide import Decider
 from worker.leadindex import Filters, QueryError, parse_query
 from worker.policyfile import default_policy
@@ -177,3 +181,67 @@ def test_a_good_query_reads_every_parameter() -> None:
     q = parse_query(params)
     assert q.limit == 5 and q.cursor is None
     assert q.filters == Filters(state="LOST", reason="no_response", since_ms=1_793_491_200_000)
+
+
+# --- GET /leads and /dashboard/leads -------------------------------------------------------
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def listing_app(s: LeadStore) -> FlaskClient:
+    config = Config.from_env({"PRUNER_WEBHOOK_SECRET": SECRET, "PRUNER_ADMIN_TOKEN": ADMIN_TOKEN})
+    return create_app(config, s.redis, clock=lambda: NOW_MS / 1000).test_client()
+
+
+def test_get_leads_pages_with_an_opaque_cursor_and_shows_ids_only() -> None:
+    s = store()
+    s.apply_batch([e for n in range(5) for e in said_no(f"p{n}", 2 + n)] + [ev("email_sent", "q", 1)], decide())
+    client = listing_app(s)
+    assert client.get("/leads").status_code == 401
+    first = client.get("/leads?state=LOST&limit=3", headers=AUTH)
+    assert first.status_code == 200
+    body = first.get_json()
+    assert [lead["lead_id"] for lead in body["leads"]] == ["p4", "p3", "p2"] and body["next_cursor"]
+    assert set(body["leads"][0]) == {"crm", "lead_id", "state", "loss_reason", "changed_at", "rules"}
+    assert "example.org" not in first.get_data(as_text=True)  # the profile's email is never listed
+    second = client.get(f"/leads?state=LOST&limit=3&cursor={body['next_cursor']}", headers=AUTH).get_json()
+    assert [lead["lead_id"] for lead in second["leads"]] == ["p1", "p0"] and second["next_cursor"] is None
+    assert [lead["lead_id"] for lead in client.get("/leads", headers=AUTH).get_json()["leads"]][-1] == "q"
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("state=lost", "state"),
+        ("since=last+week", "since"),
+        ("limit=9999", "limit"),
+        ("cursor=abc", "cursor"),
+        ("colour=red", "colour"),
+        ("state=LOST&state=ACTIVE", "state"),
+    ],
+)
+def test_get_leads_answers_400_naming_the_bad_parameter(query: str, named: str) -> None:
+    response = listing_app(store()).get(f"/leads?{query}", headers=AUTH)
+    assert response.status_code == 400
+    body = response.get_json()
+    assert body["error"] == "bad_parameter" and named in body["detail"] and body["detail"][0].isalpha()
+
+
+def test_the_browser_list_page_shows_words_and_a_next_page_link() -> None:
+    s = store()
+    s.apply_batch([e for n in range(3) for e in said_no(f"w{n}", 2 + n)], decide())
+    client = listing_app(s)
+    # Without a session: the login form, which comes back to the same list.
+    login = client.get("/dashboard/leads?reason=not_interested", headers={"Accept": "text/html"})
+    assert login.status_code == 401 and "/dashboard/leads?reason=not_interested" in login.get_data(as_text=True)
+    page = client.get("/dashboard/leads?reason=not_interested&limit=2", headers=AUTH)
+    text = page.get_data(as_text=True)
+    assert page.status_code == 200 and page.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    assert 'data-lead="w2"' in text and 'data-lead="w1"' in text and 'data-lead="w0"' not in text
+    assert ">Not interested<" in text and ">Said no repeatedly<" in text and 'title="not_interested"' in text
+    more = re.search(r'href="(/dashboard/leads\?[^"]+)" rel="next"', text)
+    assert more is not None
+    rest = client.get(more.group(1).replace("&amp;", "&"), headers=AUTH).get_data(as_text=True)
+    assert 'data-lead="w0"' in rest and 'rel="next"' not in rest
+    bad = client.get("/dashboard/leads?state=nope", headers=AUTH)
+    assert bad.status_code == 400 and "state must be one of" in bad.get_data(as_text=True)

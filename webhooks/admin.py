@@ -44,7 +44,7 @@ def leads() -> ResponseReturnValue:
     """List leads, newest change first, one page at a time (ids and lifecycle only)."""
     repeated = next((name for name in request.args if len(request.args.getlist(name)) > 1), None)
     if repeated is not None:
-        return error(400, "bad_parameter", f"{repeated!r:.60} is given more than once; give each parameter once")
+        return error(400, "bad_parameter", f"{repeated:.60} is given more than once; give each parameter once")
     try:
         query = leadindex.parse_query(request.args.to_dict())
     except leadindex.QueryError as exc:

@@ -1,5 +1,9 @@
 """/dashboard in a real headless Chromium, over data made by the real pipeline (gunicorn -> RQ worker).
 
+The stats snapshot is taken before any lead arrives, as the clock does at boot: the page
+must show real numbers at once anyway, plot decisions by their own date, speak in words,
+and open the lead list behind a bar, a column and a tile.
+
 Debian's `chromium` and `chromium-driver` drive the page (`.ci/run` installs them when
 missing); selenium is only the client, told where both binaries are so it never
 downloads a browser or a driver.
@@ -8,6 +12,7 @@ downloads a browser or a driver.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import struct
@@ -75,14 +80,14 @@ def profile(n: int, source: str, segment: str, priority: str) -> dict[str, Any]:
 
 
 def first_wave() -> list[dict[str, Any]]:
-    """Leads ending differently: said no twice, chose a competitor, too expensive, won, still open, pushed back."""
+    """Leads ending differently: said no twice, chose a competitor, too expensive, won, still open, pushed back (x2)."""
     events = []
     for n in (1, 2, 3):
         events += [profile(n, "webinar", "smb", "high"), ev("not_interested", n, 4), ev("not_interested", n, 3)]
     for n in (4, 5):
         events += [
             profile(n, "paid_search", "enterprise", "medium"),
-            ev("deal_updated", n, 4, deal_id=f"d{n}", stage="proposal", amount=12000),
+            ev("deal_updated", n, 4, deal_id=f"d{n}", stage="decisionmakerboughtin", amount=12000),
             ev("decision_no", n, 3, reason="We went with a competitor"),
         ]
     events += [profile(6, "referral", "smb", "low"), ev("decision_no", 6, 3, reason="Too expensive this year")]
@@ -90,6 +95,9 @@ def first_wave() -> list[dict[str, Any]]:
     events += [profile(8, "webinar", "mid_market", "low"), ev("email_sent", 8, 2)]
     events += [profile(9, "partner", "smb", "medium")]
     events += [ev("meeting_rescheduled", 9, 4 - d, first_meeting=(d == 0)) for d in range(3)]
+    # Lead 10 stays BREAKUP_DUE: the break-ups pending tile.
+    events += [profile(10, "partner", "smb", "low")]
+    events += [ev("meeting_rescheduled", 10, 4 - d, first_meeting=(d == 0)) for d in range(3)]
     return events
 
 
@@ -122,13 +130,14 @@ def site() -> Iterator[Site]:
     try:
         wait_http(f"{url}/healthz")
         site = Site(url, conn)
-        site.send(first_wave())
-        assert site.state(9)["state"] == "BREAKUP_DUE"
-        site.send(second_wave())
-        # The clock's job, run by the real worker: the page then reads its snapshot.
+        # The clock's first snapshot, taken at boot before any lead: the page must not show it.
         make_queue(conn).enqueue("worker.jobs.refresh_stats", result_ttl=0)
         wait_until(lambda: conn.exists(STATS_SNAPSHOT_KEY) == 1)
         wait_until(drained(conn))
+        site.send(first_wave())
+        assert site.state(9)["state"] == "BREAKUP_DUE"
+        site.send(second_wave())
+        assert json.loads(conn.get(STATS_SNAPSHOT_KEY) or b"{}")["stats"]["leads"] == 0
         yield site
     finally:
         stop(web)
@@ -160,6 +169,24 @@ def browser() -> Iterator[Any]:
     finally:
         driver.quit()
         shutil.rmtree(profile_dir, ignore_errors=True)
+
+
+# The text a person reads: every text node but tooltips (SVG <title>/<desc>) and style.
+SHOWN_TEXT = """
+const out = [];
+const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+while (walker.nextNode()) {
+  if (!walker.currentNode.parentElement.closest('title, desc, style, script')) out.push(walker.currentNode.textContent);
+}
+return out.join(' ');
+"""
+
+
+def listed(driver: Any) -> set[str]:
+    """The lead ids in the list page's table."""
+    from selenium.webdriver.common.by import By
+
+    return {row.get_attribute("data-lead") for row in driver.find_elements(By.CSS_SELECTOR, "#leads tbody tr")}
 
 
 def errors(driver: Any) -> list[dict[str, Any]]:
@@ -217,27 +244,56 @@ def test_dashboard_in_a_real_browser(site: Site, browser: Any, tmp_path: Path) -
         selector = f"svg[data-chart='{chart_id}'] rect.bar title"
         return [t.get_attribute("textContent") for t in driver.find_elements(By.CSS_SELECTOR, selector)]
 
+    # Real numbers right after start-up, though the clock's snapshot (taken at boot) counted none.
     assert sorted(bars("loss-by-source")) == [
-        "paid_search, competitor: 2 lost leads",
-        "partner, timing: 1 lost leads",
-        "referral, budget: 1 lost leads",
-        "webinar, not_interested: 3 lost leads",
+        "Paid search (paid_search), Chose a competitor (competitor): 2 lost leads",
+        "Partner (partner), Timing (timing): 1 lost leads",
+        "Referral (referral), Budget (budget): 1 lost leads",
+        "Webinar (webinar), Not interested (not_interested): 3 lost leads",
     ]
-    assert "smb, not_interested: 3 lost leads" in bars("loss-by-segment")
-    assert "medium, competitor: 2 lost leads" in bars("loss-by-priority")
-    assert "referral: 1 of 2 leads won (50%)" in bars("conversion-by-source")
-    assert sorted(bars("lost-at-stage")) == ["(no deal): 5 lost leads", "proposal: 2 lost leads"]
-    assert sorted(bars("lost-from-state")) == ["ACTIVE: 6 lost leads", "BREAKUP_DUE: 1 lost leads"]
-    today = NOW.date().isoformat()
+    assert "Smb (smb), Not interested (not_interested): 3 lost leads" in bars("loss-by-segment")
+    assert "Medium (medium), Chose a competitor (competitor): 2 lost leads" in bars("loss-by-priority")
+    assert "Referral (referral): 1 of 2 leads won (50%)" in bars("conversion-by-source")
+    assert sorted(bars("lost-at-stage")) == [
+        "(no deal): 5 lost leads",
+        "Decision maker bought-in (decisionmakerboughtin): 2 lost leads",
+    ]
+    assert sorted(bars("lost-from-state")) == [
+        "Active (ACTIVE): 6 lost leads",
+        "Break-up due (BREAKUP_DUE): 1 lost leads",
+    ]
+    # By decision date: six leads lost three days ago, lead 9 half a day ago, lead 10's break-up two days
+    # ago; none of it on the day the worker processed it (today) unless that is the decision's own day.
     per_day = bars("decisions-per-day")
-    assert f"{today}, LOST: 7" in per_day and f"{today}, BREAKUP_DUE: 1" in per_day
+    day = lambda ago: (NOW - timedelta(days=ago)).date().isoformat()  # noqa: E731
+    assert f"{day(3)}, Lost (LOST): 6" in per_day
+    assert f"{day(0.5)}, Lost (LOST): 1" in per_day
+    assert f"{day(2)}, Break-up due (BREAKUP_DUE): 1" in per_day
+    assert len(per_day) == 3
     assert len(driver.find_elements(By.CSS_SELECTOR, "svg.chart rect.bar")) >= 25
 
     text = driver.find_element(By.TAG_NAME, "body").text
     assert "Workers\n1" in text  # the worker process is registered
-    assert "no snapshot yet" not in text  # refresh_stats ran in the worker
+    tiles = {
+        t.get_attribute("data-tile"): t.text.split("\n")[1] for t in driver.find_elements(By.CSS_SELECTOR, "a.tile")
+    }
+    assert tiles == {
+        "Leads tracked": "10",
+        "Open": "2",
+        "Won": "1",
+        "Lost": "7",
+        "Do not contact": "0",
+        "Break-ups pending": "1",
+        "Check-ins due": "0",
+    }
+    # Words, not identifiers, on the page (the identifiers live in the tooltips).
+    seen = driver.execute_script(SHOWN_TEXT)
+    for identifier in ("BREAKUP_DUE", "decisionmakerboughtin", "not_interested", "repeated_no", "paid_search"):
+        assert identifier not in seen, identifier
+    for words in ("Break-up due", "Decision maker bought", "Not interested", "Said no repeatedly", "Paid search"):
+        assert words in seen, words
     source = driver.page_source
-    for n in range(1, 10):
+    for n in range(1, 11):
         assert lead(n) not in source and email(n) not in source
 
     # The whole page in one shot: grow the window by the page height plus the window's own frame.
@@ -263,6 +319,35 @@ def test_dashboard_in_a_real_browser(site: Site, browser: Any, tmp_path: Path) -
     wait_until(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#workers tr[data-role=worker]")) == 1, seconds=10)
     assert "pruner" in driver.find_element(By.ID, "workers").text
     assert [e for e in errors(driver) if "/static/favicon.ico" not in e["message"]] == []
+
+    # Every number leads to its leads: a bar, a column and a tile, clicked like a person would.
+    driver.get(f"{site.url}/dashboard")
+    bar = driver.find_element(
+        By.XPATH, "//*[@data-chart='loss-reasons']//*[local-name()='a'][.//*[contains(., '(not_interested)')]]"
+    )
+    bar.find_element(By.CSS_SELECTOR, "rect.bar").click()
+    wait_until(lambda: driver.title == "Pruner · leads", seconds=10)
+    assert "reason=not_interested" in driver.current_url
+    assert listed(driver) == {lead(1), lead(2), lead(3)}
+    assert "Not interested" in driver.find_element(By.ID, "leads").text
+    driver.back()
+    wait_until(lambda: driver.title == "Pruner · operations", seconds=10)
+    column = driver.find_element(
+        By.XPATH, f"//*[@data-chart='decisions-per-day']//*[local-name()='a'][.//*[contains(., '{day(3)}, Lost')]]"
+    )
+    column.find_element(By.CSS_SELECTOR, "rect.bar").click()
+    wait_until(lambda: driver.title == "Pruner · leads", seconds=10)
+    assert listed(driver) == {lead(n) for n in range(1, 7)}
+    driver.get(f"{site.url}/dashboard")
+    driver.find_element(By.CSS_SELECTOR, "a.tile[data-tile='Break-ups pending']").click()
+    wait_until(lambda: driver.title == "Pruner · leads", seconds=10)
+    assert listed(driver) == {lead(10)} and "Break-up due" in driver.find_element(By.ID, "leads").text
+    # The time range: seven days keep the same decisions, drawn over seven columns' worth of days.
+    driver.get(f"{site.url}/dashboard")
+    driver.find_element(By.LINK_TEXT, "7 days").click()
+    wait_until(lambda: "range=7" in driver.current_url, seconds=10)
+    assert "last 7 days" in driver.find_element(By.TAG_NAME, "body").text
+    assert errors(driver) == []
 
     driver.get("about:blank")
     counts: dict[str, int] | None = driver.execute_async_script(COUNT_COLOURS, base64.b64encode(data).decode())
