@@ -29,7 +29,8 @@ import redis
 from webhooks.signatures import sign
 
 BENCH_DB = 13
-REDIS_URL = f"redis://127.0.0.1:6379/{BENCH_DB}"
+# The same server as the tests (PRUNER_TEST_REDIS, host:port), so a shared machine can keep them off 6379.
+REDIS_URL = f"redis://{os.environ.get('PRUNER_TEST_REDIS', '127.0.0.1:6379')}/{BENCH_DB}"
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SENTINEL_KEY = "bench:running"
