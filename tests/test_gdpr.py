@@ -71,8 +71,9 @@ def test_erasure_deletes_everything_but_keyed_hashes_and_an_audit() -> None:
     assert result.erased == [("hubspot", "gd-1")]
     dump = all_bytes(conn)
     assert b"ada.lovelace" not in dump and b"gd-1" not in dump
-    # Besides the hashes and the audit: the list index's vocabularies (rule names, loss reasons).
-    vocabularies = {leadindex.VALUES_PREFIX + d for d in leadindex.VOCABULARIES}
+    # Besides the hashes and the audit: the list index's vocabularies (rule names, loss reasons)
+    # and its count of leads.
+    vocabularies = {leadindex.VALUES_PREFIX + d for d in leadindex.VOCABULARIES} | {leadindex.TRACKED_KEY}
     assert {k.decode() for k in conn.keys("*")} <= {gdpr.SUPPRESSED_KEY, gdpr.AUDIT_KEY, "rq:queues", *vocabularies}
     assert conn.sismember(gdpr.SUPPRESSED_KEY, gdpr.email_hash(KEY, " ADA.lovelace@example.COM "))
     audit = conn.lrange(gdpr.AUDIT_KEY, 0, -1)

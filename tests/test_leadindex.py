@@ -83,8 +83,9 @@ def test_lists_by_state_reason_rule_and_source_newest_decision_first() -> None:
     }
     assert ids(leadindex.page(s.redis, Filters(reason="not_interested"), 10)) == ["b", "c", "a"]
     assert ids(leadindex.page(s.redis, Filters(rule="repeated_no", source="webinar"), 10)) == ["c", "a"]
-    assert ids(leadindex.page(s.redis, Filters(state="ACTIVE"), 10)) == ["e"]
-    assert ids(leadindex.page(s.redis, Filters(outcome="open"), 10)) == ["e"]
+    # "e" is only being worked: counted, not listed (no rule decided on it).
+    assert ids(leadindex.page(s.redis, Filters(state="ACTIVE"), 10)) == []
+    assert leadindex.tracked(s.redis) == 5
     assert ids(leadindex.page(s.redis, Filters(crm="salesforce"), 10)) == []
     since = int((T0 + timedelta(days=3)).timestamp() * 1000)
     assert ids(leadindex.page(s.redis, Filters(state="LOST", since_ms=since), 10)) == ["d", "b", "c"]
@@ -124,14 +125,26 @@ def test_a_change_moves_the_lead_between_lists_and_an_erasure_takes_it_off_every
     assert ids(leadindex.page(s.redis, Filters(), 10)) == ["a"]
 
 
-def test_merge_and_forget_take_the_gone_records_off_the_lists() -> None:
+def test_merge_forget_and_erasure_take_the_gone_records_off_the_lists_and_the_count() -> None:
     s = store()
-    s.apply_batch(said_no("a", 2) + [ev("email_sent", "b", 1), ev("email_sent", "c", 1)], decide())
+    s.apply_batch(said_no("a", 2) + said_no("b", 3) + said_no("c", 4) + [ev("email_sent", "d", 1)], decide())
+    assert leadindex.tracked(s.redis) == 4
     s.merge("hubspot", "a", ["b"], decide())
-    assert sorted(ids(leadindex.page(s.redis, Filters(), 10))) == ["a", "c"]
+    assert ids(leadindex.page(s.redis, Filters(), 10)) == ["c", "a"] and leadindex.tracked(s.redis) == 3
     s.forget("hubspot", "c")
-    assert ids(leadindex.page(s.redis, Filters(), 10)) == ["a"]
-    assert s.redis.zcard(leadindex.by_key("state", "ACTIVE")) == 0
+    assert ids(leadindex.page(s.redis, Filters(), 10)) == ["a"] and leadindex.tracked(s.redis) == 2
+    assert s.redis.zcard(leadindex.by_key("state", "LOST")) == 1
+    s.apply_batch([ev("erasure_requested", "a", 8), ev("erasure_requested", "d", 8)], decide())
+    assert ids(leadindex.page(s.redis, Filters(), 10)) == [] and leadindex.tracked(s.redis) == 0
+    assert s.redis.zcard(leadindex.by_key("state", "LOST")) == 0
+
+
+def test_a_won_lead_is_listed_without_any_decision() -> None:
+    s = store()
+    s.apply_batch([ev("email_sent", "w", 1), ev("deal_updated", "w", 2, stage="closedwon")], decide())
+    assert ids(leadindex.page(s.redis, Filters(outcome="won"), 10)) == ["w"]
+    s.apply_batch([ev("deal_updated", "w", 3, stage="contractsent")], decide())  # reopened in the CRM
+    assert ids(leadindex.page(s.redis, Filters(), 10)) == []
 
 
 def test_an_unchanged_lead_writes_nothing_to_the_index() -> None:
@@ -206,7 +219,8 @@ def test_get_leads_pages_with_an_opaque_cursor_and_shows_ids_only() -> None:
     assert "example.org" not in first.get_data(as_text=True)  # the profile's email is never listed
     second = client.get(f"/leads?state=LOST&limit=3&cursor={body['next_cursor']}", headers=AUTH).get_json()
     assert [lead["lead_id"] for lead in second["leads"]] == ["p1", "p0"] and second["next_cursor"] is None
-    assert [lead["lead_id"] for lead in client.get("/leads", headers=AUTH).get_json()["leads"]][-1] == "q"
+    everyone = [lead["lead_id"] for lead in client.get("/leads", headers=AUTH).get_json()["leads"]]
+    assert everyone == ["p4", "p3", "p2", "p1", "p0"]  # "q", never decided on, is not listed
 
 
 @pytest.mark.parametrize(

@@ -429,14 +429,17 @@ def build_page(
 ) -> dict[str, Any]:
     """Gather everything the template shows: tiles and rendered SVG charts, each linked to its leads."""
     indexed = leadindex.is_complete(connection)
-    live_total = int(connection.zcard(leadindex.ALL_KEY)) if indexed else None
+    live_total = leadindex.tracked(connection) if indexed else None
     stats, as_of, from_snapshot = fresh_stats(connection, now, live_total)
     since_ms = (int(now * 1000) // DAY_MS - (days - 1)) * DAY_MS
     since = _iso_day(since_ms)
     if indexed:
-        outcomes: Mapping[str, Any] = leadindex.counts(connection, "outcome")
+        outcomes: dict[str, Any] = leadindex.counts(connection, "outcome")
         states = leadindex.counts(connection, "state")
         leads = int(live_total or 0)
+        # Leads no rule has decided on are not listed, only counted: they are all open.
+        closed = sum(int(outcomes.get(o, 0)) for o in ("won", "lost", "suppressed"))
+        outcomes["open"] = max(0, leads - closed)
     else:
         outcomes, states, leads = stats.get("outcomes", {}), {}, int(stats.get("leads", 0))
     colors = reason_colors(stats)

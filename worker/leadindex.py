@@ -1,24 +1,31 @@
 """The lead list index: `GET /leads`, `pruner leads` and the dashboard's live numbers.
 
-Listing leads must not scan every lead, so each lead has one small index entry, written
-in the same Redis transaction as its state record (worker/store.py calls `queue_update`
-with the entry it read before MULTI and the one it computed):
+Listing leads must not scan every lead, so each listed lead has one small index entry,
+written in the same Redis transaction as its state record (worker/store.py calls
+`queue_update` with the entry it read before MULTI and the one it computed):
 
-    leads:entries                 hash {crm}:{lead_id} -> compact JSON entry (ids, state, reason,
-                                  rules, source, deal stage, changed time; no personal data)
+    leads:entries                 hash {crm}:{lead_id} -> compact JSON entry (state, reason, rules,
+                                  source, segment, priority, deal stage, changed time; no personal data)
     leads:by:all                  sorted set {crm}:{lead_id} -> changed time (ms)
-    leads:by:{dimension}:{value}  the same, one per crm, state, reason, rule, source, segment,
-                                  priority, deal stage and outcome (won/lost/open/suppressed)
+    leads:by:{dimension}:{value}  the same, one per state, loss reason, rule, source and outcome
+                                  (won/lost/open/suppressed)
     leads:values:{reason|rule}    the loss reasons and rule names ever seen, for the dashboard
+    leads:tracked                 how many leads have an event log (listed or not)
     leads:indexed                 set once every lead written before the index existed is in it
 
-A page reads one sorted set newest first (the smallest one among the filters asked,
-found with ZCARD) and checks the other filters against the entries: a page with one
-filter costs O(page); with several, the scan is bounded and the cursor carries on
-where it stopped. Counts for the dashboard are ZCARD/ZCOUNT on the same sets.
+Listed are the leads a rule has decided on (they have a state record) and won leads: the
+ones an operator looks for. A lead that is merely being worked (ACTIVE, never decided on,
+no won deal: most leads) costs the index nothing but its share of `leads:tracked`; it is
+listed from its first decision on. Memory is why: an index entry and its sorted-set
+memberships cost several hundred bytes, more than the lead's own event log.
+
+A page reads one sorted set newest first (the smallest one among the filters asked, found
+with ZCARD) and checks the other filters (crm, segment, priority, stage too) against the
+entries: a page with one filter costs O(page); with several, the scan is bounded and the
+cursor carries on where it stopped. The dashboard's counts are ZCARD/ZCOUNT on the same sets.
 
 "changed" is the time of the lead's latest decision (the decision's own time, which is
-event time), or of its first event for a lead no rule has decided on yet.
+event time), or of its first event for a won lead no rule has decided on.
 """
 
 from __future__ import annotations
@@ -41,7 +48,10 @@ ALL_KEY = "pruner:leads:by:all"
 BY_PREFIX = "pruner:leads:by:"
 VALUES_PREFIX = "pruner:leads:values:"
 INDEXED_KEY = "pruner:leads:indexed"
+TRACKED_KEY = "pruner:leads:tracked"
 DIMENSIONS = ("crm", "state", "reason", "rule", "source", "segment", "priority", "stage", "outcome")
+# The dimensions with a sorted set per value; the others are checked against the entries.
+SORTED = ("state", "reason", "rule", "source", "outcome")
 # The dimensions whose values are remembered for the dashboard: the policy's own words (rule
 # names, loss reasons), never CRM free text, so nothing of an erased lead can linger there.
 VOCABULARIES = ("reason", "rule")
@@ -133,13 +143,16 @@ def entry_for(
     old: Entry | None = None,
     new: Iterable[LoggedEvent] = (),
 ) -> Entry | None:
-    """Compute a lead's entry from its state record and event log (None: no events, nothing to list).
+    """Compute a lead's entry from its state record and event log (None: not listed).
 
-    The profile (source, segment, priority) and deal stage come from folding the log, which is only done when `old` is
-    missing or a new event can change them: most batches re-use the old entry's.
+    The profile (source, segment, priority) and deal stage come from folding the log, which is
+    only done when `old` is missing or a new event can change them: most batches re-use the
+    old entry's, and a lead without a state record is only folded when a deal update arrives.
     """
-    if not history and state is None:
-        return None
+    new = list(new)
+    if state is None and (old is None or not history):
+        if not any(ev.type is EventType.DEAL_UPDATED for ev in new):
+            return None  # being worked, never decided on: not listed (see the module's docstring)
     record = state or {}
     decisions = record.get("decisions") or []
     if old is None or any(ev.type in PROFILE_TYPES for ev in new):
@@ -156,7 +169,8 @@ def entry_for(
     rules = tuple(sorted({str(d["rule"]) for d in decisions if d.get("rule")}))
     source, stage, segment, priority = profile
     state_name, reason = str(record.get("state", "ACTIVE")), record.get("loss_reason")
-    return Entry(state_name, reason, rules, source, stage, changed, segment, priority)
+    entry = Entry(state_name, reason, rules, source, stage, changed, segment, priority)
+    return entry if state is not None or entry.outcome == "won" else None
 
 
 def _ms(value: object) -> int:
@@ -185,7 +199,7 @@ def queue_update(pipe: Any, lead: Lead, old: Entry | None, new: Entry | None) ->
     name = member(*lead)
     before = old.values(crm) if old else {d: set() for d in DIMENSIONS}
     after = new.values(crm) if new else {d: set() for d in DIMENSIONS}
-    for dim in DIMENSIONS:
+    for dim in SORTED:
         for value in before[dim] - after[dim]:
             pipe.zrem(by_key(dim, value), name)
     if new is None:
@@ -195,7 +209,7 @@ def queue_update(pipe: Any, lead: Lead, old: Entry | None, new: Entry | None) ->
     pipe.hset(ENTRIES_KEY, name, new.encode())
     score = {name: new.changed_ms}
     pipe.zadd(ALL_KEY, score)
-    for dim in DIMENSIONS:
+    for dim in SORTED:
         for value in after[dim]:
             pipe.zadd(by_key(dim, value), score)
         if dim in VOCABULARIES and after[dim] - before[dim]:
@@ -222,7 +236,7 @@ class Filters:
     until_ms: int | None = None
 
     def sets(self) -> list[str]:
-        return [by_key(dim, value) for dim in DIMENSIONS if (value := getattr(self, dim)) is not None]
+        return [by_key(dim, value) for dim in SORTED if (value := getattr(self, dim)) is not None]
 
     def matches(self, crm: str, entry: Entry) -> bool:
         have = entry.values(crm)
@@ -349,6 +363,17 @@ def per_day(
         row = found[i * len(values) : (i + 1) * len(values)]
         out.append((label, {v: n for v, n in zip(values, row, strict=True) if n}))
     return out
+
+
+def queue_tracked(pipe: Any, delta: int) -> None:
+    """Count leads whose event log was created (+1) or deleted (-1), in the same transaction."""
+    if delta:
+        pipe.incrby(TRACKED_KEY, int(delta))
+
+
+def tracked(connection: redis.Redis) -> int:
+    """How many leads have an event log (listed or not)."""
+    return int(connection.get(TRACKED_KEY) or 0)
 
 
 def is_complete(connection: redis.Redis) -> bool:

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     connection = connect(config.redis_url, timeout=30)
     if args.backfill:
         count = LeadStore(connection).reindex()
-        print(f"indexed {count} leads; the list index is complete")
+        print(f"indexed the {count} stored leads (listed: decided on or won); the index is complete")
         return EXIT_OK
     params = {name: getattr(args, name) for name in leadindex.QUERY_PARAMETERS if getattr(args, name) is not None}
     try:

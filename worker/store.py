@@ -300,6 +300,7 @@ class LeadStore:
                     forgotten = self._forgotten(pipe, fresh) if asked_erasure else {}
                     # The list index moves with the state record (worker/leadindex.py).
                     indexed = leadindex.read(pipe, leads) if decide is not None else []
+                    created = 0  # leads whose log this batch creates, less those it erases
                     updates = []
                     log_writes: dict[str, bytes] = {}
                     pipe.multi()
@@ -319,9 +320,11 @@ class LeadStore:
                         if outcome is not None and outcome.erase:
                             self._queue_erasure(pipe, lead, outcome, aliases.get(lead, []), forgotten.get(lead, []))
                             leadindex.queue_update(pipe, lead, indexed[i], None)
+                            created -= blob is not None
                         else:
                             if new and new_blob is not None:
                                 log_writes[key] = new_blob
+                                created += blob is None
                             if outcome is not None:
                                 self._queue_outcome(pipe, lead, outcome, raw_state is not None)
                                 entry = leadindex.entry_for(outcome.state, history, indexed[i], new)
@@ -331,6 +334,7 @@ class LeadStore:
                         updates.append(LeadUpdate(lead[0], lead[1], history, len(new), dups, outcome, merged_in))
                     if log_writes:
                         pipe.mset(log_writes)  # one command for the whole batch's logs
+                    leadindex.queue_tracked(pipe, created)
                     pipe.execute()
                 except redis.WatchError:
                     continue
@@ -475,6 +479,7 @@ class LeadStore:
                             pipe.zrem(DUE_KEY, due_member(crm, lead))
                         for lead, entry in indexed.items():
                             leadindex.queue_update(pipe, (crm, lead), entry, None)
+                        leadindex.queue_tracked(pipe, -sum(blob is not None for blob in logs))
                         away = (*merged, *chained)
                         # As the erasure would have, had the merge come first: the merged ids and
                         # the person's emails, recognised if they are imported again.
@@ -510,6 +515,12 @@ class LeadStore:
                         pipe.delete(lead_key(crm, lead), state_key(crm, lead))
                         pipe.zrem(DUE_KEY, due_member(crm, lead))
                         leadindex.queue_update(pipe, (crm, lead), indexed[lead], None)
+                    # The merged logs go; the survivor's exists from now on, unless erased.
+                    leadindex.queue_tracked(
+                        pipe, (blobs[0] is None and not outcome.erase) - sum(1 for b in blobs[1:] if b)
+                    )
+                    if outcome.erase and blobs[0] is not None:
+                        leadindex.queue_tracked(pipe, -1)
                     gone: tuple[str, ...] = ()
                     if outcome.erase:
                         merged_in = [a for a, target in aliases.items() if target == into]
@@ -519,7 +530,7 @@ class LeadStore:
                     else:
                         pipe.set(lead_key(crm, into), eventlog.append(None, history))
                         self._queue_outcome(pipe, survivor, outcome)
-                        entry = leadindex.entry_for(outcome.state, history, None)
+                        entry = leadindex.entry_for(outcome.state, history, None, history)
                         leadindex.queue_update(pipe, survivor, indexed[into], entry)
                         if remap:
                             pipe.hset(merged_key(crm), mapping=remap)  # type: ignore[arg-type]
@@ -559,6 +570,7 @@ class LeadStore:
                     pipe.delete(lead_key(crm, lead_id), state_key(crm, lead_id))
                     pipe.zrem(DUE_KEY, due_member(crm, lead_id))
                     leadindex.queue_update(pipe, (crm, lead_id), entry, None)
+                    leadindex.queue_tracked(pipe, -(blob is not None))
                     if naming:
                         pipe.hdel(merged_key(crm), *naming)
                     if suppressed and key is not None:
@@ -597,7 +609,9 @@ class LeadStore:
                             blob, raw_state = values[i], values[len(leads) + i]
                             history = eventlog.decode(blob) if blob is not None else []
                             state = json.loads(raw_state) if raw_state else None
-                            leadindex.queue_update(pipe, lead, old[i], leadindex.entry_for(state, history))
+                            leadindex.queue_update(
+                                pipe, lead, old[i], leadindex.entry_for(state, history, None, history)
+                            )
                         pipe.execute()
                         break
                     except redis.WatchError:
@@ -613,7 +627,12 @@ class LeadStore:
                 flush()
         if names:
             flush()
-        self.redis.set(leadindex.INDEXED_KEY, str(done))
+        # The count of leads too (a store from before the index never kept it). A lead created
+        # or deleted by a worker during the scan may be off by one here: this runs once.
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(leadindex.TRACKED_KEY, done)
+            pipe.set(leadindex.INDEXED_KEY, str(done))
+            pipe.execute()
         return done
 
     def history(self, crm: str, lead_id: str) -> list[LoggedEvent] | None:
