@@ -27,7 +27,8 @@ examples:
   pruner leads --state BREAKUP_DUE --all --format json
   pruner leads --backfill          # once, after upgrading a store written before the index
 
-reads REDIS_URL (default redis://localhost:6379/0).
+environment:
+  REDIS_URL (default redis://localhost:6379/0)
 """
 
 
@@ -36,7 +37,10 @@ def add_command(sub: Any, config: Any) -> None:
     p = sub.add_parser(
         "leads",
         help="list leads by state, loss reason, rule, source or time (ids only)",
-        description="List leads, newest change first (the time of the lead's latest decision).",
+        description=(
+            "List leads, newest change first (the time of the lead's latest decision), a page at a time: the\n"
+            "leads a rule has decided on, and won leads. Ids and lifecycle only, never personal data."
+        ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
