@@ -61,7 +61,7 @@ def seed(conn: fakeredis.FakeRedis) -> None:
     at = int((now - timedelta(days=3)).timestamp() * 1000)
     events = [e for lead, profile, ending in SEED for e in lead_events(lead, at, profile, ending)]
     LeadStore(conn).apply_batch(events, Decider(default_policy(), int(now.timestamp() * 1000)))
-    LeadStore(conn).reindex()  # what a worker's start-up job does: the index is then complete
+    LeadStore(conn).reindex()  # what the first worker does at start: the index is then complete
     decisions = [
         ("repeated_no", "LOST", "not_interested"),
         ("repeated_no", "LOST", "not_interested"),

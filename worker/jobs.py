@@ -271,13 +271,3 @@ def refresh_stats() -> dict[str, int]:
     finally:
         connection.delete(STATS_LOCK)
 
-
-REINDEX_JOB_ID = "pruner-reindex-leads"
-
-
-def reindex_leads() -> dict[str, int]:
-    """RQ job: index every stored lead for `GET /leads` (a worker enqueues it at start until done)."""
-    connection = _connection()
-    if leadindex.is_complete(connection):
-        return {"indexed": 0}
-    return {"indexed": LeadStore(connection).reindex()}

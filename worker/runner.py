@@ -17,6 +17,7 @@ from rq.worker import SimpleWorker
 from worker import jobs, leadindex
 from worker.config import Config
 from worker.queues import connect, make_queue
+from worker.store import LeadStore
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ SWEEP_INTERVAL_SECONDS = 60
 # (a SimpleWorker sets it to the job timeout + 60 s, so a slow live job is never taken
 # for dead), so this bounds how late its events arrive. One worker at a time does it.
 MAINTENANCE_SECONDS = 60
+REINDEX_LOCK = "pruner:leads:reindex-lock"
 # A dead drain's lock expires in 15 s (worker/actions.py); the watchdog then queues a new one.
 WATCH_INTERVAL_SECONDS = 15
 
@@ -57,10 +59,13 @@ def run_worker(config: Config, burst: bool = False, connection: redis.Redis | No
     # whole 100-event batch takes to apply. RQ's warm shutdown still lets the
     # current batch finish on SIGTERM, and a killed worker's batch is retried (Retry)
     # by the next registry maintenance.
-    if not leadindex.is_complete(connection):
-        # Leads stored before the list index existed (or a brand-new store): index them once,
-        # as a job, so the start-up is not held up by a big store. A fixed id: one at a time.
-        queue.enqueue(jobs.reindex_leads, job_id=jobs.REINDEX_JOB_ID, job_timeout=3600, result_ttl=0)
+    if not leadindex.is_complete(connection) and connection.set(REINDEX_LOCK, "1", nx=True, ex=3600):
+        # Leads stored before the list index existed (or a brand-new store, where this takes
+        # a millisecond): one worker indexes them before it starts, the others start at once.
+        try:
+            LeadStore(connection).reindex()
+        finally:
+            connection.delete(REINDEX_LOCK)
     worker = SimpleWorker(
         [queue],
         connection=connection,
