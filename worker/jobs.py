@@ -270,4 +270,3 @@ def refresh_stats() -> dict[str, int]:
         return {"leads": int(store_stats_snapshot(connection)["stats"]["leads"])}
     finally:
         connection.delete(STATS_LOCK)
-
