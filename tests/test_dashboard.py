@@ -227,6 +227,9 @@ def test_a_lead_after_the_snapshot_shows_at_once(fake_redis: fakeredis.FakeRedis
     assert "<title>Ads (ads), Not interested (not_interested): 1 lost leads</title>" in charts(page)["loss-by-source"]
     assert re.search(r'data-tile="Leads tracked"><div class="label">Leads tracked</div>\s*<div class="value">6<', page)
     assert re.search(r'data-tile="Lost"><div class="label">Lost</div>\s*<div class="value">4<', page)
+    # Kept as the snapshot, so the next views do not rescan.
+    snapshot = json.loads(fake_redis.get(STATS_SNAPSHOT_KEY) or b"{}")
+    assert snapshot["by"] == "dashboard" and snapshot["stats"]["leads"] == 6
 
 
 def test_page_reads_the_snapshot_and_flags_a_stale_one(fake_redis: fakeredis.FakeRedis) -> None:

@@ -239,8 +239,8 @@ STATS_LOCK = "pruner:stats:lock"
 STATS_INTERVAL_SECONDS = 300
 
 
-def store_stats_snapshot(connection: redis.Redis) -> dict[str, Any]:
-    """Compute `pruner stats` aggregates and store them as the dashboard's snapshot."""
+def store_stats_snapshot(connection: redis.Redis, by: str = "clock") -> dict[str, Any]:
+    """Compute `pruner stats` aggregates and store them as the dashboard's snapshot (`by`: who asked)."""
     import json
     from datetime import UTC, datetime
 
@@ -252,6 +252,7 @@ def store_stats_snapshot(connection: redis.Redis) -> dict[str, Any]:
         "computed_at": datetime.fromtimestamp(started, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "seconds": round(time.time() - started, 3),
         "stats": stats.to_json(),
+        "by": by,
     }
     connection.set(STATS_SNAPSHOT_KEY, json.dumps(snapshot))
     return snapshot
