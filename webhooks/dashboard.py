@@ -657,7 +657,7 @@ def build_page(
 
 FONT = "font-family='system-ui, -apple-system, Segoe UI, Roboto, sans-serif'"
 WIDTH = 560
-LABEL_W = 150
+LABEL_W = 170  # room for a 22-character label in words ("Decision maker bought…")
 ROW_H = 26
 BAR_H = 16
 
