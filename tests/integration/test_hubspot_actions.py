@@ -255,7 +255,7 @@ def test_a_drain_killed_after_hubspot_unsubscribed_never_unsubscribes_again(
         second = start_worker(env)
         # No new event calls a drain: the clock's watchdog must see the outbox nobody drains
         # once the dead drain's lock has expired (15 s), not after the old 10 minutes.
-        wait_until(lambda: hubspot.contact(lead).get("pruner_do_not_contact") == "true", seconds=45)
+        wait_until(lambda: hubspot.contact(lead).get("pruner_do_not_contact") == "true", seconds=90)
         recovered = time.monotonic() - killed_at
         wait_until(lambda: outbox(redis_db) == [], seconds=30)
     finally:
@@ -265,4 +265,5 @@ def test_a_drain_killed_after_hubspot_unsubscribed_never_unsubscribes_again(
     assert hubspot.unsubscribed == [f"person{lead}@example.com"]  # once, though the first answer was lost
     looked = [c for c in hubspot.api_calls() if c["method"] == "GET" and c["path"] == path]
     assert len(looked) == 1  # the second drain asked HubSpot instead of sending it again
-    assert recovered < 30, f"the dead drain held the outbox for {recovered:.0f} s"
+    # Lock TTL 15 s + watchdog every 15 s + queue latency: about 30 s; the promise is a minute.
+    assert recovered < 60, f"the dead drain held the outbox for {recovered:.0f} s"
