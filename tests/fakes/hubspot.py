@@ -5,7 +5,8 @@ Use it in a thread (`FakeHubSpotServer`) or as a process (`python -m tests.fakes
 
     POST /_fake/reset     forget records, calls and configuration
     POST /_fake/config    {"rate_limit": 10, "window_s": 10, "fail_rate": 0.3, "seed": 1, ...} (see `Options`)
-    POST /_fake/seed      {"contacts": [{"id", "properties"}], "deals": [{"id", "properties", "contacts": [...]}]}
+    POST /_fake/seed      {"contacts": [{"id", "properties"}], "deals": [{"id", "properties", "contacts": [...]}],
+                           "calls": [{"id", "properties", "contacts": [...]}]}
     GET  /_fake/calls     every API call: method, path, query, body, status, at
     GET  /_fake/state     contacts, deals, tasks (with their contacts), unsubscribed emails
 
@@ -41,14 +42,19 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 TOKEN = "fake-hubspot-token"
-ALIASES = {"0-1": "contacts", "0-3": "deals", "0-27": "tasks", "contact": "contacts", "deal": "deals", "task": "tasks"}
-TYPES = ("contacts", "deals", "tasks")
+ALIASES = {
+    "0-1": "contacts", "0-3": "deals", "0-27": "tasks", "0-48": "calls",
+    "contact": "contacts", "deal": "deals", "task": "tasks", "call": "calls",
+}  # fmt: skip
+TYPES = ("contacts", "deals", "tasks", "calls")
 # HUBSPOT_DEFINED association type ids, per direction.
 ASSOCIATION_TYPES = {
     ("contacts", "deals"): 4,
     ("deals", "contacts"): 3,
     ("tasks", "contacts"): 204,
     ("contacts", "tasks"): 203,
+    ("calls", "contacts"): 194,
+    ("contacts", "calls"): 193,
 }
 TASK_STATUSES = {"NOT_STARTED", "IN_PROGRESS", "WAITING", "COMPLETED", "DEFERRED"}
 TASK_PRIORITIES = {"NONE", "LOW", "MEDIUM", "HIGH"}
@@ -159,6 +165,17 @@ class FakeHubSpot:
             self.objects["deals"][deal_id] = {"hs_object_id": deal_id, "dealstage": stage, **properties}
             if contact_id is not None:
                 self._associate("deals", deal_id, "contacts", contact_id)
+
+    def add_call(self, call_id: str, contact_id: str | None = None, **properties: str) -> None:
+        """Log a call (an engagement) on a contact; `set_properties` edits it later, as a rep would."""
+        with self.lock:
+            self.objects["calls"][call_id] = {"hs_object_id": call_id, **properties}
+            if contact_id is not None:
+                self._associate("calls", call_id, "contacts", contact_id)
+
+    def set_properties(self, object_type: str, object_id: str, **properties: str) -> None:
+        with self.lock:
+            self.objects[object_type][object_id].update(properties)
 
     def delete(self, object_type: str, object_id: str) -> None:
         with self.lock:
@@ -341,6 +358,11 @@ class FakeHubSpot:
                 for contact in d.get("contacts", []):
                     with self.lock:
                         self._associate("deals", str(d["id"]), "contacts", str(contact))
+            for c in body.get("calls", []):
+                self.add_call(str(c["id"]), None, **c.get("properties", {}))
+                for contact in c.get("contacts", []):
+                    with self.lock:
+                        self._associate("calls", str(c["id"]), "contacts", str(contact))
             return {"ok": True}, 200
 
         @app.get("/_fake/calls")
