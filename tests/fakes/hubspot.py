@@ -90,6 +90,9 @@ class Options:
     # Contact id -> status: a task create (single or batch) associated to that contact is answered so, unwritten.
     fail_task_contacts: dict[str, int] = field(default_factory=dict)
     search_lag_s: float = 0.0  # records created this recently are not found by search yet
+    # The portal's owner ids, when set: a write naming another `hubspot_owner_id` is refused (400), as HubSpot
+    # refuses a value outside an enumeration property's options.
+    owners: list[str] | None = None
 
 
 def _error(status: int, message: str, category: str = "VALIDATION_ERROR", **context: Any) -> Reply:
@@ -416,6 +419,9 @@ class FakeHubSpot:
         unknown = [k for k in props if k in self.options.missing_properties]
         if unknown:
             return f'Property values were not valid: Property "{unknown[0]}" does not exist'
+        owner = props.get("hubspot_owner_id")
+        if self.options.owners is not None and owner and owner not in self.options.owners:
+            return f'Property values were not valid: {owner} was not one of the allowed options for "hubspot_owner_id"'
         return None
 
     def _view(self, otype: str, oid: str, wanted: list[str] | None) -> dict[str, Any]:
