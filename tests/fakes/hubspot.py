@@ -8,7 +8,7 @@ Use it in a thread (`FakeHubSpotServer`) or as a process (`python -m tests.fakes
     POST /_fake/seed      {"contacts": [{"id", "properties"}], "deals": [{"id", "properties", "contacts": [...]}],
                            "calls": [{"id", "properties", "contacts": [...]}]}
     GET  /_fake/calls     every API call: method, path, query, body, status, at
-    GET  /_fake/state     contacts, deals, tasks (with their contacts), unsubscribed emails
+    GET  /_fake/state     contacts, deals, tasks (with their contacts), unsubscribed emails, GDPR-deleted contacts
 
 It is strict where HubSpot is strict and a sloppy client would get away with it:
 Bearer token, ≤ 100 inputs per batch, no id twice in one batch, string property values,
@@ -140,6 +140,7 @@ class FakeHubSpot:
             self.objects: dict[str, dict[str, dict[str, str]]] = {t: {} for t in TYPES}
             self.associations: set[tuple[str, str, str, str]] = set()
             self.unsubscribed: list[str] = []
+            self.gdpr_deleted: list[str] = []  # contact ids, in the order their GDPR deletes arrived
             self.calls: list[dict[str, Any]] = []
             self.arrivals: deque[float] = deque()
             self.created: dict[tuple[str, str], float] = {}  # (type, id) -> time.monotonic() at creation
@@ -222,6 +223,7 @@ class FakeHubSpot:
                 "deals": self.objects["deals"],
                 "tasks": tasks,
                 "unsubscribed": list(self.unsubscribed),
+                "gdpr_deleted": list(self.gdpr_deleted),
             }
 
     # -- HTTP ------------------------------------------------------------------------------------
@@ -384,6 +386,7 @@ class FakeHubSpot:
         app.add_url_rule("/crm/v3/objects/<otype>/batch/read", view_func=self._batch_read, methods=["POST"])
         app.add_url_rule("/crm/v3/objects/<otype>/batch/create", view_func=self._batch_create, methods=["POST"])
         app.add_url_rule("/crm/v3/objects/<otype>/search", view_func=self._search, methods=["POST"])
+        app.add_url_rule("/crm/v3/objects/<otype>/gdpr-delete", view_func=self._gdpr_delete, methods=["POST"])
         app.add_url_rule(
             "/crm/v4/objects/<from_type>/<oid>/associations/<to_type>", view_func=self._associations, methods=["GET"]
         )
@@ -712,6 +715,27 @@ class FakeHubSpot:
             body.update(errors=errors, numErrors=len(errors))
             return body, 207
         return body, 200
+
+    def _gdpr_delete(self, otype: str) -> Reply | Response:
+        """POST /crm/v3/objects/contacts/gdpr-delete {"objectId", "idProperty"?}: 204, the contact gone for good."""
+        body = self._json()
+        if ALIASES.get(otype, otype) != "contacts":
+            return _error(400, "this fake GDPR-deletes contacts only")
+        if body is None or not str(body.get("objectId") or "").strip():
+            return _error(400, "objectId must not be empty")
+        with self.lock:
+            wanted = str(body["objectId"])
+            id_property = body.get("idProperty")
+            found = [
+                cid
+                for cid, props in self.objects["contacts"].items()
+                if (props.get(str(id_property)) if id_property else cid) == wanted
+            ]
+            if not found:
+                return _error(404, "Object not found.", "OBJECT_NOT_FOUND")
+            self.gdpr_deleted.append(found[0])
+            self.delete("contacts", found[0])
+        return Response(status=204)
 
     def _unsubscribe_all(self, subscriber: str) -> Reply:
         if request.args.get("channel") != "EMAIL":

@@ -11,6 +11,7 @@ Tasks go to the contact's owner (`hubspot_owner_id`, read in one batch with the 
 a contact nobody owns gets `HUBSPOT_FALLBACK_OWNER_ID`, or stays unassigned without one.
 Their subject and body say which rule fired and why (rules/tasktext.py, shared with Salesforce).
     suppress        unsubscribe the contact's email from everything + pruner_do_not_contact=true
+    forward_erasure GDPR-delete the contact (PRUNER_FORWARD_ERASURE: an erasure received elsewhere)
 
 `HubSpotExecutor.execute` gets every pending action of a drain at once and coalesces
 them: one `batch/update` per 100 contacts or deals (a single PATCH when only one is
@@ -89,6 +90,7 @@ STEPS = {
     "suppress": ("unsub_sent", "unsub", "contact"),
     "breakup_task": ("task_sent", "task"),
     "reengage_task": ("task_sent", "task"),
+    "forward_erasure": ("gdpr",),
 }
 ALL_STEPS = sorted({step for steps in STEPS.values() for step in steps})
 
@@ -672,6 +674,20 @@ class HubSpotClient:
         results = (response.json() or {}).get("results") or []
         return any(r.get("channel") == "EMAIL" and r.get("status") == "NOT_SUBSCRIBED" for r in results)
 
+    def gdpr_delete(self, contact_id: str) -> RecordError | None:
+        """Permanently delete a contact, GDPR-compliant (`POST /crm/v3/objects/contacts/gdpr-delete`, 204).
+
+        A contact HubSpot does not have (404) is no error: deleted already, the goal is met.
+        """
+        response = self.request("POST", "/crm/v3/objects/contacts/gdpr-delete", json={"objectId": str(contact_id)})
+        if response.ok or response.status_code == 404:
+            return None
+        return RecordError(
+            response.status_code,
+            f"HubSpot refused the GDPR delete of contact {contact_id} "
+            f"(HTTP {response.status_code}): {_message(response)}",
+        )
+
     def unsubscribe_all(self, email: str, contact_id: str) -> RecordError | None:
         """Unsubscribe `email` from every email subscription (communication preferences v4)."""
         response = self.request(
@@ -833,6 +849,7 @@ class HubSpotExecutor:
         self._contacts(valid, done, run)
         self._deals(valid, done, run)
         self._tasks(valid, done, run)
+        self._erasures(valid, done, run)
         outcomes = []
         for action in actions:
             detail = run.failures.get(action["id"])
@@ -1032,6 +1049,17 @@ class HubSpotExecutor:
                  for a in chunk],
                 unsure=unsure, on_result=record,
             )  # fmt: skip
+
+    def _erasures(self, actions: list[dict[str, Any]], done: set[tuple[str, str]], run: _Run) -> None:
+        """Forwarded erasures: a GDPR delete per contact (HubSpot has no batch form of it)."""
+        for action in actions:
+            if action["kind"] != "forward_erasure" or (action["id"], "gdpr") in done:
+                continue
+            error = self.client.gdpr_delete(action["lead_id"])
+            if error is None:
+                self._finish([(action["id"], "gdpr")])  # at once: a later one raising must not repeat it
+            else:
+                run.fail(action["id"], error.message)
 
     def _task_owners(self, actions: list[dict[str, Any]], run: _Run) -> dict[str, str]:
         """Return {contact: owner id} for the tasks' contacts: the contact's owner, else the fallback owner.

@@ -8,6 +8,8 @@ and coalesces them:
   (default `Pruner_Lost_Reason__c`); the lead's open Opportunities, found with one SOQL
   query on a lead-link field (default `Pruner_Lead_Id__c`, `IsClosed = false`), get
   `StageName` "Closed Lost".
+- `forward_erasure` (PRUNER_FORWARD_ERASURE): `ShouldForget` = true on the lead's Individual,
+  the flag Salesforce's data-protection automation acts on.
 - `suppress`: Lead `HasOptedOutOfEmail` / `DoNotCall` per the action's `channels` (both when
   it names none), and, when they cover every channel, `HasOptedOutSolicit` ("don't market") on
   the lead's Individual where `IndividualId` is set.
@@ -78,7 +80,8 @@ _FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _REF = re.compile(r"\[pruner-ref ([0-9a-f]{12})\]")
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 
-KINDS = frozenset(kind.value for kind in ActionKind)
+FORWARD_ERASURE = "forward_erasure"  # worker/actions.py: an erasure received elsewhere, carried out here
+KINDS = frozenset(kind.value for kind in ActionKind) | {FORWARD_ERASURE}
 # Says each task action's text (worker/tasktexts.py): {action id: subject and body}.
 TaskTextsFor = Callable[[Sequence[Mapping[str, Any]]], Mapping[str, TaskText]]
 
@@ -489,7 +492,8 @@ class SalesforceExecutor:
         lost = [a for a in todo if a["kind"] == "mark_lost"]
         suppress = [a for a in todo if a["kind"] == "suppress"]
         tasks = [a for a in todo if a["kind"] in ("breakup_task", "reengage_task")]
-        leads = self._leads({a["lead_id"] for a in suppress + tasks})
+        erasures = [a for a in todo if a["kind"] == FORWARD_ERASURE]
+        leads = self._leads({a["lead_id"] for a in suppress + tasks + erasures})
         plan = _Plan()
         # Opt-outs are planned first: when a record is retried part by part, they go first (guardrail 4).
         for action in suppress:
@@ -512,6 +516,8 @@ class SalesforceExecutor:
             }
             plan.update(("Lead", action["lead_id"]), lost_values, action["id"], "mark_lost")
         self._plan_opportunities(lost, plan, notes)
+        for action_id, error in self._plan_erasures(erasures, leads, plan).items():
+            failures.setdefault(action_id, []).append(error)
         for (key, part), error in self._save(plan).items():
             for action_id in plan.owners[(key, part)]:
                 failures.setdefault(action_id, []).append(f"{key[0]} update failed: {error}")
@@ -550,6 +556,28 @@ class SalesforceExecutor:
                 if is_record_id(record.get("Id")):
                     out[to_18(record["Id"])] = record
         return out
+
+    def _plan_erasures(
+        self, erasures: list[dict[str, Any]], leads: Mapping[str, Mapping[str, Any]], plan: _Plan
+    ) -> dict[str, str]:
+        """Plan `ShouldForget` = true on each forwarded erasure's Individual; return why some cannot be."""
+        errors = {}
+        for action in erasures:
+            lead = leads.get(action["lead_id"])
+            individual = (lead or {}).get("IndividualId")
+            if lead is None:
+                errors[action["id"]] = (
+                    "Salesforce did not return the lead (deleted, merged or not visible to the API user)"
+                )
+            elif isinstance(individual, str) and is_record_id(individual):
+                # Salesforce's data-protection flag: the org's own automation carries the forgetting out.
+                plan.update(("Individual", to_18(individual)), {"ShouldForget": True}, action["id"], FORWARD_ERASURE)
+                continue
+            else:
+                errors[action["id"]] = "the lead has no Individual record, so there is no ShouldForget to set"
+            # Ids only: the lead asked to be forgotten, the log must not say more about them.
+            log.warning("salesforce erasure of lead %s not forwarded: %s", action["lead_id"], errors[action["id"]])
+        return errors
 
     def _plan_opportunities(self, lost: list[dict[str, Any]], plan: _Plan, notes: dict[str, list[str]]) -> None:
         """Add `StageName` = lost stage for every open Opportunity linked to a lost lead."""
