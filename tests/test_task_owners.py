@@ -32,13 +32,6 @@ UNRESPONSIVE = {"follow_ups_since_reply": 3, "threshold": 3, "outbound_touches":
 
 
 @pytest.fixture
-def redis_conn() -> Iterator[fakeredis.FakeRedis]:
-    conn = fakeredis.FakeRedis()
-    yield conn
-    conn.flushall()
-
-
-@pytest.fixture
 def hubspot() -> Iterator[FakeHubSpotServer]:
     with FakeHubSpotServer() as running:
         running.fake.configure(owners=[REP, FALLBACK])  # HubSpot refuses an owner id it does not know
@@ -88,12 +81,12 @@ def sf_executor(url: str, conn: fakeredis.FakeRedis, fallback: str | None) -> Sa
 # -- HubSpot ---------------------------------------------------------------------------------
 
 
-def test_a_hubspot_task_goes_to_its_contacts_owner(hubspot: FakeHubSpotServer, redis_conn: fakeredis.FakeRedis) -> None:
+def test_a_hubspot_task_goes_to_its_contacts_owner(hubspot: FakeHubSpotServer, fake_redis: fakeredis.FakeRedis) -> None:
     fake: FakeHubSpot = hubspot.fake
     fake.add_contact("201", "ann@example.com", hubspot_owner_id=REP)
     a = action("hubspot", "201")
-    remember_decision(redis_conn, a)
-    with hubspot_executor(hubspot, redis_conn, FALLBACK) as ex:
+    remember_decision(fake_redis, a)
+    with hubspot_executor(hubspot, fake_redis, FALLBACK) as ex:
         assert all(o.ok for o in ex.execute([a]))
     (task,) = fake.tasks_for("201")
     assert task["hubspot_owner_id"] == REP
@@ -106,13 +99,13 @@ def test_a_hubspot_task_goes_to_its_contacts_owner(hubspot: FakeHubSpotServer, r
 
 
 def test_a_contact_without_owner_gets_the_fallback_owner_and_a_log_line_with_ids_only(
-    hubspot: FakeHubSpotServer, redis_conn: fakeredis.FakeRedis, caplog: pytest.LogCaptureFixture
+    hubspot: FakeHubSpotServer, fake_redis: fakeredis.FakeRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake = hubspot.fake
     fake.add_contact("202", "bob@example.com")
     fake.add_contact("203", "cy@example.com", hubspot_owner_id=REP)
-    caplog.set_level(logging.INFO, logger="worker.crm.hubspot")
-    with hubspot_executor(hubspot, redis_conn, FALLBACK) as ex:
+    caplog.set_level(logging.INFO, logger="worker.tasktexts")
+    with hubspot_executor(hubspot, fake_redis, FALLBACK) as ex:
         assert all(o.ok for o in ex.execute([action("hubspot", "202"), action("hubspot", "203")]))
     assert [t["hubspot_owner_id"] for t in fake.tasks_for("202")] == [FALLBACK]
     assert [t["hubspot_owner_id"] for t in fake.tasks_for("203")] == [REP]
@@ -122,10 +115,10 @@ def test_a_contact_without_owner_gets_the_fallback_owner_and_a_log_line_with_ids
 
 
 def test_without_a_fallback_the_task_is_unassigned_and_a_warning_says_so(
-    hubspot: FakeHubSpotServer, redis_conn: fakeredis.FakeRedis, caplog: pytest.LogCaptureFixture
+    hubspot: FakeHubSpotServer, fake_redis: fakeredis.FakeRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
     hubspot.fake.add_contact("204", "dee@example.com")
-    with hubspot_executor(hubspot, redis_conn, None) as ex:
+    with hubspot_executor(hubspot, fake_redis, None) as ex:
         assert all(o.ok for o in ex.execute([action("hubspot", "204", "reengage_task", "reengage")]))
     (task,) = hubspot.fake.tasks_for("204")
     assert "hubspot_owner_id" not in task
@@ -138,37 +131,37 @@ def test_without_a_fallback_the_task_is_unassigned_and_a_warning_says_so(
 
 
 def test_salesforce_tasks_follow_the_same_owner_rules(
-    salesforce: tuple[FakeSalesforce, str], redis_conn: fakeredis.FakeRedis, caplog: pytest.LogCaptureFixture
+    salesforce: tuple[FakeSalesforce, str], fake_redis: fakeredis.FakeRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake, url = salesforce
     owned = fake.add("Lead", {"Status": "Open", "OwnerId": SF_REP, "Email": "ann@example.com"})
     queued = fake.add("Lead", {"Status": "Open", "OwnerId": SF_QUEUE, "Email": "bob@example.com"})
     a = action("salesforce", owned)
-    remember_decision(redis_conn, a)
-    caplog.set_level(logging.INFO, logger="worker.crm.salesforce")
-    assert all(o.ok for o in sf_executor(url, redis_conn, SF_FALLBACK).execute([a, action("salesforce", queued)]))
+    remember_decision(fake_redis, a)
+    caplog.set_level(logging.INFO, logger="worker.tasktexts")
+    assert all(o.ok for o in sf_executor(url, fake_redis, SF_FALLBACK).execute([a, action("salesforce", queued)]))
     tasks = {t["WhoId"]: t for t in fake.find("Task")}
     assert (tasks[owned]["OwnerId"], tasks[queued]["OwnerId"]) == (SF_REP, SF_FALLBACK)
     # The same words as on HubSpot, from the same decision.
     assert tasks[owned]["Subject"].startswith(
         "Pruner: Send a polite break-up message: 3 follow-ups since their last reply, none answered [pruner-ref "
     )
-    said = [r.getMessage() for r in caplog.records if "no user owner" in r.getMessage()]
-    assert said == [f"salesforce lead {queued} has no user owner: its task goes to the fallback owner {SF_FALLBACK}"]
+    said = [r.getMessage() for r in caplog.records if "no owner" in r.getMessage()]
+    assert said == [f"salesforce lead {queued} has no owner: its task goes to the fallback owner {SF_FALLBACK}"]
     assert "@" not in caplog.text
 
 
 def test_salesforce_without_a_fallback_leaves_the_task_to_the_api_user(
-    salesforce: tuple[FakeSalesforce, str], redis_conn: fakeredis.FakeRedis, caplog: pytest.LogCaptureFixture
+    salesforce: tuple[FakeSalesforce, str], fake_redis: fakeredis.FakeRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake, url = salesforce
     queued = fake.add("Lead", {"Status": "Open", "OwnerId": SF_QUEUE})
-    assert all(o.ok for o in sf_executor(url, redis_conn, None).execute([action("salesforce", queued)]))
+    assert all(o.ok for o in sf_executor(url, fake_redis, None).execute([action("salesforce", queued)]))
     (task,) = fake.find("Task")
     assert task["OwnerId"] == API_USER_ID
     assert "OwnerId" not in fake.api_calls("POST", "sobjects/Task")[0]["json"]
     (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert f"lead {queued} has no user owner" in warning.getMessage()
+    assert f"lead {queued} has no owner" in warning.getMessage() and "goes to the API user" in warning.getMessage()
     assert "SALESFORCE_FALLBACK_OWNER_ID" in warning.getMessage()
 
 

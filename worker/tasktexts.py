@@ -9,6 +9,7 @@ task, so a rep reads the same sentence in HubSpot and Salesforce. One MGET per c
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,8 @@ from rules.tasktext import REENGAGE, TaskText, task_text
 from worker.config import Config
 from worker.policyfile import cached_policy
 from worker.store import state_key
+
+log = logging.getLogger(__name__)
 
 
 def _decision(decisions: list[dict[str, Any]], action: Mapping[str, Any]) -> int | None:
@@ -78,3 +81,26 @@ class TaskTexts:
 def reengage_months(config: Config) -> int:
     """Months between a loss and its check-in under the configured policy (the text's fallback)."""
     return max(1, round(cached_policy(config.policy_path).reengage_after_days / 30))
+
+
+def assign_owners(
+    owners: Mapping[str, str | None], fallback: str | None, record: str, setting: str, unowned: str
+) -> dict[str, str]:
+    """Return who gets each record's task: its (user) owner, else `fallback`; records left out get the CRM's default.
+
+    `owners` maps each record id to its user owner, None when it has none; `record` names
+    the kind in log lines ("hubspot contact"), `setting` the fallback's variable, `unowned`
+    what the CRM does with a task nobody is given. Both CRMs decide the same way here, and
+    say so in a log line naming ids only.
+    """
+    out: dict[str, str] = {}
+    for record_id, owner in sorted(owners.items()):
+        if owner:
+            out[record_id] = owner
+        elif fallback:
+            out[record_id] = fallback
+            log.info("%s %s has no owner: its task goes to the fallback owner %s", record, record_id, fallback)
+        else:
+            log.warning("%s %s has no owner and no fallback owner is set (%s): its task %s",
+                        record, record_id, setting, unowned)  # fmt: skip
+    return out

@@ -65,7 +65,7 @@ from worker.crm.ratelimit import DEFAULT_MARGIN_S, RateLimiter
 from worker.errors import ConfigError
 from worker.logs import redact
 from worker.metrics import count_crm_call, endpoint_template
-from worker.tasktexts import TaskTexts, reengage_months
+from worker.tasktexts import TaskTexts, assign_owners, reengage_months
 
 log = logging.getLogger(__name__)
 
@@ -1075,20 +1075,10 @@ class HubSpotExecutor:
             # A portal refusing the read (a scope missing) still gets its tasks, as fallback would assign them.
             log.warning("hubspot contact owners could not be read (HTTP %s): tasks get the fallback owner", exc.status)
             found = {c: {} for c in contacts}
-        fallback = self.settings.fallback_owner_id
-        owners: dict[str, str] = {}
-        for contact in contacts:
-            if contact not in found:
-                continue
-            owner = str(found[contact].get(OWNER_PROPERTY) or "").strip()
-            if owner:
-                owners[contact] = owner
-            elif fallback:
-                owners[contact] = fallback
-                log.info("hubspot contact %s has no owner: its task goes to the fallback owner %s", contact, fallback)
-            else:
-                log.warning("hubspot contact %s has no owner and no fallback owner is set "
-                            "(HUBSPOT_FALLBACK_OWNER_ID): its task is unassigned", contact)  # fmt: skip
+        owners = assign_owners(
+            {c: str(found[c].get(OWNER_PROPERTY) or "").strip() or None for c in contacts if c in found},
+            self.settings.fallback_owner_id, "hubspot contact", "HUBSPOT_FALLBACK_OWNER_ID", "is unassigned",
+        )  # fmt: skip
         for action in actions:
             if action["lead_id"] not in found:
                 run.fail(action["id"], f"HubSpot contact {action['lead_id']} was not found (deleted or merged?)")

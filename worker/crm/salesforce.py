@@ -66,7 +66,7 @@ from worker.crm.ratelimit import RateLimiter, parse_rate
 from worker.errors import ConfigError
 from worker.logs import redact
 from worker.metrics import count_crm_call, endpoint_template
-from worker.tasktexts import TaskTexts, reengage_months
+from worker.tasktexts import TaskTexts, assign_owners, reengage_months
 
 log = logging.getLogger(__name__)
 
@@ -681,19 +681,12 @@ class SalesforceExecutor:
         a queue) gets the fallback owner when one is configured; otherwise the task is left to
         Salesforce's default owner, the API user. Either way a log line says so (ids only).
         """
-        fallback = self.settings.fallback_owner_id
-        owners: dict[str, str] = {}
-        for lead in sorted({a["lead_id"] for a in actions}):
-            owner = leads[lead].get("OwnerId")
-            if isinstance(owner, str) and owner.startswith("005"):
-                owners[lead] = owner
-            elif fallback:
-                owners[lead] = fallback
-                log.info("salesforce lead %s has no user owner: its task goes to the fallback owner %s", lead, fallback)
-            else:
-                log.warning("salesforce lead %s has no user owner and no fallback owner is set "
-                            "(SALESFORCE_FALLBACK_OWNER_ID): its task goes to the API user", lead)  # fmt: skip
-        return owners
+        # Tasks cannot belong to a queue (00G…): only a user owner (005…) is one.
+        owners = {a["lead_id"]: leads[a["lead_id"]].get("OwnerId") for a in actions}
+        return assign_owners(
+            {lead: o if isinstance(o, str) and o.startswith("005") else None for lead, o in owners.items()},
+            self.settings.fallback_owner_id, "salesforce lead", "SALESFORCE_FALLBACK_OWNER_ID", "goes to the API user",
+        )  # fmt: skip
 
     def _create_tasks_once(
         self, actions: Sequence[dict[str, Any]], tasks: Mapping[str, dict[str, Any]]
