@@ -30,9 +30,10 @@ MAX_EPOCH_DIGITS = 16
 REDACTED = "REDACTED"
 # objectTypeId of engagement objects whose creation we fetch and map.
 ENGAGEMENT_TYPES = {"0-48": "calls", "0-49": "emails", "0-47": "meetings"}
-# Engagement property changes that are fetched again: a meeting's outcome is set after it
-# was created (and mapped as booked).
-OUTCOME_CHANGES = {("0-47", "hs_meeting_outcome")}
+# Engagement property changes that are fetched again: a meeting's outcome, and a call's
+# disposition, are often set after the record was created (and mapped as booked, or as an
+# attempt).
+OUTCOME_CHANGES = {("0-47", "hs_meeting_outcome"), ("0-48", "hs_call_disposition")}
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,8 @@ def _map_one(
             {"op": "engagement", "crm": "hubspot", "object_type": object_type, "object_id": object_id, "at": at}
         )
     elif kind == "object.propertyChange" and (str(raw.get("objectTypeId")), raw.get("propertyName")) in OUTCOME_CHANGES:
-        # A meeting is created SCHEDULED; whether it was held or a no-show is set later.
+        # A meeting is created SCHEDULED, a call often without a disposition; whether the meeting
+        # was held, or the call connected, is set later.
         object_type = ENGAGEMENT_TYPES[str(raw.get("objectTypeId"))]
         out.ops.append(
             {"op": "engagement", "crm": "hubspot", "object_type": object_type, "object_id": object_id, "at": at}
@@ -267,8 +269,10 @@ def engagement_events(
         # ways (the property and the INCOMING_EMAIL engagement, same time) counts once.
         return [Event(f"hs:reply:{contact}:{when}", etype, Crm.HUBSPOT, contact, when, data) for contact in contact_ids]
     # A meeting is one record with several outcomes over time (booked, then held or a
-    # no-show): each outcome is its own event. The booking keeps the plain key.
-    suffix = f":{etype.value}" if object_type == "meetings" and etype is not EventType.MEETING_BOOKED else ""
+    # no-show), a call too (logged, then its disposition set to Connected): each outcome is
+    # its own event. The first one (booked, attempted) keeps the plain key.
+    first = {"meetings": EventType.MEETING_BOOKED, "calls": EventType.CALL_ATTEMPTED}.get(object_type)
+    suffix = f":{etype.value}" if first is not None and etype is not first else ""
     return [
         Event(f"hs:{object_type}:{record.get('id')}:{contact}{suffix}", etype, Crm.HUBSPOT, contact, when, data)
         for contact in contact_ids

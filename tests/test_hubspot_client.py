@@ -373,20 +373,23 @@ def test_tasks_are_created_on_the_contact(fake: FakeHubSpot, executor: HubSpotEx
         {"to": {"id": "101"}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 204}]}
     ]
     (breakup,) = fake.tasks_for("101")
-    assert breakup["hs_task_subject"] == "Send a polite break-up message"
+    assert breakup["hs_task_subject"] == "Send a polite break-up message: no response after many follow-ups"
     body = breakup["hs_task_body"]
-    assert "thank them" in body and "stopping" in body and "door open" in body and "last piece of value" in body
+    assert "thanks them" in body and "stopping" in body and "door open" in body and "last piece of value" in body
     assert (breakup["hs_task_status"], breakup["hs_task_priority"]) == ("NOT_STARTED", "MEDIUM")
     assert breakup["hs_timestamp"] == "1790000000000"
     (check_in,) = fake.tasks_for("102")
-    assert check_in["hs_task_subject"] == "Check in: it has been 4 months"
+    assert check_in["hs_task_subject"] == "Check in: lost 4 months ago (they said they are not interested)"
     assert "friendly" in check_in["hs_task_body"]
 
 
 def test_one_task_is_a_single_create(fake: FakeHubSpot, executor: HubSpotExecutor) -> None:
     seed(fake, 1)
     assert executor.execute([action("breakup_task", "101")])[0].ok
-    assert [c["path"] for c in fake.api_calls("POST")] == ["/crm/v3/objects/tasks"]
+    assert [c["path"] for c in fake.api_calls("POST")] == [
+        "/crm/v3/objects/contacts/batch/read",
+        "/crm/v3/objects/tasks",
+    ]
     assert len(fake.tasks_for("101")) == 1
 
 
@@ -503,6 +506,11 @@ def test_a_rerun_after_a_transient_failure_creates_no_second_task(fake: FakeHubS
     assert all(len(fake.tasks_for(cid)) == 1 for cid in ids)
 
 
+def task_api_calls(fake: FakeHubSpot) -> list[dict[str, Any]]:
+    """Every call but the read of the contacts' owners that precedes creating their tasks."""
+    return [c for c in fake.api_calls() if c["path"] != "/crm/v3/objects/contacts/batch/read"]
+
+
 def task_creates(fake: FakeHubSpot) -> list[dict[str, Any]]:
     return [c for c in fake.api_calls("POST", "/crm/v3/objects/tasks") if not c["path"].endswith("/search")]
 
@@ -512,7 +520,12 @@ def test_a_refused_task_whose_resend_fails_keeps_the_batch_recorded(
 ) -> None:
     ids = seed(fake, 3)
     actions = [action("breakup_task", cid) for cid in [*ids, "104"]]  # 104 is not in HubSpot: refused in a 207
-    fake.configure(fail_paths={"/crm/v3/objects/tasks$": 503})  # ...and its re-send alone meets 503s
+    # 104 is deleted between the owners' read (which still finds it) and the create...
+    found = {"status": "COMPLETE", "results": [{"id": c, "properties": {}} for c in [*ids, "104"]]}
+    fake.configure(
+        script=[{"path": "/crm/v3/objects/contacts/batch/read", "status": 200, "body": found}],
+        fail_paths={"/crm/v3/objects/tasks$": 503},  # ...and its re-send alone meets 503s
+    )
     with pytest.raises(TransientCrmError):
         executor.execute(actions)
     assert [len(fake.tasks_for(cid)) for cid in ids] == [1, 1, 1]
@@ -520,9 +533,9 @@ def test_a_refused_task_whose_resend_fails_keeps_the_batch_recorded(
     before = len(task_creates(fake))
     outcomes = executor.execute(actions)
     assert [o.ok for o in outcomes] == [True, True, True, False]
+    assert "contact 104 was not found" in outcomes[3].detail
     assert [len(fake.tasks_for(cid)) for cid in ids] == [1, 1, 1]
-    (again,) = task_creates(fake)[before:]  # only the refused one is tried again
-    assert again["path"] == "/crm/v3/objects/tasks" and again["body"]["associations"][0]["to"]["id"] == "104"
+    assert task_creates(fake)[before:] == []  # the created ones are not sent again; 104 is known gone
 
 
 def test_one_by_one_creates_after_a_refused_batch_are_recorded_as_they_happen(
@@ -547,9 +560,9 @@ def test_one_by_one_creates_after_a_refused_batch_are_recorded_as_they_happen(
 def wait_for_calls(fake: FakeHubSpot, count: int, timeout_s: float = 5.0) -> list[dict[str, Any]]:
     """The fake records a call once it has answered: a late answer shows up late."""
     deadline = time.monotonic() + timeout_s
-    while len(fake.api_calls()) < count and time.monotonic() < deadline:
+    while len(task_api_calls(fake)) < count and time.monotonic() < deadline:
         time.sleep(0.02)
-    return fake.api_calls()
+    return task_api_calls(fake)
 
 
 def test_a_create_answered_after_the_read_timeout_is_not_sent_again(
@@ -573,7 +586,7 @@ def test_a_lost_answer_to_a_task_create_is_searched_for_not_sent_again(
     fake.configure(script=[{"path": "/crm/v3/objects/tasks", "after_write": True, "status": status}])
     assert all(o.ok for o in executor.execute([action("reengage_task", cid) for cid in ids]))
     assert [len(fake.tasks_for(cid)) for cid in ids] == [1, 1, 1]
-    calls = [(c["path"].rsplit("/", 1)[-1], c["status"]) for c in fake.api_calls()]
+    calls = [(c["path"].rsplit("/", 1)[-1], c["status"]) for c in task_api_calls(fake)]
     assert calls == [("create", status), ("search", 200)]
     (search,) = fake.api_calls("POST", "/search")
     assert [g["filters"] for g in search["body"]["filterGroups"]] == [
@@ -593,7 +606,7 @@ def test_tasks_a_207_says_nothing_about_are_searched_for_together(
     with HubSpotExecutor(client(server, conn, sleep=slept.append), conn, clock=lambda: NOW_S) as ex:
         assert all(o.ok for o in ex.execute([action("breakup_task", cid) for cid in ids]))
     assert [len(fake.tasks_for(cid)) for cid in ids] == [1, 1, 1]
-    assert [c["path"].rsplit("/", 1)[-1] for c in fake.api_calls()] == ["create", "search"]
+    assert [c["path"].rsplit("/", 1)[-1] for c in task_api_calls(fake)] == ["create", "search"]
     assert slept == [0.0]  # one wait for the index, not one per task
 
 
@@ -603,7 +616,7 @@ def test_a_create_refused_before_any_write_is_sent_again_after_the_search(
     seed(fake, 1)
     fake.configure(script=[{"status": 503, "path": "/crm/v3/objects/tasks$"}])
     assert executor.execute([action("breakup_task", "101")])[0].ok
-    assert [(c["path"], c["status"]) for c in fake.api_calls()] == [
+    assert [(c["path"], c["status"]) for c in task_api_calls(fake)] == [
         ("/crm/v3/objects/tasks", 503),
         ("/crm/v3/objects/tasks/search", 200),
         ("/crm/v3/objects/tasks", 201),
@@ -615,7 +628,7 @@ def test_a_429_on_a_task_create_is_sent_again_without_a_search(fake: FakeHubSpot
     seed(fake, 1)
     fake.configure(script=[{"status": 429, "retry_after": "0", "path": "/crm/v3/objects/tasks$"}])
     assert executor.execute([action("breakup_task", "101")])[0].ok
-    assert [(c["path"], c["status"]) for c in fake.api_calls()] == [
+    assert [(c["path"], c["status"]) for c in task_api_calls(fake)] == [
         ("/crm/v3/objects/tasks", 429),
         ("/crm/v3/objects/tasks", 201),
     ]
@@ -628,7 +641,7 @@ def test_the_search_waits_for_the_index_to_see_a_doubtful_create(
     fake.configure(search_lag_s=0.4, script=[{"path": "/crm/v3/objects/tasks$", "after_write": True, "status": 502}])
     with HubSpotExecutor(client(server, conn, search_delay_s=0.6), conn, clock=lambda: NOW_S) as slow:
         assert slow.execute([action("breakup_task", "101")])[0].ok
-    create, search = fake.api_calls()
+    create, search = task_api_calls(fake)
     assert search["path"].endswith("/search") and search["at"] - create["at"] >= 0.6
     assert len(fake.tasks_for("101")) == 1
 
@@ -647,7 +660,7 @@ def test_a_drain_that_gave_up_on_a_doubtful_create_searches_before_creating_agai
     fake.configure(fail_paths={})
     assert executor.execute([action("breakup_task", "101")])[0].ok
     assert len(task_creates(fake)) == 1 and len(fake.tasks_for("101")) == 1
-    assert fake.api_calls()[-1]["path"] == "/crm/v3/objects/tasks/search"
+    assert task_api_calls(fake)[-1]["path"] == "/crm/v3/objects/tasks/search"
 
 
 def test_a_refused_search_fails_the_doubtful_task_instead_of_doubling_it(

@@ -11,7 +11,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from tests.fakes.salesforce import FakeSalesforce
+from tests.fakes.salesforce import API_USER_ID, FakeSalesforce
 from worker.config import Config
 from worker.crm.base import CrmError, TransientCrmError
 from worker.crm.ratelimit import RateLimiter
@@ -447,13 +447,13 @@ def test_tasks_are_created_for_the_owner_once(fake: FakeSalesforce, url: str, sl
     tasks = {t["WhoId"]: t for t in fake.find("Task")}
     assert set(tasks) == {first, second, queue_owned}
     breakup = tasks[first]
-    assert breakup["Subject"].startswith("Pruner: send a polite break-up message")
+    assert breakup["Subject"].startswith("Pruner: Send a polite break-up message: no response after many follow-ups")
     assert f"[pruner-ref {task_ref(actions[0]['id'])}]" in breakup["Subject"]
-    assert "thank them" in breakup["Description"] and "stopping" in breakup["Description"]
+    assert "thanks them" in breakup["Description"] and "stopping" in breakup["Description"]
     assert "door open" in breakup["Description"] and "no response" in breakup["Description"]
     assert (breakup["Status"], breakup["ActivityDate"]) == ("Not Started", datetime.now(tz=UTC).date().isoformat())
     assert breakup["OwnerId"] == "005000000000001AAA"
-    assert "OwnerId" not in tasks[queue_owned] or tasks[queue_owned]["OwnerId"] != "00G000000000001AAA"
+    assert tasks[queue_owned]["OwnerId"] == API_USER_ID  # a queue cannot own a task: Salesforce's default
     assert "check-in" in tasks[second]["Description"]
     # A repeated drain finds the tasks and creates nothing.
     assert all(o.ok for o in ex.execute(actions))

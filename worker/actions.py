@@ -21,9 +21,9 @@ from typing import Any
 
 import redis
 
-from rules.lifecycle import CONTACT_ACTIONS, ActionKind
+from rules.lifecycle import CONTACT_ACTIONS
 from worker.crm.base import ActionOutcome, Executor
-from worker.gdpr import forget_progress
+from worker.gdpr import SUPPRESSED_KEY, forget_progress, lead_hash
 from worker.locks import Heartbeat, release
 from worker.store import outbox_key, state_key
 
@@ -35,6 +35,7 @@ BATCH = 200
 LOCK_TTL_MS = 15_000
 # How long one drain job executes before it hands over (platforms SIGKILL 30 s after SIGTERM).
 BUDGET_S = 20.0
+CONTACT_KINDS = frozenset(kind.value for kind in CONTACT_ACTIONS)  # by name: not every kind is a decision's
 DONE_TTL_S = 14 * 86_400
 
 
@@ -57,7 +58,7 @@ def lock_key(crm: str) -> str:
 
 def _suppressed(connection: redis.Redis, actions: list[dict[str, Any]]) -> set[str]:
     """Return ids of contact actions whose lead is SUPPRESSED now."""
-    contact = [a for a in actions if ActionKind(a["kind"]) in CONTACT_ACTIONS]
+    contact = [a for a in actions if a["kind"] in CONTACT_KINDS]
     if not contact:
         return set()
     raw: list[bytes | None] = connection.mget([state_key(a["crm"], a["lead_id"]) for a in contact])  # type: ignore[assignment]
@@ -183,3 +184,51 @@ def _drain_batch(
         forget_progress(connection, crm, gone)
     counts["executed"] += len(outcomes) - len(dead)
     counts["dead"] += len(dead)
+
+
+# -- erasure forwarding (PRUNER_FORWARD_ERASURE) -----------------------------------------------
+
+# Not a lifecycle decision but an action all the same: an erasure received from another channel,
+# carried out in the lead's CRM too (HubSpot GDPR delete, Salesforce Individual.ShouldForget).
+FORWARD_ERASURE = "forward_erasure"
+# Keyed hashes (worker/gdpr.py `lead_hash`) of leads whose erasure was forwarded: once each, ever.
+FORWARDED_KEY = "pruner:erasures:forwarded"
+# Queue the forward only if the erasure was recorded (its lead hash is on the suppression list),
+# and only the first time: a redelivered erasure, or a job retried after a crash, queues nothing
+# more. One script, so the mark and the outbox entry are written together or not at all.
+_FORWARD_ONCE = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[3], ARGV[2])
+return 1
+"""
+
+
+def queue_erasure_forwards(
+    connection: redis.Redis, key: bytes, erasures: list[tuple[str, str, str]], source: str
+) -> list[dict[str, Any]]:
+    """Put a `forward_erasure` action for each erased (crm, lead id, time) in its CRM's outbox, once ever.
+
+    Returns the actions queued now (for `request_drains`). Call it after the erasure was
+    applied and purged: the purge removes every outbox entry of the lead, this one included.
+    """
+    script = connection.register_script(_FORWARD_ONCE)
+    queued = []
+    for crm, lead_id, at in erasures:
+        action = {
+            "id": f"{crm}:{lead_id}:erasure_requested:forward",
+            "kind": FORWARD_ERASURE,
+            "crm": crm,
+            "lead_id": lead_id,
+            "rule": "erasure_requested",
+            "reason": "erasure_requested",
+            "at": at,
+            "source": source,
+            "dry_run": False,
+        }
+        keys = [SUPPRESSED_KEY, FORWARDED_KEY, outbox_key(crm)]
+        if script(keys=keys, args=[lead_hash(key, crm, lead_id), json.dumps(action)]):
+            queued.append(action)
+    if queued:
+        log.info("erasures forwarded to the CRM outbox: %d (source=%s)", len(queued), source)
+    return queued

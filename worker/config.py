@@ -160,6 +160,8 @@ class Config:
     policy_path: str | None = None
     dry_run: bool = False
     suppression_key: str | None = field(default=None, repr=False)
+    # Carry an erasure received from another channel out in the lead's CRM too (PRUNER_FORWARD_ERASURE).
+    forward_erasure: bool = False
     hubspot_client_secret: str | None = field(default=None, repr=False)
     # Signature versions /webhooks/hubspot accepts (HUBSPOT_SIGNATURE_VERSIONS, default all three).
     hubspot_signature_versions: frozenset[str] = frozenset({"v1", "v2", "v3"})
@@ -208,6 +210,7 @@ class Config:
             policy_path=policy_path_from_env(env),
             dry_run=_flag(env, "PRUNER_DRY_RUN", False),
             suppression_key=_text(env, "PRUNER_SUPPRESSION_KEY"),
+            forward_erasure=_flag(env, "PRUNER_FORWARD_ERASURE", False),
             hubspot_client_secret=_text(env, "HUBSPOT_CLIENT_SECRET"),
             hubspot_signature_versions=_signature_versions(env),
             hubspot_access_token=_text(env, "HUBSPOT_ACCESS_TOKEN"),
@@ -236,6 +239,7 @@ class Config:
                 self.salesforce_instance_url and (self.salesforce_access_token or self.salesforce_login)
             ),
             "erasure (suppression key)": self.suppression_key is not None,
+            "erasure forwarding to the CRM": self.forward_erasure,
             "dry run": self.dry_run,
         }
 

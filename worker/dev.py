@@ -151,7 +151,13 @@ def _start_fake_hubspot(children: list[subprocess.Popen[bytes]], env: dict[str, 
     children.append(proc)
     _wait_for(lambda: _http_ok(f"{url}/_fake/state"), "the fake HubSpot")
     seed = {
-        "contacts": [{"id": "demo-1", "properties": {"email": "demo@example.com", "hs_lead_status": "OPEN"}}],
+        # Owned, so a break-up task shows whom it is for (`hubspot_owner_id` on the task in /_fake/state).
+        "contacts": [
+            {
+                "id": "demo-1",
+                "properties": {"email": "demo@example.com", "hs_lead_status": "OPEN", "hubspot_owner_id": "100"},
+            }
+        ],
         "deals": [{"id": "deal-1", "properties": {"dealstage": "presentationscheduled"}, "contacts": ["demo-1"]}],
     }
     request = urllib.request.Request(

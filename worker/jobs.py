@@ -12,10 +12,10 @@ from typing import Any
 import redis
 from rq import get_current_job
 
-from rules.events import Crm, Event
+from rules.events import Crm, Event, EventType, format_ms
 from rules.fastparse import parse_decoded
 from worker import leadindex
-from worker.actions import drain, pending_key, watch
+from worker.actions import drain, pending_key, queue_erasure_forwards, watch
 from worker.config import Config
 from worker.crm import executor_for
 from worker.decide import Decider
@@ -100,6 +100,7 @@ def _process(batch: list[Event], source: str, ops: list[dict[str, Any]] | None) 
     # Purge and drain what the batch did before the merges run: if a merge fails, RQ's retry
     # finds these events applied already (duplicates) and would not do it again.
     _after_apply(connection, config, result.erased, result.actions)
+    _forward_erasures(connection, config, batch, source)
     if ops:
         # Merges after the events: they fold in what this batch said about the merged records.
         merges = hubspot_ops.apply_store_ops(ops, store, decide, make_queue(connection, config.queue_name))
@@ -171,6 +172,30 @@ def _after_apply(
         # The lead is gone from the store; now from every other job payload and the outbox.
         purge_payloads(connection, erased, config.queue_name)
     request_drains(connection, config, actions)
+
+
+def _forward_erasures(connection: redis.Redis, config: Config, batch: list[Event], source: str) -> None:
+    """Queue the batch's erasures for the lead's CRM when PRUNER_FORWARD_ERASURE is on (worker/actions.py).
+
+    Only erasures that came from another channel: one the CRM itself sent (a HubSpot
+    privacyDeletion, a Salesforce Individual's ShouldForget) is never sent back to it. Read
+    from the batch, not from what this run erased: a job retried after a crash finds its
+    events applied already, and must still forward (once: the outbox entry is queued once).
+    """
+    if not config.forward_erasure:
+        return
+    wanted = [
+        (e.crm.value, e.lead_id, format_ms(e.occurred_ms))
+        for e in batch
+        if e.type is EventType.ERASURE_REQUESTED and e.crm.value != source
+    ]
+    key = suppression_key(config)
+    if not wanted or key is None:  # no key: the erasure itself failed loudly before this
+        return
+    if config.dry_run:
+        log.info("dry run: %d erasures not forwarded to the CRM", len(wanted))
+        return
+    request_drains(connection, config, queue_erasure_forwards(connection, key, wanted, source))
 
 
 def request_drains(connection: redis.Redis, config: Config, actions: list[dict[str, Any]]) -> None:

@@ -5,9 +5,10 @@ Use it in a thread (`FakeHubSpotServer`) or as a process (`python -m tests.fakes
 
     POST /_fake/reset     forget records, calls and configuration
     POST /_fake/config    {"rate_limit": 10, "window_s": 10, "fail_rate": 0.3, "seed": 1, ...} (see `Options`)
-    POST /_fake/seed      {"contacts": [{"id", "properties"}], "deals": [{"id", "properties", "contacts": [...]}]}
+    POST /_fake/seed      {"contacts": [{"id", "properties"}], "deals": [{"id", "properties", "contacts": [...]}],
+                           "calls": [{"id", "properties", "contacts": [...]}]}
     GET  /_fake/calls     every API call: method, path, query, body, status, at
-    GET  /_fake/state     contacts, deals, tasks (with their contacts), unsubscribed emails
+    GET  /_fake/state     contacts, deals, tasks (with their contacts), unsubscribed emails, GDPR-deleted contacts
 
 It is strict where HubSpot is strict and a sloppy client would get away with it:
 Bearer token, ≤ 100 inputs per batch, no id twice in one batch, string property values,
@@ -41,14 +42,19 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 TOKEN = "fake-hubspot-token"
-ALIASES = {"0-1": "contacts", "0-3": "deals", "0-27": "tasks", "contact": "contacts", "deal": "deals", "task": "tasks"}
-TYPES = ("contacts", "deals", "tasks")
+ALIASES = {
+    "0-1": "contacts", "0-3": "deals", "0-27": "tasks", "0-48": "calls",
+    "contact": "contacts", "deal": "deals", "task": "tasks", "call": "calls",
+}  # fmt: skip
+TYPES = ("contacts", "deals", "tasks", "calls")
 # HUBSPOT_DEFINED association type ids, per direction.
 ASSOCIATION_TYPES = {
     ("contacts", "deals"): 4,
     ("deals", "contacts"): 3,
     ("tasks", "contacts"): 204,
     ("contacts", "tasks"): 203,
+    ("calls", "contacts"): 194,
+    ("contacts", "calls"): 193,
 }
 TASK_STATUSES = {"NOT_STARTED", "IN_PROGRESS", "WAITING", "COMPLETED", "DEFERRED"}
 TASK_PRIORITIES = {"NONE", "LOW", "MEDIUM", "HIGH"}
@@ -84,6 +90,9 @@ class Options:
     # Contact id -> status: a task create (single or batch) associated to that contact is answered so, unwritten.
     fail_task_contacts: dict[str, int] = field(default_factory=dict)
     search_lag_s: float = 0.0  # records created this recently are not found by search yet
+    # The portal's owner ids, when set: a write naming another `hubspot_owner_id` is refused (400), as HubSpot
+    # refuses a value outside an enumeration property's options.
+    owners: list[str] | None = None
 
 
 def _error(status: int, message: str, category: str = "VALIDATION_ERROR", **context: Any) -> Reply:
@@ -131,6 +140,7 @@ class FakeHubSpot:
             self.objects: dict[str, dict[str, dict[str, str]]] = {t: {} for t in TYPES}
             self.associations: set[tuple[str, str, str, str]] = set()
             self.unsubscribed: list[str] = []
+            self.gdpr_deleted: list[str] = []  # contact ids, in the order their GDPR deletes arrived
             self.calls: list[dict[str, Any]] = []
             self.arrivals: deque[float] = deque()
             self.created: dict[tuple[str, str], float] = {}  # (type, id) -> time.monotonic() at creation
@@ -159,6 +169,17 @@ class FakeHubSpot:
             self.objects["deals"][deal_id] = {"hs_object_id": deal_id, "dealstage": stage, **properties}
             if contact_id is not None:
                 self._associate("deals", deal_id, "contacts", contact_id)
+
+    def add_call(self, call_id: str, contact_id: str | None = None, **properties: str) -> None:
+        """Log a call (an engagement) on a contact; `set_properties` edits it later, as a rep would."""
+        with self.lock:
+            self.objects["calls"][call_id] = {"hs_object_id": call_id, **properties}
+            if contact_id is not None:
+                self._associate("calls", call_id, "contacts", contact_id)
+
+    def set_properties(self, object_type: str, object_id: str, **properties: str) -> None:
+        with self.lock:
+            self.objects[object_type][object_id].update(properties)
 
     def delete(self, object_type: str, object_id: str) -> None:
         with self.lock:
@@ -202,6 +223,7 @@ class FakeHubSpot:
                 "deals": self.objects["deals"],
                 "tasks": tasks,
                 "unsubscribed": list(self.unsubscribed),
+                "gdpr_deleted": list(self.gdpr_deleted),
             }
 
     # -- HTTP ------------------------------------------------------------------------------------
@@ -341,6 +363,11 @@ class FakeHubSpot:
                 for contact in d.get("contacts", []):
                     with self.lock:
                         self._associate("deals", str(d["id"]), "contacts", str(contact))
+            for c in body.get("calls", []):
+                self.add_call(str(c["id"]), None, **c.get("properties", {}))
+                for contact in c.get("contacts", []):
+                    with self.lock:
+                        self._associate("calls", str(c["id"]), "contacts", str(contact))
             return {"ok": True}, 200
 
         @app.get("/_fake/calls")
@@ -359,6 +386,7 @@ class FakeHubSpot:
         app.add_url_rule("/crm/v3/objects/<otype>/batch/read", view_func=self._batch_read, methods=["POST"])
         app.add_url_rule("/crm/v3/objects/<otype>/batch/create", view_func=self._batch_create, methods=["POST"])
         app.add_url_rule("/crm/v3/objects/<otype>/search", view_func=self._search, methods=["POST"])
+        app.add_url_rule("/crm/v3/objects/<otype>/gdpr-delete", view_func=self._gdpr_delete, methods=["POST"])
         app.add_url_rule(
             "/crm/v4/objects/<from_type>/<oid>/associations/<to_type>", view_func=self._associations, methods=["GET"]
         )
@@ -394,6 +422,9 @@ class FakeHubSpot:
         unknown = [k for k in props if k in self.options.missing_properties]
         if unknown:
             return f'Property values were not valid: Property "{unknown[0]}" does not exist'
+        owner = props.get("hubspot_owner_id")
+        if self.options.owners is not None and owner and owner not in self.options.owners:
+            return f'Property values were not valid: {owner} was not one of the allowed options for "hubspot_owner_id"'
         return None
 
     def _view(self, otype: str, oid: str, wanted: list[str] | None) -> dict[str, Any]:
@@ -684,6 +715,27 @@ class FakeHubSpot:
             body.update(errors=errors, numErrors=len(errors))
             return body, 207
         return body, 200
+
+    def _gdpr_delete(self, otype: str) -> Reply | Response:
+        """POST /crm/v3/objects/contacts/gdpr-delete {"objectId", "idProperty"?}: 204, the contact gone for good."""
+        body = self._json()
+        if ALIASES.get(otype, otype) != "contacts":
+            return _error(400, "this fake GDPR-deletes contacts only")
+        if body is None or not str(body.get("objectId") or "").strip():
+            return _error(400, "objectId must not be empty")
+        with self.lock:
+            wanted = str(body["objectId"])
+            id_property = body.get("idProperty")
+            found = [
+                cid
+                for cid, props in self.objects["contacts"].items()
+                if (props.get(str(id_property)) if id_property else cid) == wanted
+            ]
+            if not found:
+                return _error(404, "Object not found.", "OBJECT_NOT_FOUND")
+            self.gdpr_deleted.append(found[0])
+            self.delete("contacts", found[0])
+        return Response(status=204)
 
     def _unsubscribe_all(self, subscriber: str) -> Reply:
         if request.args.get("channel") != "EMAIL":

@@ -20,6 +20,9 @@ Failure injection (`configure`): `limit_next` / `limit_rate` → 403 `REQUEST_LI
 POST/PATCH are carried out and then answered 500 (a lost answer); `retry_after` adds that header;
 `fail_records` = {record id or WhoId: {"code": …, "times": n (-1 = always)}} refuses those
 records; `missing_fields` = [names] answer `INVALID_FIELD` like an org without them.
+
+A Task created without `OwnerId` is owned by the API user (`API_USER_ID`), and one naming a
+non-user owner (a queue, `00G…`) is refused, as Salesforce does.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from rules.salesforce_map import to_18
 
 PREFIXES = {"Lead": "00Q", "Opportunity": "006", "Task": "00T", "Individual": "0PK", "Event": "00U", "Contact": "003"}
 QUOTE = '"'
+API_USER_ID = "005000000000API"  # the integration user the token belongs to: owner of what it creates unassigned
 CLOSED_STAGES = {"Closed Won", "Closed Lost"}
 DEFAULT_CONFIG: dict[str, Any] = {
     "limit_next": 0,
@@ -214,6 +218,13 @@ class FakeSalesforce:
         if "Id" in fields or "id" in fields:
             message = "cannot specify Id in an insert call"
             return {"success": False, "errors": [{"statusCode": "INVALID_FIELD", "message": message, "fields": ["Id"]}]}
+        if sobject == "Task":
+            # As Salesforce does: a Task without OwnerId belongs to the API user; only a user may own one.
+            fields = {"OwnerId": API_USER_ID, **fields}
+            if not str(fields["OwnerId"]).startswith("005"):
+                message = "Owner ID: id value of incorrect type"
+                return {"success": False, "errors": [{"statusCode": "FIELD_INTEGRITY_EXCEPTION", "message": message,
+                                                      "fields": ["OwnerId"]}]}  # fmt: skip
         return {"id": self.add(sobject, fields), "success": True, "errors": []}
 
     # -- SOQL --------------------------------------------------------------------------

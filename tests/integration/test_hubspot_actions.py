@@ -54,7 +54,7 @@ def hubspot(server: FakeHubSpotServer) -> FakeHubSpot:
 
 
 @contextmanager
-def running(server: FakeHubSpotServer, workers: int = 2) -> Iterator[str]:
+def running(server: FakeHubSpotServer, workers: int = 2, **extra_env: str) -> Iterator[str]:
     """Web + workers + clock talking to the fake HubSpot for real; yield the web URL."""
     env = base_env(
         PRUNER_DRY_RUN="0",
@@ -62,6 +62,7 @@ def running(server: FakeHubSpotServer, workers: int = 2) -> Iterator[str]:
         HUBSPOT_API_BASE=server.url,
         HUBSPOT_RATE_LIMIT=f"{RATE[0]}/{RATE[1]:g}",
         PRUNER_SUPPRESSION_KEY="integration-suppression-key",
+        **extra_env,
     )
     web, url = start_web(env)
     procs: list[subprocess.Popen[bytes]] = [start_worker(env) for _ in range(workers)]
@@ -177,7 +178,7 @@ def test_every_action_lands_exactly_once_through_injected_503s(
     assert [len(hubspot.tasks_for(lead)) for lead in breakups] == [1] * len(breakups)
     assert all(hubspot.tasks_for(lead) == [] for lead in losses)
     subjects = {t["hs_task_subject"] for lead in breakups for t in hubspot.tasks_for(lead)}
-    assert subjects == {"Send a polite break-up message"}
+    assert subjects == {"Send a polite break-up message: follow-up meetings pushed back 2 times"}
     assert any(c["status"] == 503 for c in hubspot.api_calls())
     assert_under_rate_limit(hubspot)
 

@@ -231,7 +231,8 @@ def test_meetings_pushed_back_twice_ask_the_rep_for_a_break_up(sf: SalesforceSys
     assert (doc["state"], doc["decisions"][-1]["rule"]) == ("BREAKUP_DUE", "pushed_back")
     wait_until(lambda: len(sf.fake.find("Task", WhoId=lead)) == 1, 20)
     [task] = sf.fake.find("Task", WhoId=lead)
-    assert task["Subject"].startswith("Pruner: send a polite break-up message")
+    # The rule and its count, read from the decision, in the rep's words.
+    assert task["Subject"].startswith("Pruner: Send a polite break-up message: follow-up meetings pushed back 2 times")
     assert task["Status"] == "Not Started" and task["OwnerId"] == "005000000000001AAA"
 
 

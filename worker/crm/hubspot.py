@@ -4,9 +4,14 @@ What HubSpot sees (CONTRACT.md "What the CRM sees"):
 
     mark_lost       contact hs_lead_status=UNQUALIFIED + pruner_lost_reason; the contact's open
                     deals -> dealstage=closedlost + closed_lost_reason
-    breakup_task    a task on the contact: send a polite break-up message
-    reengage_task   a task on the contact: a friendly check-in
+    breakup_task    a task on the contact, for its owner: send a polite break-up message
+    reengage_task   a task on the contact, for its owner: a friendly check-in
+
+Tasks go to the contact's owner (`hubspot_owner_id`, read in one batch with the contacts);
+a contact nobody owns gets `HUBSPOT_FALLBACK_OWNER_ID`, or stays unassigned without one.
+Their subject and body say which rule fired and why (rules/tasktext.py, shared with Salesforce).
     suppress        unsubscribe the contact's email from everything + pruner_do_not_contact=true
+    forward_erasure GDPR-delete the contact (PRUNER_FORWARD_ERASURE: an erasure received elsewhere)
 
 `HubSpotExecutor.execute` gets every pending action of a drain at once and coalesces
 them: one `batch/update` per 100 contacts or deals (a single PATCH when only one is
@@ -53,13 +58,14 @@ import redis
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
+from rules.tasktext import TaskText
 from worker.config import Config
 from worker.crm.base import ActionOutcome, CrmError, TransientCrmError
 from worker.crm.ratelimit import DEFAULT_MARGIN_S, RateLimiter
 from worker.errors import ConfigError
 from worker.logs import redact
 from worker.metrics import count_crm_call, endpoint_template
-from worker.policyfile import cached_policy
+from worker.tasktexts import TaskTexts, assign_owners, reengage_months
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +90,7 @@ STEPS = {
     "suppress": ("unsub_sent", "unsub", "contact"),
     "breakup_task": ("task_sent", "task"),
     "reengage_task": ("task_sent", "task"),
+    "forward_erasure": ("gdpr",),
 }
 ALL_STEPS = sorted({step for steps in STEPS.values() for step in steps})
 
@@ -125,6 +132,9 @@ _TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.Ch
 
 T = TypeVar("T")
 TaskResults = Callable[[Mapping[str, "RecordError | None"]], None]
+# Says each task action's text (worker/tasktexts.py): {action id: subject and body}.
+TaskTextsFor = Callable[[Sequence[Mapping[str, Any]]], Mapping[str, TaskText]]
+OWNER_PROPERTY = "hubspot_owner_id"  # the contact's owner, and the task's assignee: one property name on both
 
 
 def _unsent(exc: BaseException) -> bool:
@@ -664,6 +674,20 @@ class HubSpotClient:
         results = (response.json() or {}).get("results") or []
         return any(r.get("channel") == "EMAIL" and r.get("status") == "NOT_SUBSCRIBED" for r in results)
 
+    def gdpr_delete(self, contact_id: str) -> RecordError | None:
+        """Permanently delete a contact, GDPR-compliant (`POST /crm/v3/objects/contacts/gdpr-delete`, 204).
+
+        A contact HubSpot does not have (404) is no error: deleted already, the goal is met.
+        """
+        response = self.request("POST", "/crm/v3/objects/contacts/gdpr-delete", json={"objectId": str(contact_id)})
+        if response.ok or response.status_code == 404:
+            return None
+        return RecordError(
+            response.status_code,
+            f"HubSpot refused the GDPR delete of contact {contact_id} "
+            f"(HTTP {response.status_code}): {_message(response)}",
+        )
+
     def unsubscribe_all(self, email: str, contact_id: str) -> RecordError | None:
         """Unsubscribe `email` from every email subscription (communication preferences v4)."""
         response = self.request(
@@ -696,6 +720,8 @@ class HubSpotSettings:
     deal_reason_property: str = "closed_lost_reason"
     do_not_contact_property: str = "pruner_do_not_contact"
     reengage_months: int = 4
+    # Who gets a task whose contact has no owner (HUBSPOT_FALLBACK_OWNER_ID); None: the task is unassigned.
+    fallback_owner_id: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> HubSpotSettings:
@@ -710,6 +736,12 @@ class HubSpotSettings:
             "HUBSPOT_DO_NOT_CONTACT_PROPERTY": "do_not_contact_property",
         }
         values: dict[str, Any] = {attr: env[var].strip() for var, attr in names.items() if env.get(var, "").strip()}
+        fallback = env.get("HUBSPOT_FALLBACK_OWNER_ID", "").strip()
+        if fallback:
+            if not (fallback.isascii() and fallback.isdigit()):
+                # HubSpot would refuse every task naming it, long after the deploy.
+                raise ConfigError(f"HUBSPOT_FALLBACK_OWNER_ID must be a HubSpot owner id (digits), got {fallback!r}")
+            values["fallback_owner_id"] = fallback
         closed = env.get("HUBSPOT_DEAL_CLOSED_STAGES", "").strip()
         if closed:
             values["closed_stages"] = frozenset(s.strip() for s in closed.split(",") if s.strip())
@@ -756,21 +788,6 @@ class Progress:
             pipe.execute()
 
 
-_REASONS = {
-    "no_response": "no response after many follow-ups",
-    "deprioritized": "meetings keep being pushed back",
-    "effort_exceeds_value": "the effort has outgrown the size of the deal",
-    "not_interested": "they said they are not interested",
-    "proposal_expired": "the proposal expired without an answer",
-}
-
-
-def _reason_text(reason: str | None) -> str:
-    if not reason:
-        return "no reason recorded"
-    return _REASONS.get(reason, reason.replace("_", " "))
-
-
 @dataclass
 class _Run:
     """Bookkeeping of one `execute` call."""
@@ -797,11 +814,13 @@ class HubSpotExecutor:
         connection: redis.Redis,
         settings: HubSpotSettings | None = None,
         clock: Callable[[], float] = time.time,
+        texts: TaskTextsFor | None = None,
     ) -> None:
         self.client = client
         self.progress = Progress(connection)
         self.settings = settings or HubSpotSettings()
         self.clock = clock
+        self.texts = texts or TaskTexts(connection, self.settings.reengage_months)
 
     def close(self) -> None:
         self.client.close()
@@ -830,6 +849,7 @@ class HubSpotExecutor:
         self._contacts(valid, done, run)
         self._deals(valid, done, run)
         self._tasks(valid, done, run)
+        self._erasures(valid, done, run)
         outcomes = []
         for action in actions:
             detail = run.failures.get(action["id"])
@@ -1004,6 +1024,11 @@ class HubSpotExecutor:
             todo.append(action)
         if not todo:
             return
+        owners = self._task_owners(todo, run)
+        todo = [a for a in todo if a["id"] not in run.failures]
+        if not todo:
+            return
+        texts = self.texts(todo)
         now_ms = str(int(self.clock() * 1000))
         # Sent by an earlier run that never heard back: HubSpot may have them, so they are searched for first.
         unsure = {a["id"] for a in todo if (a["id"], "task_sent") in done}
@@ -1020,37 +1045,58 @@ class HubSpotExecutor:
             # Before sending: should this run die or give up before HubSpot answers, the next one searches first.
             self._finish([(a["id"], "task_sent") for a in chunk])
             self.client.create_tasks(
-                [(a["id"], a["lead_id"], self._task(a, now_ms)) for a in chunk], unsure=unsure, on_result=record
-            )
+                [(a["id"], a["lead_id"], self._task(a, now_ms, texts[a["id"]], owners.get(a["lead_id"])))
+                 for a in chunk],
+                unsure=unsure, on_result=record,
+            )  # fmt: skip
 
-    def _task(self, action: dict[str, Any], now_ms: str) -> dict[str, str]:
-        reason = _reason_text(action.get("reason"))
-        if action["kind"] == "breakup_task":
-            subject = "Send a polite break-up message"
-            body = (
-                f"Pruner suggests closing the loop with this lead ({reason}). Write a short, polite break-up "
-                "message: thank them for their time, say clearly that you are stopping your follow-ups, leave "
-                "the door open should things change, and offer one last piece of value (a useful article, "
-                "benchmark or introduction). A reply during the grace period makes the lead active again."
-            )
-            task_type = "EMAIL"
-        else:
-            months = self.settings.reengage_months
-            subject = f"Check in: it has been {months} months"
-            body = (
-                f"This lead was marked lost about {months} months ago ({reason}). Send a friendly, no-pressure "
-                "check-in: say hi, ask how things are going and whether priorities have changed, and share "
-                "something useful. No hard sell."
-            )
-            task_type = "TODO"
-        return {
-            "hs_task_subject": subject,
-            "hs_task_body": f"{body}\n\nPruner action {action['id']} (ref {task_marker(action['id'])})",
+    def _erasures(self, actions: list[dict[str, Any]], done: set[tuple[str, str]], run: _Run) -> None:
+        """Forwarded erasures: a GDPR delete per contact (HubSpot has no batch form of it)."""
+        for action in actions:
+            if action["kind"] != "forward_erasure" or (action["id"], "gdpr") in done:
+                continue
+            error = self.client.gdpr_delete(action["lead_id"])
+            if error is None:
+                self._finish([(action["id"], "gdpr")])  # at once: a later one raising must not repeat it
+            else:
+                run.fail(action["id"], error.message)
+
+    def _task_owners(self, actions: list[dict[str, Any]], run: _Run) -> dict[str, str]:
+        """Return {contact: owner id} for the tasks' contacts: the contact's owner, else the fallback owner.
+
+        A contact HubSpot does not have fails its task here (no task could be associated to
+        it). A contact without an owner gets the fallback owner when one is configured, and
+        its task is left unassigned otherwise; either way a log line says so (ids only).
+        """
+        contacts = sorted({a["lead_id"] for a in actions})
+        try:
+            found = self.client.batch_read("contacts", contacts, [OWNER_PROPERTY])
+        except HubSpotApiError as exc:
+            # A portal refusing the read (a scope missing) still gets its tasks, as fallback would assign them.
+            log.warning("hubspot contact owners could not be read (HTTP %s): tasks get the fallback owner", exc.status)
+            found = {c: {} for c in contacts}
+        owners = assign_owners(
+            {c: str(found[c].get(OWNER_PROPERTY) or "").strip() or None for c in contacts if c in found},
+            self.settings.fallback_owner_id, "hubspot contact", "HUBSPOT_FALLBACK_OWNER_ID", "is unassigned",
+        )  # fmt: skip
+        for action in actions:
+            if action["lead_id"] not in found:
+                run.fail(action["id"], f"HubSpot contact {action['lead_id']} was not found (deleted or merged?)")
+                run.missing.add(action["lead_id"])
+        return owners
+
+    def _task(self, action: dict[str, Any], now_ms: str, text: TaskText, owner: str | None) -> dict[str, str]:
+        properties = {
+            "hs_task_subject": text.subject,
+            "hs_task_body": f"{text.body}\n\nPruner action {action['id']} (ref {task_marker(action['id'])})",
             "hs_timestamp": now_ms,
             "hs_task_status": "NOT_STARTED",
             "hs_task_priority": "MEDIUM",
-            "hs_task_type": task_type,
+            "hs_task_type": "EMAIL" if action["kind"] == "breakup_task" else "TODO",
         }
+        if owner:
+            properties[OWNER_PROPERTY] = owner
+        return properties
 
 
 def build_executor(config: Config, connection: redis.Redis) -> HubSpotExecutor:
@@ -1060,9 +1106,10 @@ def build_executor(config: Config, connection: redis.Redis) -> HubSpotExecutor:
             "HUBSPOT_ACCESS_TOKEN is not set, so Pruner cannot write its decisions back to HubSpot "
             "(set the private app token, or PRUNER_DRY_RUN=1 to only record decisions)"
         )
-    months = max(1, round(cached_policy(config.policy_path).reengage_after_days / 30))
+    months = reengage_months(config)
     client = build_client(config, connection)
-    return HubSpotExecutor(client, connection, replace(config.hubspot, reengage_months=months))
+    settings = replace(config.hubspot, reengage_months=months)
+    return HubSpotExecutor(client, connection, settings, texts=TaskTexts(connection, months))
 
 
 def build_client(config: Config, connection: redis.Redis) -> HubSpotClient:

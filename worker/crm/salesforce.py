@@ -8,11 +8,14 @@ and coalesces them:
   (default `Pruner_Lost_Reason__c`); the lead's open Opportunities, found with one SOQL
   query on a lead-link field (default `Pruner_Lead_Id__c`, `IsClosed = false`), get
   `StageName` "Closed Lost".
+- `forward_erasure` (PRUNER_FORWARD_ERASURE): `ShouldForget` = true on the lead's Individual,
+  the flag Salesforce's data-protection automation acts on.
 - `suppress`: Lead `HasOptedOutOfEmail` / `DoNotCall` per the action's `channels` (both when
   it names none), and, when they cover every channel, `HasOptedOutSolicit` ("don't market") on
   the lead's Individual where `IndividualId` is set.
-- `breakup_task` / `reengage_task`: a `Task` on the lead, owned by the lead's owner, with
-  a subject saying what to do and a short brief (RULES.md). Creating is not idempotent,
+- `breakup_task` / `reengage_task`: a `Task` on the lead, owned by the lead's owner when a
+  user owns it, else by `SALESFORCE_FALLBACK_OWNER_ID` (or the API user without one), with
+  the subject and brief HubSpot tasks get too (rules/tasktext.py). Creating is not idempotent,
   so the subject carries a reference derived from the action id and existing Pruner
   tasks are looked up first: a drain that is retried after a lost answer creates nothing twice.
 
@@ -32,7 +35,7 @@ once the token is renewed. All requests share one Redis rate budget across worke
 Optional environment (defaults in brackets): `SALESFORCE_RATE_LIMIT` ["25/1"],
 `SALESFORCE_LOST_STATUS` ["Closed - Not Converted"], `SALESFORCE_LOST_REASON_FIELD`
 ["Pruner_Lost_Reason__c"], `SALESFORCE_LOST_STAGE` ["Closed Lost"],
-`SALESFORCE_OPPORTUNITY_LEAD_FIELD` ["Pruner_Lead_Id__c"].
+`SALESFORCE_OPPORTUNITY_LEAD_FIELD` ["Pruner_Lead_Id__c"], `SALESFORCE_FALLBACK_OWNER_ID` [unset].
 """
 
 from __future__ import annotations
@@ -56,12 +59,14 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from rules.lifecycle import ALL_CHANNELS, ActionKind, covered_channels
 from rules.salesforce_map import is_record_id, to_18
+from rules.tasktext import TaskText
 from worker.config import Config
 from worker.crm.base import ActionOutcome, CrmError, TransientCrmError
 from worker.crm.ratelimit import RateLimiter, parse_rate
 from worker.errors import ConfigError
 from worker.logs import redact
 from worker.metrics import count_crm_call, endpoint_template
+from worker.tasktexts import TaskTexts, assign_owners, reengage_months
 
 log = logging.getLogger(__name__)
 
@@ -75,23 +80,10 @@ _FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _REF = re.compile(r"\[pruner-ref ([0-9a-f]{12})\]")
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 
-KINDS = frozenset(kind.value for kind in ActionKind)
-TASK_TEXT = {
-    "breakup_task": (
-        "Pruner: send a polite break-up message",
-        "Pruner suggests closing the loop with this lead (reason: {reason}). Send a short, friendly "
-        "break-up message: thank them for their time; say clearly that you are stopping your "
-        "follow-ups; leave the door open, since a reply at any time is welcome; and offer one last "
-        "piece of value, such as a useful resource or insight. A reply from the lead sets it back "
-        "to active in Pruner.",
-    ),
-    "reengage_task": (
-        "Pruner: friendly check-in with this lead",
-        "This lead was marked lost some months ago (reason: {reason}). Send a friendly, low-pressure "
-        "check-in: say hi, ask whether their priorities have changed, and share something useful. "
-        "No hard sell; if they are still not interested, thank them and let it rest.",
-    ),
-}
+FORWARD_ERASURE = "forward_erasure"  # worker/actions.py: an erasure received elsewhere, carried out here
+KINDS = frozenset(kind.value for kind in ActionKind) | {FORWARD_ERASURE}
+# Says each task action's text (worker/tasktexts.py): {action id: subject and body}.
+TaskTextsFor = Callable[[Sequence[Mapping[str, Any]]], Mapping[str, TaskText]]
 
 
 class SalesforceAuthError(CrmError):
@@ -114,6 +106,8 @@ class SalesforceSettings:
     lost_reason_field: str = "Pruner_Lost_Reason__c"
     lost_stage: str = "Closed Lost"
     opportunity_lead_field: str = "Pruner_Lead_Id__c"
+    # Who gets a task whose lead has no user owner (SALESFORCE_FALLBACK_OWNER_ID); None: the API user.
+    fallback_owner_id: str | None = None
     rate_limit: int = 25
     rate_window_s: float = 1.0
     connect_timeout_s: float = 5.0
@@ -131,6 +125,10 @@ class SalesforceSettings:
                 raise ConfigError(f"{name} must be a Salesforce field API name, got {value!r}")
         if self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        owner = self.fallback_owner_id
+        if owner is not None and not (is_record_id(owner) and owner.startswith("005")):
+            # Only a user can own a Task: a queue (00G) or a typo would fail every task, long after the deploy.
+            raise ConfigError(f"SALESFORCE_FALLBACK_OWNER_ID must be a user id (005 and 12 or 15 more), got {owner!r}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SalesforceSettings:
@@ -141,6 +139,7 @@ class SalesforceSettings:
             "lost_reason_field": "SALESFORCE_LOST_REASON_FIELD",
             "lost_stage": "SALESFORCE_LOST_STAGE",
             "opportunity_lead_field": "SALESFORCE_OPPORTUNITY_LEAD_FIELD",
+            "fallback_owner_id": "SALESFORCE_FALLBACK_OWNER_ID",
         }
         for attr, name in names.items():
             if env.get(name, "").strip():
@@ -218,7 +217,7 @@ def build_executor(config: Config, connection: redis.Redis) -> SalesforceExecuto
     client.on_response = lambda method, path, status: count_crm_call(
         connection, "salesforce", f"{method} {endpoint_template(path)}", status
     )
-    return SalesforceExecutor(client, settings)
+    return SalesforceExecutor(client, settings, texts=TaskTexts(connection, reengage_months(config)))
 
 
 class SalesforceClient:
@@ -469,9 +468,13 @@ class SalesforceExecutor:
 
     crm = "salesforce"
 
-    def __init__(self, client: SalesforceClient, settings: SalesforceSettings | None = None) -> None:
+    def __init__(
+        self, client: SalesforceClient, settings: SalesforceSettings | None = None, texts: TaskTextsFor | None = None
+    ) -> None:
         self.client = client
         self.settings = settings or client.settings
+        # Without Redis at hand, a task says its loss reason only (no decision inputs to read).
+        self.texts = texts or TaskTexts(None)
         self._individuals = True  # False once the org says Lead.IndividualId does not exist
 
     def execute(self, actions: Sequence[dict[str, Any]]) -> list[ActionOutcome]:
@@ -489,7 +492,8 @@ class SalesforceExecutor:
         lost = [a for a in todo if a["kind"] == "mark_lost"]
         suppress = [a for a in todo if a["kind"] == "suppress"]
         tasks = [a for a in todo if a["kind"] in ("breakup_task", "reengage_task")]
-        leads = self._leads({a["lead_id"] for a in suppress + tasks})
+        erasures = [a for a in todo if a["kind"] == FORWARD_ERASURE]
+        leads = self._leads({a["lead_id"] for a in suppress + tasks + erasures})
         plan = _Plan()
         # Opt-outs are planned first: when a record is retried part by part, they go first (guardrail 4).
         for action in suppress:
@@ -512,6 +516,8 @@ class SalesforceExecutor:
             }
             plan.update(("Lead", action["lead_id"]), lost_values, action["id"], "mark_lost")
         self._plan_opportunities(lost, plan, notes)
+        for action_id, error in self._plan_erasures(erasures, leads, plan).items():
+            failures.setdefault(action_id, []).append(error)
         for (key, part), error in self._save(plan).items():
             for action_id in plan.owners[(key, part)]:
                 failures.setdefault(action_id, []).append(f"{key[0]} update failed: {error}")
@@ -550,6 +556,28 @@ class SalesforceExecutor:
                 if is_record_id(record.get("Id")):
                     out[to_18(record["Id"])] = record
         return out
+
+    def _plan_erasures(
+        self, erasures: list[dict[str, Any]], leads: Mapping[str, Mapping[str, Any]], plan: _Plan
+    ) -> dict[str, str]:
+        """Plan `ShouldForget` = true on each forwarded erasure's Individual; return why some cannot be."""
+        errors = {}
+        for action in erasures:
+            lead = leads.get(action["lead_id"])
+            individual = (lead or {}).get("IndividualId")
+            if lead is None:
+                errors[action["id"]] = (
+                    "Salesforce did not return the lead (deleted, merged or not visible to the API user)"
+                )
+            elif isinstance(individual, str) and is_record_id(individual):
+                # Salesforce's data-protection flag: the org's own automation carries the forgetting out.
+                plan.update(("Individual", to_18(individual)), {"ShouldForget": True}, action["id"], FORWARD_ERASURE)
+                continue
+            else:
+                errors[action["id"]] = "the lead has no Individual record, so there is no ShouldForget to set"
+            # Ids only: the lead asked to be forgotten, the log must not say more about them.
+            log.warning("salesforce erasure of lead %s not forwarded: %s", action["lead_id"], errors[action["id"]])
+        return errors
 
     def _plan_opportunities(self, lost: list[dict[str, Any]], plan: _Plan, notes: dict[str, list[str]]) -> None:
         """Add `StageName` = lost stage for every open Opportunity linked to a lost lead."""
@@ -638,13 +666,30 @@ class SalesforceExecutor:
                 )
             else:
                 wanted.append(action)
+        owners = self._task_owners(wanted, leads)
+        texts = self.texts(wanted)
+        records = {a["id"]: self._task(a, texts[a["id"]], owners.get(a["lead_id"])) for a in wanted}
         for chunk in _chunks(wanted, MAX_RECORDS):
             # Look-up and create are retried together: a create whose answer was lost is found next time.
-            errors.update(self.client.retrying(functools.partial(self._create_tasks_once, chunk, leads)))
+            errors.update(self.client.retrying(functools.partial(self._create_tasks_once, chunk, records)))
         return errors
 
+    def _task_owners(self, actions: Sequence[dict[str, Any]], leads: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+        """Return {lead: owner id} for the tasks' leads: the lead's user owner, else the fallback owner.
+
+        As for HubSpot: a lead without a user owner (a queue owns it: tasks cannot belong to
+        a queue) gets the fallback owner when one is configured; otherwise the task is left to
+        Salesforce's default owner, the API user. Either way a log line says so (ids only).
+        """
+        # Tasks cannot belong to a queue (00G…): only a user owner (005…) is one.
+        owners = {a["lead_id"]: leads[a["lead_id"]].get("OwnerId") for a in actions}
+        return assign_owners(
+            {lead: o if isinstance(o, str) and o.startswith("005") else None for lead, o in owners.items()},
+            self.settings.fallback_owner_id, "salesforce lead", "SALESFORCE_FALLBACK_OWNER_ID", "goes to the API user",
+        )  # fmt: skip
+
     def _create_tasks_once(
-        self, actions: Sequence[dict[str, Any]], leads: Mapping[str, Mapping[str, Any]]
+        self, actions: Sequence[dict[str, Any]], tasks: Mapping[str, dict[str, Any]]
     ) -> dict[str, str]:
         existing: set[str] = set()
         lead_ids = sorted({a["lead_id"] for a in actions})
@@ -660,7 +705,7 @@ class SalesforceExecutor:
         todo = [a for a in actions if task_ref(a["id"]) not in existing]
         if not todo:
             return {}
-        records = [self._task(a, leads[a["lead_id"]]) for a in todo]
+        records = [tasks[a["id"]] for a in todo]
         if len(records) == 1:
             results = [self._create_one(records[0])]
         else:
@@ -683,18 +728,15 @@ class SalesforceExecutor:
         response = self.client.call("POST", "sobjects/Task", json=body)
         return None if response.status_code in (200, 201) else describe(response)
 
-    def _task(self, action: Mapping[str, Any], lead: Mapping[str, Any]) -> dict[str, Any]:
-        subject, brief = TASK_TEXT[action["kind"]]
+    def _task(self, action: Mapping[str, Any], text: TaskText, owner: str | None) -> dict[str, Any]:
         record: dict[str, Any] = {
             "attributes": {"type": "Task"},
             "WhoId": action["lead_id"],
-            "Subject": f"{subject} [pruner-ref {task_ref(action['id'])}]",
-            "Description": brief.format(reason=(action.get("reason") or "not given").replace("_", " ")),
+            "Subject": f"{TASK_PREFIX} {text.subject}"[:230] + f" [pruner-ref {task_ref(action['id'])}]",
+            "Description": text.body,
             "Status": "Not Started",
             "ActivityDate": datetime.now(tz=UTC).date().isoformat(),
         }
-        owner = lead.get("OwnerId")
-        # Tasks cannot belong to a queue (00G…): only a user owner is copied to the rep's task.
-        if isinstance(owner, str) and owner.startswith("005"):
+        if owner:
             record["OwnerId"] = owner
         return record
