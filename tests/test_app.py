@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from typing import Any
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from tests.helpers import ADMIN_TOKEN, SECRET, batch_body, event, json_values, signed_headers
 from webhooks import create_app
 from worker.config import Config
+from worker.errors import ConfigError
 from worker.queues import make_queue
 
 
@@ -285,3 +287,14 @@ def test_any_signed_json_gets_202_or_400_never_500(
     response = post(client, body)
     assert response.status_code in (202, 400), (response.status_code, response.get_json())
     assert queued(fake_redis) == (1 if response.status_code == 202 else 0)
+
+
+def test_a_rotated_secret_overlaps_the_old_one_at_the_route(fake_redis: fakeredis.FakeRedis) -> None:
+    new = "whsec_" + base64.b64encode(b"the-new-secret-rotated-in-32byte").decode()
+    config = Config.from_env({"PRUNER_WEBHOOK_SECRET": f"{new} {SECRET}"})
+    client = create_app(config, fake_redis).test_client()
+    body = batch_body([event()])
+    for signer in (SECRET, new):
+        assert client.post("/webhooks/events", data=body, headers=signed_headers(body, signer)).status_code == 202
+    with pytest.raises(ConfigError, match="secret 2 of PRUNER_WEBHOOK_SECRET"):
+        Config.from_env({"PRUNER_WEBHOOK_SECRET": f"{new} whsec_not-base64!"})

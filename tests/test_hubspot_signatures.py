@@ -101,3 +101,20 @@ def test_signature_versions_must_include_v3(value: str) -> None:
     with pytest.raises(ConfigError, match="HUBSPOT_SIGNATURE_VERSIONS"):
         Config.from_env({"HUBSPOT_SIGNATURE_VERSIONS": value})
     assert Config.from_env({"HUBSPOT_SIGNATURE_VERSIONS": " V3 "}).hubspot_signature_versions == {"v3"}
+
+
+def test_the_previous_client_secret_still_verifies_while_the_app_is_rotated() -> None:
+    previous, current = SECRET, "zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz"
+    now = TS + 1000
+    for signer in (previous, current):
+        headers = {
+            "x-hubspot-signature-v3": sign_v3(signer, "POST", URI, EXAMPLE, str(TS)),  # lower case: any mapping
+            "X-HUBSPOT-REQUEST-TIMESTAMP": str(TS),
+        }
+        assert verify(EXAMPLE, headers, [current, previous], "POST", URI, now) == "v3"
+    with pytest.raises(SignatureError, match="does not match"):
+        old = {
+            "X-HubSpot-Signature-v3": sign_v3(previous, "POST", URI, EXAMPLE, str(TS)),
+            "X-HubSpot-Request-Timestamp": str(TS),
+        }
+        verify(EXAMPLE, old, [current], "POST", URI, now)

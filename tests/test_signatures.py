@@ -11,7 +11,7 @@ from standardwebhooks import Webhook
 
 from tests.helpers import SECRET, signed_headers
 from webhooks.errors import SignatureError
-from webhooks.signatures import decode_secret, verify
+from webhooks.signatures import decode_secret, decode_secrets, verify
 
 NOW = 1_790_000_000
 KEY = decode_secret(SECRET)
@@ -75,3 +75,29 @@ def test_wrong_secret_fails() -> None:
 def test_unusable_secrets_are_refused(secret: str) -> None:
     with pytest.raises(ValueError):
         decode_secret(secret)
+
+
+NEW_SECRET = "whsec_" + base64.b64encode(b"the-new-secret-rotated-in-32byte").decode()
+
+
+def test_during_a_rotation_either_secret_signs_and_the_old_one_is_refused_once_removed() -> None:
+    both = decode_secrets(f"{SECRET} {NEW_SECRET}")
+    assert verify(BODY, official_headers(), both, NOW) == "msg_1"  # the sender still on the old secret
+    new = Webhook(NEW_SECRET).sign("msg_2", datetime.fromtimestamp(NOW, tz=UTC), BODY.decode())
+    headers = {"webhook-id": "msg_2", "webhook-timestamp": str(NOW), "webhook-signature": new}
+    assert verify(BODY, headers, both, NOW) == "msg_2"  # and already on the new one
+    with pytest.raises(SignatureError, match="does not match"):
+        verify(BODY, official_headers(), decode_secrets(NEW_SECRET), NOW)  # the overlap is over
+
+
+def test_a_secret_without_base64_padding_is_accepted_as_the_reference_library_does() -> None:
+    unpadded = "whsec_" + base64.b64encode(b"31-byte-secret-with-no-padding!").decode().rstrip("=")
+    assert not unpadded.endswith("=")
+    sig = Webhook(unpadded).sign("msg_3", datetime.fromtimestamp(NOW, tz=UTC), BODY.decode())
+    headers = {"webhook-id": "msg_3", "webhook-timestamp": str(NOW), "webhook-signature": sig}
+    assert verify(BODY, headers, decode_secret(unpadded), NOW) == "msg_3"
+
+
+def test_header_names_are_case_insensitive_in_any_mapping() -> None:
+    headers = {k.title(): v for k, v in official_headers().items()}  # "Webhook-Id", as some proxies send
+    assert verify(BODY, headers, KEY, NOW) == "msg_1"

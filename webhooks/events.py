@@ -19,7 +19,7 @@ from rules.fastparse import fast_count, parse_body
 from webhooks.app import error, services
 from webhooks.errors import QueueUnavailable, SignatureError
 from webhooks.metrics import count_received
-from webhooks.signatures import decode_secret, verify
+from webhooks.signatures import decode_secrets, verify
 from worker.queues import enqueue_batch, enqueue_events
 
 log = logging.getLogger(__name__)
@@ -28,9 +28,10 @@ bp = Blueprint("events", __name__)
 
 
 @lru_cache(maxsize=4)
-def _key(secret: str) -> bytes:
-    # The secret was validated at startup (Config); decoding it once per process is enough.
-    return decode_secret(secret)
+def _keys(secret: str) -> tuple[bytes, ...]:
+    # Validated at startup (Config); decoding once per process is enough. Several secrets,
+    # space-separated, while one is rotated (Standard Webhooks' multi-signature model).
+    return decode_secrets(secret)
 
 
 def _validate(body: bytes, now_ms: int) -> tuple[int, list[Event] | None]:
@@ -56,7 +57,7 @@ def receive_events() -> ResponseReturnValue:
     body = request.get_data(cache=False)
     now = svc.clock()
     try:
-        verify(body, request.headers, _key(secret), now)
+        verify(body, request.headers, _keys(secret), now)
     except SignatureError as exc:
         return error(401, "bad_signature", str(exc))
     try:

@@ -53,7 +53,9 @@ def receive_hubspot() -> ResponseReturnValue:
     now_ms = int(svc.clock() * 1000)
     try:
         uri = signed_uri(request, svc.config.trust_proxy)
-        verify(body, request.headers, secret, request.method, uri, now_ms, svc.config.hubspot_signature_versions)
+        verify(
+            body, request.headers, secret.split(), request.method, uri, now_ms, svc.config.hubspot_signature_versions
+        )
     except SignatureError as exc:
         return error(401, "bad_signature", str(exc))
     try:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Sequence
 
 from webhooks.errors import SignatureError
-from webhooks.signatures import Headers
+from webhooks.signatures import Headers, lowercased
 
 TOLERANCE_MS = 5 * 60 * 1000
 # Epoch ms has 13 digits until the year 2286; anything much longer is not a time, and
@@ -63,7 +64,7 @@ ALL_VERSIONS = frozenset({"v1", "v2", "v3"})
 def verify(
     body: bytes,
     headers: Headers,
-    secret: str,
+    secret: str | Sequence[str],
     method: str,
     uri: str,
     now_ms: int,
@@ -73,14 +74,17 @@ def verify(
 
     `allowed` narrows the versions accepted: HubSpot sends v3 beside v1/v2 on every request,
     and v1/v2 carry no timestamp, so a captured request stripped of its v3 headers could be
-    replayed as v1 for ever. `HUBSPOT_SIGNATURE_VERSIONS=v3` closes that.
+    replayed as v1 for ever. `HUBSPOT_SIGNATURE_VERSIONS=v3` closes that. Several secrets
+    (the current and the previous client secret, while the app's is rotated): any one passes.
     """
-    v3 = headers.get("X-HubSpot-Signature-v3")
-    version = (headers.get("X-HubSpot-Signature-Version") or "").strip().lower()
+    secrets = [secret] if isinstance(secret, str) else list(secret)
+    named = lowercased(headers)
+    v3 = named.get("x-hubspot-signature-v3")
+    version = (named.get("x-hubspot-signature-version") or "").strip().lower()
     if v3 or version == "v3" or not version:
         if not v3:
             raise SignatureError("missing X-HubSpot-Signature-v3 header: the request is not signed")
-        stamp = headers.get("X-HubSpot-Request-Timestamp") or ""
+        stamp = named.get("x-hubspot-request-timestamp") or ""
         # isascii too: str.isdigit also accepts "²" (which int() refuses) and other scripts' digits.
         if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= MAX_TIMESTAMP_DIGITS):
             raise SignatureError(
@@ -93,23 +97,25 @@ def verify(
         if -skew > TOLERANCE_MS:
             raise SignatureError(f"X-HubSpot-Request-Timestamp is {-skew // 1000} s in the future, more than 300 s")
         # Only v3 decodes escapes in the URI before signing; v2 signs it exactly as sent.
-        expected = sign_v3(secret, method, normalize_uri(uri), body, stamp)
-        _compare(v3, expected)
+        _compare(v3, [sign_v3(s, method, normalize_uri(uri), body, stamp) for s in secrets])
         return "v3"
     if version in ("v1", "v2") and version not in allowed:
         raise SignatureError(f"{version} signatures are not accepted here (they carry no timestamp); sign with v3")
-    given = headers.get("X-HubSpot-Signature")
+    given = named.get("x-hubspot-signature")
     if not given:
         raise SignatureError("missing X-HubSpot-Signature header: the request is not signed")
     if version == "v1":
-        _compare(given.lower(), sign_v1(secret, body))
+        _compare(given.lower(), [sign_v1(s, body) for s in secrets])
     elif version == "v2":
-        _compare(given.lower(), sign_v2(secret, method, uri, body))
+        _compare(given.lower(), [sign_v2(s, method, uri, body) for s in secrets])
     else:
         raise SignatureError(f"X-HubSpot-Signature-Version must be v1, v2 or v3, got {version[:10]!r}")
     return version
 
 
-def _compare(given: str, expected: str) -> None:
-    if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode()):
+def _compare(given: str, expected: list[str]) -> None:
+    matched = False
+    for wanted in expected:  # every one, never stopping early: timing says nothing
+        matched |= hmac.compare_digest(given.encode("utf-8", "replace"), wanted.encode())
+    if not matched:
         raise SignatureError("the HubSpot signature does not match: wrong client secret, URL, or an altered body")

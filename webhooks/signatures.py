@@ -13,15 +13,23 @@ import base64
 import binascii
 import hashlib
 import hmac
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from webhooks.errors import SignatureError
 
 
 class Headers(Protocol):
-    """Anything with a case-insensitive `get`, such as werkzeug's `Headers` or a dict."""
+    """Request headers: werkzeug's `Headers`, or any mapping (looked up case-insensitively)."""
 
     def get(self, key: str, /) -> str | None: ...
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
+
+
+def lowercased(headers: Headers) -> dict[str, str]:
+    """The headers keyed by lower-case name: HTTP names are case-insensitive, a plain dict is not."""
+    return {str(k).lower(): v for k, v in headers.items()}
 
 
 TOLERANCE_SECONDS = 5 * 60
@@ -30,8 +38,12 @@ MAX_ID_LENGTH = 256
 
 
 def decode_secret(secret: str) -> bytes:
-    """Return the HMAC key of a `whsec_<base64>` secret; raise ValueError when unusable."""
+    """Return the HMAC key of a `whsec_<base64>` secret; raise ValueError when unusable.
+
+    Padding is optional, as in the reference library: some providers print secrets without it.
+    """
     raw = secret[len(_PREFIX) :] if secret.startswith(_PREFIX) else secret
+    raw += "=" * (-len(raw) % 4)
     try:
         key = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
@@ -47,11 +59,20 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
-def verify(body: bytes, headers: Headers, key: bytes, now: float) -> str:
-    """Check the Standard Webhooks headers of `body`; return the webhook id or raise `SignatureError`."""
-    msg_id = headers.get("webhook-id")
-    stamp = headers.get("webhook-timestamp")
-    given = headers.get("webhook-signature")
+def decode_secrets(value: str) -> tuple[bytes, ...]:
+    """Return the keys of a space-separated list of secrets (several while one is being rotated)."""
+    return tuple(decode_secret(secret) for secret in value.split())
+
+
+def verify(body: bytes, headers: Headers, keys: bytes | Sequence[bytes], now: float) -> str:
+    """Check the Standard Webhooks headers of `body`; return the webhook id or raise `SignatureError`.
+
+    Several keys while a secret is rotated: a signature by any of them passes.
+    """
+    named = lowercased(headers)
+    msg_id = named.get("webhook-id")
+    stamp = named.get("webhook-timestamp")
+    given = named.get("webhook-signature")
     missing = [
         name
         for name, value in (("webhook-id", msg_id), ("webhook-timestamp", stamp), ("webhook-signature", given))
@@ -71,11 +92,12 @@ def verify(body: bytes, headers: Headers, key: bytes, now: float) -> str:
     if timestamp > now + TOLERANCE_SECONDS:
         ahead = int(timestamp - now)
         raise SignatureError(f"webhook-timestamp is {ahead} s in the future, more than the 300 s allowed")
-    expected = sign(key, msg_id, timestamp, body).encode()
+    expected = [sign(key, msg_id, timestamp, body).encode() for key in ([keys] if isinstance(keys, bytes) else keys)]
     matched = False
     for candidate in given.split(" "):
-        # Compare every candidate, never stopping early, so timing says nothing.
-        matched |= hmac.compare_digest(candidate.encode("utf-8", "replace"), expected)
+        # Compare every candidate with every key, never stopping early, so timing says nothing.
+        for wanted in expected:
+            matched |= hmac.compare_digest(candidate.encode("utf-8", "replace"), wanted)
     if not matched:
         raise SignatureError("webhook-signature does not match the body: wrong secret or the body was altered")
     return msg_id

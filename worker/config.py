@@ -247,10 +247,12 @@ class Config:
 def _check_whsec(secret: str) -> None:
     from webhooks.signatures import decode_secret
 
-    try:
-        decode_secret(secret)
-    except ValueError as exc:
-        raise ConfigError(f"PRUNER_WEBHOOK_SECRET is not a usable Standard Webhooks secret: {exc}") from None
+    for n, one in enumerate(secret.split(), 1):
+        try:
+            decode_secret(one)
+        except ValueError as exc:
+            which = f"secret {n} of PRUNER_WEBHOOK_SECRET" if len(secret.split()) > 1 else "PRUNER_WEBHOOK_SECRET"
+            raise ConfigError(f"{which} is not a usable Standard Webhooks secret: {exc}") from None
 
 
 def _rate(env: Mapping[str, str], name: str) -> tuple[int, float]:
