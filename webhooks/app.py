@@ -45,7 +45,7 @@ def services(app: Flask) -> Services:
 
 
 def error(status: int, code: str, detail: str) -> ResponseReturnValue:
-    """Return the JSON error body CONTRACT.md fixes: `{"error", "detail"}`."""
+    """Return the JSON error body docs/http.md fixes: `{"error", "detail"}`."""
     return jsonify(error=code, detail=detail), status
 
 

@@ -1,4 +1,4 @@
-"""The `pruner` command line (CONTRACT.md "CLI")."""
+"""The `pruner` command line (docs/http.md "CLI")."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     config = _config()
     connection = connect(config.redis_url, timeout=10)
     if config.suppression_key and is_erased(connection, config.suppression_key.encode(), args.crm, args.lead_id):
-        if args.format == "json":  # what GET /leads answers for it (CONTRACT.md "HTTP")
+        if args.format == "json":  # what GET /leads answers for it (docs/http.md)
             print(json.dumps({"crm": args.crm, "lead_id": args.lead_id, "state": "SUPPRESSED", "erased": True}))
         else:
             print(f"{args.crm} lead {args.lead_id} was erased on request: SUPPRESSED, nothing else is kept")

@@ -1,4 +1,4 @@
-"""One configuration object, read from the environment (CONTRACT.md "Environment").
+"""One configuration object, read from the environment (docs/http.md "Environment").
 
 Tests pass a plain mapping to `Config.from_env`. Secrets are excluded from `repr`
 so a logged config never leaks them.
