@@ -114,7 +114,10 @@ def parse_hubspot_batch(body: object, now_ms: int, mapping: HubSpotMapping | Non
             raise SchemaError(f"{where}.subscriptionType", "is required")
         occurred = _field(raw, "occurredAt", where, (int,))
         if occurred > now_ms + MAX_FUTURE_SKEW_MS or occurred <= 0:
-            raise SchemaError(f"{where}.occurredAt", f"must be epoch milliseconds not in the future, got {occurred}")
+            raise SchemaError(
+                f"{where}.occurredAt",
+                f"must be epoch milliseconds after 1970 and at most 24 hours ahead, got {occurred}",
+            )
         object_id = _field(raw, "objectId", where, (int, str))
         if not _is_id(object_id):
             raise SchemaError(f"{where}.objectId", f"must be a HubSpot record id, got {object_id!r:.40}")

@@ -285,3 +285,11 @@ def test_any_signed_json_gets_202_or_400_never_500(
     response = post(client, body)
     assert response.status_code in (202, 400), (response.status_code, response.get_json())
     assert queued(fake_redis) == (1 if response.status_code == 202 else 0)
+
+
+def test_a_wrong_method_is_405_with_allow_and_the_json_error_shape(client: FlaskClient) -> None:
+    # Found by the HTTP fuzzer: the JSON error handler used to drop werkzeug's `Allow` header.
+    response = client.get("/webhooks/events")
+    assert response.status_code == 405
+    assert "POST" in response.headers["Allow"].split(", ")
+    assert response.get_json() == {"error": "method_not_allowed", "detail": "this route does not accept that method"}
