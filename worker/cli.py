@@ -310,7 +310,7 @@ HELP: dict[str, tuple[str, str, list[str], list[str]]] = {
         ["pruner worker", "pruner worker --burst"],
         [_REDIS, _POLICY, "PRUNER_DRY_RUN", "PRUNER_SUPPRESSION_KEY", "HUBSPOT_*", "SALESFORCE_*"],
     ),
-    "subscribe": (
+    "hubspot subscribe": (
         "create the HubSpot app's missing webhook subscriptions",
         "Read the HubSpot app's webhook settings and subscriptions (Webhooks API v3) and create the ones "
         "Pruner's mapping needs that are missing; paused ones are re-activated, others are left alone. "
@@ -340,7 +340,7 @@ def _add_command(sub: Any, name: str) -> argparse.ArgumentParser:
     epilog = "examples:\n" + "".join(f"  {e}\n" for e in examples)
     epilog += "\nenvironment:\n" + "".join(f"  {v}\n" for v in env)
     parser: argparse.ArgumentParser = sub.add_parser(
-        name,
+        name.split()[-1],  # "hubspot subscribe" is `subscribe` under the `hubspot` group
         help=line,
         description=textwrap.fill(description, 88),
         epilog=epilog,
@@ -412,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_clock)
     leadlist.add_command(sub, _config)
     hubspot = sub.add_parser("hubspot", help="HubSpot app set-up").add_subparsers(dest="hubspot", required=True)
-    p = _add_command(hubspot, "subscribe")
+    p = _add_command(hubspot, "hubspot subscribe")
     p.add_argument("--target-url", help="also set the app's target URL, e.g. https://<your-app>/webhooks/hubspot")
     p.add_argument("--dry-run", action="store_true", help="read and report only; change nothing")
     p.set_defaults(func=cmd_hubspot_subscribe)
