@@ -1,4 +1,4 @@
-"""Quiet days and business days (RULES.md guardrail 2), in UTC.
+"""Quiet days and business days (docs/lifecycle.md guardrail 2), in UTC.
 
 A quiet day is a public holiday of the policy's country (the `holidays` package)
 or a day inside one of the policy's quiet periods (default Dec 24 - Jan 1).

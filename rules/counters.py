@@ -19,7 +19,7 @@ from rules.events import TYPE_CODES, EventType, parse_rfc3339_ms
 
 # Outbound touches: what the rep (or a sequence) did to reach the lead.
 TOUCHES = frozenset({EventType.EMAIL_SENT, EventType.CALL_ATTEMPTED, EventType.CALL_CONNECTED})
-# Signs of life from the lead, or a rep's manual reopen: each resets silence (RULES.md guardrail 6).
+# Signs of life from the lead, or a rep's manual reopen: each resets silence (docs/lifecycle.md guardrail 6).
 RESPONSES = frozenset(
     {
         EventType.EMAIL_REPLIED,
@@ -56,7 +56,7 @@ def _iso_week_of_day(epoch_day: int) -> str:
 
 @dataclass
 class LeadCounters:
-    """Everything RULES.md asks to count for one lead."""
+    """Everything docs/lifecycle.md asks to count for one lead."""
 
     outbound_touches: int = 0
     follow_ups_since_reply: int = 0
@@ -134,7 +134,7 @@ class LeadCounters:
             self.no_shows += 1
         elif etype is EventType.MEETING_RESCHEDULED:
             self.meetings_rescheduled += 1
-            # RULES.md `pushed_back`: rescheduling a first meeting is normal life.
+            # docs/lifecycle.md `pushed_back`: rescheduling a first meeting is normal life.
             if not data.get("first_meeting", False):
                 self.follow_up_reschedules += 1
         elif etype is EventType.NOT_INTERESTED:
@@ -168,7 +168,7 @@ class LeadCounters:
             self.do_not_contact.clear()
 
     def public(self) -> dict[str, int]:
-        """Return the counters CONTRACT.md names, for `/leads` and `pruner explain`."""
+        """Return the counters docs/http.md names, for `/leads` and `pruner explain`."""
         return {
             "outbound_touches": self.outbound_touches,
             "follow_ups_since_reply": self.follow_ups_since_reply,

@@ -61,6 +61,35 @@ class HubSpotMapping:
     connected_dispositions: frozenset[str] = frozenset({"f240bbac-87c9-4f6e-bf70-924b57d47db7"})
 
 
+@dataclass(frozen=True)
+class Subscription:
+    """One HubSpot webhook subscription the mapping below reads (Webhooks API v3 terms)."""
+
+    event_type: str
+    property_name: str | None = None
+    object_type_id: str | None = None  # generic `object.*` subscriptions only
+
+
+def wanted_subscriptions(mapping: HubSpotMapping) -> list[Subscription]:
+    """Every subscription `parse_hubspot_batch` has a use for, with this portal's property names.
+
+    Derived from the mapping, so that `pruner hubspot subscribe` asks HubSpot for exactly what
+    the adapter understands: a property renamed in the policy is subscribed to under its new name.
+    """
+    contact_properties = {
+        mapping.optout_property,
+        mapping.lead_status_property,
+        *mapping.reply_properties,
+        *mapping.profile_properties,
+    }
+    wanted = [Subscription("contact.propertyChange", name) for name in contact_properties]
+    wanted += [Subscription(kind) for kind in ("contact.privacyDeletion", "contact.deletion", "contact.merge")]
+    wanted += [Subscription("deal.propertyChange", name) for name in mapping.deal_properties]
+    wanted += [Subscription("object.creation", None, type_id) for type_id in ENGAGEMENT_TYPES]
+    wanted += [Subscription("object.propertyChange", name, type_id) for type_id, name in OUTCOME_CHANGES]
+    return sorted(wanted, key=lambda s: (s.event_type, s.property_name or "", s.object_type_id or ""))
+
+
 @dataclass
 class HubSpotBatch:
     events: list[Event] = field(default_factory=list)
@@ -114,7 +143,10 @@ def parse_hubspot_batch(body: object, now_ms: int, mapping: HubSpotMapping | Non
             raise SchemaError(f"{where}.subscriptionType", "is required")
         occurred = _field(raw, "occurredAt", where, (int,))
         if occurred > now_ms + MAX_FUTURE_SKEW_MS or occurred <= 0:
-            raise SchemaError(f"{where}.occurredAt", f"must be epoch milliseconds not in the future, got {occurred}")
+            raise SchemaError(
+                f"{where}.occurredAt",
+                f"must be epoch milliseconds after 1970 and at most 24 hours ahead, got {occurred}",
+            )
         object_id = _field(raw, "objectId", where, (int, str))
         if not _is_id(object_id):
             raise SchemaError(f"{where}.objectId", f"must be a HubSpot record id, got {object_id!r:.40}")

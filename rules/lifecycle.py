@@ -60,7 +60,7 @@ ACTION_FOR_STATE = {
 # Actions that contact the person: never issued for a suppressed lead (guardrail 4).
 CONTACT_ACTIONS = frozenset({ActionKind.BREAKUP_TASK, ActionKind.REENGAGE_TASK})
 SILENCE_RULES = frozenset({"unresponsive", "call_cadence_exhausted", "proposal_expired", "breakup_grace"})
-# What the CRM can be told about a person who objected (RULES.md guardrail 5): "all" is both.
+# What the CRM can be told about a person who objected (docs/lifecycle.md guardrail 5): "all" is both.
 ALL_CHANNELS = frozenset({"email", "phone"})
 
 

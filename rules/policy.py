@@ -1,4 +1,4 @@
-"""The policy: every threshold of RULES.md, parsed strictly from YAML text.
+"""The policy: every threshold of docs/lifecycle.md, parsed strictly from YAML text.
 
 Unknown keys are errors, not silently ignored: a typo in a threshold name would
 otherwise leave the default in force while the team believes it changed it.

@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import strategies as st
 
 from webhooks.signatures import decode_secret, sign
@@ -84,3 +86,14 @@ json_values = st.recursive(
     _containers,
     max_leaves=6,
 )
+
+
+def require_tool(command: str, package: str) -> str:
+    """The path of a Debian tool a test needs: skipped locally without it, failed in CI (`.ci/run` installs it)."""
+    path = shutil.which(command)
+    if path is None:
+        message = f"needs `{command}` (apt-get install {package})"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

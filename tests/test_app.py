@@ -298,3 +298,11 @@ def test_a_rotated_secret_overlaps_the_old_one_at_the_route(fake_redis: fakeredi
         assert client.post("/webhooks/events", data=body, headers=signed_headers(body, signer)).status_code == 202
     with pytest.raises(ConfigError, match="secret 2 of PRUNER_WEBHOOK_SECRET"):
         Config.from_env({"PRUNER_WEBHOOK_SECRET": f"{new} whsec_not-base64!"})
+
+
+def test_a_wrong_method_is_405_with_allow_and_the_json_error_shape(client: FlaskClient) -> None:
+    # Found by the HTTP fuzzer: the JSON error handler used to drop werkzeug's `Allow` header.
+    response = client.get("/webhooks/events")
+    assert response.status_code == 405
+    assert "POST" in response.headers["Allow"].split(", ")
+    assert response.get_json() == {"error": "method_not_allowed", "detail": "this route does not accept that method"}

@@ -1,4 +1,4 @@
-"""HubSpot signatures: the vectors of CRM_WIRE.md, and hubspot-api-client as an oracle."""
+"""HubSpot signatures: the vectors of docs/crm.md, and hubspot-api-client as an oracle."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Each rule and guardrail of RULES.md, on the pure core."""
+"""Each rule and guardrail of docs/lifecycle.md, on the pure core."""
 
 from __future__ import annotations
 

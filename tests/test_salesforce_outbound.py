@@ -369,7 +369,7 @@ def test_the_individual_opts_out_of_all_solicitation_only_for_every_channel(
     covered = {"email", "phone"} if channels is None or "all" in channels else set(channels)
     assert record.get("HasOptedOutOfEmail") is ("email" in covered or None)
     assert record.get("DoNotCall") is ("phone" in covered or None)
-    # RULES.md guardrail 5: the channels decide what the CRM is told; "don't market" is every channel.
+    # docs/lifecycle.md guardrail 5: the channels decide what the CRM is told; "don't market" is every channel.
     assert fake.get("Individual", individual)["HasOptedOutSolicit"] is solicit  # type: ignore[index]
 
 

@@ -81,7 +81,7 @@ def is_erased(connection: redis.Redis, key: bytes, crm: str, lead_id: str) -> bo
 
 
 def lead_document(crm: str, lead_id: str, history: list[LoggedEvent], state: dict[str, Any] | None) -> dict[str, Any]:
-    """Build the CONTRACT.md `/leads` answer (also printed by `pruner explain --format json`)."""
+    """Build the docs/http.md `/leads/<crm>/<lead_id>` answer (also printed by `pruner explain --format json`)."""
     counters = fold(history)
     state = state or {}
     return {

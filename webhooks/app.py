@@ -44,9 +44,9 @@ def services(app: Flask) -> Services:
     return svc
 
 
-def error(status: int, code: str, detail: str) -> ResponseReturnValue:
-    """Return the JSON error body CONTRACT.md fixes: `{"error", "detail"}`."""
-    return jsonify(error=code, detail=detail), status
+def error(status: int, code: str, detail: str, headers: list[tuple[str, str]] | None = None) -> ResponseReturnValue:
+    """Return the JSON error body docs/http.md fixes: `{"error", "detail"}`."""
+    return jsonify(error=code, detail=detail), status, headers or []
 
 
 def create_app(
@@ -88,7 +88,9 @@ def create_app(
             404: "no such route",
             405: "this route does not accept that method",
         }.get(exc.code or 500, exc.description or "request failed")
-        return error(exc.code or 500, code, detail)
+        # Keep the headers the exception carries (a 405's `Allow`, RFC 9110), but not its HTML type.
+        headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
+        return error(exc.code or 500, code, detail, headers)
 
     @app.errorhandler(QueueUnavailable)
     def queue_down(exc: QueueUnavailable) -> ResponseReturnValue:

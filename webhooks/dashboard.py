@@ -1,6 +1,6 @@
 """`GET /dashboard`: queue health and what lost leads say, one HTML page; rq-dashboard at `/rq`.
 
-Ops people watch the queue; RevOps asks "why did we lose these?" (RULES.md, "What lost
+Ops people watch the queue; RevOps asks "why did we lose these?" (docs/lifecycle.md, "Loss reasons are data
 leads are for"). Charts are inline SVG drawn here, so the page needs no JavaScript and
 loads nothing from outside (its Content-Security-Policy says so). Loss analytics come
 from the snapshot the clock's `refresh_stats` job stores every 5 minutes, because

@@ -23,7 +23,7 @@ TOLERANCE_MS = 5 * 60 * 1000
 # Epoch ms has 13 digits until the year 2286; anything much longer is not a time, and
 # int() of thousands of digits raises (Python's int_max_str_digits) instead of refusing.
 MAX_TIMESTAMP_DIGITS = 16
-# HubSpot decodes exactly these escapes in the URI before signing (CRM_WIRE.md).
+# HubSpot decodes exactly these escapes in the URI before signing (docs/crm.md).
 _URI_DECODE = {
     "%3A": ":", "%2F": "/", "%3F": "?", "%40": "@", "%21": "!", "%24": "$",
     "%27": "'", "%28": "(", "%29": ")", "%2A": "*", "%2C": ",", "%3B": ";",

@@ -4,7 +4,7 @@
 heartbeat renews, so a drainer that died blocks nobody for long). It reads the
 head of `pruner:outbox:{crm}`, skips actions already done (`pruner:done:{crm}`)
 and contact actions for leads that are SUPPRESSED by now (a do-not-contact may
-have arrived after the action was queued: RULES.md guardrail 4), hands the rest
+have arrived after the action was queued: docs/lifecycle.md guardrail 4), hands the rest
 to the CRM's executor in one call (so it can coalesce them into batch requests),
 then records them done and removes them from the outbox. If the executor raises,
 nothing is removed: the job fails, RQ retries it, and the actions stay queued.

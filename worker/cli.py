@@ -1,4 +1,4 @@
-"""The `pruner` command line (CONTRACT.md "CLI")."""
+"""The `pruner` command line (docs/http.md "CLI")."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ import redis
 from rules.errors import PolicyError, SchemaError
 from rules.events import format_ms, parse_rfc3339_ms
 from rules.explain import plural
+from rules.hubspot_map import wanted_subscriptions
 from rules.policy import Policy
 from worker import leadlist
 from worker.config import DEFAULT_REDIS_URL, Config, policy_path_from_env, redis_location
 from worker.errors import ConfigError
+from worker.hubspot_subscribe import SubscribeError, WebhooksApi, subscribe
 from worker.logs import setup_logging
 from worker.policyfile import load_policy
 
@@ -113,7 +115,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     config = _config()
     connection = connect(config.redis_url, timeout=10)
     if config.suppression_key and is_erased(connection, config.suppression_key.encode(), args.crm, args.lead_id):
-        if args.format == "json":  # what GET /leads answers for it (CONTRACT.md "HTTP")
+        if args.format == "json":  # what GET /leads answers for it (docs/http.md)
             print(json.dumps({"crm": args.crm, "lead_id": args.lead_id, "state": "SUPPRESSED", "erased": True}))
         else:
             print(f"{args.crm} lead {args.lead_id} was erased on request: SUPPRESSED, nothing else is kept")
@@ -308,6 +310,21 @@ HELP: dict[str, tuple[str, str, list[str], list[str]]] = {
         ["pruner worker", "pruner worker --burst"],
         [_REDIS, _POLICY, "PRUNER_DRY_RUN", "PRUNER_SUPPRESSION_KEY", "HUBSPOT_*", "SALESFORCE_*"],
     ),
+    "hubspot subscribe": (
+        "create the HubSpot app's missing webhook subscriptions",
+        "Read the HubSpot app's webhook settings and subscriptions (Webhooks API v3) and create the ones "
+        "Pruner's mapping needs that are missing; paused ones are re-activated, others are left alone. "
+        "--target-url also sets where HubSpot sends them. Running it again changes nothing.",
+        [
+            "pruner hubspot subscribe --dry-run",
+            "pruner hubspot subscribe --target-url https://pruner.example/webhooks/hubspot",
+        ],
+        [
+            "HUBSPOT_APP_ID, HUBSPOT_DEVELOPER_API_KEY (the app's developer API key, sent as hapikey)",
+            "HUBSPOT_API_BASE (default https://api.hubapi.com)",
+            _POLICY,
+        ],
+    ),
     "clock": (
         "enqueue the sweep every minute (RQ cron scheduler)",
         "Enqueue the sweep every minute and the dashboard's stats every 5 minutes (RQ's cron scheduler). "
@@ -323,13 +340,28 @@ def _add_command(sub: Any, name: str) -> argparse.ArgumentParser:
     epilog = "examples:\n" + "".join(f"  {e}\n" for e in examples)
     epilog += "\nenvironment:\n" + "".join(f"  {v}\n" for v in env)
     parser: argparse.ArgumentParser = sub.add_parser(
-        name,
+        name.split()[-1],  # "hubspot subscribe" is `subscribe` under the `hubspot` group
         help=line,
         description=textwrap.fill(description, 88),
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     return parser
+
+
+def cmd_hubspot_subscribe(args: argparse.Namespace) -> int:
+    config = _config()
+    if config.hubspot_app_id is None or config.hubspot_developer_api_key is None:
+        print("pruner: set HUBSPOT_APP_ID and HUBSPOT_DEVELOPER_API_KEY (the app's developer API key)", file=sys.stderr)
+        return EXIT_CONFIG
+    wanted = wanted_subscriptions(_policy(config.policy_path).hubspot)
+    api = WebhooksApi(config.hubspot_api_base, config.hubspot_app_id, config.hubspot_developer_api_key)
+    try:
+        subscribe(api, wanted, args.target_url, args.dry_run, print)
+    except SubscribeError as exc:
+        print(f"pruner: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -379,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add_command(sub, "clock")
     p.set_defaults(func=cmd_clock)
     leadlist.add_command(sub, _config)
+    hubspot = sub.add_parser("hubspot", help="HubSpot app set-up").add_subparsers(dest="hubspot", required=True)
+    p = _add_command(hubspot, "hubspot subscribe")
+    p.add_argument("--target-url", help="also set the app's target URL, e.g. https://<your-app>/webhooks/hubspot")
+    p.add_argument("--dry-run", action="store_true", help="read and report only; change nothing")
+    p.set_defaults(func=cmd_hubspot_subscribe)
     return parser
 
 

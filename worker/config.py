@@ -1,4 +1,4 @@
-"""One configuration object, read from the environment (CONTRACT.md "Environment").
+"""One configuration object, read from the environment (docs/http.md "Environment").
 
 Tests pass a plain mapping to `Config.from_env`. Secrets are excluded from `repr`
 so a logged config never leaks them.
@@ -146,6 +146,15 @@ def _http_url(env: Mapping[str, str], name: str) -> str | None:
     return raw.rstrip("/")
 
 
+def _app_id(env: Mapping[str, str]) -> int | None:
+    raw = _text(env, "HUBSPOT_APP_ID")
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        raise ConfigError(f"HUBSPOT_APP_ID must be the app's numeric id, got {raw[:40]!r}")
+    return int(raw)
+
+
 _API_VERSION = re.compile(r"[vV]?\d{1,3}\.\d")
 
 
@@ -167,6 +176,9 @@ class Config:
     hubspot_signature_versions: frozenset[str] = frozenset({"v1", "v2", "v3"})
     hubspot_access_token: str | None = field(default=None, repr=False)
     hubspot_api_base: str = "https://api.hubapi.com"
+    # `pruner hubspot subscribe` only: the public app and its developer API key (`hapikey`).
+    hubspot_app_id: int | None = None
+    hubspot_developer_api_key: str | None = field(default=None, repr=False)
     salesforce_org_id: str | None = None
     salesforce_instance_url: str | None = None
     salesforce_access_token: str | None = field(default=None, repr=False)
@@ -215,6 +227,8 @@ class Config:
             hubspot_signature_versions=_signature_versions(env),
             hubspot_access_token=_text(env, "HUBSPOT_ACCESS_TOKEN"),
             hubspot_api_base=_http_url(env, "HUBSPOT_API_BASE") or "https://api.hubapi.com",
+            hubspot_app_id=_app_id(env),
+            hubspot_developer_api_key=_text(env, "HUBSPOT_DEVELOPER_API_KEY"),
             salesforce_org_id=org_id,
             salesforce_instance_url=_http_url(env, "SALESFORCE_INSTANCE_URL"),
             salesforce_access_token=_text(env, "SALESFORCE_ACCESS_TOKEN"),

@@ -6,7 +6,7 @@ by the decision's identity (`rule:state#n`, see `identities`) in the lead's `act
 that matches where the lead stands *now* is emitted — a backfill that replays
 ACTIVE -> BREAKUP_DUE -> LOST in one go marks the lead lost, it does not also ask
 the rep for a break-up message that is already moot. A suppressed lead gets no
-contact action of any kind (RULES.md guardrail 4).
+contact action of any kind (docs/lifecycle.md guardrail 4).
 """
 
 from __future__ import annotations

@@ -250,7 +250,7 @@ class Row:
     entry: Entry
 
     def public(self) -> dict[str, Any]:
-        """The CONTRACT.md list item (ids and lifecycle only), plus the rules that decided."""
+        """The docs/http.md list item (ids and lifecycle only), plus the rules that decided."""
         return {
             "crm": self.crm,
             "lead_id": self.lead_id,

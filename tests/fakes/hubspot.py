@@ -42,6 +42,15 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 TOKEN = "fake-hubspot-token"
+# The developer API key the Webhooks API v3 (`/webhooks/v3/{appId}/...`) takes as `hapikey`.
+DEVELOPER_API_KEY = "fake-developer-api-key"
+# Webhooks API v3: the event types a subscription may name (HubSpot's documented list, abridged
+# to the CRM object families).
+WEBHOOK_EVENT_TYPES = {
+    f"{family}.{kind}"
+    for family in ("contact", "company", "deal", "ticket", "product", "line_item", "object")
+    for kind in ("creation", "deletion", "merge", "restore", "propertyChange", "associationChange")
+} | {"contact.privacyDeletion", "conversation.creation", "conversation.deletion", "conversation.newMessage"}
 ALIASES = {
     "0-1": "contacts", "0-3": "deals", "0-27": "tasks", "0-48": "calls",
     "contact": "contacts", "deal": "deals", "task": "tasks", "call": "calls",
@@ -126,8 +135,9 @@ def _now_iso() -> str:
 class FakeHubSpot:
     """The fake's state and behaviour; `app()` serves it over HTTP. Thread-safe."""
 
-    def __init__(self, token: str = TOKEN) -> None:
+    def __init__(self, token: str = TOKEN, developer_api_key: str = DEVELOPER_API_KEY) -> None:
         self.token = token
+        self.developer_api_key = developer_api_key
         self.lock = threading.RLock()
         self.reset()
 
@@ -145,6 +155,10 @@ class FakeHubSpot:
             self.arrivals: deque[float] = deque()
             self.created: dict[tuple[str, str], float] = {}  # (type, id) -> time.monotonic() at creation
             self.ids = itertools.count(9_000_001)
+            # Webhooks API v3, per app id: settings and subscriptions.
+            self.webhook_settings: dict[str, dict[str, Any]] = {}
+            self.webhook_subscriptions: dict[str, list[dict[str, Any]]] = {}
+            self.subscription_ids = itertools.count(1001)
 
     def configure(self, **options: Any) -> None:
         with self.lock:
@@ -236,13 +250,18 @@ class FakeHubSpot:
         app.after_request(self._after_write)  # runs before _record: Flask calls these in reverse
         self._control_routes(app)
         self._crm_routes(app)
+        self._webhook_routes(app)
         return app
 
     def _gate(self) -> Response | Reply | None:
         g.at = time.time()
         if request.path.startswith("/_fake/"):
             return None
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
+        if request.path.startswith("/webhooks/v3/"):
+            # The Webhooks API is the app's, not a portal's: developer API key as `hapikey`.
+            if request.args.get("hapikey") != self.developer_api_key:
+                return _error(401, "The API key provided is invalid.", "INVALID_AUTHENTICATION")
+        elif request.headers.get("Authorization") != f"Bearer {self.token}":
             return _error(401, "Authentication credentials not found.", "INVALID_AUTHENTICATION")
         with self.lock:
             o = self.options
@@ -765,6 +784,94 @@ class FakeHubSpot:
             "timestamp": _now_iso(),
         }
         return {"status": "COMPLETE", "results": [status] if out else [], "completedAt": _now_iso()}, 200
+
+    # -- Webhooks API v3 (app settings and subscriptions) -----------------------------------------
+
+    def _webhook_routes(self, app: Flask) -> None:
+        root = "/webhooks/v3/<int:app_id>"
+        app.add_url_rule(f"{root}/settings", view_func=self._get_webhook_settings, methods=["GET"])
+        app.add_url_rule(f"{root}/settings", view_func=self._put_webhook_settings, methods=["PUT"])
+        app.add_url_rule(f"{root}/subscriptions", view_func=self._list_subscriptions, methods=["GET"])
+        app.add_url_rule(f"{root}/subscriptions", view_func=self._create_subscription, methods=["POST"])
+        app.add_url_rule(
+            f"{root}/subscriptions/batch/update", view_func=self._batch_update_subscriptions, methods=["POST"]
+        )
+
+    def _get_webhook_settings(self, app_id: int) -> Reply:
+        with self.lock:
+            found = self.webhook_settings.get(str(app_id))
+        if found is None:
+            return _error(404, f"No webhook settings for app {app_id}", "OBJECT_NOT_FOUND")
+        return found, 200
+
+    def _put_webhook_settings(self, app_id: int) -> Reply:
+        body = self._json()
+        if body is None or not isinstance(body.get("targetUrl"), str) or not isinstance(body.get("throttling"), dict):
+            return _error(400, "targetUrl (string) and throttling (object) are required")
+        with self.lock:
+            now = _now_iso()
+            previous = self.webhook_settings.get(str(app_id), {})
+            self.webhook_settings[str(app_id)] = {
+                "targetUrl": body["targetUrl"],
+                "throttling": body["throttling"],
+                "createdAt": previous.get("createdAt", now),
+                "updatedAt": now,
+            }
+            return self.webhook_settings[str(app_id)], 200
+
+    def _list_subscriptions(self, app_id: int) -> Reply:
+        with self.lock:
+            return {"results": [dict(s) for s in self.webhook_subscriptions.get(str(app_id), [])]}, 200
+
+    def _create_subscription(self, app_id: int) -> Reply:
+        body = self._json()
+        if body is None:
+            return _error(400, "Invalid input JSON")
+        event_type, prop, type_id = body.get("eventType"), body.get("propertyName"), body.get("objectTypeId")
+        if event_type not in WEBHOOK_EVENT_TYPES:
+            return _error(400, f"Unknown eventType {event_type!r}")
+        if event_type.endswith(".propertyChange") and not prop:
+            return _error(400, "propertyName is required for a propertyChange subscription")
+        if event_type.startswith("object.") and not type_id:
+            return _error(400, "objectTypeId is required for an object.* subscription")
+        with self.lock:
+            subs = self.webhook_subscriptions.setdefault(str(app_id), [])
+            for existing in subs:
+                same = (existing["eventType"], existing.get("propertyName"), existing.get("objectTypeId"))
+                if same == (event_type, prop, type_id):
+                    return _error(409, "A subscription for this event already exists", "CONFLICT")
+            now = _now_iso()
+            created: dict[str, Any] = {
+                "id": str(next(self.subscription_ids)),
+                "eventType": event_type,
+                "active": bool(body.get("active", False)),
+                "createdAt": now,
+                "updatedAt": now,
+            }
+            if prop:
+                created["propertyName"] = prop
+            if type_id:
+                created["objectTypeId"] = type_id
+            subs.append(created)
+            return dict(created), 201
+
+    def _batch_update_subscriptions(self, app_id: int) -> Reply:
+        body = self._json()
+        inputs = body.get("inputs") if body else None
+        if not isinstance(inputs, list) or not inputs:
+            return _error(400, "inputs must be a non-empty list of {id, active}")
+        with self.lock:
+            subs = {s["id"]: s for s in self.webhook_subscriptions.get(str(app_id), [])}
+            results = []
+            for item in inputs:
+                sub = subs.get(str(item.get("id"))) if isinstance(item, dict) else None
+                if sub is None or not isinstance(item.get("active"), bool):
+                    return _error(400, f"no subscription {item!r:.60} for app {app_id}, or active is not a boolean")
+                sub["active"] = item["active"]
+                sub["updatedAt"] = _now_iso()
+                results.append(dict(sub))
+            now = _now_iso()
+            return {"status": "COMPLETE", "results": results, "startedAt": now, "completedAt": now}, 200
 
 
 class _QuietHandler(WSGIRequestHandler):

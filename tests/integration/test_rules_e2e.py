@@ -1,4 +1,4 @@
-"""Every rule and guardrail of RULES.md, through real HTTP, a real RQ worker and `pruner sweep`."""
+"""Every rule and guardrail of docs/lifecycle.md, through real HTTP, a real RQ worker and `pruner sweep`."""
 
 from __future__ import annotations
 

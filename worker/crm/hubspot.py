@@ -1,6 +1,6 @@
 """HubSpot outbound adapter: carry out decided actions through HubSpot's CRM API.
 
-What HubSpot sees (CONTRACT.md "What the CRM sees"):
+What HubSpot sees (docs/crm.md "HubSpot: callbacks"):
 
     mark_lost       contact hs_lead_status=UNQUALIFIED + pruner_lost_reason; the contact's open
                     deals -> dealstage=closedlost + closed_lost_reason
@@ -892,7 +892,7 @@ class HubSpotExecutor:
                 email = str(found[contact].get("email") or "").strip()
                 channels = set(action.get("channels") or ["all"])
                 if not channels & {"email", "all"}:
-                    # RULES.md guardrail 5: a phone-only objection does not opt the person out of email.
+                    # docs/lifecycle.md guardrail 5: a phone-only objection does not opt the person out of email.
                     run.note(action["id"], "do-not-contact by phone only: email subscriptions left as they are")
                     finished.append((action["id"], "unsub"))
                     continue
@@ -1018,7 +1018,7 @@ class HubSpotExecutor:
             if action["kind"] not in ("breakup_task", "reengage_task") or (action["id"], "task") in done:
                 continue
             if suppressed_at.get(action["lead_id"], -1) > i:
-                # Do-not-contact wins (RULES.md guardrail 4), even inside one batch.
+                # Do-not-contact wins (docs/lifecycle.md guardrail 4), even inside one batch.
                 run.note(action["id"], "skipped: the lead asked not to be contacted")
                 continue
             todo.append(action)

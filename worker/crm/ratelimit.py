@@ -1,7 +1,7 @@
 """One request budget per CRM, shared by every worker process, kept in Redis.
 
 HubSpot limits a private app to N requests per rolling 10 s window for the whole
-portal (CRM_WIRE.md: 100 / 10 s on Free and Starter), however many worker
+portal (docs/crm.md: 100 / 10 s on Free and Starter), however many worker
 processes send them. So the budget cannot live in a process: it is a sliding log
 in one Redis sorted set (`pruner:ratelimit:hubspot`), updated by a Lua script that
 reads Redis's own clock, which makes admission atomic across processes and

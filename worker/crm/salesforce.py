@@ -497,7 +497,7 @@ class SalesforceExecutor:
         plan = _Plan()
         # Opt-outs are planned first: when a record is retried part by part, they go first (guardrail 4).
         for action in suppress:
-            # RULES.md guardrail 5: the channels decide what Salesforce is told.
+            # docs/lifecycle.md guardrail 5: the channels decide what Salesforce is told.
             covered = covered_channels(action.get("channels") or ["all"])
             values: dict[str, Any] = {}
             if "email" in covered:
