@@ -6,6 +6,7 @@ from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
 from webhooks.app import services
+from worker.redisinfo import inspect
 
 bp = Blueprint("health", __name__)
 
@@ -18,6 +19,16 @@ def healthz() -> ResponseReturnValue:
 
 @bp.get("/readyz")
 def readyz() -> ResponseReturnValue:
-    """Answer 200 when Redis answers, 503 otherwise (via the RedisError handler)."""
-    services(current_app._get_current_object()).redis.ping()  # type: ignore[attr-defined]
-    return jsonify(status="ready")
+    """Answer 200 when Redis answers, 503 otherwise (via the RedisError handler), with its health facts."""
+    facts = inspect(services(current_app._get_current_object()).redis)  # type: ignore[attr-defined]
+    return jsonify(
+        status="ready",
+        redis={
+            "maxmemory_policy": facts.policy,
+            "memory_headroom": round(facts.headroom, 3),
+            "aof": facts.aof,
+            "rdb": facts.rdb,
+            "problems": facts.problems,
+            "warnings": facts.warnings,
+        },
+    )

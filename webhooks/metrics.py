@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from rq import Queue, Worker
 
 from worker import metrics as worker_metrics
+from worker import redisinfo
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -69,6 +70,15 @@ class RedisCollector(Collector):
         depth.add_metric([q.name, "scheduled"], q.scheduled_job_registry.count)
         depth.add_metric([q.name, "failed"], q.failed_job_registry.count)
         yield depth
+        facts = redisinfo.inspect(self.connection)
+        headroom = GaugeMetricFamily(
+            "pruner_redis_memory_headroom_ratio", "Share of Redis maxmemory still free (1 without a limit)"
+        )
+        headroom.add_metric([], facts.headroom)
+        yield headroom
+        evicting = GaugeMetricFamily("pruner_redis_evicting_policy", "1 when maxmemory-policy is not noeviction")
+        evicting.add_metric([], 1 if facts.problems else 0)
+        yield evicting
         workers = GaugeMetricFamily("pruner_workers", "RQ workers registered on the queue")
         workers.add_metric([], Worker.count(queue=q))
         yield workers

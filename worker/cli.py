@@ -67,7 +67,31 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     for name, enabled in config.enabled().items():
         print(f"  {'on ' if enabled else 'off'}  {name}")
-    return EXIT_OK
+    return _check_redis(config)
+
+
+def _check_redis(config: Config) -> int:
+    from worker.queues import connect
+    from worker.redisinfo import inspect
+
+    try:
+        facts = inspect(connect(config.redis_url, timeout=5))
+    except redis.RedisError as exc:
+        # A release phase may run before the Redis add-on answers: say so, do not fail on it.
+        print(f"  Redis not inspected ({redis_location(config.redis_url)} did not answer: {exc})")
+        return EXIT_OK
+    if facts.policy is None:
+        print(f"  Redis not inspected: {facts.warnings[0]}")
+        return EXIT_OK
+    limit = f"{facts.max_bytes} bytes" if facts.max_bytes else "no limit"
+    persistence = "AOF" if facts.aof else "no AOF"
+    persistence += {True: ", RDB", False: ", no RDB", None: ", RDB unknown"}[facts.rdb]
+    print(f"  Redis: maxmemory-policy {facts.policy}, {facts.used_bytes} bytes used of {limit}; {persistence}")
+    for warning in facts.warnings:
+        print(f"  warning: {warning}")
+    for problem in facts.problems:
+        print(f"pruner: {problem}", file=sys.stderr)
+    return EXIT_CONFIG if facts.problems else EXIT_OK
 
 
 # A --now further ahead than this is "what if", not "catch up": the clocks of two machines may

@@ -7,11 +7,12 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import redis
 
-from tests.integration.conftest import BIN, ROOT, base_env, free_port
+from tests.integration.conftest import BIN, ROOT, base_env, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -196,3 +197,39 @@ def test_dev_with_the_fake_hubspot_writes_a_lost_lead_back(redis_db: redis.Redis
         proc.wait(timeout=30)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_check_refuses_a_redis_that_evicts_and_reports_its_memory_and_persistence(tmp_path: Path) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        + ["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        wait_until(lambda: _answers(url), seconds=10)
+
+        def check() -> subprocess.CompletedProcess[str]:
+            env = base_env(REDIS_URL=url)
+            return subprocess.run([str(BIN / "pruner"), "check"], cwd=ROOT, capture_output=True, text=True, env=env)
+
+        refused = check()
+        assert refused.returncode == 3, refused.stdout + refused.stderr
+        assert "maxmemory-policy is allkeys-lru" in refused.stderr and "noeviction" in refused.stderr
+        assert "neither AOF nor RDB" in refused.stdout and "of 67108864 bytes" in refused.stdout
+        redis.Redis.from_url(url).config_set("maxmemory-policy", "noeviction")
+        redis.Redis.from_url(url).config_set("appendonly", "yes")
+        accepted = check()
+        assert accepted.returncode == 0, accepted.stderr
+        assert "maxmemory-policy noeviction" in accepted.stdout and "AOF, no RDB" in accepted.stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
