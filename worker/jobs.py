@@ -24,6 +24,7 @@ from worker.locks import release
 from worker.metrics import record_batch
 from worker.policyfile import cached_policy
 from worker.queues import JOB_TIMEOUT, RETRY, make_queue
+from worker.reaper import reap
 from worker.store import LeadStore
 
 log = logging.getLogger(__name__)
@@ -233,21 +234,23 @@ def drain_outbox(crm: str) -> dict[str, int]:
     return counts
 
 
-def watch_outboxes() -> dict[str, int]:
-    """RQ job (the clock, every 15 s): queue a drain for any outbox nobody is draining.
+def watchdog() -> dict[str, int]:
+    """RQ job (the clock, every 15 s): recover what dead workers left behind.
 
-    What lets actions left by a drain that died (its lock expires within seconds) reach the
-    CRM without waiting for the next batch, and without RQ's scheduler.
+    Started jobs whose worker stopped beating are requeued (worker/reaper.py), and a drain is
+    queued for any outbox nobody drains (a drain that died: its lock expires within seconds),
+    without waiting for RQ's slow abandoned-job detection or its scheduler.
     """
     connection = _connection()
     config = _config()
+    reaped = reap(connection, make_queue(connection, config.queue_name))
     idle = watch(connection, [crm.value for crm in Crm])
     for crm in idle:
         connection.set(pending_key(crm), "1", ex=PENDING_TTL_S)
         _enqueue_drain(connection, config, crm)
     if idle:
-        log.info("outbox watchdog queued drains for %s", ",".join(idle))
-    return {"drains": len(idle)}
+        log.info("watchdog queued drains for %s", ",".join(idle))
+    return {"drains": len(idle), "reaped": len(reaped)}
 
 
 def forget_lead(crm: str, lead_id: str) -> dict[str, int]:

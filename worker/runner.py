@@ -17,6 +17,7 @@ from rq.worker import SimpleWorker
 from worker import jobs, leadindex
 from worker.config import Config
 from worker.queues import connect, make_queue
+from worker.reaper import Liveness
 from worker.store import LeadStore
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,8 @@ SWEEP_INTERVAL_SECONDS = 60
 # for dead), so this bounds how late its events arrive. One worker at a time does it.
 MAINTENANCE_SECONDS = 60
 REINDEX_LOCK = "pruner:leads:reindex-lock"
-# A dead drain's lock expires in 15 s (worker/actions.py); the watchdog then queues a new one.
+# The watchdog requeues the jobs of workers dead for 15 s (worker/reaper.py) and queues a drain
+# for outboxes whose drain died (its lock expires in 15 s: worker/actions.py).
 WATCH_INTERVAL_SECONDS = 15
 
 
@@ -73,7 +75,9 @@ def run_worker(config: Config, burst: bool = False, connection: redis.Redis | No
         log_job_description=False,  # descriptions of old jobs may hold arguments: no personal data in logs
         maintenance_interval=MAINTENANCE_SECONDS,
     )
-    return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))
+    # The clock's watchdog requeues a started job within seconds once this key stops (worker/reaper.py).
+    with Liveness(connection, worker.name):
+        return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))
 
 
 class JsonCronJob(CronJob):
@@ -89,7 +93,7 @@ class JsonCronJob(CronJob):
 
 
 def run_clock(config: Config, connection: redis.Redis | None = None) -> None:
-    """Enqueue the sweep every minute, the outbox watchdog every 15 s, the stats every 5 minutes (RQ's cron)."""
+    """Enqueue the sweep every minute, the watchdog every 15 s, the stats every 5 minutes (RQ's cron)."""
     connection = connection or connect(config.redis_url)
     scheduler = CronScheduler(connection=connection)
     options: dict[str, Any] = {"interval": SWEEP_INTERVAL_SECONDS, "job_timeout": 300, "result_ttl": 0}
@@ -99,6 +103,6 @@ def run_clock(config: Config, connection: redis.Redis | None = None) -> None:
     stats_job = scheduler.register(jobs.refresh_stats, config.queue_name, **stats_options)
     stats_job.__class__ = JsonCronJob  # the dashboard reads its snapshot instead of scanning every lead
     watch_options: dict[str, Any] = {"interval": WATCH_INTERVAL_SECONDS, "job_timeout": 60, "result_ttl": 0}
-    watch_job = scheduler.register(jobs.watch_outboxes, config.queue_name, **watch_options)
-    watch_job.__class__ = JsonCronJob  # drains for outboxes a dead drain left behind
+    watch_job = scheduler.register(jobs.watchdog, config.queue_name, **watch_options)
+    watch_job.__class__ = JsonCronJob  # requeues jobs of dead workers; drains outboxes a dead drain left
     scheduler.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -12,7 +13,7 @@ from rq import Queue
 from rq.job import Job
 
 from rules.events import Crm, Event, EventType
-from tests.integration.conftest import start_worker, stop, wait_until
+from tests.integration.conftest import BIN, ROOT, base_env, start_worker, stop, wait_until
 from worker.queues import enqueue_events, make_queue
 from worker.store import PREFIX, LeadStore
 
@@ -82,3 +83,28 @@ def test_sigkill_mid_batch_loses_nothing_and_counts_once(redis_db: redis.Redis) 
         for i in (0, 499, 999):
             assert len(store.history("hubspot", f"kd-{b}-{i}") or []) == 1
     assert queue.failed_job_registry.count == 0
+
+
+def test_a_batch_abandoned_by_a_killed_worker_is_applied_within_a_minute(redis_db: redis.Redis) -> None:
+    # No hand-run cleanup this time: the clock's watchdog must notice the dead worker by itself.
+    queue = make_queue(redis_db)
+    clock = subprocess.Popen([str(BIN / "pruner"), "clock"], cwd=ROOT, env=base_env(), stdout=subprocess.DEVNULL)
+    try:
+        assert signal_mid_batch(queue, "rk", 3, signal.SIGKILL) == -signal.SIGKILL
+        killed_at = time.monotonic()
+        assert queue.started_job_registry.count == 1  # abandoned mid-batch, its events invisible
+        worker = start_worker()
+        try:
+            wait_until(lambda: sum(1 for _ in redis_db.scan_iter(f"{PREFIX}hubspot:rk-*", count=1000)) == 3000, 90)
+            recovered = time.monotonic() - killed_at
+            wait_until(lambda: queue.count == 0 and queue.started_job_registry.count == 0, 30)
+        finally:
+            stop(worker)
+    finally:
+        stop(clock)
+    print(f"abandoned batch applied {recovered:.1f} s after its worker was SIGKILLed")
+    # Alive key 15 s + a watchdog tick every 15 s + queue latency: about 30 s; RQ alone took 3-6 minutes.
+    assert recovered < 60, f"recovered after {recovered:.0f} s"
+    assert queue.failed_job_registry.count == 0
+    store = LeadStore(redis_db)
+    assert all(len(store.history("hubspot", f"rk-{b}-{i}") or []) == 1 for b in range(3) for i in (0, 999))
