@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 import redis
@@ -68,16 +69,44 @@ def run_worker(config: Config, burst: bool = False, connection: redis.Redis | No
             LeadStore(connection).reindex()
         finally:
             connection.delete(REINDEX_LOCK)
-    worker = SimpleWorker(
-        [queue],
-        connection=connection,
-        serializer=queue.serializer,
-        log_job_description=False,  # descriptions of old jobs may hold arguments: no personal data in logs
-        maintenance_interval=MAINTENANCE_SECONDS,
-    )
-    # The clock's watchdog requeues a started job within seconds once this key stops (worker/reaper.py).
-    with Liveness(connection, worker.name):
-        return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))
+    wait_s = 1.0
+    lost: Exception | None = None
+    while True:
+        worker = SimpleWorker(
+            [queue],
+            connection=connection,
+            serializer=queue.serializer,
+            log_job_description=False,  # descriptions of old jobs may hold arguments: no personal data in logs
+            maintenance_interval=MAINTENANCE_SECONDS,
+        )
+        try:
+            # The clock's watchdog requeues a started job within seconds once this key stops (worker/reaper.py).
+            with Liveness(connection, worker.name):
+                worked = bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            worked, lost = False, exc  # raised while tearing down after the outage
+        else:
+            if burst or worker._stop_requested or _answers(connection):
+                return worked  # a burst done, a SIGTERM, or an exit that was not about Redis
+            lost = None
+        if worker._stop_requested:
+            return worked
+        # RQ's worker quits on a Redis error outside its dequeue (a heartbeat, a job's bookkeeping):
+        # outlive the outage instead of exiting 1. A job cut off mid-way is requeued by the
+        # watchdog (this worker's liveness key lapses with the outage), and counts once.
+        log.warning("worker lost Redis (%s); starting again once it answers", type(lost).__name__ if lost else "quit")
+        while not _answers(connection):
+            time.sleep(wait_s)
+            wait_s = min(wait_s * 2, 30.0)
+        log.warning("Redis answers again; worker starting")
+        wait_s = 1.0
+
+
+def _answers(connection: redis.Redis) -> bool:
+    try:
+        return bool(connection.ping())
+    except redis.RedisError:
+        return False
 
 
 class JsonCronJob(CronJob):

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import redis
@@ -13,7 +14,7 @@ from rq import Queue
 from rq.job import Job
 
 from rules.events import Crm, Event, EventType
-from tests.integration.conftest import BIN, ROOT, base_env, start_worker, stop, wait_until
+from tests.integration.conftest import BIN, ROOT, base_env, free_port, start_worker, stop, wait_until
 from worker.queues import enqueue_events, make_queue
 from worker.store import PREFIX, LeadStore
 
@@ -108,3 +109,54 @@ def test_a_batch_abandoned_by_a_killed_worker_is_applied_within_a_minute(redis_d
     assert queue.failed_job_registry.count == 0
     store = LeadStore(redis_db)
     assert all(len(store.history("hubspot", f"rk-{b}-{i}") or []) == 1 for b in range(3) for i in (0, 999))
+
+
+def test_a_worker_outlives_a_redis_outage(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        args = ["--port", str(port), "--bind", "127.0.0.1", "--appendonly", "yes", "--save", "", "--dir", str(tmp_path)]
+        proc = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL)
+        wait_until(lambda: _answers(url), seconds=10)
+        return proc
+
+    def applied(conn: redis.Redis, prefix: str) -> int:
+        return sum(1 for _ in conn.scan_iter(f"{PREFIX}hubspot:{prefix}-*", count=1000))
+
+    def batch(prefix: str, n: int = 50) -> list[list[object]]:
+        at = int((datetime.now(tz=UTC) - timedelta(days=1)).timestamp() * 1000)
+        return [
+            Event(f"{prefix}-{i}", EventType.EMAIL_SENT, Crm.HUBSPOT, f"{prefix}-{i}", at, {}).to_wire()
+            for i in range(n)
+        ]
+
+    server = start_redis()
+    worker = start_worker(base_env(REDIS_URL=url))
+    try:
+        conn = redis.Redis.from_url(url)
+        enqueue_events(make_queue(conn), batch("before"), source="events")
+        wait_until(lambda: applied(conn, "before") == 50, seconds=30)
+        queue = make_queue(conn)
+        for b in range(4):  # keep the worker busy, so the outage hits a job's bookkeeping, not a dequeue
+            enqueue_events(queue, batch(f"busy{b}", 1000), source="events")
+        wait_until(lambda: queue.started_job_registry.count >= 1, seconds=20)
+        server.kill()  # Redis SIGKILLed: every connection drops at once
+        server.wait()
+        time.sleep(8)
+        assert worker.poll() is None, "the worker exited while Redis was away"
+        server = start_redis()  # back, with its AOF
+        enqueue_events(make_queue(conn), batch("after"), source="events")
+        wait_until(lambda: applied(conn, "after") == 50, seconds=60)
+        assert worker.poll() is None
+    finally:
+        stop(worker)
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
