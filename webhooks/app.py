@@ -17,6 +17,7 @@ from flask.typing import ResponseReturnValue
 from rq import Queue
 from werkzeug.exceptions import HTTPException
 
+from webhooks.backpressure import RETRY_AFTER_S, Backpressure
 from webhooks.errors import QueueUnavailable
 from worker.config import Config
 from worker.logs import install_redaction, setup_logging
@@ -37,6 +38,7 @@ class Services:
     queue: Queue
     store: LeadStore
     clock: Callable[[], float]
+    backpressure: Backpressure
 
 
 def services(app: Flask) -> Services:
@@ -47,6 +49,12 @@ def services(app: Flask) -> Services:
 def error(status: int, code: str, detail: str, headers: list[tuple[str, str]] | None = None) -> ResponseReturnValue:
     """Return the JSON error body docs/http.md fixes: `{"error", "detail"}`."""
     return jsonify(error=code, detail=detail), status, headers or []
+
+
+def refusal(svc: Services) -> ResponseReturnValue | None:
+    """The 503 + Retry-After a webhook answers while Redis is nearly full or the queue far behind."""
+    reason = svc.backpressure.reason()
+    return None if reason is None else error(503, "backpressure", reason, [("Retry-After", str(RETRY_AFTER_S))])
 
 
 def create_app(
@@ -64,9 +72,11 @@ def create_app(
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["pruner"] = Services(
-        config, connection, make_queue(connection, config.queue_name), LeadStore(connection), clock
+    queue = make_queue(connection, config.queue_name)
+    pressure = Backpressure(
+        connection, queue, config.backpressure_queue_lag_s, config.backpressure_memory_percent, clock
     )
+    app.extensions["pruner"] = Services(config, connection, queue, LeadStore(connection), clock, pressure)
 
     from webhooks import admin, dashboard, events, health, hubspot, metrics, salesforce
 

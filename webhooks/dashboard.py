@@ -273,7 +273,7 @@ def queue_health(connection: redis.Redis, queue: Queue, now: float) -> list[Tile
     failed = queue.failed_job_registry.count
     workers = Worker.count(queue=queue)
     queued = queue.count
-    oldest_ids = queue.get_job_ids(0, 0)
+    oldest_ids = queue.get_job_ids(0, 1)
     job = queue.fetch_job(oldest_ids[0]) if oldest_ids else None
     oldest = max(0.0, now - job.enqueued_at.timestamp()) if job and job.enqueued_at else 0.0
     raw: dict[bytes, bytes] = connection.hgetall(worker_metrics.LAG_KEY)  # type: ignore[assignment]

@@ -16,7 +16,7 @@ from flask.typing import ResponseReturnValue
 from rules.errors import SchemaError
 from rules.events import Event
 from rules.fastparse import fast_count, parse_body
-from webhooks.app import error, services
+from webhooks.app import error, refusal, services
 from webhooks.errors import QueueUnavailable, SignatureError
 from webhooks.metrics import count_received
 from webhooks.signatures import decode_secrets, verify
@@ -54,6 +54,8 @@ def receive_events() -> ResponseReturnValue:
     secret = svc.config.webhook_secret
     if secret is None:
         return error(503, "not_configured", "PRUNER_WEBHOOK_SECRET is not set, so signed events cannot be verified")
+    if (refused := refusal(svc)) is not None:
+        return refused
     body = request.get_data(cache=False)
     now = svc.clock()
     try:

@@ -16,7 +16,7 @@ from flask.typing import ResponseReturnValue
 
 from rules.errors import SchemaError
 from rules.hubspot_map import parse_hubspot_batch
-from webhooks.app import error, services
+from webhooks.app import error, refusal, services
 from webhooks.errors import QueueUnavailable, SignatureError
 from webhooks.hubspot_signatures import verify
 from webhooks.metrics import count_ignored, count_received
@@ -49,6 +49,8 @@ def receive_hubspot() -> ResponseReturnValue:
     secret = svc.config.hubspot_client_secret
     if secret is None:
         return error(503, "not_configured", "HUBSPOT_CLIENT_SECRET is not set, so HubSpot signatures cannot be checked")
+    if (refused := refusal(svc)) is not None:
+        return refused
     body = request.get_data(cache=False)
     now_ms = int(svc.clock() * 1000)
     try:

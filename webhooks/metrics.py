@@ -82,7 +82,7 @@ class RedisCollector(Collector):
         workers = GaugeMetricFamily("pruner_workers", "RQ workers registered on the queue")
         workers.add_metric([], Worker.count(queue=q))
         yield workers
-        oldest = q.get_job_ids(0, 0)
+        oldest = q.get_job_ids(0, 1)
         lag = GaugeMetricFamily("pruner_queue_lag_seconds", "Age of the oldest queued job")
         job = q.fetch_job(oldest[0]) if oldest else None
         lag.add_metric([], max(0.0, time.time() - job.enqueued_at.timestamp()) if job and job.enqueued_at else 0.0)

@@ -189,6 +189,10 @@ class Config:
     # Seconds a Redis call may take before the web answers 503: HubSpot gives up
     # on a webhook after 5 s, so a hung Redis must fail well before that.
     redis_timeout: float = 2.0
+    # Backpressure: the webhooks answer 503 + Retry-After (the CRMs retry for a day) rather than
+    # accept what Redis may not keep (memory nearly full) or the workers cannot reach soon.
+    backpressure_queue_lag_s: int = 600  # 0: off
+    backpressure_memory_percent: int = 95  # of maxmemory; 100: off
     # The optional per-CRM settings, parsed here too so that a bad value stops the
     # deploy (web, worker, `pruner check`) instead of the first callback.
     hubspot: HubSpotSettings = field(default_factory=lambda: _hubspot_settings({}))
@@ -234,6 +238,8 @@ class Config:
             salesforce_access_token=_text(env, "SALESFORCE_ACCESS_TOKEN"),
             salesforce_api_version=api_version,
             trust_proxy=_flag(env, "PRUNER_TRUST_PROXY", False),
+            backpressure_queue_lag_s=_int(env, "PRUNER_BACKPRESSURE_QUEUE_LAG_S", 600, 0, 86_400),
+            backpressure_memory_percent=_int(env, "PRUNER_BACKPRESSURE_MEMORY_PERCENT", 95, 50, 100),
             hubspot=_hubspot_settings(env),
             hubspot_rate_limit=_rate(env, "HUBSPOT_RATE_LIMIT"),
             salesforce=_salesforce_settings(env),
