@@ -9,6 +9,7 @@ records, due times, CRM actions and outbox, batch after batch.
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 from rules.counters import LoggedEvent
 from rules.events import Crm, Event, EventType
-from rules.lifecycle import Running, can_resume, evaluate
+from rules.lifecycle import Running, can_resume, decode_checkpoint, encode_checkpoint, evaluate
 from rules.policy import parse_policy
 from tests.rules_helpers import at
 from tests.test_properties import KINDS as PROPERTY_KINDS
@@ -148,8 +149,6 @@ def test_a_resumed_replay_is_the_full_replay(
 
 
 def _copy(run: Running) -> Running:
-    from rules.lifecycle import decode_checkpoint, encode_checkpoint
-
     copy = decode_checkpoint(encode_checkpoint(run))
     assert copy is not None
     return copy
@@ -238,8 +237,6 @@ def test_a_store_written_before_checkpoints_is_read_and_checkpointed_on_first_to
     # and `acted` as it wrote it (by `rule:state:time` key only, for the oldest stores).
     conn.delete(checkpoint_key("hubspot", "L"))
     legacy = dict(before, acted=[f"repeated_no:LOST:{at(0, hours=14)}"])
-    import json
-
     conn.set(state_key("hubspot", "L"), json.dumps(legacy))
     log_before = conn.get(lead_key("hubspot", "L"))
     actions_before = conn.llen(ACTIONS_KEY)
