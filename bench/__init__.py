@@ -5,5 +5,5 @@
     .venv/bin/python -m bench.memory      # Redis bytes per tracked lead at 100k leads
     .venv/bin/python -m bench.run_all     # all three, in about two minutes
 
-They use the real Redis on 127.0.0.1:6379, database 13 only (flushed before and after).
+They use the real Redis on 127.0.0.1:6379 (or PRUNER_TEST_REDIS host:port), database 13 only (flushed before and after).
 """

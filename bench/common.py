@@ -1,7 +1,8 @@
 """Shared pieces of the benchmarks: the Redis DB 13 guard, canonical event builders, child processes.
 
-Every benchmark talks to database 13 of the local Redis and nothing else: `bench_redis` refuses any
-other database, and `bench_db` flushes it before and after.
+Every benchmark talks to database 13 of the local Redis (127.0.0.1:6379, or the host:port in
+PRUNER_TEST_REDIS) and nothing else: `bench_redis` refuses any other database, and `bench_db`
+flushes it before and after.
 """
 
 from __future__ import annotations

@@ -14,6 +14,12 @@ The baseline is Redis's own cost of a key: as many keys, same names, holding emp
 in the same run.
 
     .venv/bin/python -m bench.memory [--leads 100000] [--batch 1000] [--decider]
+    .venv/bin/python -m bench.memory --history 10 50 200 [--leads 1000]
+
+`--history N...` (issue #13): leads that accumulate N events each over a year (the day-to-day
+mix of bench.common.EVENT_MIX, one event per lead per batch, in time order), decided as the
+worker does: bytes per lead with its log, checkpoint, state record, due entry and its share
+of the aggregates. Targets: <= 1,000 B at 50 events, <= 2,500 B at 200.
 
 `--decider` applies the batches with the worker's decider (worker.jobs.decider, the configured
 policy), as `process_events` does, so state records, the due set and the actions outbox are counted
@@ -109,12 +115,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leads", type=int, default=100_000, help="distinct leads (100000)")
     p.add_argument("--batch", type=int, default=1000, help="events per apply_batch call (1000)")
     p.add_argument("--decider", action="store_true", help="apply with the worker's decider (state, due set, outbox)")
+    p.add_argument("--history", type=int, nargs="*", help="events per lead over a year, e.g. 10 50 200 (issue #13)")
     return p
+
+
+HISTORY_TARGETS = {50: 1_000, 200: 2_500}
+
+
+def history_run(leads: Sequence[tuple[str, str]], sizes: Sequence[int], batch: int) -> None:
+    """Bytes per lead when each lead holds N events spread over a year, decided as the worker does."""
+    import random
+
+    from bench.common import EVENT_MIX
+
+    rng = random.Random(7)
+    kinds = [(EventType(t), d) for t, d, _ in EVENT_MIX]
+    weights = [w for _, _, w in EVENT_MIX]
+    end = datetime.now(tz=UTC) - timedelta(days=1)
+    print(f"{'events/lead':>11} {'bytes/lead':>10} {'log B':>7} {'checkpoint B':>12} {'state B':>8} {'target':>8}")
+    with bench_db() as conn:
+        store = LeadStore(conn)
+        for size in sizes:
+            flush_bench_db(conn)
+            before = used_memory()
+            start = end - timedelta(days=365)
+            step = timedelta(days=365) / size
+            for k in range(size):
+                events = []
+                for i, (crm, lead_id) in enumerate(leads):
+                    etype, data = rng.choices(kinds, weights=weights)[0]
+                    at = int((start + step * k + timedelta(seconds=i)).timestamp() * 1000)
+                    events.append(Event(f"h{k}-{i}", etype, Crm(crm), lead_id, at, dict(data)))
+                apply_all(store, iter(events), batch, True)
+            per_lead = (used_memory() - before) / len(leads)
+            sample = leads[: min(200, len(leads))]
+            sizes_of = {
+                name: sum(len(conn.get(f"pruner:{name}:{crm}:{lead}") or b"") for crm, lead in sample) / len(sample)
+                for name in ("lead", "ck", "state")
+            }
+            target = HISTORY_TARGETS.get(size)
+            verdict = "" if target is None else f"<={target} " + ("met" if per_lead <= target else "MISSED")
+            print(
+                f"{size:>11} {per_lead:>10.0f} {sizes_of['lead']:>7.0f} {sizes_of['ck']:>12.0f} "
+                f"{sizes_of['state']:>8.0f} {verdict}",
+                flush=True,
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     leads = lead_ids(args.leads)
+    if args.history:
+        print(f"== memory: Redis bytes per lead holding N events over a year ({args.leads} leads, decider on) ==")
+        print(f"Redis: {REDIS_URL}; before: {load_note()}")
+        history_run(leads, args.history, args.batch)
+        return 0
     base = datetime.now(tz=UTC) - timedelta(days=10)
     print("== memory: Redis bytes per tracked lead ==")
     print(f"Redis: {REDIS_URL}; {args.leads} leads (4/5 HubSpot ids, 1/5 Salesforce), batches of {args.batch}")

@@ -27,6 +27,10 @@ class Calendar:
 
             self._holidays = holidays.country_holidays(policy.holiday_country)
         self.is_quiet_day = lru_cache(maxsize=4096)(self._is_quiet_day)
+        # A lead in BREAKUP_DUE asks for its grace end on every event and sweep: the answer
+        # depends only on the day it started, so it is computed once per day and length.
+        self._business_end = lru_cache(maxsize=4096)(self._business_end_uncached)
+        self._loud_end = lru_cache(maxsize=4096)(self._loud_end_uncached)
 
     def _is_quiet_day(self, ordinal: int) -> bool:
         day = date.fromordinal(ordinal)
@@ -43,19 +47,34 @@ class Calendar:
 
     def add_business_days(self, start_ms: int, days: int) -> int:
         """Return the instant `days` business days after `start_ms` (same time of day)."""
-        ordinal, count = ordinal_of(start_ms), 0
-        while count < days:
-            ordinal += 1
-            count += self.is_business_day(ordinal)
-        return start_ms + (ordinal - ordinal_of(start_ms)) * DAY_MS
+        start = ordinal_of(start_ms)
+        return start_ms + (self._business_end(start, days) - start) * DAY_MS
 
     def add_loud_days(self, start_ms: int, days: int) -> int:
         """Return the instant `days` non-quiet days after `start_ms` (same time of day)."""
-        ordinal, count = ordinal_of(start_ms), 0
+        start = ordinal_of(start_ms)
+        return start_ms + (self._loud_end(start, days) - start) * DAY_MS
+
+    def _business_end_uncached(self, ordinal: int, days: int) -> int:
+        count = 0
+        while count < days:
+            ordinal += 1
+            count += self.is_business_day(ordinal)
+        return ordinal
+
+    def _loud_end_uncached(self, ordinal: int, days: int) -> int:
+        count = 0
         while count < days:
             ordinal += 1
             count += not self.is_quiet_day(ordinal)
-        return start_ms + (ordinal - ordinal_of(start_ms)) * DAY_MS
+        return ordinal
+
+
+@lru_cache(maxsize=16)
+def calendar_for(policy: Policy) -> Calendar:
+    """The one calendar of a policy: building one costs ~1.5 ms (the holiday tables),
+    and a worker decides a batch every few milliseconds with the same policy."""
+    return Calendar(policy)
 
 
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()

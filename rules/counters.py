@@ -10,10 +10,11 @@ ones such as "follow-ups since the last reply".
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, NamedTuple
+
+import msgspec
 
 from rules.events import TYPE_CODES, EventType, parse_rfc3339_ms
 
@@ -54,9 +55,14 @@ def _iso_week_of_day(epoch_day: int) -> str:
     return f"{year}-W{week:02d}"
 
 
-@dataclass
-class LeadCounters:
-    """Everything docs/lifecycle.md asks to count for one lead."""
+class LeadCounters(msgspec.Struct, array_like=True):
+    """Everything docs/lifecycle.md asks to count for one lead.
+
+    A msgspec struct rather than a dataclass: a checkpoint (rules/lifecycle.py) carries
+    the counters, and an array-like struct encodes them in ~60 bytes, with no field names.
+    A new counter goes at the end, with a default; its checkpoints then differ in shape
+    and are replayed from the log once (see `lifecycle.CHECKPOINT_SCHEMA`).
+    """
 
     outbound_touches: int = 0
     follow_ups_since_reply: int = 0
@@ -80,16 +86,16 @@ class LeadCounters:
     last_touch_ms: int | None = None
     last_reply_ms: int | None = None
     last_event_ms: int | None = None
-    call_attempts_by_week: dict[str, int] = field(default_factory=dict)
+    call_attempts_by_week: dict[str, int] = msgspec.field(default_factory=dict)
     proposal_sent_ms: int | None = None
     proposal_expires_ms: int | None = None
     deal_amount: float | None = None
     deal_stage: str | None = None
-    deal_ids: set[str] = field(default_factory=set)
+    deal_ids: set[str] = msgspec.field(default_factory=set)
     source: str | None = None
     segment: str | None = None
     priority: str | None = None
-    do_not_contact: set[str] = field(default_factory=set)
+    do_not_contact: set[str] = msgspec.field(default_factory=set)
     erasure_requested: bool = False
     consent_ms: int | None = None
 

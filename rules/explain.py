@@ -5,9 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rules.counters import LeadCounters
-from rules.policy import Policy
-
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
@@ -73,24 +70,26 @@ def sentence(decision: Mapping[str, Any]) -> str:
     return f"{at}: {to} because {text}{why}"
 
 
-def progress(counters: LeadCounters, policy: Policy) -> list[str]:
-    """Say how far an ACTIVE lead is from each count-based rule ("why not yet")."""
-    tier = policy.tier(counters.deal_amount)
+def progress(rules: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Say how far a lead is from each count-based rule ("why not yet").
+
+    `rules` is what the evaluation itself computed (`Evaluation.progress`, kept with the
+    lead's checkpoint): counts within the current episode, thresholds after the deal-size
+    multiplier. Nothing here re-derives a rule from the policy, so explain cannot disagree
+    with the engine.
+    """
     lines = []
-    touches_needed = policy.min_touches_for_silence
-    if policy.enabled.get("unresponsive"):
-        need = round(policy.param("unresponsive", "min_follow_ups") * tier.multiplier)
+    if (u := rules.get("unresponsive")) is not None:
+        quiet = u.get("quiet_days_skipped", 0)
+        skipped = f" ({quiet} more fell on quiet days and do not count)" if quiet else ""
         lines.append(
-            f"unresponsive: {counters.follow_ups_since_reply} of {need} follow-ups since the last reply, "
-            f"{counters.outbound_touches} of {touches_needed} touches needed before silence counts"
+            f"unresponsive: {u['count']} of {u['threshold']} follow-ups since the last reply{skipped}, "
+            f"{u['outbound_touches']} of {u['touches_needed']} touches needed before silence counts"
         )
-    if policy.enabled.get("repeated_no"):
-        need = int(policy.param("repeated_no", "min_not_interested"))
-        lines.append(f"repeated_no: said not interested {counters.not_interested} of {need} times")
-    if policy.enabled.get("pushed_back"):
-        need = int(policy.param("pushed_back", "min_follow_up_reschedules"))
-        lines.append(f"pushed_back: {counters.follow_up_reschedules} of {need} follow-up meeting reschedules")
-    if policy.enabled.get("effort_exceeds_value"):
-        limit = policy.param("effort_exceeds_value", "factor") * tier.typical_minutes
-        lines.append(f"effort_exceeds_value: {counters.minutes_invested} of {_fmt(limit)} minutes")
+    if (r := rules.get("repeated_no")) is not None:
+        lines.append(f"repeated_no: not interested {r['count']} of {r['threshold']} in this episode")
+    if (p := rules.get("pushed_back")) is not None:
+        lines.append(f"pushed_back: {p['count']} of {p['threshold']} follow-up meeting reschedules in this episode")
+    if (e := rules.get("effort_exceeds_value")) is not None:
+        lines.append(f"effort_exceeds_value: {e['count']} of {_fmt(e['threshold'])} minutes in this episode")
     return lines

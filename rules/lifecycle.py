@@ -22,13 +22,17 @@ the CRM must set that opt-out too.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
-from rules.calendar import DAY_MS, Calendar, week_index
+import msgspec
+
+from rules.calendar import DAY_MS, Calendar, calendar_for, week_index
 from rules.counters import RESPONSES, TOUCHES, LeadCounters, LoggedEvent, sort_events
 from rules.events import EventType, format_ms
 from rules.policy import Policy
@@ -71,9 +75,12 @@ def covered_channels(channels: Iterable[str]) -> frozenset[str]:
     return ALL_CHANNELS if not named or "all" in named else named & ALL_CHANNELS
 
 
-@dataclass(frozen=True)
-class Decision:
-    """One transition, with what the rule compared — enough to explain it later."""
+class Decision(msgspec.Struct, frozen=True, array_like=True):
+    """One transition, with what the rule compared — enough to explain it later.
+
+    `name` is the decision's identity across re-evaluations (see `Running.name`): the
+    replay gives it, since only the replay knows the episode and rank it fired in.
+    """
 
     rule: str
     source: State
@@ -81,10 +88,11 @@ class Decision:
     reason: str | None
     at_ms: int
     inputs: dict[str, Any]
+    name: str = ""
 
     @property
     def key(self) -> str:
-        """Identity of this decision across re-evaluations (dedups its action)."""
+        """The older identity, by time (still read from `acted` lists written before names)."""
         return f"{self.rule}:{self.to.value}:{self.at_ms}"
 
     @property
@@ -102,20 +110,7 @@ class Decision:
         }
 
 
-@dataclass
-class Evaluation:
-    """Where a lead stands as of `as_of_ms`."""
-
-    state: State
-    loss_reason: str | None
-    decisions: list[Decision]
-    counters: LeadCounters
-    next_due_ms: int | None
-    as_of_ms: int
-
-
-@dataclass
-class _Episode:
+class Episode(msgspec.Struct, array_like=True):
     """Counts since the lead last (re)entered ACTIVE."""
 
     start_ms: int
@@ -123,6 +118,132 @@ class _Episode:
     decision_no: int = 0
     follow_up_reschedules: int = 0
     minutes: int = 0
+
+
+class Running(msgspec.Struct, array_like=True):
+    """Everything a replay carries from one event to the next: a checkpoint, when saved.
+
+    Continuing a replay from a `Running` taken after instant `at_ms` with the events after
+    `at_ms` is the same computation as replaying every event from the start (see
+    `evaluate`). To add a state or a counter, add a field at the end with a default:
+    `CHECKPOINT_SCHEMA` changes with the fields, so older checkpoints are replayed from
+    the log once instead of being read with a counter that was never counted.
+    """
+
+    at_ms: int
+    # The suppression listing the replay started from (the first decision depends on it).
+    listed: bool
+    listed_channels: tuple[str, ...]
+    state: State
+    reason: str | None
+    entered_ms: int
+    counters: LeadCounters
+    episode: Episode
+    # Silence, as the silence rules see it: follow-ups on quiet days do not count.
+    silent_follow_ups: int = 0
+    # ...and those that did not, for explain ("2 more fell on quiet days").
+    quiet_follow_ups: int = 0
+    # ISO week index -> call attempts, since the last response.
+    weekly_calls: dict[int, int] = msgspec.field(default_factory=dict)
+    last_response_ms: int | None = None
+    proposal_fired_for: int | None = None
+    # While SUPPRESSED: the channels the suppress decisions so far carry, and what they cover.
+    dnc_channels: frozenset[str] = frozenset()
+    dnc_covered: frozenset[str] = frozenset()
+    # Decision identities: returns to ACTIVE so far, and (rule, state) -> moves in this episode.
+    episode_no: int = 0
+    ranks: dict[str, int] = msgspec.field(default_factory=dict)
+    # The latest decisions only (KEPT_DECISIONS at least): all an evaluation hands on.
+    decisions: list[Decision] = msgspec.field(default_factory=list)
+    decisions_total: int = 0
+    events: int = 0
+
+    def name(self, rule: str, to: State, inputs: dict[str, Any]) -> str:
+        """Name the next decision by its rule, target state, episode and rank there.
+
+        An episode is the stretch between two returns to ACTIVE (a reply, a reopen, a
+        re-consent); the rank counts that rule's moves to that state within it. Not the
+        time: a late or reordered event can move the moment a rule fired (a follow-up
+        delivered after the ones it preceded), and a name that moved would send the same
+        action again. A suppression's channels are part of the name, so an earlier-dated
+        "all channels" arriving after "email" is still sent.
+        """
+        if to is State.ACTIVE:
+            self.episode_no += 1
+            self.ranks.clear()
+        slot = f"{rule}:{to.value}"
+        self.ranks[slot] = self.ranks.get(slot, 0) + 1
+        out = f"{slot}@{self.episode_no}#{self.ranks[slot]}"
+        if ACTION_FOR_STATE.get(to) is ActionKind.SUPPRESS:
+            out += ":" + "+".join(sorted(inputs.get("channels", ["all"])))
+        return out
+
+
+# What an evaluation keeps of its decisions: an action is only ever wanted for the last
+# two (the current one and the loss it follows), and the state record shows the last 10
+# (`worker.decide` remembers the names of more, as acted on). Older ones are only
+# counted (`decisions_total`): a checkpoint, decoded for every event of a lead, stays
+# small however long the story.
+KEPT_DECISIONS = 12
+_CHECKPOINT_CODEC = msgspec.msgpack.Encoder()
+
+
+def _schema(*types: type[msgspec.Struct]) -> str:
+    fields = ";".join(f"{t.__name__}:{','.join(t.__struct_fields__)}" for t in types)
+    return hashlib.blake2b(fields.encode(), digest_size=4).hexdigest()
+
+
+# Changes whenever a running-state field is added, removed or renamed.
+CHECKPOINT_SCHEMA = _schema(Running, LeadCounters, Episode, Decision)
+
+
+@lru_cache(maxsize=16)
+def policy_fingerprint(policy: Policy) -> str:
+    """A short digest of everything in `policy` a replay reads: a checkpoint is only
+    continued under the policy it was computed with."""
+    body = json.dumps(
+        [
+            sorted(policy.enabled.items()),
+            {rule: sorted(params.items()) for rule, params in policy.params.items()},
+            policy.min_touches_for_silence,
+            policy.holiday_country,
+            [(q.start, q.end) for q in policy.quiet_periods],
+            [(t.min_amount, t.multiplier, t.typical_minutes) for t in policy.tiers],
+            policy.reengage_after_days,
+            {category: list(words) for category, words in policy.loss_reason_categories.items()},
+            CHECKPOINT_SCHEMA,
+        ],
+        sort_keys=True,
+    )
+    return hashlib.blake2b(body.encode(), digest_size=8).hexdigest()
+
+
+@dataclass
+class Evaluation:
+    """Where a lead stands as of `as_of_ms`.
+
+    `decisions` are the latest ones only (KEPT_DECISIONS); `checkpoint` is the running
+    state after the last instant at or before `now` (None: no event that old yet), to be
+    continued next time with the events after it.
+    """
+
+    state: State
+    loss_reason: str | None
+    decisions: list[Decision]
+    counters: LeadCounters
+    next_due_ms: int | None
+    as_of_ms: int
+    # The checkpoint, packed (`encode_checkpoint`): a snapshot is an encode, and the store
+    # keeps exactly these bytes. `checkpoint_at` is its `at_ms`.
+    checkpoint_bytes: bytes | None = None
+    checkpoint_at: int | None = None
+    progress: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resumed: bool = False
+    decisions_total: int = 0
+
+    @property
+    def checkpoint(self) -> Running | None:
+        return None if self.checkpoint_bytes is None else _decode_running(self.checkpoint_bytes)
 
 
 @dataclass(frozen=True)
@@ -160,34 +281,27 @@ def _thresholds(policy: Policy) -> _Thresholds:
     )
 
 
-@dataclass
 class _Replay:
-    policy: Policy
-    calendar: Calendar
-    t: _Thresholds
-    state: State = State.ACTIVE
-    reason: str | None = None
-    entered_ms: int = 0
-    counters: LeadCounters = field(default_factory=LeadCounters)
-    episode: _Episode = field(default_factory=lambda: _Episode(0))
-    decisions: list[Decision] = field(default_factory=list)
-    # Silence, as the silence rules see it: follow-ups on quiet days do not count.
-    silent_follow_ups: int = 0
-    # ISO week index -> call attempts, since the last response.
-    weekly_calls: dict[int, int] = field(default_factory=dict)
-    last_response_ms: int | None = None
-    proposal_fired_for: int | None = None
-    # While SUPPRESSED: the channels the suppress decisions so far carry, and what they cover.
-    dnc_channels: frozenset[str] = frozenset()
-    dnc_covered: frozenset[str] = frozenset()
+    """A replay in progress: the policy it reads, and the running state `r` it moves on."""
+
+    def __init__(self, policy: Policy, calendar: Calendar, run: Running) -> None:
+        self.policy, self.calendar, self.t, self.r = policy, calendar, _thresholds(policy), run
 
     # -- transitions ---------------------------------------------------------------
 
+    def record(self, decision: Decision) -> None:
+        r = self.r
+        r.decisions.append(decision)
+        r.decisions_total += 1
+        if len(r.decisions) >= 2 * KEPT_DECISIONS:
+            del r.decisions[:-KEPT_DECISIONS]  # amortised: a long story stays O(1) per move
+
     def move(self, rule: str, to: State, reason: str | None, at: int, inputs: dict[str, Any]) -> None:
-        self.decisions.append(Decision(rule, self.state, to, reason, at, inputs))
-        self.state, self.reason, self.entered_ms = to, reason, at
+        r = self.r
+        self.record(Decision(rule, r.state, to, reason, at, inputs, r.name(rule, to, inputs)))
+        r.state, r.reason, r.entered_ms = to, reason, at
         if to is State.ACTIVE:
-            self.episode = _Episode(at)
+            r.episode = Episode(at)
         elif to is State.SUPPRESSED:
             # Read as `worker.decide` builds the suppress action: no channels means all.
             self._suppress_channels(frozenset(inputs.get("channels", ["all"])))
@@ -199,19 +313,21 @@ class _Replay:
         whichever decision is the last, its suppress action tells the CRM every opt-out so
         far, so the CRM ends up told the union whatever order the objections arrived in.
         """
-        added = covered_channels(channels) - self.dnc_covered
+        r = self.r
+        added = covered_channels(channels) - r.dnc_covered
         if not added:
             return  # a restated objection: nothing new for the CRM, so no decision
-        union = self.dnc_channels | frozenset(channels)
-        inputs = {"channels": sorted(union), "added": sorted(added)}
+        union = r.dnc_channels | frozenset(channels)
+        inputs: dict[str, Any] = {"channels": sorted(union), "added": sorted(added)}
         # Not `move`: the lead stays SUPPRESSED since it first objected.
-        self.decisions.append(
-            Decision("do_not_contact_channels", State.SUPPRESSED, State.SUPPRESSED, "do_not_contact", at, inputs)
+        name = r.name("do_not_contact_channels", State.SUPPRESSED, inputs)
+        self.record(
+            Decision("do_not_contact_channels", State.SUPPRESSED, State.SUPPRESSED, "do_not_contact", at, inputs, name)
         )
         self._suppress_channels(union)
 
     def _suppress_channels(self, channels: frozenset[str]) -> None:
-        self.dnc_channels, self.dnc_covered = channels, covered_channels(channels)
+        self.r.dnc_channels, self.r.dnc_covered = channels, covered_channels(channels)
 
     # -- the policy ------------------------------------------------------------------
 
@@ -219,33 +335,47 @@ class _Replay:
         return rule in self.t.on
 
     def silence_allowed(self) -> bool:
-        return self.counters.outbound_touches >= self.t.min_touches
+        return self.r.counters.outbound_touches >= self.t.min_touches
 
     def multiplier(self) -> float:
-        return self.policy.tier(self.counters.deal_amount).multiplier
+        return self.policy.tier(self.r.counters.deal_amount).multiplier
+
+    def silence_needed(self) -> int:
+        """Follow-ups since the last reply that make a lead unresponsive, after the deal-size multiplier."""
+        return round(self.t.min_follow_ups * self.multiplier())
+
+    def effort_limit(self) -> float:
+        return self.t.effort_factor * self.policy.tier(self.r.counters.deal_amount).typical_minutes
+
+    def proposal_days(self) -> int:
+        return round(self.t.proposal_days * self.multiplier())
+
+    def cadence_weeks(self) -> int:
+        return round(self.t.cadence_weeks * self.multiplier())
 
     def proposal_due(self) -> int | None:
-        c = self.counters
-        if c.proposal_expires_ms is None or self.proposal_fired_for == c.proposal_expires_ms:
+        r = self.r
+        c = r.counters
+        if c.proposal_expires_ms is None or r.proposal_fired_for == c.proposal_expires_ms:
             return None
-        if self.last_response_ms is not None and self.last_response_ms >= c.proposal_expires_ms:
+        if r.last_response_ms is not None and r.last_response_ms >= c.proposal_expires_ms:
             return None  # the lead answered after expiry: "no call returned" does not hold
-        days = round(self.t.proposal_days * self.multiplier())
-        return self.calendar.add_loud_days(c.proposal_expires_ms, days)
+        return self.calendar.add_loud_days(c.proposal_expires_ms, self.proposal_days())
 
     def grace_due(self) -> int:
-        return self.calendar.add_business_days(self.entered_ms, self.t.grace_days)
+        return self.calendar.add_business_days(self.r.entered_ms, self.t.grace_days)
 
     def next_timer(self) -> int | None:
         """The next instant at which a time-based rule could fire, given the state now."""
+        state = self.r.state
         due: list[int] = []
-        if self.state in (State.ACTIVE, State.BREAKUP_DUE) and self.enabled("proposal_expired"):
+        if state in (State.ACTIVE, State.BREAKUP_DUE) and self.enabled("proposal_expired"):
             if self.silence_allowed() and (p := self.proposal_due()) is not None:
                 due.append(p)
-        if self.state is State.BREAKUP_DUE and self.enabled("breakup_grace") and self.silence_allowed():
+        if state is State.BREAKUP_DUE and self.enabled("breakup_grace") and self.silence_allowed():
             due.append(self.grace_due())
-        if self.state is State.LOST:
-            due.append(self.entered_ms + self.t.reengage_ms)
+        if state is State.LOST:
+            due.append(self.r.entered_ms + self.t.reengage_ms)
         return min(due) if due else None
 
     def check(self, at: int) -> None:
@@ -256,8 +386,8 @@ class _Replay:
 
     def _check_once(self, at: int) -> bool:
         # Cheap numeric tests come first: this runs once per event of every replay.
-        state, c, ep, p, t = self.state, self.counters, self.episode, self.policy, self.t
-        on = t.on
+        r, p, t = self.r, self.policy, self.t
+        state, c, ep, on = r.state, r.counters, r.episode, t.on
         if state in (State.ACTIVE, State.BREAKUP_DUE):
             if ep.not_interested >= t.min_not_interested and "repeated_no" in on:
                 inputs = {"not_interested": ep.not_interested, "threshold": t.min_not_interested}
@@ -269,12 +399,12 @@ class _Replay:
                     "decisive_no", State.LOST, category, at, {"decision_no": ep.decision_no, "category": category}
                 )
                 return True
-            if self.weekly_calls and "call_cadence_exhausted" in on and self.silence_allowed():
+            if r.weekly_calls and "call_cadence_exhausted" in on and self.silence_allowed():
                 need = t.cadence_per_week
-                weeks = round(t.cadence_weeks * self.multiplier())
+                weeks = self.cadence_weeks()
                 current = week_index(at)
                 streak = 0
-                while self.weekly_calls.get(current - streak, 0) >= need:
+                while r.weekly_calls.get(current - streak, 0) >= need:
                     streak += 1
                 if streak >= weeks:
                     self.move(
@@ -293,8 +423,7 @@ class _Replay:
             if c.proposal_expires_ms is not None and "proposal_expired" in on and self.silence_allowed():
                 due = self.proposal_due()
                 if due is not None and due <= at:
-                    self.proposal_fired_for = c.proposal_expires_ms
-                    days = round(t.proposal_days * self.multiplier())
+                    r.proposal_fired_for = c.proposal_expires_ms
                     self.move(
                         "proposal_expired",
                         State.LOST,
@@ -302,7 +431,7 @@ class _Replay:
                         at,
                         {
                             "expired_at": format_ms(c.proposal_expires_ms or 0),
-                            "days_threshold": days,
+                            "days_threshold": self.proposal_days(),
                             "outbound_touches": c.outbound_touches,
                         },
                     )
@@ -313,10 +442,10 @@ class _Replay:
                 self.move(
                     "breakup_grace",
                     State.LOST,
-                    self.reason,
+                    r.reason,
                     at,
                     {
-                        "breakup_since": format_ms(self.entered_ms),
+                        "breakup_since": format_ms(r.entered_ms),
                         "business_days": t.grace_days,
                         "outbound_touches": c.outbound_touches,
                     },
@@ -328,16 +457,16 @@ class _Replay:
                 self.move("pushed_back", State.BREAKUP_DUE, "deprioritized", at, inputs)
                 return True
             # multiplier >= 1, so below the base threshold nothing can fire
-            if self.silent_follow_ups >= t.min_follow_ups and "unresponsive" in on and self.silence_allowed():
-                need = round(t.min_follow_ups * self.multiplier())
-                if self.silent_follow_ups >= need:
+            if r.silent_follow_ups >= t.min_follow_ups and "unresponsive" in on and self.silence_allowed():
+                need = self.silence_needed()
+                if r.silent_follow_ups >= need:
                     self.move(
                         "unresponsive",
                         State.BREAKUP_DUE,
                         "no_response",
                         at,
                         {
-                            "follow_ups_since_reply": self.silent_follow_ups,
+                            "follow_ups_since_reply": r.silent_follow_ups,
                             "threshold": need,
                             "outbound_touches": c.outbound_touches,
                         },
@@ -345,8 +474,7 @@ class _Replay:
                     return True
             if ep.minutes and "effort_exceeds_value" in on:
                 tier = p.tier(c.deal_amount)
-                factor = t.effort_factor
-                limit = factor * tier.typical_minutes
+                limit = self.effort_limit()
                 if ep.minutes > limit:
                     self.move(
                         "effort_exceeds_value",
@@ -357,29 +485,53 @@ class _Replay:
                             "minutes_invested": ep.minutes,
                             "threshold_minutes": limit,
                             "typical_minutes": tier.typical_minutes,
-                            "factor": factor,
+                            "factor": t.effort_factor,
                             "deal_amount": c.deal_amount,
                         },
                     )
                     return True
         if state is State.LOST:
-            due = self.entered_ms + p.reengage_after_days * DAY_MS
+            due = r.entered_ms + p.reengage_after_days * DAY_MS
             if due <= at:
                 self.move(
                     "reengage",
                     State.REENGAGE_DUE,
-                    self.reason,
+                    r.reason,
                     at,
-                    {"lost_since": format_ms(self.entered_ms), "after_days": p.reengage_after_days},
+                    {"lost_since": format_ms(r.entered_ms), "after_days": p.reengage_after_days},
                 )
                 return True
         return False
+
+    def progress(self) -> dict[str, dict[str, Any]]:
+        """How far the lead is from each count-based rule, as the rules themselves count.
+
+        Episode counts, thresholds after the deal-size multiplier, follow-ups that fell on
+        quiet days: `explain` and `/leads` print this and derive nothing themselves.
+        """
+        r, t = self.r, self.t
+        out: dict[str, dict[str, Any]] = {}
+        if self.enabled("unresponsive"):
+            out["unresponsive"] = {
+                "count": r.silent_follow_ups,
+                "threshold": self.silence_needed(),
+                "quiet_days_skipped": r.quiet_follow_ups,
+                "outbound_touches": r.counters.outbound_touches,
+                "touches_needed": t.min_touches,
+            }
+        if self.enabled("repeated_no"):
+            out["repeated_no"] = {"count": r.episode.not_interested, "threshold": t.min_not_interested}
+        if self.enabled("pushed_back"):
+            out["pushed_back"] = {"count": r.episode.follow_up_reschedules, "threshold": t.min_reschedules}
+        if self.enabled("effort_exceeds_value"):
+            out["effort_exceeds_value"] = {"count": r.episode.minutes, "threshold": self.effort_limit()}
+        return out
 
     # -- events ------------------------------------------------------------------------
 
     def advance(self, until: int) -> None:
         """Fire time-based rules due up to `until`, at their own due times."""
-        if self.state is State.ACTIVE and self.counters.proposal_expires_ms is None:
+        if self.r.state is State.ACTIVE and self.r.counters.proposal_expires_ms is None:
             return  # the common case: nothing time-based can be pending
         for _ in range(16):
             due = self.next_timer()
@@ -389,10 +541,12 @@ class _Replay:
 
     def apply(self, ev: LoggedEvent) -> None:
         """Fold one event in; the caller runs `check` once all events of that instant are in."""
-        c, at, etype = self.counters, ev.occurred_ms, ev.type
+        r = self.r
+        c, at, etype = r.counters, ev.occurred_ms, ev.type
         was_first_touch = c.first_touch_ms is None
         c.apply(ev)
-        if self.state is State.SUPPRESSED:
+        r.events += 1
+        if r.state is State.SUPPRESSED:
             if etype is EventType.CONSENT_GIVEN:
                 self._reset_silence(at)
                 self.move("consent_given", State.ACTIVE, None, at, {})
@@ -406,10 +560,10 @@ class _Replay:
         if etype is EventType.ERASURE_REQUESTED:
             self.move("erasure_requested", State.SUPPRESSED, "erasure_requested", at, {})
             return
-        ep = self.episode
+        ep = r.episode
         if etype in RESPONSES:
             self._reset_silence(at)
-            if self.state is not State.ACTIVE:
+            if r.state is not State.ACTIVE:
                 self.move("reply_resets", State.ACTIVE, None, at, {"event": etype.value})
             return
         if etype in TOUCHES:
@@ -418,11 +572,14 @@ class _Replay:
                 if etype is EventType.EMAIL_SENT
                 else (etype is EventType.CALL_ATTEMPTED and not was_first_touch)
             )
-            if is_follow_up and not self.calendar.quiet_at(at):
-                self.silent_follow_ups += 1
+            if is_follow_up:
+                if self.calendar.quiet_at(at):
+                    r.quiet_follow_ups += 1
+                else:
+                    r.silent_follow_ups += 1
             if etype is EventType.CALL_ATTEMPTED:
                 week = week_index(at)
-                self.weekly_calls[week] = self.weekly_calls.get(week, 0) + 1
+                r.weekly_calls[week] = r.weekly_calls.get(week, 0) + 1
         elif etype is EventType.NOT_INTERESTED:
             ep.not_interested += 1
         elif etype is EventType.DECISION_NO:
@@ -433,9 +590,64 @@ class _Replay:
             ep.minutes += int(ev.data["minutes"])
 
     def _reset_silence(self, at: int) -> None:
-        self.silent_follow_ups = 0
-        self.weekly_calls.clear()
-        self.last_response_ms = at
+        r = self.r
+        r.silent_follow_ups = r.quiet_follow_ups = 0
+        r.weekly_calls.clear()
+        r.last_response_ms = at
+
+    def snapshot(self, at: int) -> bytes:
+        """The running state after instant `at`, packed: a deep copy, and what is stored."""
+        self.r.at_ms = at
+        return _CHECKPOINT_CODEC.encode(self.r)
+
+
+_RUNNING_DECODER = msgspec.msgpack.Decoder(Running)
+
+
+def _decode_running(blob: bytes) -> Running:
+    return _RUNNING_DECODER.decode(blob)
+
+
+def encode_checkpoint(run: Running) -> bytes:
+    """Pack a running state (msgpack arrays, no field names)."""
+    return _CHECKPOINT_CODEC.encode(run)
+
+
+def decode_checkpoint(blob: bytes) -> Running | None:
+    """Unpack a running state; None when it was written with other fields (replay instead)."""
+    try:
+        return _decode_running(blob)
+    except msgspec.DecodeError:  # ValidationError included
+        return None
+
+
+def start(first_ms: int, listed: bool = False, listed_channels: Collection[str] = ()) -> Running:
+    """The running state before a lead's first event (at `first_ms`)."""
+    return Running(
+        at_ms=first_ms,
+        listed=listed,
+        listed_channels=tuple(sorted(listed_channels)),
+        state=State.ACTIVE,
+        reason=None,
+        entered_ms=first_ms,
+        counters=LeadCounters(),
+        episode=Episode(first_ms),
+    )
+
+
+def can_resume(
+    checkpoint: Running, now_ms: int, suppressed: bool = False, suppressed_channels: Collection[str] = ()
+) -> bool:
+    """Say whether `evaluate(..., since=checkpoint)` may continue from it at `now_ms`.
+
+    The checkpoint must have been started from the same suppression listing, and `now`
+    must not be before it (a replay's view of events after `now` differs).
+    """
+    return (
+        checkpoint.listed == suppressed
+        and checkpoint.listed_channels == tuple(sorted(suppressed_channels))
+        and now_ms >= checkpoint.at_ms
+    )
 
 
 def evaluate(
@@ -445,33 +657,64 @@ def evaluate(
     calendar: Calendar | None = None,
     suppressed: bool = False,
     suppressed_channels: Collection[str] = (),
+    since: Running | None = None,
 ) -> Evaluation:
     """Replay a lead's event set through `policy` up to `now_ms`; pure and order-independent.
 
     `suppressed`: the person is on the suppression list (an erased person re-created
     under a new id, or a suppressed record restored in the CRM): SUPPRESSED from the first
     event, until an explicit re-consent; on `suppressed_channels` only, when given.
+
+    `since`: a checkpoint from an earlier evaluation under the same policy (see
+    `can_resume`); `history` is then only the events after its `at_ms`, and the result is
+    the same as replaying every event from the start. `since` is moved on in place: the
+    caller passes a checkpoint it just decoded.
     """
-    replay = _Replay(policy, calendar or Calendar(policy), _thresholds(policy))
     events = sort_events(history)
-    if events:
-        replay.entered_ms = events[0].occurred_ms
-        replay.episode = _Episode(events[0].occurred_ms)
-        if suppressed:
+    if since is not None:
+        if not can_resume(since, now_ms, suppressed, suppressed_channels):
+            raise ValueError("this checkpoint cannot be continued at this time or listing")
+        if events and events[0].occurred_ms <= since.at_ms:
+            raise ValueError("an event at or before the checkpoint needs a full replay")
+        replay = _Replay(policy, calendar or calendar_for(policy), since)
+    else:
+        first = events[0].occurred_ms if events else now_ms
+        replay = _Replay(policy, calendar or calendar_for(policy), start(first, suppressed, suppressed_channels))
+        if events and suppressed:
             inputs = {"channels": sorted(suppressed_channels)} if suppressed_channels else {}
-            replay.move("suppression_list", State.SUPPRESSED, "do_not_contact", events[0].occurred_ms, inputs)
+            replay.move("suppression_list", State.SUPPRESSED, "do_not_contact", first, inputs)
+    checkpoint, checkpoint_at = None, None
+    if since is not None and (not events or events[0].occurred_ms > now_ms):
+        # No instant of this batch is at or before `now`: the checkpoint stays where it
+        # was, so keep a copy of it before the replay moves `since` on.
+        checkpoint, checkpoint_at = encode_checkpoint(since), since.at_ms
     for i, ev in enumerate(events):
         replay.advance(min(ev.occurred_ms, now_ms))
         replay.apply(ev)
         # Events of the same instant are simultaneous: rules look at all of them at once,
         # so "LOST beats BREAKUP_DUE" holds even when the last touch and the last "no" coincide.
-        if i + 1 == len(events) or events[i + 1].occurred_ms != ev.occurred_ms:
+        last_of_instant = i + 1 == len(events) or events[i + 1].occurred_ms != ev.occurred_ms
+        if last_of_instant:
             replay.check(ev.occurred_ms)
+            # The checkpoint: after the last instant a replay at any later `now` walks
+            # through the same way (events after `now` see time stopped at `now`).
+            if ev.occurred_ms <= now_ms and (i + 1 == len(events) or events[i + 1].occurred_ms > now_ms):
+                checkpoint, checkpoint_at = replay.snapshot(ev.occurred_ms), ev.occurred_ms
     as_of = max(now_ms, events[-1].occurred_ms if events else now_ms)
     replay.advance(now_ms)
     due = replay.next_timer()
-    state = replay.state
-    loss_reason = replay.reason if state in (State.LOST, State.REENGAGE_DUE) else None
+    r = replay.r
+    loss_reason = r.reason if r.state in (State.LOST, State.REENGAGE_DUE) else None
     return Evaluation(
-        state, loss_reason, replay.decisions, replay.counters, due if due is not None and due > now_ms else None, as_of
+        r.state,
+        loss_reason,
+        r.decisions[-KEPT_DECISIONS:],
+        r.counters,
+        due if due is not None and due > now_ms else None,
+        as_of,
+        checkpoint,
+        checkpoint_at,
+        replay.progress(),
+        since is not None,
+        r.decisions_total,
     )

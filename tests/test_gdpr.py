@@ -15,6 +15,7 @@ from tests.helpers import ADMIN_TOKEN, SECRET
 from tests.rules_helpers import T0, ms
 from webhooks import create_app
 from worker import gdpr, leadindex
+from worker.aggregates import AGGREGATES_KEY
 from worker.config import Config
 from worker.decide import Decider
 from worker.errors import ConfigError
@@ -72,9 +73,10 @@ def test_erasure_deletes_everything_but_keyed_hashes_and_an_audit() -> None:
     dump = all_bytes(conn)
     assert b"ada.lovelace" not in dump and b"gd-1" not in dump
     # Besides the hashes and the audit: the list index's vocabularies (rule names, loss reasons)
-    # and its count of leads.
+    # and its count of leads, and the loss / conversion counts (no id, no email: checked above).
     vocabularies = {leadindex.VALUES_PREFIX + d for d in leadindex.VOCABULARIES} | {leadindex.TRACKED_KEY}
-    assert {k.decode() for k in conn.keys("*")} <= {gdpr.SUPPRESSED_KEY, gdpr.AUDIT_KEY, "rq:queues", *vocabularies}
+    kept = {gdpr.SUPPRESSED_KEY, gdpr.AUDIT_KEY, "rq:queues", AGGREGATES_KEY, *vocabularies}
+    assert {k.decode() for k in conn.keys("*")} <= kept
     assert conn.sismember(gdpr.SUPPRESSED_KEY, gdpr.email_hash(KEY, " ADA.lovelace@example.COM "))
     audit = conn.lrange(gdpr.AUDIT_KEY, 0, -1)
     assert len(audit) == 1 and b'"source":"events"' in audit[0]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from rules.events import Crm, Event, EventType, format_ms
 from rules.lifecycle import CONTACT_ACTIONS, ActionKind, evaluate
 from tests.rules_helpers import at
-from worker.decide import Decider
+from worker.decide import MAX_DECISIONS_KEPT, Decider
 from worker.policyfile import default_policy
 from worker.store import LeadStore
 
@@ -76,7 +76,7 @@ def test_shuffled_duplicated_batched_histories_decide_the_same(raw: list[tuple[i
 
     pure = evaluate([to_logged(e) for e in events], P, NOW)
     assert pure.state.value == once["state"]
-    assert [d.to_json() for d in pure.decisions][-50:] == once["decisions"]
+    assert [d.to_json() for d in pure.decisions][-MAX_DECISIONS_KEPT:] == once["decisions"]
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

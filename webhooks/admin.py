@@ -15,6 +15,7 @@ from rules.counters import LoggedEvent, fold
 from rules.events import Crm, format_ms
 from webhooks.app import error, services
 from worker import gdpr, leadindex
+from worker.checkpoint import Stored
 
 bp = Blueprint("admin", __name__)
 
@@ -72,7 +73,7 @@ def lead(crm: str, lead_id: str) -> ResponseReturnValue:
     history = store.history(crm, lead_id)
     if history is None:
         return error(404, "unknown_lead", "no events have been received for this lead")
-    return jsonify(lead_document(crm, lead_id, history, store.state(crm, lead_id)))
+    return jsonify(lead_document(crm, lead_id, history, store.state(crm, lead_id), store.checkpoint(crm, lead_id)))
 
 
 def is_erased(connection: redis.Redis, key: bytes, crm: str, lead_id: str) -> bool:
@@ -80,8 +81,14 @@ def is_erased(connection: redis.Redis, key: bytes, crm: str, lead_id: str) -> bo
     return bool(connection.sismember(gdpr.SUPPRESSED_KEY, gdpr.lead_hash(key, crm, lead_id)))
 
 
-def lead_document(crm: str, lead_id: str, history: list[LoggedEvent], state: dict[str, Any] | None) -> dict[str, Any]:
-    """Build the docs/http.md `/leads/<crm>/<lead_id>` answer (also printed by `pruner explain --format json`)."""
+def lead_document(
+    crm: str, lead_id: str, history: list[LoggedEvent], state: dict[str, Any] | None, checkpoint: Stored | None = None
+) -> dict[str, Any]:
+    """Build the docs/http.md `/leads/<crm>/<lead_id>` answer (also printed by `pruner explain --format json`).
+
+    `progress`: how far the lead is from each count-based rule, as its last evaluation
+    counted (empty for a lead not evaluated since the upgrade to checkpoints).
+    """
     counters = fold(history)
     state = state or {}
     return {
@@ -95,4 +102,5 @@ def lead_document(crm: str, lead_id: str, history: list[LoggedEvent], state: dic
         "events": len(history),
         "last_event_at": format_ms(counters.last_event_ms) if counters.last_event_ms is not None else None,
         "profile": {"source": counters.source, "segment": counters.segment, "priority": counters.priority},
+        "progress": checkpoint.progress if checkpoint is not None else {},
     }

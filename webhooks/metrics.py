@@ -111,6 +111,12 @@ class RedisCollector(Collector):
         yield self._hash_counter(
             worker_metrics.EVENTS_KEY, "pruner_events_applied", "Events applied by the workers", ["source", "type"]
         )
+        yield self._hash_counter(
+            worker_metrics.EVALUATIONS_KEY,
+            "pruner_lead_evaluations",
+            "Lead evaluations by path: continued from a checkpoint, a full replay of the log, or a new lead",
+            ["path"],
+        )
 
     def _hash_counter(self, key: str, name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
         family = CounterMetricFamily(name, doc, labels=labels)

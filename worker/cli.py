@@ -130,7 +130,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from rules.counters import fold
     from rules.explain import progress, sentence
     from webhooks.admin import is_erased, lead_document
     from worker.queues import connect
@@ -149,7 +148,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if history is None:
         print(f"pruner: no events have been received for {args.crm} lead {args.lead_id}", file=sys.stderr)
         return EXIT_FAILED
-    doc = lead_document(args.crm, args.lead_id, history, store.state(args.crm, args.lead_id))
+    doc = lead_document(
+        args.crm, args.lead_id, history, store.state(args.crm, args.lead_id), store.checkpoint(args.crm, args.lead_id)
+    )
     if args.format == "json":
         print(json.dumps(doc, indent=2))
         return EXIT_OK
@@ -161,8 +162,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if not doc["decisions"]:
         print("  no rule has fired yet")
     if doc["state"] == "ACTIVE":
-        print("why not yet:")
-        for line in progress(fold(history), _policy(config.policy_path)):
+        lines = progress(doc["progress"])
+        print("why not yet:" if lines else "why not yet: not known until the lead's next event or sweep")
+        for line in lines:
             print(f"  {line}")
     if doc.get("next_due"):
         print(f"next time-based check: {doc['next_due']}")

@@ -1,8 +1,10 @@
-"""Turn a lead's evaluation into what the store persists: state record, due time, CRM actions.
+"""Turn a lead's evaluation into what the store persists: state record, checkpoint, due time, CRM actions.
 
-Which actions to emit is the one stateful choice: the evaluation is recomputed
-from the whole history each time, so a decision's action is emitted once, keyed
-by the decision's identity (`rule:state#n`, see `identities`) in the lead's `acted` list. Only the action
+The evaluation continues the lead's checkpoint when it can (a batch of events dated
+after it, under the same policy), and replays the whole log otherwise: the same result
+either way (tests/test_checkpoint.py). Which actions to emit is the one stateful choice:
+a decision's action is emitted once, keyed by the decision's identity
+(`rule:state@episode#n`, see `Running.name`) in the lead's `acted` list. Only the action
 that matches where the lead stands *now* is emitted — a backfill that replays
 ACTIVE -> BREAKUP_DUE -> LOST in one go marks the lead lost, it does not also ask
 the rep for a break-up message that is already moot. A suppressed lead gets no
@@ -11,45 +13,37 @@ contact action of any kind (docs/lifecycle.md guardrail 4).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from rules.calendar import Calendar
+from rules.calendar import Calendar, calendar_for
 from rules.events import EventType, format_ms
-from rules.lifecycle import CONTACT_ACTIONS, ActionKind, Decision, Evaluation, State, evaluate
+from rules.lifecycle import (
+    CONTACT_ACTIONS,
+    ActionKind,
+    Decision,
+    Evaluation,
+    Running,
+    State,
+    can_resume,
+    evaluate,
+    policy_fingerprint,
+)
 from rules.policy import Policy
-from worker import gdpr
+from worker import aggregates, checkpoint, gdpr
 from worker.errors import ConfigError
 from worker.store import LeadView, Outcome
 
-MAX_DECISIONS_KEPT = 50
-MAX_ACTED_KEPT = 200
+# The state record shows the latest decisions with their inputs (and counts them all);
+# `acted` keeps both names of the last 64 decisions acted on, the evaluation's latest
+# (KEPT_DECISIONS) always among them.
+MAX_DECISIONS_KEPT = 10
+MAX_ACTED_KEPT = 128
 
 
 def identities(decisions: Sequence[Decision]) -> list[str]:
-    """Name each decision by its rule, its target state, its episode and its rank there.
-
-    An episode is the stretch between two returns to ACTIVE (a reply, a reopen, a
-    re-consent); the rank counts that rule's moves to that state within it. Not the time:
-    a late or reordered event can move the moment a rule fired (a follow-up delivered after
-    the ones it preceded), and a name that moved would send the same action again. A
-    suppression's channels are part of the name, so an earlier-dated "all channels"
-    arriving after "email" is still sent.
-    """
-    episode = 0
-    seen: Counter[tuple[str, State]] = Counter()
-    out = []
-    for d in decisions:
-        if d.to is State.ACTIVE:
-            episode += 1
-            seen.clear()
-        seen[d.rule, d.to] += 1
-        name = f"{d.rule}:{d.to.value}@{episode}#{seen[d.rule, d.to]}"
-        if d.action is ActionKind.SUPPRESS:
-            name += ":" + "+".join(sorted(d.inputs.get("channels", ["all"])))
-        out.append(name)
-    return out
+    """Each decision's identity, as the replay named it (see `rules.lifecycle.Running.name`)."""
+    return [d.name for d in decisions]
 
 
 def _was_acted(decision: Decision, identity: str, acted: set[str]) -> bool:
@@ -63,7 +57,7 @@ def actions_for(view: LeadView, ev: Evaluation, acted: set[str], dry_run: bool) 
     """Return the CRM actions this evaluation newly implies for the lead."""
     if not ev.decisions:
         return []
-    names = dict(zip(map(id, ev.decisions), identities(ev.decisions), strict=True))
+    names = {id(d): d.name for d in ev.decisions}
     current = ev.decisions[-1]
     if _was_acted(current, names[id(current)], acted):
         return []
@@ -112,9 +106,20 @@ class Decider:
         self.policy = policy
         self.now_ms = now_ms
         self.dry_run = dry_run
-        self.calendar = calendar or Calendar(policy)
+        self.calendar = calendar or calendar_for(policy)
         self.suppression_key = suppression_key
         self.source = source
+        self.fingerprint = policy_fingerprint(policy)
+
+    def _resumable(self, view: LeadView, now: int, listed: bool, channels: tuple[str, ...]) -> Running | None:
+        """The lead's checkpoint, when this evaluation may continue it."""
+        stored = view.checkpoint
+        if stored is None or stored.policy != self.fingerprint:
+            return None
+        running = stored.state()
+        if running is None or not can_resume(running, now, listed, channels):
+            return None
+        return running
 
     def __call__(self, view: LeadView) -> Outcome:
         if any(e.type is EventType.ERASURE_REQUESTED for e in view.history):
@@ -125,24 +130,57 @@ class Decider:
         now = max(self.now_ms, int(prev.get("as_of_ms", 0)))
         listed = view.listed or bool(prev.get("suppression_list"))
         listed_channels = view.listed_channels if view.listed else tuple(prev.get("suppression_channels", ()))
+        since = self._resumable(view, now, listed, listed_channels)
+        told = since.decisions_total if since is not None else -1
+        if since is not None:
+            history, path = view.history, "checkpoint"
+        else:
+            history = view.full_history()
+            path = "replay" if view.checkpoint is not None or len(history) > view.added else "new"
         ev = evaluate(
-            view.history, self.policy, now, self.calendar, suppressed=listed, suppressed_channels=listed_channels
+            history,
+            self.policy,
+            now,
+            self.calendar,
+            suppressed=listed,
+            suppressed_channels=listed_channels,
+            since=since,
         )
+        row = aggregates.row_of(ev.state.value, ev.loss_reason, ev.counters, aggregates.lost_from(ev.decisions))
+        if ev.checkpoint_bytes is not None and ev.checkpoint_at is not None:
+            tail = [e for e in history if e.occurred_ms > ev.checkpoint_at]
+            packed = checkpoint.pack(self.fingerprint, ev.checkpoint_at, ev.checkpoint_bytes, tail, ev.progress, row)
+        else:
+            # Nothing to continue from yet, but the lead counts in the aggregates all the same.
+            packed = checkpoint.pack(
+                self.fingerprint, checkpoint.NO_CHECKPOINT, checkpoint.NO_STATE, [], ev.progress, row
+            )
+        if told == ev.decisions_total and prev.get("decisions_total") == told and "decisions" in prev:
+            # The live case: no decision since the checkpoint, whose decisions the state record
+            # shows and has acted on already. Nothing new to act on or to re-render.
+            state = {**prev, "as_of_ms": now, "next_due": format_ms(ev.next_due_ms) if ev.next_due_ms else None}
+            state["state"], state["loss_reason"] = ev.state.value, ev.loss_reason
+            return Outcome(state, ev.next_due_ms, [], checkpoint=packed, path=path, row=row)
         acted = set(prev.get("acted", []))
         actions = actions_for(view, ev, acted, self.dry_run)
         # Only the latest decisions can still call for an action (the current one, and the
         # loss a check-in follows): `acted` is rebuilt from them, both names of each, so it
         # neither grows with a long story nor loses what the current decision needs.
-        recent = list(zip(ev.decisions, identities(ev.decisions), strict=True))[-MAX_ACTED_KEPT // 2 :]
+        recent = [(d, d.name) for d in ev.decisions]
         fresh = [(d, name) for d, name in recent if not _was_acted(d, name, acted)]
-        acted_list = [key for d, name in recent for key in (name, d.key)]
+        # The latest decisions' names come last (so the current one is never trimmed away),
+        # after those remembered from before: older than the evaluation keeps, still known.
+        names = [key for d, name in recent for key in (name, d.key)]
+        latest = set(names)
+        acted_list = ([key for key in prev.get("acted", []) if key not in latest] + names)[-MAX_ACTED_KEPT:]
         new = [(d.rule, d.to.value, d.reason) for d, _ in fresh]
         if not ev.decisions and ev.next_due_ms is None and not listed:
-            return Outcome(None, None, actions, new_decisions=new)
+            return Outcome(None, None, actions, new_decisions=new, checkpoint=packed, path=path, row=row)
         state = {
             "state": ev.state.value,
             "loss_reason": ev.loss_reason,
             "decisions": [d.to_json() for d in ev.decisions[-MAX_DECISIONS_KEPT:]],
+            "decisions_total": ev.decisions_total,
             "acted": acted_list,
             "as_of_ms": now,
             "next_due": format_ms(ev.next_due_ms) if ev.next_due_ms else None,
@@ -151,7 +189,7 @@ class Decider:
             state["suppression_list"] = True
             if listed_channels:
                 state["suppression_channels"] = list(listed_channels)
-        return Outcome(state, ev.next_due_ms, actions, new_decisions=new)
+        return Outcome(state, ev.next_due_ms, actions, new_decisions=new, checkpoint=packed, path=path, row=row)
 
     def erase(self, view: LeadView) -> Outcome:
         """Forget the lead: keep keyed hashes of its id and emails, and an audit record."""
@@ -161,7 +199,7 @@ class Decider:
             raise ConfigError("PRUNER_SUPPRESSION_KEY is not set: an erasure cannot be recorded safely")
         key = self.suppression_key
         hashes = [gdpr.lead_hash(key, view.crm, view.lead_id)]
-        for event in view.history:
+        for event in view.full_history():
             email = event.data.get("email") if event.type is EventType.LEAD_PROFILE else None
             if email:
                 hashes.append(gdpr.email_hash(key, email))

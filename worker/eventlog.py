@@ -51,8 +51,13 @@ def decode(blob: bytes | None) -> list[LoggedEvent]:
         return []
     if blob[:1] != VERSION:
         raise ValueError(f"unknown event log version {blob[:1]!r}")
+    return decode_records(blob, 1)
+
+
+def decode_records(blob: bytes, pos: int = 0) -> list[LoggedEvent]:
+    """Unpack records (as `encode` packs them) from `pos` on."""
     out = []
-    pos, end, size = 1, len(blob), _HEADER.size
+    end, size = len(blob), _HEADER.size
     while pos < end:
         key, at, code, length = _HEADER.unpack_from(blob, pos)
         pos += size

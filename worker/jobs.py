@@ -16,6 +16,7 @@ from rules.events import Crm, Event, EventType, format_ms
 from rules.fastparse import parse_decoded
 from worker import leadindex
 from worker.actions import drain, pending_key, queue_erasure_forwards, watch
+from worker.aggregates import COMPLETE_KEY
 from worker.config import Config
 from worker.crm import executor_for
 from worker.decide import Decider
@@ -25,6 +26,7 @@ from worker.metrics import record_batch
 from worker.policyfile import cached_policy
 from worker.queues import JOB_TIMEOUT, RETRY, make_queue
 from worker.reaper import reap
+from worker.stats import migrate
 from worker.store import LeadStore
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,7 @@ def _process(batch: list[Event], source: str, ops: list[dict[str, Any]] | None) 
         ((source, e.type.value) for e in batch),
         job.enqueued_at.timestamp() if job is not None and job.enqueued_at else None,
         max((e.occurred_ms for e in batch), default=None),
+        result.paths,
     )
     log.info(
         "batch applied source=%s events=%d leads=%d added=%d duplicates=%d actions=%d erased=%d dropped=%d",
@@ -143,7 +146,7 @@ def run_sweep(connection: redis.Redis, config: Config, now_ms: int) -> dict[str,
             evaluated += len(due)
             actions += len(result.actions)
             request_drains(connection, config, result.actions)
-            record_batch(connection, result.new_decisions, (), None, None)
+            record_batch(connection, result.new_decisions, (), None, None, result.paths)
         log.info("sweep done due=%d actions=%d", evaluated, actions)
         return {"due": evaluated, "actions": actions}
     finally:
@@ -296,6 +299,14 @@ def refresh_stats() -> dict[str, int]:
         if not leadindex.is_complete(connection):
             # A store written before the list index: this job scans every lead anyway.
             LeadStore(connection).reindex()
-        return {"leads": int(store_stats_snapshot(connection)["stats"]["leads"])}
+        migrated = 0
+        if not connection.exists(COMPLETE_KEY):
+            # Once, after the upgrade: count the leads written before the aggregates in them.
+            config = _config()
+            store = LeadStore(connection, suppression_key(config))
+            decide = decider(config, int(time.time() * 1000), source="migration")
+            migrated = migrate(connection, lambda leads: store.reevaluate(leads, decide))
+        done = {"leads": int(store_stats_snapshot(connection)["stats"]["leads"])}
+        return {**done, "migrated": migrated} if migrated else done
     finally:
         connection.delete(STATS_LOCK)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import redis
 
@@ -19,6 +19,9 @@ CRM_CALLS_KEY = "pruner:metrics:crm_calls"  # field "crm|endpoint|status" -> cou
 EVENTS_KEY = "pruner:metrics:events"  # field "source|type" -> count of events applied
 LAG_KEY = "pruner:metrics:lag"  # fields: queue_seconds, event_seconds, at (of the last batch)
 DAILY_PREFIX = "pruner:metrics:daily:"  # per UTC day: field "to|reason" -> decisions that day
+# field "checkpoint" (continued from the lead's checkpoint), "replay" (its whole log: a late
+# event, a lead written before checkpoints, a policy change) or "new" -> lead evaluations
+EVALUATIONS_KEY = "pruner:metrics:evaluations"
 
 
 def record_batch(
@@ -27,8 +30,9 @@ def record_batch(
     events: Iterable[tuple[str, str]],
     enqueued_at: float | None,
     newest_event_ms: int | None,
+    evaluations: Mapping[str, int] | None = None,
 ) -> None:
-    """Count a processed batch's new decisions and events, and remember its lag."""
+    """Count a processed batch's new decisions, events and evaluations by path; remember its lag."""
     now = time.time()
     day = time.strftime("%Y-%m-%d", time.gmtime(now))
     with connection.pipeline(transaction=False) as pipe:
@@ -41,6 +45,8 @@ def record_batch(
             counts[f"{source}|{etype}"] = counts.get(f"{source}|{etype}", 0) + 1
         for field, n in counts.items():
             pipe.hincrby(EVENTS_KEY, field, n)
+        for path, n in (evaluations or {}).items():
+            pipe.hincrby(EVALUATIONS_KEY, path, n)
         lag: dict[str, float] = {"at": now}
         if enqueued_at is not None:
             lag["queue_seconds"] = max(0.0, now - enqueued_at)

@@ -1,9 +1,10 @@
 """`pruner stats`: loss and conversion by source, segment, priority and reason (aggregates only).
 
-Seeds 001 and 002: lost leads are data. This walks every tracked lead (SCAN, in
-batches of a few hundred keys: one MGET each for logs and states), so its cost
-grows with the number of leads; it is an operator's report, not a hot path.
-Only counts leave this module — no lead ids, no personal data.
+Seeds 001 and 002: lost leads are data. The counts are kept up to date as leads
+change (worker/aggregates.py), so `collect` reads one hash: its cost is the number of
+distinct sources, segments, reasons..., not the number of leads. A store written before
+the aggregates is scanned (every log, every state) until `migrate` has counted every
+lead in them, once. Only counts leave this module — no lead ids, no personal data.
 """
 
 from __future__ import annotations
@@ -18,10 +19,21 @@ import redis
 
 from rules.counters import fold
 from worker import eventlog
-from worker.store import PREFIX, STATE_PREFIX
+from worker.aggregates import (
+    AGGREGATES_KEY,
+    COMPLETE_KEY,
+    DIMENSIONS,
+    SEP,
+    WON_STAGES,
+    Row,
+    fields,
+    outcome_of,
+    row_of,
+)
+from worker.checkpoint import unpack
+from worker.store import PREFIX, STATE_PREFIX, checkpoint_key, parse_due_member
 
-WON_STAGES = frozenset({"closedwon", "closed won"})
-DIMENSIONS = ("source", "segment", "priority")
+__all__ = ["DIMENSIONS", "WON_STAGES", "Stats", "collect", "format_text", "outcome_of", "scan"]
 
 
 def _groups() -> dict[str, dict[str, Counter[str]]]:
@@ -61,18 +73,56 @@ class Stats:
         }
 
 
-def outcome_of(state: str, deal_stage: str | None) -> str:
-    if deal_stage and deal_stage.strip().lower() in WON_STAGES:
-        return "won"
-    return {"LOST": "lost", "REENGAGE_DUE": "lost", "SUPPRESSED": "suppressed"}.get(state, "open")
+def add_row(stats: Stats, row: Row, n: int = 1) -> None:
+    """Count `n` leads of one aggregate row (worker/aggregates.py) in `stats`."""
+    for f in fields(row):
+        _add_field(stats, f, n)
+
+
+def _add_field(stats: Stats, name: str, n: int) -> None:
+    kind, _, rest = name.partition(SEP)
+    if kind == "leads":
+        stats.leads += n
+    elif kind == "outcome":
+        stats.outcomes[rest] += n
+    elif kind == "by":
+        dim, value, key = rest.split(SEP, 2)
+        if dim in stats.by:
+            stats.by[dim][value][key] += n
+    elif kind == "reason":
+        stats.loss_reasons[rest] += n
+    elif kind == "stage":
+        stats.lost_at_stage[rest] += n
+    elif kind == "from":
+        stats.lost_from_state[rest] += n
 
 
 def collect(connection: redis.Redis, progress: Callable[[int], None] | None = None, batch: int = 500) -> Stats:
-    """Aggregate every tracked lead."""
-    stats = Stats()
-    keys: list[bytes] = []
+    """Aggregate every tracked lead: read the aggregates, or scan every lead before they are complete."""
+    if connection.exists(COMPLETE_KEY):
+        return from_aggregates(connection)
+    return scan(connection, progress, batch)
 
-    def flush() -> None:
+
+def from_aggregates(connection: redis.Redis) -> Stats:
+    """The aggregates hash as `Stats`: one HGETALL, as long as there are distinct values, whatever the leads."""
+    stats = Stats()
+    raw: dict[bytes, bytes] = connection.hgetall(AGGREGATES_KEY)  # type: ignore[assignment]
+    for name, value in raw.items():
+        n = int(value)
+        if n:
+            _add_field(stats, name.decode(), n)
+    for groups in stats.by.values():
+        for gone in [v for v, c in groups.items() if not +c]:  # values no lead has any more
+            del groups[gone]
+    return stats
+
+
+def scan(connection: redis.Redis, progress: Callable[[int], None] | None = None, batch: int = 500) -> Stats:
+    """Aggregate every tracked lead from its log and state (SCAN): the cost grows with the leads."""
+    stats = Stats()
+
+    def flush(keys: list[bytes]) -> None:
         logs: list[bytes | None] = connection.mget(keys)  # type: ignore[assignment]
         state_keys = [STATE_PREFIX + k.decode()[len(PREFIX) :] for k in keys]
         states: list[bytes | None] = connection.mget(state_keys)  # type: ignore[assignment]
@@ -81,32 +131,50 @@ def collect(connection: redis.Redis, progress: Callable[[int], None] | None = No
                 continue
             counters = fold(eventlog.decode(blob))
             record = json.loads(raw_state) if raw_state else {}
-            state = record.get("state", "ACTIVE")
-            outcome = outcome_of(state, counters.deal_stage)
-            stats.leads += 1
-            stats.outcomes[outcome] += 1
-            reason = record.get("loss_reason")
-            for dim in DIMENSIONS:
-                value = getattr(counters, dim) or "(unknown)"
-                stats.by[dim][value][outcome] += 1
-                if outcome == "lost" and reason:
-                    stats.by[dim][value][f"reason:{reason}"] += 1
-            if outcome == "lost":
-                stats.loss_reasons[reason or "(none)"] += 1
-                stats.lost_at_stage[counters.deal_stage or "(no deal)"] += 1
-                lost = next((d for d in reversed(record.get("decisions", [])) if d.get("to") == "LOST"), None)
-                stats.lost_from_state[lost["from"] if lost else "(unknown)"] += 1
+            lost = next((d for d in reversed(record.get("decisions", [])) if d.get("to") == "LOST"), None)
+            row = row_of(record.get("state", "ACTIVE"), record.get("loss_reason"), counters, lost and lost["from"])
+            add_row(stats, row)
         if progress:
             progress(len(keys))
-        keys.clear()
 
+    _each_chunk_of_leads(connection, batch, flush)
+    return stats
+
+
+def _each_chunk_of_leads(connection: redis.Redis, batch: int, flush: Callable[[list[bytes]], None]) -> None:
+    """Call `flush` with the lead log keys, `batch` at a time (SCAN)."""
+    keys: list[bytes] = []
     for key in connection.scan_iter(f"{PREFIX}*", count=batch):
         keys.append(key)
         if len(keys) >= batch:
-            flush()
+            flush(keys)
+            keys = []
     if keys:
-        flush()
-    return stats
+        flush(keys)
+
+
+def migrate(connection: redis.Redis, reevaluate: Callable[[list[tuple[str, str]]], object], batch: int = 500) -> int:
+    """Count every lead written before the aggregates in them, once; then mark them complete.
+
+    A lead without a row in its checkpoint (not evaluated since the upgrade) is re-evaluated
+    (`reevaluate`: the sweep's `LeadStore.reevaluate` with a decider), which writes its
+    checkpoint and adds its row in the same transaction; a lead touched by a batch meanwhile
+    has its row already and is skipped. Returns the leads migrated.
+    """
+    done = 0
+
+    def flush(keys: list[bytes]) -> None:
+        nonlocal done
+        leads = [parse_due_member(k.decode()[len(PREFIX) :]) for k in keys]
+        raw: list[bytes | None] = connection.mget([checkpoint_key(*lead) for lead in leads])  # type: ignore[assignment]
+        todo = [lead for lead, blob in zip(leads, raw, strict=True) if (ck := unpack(blob)) is None or ck.row is None]
+        if todo:
+            reevaluate(todo)
+        done += len(todo)
+
+    _each_chunk_of_leads(connection, batch, flush)
+    connection.set(COMPLETE_KEY, "1")
+    return done
 
 
 def format_text(stats: Stats) -> str:

@@ -5,6 +5,8 @@ Keys (all prefixed `pruner:`):
     lead:{crm}:{lead_id}    the lead's event log (worker/eventlog.py), ~20 B per event
     state:{crm}:{lead_id}   JSON: state, loss reason, decisions, acted decision keys, as-of time
                             (absent while a lead is ACTIVE with no decisions: most leads)
+    ck:{crm}:{lead_id}      the replay's checkpoint (worker/checkpoint.py): a batch of events
+                            dated after it continues from it instead of replaying the log
     due                     sorted set {crm}:{lead_id} -> next time a time-based rule may fire
     actions                 list of JSON CRM actions decided, newest last (a bounded record, dry runs too)
     outbox:{crm}            JSON CRM actions still to execute (drained by worker/actions.py)
@@ -15,9 +17,13 @@ Keys (all prefixed `pruner:`):
 A batch is applied in a handful of round trips whatever its size: WATCH the
 merged-id hash and look the batch's ids up in it (records merged away in the CRM),
 WATCH the touched leads' keys, screen them against the suppression set (where a key
-is configured), MGET them, then MULTI/SET/ZADD/RPUSH/EXEC. When another worker (or
-the sweep) changed one of those leads in between, EXEC fails and the batch is
-re-read and re-decided — nothing is lost, nothing counted or acted on twice.
+is configured), MGET their checkpoints and states, then MULTI/APPEND/SET/ZADD/RPUSH/EXEC.
+A lead's log is only read when its batch holds an event dated at or before its
+checkpoint (a late event), when it has no checkpoint yet (a store written before
+checkpoints: it is read and checkpointed on first touch), or when the checkpoint
+cannot be continued (another policy). When another worker (or the sweep) changed one
+of those leads in between, EXEC fails and the batch is re-read and re-decided —
+nothing is lost, nothing counted or acted on twice.
 """
 
 from __future__ import annotations
@@ -32,13 +38,15 @@ import redis
 
 from rules.counters import LoggedEvent
 from rules.events import Event, EventType
-from worker import eventlog, leadindex
+from worker import aggregates, eventlog, leadindex
+from worker.checkpoint import Stored, unpack
 from worker.errors import StoreError
 
 log = logging.getLogger(__name__)
 
 PREFIX = "pruner:lead:"
 STATE_PREFIX = "pruner:state:"
+CHECKPOINT_PREFIX = "pruner:ck:"
 DUE_KEY = "pruner:due"
 ACTIONS_KEY = "pruner:actions"
 OUTBOX_PREFIX = "pruner:outbox:"
@@ -73,6 +81,10 @@ def state_key(crm: str, lead_id: str) -> str:
     return f"{STATE_PREFIX}{crm}:{lead_id}"
 
 
+def checkpoint_key(crm: str, lead_id: str) -> str:
+    return f"{CHECKPOINT_PREFIX}{crm}:{lead_id}"
+
+
 OBJECTION_CHANNELS = ("email", "phone")
 
 
@@ -88,6 +100,15 @@ def _objection_hashes(key: bytes, crm: str, lead_id: str, state: dict[str, Any])
     if not channels or channels >= ALL_CHANNELS:
         return [gdpr.objection_hash(key, crm, lead_id)]
     return [gdpr.objection_hash(key, crm, lead_id, c) for c in sorted(channels)]
+
+
+def _rows(conn: Any, ck_keys: list[str]) -> list[list[str] | None]:
+    """The aggregate rows (worker/aggregates.py) the checkpoints at `ck_keys` hold."""
+    out: list[list[str] | None] = []
+    for raw in conn.mget(ck_keys):
+        stored = unpack(raw)
+        out.append(stored.row if stored is not None else None)
+    return out
 
 
 def forgotten_key(lead_hash: str) -> str:
@@ -114,9 +135,18 @@ def parse_due_member(member: bytes | str) -> Lead:
     return crm, lead_id
 
 
+def _no_more_history() -> list[LoggedEvent]:
+    return []
+
+
 @dataclass(frozen=True)
 class LeadView:
-    """What a decider sees of one lead inside the transaction."""
+    """What a decider sees of one lead inside the transaction.
+
+    `history` is the whole event set when `checkpoint` is None; otherwise only the events
+    dated after the checkpoint, and `earlier()` reads the rest (the whole set) should
+    the decider find it cannot continue the checkpoint.
+    """
 
     crm: str
     lead_id: str
@@ -127,6 +157,12 @@ class LeadView:
     listed: bool = False
     # The channels a restored record objected to (empty: all of them).
     listed_channels: tuple[str, ...] = ()
+    checkpoint: Stored | None = None
+    everything: Callable[[], list[LoggedEvent]] = _no_more_history
+
+    def full_history(self) -> list[LoggedEvent]:
+        """The lead's whole event set (reads the log when only the tail is at hand)."""
+        return self.history if self.checkpoint is None else self.everything()
 
 
 @dataclass
@@ -142,9 +178,57 @@ class Outcome:
     erase: bool = False
     suppress_hashes: list[str] = field(default_factory=list)
     audit: dict[str, Any] | None = None
+    # The new checkpoint (worker/checkpoint.py), and how the lead was evaluated:
+    # "checkpoint" (continued), "replay" (the whole log) or "new" (no history before).
+    checkpoint: bytes | None = None
+    path: str | None = None
+    # The lead's row in the aggregates, kept in `checkpoint` (None: not counted).
+    row: list[str] | None = None
 
 
 Decider = Callable[[LeadView], Outcome]
+
+
+# For each log (KEYS[i]): 1 when one of the 8-byte dedup keys packed in ARGV[i] occurs in it.
+_PROBE_KEYS = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local blob = redis.call('GET', key)
+  local found = 0
+  if blob then
+    local probes = ARGV[i]
+    for j = 1, #probes, 8 do
+      if string.find(blob, string.sub(probes, j, j + 7), 2, true) then
+        found = 1
+        break
+      end
+    end
+  end
+  out[i] = found
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class _Read:
+    """What a transaction read of one lead: its state, and its checkpoint or its log."""
+
+    raw_state: bytes | None
+    raw_checkpoint: bytes | None
+    # The log's bytes when it was read (`log` is not None).
+    raw_log: bytes | None
+    checkpoint: Stored | None
+    # The whole log, when it had to be read (no checkpoint, or events dated before it).
+    log: list[LoggedEvent] | None
+    # Dedup keys: of the log when read, else of the checkpoint's tail.
+    present: set[bytes]
+    log_exists: bool
+
+    @property
+    def signature(self) -> tuple[Any, ...]:
+        """Everything read of the lead: equal signatures, equal decisions."""
+        return (self.raw_state, self.raw_checkpoint, self.log is not None, self.raw_log)
 
 
 @dataclass(frozen=True)
@@ -166,6 +250,10 @@ class BatchResult:
     leads: list[LeadUpdate]
     # Events dropped because their lead was erased before (a re-import of an erased person).
     dropped: int = 0
+    # Write conflicts (another writer changed a watched key first), and the leads decided
+    # again because of them: only those whose data had changed, not the whole batch.
+    conflicts: int = 0
+    redecided: int = 0
 
     @property
     def erased(self) -> list[Lead]:
@@ -188,6 +276,15 @@ class BatchResult:
     @property
     def new_decisions(self) -> list[tuple[str, str, str | None]]:
         return [d for u in self.leads if u.outcome for d in u.outcome.new_decisions]
+
+    @property
+    def paths(self) -> dict[str, int]:
+        """How many leads were evaluated each way (`Outcome.path`)."""
+        out: dict[str, int] = {}
+        for u in self.leads:
+            if u.outcome is not None and u.outcome.path:
+                out[u.outcome.path] = out.get(u.outcome.path, 0) + 1
+        return out
 
 
 class LeadStore:
@@ -277,6 +374,10 @@ class LeadStore:
         asked_erasure = screen and any(
             ev.type is EventType.ERASURE_REQUESTED for events in batch.values() for ev in events.values()
         )
+        # After a conflict the batch is read again, but a lead whose data read the same as
+        # before keeps its decision: a conflict on one lead re-decides that lead, not the batch.
+        memo: dict[Lead, tuple[tuple[Any, ...], list[LoggedEvent], list[LoggedEvent], Outcome | None]] = {}
+        conflicts = redecided = 0
         for _attempt in range(MAX_ATTEMPTS):
             with self.redis.pipeline(transaction=True) as pipe:
                 try:
@@ -286,60 +387,188 @@ class LeadStore:
                     else:
                         resolved, counts, aliases = batch, received, {}
                     leads = list(resolved)
-                    log_keys = [lead_key(*lead) for lead in leads]
-                    keys = log_keys + ([state_key(*lead) for lead in leads] if decide else [])
-                    pipe.watch(*keys, *watched)
+                    pipe.watch(*self._keys(leads, decide is not None), *watched)
                     fresh, dropped, listed = self._screen(pipe, resolved) if screening else (resolved, 0, {})
                     leads = [lead for lead in leads if lead in fresh]
-                    log_keys = [lead_key(*lead) for lead in leads]
-                    keys = log_keys + ([state_key(*lead) for lead in leads] if decide else [])
                     if not leads:
                         return BatchResult([], dropped)
-                    values: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
-                    blobs, states = values[: len(leads)], values[len(leads) :]
+                    reads = self._read(pipe, leads, fresh, decide is not None)
                     forgotten = self._forgotten(pipe, fresh) if asked_erasure else {}
                     # The list index moves with the state record (worker/leadindex.py).
                     indexed = leadindex.read(pipe, leads) if decide is not None else []
                     created = 0  # leads whose log this batch creates, less those it erases
                     updates = []
-                    log_writes: dict[str, bytes] = {}
-                    pipe.multi()
-                    for i, (lead, key, blob) in enumerate(zip(leads, log_keys, blobs, strict=True)):
-                        present = eventlog.keys(blob)
-                        new = [ev for k, ev in fresh[lead].items() if k not in present]
-                        new_blob = eventlog.append(blob, new) if new else blob
-                        history = eventlog.decode(new_blob)
-                        outcome = None
-                        raw_state = states[i] if decide is not None else None
-                        if decide is not None and (history or raw_state is not None):
-                            prev = json.loads(raw_state) if raw_state else None
-                            view = LeadView(
-                                lead[0], lead[1], history, prev, len(new), lead in listed, listed.get(lead, ())
-                            )
-                            outcome = decide(view)
-                        if outcome is not None and outcome.erase:
-                            self._queue_erasure(pipe, lead, outcome, aliases.get(lead, []), forgotten.get(lead, []))
-                            leadindex.queue_update(pipe, lead, indexed[i], None)
-                            created -= blob is not None
+                    writes: list[tuple[Lead, _Read, list[LoggedEvent], Outcome | None, Any]] = []
+                    for i, (lead, read) in enumerate(zip(leads, reads, strict=True)):
+                        sig = (
+                            read.signature,
+                            lead in listed,
+                            listed.get(lead),
+                            tuple(fresh[lead]),
+                            forgotten.get(lead),
+                        )
+                        if lead in memo and memo[lead][0] == sig:
+                            _, history, new, outcome = memo[lead]
                         else:
-                            if new and new_blob is not None:
-                                log_writes[key] = new_blob
-                                created += blob is None
-                            if outcome is not None:
-                                self._queue_outcome(pipe, lead, outcome, raw_state is not None)
-                                entry = leadindex.entry_for(outcome.state, history, indexed[i], new)
-                                leadindex.queue_update(pipe, lead, indexed[i], entry)
+                            redecided += lead in memo
+                            new = [ev for k, ev in fresh[lead].items() if k not in read.present]
+                            stored = read.checkpoint
+                            if stored is not None and any(ev.occurred_ms <= stored.at_ms for ev in new):
+                                stored = None  # a late event: the replay starts over from the log
+                            if stored is not None:
+                                history = stored.events_after() + new
+                            else:
+                                history = (read.log or []) + new
+                            outcome = None
+                            if decide is not None and (history or read.raw_state is not None):
+                                prev = json.loads(read.raw_state) if read.raw_state else None
+                                view = LeadView(
+                                    *lead,
+                                    history,
+                                    prev,
+                                    len(new),
+                                    lead in listed,
+                                    listed.get(lead, ()),
+                                    stored,
+                                    self._loader(pipe, lead, new, read.log),
+                                )
+                                outcome = decide(view)
+                            memo[lead] = (sig, history, new, outcome)
+                        entry = None
+                        if outcome is not None and not outcome.erase:
+                            entry = self._index_entry(pipe, lead, read, indexed[i], history, new, outcome)
+                        writes.append((lead, read, new, outcome, entry))
                         dups = counts.get(lead, 0) - len(new)
                         merged_in = tuple(aliases.get(lead, ())) if outcome is not None and outcome.erase else ()
                         updates.append(LeadUpdate(lead[0], lead[1], history, len(new), dups, outcome, merged_in))
-                    if log_writes:
-                        pipe.mset(log_writes)  # one command for the whole batch's logs
+                    pipe.multi()
+                    for i, (lead, read, new, outcome, entry) in enumerate(writes):
+                        old_row = read.checkpoint.row if read.checkpoint is not None else None
+                        if outcome is not None and outcome.erase:
+                            self._queue_erasure(pipe, lead, outcome, aliases.get(lead, []), forgotten.get(lead, []))
+                            aggregates.queue_delta(pipe, old_row, None)
+                            leadindex.queue_update(pipe, lead, indexed[i], None)
+                            created -= read.log_exists
+                            continue
+                        if new:
+                            # APPEND: the log is never read back for a live batch.
+                            records = eventlog.encode(new)
+                            pipe.append(lead_key(*lead), records if read.log_exists else eventlog.VERSION + records)
+                            created += not read.log_exists
+                        if outcome is not None:
+                            self._queue_outcome(pipe, lead, outcome, read.raw_state is not None)
+                            aggregates.queue_delta(pipe, old_row, outcome.row if outcome.checkpoint else None)
+                            leadindex.queue_update(pipe, lead, indexed[i], entry)
+                        elif new:
+                            # No decider: the checkpoint would miss these events (and its row goes with it).
+                            pipe.delete(checkpoint_key(*lead))
+                            aggregates.queue_delta(pipe, old_row, None)
                     leadindex.queue_tracked(pipe, created)
                     pipe.execute()
                 except redis.WatchError:
+                    conflicts += 1
                     continue
-            return BatchResult(updates, dropped)
+            return BatchResult(updates, dropped, conflicts, redecided)
         raise StoreError(f"gave up after {MAX_ATTEMPTS} write conflicts on {len(leads)} leads")
+
+    def _index_entry(
+        self,
+        pipe: Any,
+        lead: Lead,
+        read: _Read,
+        old: Any,
+        history: list[LoggedEvent],
+        new: list[LoggedEvent],
+        outcome: Outcome,
+    ) -> Any:
+        """The lead's list-index entry after this outcome (worker/leadindex.py).
+
+        The index folds the whole history for a lead's profile when it lists the lead for the
+        first time or a profile event arrives; a batch that continued the checkpoint holds only
+        the events after it, so the log is read then (rare: most batches re-use the entry).
+        """
+        listed_now = outcome.state is not None or old is not None
+        listed_now = listed_now or any(ev.type is EventType.DEAL_UPDATED for ev in new)
+        folds = old is None or any(ev.type in leadindex.PROFILE_TYPES for ev in new)
+        if read.log is None and listed_now and folds:
+            history = self._loader(pipe, lead, new, None)()
+        return leadindex.entry_for(outcome.state, history, old, new)
+
+    @staticmethod
+    def _keys(leads: list[Lead], deciding: bool) -> list[str]:
+        keys = [lead_key(*lead) for lead in leads]
+        if deciding:
+            keys += [state_key(*lead) for lead in leads] + [checkpoint_key(*lead) for lead in leads]
+        return keys
+
+    @staticmethod
+    def _read(pipe: Any, leads: list[Lead], fresh: dict[Lead, dict[bytes, LoggedEvent]], deciding: bool) -> list[_Read]:
+        """Read what deciding the batch needs: checkpoints and states; logs only where needed.
+
+        A lead's log is read when it has no usable checkpoint (new, or written before
+        checkpoints, or by another format) or when the batch holds an event dated at or
+        before its checkpoint (a late event: the replay starts over from the log).
+        """
+        n = len(leads)
+        if deciding:
+            values: list[bytes | None] = pipe.mget(
+                [state_key(*lead) for lead in leads] + [checkpoint_key(*lead) for lead in leads]
+            )
+            states, raw_cks = values[:n], values[n:]
+            stored = [unpack(v) for v in raw_cks]
+        else:
+            states, raw_cks, stored = [None] * n, [None] * n, [None] * n
+        reads: list[_Read | None] = []
+        late = []
+        live = [
+            i
+            for i, ck in enumerate(stored)
+            if ck is not None and all(ev.occurred_ms > ck.at_ms for ev in fresh[leads[i]].values())
+        ]
+        # A redelivery may carry another date than the first delivery (Salesforce re-sends an
+        # edited Task under its id): the dedup keys are looked for in the logs, in Redis, so
+        # the logs need not travel. A hit (or a key-like run of bytes inside a record, which
+        # would be no more than a 2^-64 chance) sends the lead down the exact path below.
+        maybe: list[int] = (
+            pipe.eval(
+                _PROBE_KEYS,
+                len(live),
+                *[lead_key(*leads[i]) for i in live],
+                *[b"".join(fresh[leads[i]]) for i in live],
+            )
+            if live
+            else []
+        )
+        clean = {i for i, hit in zip(live, maybe, strict=True) if not hit}
+        for i in range(n):
+            ck = stored[i]
+            if ck is not None and i in clean:
+                reads.append(_Read(states[i], raw_cks[i], None, ck, None, set(), True))
+            else:
+                reads.append(None)
+                late.append(i)
+        if late:
+            blobs: list[bytes | None] = pipe.mget([lead_key(*leads[i]) for i in late])
+            for i, blob in zip(late, blobs, strict=True):
+                log = eventlog.decode(blob)
+                # The checkpoint stays usable if the old events turn out to be redeliveries.
+                keys = {ev.key for ev in log}
+                reads[i] = _Read(states[i], raw_cks[i], blob, stored[i], log, keys, blob is not None)
+        return [r for r in reads if r is not None]
+
+    @staticmethod
+    def _loader(
+        pipe: Any, lead: Lead, new: list[LoggedEvent], log: list[LoggedEvent] | None
+    ) -> Callable[[], list[LoggedEvent]]:
+        """Read a lead's whole event set (the log, watched already, and this batch's new events)."""
+
+        def load() -> list[LoggedEvent]:
+            if log is not None:
+                return log + new
+            blob: bytes | None = pipe.get(lead_key(*lead))
+            return eventlog.decode(blob) + new
+
+        return load
 
     def _resolve(
         self,
@@ -399,7 +628,7 @@ class LeadStore:
     ) -> None:
         from worker import gdpr
 
-        pipe.delete(lead_key(*lead), state_key(*lead))
+        pipe.delete(lead_key(*lead), state_key(*lead), checkpoint_key(*lead))
         remembered = list(forgotten)
         if remembered and self.suppression_key is not None:
             # The lead was deleted in the CRM before its erasure arrived: its emails, kept
@@ -422,6 +651,11 @@ class LeadStore:
     @staticmethod
     def _queue_outcome(pipe: Any, lead: Lead, outcome: Outcome, had_state: bool = True) -> None:
         skey = state_key(*lead)
+        if outcome.checkpoint is not None:
+            pipe.set(checkpoint_key(*lead), outcome.checkpoint)
+        else:
+            # No checkpoint (every event dated after `now`): an older one would miss them.
+            pipe.delete(checkpoint_key(*lead))
         if outcome.state is None and not had_state and not outcome.actions:
             # The common case (an ACTIVE lead without decisions, before and after): a due
             # entry only ever exists beside a state record, so there is nothing to write.
@@ -453,15 +687,18 @@ class LeadStore:
 
         survivor = (crm, into)
         keys = [lead_key(crm, lead) for lead in [into, *merged]] + [state_key(crm, lead) for lead in [into, *merged]]
+        ck_keys = [checkpoint_key(crm, lead) for lead in [into, *merged]]
         key = self.suppression_key
         for _attempt in range(MAX_ATTEMPTS):
             with self.redis.pipeline(transaction=True) as pipe:
                 try:
                     # Watched and read in the transaction, as in apply_batch: an erasure
                     # committing meanwhile must not be undone by the merge.
-                    pipe.watch(*keys, merged_key(crm), *([gdpr.SUPPRESSED_KEY] if key else []))
+                    pipe.watch(*keys, *ck_keys, merged_key(crm), *([gdpr.SUPPRESSED_KEY] if key else []))
                     ids = [into, *merged]
                     indexed = dict(zip(ids, leadindex.read(pipe, [(crm, m) for m in ids]), strict=True))
+                    # Every lead of the merge leaves the aggregates; the survivor comes back in.
+                    rows = _rows(pipe, ck_keys)
                     raw_aliases: dict[bytes, bytes] = pipe.hgetall(merged_key(crm))  # type: ignore[assignment]
                     aliases = {k.decode(): v.decode() for k, v in raw_aliases.items()}
                     # Ids merged earlier into one merged now: they follow it to the survivor.
@@ -475,11 +712,13 @@ class LeadStore:
                         emails = _emails(ev for blob in logs if blob is not None for ev in eventlog.decode(blob))
                         pipe.multi()
                         for lead in merged:
-                            pipe.delete(lead_key(crm, lead), state_key(crm, lead))
+                            pipe.delete(lead_key(crm, lead), state_key(crm, lead), checkpoint_key(crm, lead))
                             pipe.zrem(DUE_KEY, due_member(crm, lead))
                         for lead, entry in indexed.items():
                             leadindex.queue_update(pipe, (crm, lead), entry, None)
                         leadindex.queue_tracked(pipe, -sum(blob is not None for blob in logs))
+                        for row in rows[1:]:
+                            aggregates.queue_delta(pipe, row, None)
                         away = (*merged, *chained)
                         # As the erasure would have, had the merge come first: the merged ids and
                         # the person's emails, recognised if they are imported again.
@@ -512,7 +751,7 @@ class LeadStore:
                     outcome = decide(LeadView(crm, into, history, prev, len(history), listed))
                     pipe.multi()
                     for lead in merged:
-                        pipe.delete(lead_key(crm, lead), state_key(crm, lead))
+                        pipe.delete(lead_key(crm, lead), state_key(crm, lead), checkpoint_key(crm, lead))
                         pipe.zrem(DUE_KEY, due_member(crm, lead))
                         leadindex.queue_update(pipe, (crm, lead), indexed[lead], None)
                     # The merged logs go; the survivor's exists from now on, unless erased.
@@ -521,6 +760,10 @@ class LeadStore:
                     )
                     if outcome.erase and blobs[0] is not None:
                         leadindex.queue_tracked(pipe, -1)
+                    for row in rows[1:]:
+                        aggregates.queue_delta(pipe, row, None)
+                    survivor_row = outcome.row if outcome.checkpoint is not None and not outcome.erase else None
+                    aggregates.queue_delta(pipe, rows[0], survivor_row)
                     gone: tuple[str, ...] = ()
                     if outcome.erase:
                         merged_in = [a for a, target in aliases.items() if target == into]
@@ -555,7 +798,10 @@ class LeadStore:
         for _attempt in range(MAX_ATTEMPTS):
             with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    pipe.watch(state_key(crm, lead_id), merged_key(crm), lead_key(crm, lead_id))
+                    pipe.watch(
+                        state_key(crm, lead_id), merged_key(crm), lead_key(crm, lead_id), checkpoint_key(crm, lead_id)
+                    )
+                    (row,) = _rows(pipe, [checkpoint_key(crm, lead_id)])
                     blob = pipe.get(lead_key(crm, lead_id))
                     emails = _emails(eventlog.decode(blob) if blob is not None else [])  # type: ignore[arg-type]
                     raw = pipe.get(state_key(crm, lead_id))
@@ -567,10 +813,11 @@ class LeadStore:
                     # The record is gone from the CRM: so is any mapping that names it.
                     naming = [alias for alias, into in table.items() if lead_id in (alias, into)]
                     pipe.multi()
-                    pipe.delete(lead_key(crm, lead_id), state_key(crm, lead_id))
+                    pipe.delete(lead_key(crm, lead_id), state_key(crm, lead_id), checkpoint_key(crm, lead_id))
                     pipe.zrem(DUE_KEY, due_member(crm, lead_id))
                     leadindex.queue_update(pipe, (crm, lead_id), entry, None)
                     leadindex.queue_tracked(pipe, -(blob is not None))
+                    aggregates.queue_delta(pipe, row, None)
                     if naming:
                         pipe.hdel(merged_key(crm), *naming)
                     if suppressed and key is not None:
@@ -639,6 +886,11 @@ class LeadStore:
         """Return a lead's event log, or None when the lead is unknown."""
         blob = self.redis.get(lead_key(crm, lead_id))
         return None if blob is None else eventlog.decode(blob)  # type: ignore[arg-type]
+
+    def checkpoint(self, crm: str, lead_id: str) -> Stored | None:
+        """Return a lead's checkpoint (None: unknown lead, or not evaluated since the upgrade)."""
+        raw: bytes | None = self.redis.get(checkpoint_key(crm, lead_id))  # type: ignore[assignment]
+        return unpack(raw)
 
     def state(self, crm: str, lead_id: str) -> dict[str, Any] | None:
         """Return a lead's stored state record (None: ACTIVE without decisions, or unknown)."""

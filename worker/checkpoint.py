@@ -1,0 +1,76 @@
+"""A lead's checkpoint as stored next to its event log (`pruner:ck:{crm}:{lead_id}`).
+
+One msgpack array: format version, the digest of the policy it was computed under, the
+checkpoint time, the replay's running state (rules/lifecycle.py `Running`, kept as raw
+bytes so that a record of another shape is replayed rather than misread), the events after
+the checkpoint time (events dated after the evaluation's `now`, usually none: eventlog
+records), and the rules' progress as the last evaluation computed it (read by `explain`
+and `/leads`).
+
+Invariant the store keeps: the tail holds exactly the log's events dated after `at_ms`.
+So a batch whose events are all later than `at_ms` needs neither the log nor a replay of
+it: its duplicates are in the tail, and the replay continues from the running state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from rules.counters import LoggedEvent
+from rules.lifecycle import Running, decode_checkpoint
+from worker import eventlog
+
+FORMAT = 1
+# `at_ms` of a record holding no running state (every event of the lead dated after the
+# last evaluation's `now`): every batch is then "late", and replays the log.
+NO_CHECKPOINT = 2**62
+NO_STATE = b"\xc0"  # msgpack nil, in place of the running state
+
+
+class Stored(msgspec.Struct, array_like=True):
+    format: int
+    policy: str
+    at_ms: int
+    running: msgspec.Raw
+    tail: bytes = b""
+    progress: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    # The lead's row in the loss / conversion aggregates (worker/aggregates.py).
+    row: list[str] | None = None
+
+    def events_after(self) -> list[LoggedEvent]:
+        """The log's events dated after the checkpoint."""
+        return eventlog.decode_records(self.tail)
+
+    def state(self) -> Running | None:
+        """The running state, or None when it was written with other fields."""
+        return decode_checkpoint(bytes(self.running))
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(Stored)
+
+
+def pack(
+    policy: str,
+    at_ms: int,
+    running: bytes,
+    tail: list[LoggedEvent],
+    progress: dict[str, dict[str, Any]],
+    row: list[str] | None = None,
+) -> bytes:
+    """Pack a checkpoint: `running` as `rules.lifecycle.encode_checkpoint` packed it."""
+    blob = Stored(FORMAT, policy, at_ms, msgspec.Raw(running), eventlog.encode(tail), progress, row)
+    return _ENCODER.encode(blob)
+
+
+def unpack(blob: bytes | None) -> Stored | None:
+    """Read a stored checkpoint; None when absent or of another format (a full replay then)."""
+    if not blob:
+        return None
+    try:
+        stored = _DECODER.decode(blob)
+    except msgspec.DecodeError:
+        return None
+    return stored if stored.format == FORMAT else None
