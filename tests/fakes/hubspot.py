@@ -761,14 +761,7 @@ class FakeHubSpot:
             return _error(400, "channel must be EMAIL")
         with self.lock:
             self.unsubscribed.append(subscriber)
-        status = {
-            "subscriberIdString": subscriber,
-            "channel": "EMAIL",
-            "status": "NOT_SUBSCRIBED",
-            "wideStatusType": "PORTAL_WIDE",
-            "timestamp": _now_iso(),
-        }
-        return {"status": "COMPLETE", "results": [status], "startedAt": _now_iso(), "completedAt": _now_iso()}, 200
+        return _unsubscribed_answer(subscriber, True), 200
 
     def _unsubscribe_all_status(self, subscriber: str) -> Reply:
         # HubSpot answers an empty `results` for someone who has not opted out of all email.
@@ -776,14 +769,7 @@ class FakeHubSpot:
             return _error(400, "channel must be EMAIL")
         with self.lock:
             out = subscriber in self.unsubscribed
-        status = {
-            "subscriberIdString": subscriber,
-            "channel": "EMAIL",
-            "status": "NOT_SUBSCRIBED",
-            "wideStatusType": "PORTAL_WIDE",
-            "timestamp": _now_iso(),
-        }
-        return {"status": "COMPLETE", "results": [status] if out else [], "completedAt": _now_iso()}, 200
+        return _unsubscribed_answer(subscriber, out), 200
 
     # -- Webhooks API v3 (app settings and subscriptions) -----------------------------------------
 
@@ -872,6 +858,19 @@ class FakeHubSpot:
                 results.append(dict(sub))
             now = _now_iso()
             return {"status": "COMPLETE", "results": results, "startedAt": now, "completedAt": now}, 200
+
+
+def _unsubscribed_answer(subscriber: str, unsubscribed: bool) -> dict[str, Any]:
+    """The v4 unsubscribe-all answer: one portal-wide NOT_SUBSCRIBED status, or none."""
+    status = {
+        "subscriberIdString": subscriber,
+        "channel": "EMAIL",
+        "status": "NOT_SUBSCRIBED",
+        "wideStatusType": "PORTAL_WIDE",
+        "timestamp": _now_iso(),
+    }
+    results = [status] if unsubscribed else []
+    return {"status": "COMPLETE", "results": results, "startedAt": _now_iso(), "completedAt": _now_iso()}
 
 
 class _QuietHandler(WSGIRequestHandler):

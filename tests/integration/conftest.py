@@ -53,6 +53,14 @@ def drained(conn: redis.Redis) -> Callable[[], bool]:
     return lambda: not any(True for _ in conn.scan_iter("rq:job:*", count=1000))
 
 
+def redis_answers(url: str) -> bool:
+    """Whether a Redis at `url` answers PING within a second."""
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.integration.conftest import BIN, ROOT, base_env, free_port, wait_until
+from tests.integration.conftest import BIN, ROOT, base_env, free_port, redis_answers, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -208,7 +208,7 @@ def test_check_refuses_a_redis_that_evicts_and_reports_its_memory_and_persistenc
     )
     try:
         url = f"redis://127.0.0.1:{port}/0"
-        wait_until(lambda: _answers(url), seconds=10)
+        wait_until(lambda: redis_answers(url), seconds=10)
 
         def check() -> subprocess.CompletedProcess[str]:
             env = base_env(REDIS_URL=url)
@@ -226,10 +226,3 @@ def test_check_refuses_a_redis_that_evicts_and_reports_its_memory_and_persistenc
     finally:
         server.terminate()
         server.wait(timeout=10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
-    except redis.RedisError:
-        return False

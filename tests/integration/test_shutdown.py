@@ -14,7 +14,7 @@ from rq import Queue
 from rq.job import Job
 
 from rules.events import Crm, Event, EventType
-from tests.integration.conftest import BIN, ROOT, base_env, free_port, start_worker, stop, wait_until
+from tests.integration.conftest import BIN, ROOT, base_env, free_port, redis_answers, start_worker, stop, wait_until
 from worker.queues import enqueue_events, make_queue
 from worker.store import PREFIX, LeadStore
 
@@ -118,7 +118,7 @@ def test_a_worker_outlives_a_redis_outage(tmp_path: Path) -> None:
     def start_redis() -> subprocess.Popen[bytes]:
         args = ["--port", str(port), "--bind", "127.0.0.1", "--appendonly", "yes", "--save", "", "--dir", str(tmp_path)]
         proc = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL)
-        wait_until(lambda: _answers(url), seconds=10)
+        wait_until(lambda: redis_answers(url), seconds=10)
         return proc
 
     def applied(conn: redis.Redis, prefix: str) -> int:
@@ -153,10 +153,3 @@ def test_a_worker_outlives_a_redis_outage(tmp_path: Path) -> None:
         stop(worker)
         server.terminate()
         server.wait(timeout=10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
-    except redis.RedisError:
-        return False
