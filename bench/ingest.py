@@ -5,7 +5,8 @@ Three targets, each a gunicorn started here with the same settings (the Procfile
 
 - bare:    a Flask endpoint that reads the body and drops it (bench/baseline_app.py)
 - minimal: the cheapest correct ingest — verify the signature, one LPUSH of the raw body, 202
-- pruner:  `gunicorn 'webhooks:create_app()'`, REDIS_URL on DB 13, PRUNER_WEBHOOK_SECRET set
+- pruner:  `gunicorn 'webhooks:create_app()'`, REDIS_URL on DB 13, PRUNER_WEBHOOK_SECRET set,
+           the inbound rate limit counting every request (`--rate-limit`, high enough never to refuse)
 
 wrk (1 thread, so the server keeps the cores) replays pre-signed requests (bench/wrk_post.lua).
 Each target is warmed up, then measured in `--rounds` interleaved rounds (order rotated) so that
@@ -419,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="gunicorn.conf.py",
         help="config file, relative to the project, as the Procfile passes it (none: gunicorn's defaults)",
     )
+    p.add_argument(
+        "--rate-limit",
+        default="1000000/second",
+        help="PRUNER_INBOUND_RATE_LIMIT for the pruner target: counted but never reached by default, so the "
+        "cost of counting is measured (wrk is one sender, which the real 200/second would refuse); off: no count",
+    )
     p.add_argument("--connections", type=int, default=4, help="wrk connections (4: two per worker)")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (1: leave the cores to the server)")
     p.add_argument("--events", type=int, default=100, help="events per batch (100)")
@@ -453,6 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"     then {args.duration:g} s measured in {args.rounds} interleaved round(s)")
     print(f"load: {args.events} distinct events per batch, spread over {args.leads} leads, signed just before each run")
     print(f"Redis: {REDIS_URL}; before: {load_note()}")
+    print(f"pruner's PRUNER_INBOUND_RATE_LIMIT: {args.rate_limit}")
     targets: list[Target] = []
     with (
         bench_db() as conn,
@@ -466,7 +474,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 port = free_port()
                 print(f"-- starting {name}: gunicorn '{spec}' on 127.0.0.1:{port}", flush=True)
                 log = stack.enter_context((tmp / f"{name}.log").open("wb"))
-                server = stack.enter_context(gunicorn(spec, port, settings, child_env(secret), log))
+                env = child_env(secret)
+                if name == "pruner":
+                    env["PRUNER_INBOUND_RATE_LIMIT"] = args.rate_limit
+                server = stack.enter_context(gunicorn(spec, port, settings, env, log))
                 builder = BatchBuilder(lead_ids(args.leads), args.events, seed=zlib.crc32(name.encode()))
                 targets.append(Target(name, port, builder, pid=server.pid))
             measure(targets, args, decode_secret(secret), conn, tmp)

@@ -72,6 +72,8 @@ def make_app() -> Flask:
             "PRUNER_ADMIN_TOKEN": ADMIN_TOKEN,
             "HUBSPOT_CLIENT_SECRET": HUBSPOT_SECRET,
             "SALESFORCE_ORG_ID": SALESFORCE_ORG,
+            # Thousands of requests from one address: the limit is tested in test_ratelimit.py.
+            "PRUNER_INBOUND_RATE_LIMIT": "off",
         }
     )
     return create_app(config, fakeredis.FakeRedis(), clock=lambda: NOW)

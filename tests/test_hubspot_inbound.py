@@ -30,8 +30,8 @@ URL = "http://localhost/webhooks/hubspot"
 
 @pytest.fixture
 def hs_client(fake_redis: fakeredis.FakeRedis) -> FlaskClient:
-    config = Config.from_env({"HUBSPOT_CLIENT_SECRET": SECRET, "PRUNER_ADMIN_TOKEN": ADMIN_TOKEN})
-    return create_app(config, fake_redis).test_client()
+    env = {"HUBSPOT_CLIENT_SECRET": SECRET, "PRUNER_ADMIN_TOKEN": ADMIN_TOKEN, "PRUNER_INBOUND_RATE_LIMIT": "off"}
+    return create_app(Config.from_env(env), fake_redis).test_client()
 
 
 def hs_event(kind: str, object_id: int = 101, **extra: Any) -> dict[str, Any]:

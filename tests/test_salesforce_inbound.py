@@ -62,7 +62,7 @@ def kinds(result: Any) -> list[str]:
 
 @pytest.fixture
 def sf_config() -> Config:
-    return Config.from_env({"SALESFORCE_ORG_ID": ORG})
+    return Config.from_env({"SALESFORCE_ORG_ID": ORG, "PRUNER_INBOUND_RATE_LIMIT": "off"})
 
 
 @pytest.fixture

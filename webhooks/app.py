@@ -12,13 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
-from flask import Flask, jsonify
+from flask import Flask, Request, jsonify
 from flask.typing import ResponseReturnValue
 from rq import Queue
 from werkzeug.exceptions import HTTPException
 
 from webhooks.backpressure import RETRY_AFTER_S, Backpressure
 from webhooks.errors import QueueUnavailable
+from webhooks.ratelimit import InboundRateLimit, RateRefusal, parse_limit
 from worker.config import Config
 from worker.logs import install_redaction, setup_logging
 from worker.queues import connect, make_queue
@@ -39,6 +40,7 @@ class Services:
     store: LeadStore
     clock: Callable[[], float]
     backpressure: Backpressure
+    rate_limit: InboundRateLimit
 
 
 def services(app: Flask) -> Services:
@@ -51,10 +53,35 @@ def error(status: int, code: str, detail: str, headers: list[tuple[str, str]] | 
     return jsonify(error=code, detail=detail), status, headers or []
 
 
-def refusal(svc: Services) -> ResponseReturnValue | None:
-    """The 503 + Retry-After a webhook answers while Redis is nearly full or the queue far behind."""
+@dataclass(frozen=True)
+class Refusal:
+    """A webhook refused before it is read: the sender should retry after `retry_after_s`."""
+
+    status: int
+    code: str
+    detail: str
+    retry_after_s: int
+
+
+def admission(svc: Services, route: str, req: Request) -> Refusal | None:
+    """Refuse a flooding sender (429), then work Redis could not keep or the workers reach soon (503).
+
+    The rate limit comes first: it costs a few microseconds and no Redis, so a flood is
+    turned away before the signature check or any Redis read.
+    """
+    limited: RateRefusal | None = svc.rate_limit.refusal(route, req)
+    if limited is not None:
+        return Refusal(429, "rate_limited", limited.detail, limited.retry_after_s)
     reason = svc.backpressure.reason()
-    return None if reason is None else error(503, "backpressure", reason, [("Retry-After", str(RETRY_AFTER_S))])
+    return None if reason is None else Refusal(503, "backpressure", reason, RETRY_AFTER_S)
+
+
+def refusal(svc: Services, route: str, req: Request) -> ResponseReturnValue | None:
+    """The JSON answer to a refused webhook (see `admission`), or None to go on."""
+    refused = admission(svc, route, req)
+    if refused is None:
+        return None
+    return error(refused.status, refused.code, refused.detail, [("Retry-After", str(refused.retry_after_s))])
 
 
 def create_app(
@@ -76,7 +103,10 @@ def create_app(
     pressure = Backpressure(
         connection, queue, config.backpressure_queue_lag_s, config.backpressure_memory_percent, clock
     )
-    app.extensions["pruner"] = Services(config, connection, queue, LeadStore(connection), clock, pressure)
+    limit = InboundRateLimit(
+        parse_limit(config.inbound_rate_limit), config.inbound_rate_limit_storage, config.trust_proxy, clock
+    )
+    app.extensions["pruner"] = Services(config, connection, queue, LeadStore(connection), clock, pressure, limit)
 
     from webhooks import admin, dashboard, events, health, hubspot, metrics, salesforce
 

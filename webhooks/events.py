@@ -54,7 +54,7 @@ def receive_events() -> ResponseReturnValue:
     secret = svc.config.webhook_secret
     if secret is None:
         return error(503, "not_configured", "PRUNER_WEBHOOK_SECRET is not set, so signed events cannot be verified")
-    if (refused := refusal(svc)) is not None:
+    if (refused := refusal(svc, request.path, request)) is not None:
         return refused
     body = request.get_data(cache=False)
     now = svc.clock()

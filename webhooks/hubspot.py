@@ -49,7 +49,7 @@ def receive_hubspot() -> ResponseReturnValue:
     secret = svc.config.hubspot_client_secret
     if secret is None:
         return error(503, "not_configured", "HUBSPOT_CLIENT_SECRET is not set, so HubSpot signatures cannot be checked")
-    if (refused := refusal(svc)) is not None:
+    if (refused := refusal(svc, request.path, request)) is not None:
         return refused
     body = request.get_data(cache=False)
     now_ms = int(svc.clock() * 1000)

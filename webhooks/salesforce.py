@@ -30,8 +30,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
 
 from rules.salesforce_map import Notification, is_record_id, map_notifications, to_15
-from webhooks.app import MAX_BODY_BYTES, services
-from webhooks.backpressure import RETRY_AFTER_S
+from webhooks.app import MAX_BODY_BYTES, admission, services
 from webhooks.errors import QueueUnavailable, WebhookError
 from worker.queues import enqueue_events
 
@@ -177,11 +176,11 @@ def receive_salesforce() -> Response:
     org_id = svc.config.salesforce_org_id
     if org_id is None:
         return fault(503, "Server", "not configured: SALESFORCE_ORG_ID is not set, so no message can be accepted")
-    reason = svc.backpressure.reason()
-    if reason is not None:  # Salesforce retries an outbound message for 24 h
-        refused = fault(503, "Server", reason)
-        refused.headers["Retry-After"] = str(RETRY_AFTER_S)
-        return refused
+    refused = admission(svc, request.path, request)
+    if refused is not None:  # Salesforce retries an outbound message for 24 h
+        answer = fault(refused.status, "Server", refused.detail)
+        answer.headers["Retry-After"] = str(refused.retry_after_s)
+        return answer
     try:
         body = request.get_data(cache=False)
     except RequestEntityTooLarge:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 import redis
+from limits import parse_many
 
 from rules.errors import SchemaError
 from rules.salesforce_map import SalesforceMapping, is_record_id
@@ -193,6 +194,11 @@ class Config:
     # accept what Redis may not keep (memory nearly full) or the workers cannot reach soon.
     backpressure_queue_lag_s: int = 600  # 0: off
     backpressure_memory_percent: int = 95  # of maxmemory; 100: off
+    # Per sender and webhook route, in limits' notation (`200/second;5000/minute`); "" is off.
+    # Checked again by the web (webhooks/ratelimit.py), parsed here so a typo stops the deploy.
+    inbound_rate_limit: str = "200/second"
+    # Where the counts live: memory:// (per web process) or a limits storage URI (redis://…).
+    inbound_rate_limit_storage: str = "memory://"
     # The optional per-CRM settings, parsed here too so that a bad value stops the
     # deploy (web, worker, `pruner check`) instead of the first callback.
     hubspot: HubSpotSettings = field(default_factory=lambda: _hubspot_settings({}))
@@ -240,6 +246,8 @@ class Config:
             trust_proxy=_flag(env, "PRUNER_TRUST_PROXY", False),
             backpressure_queue_lag_s=_int(env, "PRUNER_BACKPRESSURE_QUEUE_LAG_S", 600, 0, 86_400),
             backpressure_memory_percent=_int(env, "PRUNER_BACKPRESSURE_MEMORY_PERCENT", 95, 50, 100),
+            inbound_rate_limit=_inbound_rate_limit(env),
+            inbound_rate_limit_storage=_inbound_rate_limit_storage(env, redis_url),
             hubspot=_hubspot_settings(env),
             hubspot_rate_limit=_rate(env, "HUBSPOT_RATE_LIMIT"),
             salesforce=_salesforce_settings(env),
@@ -273,6 +281,29 @@ def _check_whsec(secret: str) -> None:
         except ValueError as exc:
             which = f"secret {n} of PRUNER_WEBHOOK_SECRET" if len(secret.split()) > 1 else "PRUNER_WEBHOOK_SECRET"
             raise ConfigError(f"{which} is not a usable Standard Webhooks secret: {exc}") from None
+
+
+def _inbound_rate_limit(env: Mapping[str, str]) -> str:
+    raw = env.get("PRUNER_INBOUND_RATE_LIMIT")
+    spec = "200/second" if raw is None else raw.strip()
+    if spec.lower() in ("", "off", "0"):
+        return ""
+    try:
+        parse_many(spec)
+    except ValueError:
+        raise ConfigError(
+            f"PRUNER_INBOUND_RATE_LIMIT must look like 200/second or 200/second;5000/minute (or off), got {spec!r}"
+        ) from None
+    return spec
+
+
+def _inbound_rate_limit_storage(env: Mapping[str, str], redis_url: str) -> str:
+    raw = (env.get("PRUNER_INBOUND_RATE_LIMIT_STORAGE") or "memory").strip().lower()
+    if raw in ("memory", "memory://"):
+        return "memory://"
+    if raw == "redis":  # the same Redis as the queue, so every web process shares one count
+        return redis_url
+    raise ConfigError(f"PRUNER_INBOUND_RATE_LIMIT_STORAGE must be memory or redis, got {raw!r}")
 
 
 def _rate(env: Mapping[str, str], name: str) -> tuple[int, float]:
