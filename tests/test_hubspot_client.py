@@ -785,3 +785,32 @@ def test_actions_it_cannot_carry_out_fail_with_a_reason(executor: HubSpotExecuto
         (False, "unknown action kind 'send_flowers'"),
         (False, "not a HubSpot action (crm 'salesforce')"),
     ]
+
+
+UNSUB = "/communication-preferences/v4/statuses/"
+
+
+@pytest.mark.parametrize("lost", [{"status": 504}, {"status": 502, "delay_s": 0.05}])
+def test_an_unsubscribe_whose_answer_was_lost_is_not_sent_again(
+    fake: FakeHubSpot, executor: HubSpotExecutor, lost: dict[str, Any]
+) -> None:
+    # The gateway answered 5xx after HubSpot had unsubscribed the person (the chaos suite saw
+    # these retried into a second unsubscribe): the retry reads the status first.
+    seed(fake, 1)
+    fake.configure(script=[{"path": UNSUB, "after_write": True, **lost}])
+    assert executor.execute([action("suppress", "101")])[0].ok
+    assert fake.unsubscribed == ["lead101@example.com"]
+    posts = [c for c in fake.api_calls() if UNSUB in c["path"]]
+    assert [(c["method"], c["status"]) for c in posts] == [("POST", lost["status"]), ("GET", 200)]
+
+
+def test_an_unsubscribe_refused_with_429_is_retried_without_a_status_read(
+    fake: FakeHubSpot, executor: HubSpotExecutor
+) -> None:
+    seed(fake, 1)
+    fake.configure(script=[{"path": UNSUB, "status": 429, "retry_after": "0"}, {"path": UNSUB, "status": 503}])
+    assert executor.execute([action("suppress", "101")])[0].ok
+    calls = [(c["method"], c["status"]) for c in fake.api_calls() if UNSUB in c["path"]]
+    # 429: nothing happened, send again; 503 (before anything, but a client cannot know): read first.
+    assert calls == [("POST", 429), ("POST", 503), ("GET", 200), ("POST", 200)]
+    assert fake.unsubscribed == ["lead101@example.com"]

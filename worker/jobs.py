@@ -25,7 +25,7 @@ from worker.locks import release
 from worker.metrics import record_batch
 from worker.policyfile import cached_policy
 from worker.queues import JOB_TIMEOUT, RETRY, make_queue
-from worker.reaper import reap
+from worker.reaper import reap, rescue
 from worker.stats import migrate
 from worker.store import LeadStore
 
@@ -240,13 +240,15 @@ def drain_outbox(crm: str) -> dict[str, int]:
 def watchdog() -> dict[str, int]:
     """RQ job (the clock, every 15 s): recover what dead workers left behind.
 
-    Started jobs whose worker stopped beating are requeued (worker/reaper.py), and a drain is
+    Started jobs whose worker stopped beating, and jobs a dying worker had taken but not
+    started, are requeued (worker/reaper.py), and a drain is
     queued for any outbox nobody drains (a drain that died: its lock expires within seconds),
     without waiting for RQ's slow abandoned-job detection or its scheduler.
     """
     connection = _connection()
     config = _config()
-    reaped = reap(connection, make_queue(connection, config.queue_name))
+    queue = make_queue(connection, config.queue_name)
+    reaped = reap(connection, queue) + rescue(connection, queue)
     idle = watch(connection, [crm.value for crm in Crm])
     for crm in idle:
         connection.set(pending_key(crm), "1", ex=PENDING_TTL_S)

@@ -11,6 +11,13 @@ a started job whose worker's key is gone is requeued at once (one of its retries
 failed when it has none left, the way RQ's own cleanup would. Applying a batch twice is
 harmless (events are deduplicated, actions are idempotent), so a false alarm costs nothing
 but the work.
+
+A job can also be lost between RQ's two steps of taking it: the worker moves its id from the
+queue to the queue's "intermediate" list (BLMOVE), then records it as started. A worker
+SIGKILLed, or SIGTERMed while idle (RQ raises its stop at once), in between leaves the id in
+that list only, invisible to the started registry; RQ fails such a job after a minute and
+retries it through its scheduler (80 s to recover in the chaos suite). `rescue` puts it back
+on the queue once two watchdog ticks have seen it there, unstarted.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ from rq.queue import Queue
 log = logging.getLogger(__name__)
 
 ALIVE_PREFIX = "pruner:alive:"
+# When the watchdog first saw a job id in the intermediate list without a started execution.
+STUCK_PREFIX = "pruner:stuck:"
+STUCK_TTL_S = 600
 ALIVE_TTL_MS = 15_000
 # A job this young may belong to a worker whose first beat has not landed yet.
 MIN_AGE_S = 5.0
@@ -108,3 +118,38 @@ def reap(connection: redis.Redis, queue: Queue, now: float | None = None) -> lis
         log.warning("job %s abandoned by dead worker %s: %s", job.id, worker, what)
         reaped.append(job.id)
     return reaped
+
+
+def rescue(connection: redis.Redis, queue: Queue, now: float | None = None) -> list[str]:
+    """Requeue jobs left in `queue`'s intermediate list by a worker that died while taking them.
+
+    A job id seen there twice, `MIN_AGE_S` apart, with no started execution, is requeued at
+    the front; a live worker needs milliseconds between the two steps, not seconds.
+    """
+    now = time.time() if now is None else now
+    intermediate = queue.intermediate_queue
+    started = {
+        (m.decode() if isinstance(m, bytes) else str(m)).split(":", 1)[0]
+        for m in connection.zrange(queue.started_job_registry.key, 0, -1)
+    }
+    rescued = []
+    for job_id in intermediate.get_job_ids():
+        if job_id in started:
+            continue
+        seen_key = f"{STUCK_PREFIX}{job_id}"
+        if connection.set(seen_key, str(now), nx=True, ex=STUCK_TTL_S):
+            continue  # first sighting: give a live worker its moment
+        first_seen = float(connection.get(seen_key) or now)
+        if now - first_seen < MIN_AGE_S:
+            continue
+        job = queue.fetch_job(job_id)
+        with connection.pipeline() as pipe:
+            pipe.lrem(intermediate.key, 1, job_id)
+            pipe.delete(seen_key)
+            if job is not None:
+                queue._enqueue_job(job, pipeline=pipe, at_front=True)
+            pipe.execute()
+        if job is not None:
+            log.warning("job %s was taken by a worker that died before starting it: requeued", job_id)
+            rescued.append(job_id)
+    return rescued

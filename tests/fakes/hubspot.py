@@ -4,7 +4,8 @@ Use it in a thread (`FakeHubSpotServer`) or as a process (`python -m tests.fakes
 --port 8123 --token t`). Tests in other processes drive it over HTTP:
 
     POST /_fake/reset     forget records, calls and configuration
-    POST /_fake/config    {"rate_limit": 10, "window_s": 10, "fail_rate": 0.3, "seed": 1, ...} (see `Options`)
+    POST /_fake/config    {"rate_limit": 10, "window_s": 10, "fail_rate": 0.3, "lost_answer_rate": 0.05, ...}
+                          (see `Options`)
     POST /_fake/seed      {"contacts": [{"id", "properties"}], "deals": [{"id", "properties", "contacts": [...]}],
                            "calls": [{"id", "properties", "contacts": [...]}]}
     GET  /_fake/calls     every API call: method, path, query, body, status, at
@@ -82,6 +83,9 @@ class Options:
     fail_rate: float = 0.0  # share of API requests answered 503 before doing anything
     seed: int | None = None
     fail_status: int = 503
+    # Share of API requests carried out and then answered 504, as a gateway whose upstream timed
+    # out answers: the client cannot tell whether the write happened (drawn after `fail_rate`).
+    lost_answer_rate: float = 0.0
     # Path prefix -> status: every API request under it fails that way (e.g. {"/crm/v3/objects/deals": 503});
     # a key ending in "$" is an exact path.
     fail_paths: dict[str, int] = field(default_factory=dict)
@@ -294,6 +298,8 @@ class FakeHubSpot:
                             return _error(status, "Injected failure", "SERVICE_UNAVAILABLE")
             if o.fail_rate and self.rng.random() < o.fail_rate:
                 return _error(o.fail_status, "Injected failure", "SERVICE_UNAVAILABLE")
+            if deferred is None and o.lost_answer_rate and self.rng.random() < o.lost_answer_rate:
+                deferred = {"status": 504}
         g.after_write = deferred
         return None
 

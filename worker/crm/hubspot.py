@@ -663,12 +663,13 @@ class HubSpotClient:
 
     def unsubscribed_all(self, email: str) -> bool:
         """Whether `email` is already unsubscribed from all email (an empty result means it is not)."""
-        response = self.request(
-            "GET",
-            f"/communication-preferences/v4/statuses/{_q(email)}/unsubscribe-all",
-            label="GET /communication-preferences/v4/statuses/{email}/unsubscribe-all",
-            params={"channel": "EMAIL"},
-        )
+        label = "GET /communication-preferences/v4/statuses/{email}/unsubscribe-all"
+        return self._retrying(label, lambda: self._unsubscribed_now(email))
+
+    def _unsubscribed_now(self, email: str) -> bool:
+        """One status read, for `unsubscribed_all` and inside `unsubscribe_all`'s attempts (raises to retry)."""
+        path = f"/communication-preferences/v4/statuses/{_q(email)}/unsubscribe-all"
+        response = self._send_once("GET", path, {"channel": "EMAIL"}, None)
         if not response.ok:
             return False  # unknown: sending the unsubscribe again is safe, only not exactly-once
         results = (response.json() or {}).get("results") or []
@@ -689,13 +690,34 @@ class HubSpotClient:
         )
 
     def unsubscribe_all(self, email: str, contact_id: str) -> RecordError | None:
-        """Unsubscribe `email` from every email subscription (communication preferences v4)."""
-        response = self.request(
-            "POST",
-            f"/communication-preferences/v4/statuses/{_q(email)}/unsubscribe-all",
-            label="POST /communication-preferences/v4/statuses/{email}/unsubscribe-all",
-            params={"channel": "EMAIL"},
-        )
+        """Unsubscribe `email` from every email subscription (communication preferences v4).
+
+        After a failure HubSpot may have acted on (5xx, timeout, dropped connection: a 504
+        from its gateway is answered after the write), the next attempt first asks whether
+        the person is unsubscribed already, so a retry never sends the same unsubscribe twice.
+        A 429 was refused before anything happened and is retried as it is.
+        """
+        path = f"/communication-preferences/v4/statuses/{_q(email)}/unsubscribe-all"
+        label = "POST /communication-preferences/v4/statuses/{email}/unsubscribe-all"
+        in_doubt = False
+
+        def attempt() -> requests.Response | None:
+            nonlocal in_doubt
+            if in_doubt and self._unsubscribed_now(email):
+                return None
+            try:
+                return self._send_once("POST", path, {"channel": "EMAIL"}, None)
+            except _Retryable as exc:
+                in_doubt = in_doubt or exc.status != 429
+                raise
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError):
+                in_doubt = True
+                raise
+
+        response = self._retrying(label, attempt)
+        if response is None:
+            log.info("hubspot unsubscribe for contact %s had landed before its answer was lost", contact_id)
+            return None
         if response.ok:
             return None
         message = _message(response)
