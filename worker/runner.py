@@ -89,6 +89,7 @@ def run_worker(config: Config, burst: bool = False, connection: redis.Redis | No
             if burst or worker._stop_requested or _answers(connection):
                 return worked  # a burst done, a SIGTERM, or an exit that was not about Redis
             lost = None
+        _stop_listening(worker)
         if worker._stop_requested:
             return worked
         # RQ's worker quits on a Redis error outside its dequeue (a heartbeat, a job's bookkeeping):
@@ -100,6 +101,24 @@ def run_worker(config: Config, burst: bool = False, connection: redis.Redis | No
             wait_s = min(wait_s * 2, 30.0)
         log.warning("Redis answers again; worker starting")
         wait_s = 1.0
+
+
+def _stop_listening(worker: SimpleWorker) -> None:
+    """Stop the quit worker's command listener, which RQ leaves running when Redis is away.
+
+    RQ's teardown unsubscribes first, which raises without Redis, so the thread is never
+    stopped: it logs every 2 s through the outage, then reconnects and listens on for a
+    worker that no longer exists, one more connection per outage.
+    """
+    thread = worker.pubsub_thread
+    if thread is None or not thread.is_alive():
+        return
+    thread.stop()
+    thread.join(timeout=5)  # it notices within its 2 s retry sleep
+    try:
+        worker.pubsub.close()
+    except redis.RedisError:
+        pass
 
 
 def _answers(connection: redis.Redis) -> bool:

@@ -149,6 +149,9 @@ def test_a_worker_outlives_a_redis_outage(tmp_path: Path) -> None:
         enqueue_events(make_queue(conn), batch("after"), source="events")
         wait_until(lambda: applied(conn, "after") == 50, seconds=60)
         assert worker.poll() is None
+        # One command listener per live worker: the quit worker's is stopped, not left to reconnect.
+        time.sleep(3)
+        assert len(conn.pubsub_channels("rq:pubsub:*")) == 1, conn.pubsub_channels("rq:pubsub:*")
     finally:
         stop(worker)
         server.terminate()
