@@ -19,7 +19,8 @@ from flask import Flask, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from webhooks.errors import SignatureError
-from webhooks.signatures import decode_secret, verify
+from webhooks.signatures import verify
+from worker.secrets import decode_secret
 
 RAW_KEY = "bench:raw-batches"
 _ACCEPTED = b'{"accepted":true}\n'

@@ -63,9 +63,10 @@ from bench.common import (
 )
 from rules.fastparse import fast_count
 from webhooks import create_app
-from webhooks.signatures import decode_secret, verify
+from webhooks.signatures import verify
 from worker.config import Config
 from worker.queues import enqueue_batch, make_queue
+from worker.secrets import decode_secret
 
 PATH = "/webhooks/events"
 LUA = Path(__file__).with_name("wrk_post.lua")

@@ -1,14 +1,40 @@
-"""Errors raised by the pure core.
+"""Pruner's one exception tree. Its root lives here, in the pure core, the bottom layer every shell imports.
 
-RulesError
-├── SchemaError    an event or batch does not match the canonical schema
-└── PolicyError    a policy file is invalid (names the key and shows the value)
+PrunerError                          catch this to catch anything Pruner raises on purpose
+├── RulesError                       the pure core (rules/)
+│   ├── SchemaError                  an event or batch does not match the canonical schema
+│   └── PolicyError                  a policy file is invalid (names the key and shows the value)
+├── WebhookError                     receiving webhooks (webhooks/errors.py); each maps to one status
+│   ├── SignatureError               missing, malformed, stale or wrong signature     -> 401
+│   ├── MalformedMessage             a Salesforce outbound message we cannot read     -> 400 fault
+│   └── QueueUnavailable             the job could not be written to Redis            -> 503
+└── the worker shell (worker/errors.py, worker/crm/)
+    ├── ConfigError                  an environment variable has a value we cannot use
+    ├── StoreError                   the lead store could not complete a write
+    ├── QueryError                   a lead-list query parameter is wrong (also a ValueError)
+    ├── SimulationError              `pruner simulate` cannot read its input
+    ├── DevError                     `pruner dev` cannot start; the message says how to fix it
+    ├── SubscribeError               `pruner hubspot subscribe`: HubSpot refused or was unreachable
+    └── CrmError                     a CRM call failed
+        ├── TransientCrmError        unavailable or rate limited after bounded retries: retry the drain
+        ├── HubSpotApiError          HubSpot refused a request for good (4xx)
+        │   └── HubSpotNotFound      the record is gone
+        ├── HubSpotAuthError         the access token is refused
+        ├── SalesforceAuthError      the session or login is refused
+        └── SalesforceQueryError     a SOQL query failed
+
+Private exceptions used only for retry control flow inside one module (`_Retryable`,
+`_Transient`, `_Slow`) never leave it.
 """
 
 from __future__ import annotations
 
 
-class RulesError(Exception):
+class PrunerError(Exception):
+    """The root of every error Pruner raises on purpose."""
+
+
+class RulesError(PrunerError):
     """Base class for errors of the rules core."""
 
 

@@ -187,7 +187,7 @@ def parse_policy(text: str, defaults: Policy | None = None) -> Policy:
 
     country = guards.get("holiday_country", defaults.holiday_country if defaults else None)
     if country is not None:
-        import holidays
+        import holidays  # only when a calendar is configured: the package loads ~100 country modules
 
         if not isinstance(country, str) or country.upper() not in holidays.list_supported_countries():
             raise PolicyError(

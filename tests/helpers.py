@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from hypothesis import strategies as st
 
-from webhooks.signatures import decode_secret, sign
+from webhooks.signatures import sign
+from worker.secrets import decode_secret
 
 # The real Redis the integration tests use: 127.0.0.1:6379 unless PRUNER_TEST_REDIS names another
 # server (host:port), so two checkouts can run their suites side by side without flushing each other.

@@ -23,9 +23,9 @@ from worker import leadindex
 from worker import metrics as worker_metrics
 from worker.config import Config
 from worker.decide import Decider
-from worker.jobs import STATS_SNAPSHOT_KEY, store_stats_snapshot
 from worker.policyfile import default_policy
 from worker.queues import make_queue
+from worker.stats import STATS_SNAPSHOT_KEY, store_stats_snapshot
 from worker.store import LeadStore
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

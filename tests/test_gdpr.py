@@ -14,7 +14,7 @@ from rules.events import Crm, Event, EventType
 from tests.helpers import ADMIN_TOKEN, SECRET
 from tests.rules_helpers import T0, ms
 from webhooks import create_app
-from worker import gdpr, leadindex
+from worker import gdpr, leadindex, suppression
 from worker.aggregates import AGGREGATES_KEY
 from worker.config import Config
 from worker.decide import Decider
@@ -75,10 +75,10 @@ def test_erasure_deletes_everything_but_keyed_hashes_and_an_audit() -> None:
     # Besides the hashes and the audit: the list index's vocabularies (rule names, loss reasons)
     # and its count of leads, and the loss / conversion counts (no id, no email: checked above).
     vocabularies = {leadindex.VALUES_PREFIX + d for d in leadindex.VOCABULARIES} | {leadindex.TRACKED_KEY}
-    kept = {gdpr.SUPPRESSED_KEY, gdpr.AUDIT_KEY, "rq:queues", AGGREGATES_KEY, *vocabularies}
+    kept = {suppression.SUPPRESSED_KEY, suppression.AUDIT_KEY, "rq:queues", AGGREGATES_KEY, *vocabularies}
     assert {k.decode() for k in conn.keys("*")} <= kept
-    assert conn.sismember(gdpr.SUPPRESSED_KEY, gdpr.email_hash(KEY, " ADA.lovelace@example.COM "))
-    audit = conn.lrange(gdpr.AUDIT_KEY, 0, -1)
+    assert conn.sismember(suppression.SUPPRESSED_KEY, suppression.email_hash(KEY, " ADA.lovelace@example.COM "))
+    audit = conn.lrange(suppression.AUDIT_KEY, 0, -1)
     assert len(audit) == 1 and b'"source":"events"' in audit[0]
 
 
@@ -239,11 +239,11 @@ def test_erasure_drops_the_hubspot_step_progress_of_the_leads_actions() -> None:
     import json
 
     from worker.actions import dead_key, done_key
-    from worker.crm.hubspot import Progress
+    from worker.crm.progress import StepProgress
     from worker.store import outbox_key
 
     conn = fakeredis.FakeRedis()
-    progress = Progress(conn)
+    progress = StepProgress(conn)
     drained, refused, queued = "hubspot:gd-1:lost@1", "hubspot:gd-1:breakup@2", "hubspot:gd-1:suppress@3"
     kept = "hubspot:keep-1:lost@1"
     conn.sadd(done_key("hubspot"), drained, kept)
@@ -262,7 +262,7 @@ def test_a_drain_racing_an_erasure_keeps_no_record_of_the_erased_lead() -> None:
 
     from worker.actions import dead_key, done_key, drain
     from worker.crm.base import ActionOutcome
-    from worker.crm.hubspot import Progress
+    from worker.crm.progress import StepProgress
     from worker.store import outbox_key, state_key
 
     conn = fakeredis.FakeRedis()
@@ -287,7 +287,7 @@ def test_a_drain_racing_an_erasure_keeps_no_record_of_the_erased_lead() -> None:
                 conn.set(state_key("hubspot", "new-1"), json.dumps({"state": "LOST"}))
                 new = {"id": "hubspot:new-1:mark_lost", "kind": "mark_lost", "crm": "hubspot", "lead_id": "new-1"}
                 conn.rpush(outbox_key("hubspot"), json.dumps(new))
-            Progress(conn).mark((a["id"], "contact") for a in actions)  # steps done after the purge
+            StepProgress(conn).mark((a["id"], "contact") for a in actions)  # steps done after the purge
             return [ActionOutcome(a["id"], ok=a["kind"] == "mark_lost", detail="409") for a in actions]
 
     drain(conn, "hubspot", ErasedMeanwhile)
@@ -303,7 +303,10 @@ def test_a_drain_racing_an_erasure_keeps_no_record_of_the_erased_lead() -> None:
     stepped = [
         (f"hubspot:{lead}:{kind}", "contact") for lead in ("gd-1", "keep-1") for kind in ("mark_lost", "breakup_task")
     ]
-    assert {a for a, _ in Progress(conn).done(stepped)} == {"hubspot:keep-1:mark_lost", "hubspot:keep-1:breakup_task"}
+    assert {a for a, _ in StepProgress(conn).done(stepped)} == {
+        "hubspot:keep-1:mark_lost",
+        "hubspot:keep-1:breakup_task",
+    }
 
 
 def test_a_merge_into_an_erased_lead_purges_the_merged_leads_queued_actions(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -398,7 +401,7 @@ def test_a_privacy_deletion_arriving_after_the_deletion_still_recognises_the_ema
     gdpr.purge_payloads(conn, [("hubspot", "gd-1")])
     assert b"ada.lovelace" not in all_bytes(conn)  # only keyed hashes wait for a late erasure
     apply(conn, [ev(20, "erasure_requested", "gd-1")])  # privacyDeletion, retried by HubSpot later
-    assert conn.sismember(gdpr.SUPPRESSED_KEY, gdpr.email_hash(KEY, EMAIL))
+    assert conn.sismember(suppression.SUPPRESSED_KEY, suppression.email_hash(KEY, EMAIL))
     assert not conn.keys("pruner:forgotten:*")
     apply(conn, history("gd-2", email=EMAIL))  # imported again under a new id
     assert (LeadStore(conn, KEY).state("hubspot", "gd-2") or {}).get("state") == "SUPPRESSED"

@@ -29,8 +29,9 @@ from tests.helpers import ADMIN_TOKEN, SECRET
 from tests.test_openapi import NOT_YET_SERVED, SPEC_PATH
 from webhooks import create_app
 from webhooks.hubspot_signatures import sign_v3
-from webhooks.signatures import decode_secret, sign
+from webhooks.signatures import sign
 from worker.config import Config
+from worker.secrets import decode_secret
 
 # Per operation; CI keeps it small and derandomized. PRUNER_FUZZ_EXAMPLES=500 digs deeper by hand.
 FUZZ_EXAMPLES = int(os.environ.get("PRUNER_FUZZ_EXAMPLES", "40"))

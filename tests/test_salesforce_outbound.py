@@ -549,7 +549,7 @@ def test_login_flows_go_through_simple_salesforce(
 ) -> None:
     import simple_salesforce.login as sf_login
 
-    from worker.crm.salesforce import credentials_login
+    from worker.crm.settings import credentials_login
 
     seen: dict[str, Any] = {}
 

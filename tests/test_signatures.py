@@ -11,7 +11,8 @@ from standardwebhooks import Webhook
 
 from tests.helpers import SECRET, signed_headers
 from webhooks.errors import SignatureError
-from webhooks.signatures import decode_secret, decode_secrets, verify
+from webhooks.signatures import verify
+from worker.secrets import decode_secret, decode_secrets
 
 NOW = 1_790_000_000
 KEY = decode_secret(SECRET)

@@ -7,15 +7,13 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-import redis
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from rules.counters import LoggedEvent, fold
-from rules.events import Crm, format_ms
-from webhooks.app import error, services
-from worker import gdpr, leadindex
-from worker.checkpoint import Stored
+from rules.events import Crm
+from webhooks.services import error, services
+from worker import leadindex
+from worker.leaddoc import is_erased, lead_document
 
 bp = Blueprint("admin", __name__)
 
@@ -74,33 +72,3 @@ def lead(crm: str, lead_id: str) -> ResponseReturnValue:
     if history is None:
         return error(404, "unknown_lead", "no events have been received for this lead")
     return jsonify(lead_document(crm, lead_id, history, store.state(crm, lead_id), store.checkpoint(crm, lead_id)))
-
-
-def is_erased(connection: redis.Redis, key: bytes, crm: str, lead_id: str) -> bool:
-    """Say whether this lead was erased (its keyed hash is on the suppression list)."""
-    return bool(connection.sismember(gdpr.SUPPRESSED_KEY, gdpr.lead_hash(key, crm, lead_id)))
-
-
-def lead_document(
-    crm: str, lead_id: str, history: list[LoggedEvent], state: dict[str, Any] | None, checkpoint: Stored | None = None
-) -> dict[str, Any]:
-    """Build the docs/http.md `/leads/<crm>/<lead_id>` answer (also printed by `pruner explain --format json`).
-
-    `progress`: how far the lead is from each count-based rule, as its last evaluation
-    counted (empty for a lead not evaluated since the upgrade to checkpoints).
-    """
-    counters = fold(history)
-    state = state or {}
-    return {
-        "crm": crm,
-        "lead_id": lead_id,
-        "state": state.get("state", "ACTIVE"),
-        "loss_reason": state.get("loss_reason"),
-        "counters": counters.public(),
-        "decisions": state.get("decisions", []),
-        "next_due": state.get("next_due"),
-        "events": len(history),
-        "last_event_at": format_ms(counters.last_event_ms) if counters.last_event_ms is not None else None,
-        "profile": {"source": counters.source, "segment": counters.segment, "priority": counters.priority},
-        "progress": checkpoint.progress if checkpoint is not None else {},
-    }

@@ -35,13 +35,12 @@ from rq.exceptions import NoSuchJobError
 from rq.serializers import JSONSerializer
 from werkzeug.wrappers import Response as BaseResponse
 
-from webhooks.app import error, services
 from webhooks.labels import label as words
 from webhooks.labels import titled
+from webhooks.services import error, services
 from worker import leadindex
 from worker import metrics as worker_metrics
-from worker.jobs import STATS_SNAPSHOT_KEY, store_stats_snapshot
-from worker.stats import DIMENSIONS, collect
+from worker.stats import DIMENSIONS, STATS_SNAPSHOT_KEY, collect, store_stats_snapshot
 
 bp = Blueprint("dashboard", __name__)
 
@@ -878,6 +877,7 @@ def columns(
 
 def mount_rq_dashboard(app: Flask) -> None:
     """Serve rq-dashboard at /rq behind the admin check, on Pruner's Redis, reading JSON-serialized jobs."""
+    # Here, not at the top: rq-dashboard (and its Flask blueprint) loads only when the app is built.
     import rq_dashboard
     from rq_dashboard import web as rq_web
 

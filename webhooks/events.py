@@ -16,11 +16,12 @@ from flask.typing import ResponseReturnValue
 from rules.errors import SchemaError
 from rules.events import Event
 from rules.fastparse import fast_count, parse_body
-from webhooks.app import error, refusal, services
 from webhooks.errors import QueueUnavailable, SignatureError
 from webhooks.metrics import count_received
-from webhooks.signatures import decode_secrets, verify
+from webhooks.services import error, refusal, services
+from webhooks.signatures import verify
 from worker.queues import enqueue_batch, enqueue_events
+from worker.secrets import decode_secrets
 
 log = logging.getLogger(__name__)
 

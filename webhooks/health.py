@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
-from webhooks.app import services
+from webhooks.services import services
 from worker.redisinfo import inspect
 
 bp = Blueprint("health", __name__)

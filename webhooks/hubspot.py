@@ -16,10 +16,10 @@ from flask.typing import ResponseReturnValue
 
 from rules.errors import SchemaError
 from rules.hubspot_map import parse_hubspot_batch
-from webhooks.app import error, refusal, services
 from webhooks.errors import QueueUnavailable, SignatureError
 from webhooks.hubspot_signatures import verify
 from webhooks.metrics import count_ignored, count_received
+from webhooks.services import error, refusal, services
 from worker.policyfile import cached_policy
 from worker.queues import enqueue_events
 

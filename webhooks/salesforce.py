@@ -30,8 +30,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
 
 from rules.salesforce_map import Notification, is_record_id, map_notifications, to_15
-from webhooks.app import MAX_BODY_BYTES, admission, services
 from webhooks.errors import QueueUnavailable, WebhookError
+from webhooks.services import MAX_BODY_BYTES, admission, services
 from worker.queues import enqueue_events
 
 log = logging.getLogger(__name__)

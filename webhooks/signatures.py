@@ -10,7 +10,6 @@ and every malformed header raises the one `SignatureError` instead of a
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
@@ -33,35 +32,13 @@ def lowercased(headers: Headers) -> dict[str, str]:
 
 
 TOLERANCE_SECONDS = 5 * 60
-_PREFIX = "whsec_"
 MAX_ID_LENGTH = 256
-
-
-def decode_secret(secret: str) -> bytes:
-    """Return the HMAC key of a `whsec_<base64>` secret; raise ValueError when unusable.
-
-    Padding is optional, as in the reference library: some providers print secrets without it.
-    """
-    raw = secret[len(_PREFIX) :] if secret.startswith(_PREFIX) else secret
-    raw += "=" * (-len(raw) % 4)
-    try:
-        key = base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("expected whsec_ followed by base64") from None
-    if len(key) < 16:
-        raise ValueError(f"the key must be at least 16 bytes, got {len(key)}")
-    return key
 
 
 def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     """Return the `v1,<base64>` signature of one message."""
     signed = f"{msg_id}.{timestamp}.".encode() + body
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-
-
-def decode_secrets(value: str) -> tuple[bytes, ...]:
-    """Return the keys of a space-separated list of secrets (several while one is being rotated)."""
-    return tuple(decode_secret(secret) for secret in value.split())
 
 
 def verify(body: bytes, headers: Headers, keys: bytes | Sequence[bytes], now: float) -> str:

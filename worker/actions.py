@@ -23,9 +23,10 @@ import redis
 
 from rules.lifecycle import CONTACT_ACTIONS
 from worker.crm.base import ActionOutcome, Executor
-from worker.gdpr import SUPPRESSED_KEY, forget_progress, lead_hash
+from worker.crm.progress import forget_progress
 from worker.locks import Heartbeat, release
 from worker.store import outbox_key, state_key
+from worker.suppression import SUPPRESSED_KEY, lead_hash
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ def _drain_batch(
 # Not a lifecycle decision but an action all the same: an erasure received from another channel,
 # carried out in the lead's CRM too (HubSpot GDPR delete, Salesforce Individual.ShouldForget).
 FORWARD_ERASURE = "forward_erasure"
-# Keyed hashes (worker/gdpr.py `lead_hash`) of leads whose erasure was forwarded: once each, ever.
+# Keyed hashes (worker/suppression.py `lead_hash`) of leads whose erasure was forwarded: once each, ever.
 FORWARDED_KEY = "pruner:erasures:forwarded"
 # Queue the forward only if the erasure was recorded (its lead hash is on the suppression list),
 # and only the first time: a redelivered erasure, or a job retried after a crash, queues nothing

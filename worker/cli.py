@@ -131,7 +131,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from rules.explain import progress, sentence
-    from webhooks.admin import is_erased, lead_document
+    from worker.leaddoc import is_erased, lead_document
     from worker.queues import connect
     from worker.store import LeadStore
 

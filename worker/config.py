@@ -11,7 +11,6 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 import redis
@@ -20,11 +19,9 @@ from limits import parse_many
 from rules.errors import SchemaError
 from rules.salesforce_map import SalesforceMapping, is_record_id
 from worker.crm.ratelimit import DEFAULT_LIMIT, DEFAULT_WINDOW_S, parse_rate
+from worker.crm.settings import HubSpotSettings, SalesforceSettings, credentials_login
 from worker.errors import ConfigError
-
-if TYPE_CHECKING:
-    from worker.crm.hubspot import HubSpotSettings
-    from worker.crm.salesforce import SalesforceSettings
+from worker.secrets import decode_secret
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 _TRUE = {"1", "true", "yes", "on"}
@@ -273,8 +270,6 @@ class Config:
 
 
 def _check_whsec(secret: str) -> None:
-    from webhooks.signatures import decode_secret
-
     for n, one in enumerate(secret.split(), 1):
         try:
             decode_secret(one)
@@ -328,20 +323,13 @@ def salesforce_mapping(env: Mapping[str, str]) -> SalesforceMapping:
         raise ConfigError(f"SALESFORCE_MAPPING: {exc}") from None
 
 
-# The CRM modules import this one (for `Config`), so their settings are imported on use.
 def _hubspot_settings(env: Mapping[str, str]) -> HubSpotSettings:
-    from worker.crm.hubspot import HubSpotSettings
-
     return HubSpotSettings.from_env(env)
 
 
 def _salesforce_settings(env: Mapping[str, str]) -> SalesforceSettings:
-    from worker.crm.salesforce import SalesforceSettings
-
     return SalesforceSettings.from_env(env)
 
 
 def _salesforce_login(env: Mapping[str, str]) -> Callable[[], str] | None:
-    from worker.crm.salesforce import credentials_login
-
     return credentials_login(env)

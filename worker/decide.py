@@ -30,7 +30,7 @@ from rules.lifecycle import (
     policy_fingerprint,
 )
 from rules.policy import Policy
-from worker import aggregates, checkpoint, gdpr
+from worker import aggregates, checkpoint, suppression
 from worker.errors import ConfigError
 from worker.store import LeadView, Outcome
 
@@ -198,13 +198,13 @@ class Decider:
             # once the key is set. Never fall back to a bare, dictionary-reversible hash.
             raise ConfigError("PRUNER_SUPPRESSION_KEY is not set: an erasure cannot be recorded safely")
         key = self.suppression_key
-        hashes = [gdpr.lead_hash(key, view.crm, view.lead_id)]
+        hashes = [suppression.lead_hash(key, view.crm, view.lead_id)]
         for event in view.full_history():
             email = event.data.get("email") if event.type is EventType.LEAD_PROFILE else None
             if email:
-                hashes.append(gdpr.email_hash(key, email))
+                hashes.append(suppression.email_hash(key, email))
         hashes = sorted(set(hashes))
-        lead = gdpr.lead_hash(key, view.crm, view.lead_id)
+        lead = suppression.lead_hash(key, view.crm, view.lead_id)
         emails = sorted({h for h in hashes if h != lead})
         audit = {"at": format_ms(self.now_ms), "source": self.source, "crm": view.crm, "lead": lead, "emails": emails}
         return Outcome(erase=True, suppress_hashes=hashes, audit=audit)

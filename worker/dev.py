@@ -21,7 +21,7 @@ import redis
 from rq import Worker
 
 from worker.config import Config, redis_location
-from worker.errors import ConfigError
+from worker.errors import ConfigError, PrunerError
 from worker.queues import connect
 
 LOCAL_REDIS = "redis://localhost:6379/0"
@@ -57,7 +57,7 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-class DevError(RuntimeError):
+class DevError(PrunerError):
     """Start-up failed for a reason the operator can fix; the message says how."""
 
 

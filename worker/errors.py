@@ -1,15 +1,10 @@
-"""Errors raised by the worker shell.
-
-PrunerError
-├── ConfigError      an environment variable has a value we cannot use
-└── StoreError       the lead store could not complete a write
-"""
+"""Errors of the worker shell; the whole tree, with its root, is drawn in rules/errors.py."""
 
 from __future__ import annotations
 
+from rules.errors import PrunerError
 
-class PrunerError(Exception):
-    """Base class for errors of the worker shell."""
+__all__ = ["ConfigError", "PrunerError", "StoreError"]
 
 
 class ConfigError(PrunerError):

@@ -1,15 +1,10 @@
-"""GDPR: keyed hashes for the suppression list, and purging a lead from job payloads.
+"""GDPR erasure: purge an erased lead from queued job payloads, outboxes and action records.
 
-After an erasure Pruner keeps only HMAC-SHA-256 hashes, keyed with
-`PRUNER_SUPPRESSION_KEY`, of `crm:lead_id` and of each normalized email the
-lead had: enough to recognise a re-imported or re-created person, useless to
-anyone without the key (a bare SHA-256 of an email is reversed by a dictionary).
+What is kept after an erasure (keyed hashes on the suppression list) is worker/suppression.py's.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 from collections.abc import Iterable
@@ -20,38 +15,12 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from worker.actions import dead_key, done_key
+from worker.crm.progress import forget_progress
 from worker.queues import PROCESS_BATCH, PROCESS_BODY, PROCESS_EVENTS, make_queue
 from worker.store import ACTIONS_KEY, outbox_key
 
 log = logging.getLogger(__name__)
-
-SUPPRESSED_KEY = "pruner:suppressed"
-AUDIT_KEY = "pruner:erasures"
-
-
-def keyed_hash(key: bytes, kind: str, value: str) -> str:
-    """Return the hex HMAC-SHA-256 of `kind:value` under the suppression key."""
-    return hmac.new(key, f"{kind}\0{value}".encode(), hashlib.sha256).hexdigest()
-
-
-def lead_hash(key: bytes, crm: str, lead_id: str) -> str:
-    return keyed_hash(key, "lead", f"{crm}:{lead_id}")
-
-
-def normalize_email(email: str) -> str:
-    return email.strip().lower()
-
-
-def email_hash(key: bytes, email: str) -> str:
-    return keyed_hash(key, "email", normalize_email(email))
-
-
-def objection_hash(key: bytes, crm: str, lead_id: str, channel: str | None = None) -> str:
-    """Marks a suppressed lead deleted in the CRM: if the record comes back, so does SUPPRESSED.
-
-    Without `channel`, the objection covered every channel; with one, that channel only.
-    """
-    return keyed_hash(key, "objected", f"{crm}:{lead_id}" + (f":{channel}" if channel else ""))
 
 
 def _mentions(event: Any, leads: set[tuple[str, str]]) -> bool:
@@ -123,8 +92,6 @@ def _purge_action_ids(connection: redis.Redis, crm: str, leads: set[str], pendin
     step progress keeps hashes of the same ids for as long; those go too, for every action
     id known here: drained (done), refused (dead) or still queued (`pending`).
     """
-    from worker.actions import dead_key, done_key
-
     prefixes = tuple(f"{crm}:{lead}:" for lead in leads)
     done = [m for m in connection.sscan_iter(done_key(crm), count=1000) if m.decode().startswith(prefixes)]
     removed = int(connection.srem(done_key(crm), *done)) if done else 0
@@ -136,12 +103,3 @@ def _purge_action_ids(connection: redis.Redis, crm: str, leads: set[str], pendin
             removed += int(connection.lrem(dead_key(crm), 0, entry))  # type: ignore[arg-type]
             action_ids.add(action_id)
     return removed + forget_progress(connection, crm, action_ids)
-
-
-def forget_progress(connection: redis.Redis, crm: str, action_ids: Iterable[str]) -> int:
-    """Remove what the CRM adapter recorded about these actions' steps (HubSpot's progress)."""
-    from worker.crm.hubspot import CRM as HUBSPOT
-    from worker.crm.hubspot import Progress
-
-    ids = sorted(action_ids)
-    return Progress(connection).forget(ids) if crm == HUBSPOT and ids else 0

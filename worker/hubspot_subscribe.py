@@ -25,6 +25,7 @@ from typing import Any
 
 import requests
 
+from rules.errors import PrunerError
 from rules.hubspot_map import Subscription
 
 TIMEOUT_S = 15.0
@@ -32,7 +33,7 @@ TIMEOUT_S = 15.0
 DEFAULT_THROTTLING = {"maxConcurrentRequests": 10, "period": "SECONDLY"}
 
 
-class SubscribeError(Exception):
+class SubscribeError(PrunerError):
     """HubSpot refused or could not be reached; the message says which call and why (never the key)."""
 
 

@@ -14,7 +14,7 @@ from rq import get_current_job
 
 from rules.events import Crm, Event, EventType, format_ms
 from rules.fastparse import parse_decoded
-from worker import leadindex
+from worker import hubspot_ops, leadindex
 from worker.actions import drain, pending_key, queue_erasure_forwards, watch
 from worker.aggregates import COMPLETE_KEY
 from worker.config import Config
@@ -26,7 +26,7 @@ from worker.metrics import record_batch
 from worker.policyfile import cached_policy
 from worker.queues import JOB_TIMEOUT, RETRY, make_queue
 from worker.reaper import reap, rescue
-from worker.stats import migrate
+from worker.stats import migrate, store_stats_snapshot
 from worker.store import LeadStore
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,6 @@ def _process(batch: list[Event], source: str, ops: list[dict[str, Any]] | None) 
     received = len(batch)
     batch = list(batch)
     if ops:
-        from worker import hubspot_ops
-
         # Fetch first: if HubSpot is down the job fails before anything is written, and RQ retries it.
         if any(op["op"] in ("engagement", "deal") for op in ops):
             reader = hubspot_ops.hubspot_reader(config, connection)
@@ -267,28 +265,8 @@ def forget_lead(crm: str, lead_id: str) -> dict[str, int]:
     return {"forgotten": int(existed)}
 
 
-STATS_SNAPSHOT_KEY = "pruner:stats:snapshot"  # JSON: {"computed_at", "seconds", "stats"} for /dashboard
 STATS_LOCK = "pruner:stats:lock"
 STATS_INTERVAL_SECONDS = 300
-
-
-def store_stats_snapshot(connection: redis.Redis, by: str = "clock") -> dict[str, Any]:
-    """Compute `pruner stats` aggregates and store them as the dashboard's snapshot (`by`: who asked)."""
-    import json
-    from datetime import UTC, datetime
-
-    from worker.stats import collect
-
-    started = time.time()
-    stats = collect(connection)
-    snapshot = {
-        "computed_at": datetime.fromtimestamp(started, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "seconds": round(time.time() - started, 3),
-        "stats": stats.to_json(),
-        "by": by,
-    }
-    connection.set(STATS_SNAPSHOT_KEY, json.dumps(snapshot))
-    return snapshot
 
 
 def refresh_stats() -> dict[str, int]:

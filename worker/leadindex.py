@@ -40,7 +40,7 @@ from typing import Any
 import redis
 
 from rules.counters import LoggedEvent, fold
-from rules.errors import SchemaError
+from rules.errors import PrunerError, SchemaError
 from rules.events import EventType, format_ms, parse_rfc3339_ms
 
 ENTRIES_KEY = "pruner:leads:entries"
@@ -394,7 +394,7 @@ CRMS = FIXED_VALUES["crm"]
 MAX_VALUE_LENGTH = 200
 
 
-class QueryError(ValueError):
+class QueryError(PrunerError, ValueError):
     """A list query parameter is wrong: `parameter` names it, the message says why in a sentence."""
 
     def __init__(self, parameter: str, detail: str) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 from rules.calendar import Calendar
 from rules.counters import LoggedEvent
 from rules.errors import SchemaError
-from rules.events import Event, parse_event
+from rules.events import Event, format_ms, parse_event
 from rules.lifecycle import evaluate
 from rules.policy import Policy
 from worker.errors import PrunerError
@@ -334,8 +334,6 @@ def _describe(exc: BaseException) -> str:
 
 def format_text(report: Report, max_leads: int = 50) -> str:
     """Render a report for people."""
-    from rules.events import format_ms
-
     lines = [
         f"{report.events} events ({report.duplicates} duplicates ignored), {report.leads} leads, "
         f"as of {format_ms(report.as_of_ms) if report.as_of_ms else '-'}",

@@ -10,9 +10,11 @@ lead in them, once. Only counts leave this module — no lead ids, no personal d
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -196,3 +198,20 @@ def format_text(stats: Stats) -> str:
     )
     lines.append("lost from state: " + (", ".join(f"{k} {v}" for k, v in data["lost_from_state"].items()) or "none"))
     return "\n".join(lines)
+
+
+STATS_SNAPSHOT_KEY = "pruner:stats:snapshot"  # JSON: {"computed_at", "seconds", "stats"} for /dashboard
+
+
+def store_stats_snapshot(connection: redis.Redis, by: str = "clock") -> dict[str, Any]:
+    """Compute `pruner stats` aggregates and store them as the dashboard's snapshot (`by`: who asked)."""
+    started = time.time()
+    stats = collect(connection)
+    snapshot = {
+        "computed_at": datetime.fromtimestamp(started, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "seconds": round(time.time() - started, 3),
+        "stats": stats.to_json(),
+        "by": by,
+    }
+    connection.set(STATS_SNAPSHOT_KEY, json.dumps(snapshot))
+    return snapshot

@@ -11,7 +11,7 @@ Keys (all prefixed `pruner:`):
     actions                 list of JSON CRM actions decided, newest last (a bounded record, dry runs too)
     outbox:{crm}            JSON CRM actions still to execute (drained by worker/actions.py)
     merged:{crm}            hash: id of a record merged away in the CRM -> the id it was merged into
-    suppressed              set of keyed hashes of erased leads and their emails (worker/gdpr.py)
+    suppressed              set of keyed hashes of erased leads and their emails (worker/suppression.py)
     erasures                list of JSON erasure audit records (hashes, time, source; no personal data)
 
 A batch is applied in a handful of round trips whatever its size: WATCH the
@@ -38,9 +38,11 @@ import redis
 
 from rules.counters import LoggedEvent
 from rules.events import Event, EventType
+from rules.lifecycle import ALL_CHANNELS, covered_channels
 from worker import aggregates, eventlog, leadindex
 from worker.checkpoint import Stored, unpack
 from worker.errors import StoreError
+from worker.suppression import AUDIT_KEY, SUPPRESSED_KEY, email_hash, lead_hash, objection_hash
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +92,13 @@ OBJECTION_CHANNELS = ("email", "phone")
 
 def _objection_hashes(key: bytes, crm: str, lead_id: str, state: dict[str, Any]) -> list[str]:
     """Keyed hashes recording what a suppressed lead objected to: every channel, or some."""
-    from rules.lifecycle import ALL_CHANNELS, covered_channels
-    from worker import gdpr
-
     channels: set[str] = set()
     for decision in state.get("decisions", []):
         if decision.get("to") == "SUPPRESSED":
             channels |= covered_channels((decision.get("inputs") or {}).get("channels") or ["all"])
     if not channels or channels >= ALL_CHANNELS:
-        return [gdpr.objection_hash(key, crm, lead_id)]
-    return [gdpr.objection_hash(key, crm, lead_id, c) for c in sorted(channels)]
+        return [objection_hash(key, crm, lead_id)]
+    return [objection_hash(key, crm, lead_id, c) for c in sorted(channels)]
 
 
 def _rows(conn: Any, ck_keys: list[str]) -> list[list[str] | None]:
@@ -315,21 +314,20 @@ class LeadStore:
         deleted and restored in the CRM; each with the channels it objected to (empty: all).
         One SMISMEMBER round trip on `conn`, and only where a suppression key is configured.
         """
-        from worker import gdpr
 
         key = self.suppression_key
         if key is None or not fresh:
             return fresh, 0, {}
         probes: list[tuple[Lead, str, str]] = []
         for lead, events in fresh.items():
-            probes.append((lead, "lead", gdpr.lead_hash(key, *lead)))
-            probes.append((lead, "objected", gdpr.objection_hash(key, *lead)))
-            probes += [(lead, f"objected:{c}", gdpr.objection_hash(key, *lead, c)) for c in OBJECTION_CHANNELS]
+            probes.append((lead, "lead", lead_hash(key, *lead)))
+            probes.append((lead, "objected", objection_hash(key, *lead)))
+            probes += [(lead, f"objected:{c}", objection_hash(key, *lead, c)) for c in OBJECTION_CHANNELS]
             for ev in events.values():
                 email = ev.data.get("email") if ev.type is EventType.LEAD_PROFILE else None
                 if email:
-                    probes.append((lead, "email", gdpr.email_hash(key, email)))
-        hits: list[int] = conn.smismember(gdpr.SUPPRESSED_KEY, [h for _, _, h in probes])
+                    probes.append((lead, "email", email_hash(key, email)))
+        hits: list[int] = conn.smismember(SUPPRESSED_KEY, [h for _, _, h in probes])
         erased = {lead for (lead, kind, _), hit in zip(probes, hits, strict=True) if hit and kind == "lead"}
         recognised = {lead for (lead, kind, _), hit in zip(probes, hits, strict=True) if hit and kind == "email"}
         channels: dict[Lead, set[str]] = {}
@@ -367,8 +365,6 @@ class LeadStore:
         # transaction, and the suppression set is watched with the leads' keys (erasures are
         # rare, so the retries this costs are too). Merges likewise: the merged-id hashes are
         # watched, and events for a record merged away go to the record it was merged into.
-        from worker.gdpr import SUPPRESSED_KEY
-
         watched = [SUPPRESSED_KEY] if screening else []
         alias_keys = sorted({merged_key(crm) for crm, _ in batch}) if screen else []
         asked_erasure = screen and any(
@@ -611,7 +607,6 @@ class LeadStore:
 
     def _forgotten(self, conn: Any, fresh: dict[Lead, dict[bytes, LoggedEvent]]) -> dict[Lead, list[str]]:
         """Email hashes kept from an earlier forget of the leads this batch asks to erase."""
-        from worker import gdpr
 
         key = self.suppression_key
         if key is None:
@@ -619,34 +614,33 @@ class LeadStore:
         out: dict[Lead, list[str]] = {}
         for lead, events in fresh.items():
             if any(e.type is EventType.ERASURE_REQUESTED for e in events.values()):
-                kept = conn.smembers(forgotten_key(gdpr.lead_hash(key, *lead)))
+                kept = conn.smembers(forgotten_key(lead_hash(key, *lead)))
                 out[lead] = sorted(h.decode() for h in kept)
         return out
 
     def _queue_erasure(
         self, pipe: Any, lead: Lead, outcome: Outcome, aliases: Iterable[str] = (), forgotten: Iterable[str] = ()
     ) -> None:
-        from worker import gdpr
 
         pipe.delete(lead_key(*lead), state_key(*lead), checkpoint_key(*lead))
         remembered = list(forgotten)
         if remembered and self.suppression_key is not None:
             # The lead was deleted in the CRM before its erasure arrived: its emails, kept
             # as keyed hashes for this, join the suppression list like the lead's own would.
-            pipe.sadd(gdpr.SUPPRESSED_KEY, *remembered)
-            pipe.delete(forgotten_key(gdpr.lead_hash(self.suppression_key, *lead)))
+            pipe.sadd(SUPPRESSED_KEY, *remembered)
+            pipe.delete(forgotten_key(lead_hash(self.suppression_key, *lead)))
         pipe.zrem(DUE_KEY, due_member(*lead))
         merged = list(aliases)
         if merged and self.suppression_key is not None:
             # Ids merged into the erased lead are the same person: their events are dropped
             # from now on too, and the mapping that named them goes.
-            hashes = [gdpr.lead_hash(self.suppression_key, lead[0], m) for m in merged]
-            pipe.sadd(gdpr.SUPPRESSED_KEY, *hashes)
+            hashes = [lead_hash(self.suppression_key, lead[0], m) for m in merged]
+            pipe.sadd(SUPPRESSED_KEY, *hashes)
             pipe.hdel(merged_key(lead[0]), *merged)
         if outcome.suppress_hashes:
-            pipe.sadd(gdpr.SUPPRESSED_KEY, *outcome.suppress_hashes)
+            pipe.sadd(SUPPRESSED_KEY, *outcome.suppress_hashes)
         if outcome.audit is not None:
-            pipe.rpush(gdpr.AUDIT_KEY, json.dumps(outcome.audit, separators=(",", ":")))
+            pipe.rpush(AUDIT_KEY, json.dumps(outcome.audit, separators=(",", ":")))
 
     @staticmethod
     def _queue_outcome(pipe: Any, lead: Lead, outcome: Outcome, had_state: bool = True) -> None:
@@ -683,7 +677,6 @@ class LeadStore:
         None when there was nothing to merge. An update whose outcome erases means `into`
         and the merged leads are gone: the caller purges their queued payloads.
         """
-        from worker import gdpr
 
         survivor = (crm, into)
         keys = [lead_key(crm, lead) for lead in [into, *merged]] + [state_key(crm, lead) for lead in [into, *merged]]
@@ -694,7 +687,7 @@ class LeadStore:
                 try:
                     # Watched and read in the transaction, as in apply_batch: an erasure
                     # committing meanwhile must not be undone by the merge.
-                    pipe.watch(*keys, *ck_keys, merged_key(crm), *([gdpr.SUPPRESSED_KEY] if key else []))
+                    pipe.watch(*keys, *ck_keys, merged_key(crm), *([SUPPRESSED_KEY] if key else []))
                     ids = [into, *merged]
                     indexed = dict(zip(ids, leadindex.read(pipe, [(crm, m) for m in ids]), strict=True))
                     # Every lead of the merge leaves the aggregates; the survivor comes back in.
@@ -703,7 +696,7 @@ class LeadStore:
                     aliases = {k.decode(): v.decode() for k, v in raw_aliases.items()}
                     # Ids merged earlier into one merged now: they follow it to the survivor.
                     chained = [alias for alias, target in aliases.items() if target in merged]
-                    if key is not None and pipe.sismember(gdpr.SUPPRESSED_KEY, gdpr.lead_hash(key, crm, into)):
+                    if key is not None and pipe.sismember(SUPPRESSED_KEY, lead_hash(key, crm, into)):
                         # A merge delivered after the survivor's erasure: the merged records
                         # are the same erased person, so they go too and nothing is re-created;
                         # their ids are dropped from now on like the survivor's. The erasing
@@ -722,7 +715,7 @@ class LeadStore:
                         away = (*merged, *chained)
                         # As the erasure would have, had the merge come first: the merged ids and
                         # the person's emails, recognised if they are imported again.
-                        outcome = Outcome(erase=True, suppress_hashes=[gdpr.email_hash(key, e) for e in sorted(emails)])
+                        outcome = Outcome(erase=True, suppress_hashes=[email_hash(key, e) for e in sorted(emails)])
                         self._queue_erasure(pipe, survivor, outcome, away)
                         pipe.execute()
                         return LeadUpdate(crm, into, [], 0, 0, outcome, away)
@@ -792,7 +785,6 @@ class LeadStore:
         its emails: HubSpot's privacyDeletion may arrive after the deletion was carried out,
         and the erasure must still recognise the person if they are imported again.
         """
-        from worker import gdpr
 
         key = self.suppression_key
         for _attempt in range(MAX_ATTEMPTS):
@@ -821,10 +813,10 @@ class LeadStore:
                     if naming:
                         pipe.hdel(merged_key(crm), *naming)
                     if suppressed and key is not None:
-                        pipe.sadd(gdpr.SUPPRESSED_KEY, *_objection_hashes(key, crm, lead_id, state))
+                        pipe.sadd(SUPPRESSED_KEY, *_objection_hashes(key, crm, lead_id, state))
                     if emails and key is not None:
-                        forgotten = forgotten_key(gdpr.lead_hash(key, crm, lead_id))
-                        pipe.sadd(forgotten, *(gdpr.email_hash(key, e) for e in emails))
+                        forgotten = forgotten_key(lead_hash(key, crm, lead_id))
+                        pipe.sadd(forgotten, *(email_hash(key, e) for e in emails))
                         pipe.expire(forgotten, FORGOTTEN_TTL_S)
                     return bool(pipe.execute()[0])
                 except redis.WatchError:

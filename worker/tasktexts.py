@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from rules.tasktext import REENGAGE, TaskText, task_text
-from worker.config import Config
 from worker.policyfile import cached_policy
 from worker.store import state_key
+
+if TYPE_CHECKING:  # annotations only: worker.config imports worker.crm, whose adapters import this module
+    from worker.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from tests.integration.conftest import (
     wait_http,
     wait_until,
 )
-from worker.jobs import STATS_SNAPSHOT_KEY
 from worker.queues import make_queue
+from worker.stats import STATS_SNAPSHOT_KEY
 
 pytestmark = pytest.mark.integration
 

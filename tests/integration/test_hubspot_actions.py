@@ -34,7 +34,7 @@ from tests.integration.conftest import (
     wait_until,
 )
 from worker.actions import dead_key, done_key, lock_key
-from worker.crm.hubspot import PROGRESS_KEY
+from worker.crm.progress import PROGRESS_KEY
 from worker.store import outbox_key
 
 pytestmark = pytest.mark.integration

@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import redis
@@ -59,13 +59,17 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from rules.tasktext import TaskText
-from worker.config import Config
 from worker.crm.base import ActionOutcome, CrmError, TransientCrmError
+from worker.crm.progress import STEPS, StepProgress
 from worker.crm.ratelimit import DEFAULT_MARGIN_S, RateLimiter
+from worker.crm.settings import HubSpotSettings
 from worker.errors import ConfigError
 from worker.logs import redact
 from worker.metrics import count_crm_call, endpoint_template
 from worker.tasktexts import TaskTexts, assign_owners, reengage_months
+
+if TYPE_CHECKING:  # annotations only: worker.config imports worker.crm (settings, rate limits)
+    from worker.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -76,23 +80,10 @@ MAX_ATTEMPTS = 6
 # Total time spent sleeping between attempts of one request; waiting for the shared
 # rate limiter does not count (that is not a failure, only a queue).
 MAX_BACKOFF_S = 60.0
-PROGRESS_KEY = "pruner:hubspot:progress"
-PROGRESS_TTL_S = 14 * 86_400  # as long as the drain remembers done actions
 TASK_TO_CONTACT = 204  # HUBSPOT_DEFINED association type: task -> contact
 # How long HubSpot's search may take to see a record just written (unconfirmed; see above).
 SEARCH_DELAY_S = 10.0
 SEARCH_GROUPS = 5  # filterGroups per search request: HubSpot's limit (they are ORed)
-# The steps of each action kind this adapter carries out; progress is recorded per step.
-# "task_sent" and "unsub_sent" are not steps done but doubts: the request went out, HubSpot may
-# have carried it out; the next run looks before sending again.
-STEPS = {
-    "mark_lost": ("contact", "deals"),
-    "suppress": ("unsub_sent", "unsub", "contact"),
-    "breakup_task": ("task_sent", "task"),
-    "reengage_task": ("task_sent", "task"),
-    "forward_erasure": ("gdpr",),
-}
-ALL_STEPS = sorted({step for steps in STEPS.values() for step in steps})
 
 
 class HubSpotApiError(CrmError):
@@ -729,87 +720,6 @@ class HubSpotClient:
         )
 
 
-@dataclass(frozen=True)
-class HubSpotSettings:
-    """Portal-specific names and values (portals rename stages and add options)."""
-
-    lead_status_property: str = "hs_lead_status"
-    lost_status: str = "UNQUALIFIED"
-    lost_reason_property: str = "pruner_lost_reason"
-    deal_stage_property: str = "dealstage"
-    deal_lost_stage: str = "closedlost"
-    closed_stages: frozenset[str] = frozenset({"closedwon", "closedlost"})
-    deal_reason_property: str = "closed_lost_reason"
-    do_not_contact_property: str = "pruner_do_not_contact"
-    reengage_months: int = 4
-    # Who gets a task whose contact has no owner (HUBSPOT_FALLBACK_OWNER_ID); None: the task is unassigned.
-    fallback_owner_id: str | None = None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> HubSpotSettings:
-        """Defaults, overridden by the optional `HUBSPOT_*` variables below."""
-        names = {
-            "HUBSPOT_LEAD_STATUS_PROPERTY": "lead_status_property",
-            "HUBSPOT_LOST_STATUS": "lost_status",
-            "HUBSPOT_LOST_REASON_PROPERTY": "lost_reason_property",
-            "HUBSPOT_DEAL_STAGE_PROPERTY": "deal_stage_property",
-            "HUBSPOT_DEAL_LOST_STAGE": "deal_lost_stage",
-            "HUBSPOT_DEAL_REASON_PROPERTY": "deal_reason_property",
-            "HUBSPOT_DO_NOT_CONTACT_PROPERTY": "do_not_contact_property",
-        }
-        values: dict[str, Any] = {attr: env[var].strip() for var, attr in names.items() if env.get(var, "").strip()}
-        fallback = env.get("HUBSPOT_FALLBACK_OWNER_ID", "").strip()
-        if fallback:
-            if not (fallback.isascii() and fallback.isdigit()):
-                # HubSpot would refuse every task naming it, long after the deploy.
-                raise ConfigError(f"HUBSPOT_FALLBACK_OWNER_ID must be a HubSpot owner id (digits), got {fallback!r}")
-            values["fallback_owner_id"] = fallback
-        closed = env.get("HUBSPOT_DEAL_CLOSED_STAGES", "").strip()
-        if closed:
-            values["closed_stages"] = frozenset(s.strip() for s in closed.split(",") if s.strip())
-        settings = cls(**values, **overrides)
-        if settings.deal_lost_stage not in settings.closed_stages:
-            settings = replace(settings, closed_stages=settings.closed_stages | {settings.deal_lost_stage})
-        return settings
-
-
-class Progress:
-    """Which steps of which actions already happened in HubSpot (so a re-run drain skips them).
-
-    Members are hashes of (action id, step), scored by time, so the key holds no lead ids
-    and old entries are trimmed as new ones arrive. An erasure removes its lead's entries
-    (`forget`): a hash of guessable ids is still personal data.
-    """
-
-    def __init__(self, connection: redis.Redis, key: str = PROGRESS_KEY, ttl_s: int = PROGRESS_TTL_S) -> None:
-        self.redis, self.key, self.ttl_s = connection, key, ttl_s
-
-    @staticmethod
-    def _member(action_id: str, step: str) -> str:
-        return hashlib.sha256(f"{action_id}\0{step}".encode()).hexdigest()[:32]
-
-    def done(self, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-        if not pairs:
-            return set()
-        scores = self.redis.zmscore(self.key, [self._member(a, s) for a, s in pairs])
-        return {pair for pair, score in zip(pairs, scores, strict=True) if score is not None}
-
-    def forget(self, action_ids: Iterable[str]) -> int:
-        """Remove every step recorded for `action_ids`; return how many entries went."""
-        members = [self._member(a, step) for a in action_ids for step in ALL_STEPS]
-        return int(self.redis.zrem(self.key, *members)) if members else 0
-
-    def mark(self, pairs: Iterable[tuple[str, str]]) -> None:
-        members = {self._member(a, s): time.time() for a, s in pairs}
-        if not members:
-            return
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(self.key, members)
-            pipe.zremrangebyscore(self.key, "-inf", time.time() - self.ttl_s)
-            pipe.expire(self.key, self.ttl_s)
-            pipe.execute()
-
-
 @dataclass
 class _Run:
     """Bookkeeping of one `execute` call."""
@@ -839,7 +749,7 @@ class HubSpotExecutor:
         texts: TaskTextsFor | None = None,
     ) -> None:
         self.client = client
-        self.progress = Progress(connection)
+        self.progress = StepProgress(connection)
         self.settings = settings or HubSpotSettings()
         self.clock = clock
         self.texts = texts or TaskTexts(connection, self.settings.reengage_months)

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import redis
@@ -60,13 +60,16 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type
 from rules.lifecycle import ALL_CHANNELS, ActionKind, covered_channels
 from rules.salesforce_map import is_record_id, to_18
 from rules.tasktext import TaskText
-from worker.config import Config
 from worker.crm.base import ActionOutcome, CrmError, TransientCrmError
-from worker.crm.ratelimit import RateLimiter, parse_rate
+from worker.crm.ratelimit import RateLimiter
+from worker.crm.settings import SalesforceAuthError, SalesforceSettings
 from worker.errors import ConfigError
 from worker.logs import redact
 from worker.metrics import count_crm_call, endpoint_template
 from worker.tasktexts import TaskTexts, assign_owners, reengage_months
+
+if TYPE_CHECKING:  # annotations only: worker.config imports worker.crm (settings, rate limits)
+    from worker.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +79,6 @@ RATE_KEY = "pruner:ratelimit:salesforce"
 MAX_RECORDS = 200  # composite/sobjects limit per request
 MAX_IN_IDS = 100  # ids per SOQL `IN (...)`: keeps the query URL far below Salesforce's 16k limit
 TASK_PREFIX = "Pruner:"
-_FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _REF = re.compile(r"\[pruner-ref ([0-9a-f]{12})\]")
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 
@@ -86,103 +88,12 @@ KINDS = frozenset(kind.value for kind in ActionKind) | {FORWARD_ERASURE}
 TaskTextsFor = Callable[[Sequence[Mapping[str, Any]]], Mapping[str, TaskText]]
 
 
-class SalesforceAuthError(CrmError):
-    """Salesforce refused the access token (401): no action can succeed until it is renewed."""
-
-
 class _Transient(Exception):
     """One attempt failed in a way worth retrying; `retry_after` is Salesforce's hint, if any."""
 
     def __init__(self, detail: str, retry_after: float | None = None) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
-
-
-@dataclass(frozen=True)
-class SalesforceSettings:
-    """Org-specific names and the client's limits; `from_env` reads the optional variables."""
-
-    lost_status: str = "Closed - Not Converted"
-    lost_reason_field: str = "Pruner_Lost_Reason__c"
-    lost_stage: str = "Closed Lost"
-    opportunity_lead_field: str = "Pruner_Lead_Id__c"
-    # Who gets a task whose lead has no user owner (SALESFORCE_FALLBACK_OWNER_ID); None: the API user.
-    fallback_owner_id: str | None = None
-    rate_limit: int = 25
-    rate_window_s: float = 1.0
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 30.0
-    max_attempts: int = 5
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    # A Retry-After beyond this is not waited out inside a job: RQ's own retry takes over.
-    max_retry_after_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        for name in ("lost_reason_field", "opportunity_lead_field"):
-            value = getattr(self, name)
-            if not _FIELD.fullmatch(value):
-                raise ConfigError(f"{name} must be a Salesforce field API name, got {value!r}")
-        if self.max_attempts < 1:
-            raise ConfigError(f"max_attempts must be at least 1, got {self.max_attempts}")
-        owner = self.fallback_owner_id
-        if owner is not None and not (is_record_id(owner) and owner.startswith("005")):
-            # Only a user can own a Task: a queue (00G) or a typo would fail every task, long after the deploy.
-            raise ConfigError(f"SALESFORCE_FALLBACK_OWNER_ID must be a user id (005 and 12 or 15 more), got {owner!r}")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> SalesforceSettings:
-        """Read the optional `SALESFORCE_*` settings (Config.from_env calls this); raise ConfigError if unusable."""
-        values: dict[str, Any] = {}
-        names = {
-            "lost_status": "SALESFORCE_LOST_STATUS",
-            "lost_reason_field": "SALESFORCE_LOST_REASON_FIELD",
-            "lost_stage": "SALESFORCE_LOST_STAGE",
-            "opportunity_lead_field": "SALESFORCE_OPPORTUNITY_LEAD_FIELD",
-            "fallback_owner_id": "SALESFORCE_FALLBACK_OWNER_ID",
-        }
-        for attr, name in names.items():
-            if env.get(name, "").strip():
-                values[attr] = env[name].strip()
-        rate = env.get("SALESFORCE_RATE_LIMIT", "").strip()
-        if rate:
-            values["rate_limit"], values["rate_window_s"] = parse_rate(rate, "SALESFORCE_RATE_LIMIT")
-        return cls(**values)
-
-
-def credentials_login(env: Mapping[str, str]) -> Callable[[], str] | None:
-    """Return a function that logs in with the configured credentials (simple-salesforce), or None.
-
-    Username + password (+ security token), JWT bearer (username + consumer key + private
-    key file) and client credentials (consumer key + secret) are supported. Only the
-    session id is used: simple-salesforce builds https:// URLs, and our own base is kept
-    so that an http:// instance (a local fake or sandbox proxy) still works.
-    """
-    user, password = env.get("SALESFORCE_USERNAME"), env.get("SALESFORCE_PASSWORD")
-    key, secret = env.get("SALESFORCE_CONSUMER_KEY"), env.get("SALESFORCE_CONSUMER_SECRET")
-    key_file = env.get("SALESFORCE_PRIVATE_KEY_FILE")
-    common: dict[str, Any] = {"domain": env.get("SALESFORCE_DOMAIN") or "login"}
-    kwargs: dict[str, Any]
-    if user and password:
-        kwargs = {"username": user, "password": password, "security_token": env.get("SALESFORCE_SECURITY_TOKEN", "")}
-    elif user and key and key_file:
-        kwargs = {"username": user, "consumer_key": key, "privatekey_file": key_file}
-    elif key and secret:
-        kwargs = {"consumer_key": key, "consumer_secret": secret}
-    else:
-        return None
-
-    def login() -> str:
-        from simple_salesforce.exceptions import SalesforceAuthenticationFailed
-        from simple_salesforce.login import SalesforceLogin
-
-        try:
-            session_id, _instance = SalesforceLogin(**kwargs, **common)
-        except SalesforceAuthenticationFailed as exc:
-            raise SalesforceAuthError(f"Salesforce login failed: {exc.code}") from None
-        return str(session_id)
-
-    return login
 
 
 def build_executor(config: Config, connection: redis.Redis) -> SalesforceExecutor:
