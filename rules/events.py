@@ -78,12 +78,20 @@ DATA_FIELDS: dict[EventType, dict[str, tuple[str, bool]]] = {
     EventType.DECISION_NO: {"reason": (_STR, True)},
     EventType.PROPOSAL_SENT: {"expires_at": (_TIME, True)},
     EventType.TIME_LOGGED: {"minutes": (_POS_INT, True)},
-    EventType.DEAL_UPDATED: {"deal_id": (_STR, False), "amount": (_NUMBER, False), "stage": (_STR, False)},
+    # `won`: the CRM says whether the deal is won (Salesforce `IsWon`); otherwise the stage says it.
+    EventType.DEAL_UPDATED: {
+        "deal_id": (_STR, False),
+        "amount": (_NUMBER, False),
+        "stage": (_STR, False),
+        "won": (_BOOL, False),
+    },
     EventType.LEAD_PROFILE: {
         "source": (_STR, False),
         "segment": (_STR, False),
         "priority": (_STR, False),
         "email": (_STR, False),
+        # The person became a customer (HubSpot lifecycle stage, Salesforce `IsConverted`).
+        "converted": (_BOOL, False),
     },
     EventType.DO_NOT_CONTACT: {"channels": (_CHANNELS, False)},
     EventType.ERASURE_REQUESTED: {},

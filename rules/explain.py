@@ -65,6 +65,13 @@ def sentence(decision: Mapping[str, Any]) -> str:
         "erasure_requested": "the lead asked for erasure",
         "consent_given": "the lead gave explicit consent again",
         "suppression_list": "the person's email is on the suppression list (an earlier erasure)",
+        "deal_won": f"deal {i.get('deal_id', '(no id)')} was won (stage {i.get('stage', 'marked won')}): "
+        "a customer, so no rule fires and nothing is sent until a new deal opens or a rep reopens the lead",
+        "converted": "the lead became a customer (converted): no rule fires and nothing is sent "
+        "until a new deal opens or a rep reopens the lead",
+        "deal_opened": f"a new deal opened for the customer (deal {i.get('deal_id', '(no id)')}, "
+        f"stage {i.get('stage')}): the rules watch it again",
+        "reopened": "a rep reopened the customer's record",
     }.get(rule, f"rule {rule} fired")
     why = f" ({_REASON_LABEL[to]}: {reason})" if reason and to in _REASON_LABEL else ""
     return f"{at}: {to} because {text}{why}"

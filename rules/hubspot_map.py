@@ -57,6 +57,9 @@ class HubSpotMapping:
         }
     )
     deal_properties: frozenset[str] = frozenset({"dealstage", "amount"})
+    # The contact's lifecycle stage: one of `customer_lifecycle_stages` makes the lead WON.
+    lifecycle_property: str = "lifecyclestage"
+    customer_lifecycle_stages: frozenset[str] = frozenset({"customer", "evangelist"})
     # hs_call_disposition ids that mean a conversation happened (HubSpot's default "Connected").
     connected_dispositions: frozenset[str] = frozenset({"f240bbac-87c9-4f6e-bf70-924b57d47db7"})
 
@@ -81,6 +84,7 @@ def wanted_subscriptions(mapping: HubSpotMapping) -> list[Subscription]:
         mapping.lead_status_property,
         *mapping.reply_properties,
         *mapping.profile_properties,
+        mapping.lifecycle_property,
     }
     wanted = [Subscription("contact.propertyChange", name) for name in contact_properties]
     wanted += [Subscription(kind) for kind in ("contact.privacyDeletion", "contact.deletion", "contact.merge")]
@@ -192,6 +196,11 @@ def _map_one(
             out.events.append(
                 Event(f"hs:reply:{object_id}:{reply_at}", EventType.EMAIL_REPLIED, Crm.HUBSPOT, object_id, reply_at, {})
             )
+        elif name == m.lifecycle_property:
+            if value.strip().lower() in m.customer_lifecycle_stages:
+                out.events.append(_event(raw, EventType.LEAD_PROFILE, object_id, at, {"converted": True}))
+            else:
+                out.ignored[f"property:{name}"] += 1  # an earlier stage: says nothing Pruner acts on
         elif name in m.profile_properties and value.strip():
             out.events.append(_event(raw, EventType.LEAD_PROFILE, object_id, at, {m.profile_properties[name]: value}))
         else:

@@ -14,6 +14,9 @@ Counts that rules compare ("not interested" twice, two follow-up reschedules,
 minutes invested) are counted within the episode, so a lead that came back to
 life is not struck down again at once by what happened before.
 
+A won lead (a won deal, a converted lead) is WON: no rule fires for it and nothing is sent;
+a new open deal or a rep's reopen returns it to ACTIVE, a do-not-contact still suppresses it.
+
 A suppressed lead only ever leaves SUPPRESSED on a re-consent, but a later
 do-not-contact that covers a channel not yet covered (phone after email) is a
 decision of its own, `do_not_contact_channels`, carrying every channel so far:
@@ -35,7 +38,7 @@ import msgspec
 from rules.calendar import DAY_MS, Calendar, calendar_for, week_index
 from rules.counters import RESPONSES, TOUCHES, LeadCounters, LoggedEvent, sort_events
 from rules.events import EventType, format_ms
-from rules.policy import Policy
+from rules.policy import DEFAULT_WON_STAGES, Policy
 
 
 class State(StrEnum):
@@ -44,6 +47,9 @@ class State(StrEnum):
     LOST = "LOST"
     REENGAGE_DUE = "REENGAGE_DUE"
     SUPPRESSED = "SUPPRESSED"
+    # A customer: a won deal, a converted lead. No rule fires and nothing is sent until a new
+    # open deal or a rep's reopen brings the lead back to ACTIVE.
+    WON = "WON"
 
 
 class ActionKind(StrEnum):
@@ -66,6 +72,17 @@ CONTACT_ACTIONS = frozenset({ActionKind.BREAKUP_TASK, ActionKind.REENGAGE_TASK})
 SILENCE_RULES = frozenset({"unresponsive", "call_cadence_exhausted", "proposal_expired", "breakup_grace"})
 # What the CRM can be told about a person who objected (docs/lifecycle.md guardrail 5): "all" is both.
 ALL_CHANNELS = frozenset({"email", "phone"})
+
+
+def outcome_of(state: str, deal_stage: str | None) -> str:
+    """How a lead ended, for the analytics: won, lost, suppressed or open.
+
+    WON is a conversion; so is a lead whose last deal stage is a won one but which was not
+    evaluated since WON existed (its state record still says otherwise).
+    """
+    if state == State.WON or (deal_stage and deal_stage.strip().lower() in DEFAULT_WON_STAGES):
+        return "won"
+    return {"LOST": "lost", "REENGAGE_DUE": "lost", "SUPPRESSED": "suppressed"}.get(state, "open")
 
 
 def covered_channels(channels: Iterable[str]) -> frozenset[str]:
@@ -157,6 +174,10 @@ class Running(msgspec.Struct, array_like=True):
     decisions: list[Decision] = msgspec.field(default_factory=list)
     decisions_total: int = 0
     events: int = 0
+    # Deal id ("" when the CRM gave none) -> its latest outcome ("won", "lost", "open"): a WON
+    # lead returns to ACTIVE when a deal *becomes* open (new, or reopened), not when an open
+    # deal it already had is edited.
+    deal_outcomes: dict[str, str] = msgspec.field(default_factory=dict)
 
     def name(self, rule: str, to: State, inputs: dict[str, Any]) -> str:
         """Name the next decision by its rule, target state, episode and rank there.
@@ -193,6 +214,9 @@ def _schema(*types: type[msgspec.Struct]) -> str:
     return hashlib.blake2b(fields.encode(), digest_size=4).hexdigest()
 
 
+# Bumped when the replay changes meaning without a field changing (2: the WON state), so that
+# checkpoints computed by the previous rules are replayed from the log once, not continued.
+ENGINE_VERSION = 2
 # Changes whenever a running-state field is added, removed or renamed.
 CHECKPOINT_SCHEMA = _schema(Running, LeadCounters, Episode, Decision)
 
@@ -211,6 +235,9 @@ def policy_fingerprint(policy: Policy) -> str:
             [(t.min_amount, t.multiplier, t.typical_minutes) for t in policy.tiers],
             policy.reengage_after_days,
             {category: list(words) for category, words in policy.loss_reason_categories.items()},
+            sorted(policy.won_stages),
+            sorted(policy.lost_stages),
+            ENGINE_VERSION,
             CHECKPOINT_SCHEMA,
         ],
         sort_keys=True,
@@ -560,10 +587,16 @@ class _Replay:
         if etype is EventType.ERASURE_REQUESTED:
             self.move("erasure_requested", State.SUPPRESSED, "erasure_requested", at, {})
             return
+        if etype is EventType.DEAL_UPDATED or (etype is EventType.LEAD_PROFILE and "converted" in ev.data):
+            self._outcome(ev)
         ep = r.episode
         if etype in RESPONSES:
             self._reset_silence(at)
-            if r.state is not State.ACTIVE:
+            if r.state is State.WON:
+                # A customer who writes back is still a customer; only a rep's reopen reopens.
+                if etype is EventType.REOPENED:
+                    self.move("reopened", State.ACTIVE, None, at, {})
+            elif r.state is not State.ACTIVE:
                 self.move("reply_resets", State.ACTIVE, None, at, {"event": etype.value})
             return
         if etype in TOUCHES:
@@ -588,6 +621,26 @@ class _Replay:
             ep.follow_up_reschedules += 1
         elif etype is EventType.TIME_LOGGED:
             ep.minutes += int(ev.data["minutes"])
+
+    def _outcome(self, ev: LoggedEvent) -> None:
+        """A deal won or a lead converted makes the lead WON; a new open deal brings a WON lead back."""
+        r, data, at = self.r, ev.data, ev.occurred_ms
+        if ev.type is EventType.LEAD_PROFILE:
+            if data["converted"] and r.state is not State.WON:
+                self.move("converted", State.WON, None, at, {"converted": True})
+            return
+        outcome = self.policy.deal_outcome(data.get("stage"), data.get("won"))
+        if outcome is None:
+            return
+        deal = str(data.get("deal_id", ""))
+        before = r.deal_outcomes.get(deal)
+        r.deal_outcomes[deal] = outcome
+        inputs = {k: data[k] for k in ("deal_id", "stage") if k in data}
+        if outcome == "won" and r.state is not State.WON:
+            self.move("deal_won", State.WON, None, at, inputs)
+        elif outcome == "open" and before != "open" and r.state is State.WON:
+            self._reset_silence(at)
+            self.move("deal_opened", State.ACTIVE, None, at, inputs)
 
     def _reset_silence(self, at: int) -> None:
         r = self.r

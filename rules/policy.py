@@ -75,6 +75,10 @@ class QuietPeriod:
         return md >= self.start or md <= self.end
 
 
+DEFAULT_WON_STAGES = frozenset({"closedwon", "closed won"})
+DEFAULT_LOST_STAGES = frozenset({"closedlost", "closed lost"})
+
+
 @dataclass(frozen=True, eq=False)  # identity equality: hashable, so derived tables can be cached
 class Policy:
     """A validated policy; build it with `parse_policy`."""
@@ -89,6 +93,24 @@ class Policy:
     loss_reason_categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Portal-specific HubSpot property names and values (rules/hubspot_map.py).
     hubspot: HubSpotMapping = field(default_factory=HubSpotMapping)
+    # Deal stages that make the lead a customer (WON), and those that close a deal as lost;
+    # any other stage is an open deal. Compared lowercased and trimmed.
+    won_stages: frozenset[str] = DEFAULT_WON_STAGES
+    lost_stages: frozenset[str] = DEFAULT_LOST_STAGES
+
+    def deal_outcome(self, stage: str | None, won: bool | None = None) -> str | None:
+        """Classify a deal update: "won", "lost", "open", or None when it says nothing about it.
+
+        The CRM's own won flag (Salesforce `IsWon`) beats the stage name when it says won.
+        """
+        if won:
+            return "won"
+        if stage is None:
+            return None
+        name = stage.strip().lower()
+        if name in self.won_stages:
+            return "won"
+        return "lost" if name in self.lost_stages else "open"
 
     def param(self, rule: str, name: str) -> float:
         return self.params[rule][name]
@@ -154,7 +176,9 @@ def parse_policy(text: str, defaults: Policy | None = None) -> Policy:
     except yaml.YAMLError as exc:
         raise PolicyError("(file)", f"is not valid YAML: {exc}") from None
     raw = _mapping(raw if raw is not None else {}, "(file)")
-    _no_unknown(raw, {"version", "rules", "guardrails", "reengage", "loss_reason_categories", "hubspot"}, "")
+    _no_unknown(
+        raw, {"version", "rules", "guardrails", "reengage", "loss_reason_categories", "hubspot", "outcomes"}, ""
+    )
     if raw.get("version", 1) != 1:
         raise PolicyError("version", f"must be 1, got {raw.get('version')!r}")
 
@@ -266,7 +290,18 @@ def parse_policy(text: str, defaults: Policy | None = None) -> Policy:
         if "hubspot" in raw
         else (defaults.hubspot if defaults else HubSpotMapping())
     )
-    return Policy(enabled, params, min_touches, country, quiet, tier_tuple, after_days, cats, hubspot)
+    outcomes = _mapping(raw.get("outcomes", {}), "outcomes")
+    _no_unknown(outcomes, {"won_stages", "lost_stages"}, "outcomes")
+    stages = {}
+    for key in ("won_stages", "lost_stages"):
+        if key in outcomes:
+            stages[key] = frozenset(s.strip().lower() for s in _words(outcomes[key], f"outcomes.{key}"))
+        elif defaults:
+            stages[key] = getattr(defaults, key)
+    if "won_stages" in stages and "lost_stages" in stages and stages["won_stages"] & stages["lost_stages"]:
+        both = sorted(stages["won_stages"] & stages["lost_stages"])
+        raise PolicyError("outcomes", f"a stage cannot be both won and lost: {both}")
+    return Policy(enabled, params, min_touches, country, quiet, tier_tuple, after_days, cats, hubspot, **stages)
 
 
 _PROFILE_FIELDS = {"source", "segment", "priority", "email"}
@@ -291,7 +326,7 @@ def _hubspot(value: object, base: HubSpotMapping) -> HubSpotMapping:
     changes: dict[str, Any] = {}
     for key, item in body.items():
         where = f"hubspot.{key}"
-        if key in ("lead_status_property", "optout_property"):
+        if key in ("lead_status_property", "optout_property", "lifecycle_property"):
             changes[key] = _name(item, where)
         elif key == "profile_properties":
             props = _mapping(item, where)
@@ -303,6 +338,8 @@ def _hubspot(value: object, base: HubSpotMapping) -> HubSpotMapping:
             changes[key] = dict(props)
         elif key == "open_lead_statuses":
             changes[key] = frozenset(v.upper() for v in _words(item, where))
+        elif key == "customer_lifecycle_stages":
+            changes[key] = frozenset(v.strip().lower() for v in _words(item, where))
         else:
             changes[key] = _words(item, where)
     return replace(base, **changes)

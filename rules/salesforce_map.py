@@ -14,7 +14,7 @@ What each sObject becomes (defaults):
   carries only the latest values, so "it was closed before" cannot be seen: a flow or
   process that reopens a lead must set the marker, to `true` or, better, to the time of
   the reopen); `LeadSource`/`Industry`/`Rating`/`Email` -> `lead_profile`
-  (source/segment/priority/email).
+  (source/segment/priority/email); `IsConverted` true -> `lead_profile` `converted` (WON).
 - `Task` whose `WhoId` is a lead (`00Q…`), skipped while `IsClosed` is false (a planned
   task is not an activity yet): `TaskSubtype` Call -> `call_connected` when
   `CallDisposition` is a conversation ("Connected", "Spoke", "Meeting booked", …) or
@@ -28,7 +28,8 @@ What each sObject becomes (defaults):
   is past (unless `Pruner_Cancelled__c` or `Pruner_No_Show__c`); `meeting_no_show` when
   `Pruner_No_Show__c`; `meeting_rescheduled` when `Pruner_Rescheduled__c` is true
   (`first_meeting` from `Pruner_First_Meeting__c` when sent). `meeting_id` = the Event Id.
-- `Opportunity` -> `deal_updated` (`deal_id`, `amount`, `stage`); the lead comes from
+- `Opportunity` -> `deal_updated` (`deal_id`, `amount`, `stage`, and `won` from `IsWon`
+  when the message carries it); the lead comes from
   `Pruner_Lead_Id__c` (a converted lead's Opportunity has no lead link of its own).
 - `Individual` -> `erasure_requested` when `ShouldForget`, `do_not_contact` [all] when
   `HasOptedOutSolicit`; the lead comes from `Pruner_Lead_Id__c` (Individuals link to
@@ -304,7 +305,11 @@ def _map_lead(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
             b.add(f"sf:{lead}:reopened:{reopened_at}", EventType.REOPENED, lead, min(reopened_at, b.now_ms))
         elif _true(marker):
             b.add(f"sf:{n.id}:reopened", EventType.REOPENED, lead, at)
-    profile = {key: value for key, name in m.profile_fields.items() if (value := _text(f.get(name))) is not None}
+    profile: dict[str, Any] = {
+        key: value for key, name in m.profile_fields.items() if (value := _text(f.get(name))) is not None
+    }
+    if _true(f.get("IsConverted")):
+        profile["converted"] = True  # the lead became a contact/account: a customer (WON)
     if profile:
         b.add(f"sf:{n.id}:lead_profile", EventType.LEAD_PROFILE, lead, at, profile)
 
@@ -400,6 +405,9 @@ def _map_opportunity(n: Notification, m: SalesforceMapping, b: _Builder) -> None
         data["deal_id"] = deal
     if (stage := _text(f.get("StageName"))) is not None:
         data["stage"] = stage
+    if _text(f.get("IsWon")) is not None:
+        # Salesforce's own verdict, whatever the org named its stages (rules read it over the stage).
+        data["won"] = _true(f.get("IsWon"))
     amount = _text(f.get("Amount"))
     if amount is not None:
         try:

@@ -194,7 +194,8 @@ def test_page_draws_every_chart_with_the_seeded_numbers(client: FlaskClient, see
     assert f"<title>{decided}, Lost (LOST): 3</title>" in found["decisions-per-day"]
     assert "<title>Said no repeatedly (repeated_no), Lost (LOST): 2 decisions</title>" in found["decisions-by-rule"]
     assert "<title>Decision maker said no (decisive_no), Lost (LOST): 1 decisions</title>" in found["decisions-by-rule"]
-    assert found["decisions-per-day"].count("class='bar'") == 1  # one day, one state
+    assert f"<title>{decided}, Won (WON): 1</title>" in found["decisions-per-day"]  # the won deal
+    assert found["decisions-per-day"].count("class='bar'") == 2  # one day, two states
     assert all(f"aria-labelledby='{cid}-t {cid}-d'" in page for cid in found)
     assert "live; click a number for its leads" in page
     # Queue health: the tiles are there (nothing queued on a fresh fake Redis, no workers).

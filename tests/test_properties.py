@@ -33,6 +33,13 @@ KINDS = [
     ("decision_no", {"reason": "budget"}),
     ("proposal_sent", {"expires_at": format_ms(at(20))}),
     ("reopened", {}),
+    # Won and reopened deals, a converted lead: WON and back, in any order.
+    ("deal_updated", {"deal_id": "d1", "stage": "closedwon"}),
+    ("deal_updated", {"deal_id": "d1", "stage": "qualifiedtobuy"}),
+    ("deal_updated", {"deal_id": "d2", "stage": "appointmentscheduled", "amount": 5_000}),
+    ("deal_updated", {"deal_id": "d3", "stage": "Negotiation", "won": True}),
+    ("deal_updated", {"deal_id": "d2", "stage": "closedlost"}),
+    ("lead_profile", {"converted": True}),
 ]
 
 event_st = st.tuples(st.integers(0, len(KINDS) - 1), st.integers(0, 60 * 24 * 40))

@@ -67,6 +67,7 @@ STATE_COLORS = {
     "REENGAGE_DUE": "#4e79a7",
     "SUPPRESSED": "#79706e",
     "ACTIVE": "#59a14f",
+    "WON": "#2e7d32",  # a darker green than ACTIVE: customers
 }
 WON_COLOR, LOST_COLOR = "#59a14f", "#e15759"
 

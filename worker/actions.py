@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from rules.lifecycle import CONTACT_ACTIONS
+from rules.lifecycle import CONTACT_ACTIONS, ActionKind
 from worker.crm.base import ActionOutcome, Executor
 from worker.crm.progress import forget_progress
 from worker.locks import Heartbeat, release
@@ -37,6 +37,7 @@ LOCK_TTL_MS = 15_000
 # How long one drain job executes before it hands over (platforms SIGKILL 30 s after SIGTERM).
 BUDGET_S = 20.0
 CONTACT_KINDS = frozenset(kind.value for kind in CONTACT_ACTIONS)  # by name: not every kind is a decision's
+MARK_LOST = ActionKind.MARK_LOST.value
 DONE_TTL_S = 14 * 86_400
 
 
@@ -57,17 +58,25 @@ def lock_key(crm: str) -> str:
     return f"pruner:drain:{crm}:lock"
 
 
-def _suppressed(connection: redis.Redis, actions: list[dict[str, Any]]) -> set[str]:
-    """Return ids of contact actions whose lead is SUPPRESSED now."""
-    contact = [a for a in actions if a["kind"] in CONTACT_KINDS]
-    if not contact:
-        return set()
-    raw: list[bytes | None] = connection.mget([state_key(a["crm"], a["lead_id"]) for a in contact])  # type: ignore[assignment]
-    out = set()
-    for action, state in zip(contact, raw, strict=True):
-        if state is not None and json.loads(state).get("state") == "SUPPRESSED":
-            out.add(action["id"])
-    return out
+def _cancelled(connection: redis.Redis, actions: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
+    """Return ids of actions the lead's state now forbids: (suppressed, won).
+
+    A SUPPRESSED lead gets no contact action (a break-up or check-in task); a WON lead, a
+    customer now, gets none either, and is not marked lost: whatever was queued before the
+    deal was won is dropped here, at the last moment, like a do-not-contact's.
+    """
+    relevant = [a for a in actions if a["kind"] in CONTACT_KINDS or a["kind"] == MARK_LOST]
+    if not relevant:
+        return set(), set()
+    raw: list[bytes | None] = connection.mget([state_key(a["crm"], a["lead_id"]) for a in relevant])  # type: ignore[assignment]
+    suppressed, won = set(), set()
+    for action, blob in zip(relevant, raw, strict=True):
+        state = json.loads(blob).get("state") if blob is not None else None
+        if state == "SUPPRESSED" and action["kind"] in CONTACT_KINDS:
+            suppressed.add(action["id"])
+        elif state == "WON":
+            won.add(action["id"])
+    return suppressed, won
 
 
 def _stateless(connection: redis.Redis, actions: list[dict[str, Any]]) -> set[str]:
@@ -95,7 +104,7 @@ def drain(
     the drain used its time budget: the caller queues a fresh one at once.
     """
     token = uuid.uuid4().hex
-    counts = {"executed": 0, "skipped_done": 0, "skipped_suppressed": 0, "dead": 0}
+    counts = {"executed": 0, "skipped_done": 0, "skipped_suppressed": 0, "skipped_won": 0, "dead": 0}
     executor: Executor | None = None
 
     def get_executor() -> Executor:
@@ -158,8 +167,10 @@ def _drain_batch(
     done_flags = connection.smismember(done_key(crm), [a["id"] for a in actions])
     todo = [a for a, done in zip(actions, done_flags, strict=True) if not done]
     counts["skipped_done"] += len(actions) - len(todo)
-    suppressed = _suppressed(connection, todo)
+    suppressed, won = _cancelled(connection, todo)
     counts["skipped_suppressed"] += len(suppressed)
+    counts["skipped_won"] += len(won)
+    suppressed |= won  # recorded as handled alike: never to be sent
     todo = [a for a in todo if a["id"] not in suppressed]
     outcomes: list[ActionOutcome] = executor().execute(todo) if todo else []
     # A lead erased (or forgotten) while its actions ran has no state left: keep no

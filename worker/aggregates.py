@@ -16,23 +16,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from rules.counters import LeadCounters
-from rules.lifecycle import Decision, State
+from rules.lifecycle import Decision, State, outcome_of
 
 AGGREGATES_KEY = "pruner:stats:aggregates"  # hash: field (see `fields`) -> leads
 # Set once every lead's row is in the aggregates (a store from before them is migrated first).
 COMPLETE_KEY = "pruner:stats:complete"
 SEP = "\x1f"  # between the parts of a field: never in a source, segment or stage name
-WON_STAGES = frozenset({"closedwon", "closed won"})
 DIMENSIONS = ("source", "segment", "priority")
 
 # outcome, source, segment, priority, loss reason, deal stage, lost from ("" when unknown)
 Row = list[str]
-
-
-def outcome_of(state: str, deal_stage: str | None) -> str:
-    if deal_stage and deal_stage.strip().lower() in WON_STAGES:
-        return "won"
-    return {"LOST": "lost", "REENGAGE_DUE": "lost", "SUPPRESSED": "suppressed"}.get(state, "open")
 
 
 def row_of(state: str, loss_reason: str | None, counters: LeadCounters, lost_from: str | None) -> Row:

@@ -42,6 +42,7 @@ import redis
 from rules.counters import LoggedEvent, fold
 from rules.errors import PrunerError, SchemaError
 from rules.events import EventType, format_ms, parse_rfc3339_ms
+from rules.lifecycle import outcome_of
 
 ENTRIES_KEY = "pruner:leads:entries"
 ALL_KEY = "pruner:leads:by:all"
@@ -60,7 +61,6 @@ FIXED_VALUES = {
     "state": ("ACTIVE", "BREAKUP_DUE", "LOST", "REENGAGE_DUE", "WON", "SUPPRESSED"),
     "outcome": ("open", "won", "lost", "suppressed"),
 }
-WON_STAGES = frozenset({"closedwon", "closed won"})
 # Events that can change an entry's source or deal stage; any other new event leaves them be.
 PROFILE_TYPES = frozenset({EventType.LEAD_PROFILE, EventType.DEAL_UPDATED})
 MAX_LIMIT = 500
@@ -68,13 +68,6 @@ MAX_LIMIT = 500
 # come back short, with a cursor that carries on from where the scan stopped.
 SCAN_BUDGET = 5_000
 Lead = tuple[str, str]
-
-
-def outcome_of(state: str, deal_stage: str | None) -> str:
-    """Say how a lead ended for the analytics: won (deal closed won), lost, suppressed or open."""
-    if deal_stage and deal_stage.strip().lower() in WON_STAGES:
-        return "won"
-    return {"LOST": "lost", "REENGAGE_DUE": "lost", "SUPPRESSED": "suppressed"}.get(state, "open")
 
 
 def by_key(dimension: str, value: str) -> str:

@@ -26,16 +26,14 @@ from worker.aggregates import (
     COMPLETE_KEY,
     DIMENSIONS,
     SEP,
-    WON_STAGES,
     Row,
     fields,
-    outcome_of,
     row_of,
 )
 from worker.checkpoint import unpack
 from worker.store import PREFIX, STATE_PREFIX, checkpoint_key, parse_due_member
 
-__all__ = ["DIMENSIONS", "WON_STAGES", "Stats", "collect", "format_text", "outcome_of", "scan"]
+__all__ = ["DIMENSIONS", "Stats", "collect", "format_text", "scan"]
 
 
 def _groups() -> dict[str, dict[str, Counter[str]]]:

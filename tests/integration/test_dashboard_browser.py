@@ -262,14 +262,15 @@ def test_dashboard_in_a_real_browser(site: Site, browser: Any, tmp_path: Path) -
         "Active (ACTIVE): 6 lost leads",
         "Break-up due (BREAKUP_DUE): 1 lost leads",
     ]
-    # By decision date: six leads lost three days ago, lead 9 half a day ago, lead 10's break-up two days
+    # By decision date: six leads lost and one won three days ago, lead 9 half a day ago, lead 10's break-up two days
     # ago; none of it on the day the worker processed it (today) unless that is the decision's own day.
     per_day = bars("decisions-per-day")
     day = lambda ago: (NOW - timedelta(days=ago)).date().isoformat()  # noqa: E731
     assert f"{day(3)}, Lost (LOST): 6" in per_day
     assert f"{day(0.5)}, Lost (LOST): 1" in per_day
     assert f"{day(2)}, Break-up due (BREAKUP_DUE): 1" in per_day
-    assert len(per_day) == 3
+    assert f"{day(3)}, Won (WON): 1" in per_day  # the won deal is a decision of its own day too
+    assert len(per_day) == 4
     assert len(driver.find_elements(By.CSS_SELECTOR, "svg.chart rect.bar")) >= 25
 
     text = driver.find_element(By.TAG_NAME, "body").text
