@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from rules.events import TYPE_CODES, EventType, parse_rfc3339_ms
+from rules.events import RECORD_KEY, TYPE_CODES, VERSION_KEY, EventType, parse_rfc3339_ms
 
 # Outbound touches: what the rep (or a sequence) did to reach the lead.
 TOUCHES = frozenset({EventType.EMAIL_SENT, EventType.CALL_ATTEMPTED, EventType.CALL_CONNECTED})
@@ -200,8 +200,27 @@ def _expiry_ms(data: Mapping[str, Any]) -> int | None:
 
 
 def sort_events(events: Iterable[LoggedEvent]) -> list[LoggedEvent]:
-    """Return events in the one canonical order every fold uses."""
-    return sorted(events, key=LoggedEvent.sort_key)
+    """Return the events that count, in the one canonical order every fold uses."""
+    return sorted(effective(events), key=LoggedEvent.sort_key)
+
+
+def effective(events: Iterable[LoggedEvent]) -> list[LoggedEvent]:
+    """Drop the superseded versions of CRM records: of the events naming one record, the latest counts.
+
+    Latest by the record's modification time (`~v`), then by event key, never by arrival:
+    a stale version delivered last does not win, so any order gives the same set.
+    """
+    plain: list[LoggedEvent] = []
+    latest: dict[str, LoggedEvent] = {}
+    for ev in events:
+        record = ev.data.get(RECORD_KEY) if ev.data else None
+        if record is None:
+            plain.append(ev)
+            continue
+        held = latest.get(record)
+        if held is None or (ev.data[VERSION_KEY], ev.key) > (held.data[VERSION_KEY], held.key):
+            latest[record] = ev
+    return plain + list(latest.values()) if latest else plain
 
 
 def fold(events: Iterable[LoggedEvent]) -> LeadCounters:

@@ -7,6 +7,7 @@ compact, plain-JSON form that travels inside RQ jobs.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Mapping
@@ -99,7 +100,10 @@ DATA_FIELDS: dict[EventType, dict[str, tuple[str, bool]]] = {
     EventType.CONSENT_GIVEN: {},
 }
 
-_EVENT_KEYS = ("id", "type", "crm", "lead_id", "occurred_at", "data")
+_EVENT_KEYS = ("id", "type", "crm", "lead_id", "occurred_at", "data", "version")
+# Where a versioned event keeps its version in `data` (keys no canonical `data` field can have):
+# the CRM record it is a version of, hashed, and that record's modification time (epoch ms).
+RECORD_KEY, VERSION_KEY = "~r", "~v"
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 
 
@@ -293,7 +297,8 @@ def parse_event(raw: object, where: str, now_ms: int) -> Event:
             raise SchemaError(f"{where}.data", f"must be an object, got {type(data_in).__name__}")
         if _REQUIRED_DATA[etype]:
             raise SchemaError(f"{where}.data.{_REQUIRED_DATA[etype][0]}", f"is required for {etype.value}")
-        return Event(event_id, etype, crm, lead_id, occurred_ms, {})
+        plain = _version(raw["version"], f"{where}.version") if "version" in raw else {}
+        return Event(event_id, etype, crm, lead_id, occurred_ms, plain)
     if not isinstance(data_in, dict):
         raise SchemaError(f"{where}.data", f"must be an object, got {type(data_in).__name__}")
     data: dict[str, Any] = {}
@@ -305,7 +310,29 @@ def parse_event(raw: object, where: str, now_ms: int) -> Event:
     for key in _REQUIRED_DATA[etype]:
         if key not in data:
             raise SchemaError(f"{where}.data.{key}", f"is required for {etype.value}")
+    if "version" in raw:
+        data.update(_version(raw["version"], f"{where}.version"))
     return Event(event_id, etype, crm, lead_id, occurred_ms, data)
+
+
+def _version(value: object, where: str) -> dict[str, Any]:
+    """Check `{"record": str, "modified_at": RFC 3339}`; return it as the reserved `data` keys."""
+    if not isinstance(value, dict) or set(value) != {"record", "modified_at"}:
+        raise SchemaError(where, f'must be {{"record": str, "modified_at": RFC 3339}}, got {value!r:.80}')
+    record = _check_text(value["record"], f"{where}.record", MAX_ID_LENGTH)
+    modified = parse_rfc3339_ms(value["modified_at"], f"{where}.modified_at")
+    return versioned(record, modified)
+
+
+def versioned(record: str, modified_ms: int) -> dict[str, Any]:
+    """The `data` keys saying an event is the version of CRM record `record` modified at `modified_ms`.
+
+    Of the events of one lead naming the same record, only the latest version counts
+    (rules/counters.py `effective`): an activity corrected in the CRM (a call's disposition
+    set to Connected, a meeting marked held then no-show) is one activity, as it is now.
+    """
+    digest = hashlib.blake2b(record.encode(), digest_size=6).hexdigest()
+    return {RECORD_KEY: digest, VERSION_KEY: modified_ms}
 
 
 _REQUIRED_DATA: dict[EventType, tuple[str, ...]] = {

@@ -37,8 +37,8 @@ import msgspec
 
 from rules.calendar import DAY_MS, Calendar, calendar_for, week_index
 from rules.counters import RESPONSES, TOUCHES, LeadCounters, LoggedEvent, sort_events
-from rules.events import EventType, format_ms
-from rules.policy import DEFAULT_WON_STAGES, Policy
+from rules.events import RECORD_KEY, EventType, format_ms
+from rules.policy import Policy
 
 
 class State(StrEnum):
@@ -74,15 +74,9 @@ SILENCE_RULES = frozenset({"unresponsive", "call_cadence_exhausted", "proposal_e
 ALL_CHANNELS = frozenset({"email", "phone"})
 
 
-def outcome_of(state: str, deal_stage: str | None) -> str:
-    """How a lead ended, for the analytics: won, lost, suppressed or open.
-
-    WON is a conversion; so is a lead whose last deal stage is a won one but which was not
-    evaluated since WON existed (its state record still says otherwise).
-    """
-    if state == State.WON or (deal_stage and deal_stage.strip().lower() in DEFAULT_WON_STAGES):
-        return "won"
-    return {"LOST": "lost", "REENGAGE_DUE": "lost", "SUPPRESSED": "suppressed"}.get(state, "open")
+def outcome_of(state: str) -> str:
+    """How a lead ended, for the analytics: won (WON), lost, suppressed or open."""
+    return {"WON": "won", "LOST": "lost", "REENGAGE_DUE": "lost", "SUPPRESSED": "suppressed"}.get(state, "open")
 
 
 def covered_channels(channels: Iterable[str]) -> frozenset[str]:
@@ -178,6 +172,13 @@ class Running(msgspec.Struct, array_like=True):
     # lead returns to ACTIVE when a deal *becomes* open (new, or reopened), not when an open
     # deal it already had is edited.
     deal_outcomes: dict[str, str] = msgspec.field(default_factory=dict)
+    # Versioned CRM records folded in so far (`~r` of rules/events.py `versioned`): another
+    # version of one of them cannot be added to this state, only replayed with it.
+    records: set[str] = msgspec.field(default_factory=set)
+
+    def supersedes(self, history: Iterable[LoggedEvent]) -> bool:
+        """Whether some event of `history` is another version of a record already folded in."""
+        return bool(self.records) and any(ev.data.get(RECORD_KEY) in self.records for ev in history if ev.data)
 
     def name(self, rule: str, to: State, inputs: dict[str, Any]) -> str:
         """Name the next decision by its rule, target state, episode and rank there.
@@ -570,6 +571,8 @@ class _Replay:
         """Fold one event in; the caller runs `check` once all events of that instant are in."""
         r = self.r
         c, at, etype = r.counters, ev.occurred_ms, ev.type
+        if ev.data and RECORD_KEY in ev.data:
+            r.records.add(ev.data[RECORD_KEY])
         was_first_touch = c.first_touch_ms is None
         c.apply(ev)
         r.events += 1
@@ -729,6 +732,8 @@ def evaluate(
             raise ValueError("this checkpoint cannot be continued at this time or listing")
         if events and events[0].occurred_ms <= since.at_ms:
             raise ValueError("an event at or before the checkpoint needs a full replay")
+        if since.supersedes(events):
+            raise ValueError("a new version of a record the checkpoint holds needs a full replay")
         replay = _Replay(policy, calendar or calendar_for(policy), since)
     else:
         first = events[0].occurred_ms if events else now_ms

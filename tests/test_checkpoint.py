@@ -143,6 +143,8 @@ def test_a_resumed_replay_is_the_full_replay(
     if ck is None or not can_resume(ck, now2, listed):
         return
     rest = [e for e in history if e.occurred_ms > ck.at_ms]
+    if ck.supersedes(rest):
+        return  # another version of an activity the checkpoint counted: the decider replays instead
     resumed = evaluate(rest, P, now2, suppressed=listed, since=_copy(ck))
     assert resumed.resumed
     assert summary(resumed) == summary(full)

@@ -9,7 +9,7 @@ import fakeredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rules.events import Crm, Event, EventType, format_ms
+from rules.events import Crm, Event, EventType, format_ms, versioned
 from rules.lifecycle import CONTACT_ACTIONS, ActionKind, evaluate
 from tests.rules_helpers import at
 from worker.decide import MAX_DECISIONS_KEPT, Decider
@@ -40,6 +40,15 @@ KINDS = [
     ("deal_updated", {"deal_id": "d3", "stage": "Negotiation", "won": True}),
     ("deal_updated", {"deal_id": "d2", "stage": "closedlost"}),
     ("lead_profile", {"converted": True}),
+    # Versions of one CRM call (attempted, then corrected to connected, or the other way) and of a
+    # meeting's outcome: only the latest modification counts, whatever arrives last.
+    ("call_attempted", versioned("call-1", at(1))),
+    ("call_connected", versioned("call-1", at(2))),
+    ("call_attempted", versioned("call-1", at(3))),
+    ("meeting_held", versioned("meeting-1", at(1))),
+    ("meeting_no_show", versioned("meeting-1", at(2))),
+    ("email_replied", versioned("email-1", at(2))),
+    ("email_sent", versioned("email-1", at(1))),
 ]
 
 event_st = st.tuples(st.integers(0, len(KINDS) - 1), st.integers(0, 60 * 24 * 40))

@@ -30,7 +30,7 @@ Row = list[str]
 
 def row_of(state: str, loss_reason: str | None, counters: LeadCounters, lost_from: str | None) -> Row:
     return [
-        outcome_of(state, counters.deal_stage),
+        outcome_of(state),
         counters.source or "(unknown)",
         counters.segment or "(unknown)",
         counters.priority or "(unknown)",

@@ -119,6 +119,8 @@ class Decider:
         running = stored.state()
         if running is None or not can_resume(running, now, listed, channels):
             return None
+        if running.supersedes(view.history):
+            return None  # an edited activity the checkpoint already counted: replay, so it counts once
         return running
 
     def __call__(self, view: LeadView) -> Outcome:

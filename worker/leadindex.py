@@ -93,7 +93,7 @@ class Entry:
 
     @property
     def outcome(self) -> str:
-        return outcome_of(self.state, self.deal_stage)
+        return outcome_of(self.state)
 
     def values(self, crm: str) -> dict[str, set[str]]:
         """The index sets this entry belongs to, per dimension."""
