@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rules.errors import SchemaError
-from rules.events import MAX_FUTURE_SKEW_MS, Crm, Event, EventType, parse_rfc3339_ms
+from rules.events import MAX_FUTURE_SKEW_MS, Crm, Event, EventType, parse_rfc3339_ms, versioned
 
 MAX_EVENTS = 100
 # Reply times outside [2000-01-01, now + MAX_FUTURE_SKEW_MS] (the bound /webhooks/events
@@ -314,7 +314,16 @@ def engagement_events(
     # its own event. The first one (booked, attempted) keeps the plain key.
     first = {"meetings": EventType.MEETING_BOOKED, "calls": EventType.CALL_ATTEMPTED}.get(object_type)
     suffix = f":{etype.value}" if first is not None and etype is not first else ""
-    return [
-        Event(f"hs:{object_type}:{record.get('id')}:{contact}{suffix}", etype, Crm.HUBSPOT, contact, when, data)
-        for contact in contact_ids
-    ]
+    # What a correction replaces: a call's classification (attempted or connected), a meeting's
+    # outcome (held or no-show; booking it and rescheduling it are events of their own). The
+    # latest modification of the record counts, once. (Replies are keyed apart, above.)
+    modified = _epoch_ms(str(props.get("hs_lastmodifieddate") or "")) or at
+    part = "call" if object_type == "calls" else None
+    if object_type == "meetings" and etype in (EventType.MEETING_HELD, EventType.MEETING_NO_SHOW):
+        part = "outcome"
+    out = []
+    for contact in contact_ids:
+        version = versioned(f"hs:{object_type}:{record.get('id')}:{contact}:{part}", modified) if part else {}
+        event_id = f"hs:{object_type}:{record.get('id')}:{contact}{suffix}"
+        out.append(Event(event_id, etype, Crm.HUBSPOT, contact, when, {**data, **version}))
+    return out

@@ -262,10 +262,18 @@ class _Builder:
         return self.now_ms
 
     def add(
-        self, event_id: str, etype: EventType, lead_id: str, at_ms: int, data: dict[str, Any] | None = None
+        self,
+        event_id: str,
+        etype: EventType,
+        lead_id: str,
+        at_ms: int,
+        data: dict[str, Any] | None = None,
+        version_of: str | None = None,
+        modified_ms: int | None = None,
     ) -> None:
+        """Add one event; `version_of` names the record part a later edit corrects (see rules/events.py)."""
         try:
-            raw = {
+            raw: dict[str, Any] = {
                 "id": event_id,
                 "type": etype.value,
                 "crm": "salesforce",
@@ -273,6 +281,9 @@ class _Builder:
                 "occurred_at": format_ms(at_ms),
                 "data": data or {},
             }
+            if version_of is not None:
+                modified = at_ms if modified_ms is None else modified_ms
+                raw["version"] = {"record": version_of, "modified_at": format_ms(modified)}
             self.result.events.append(parse_event(raw, event_id, self.now_ms))
         except (SchemaError, ValueError, OverflowError, OSError):
             # A value Salesforce allows but the canonical schema does not (e.g. a negative
@@ -325,8 +336,12 @@ def _map_task(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
         return
     subtype = _text(f.get("TaskSubtype"))
     at = b.first_time(f, ("CompletedDateTime", "CreatedDate", "ActivityDate", "LastModifiedDate"))
+    # An edited Task (a disposition set later, the inbound flag ticked) is one activity: the
+    # version with the latest modification counts (rules/events.py `versioned`).
+    modified = b.first_time(f, ("SystemModstamp", "LastModifiedDate", "CompletedDateTime", "CreatedDate"))
+    record = f"sf:task:{task_id}"
     if subtype in m.call_subtypes:
-        _map_call(task_id, lead, at, f, m, b)
+        _map_call(task_id, lead, at, f, m, b, (record, modified))
     elif subtype in m.email_subtypes:
         inbound = f.get(m.inbound_email_field)
         if inbound is not None and _text(inbound) is not None:
@@ -335,12 +350,20 @@ def _map_task(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
             subject = (_text(f.get("Subject")) or "").lower()
             replied = any(subject.startswith(prefix) for prefix in m.reply_subject_prefixes)
         etype = EventType.EMAIL_REPLIED if replied else EventType.EMAIL_SENT
-        b.add(f"sf:{task_id}:{etype.value}", etype, lead, at)
+        b.add(f"sf:{task_id}:{etype.value}", etype, lead, at, None, record, modified)
     else:
         b.result.skipped["task_subtype_unmapped"] += 1
 
 
-def _map_call(task_id: str, lead: str, at: int, f: Mapping[str, str | None], m: SalesforceMapping, b: _Builder) -> None:
+def _map_call(
+    task_id: str,
+    lead: str,
+    at: int,
+    f: Mapping[str, str | None],
+    m: SalesforceMapping,
+    b: _Builder,
+    version: tuple[str, int],
+) -> None:
     direction = (_text(f.get(m.call_type_field)) or "").lower()
     if direction in m.internal_call_types:
         # A call between colleagues logged on the lead is no contact with the lead.
@@ -362,9 +385,9 @@ def _map_call(task_id: str, lead: str, at: int, f: Mapping[str, str | None], m: 
         or seconds > m.connected_min_seconds
     )
     if connected:
-        b.add(f"sf:{task_id}:call_connected", EventType.CALL_CONNECTED, lead, at)
+        b.add(f"sf:{task_id}:call_connected", EventType.CALL_CONNECTED, lead, at, None, *version)
     else:
-        b.add(f"sf:{task_id}:call_attempted", EventType.CALL_ATTEMPTED, lead, at)
+        b.add(f"sf:{task_id}:call_attempted", EventType.CALL_ATTEMPTED, lead, at, None, *version)
     if said_no:
         b.add(f"sf:{task_id}:not_interested", EventType.NOT_INTERESTED, lead, at)
 
@@ -388,10 +411,12 @@ def _map_event(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
     end = _time_ms(f.get("EndDateTime"))
     if end is None or end > b.now_ms or _true(f.get(m.cancelled_field)):
         return
+    # Held, then marked a no-show (or the other way): one outcome, the latest edit's.
+    outcome = (f"sf:event:{meeting}:outcome", b.first_time(f, ("SystemModstamp", "LastModifiedDate", "CreatedDate")))
     if _true(f.get(m.no_show_field)):
-        b.add(f"sf:{meeting}:meeting_no_show", EventType.MEETING_NO_SHOW, lead, end, data)
+        b.add(f"sf:{meeting}:meeting_no_show", EventType.MEETING_NO_SHOW, lead, end, data, *outcome)
     else:
-        b.add(f"sf:{meeting}:meeting_held", EventType.MEETING_HELD, lead, end, data)
+        b.add(f"sf:{meeting}:meeting_held", EventType.MEETING_HELD, lead, end, data, *outcome)
 
 
 def _map_opportunity(n: Notification, m: SalesforceMapping, b: _Builder) -> None:

@@ -64,3 +64,24 @@ def test_canonical_events_carry_a_version() -> None:
 def test_a_bad_version_is_refused_naming_the_field(version: object, problem: str) -> None:
     with pytest.raises(SchemaError, match=problem.replace("[", r"\[").replace("]", r"\]")):
         parse_event({**RAW, "version": version}, "events[0]", at(10))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_hubspot_call_whose_disposition_was_set_later_counts_once_as_connected(reverse: bool) -> None:
+    from rules.counters import fold
+    from rules.hubspot_map import HubSpotMapping, engagement_events
+    from worker.eventlog import to_logged
+
+    connected = next(iter(HubSpotMapping().connected_dispositions))
+    props = {"hs_timestamp": str(at(0)), "hs_call_direction": "OUTBOUND"}
+    created = {"id": "55", "properties": {**props, "hs_lastmodifieddate": str(at(0))}}
+    edited = {
+        "id": "55",
+        "properties": {**props, "hs_call_disposition": connected, "hs_lastmodifieddate": str(at(0, 2))},
+    }
+    versions = engagement_events("calls", created, ["901"], at(0)) + engagement_events(
+        "calls", edited, ["901"], at(0, 2)
+    )
+    assert [e.type for e in versions] == [EventType.CALL_ATTEMPTED, EventType.CALL_CONNECTED]
+    counters = fold(to_logged(e) for e in (versions[::-1] if reverse else versions)).public()
+    assert (counters["connected_calls"], counters["call_attempts"]) == (1, 0)

@@ -30,9 +30,10 @@ log = logging.getLogger(__name__)
 # deletion is carried out this much later.
 FORGET_DELAY = timedelta(minutes=15)
 ENGAGEMENT_PROPERTIES = {
-    "calls": ["hs_timestamp", "hs_call_direction", "hs_call_disposition", "hs_call_status"],
-    "emails": ["hs_timestamp", "hs_email_direction"],
-    "meetings": ["hs_timestamp", "hs_meeting_outcome"],
+    # hs_lastmodifieddate: which of two fetches of one record is the newer version (rules/events.py `versioned`).
+    "calls": ["hs_timestamp", "hs_call_direction", "hs_call_disposition", "hs_call_status", "hs_lastmodifieddate"],
+    "emails": ["hs_timestamp", "hs_email_direction", "hs_lastmodifieddate"],
+    "meetings": ["hs_timestamp", "hs_meeting_outcome", "hs_lastmodifieddate"],
 }
 
 

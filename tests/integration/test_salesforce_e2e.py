@@ -309,3 +309,21 @@ def test_hostile_or_foreign_messages_are_refused_over_http(sf: SalesforceSystem)
     assert foreign.status_code == 403 and "soapenv:Fault" in foreign.text
     response = get_lead(sf.url, lead, "salesforce")
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize("order", ["as_edited", "correction_first"])
+def test_an_edited_call_counts_once_as_connected_in_either_arrival_order(sf: SalesforceSystem, order: str) -> None:
+    # A rep logs a call without a disposition, then edits the Task: Connected. Salesforce sends a
+    # notification for each save, with the record's values at that save; the two may arrive either way.
+    lead = sf.new_lead()
+    task = sf.fake.new_id("Task")
+    base = {"Id": task, "WhoId": lead, "TaskSubtype": "Call", "CreatedDate": stamp(NOW - timedelta(hours=3))}
+    logged = sf.note("Task", {**base, "SystemModstamp": stamp(NOW - timedelta(hours=3))})
+    edited = sf.note(
+        "Task", {**base, "CallDisposition": "Connected", "SystemModstamp": stamp(NOW - timedelta(hours=1))}
+    )
+    for note in [logged, edited] if order == "as_edited" else [edited, logged]:
+        sf.deliver(note)
+    counters = sf.lead(lead)["counters"]
+    assert (counters["connected_calls"], counters["call_attempts"], counters["outbound_touches"]) == (1, 0, 1)
+    assert sf.lead(lead)["events"] == 2  # both versions kept, only the latest counted
