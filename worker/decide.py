@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rules.calendar import Calendar, calendar_for
-from rules.events import EventType, format_ms
+from rules.events import EventType, format_ms, parse_rfc3339_ms
 from rules.lifecycle import (
     CONTACT_ACTIONS,
     ActionKind,
@@ -51,6 +51,35 @@ def _was_acted(decision: Decision, identity: str, acted: set[str]) -> bool:
     # re-told with an extra episode before it (late events that add a reply earlier on).
     # Versions before 2026-11-25 recorded only the key.
     return identity in acted or decision.key in acted
+
+
+def carried_over(prev: dict[str, Any], ev: Evaluation, acted: set[str]) -> set[str]:
+    """Names under which the current decision was already acted on, when a late batch re-told it.
+
+    Late events can renumber the episode a decision fired in (a reply delivered late adds an
+    episode before it) and move its time (a late follow-up makes it fire earlier) at once:
+    neither of its names then matches what was acted on. It is the same decision when the
+    lead sat in that state by that rule before this batch, that was acted on, and nothing has
+    happened since the earlier of the two times — no later transition that a real second
+    cycle (a reply after the break-up, then pushed back again) would have.
+    """
+    decisions = prev.get("decisions") or []
+    if not decisions or not ev.decisions:
+        return set()
+    last, current = decisions[-1], ev.decisions[-1]
+    if prev.get("state") != last.get("to") or (last.get("rule"), last.get("to")) != (current.rule, current.to.value):
+        return set()
+    if current.action is ActionKind.SUPPRESS and current.inputs.get("channels") != last.get("inputs", {}).get(
+        "channels"
+    ):
+        return set()  # other opt-outs to tell the CRM: a new suppression, whatever its time
+    last_ms = parse_rfc3339_ms(last["at"], "state.decisions.at")
+    if f"{last['rule']}:{last['to']}:{last_ms}" not in acted:
+        return set()  # it was never acted on (dry run does act; a brand-new lead has nothing here)
+    since = min(last_ms, current.at_ms)
+    if any(d.at_ms > since for d in ev.decisions[:-1]):
+        return set()
+    return {current.name, current.key}
 
 
 def actions_for(view: LeadView, ev: Evaluation, acted: set[str], dry_run: bool) -> list[dict[str, Any]]:
@@ -164,6 +193,7 @@ class Decider:
             state["state"], state["loss_reason"] = ev.state.value, ev.loss_reason
             return Outcome(state, ev.next_due_ms, [], checkpoint=packed, path=path, row=row)
         acted = set(prev.get("acted", []))
+        acted |= carried_over(prev, ev, acted)
         actions = actions_for(view, ev, acted, self.dry_run)
         # Only the latest decisions can still call for an action (the current one, and the
         # loss a check-in follows): `acted` is rebuilt from them, both names of each, so it

@@ -741,6 +741,12 @@ class LeadStore:
                     # suppression list) keeps the survivor suppressed: the flag lives in states.
                     states = [json.loads(s) for s in values[1 + len(merged) :] if s]
                     listed = any(s.get("suppression_list") for s in states)
+                    # What a merged record was told (its acted decisions), the survivor was told
+                    # too: the CRM merged the records, and the same story re-told on the survivor
+                    # names the same decisions. The survivor's own come last (kept when trimmed).
+                    told = list(dict.fromkeys(a for s in states[1:] + states[:1] for a in s.get("acted", [])))
+                    if told:
+                        prev = {**(prev or {}), "acted": told}
                     outcome = decide(LeadView(crm, into, history, prev, len(history), listed))
                     pipe.multi()
                     for lead in merged:
