@@ -278,6 +278,20 @@ def test_retry_after_on_a_429_is_honoured(fake: FakeHubSpot, server: FakeHubSpot
     assert fake.api_calls()[1]["at"] - fake.api_calls()[0]["at"] >= 1.0
 
 
+def test_an_http_date_retry_after_is_read_too(fake: FakeHubSpot, server: FakeHubSpotServer, conn: redis.Redis) -> None:
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    seed(fake, 1)
+    # Ten minutes ahead as an HTTP-date: past the retry budget, so the client gives up at once (it
+    # used to ignore dates and retry on HubSpot's 10 s interval instead).
+    later = format_datetime(datetime.now(tz=UTC) + timedelta(minutes=10), usegmt=True)
+    fake.configure(script=[{"status": 429, "retry_after": later}])
+    with client(server, conn) as short, pytest.raises(TransientCrmError, match="HTTP 429"):
+        short.update("contacts", "101", {"hs_lead_status": "UNQUALIFIED"})
+    assert len(fake.api_calls()) == 1
+
+
 def test_hubspot_rate_limit_interval_is_honoured_without_retry_after(
     fake: FakeHubSpot, server: FakeHubSpotServer, conn: redis.Redis
 ) -> None:

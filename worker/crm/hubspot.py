@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -60,6 +59,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from rules.tasktext import TaskText
 from worker.crm.base import ActionOutcome, CrmError, TransientCrmError
+from worker.crm.http import backoff_s, retry_after_s, retry_logger
 from worker.crm.progress import STEPS, StepProgress
 from worker.crm.ratelimit import DEFAULT_MARGIN_S, RateLimiter
 from worker.crm.settings import HubSpotSettings
@@ -172,12 +172,9 @@ def _message(response: requests.Response) -> str:
 
 def _header_seconds(response: requests.Response) -> float | None:
     """The wait a 429/5xx asks for: `Retry-After` seconds, else HubSpot's rate-limit interval."""
-    raw = response.headers.get("Retry-After")
-    if raw:
-        try:
-            return max(0.0, float(raw))
-        except ValueError:
-            pass  # an HTTP date: rare enough to fall back to backoff
+    asked = retry_after_s(response.headers.get("Retry-After"))
+    if asked is not None:
+        return asked
     if response.status_code == 429:
         interval = response.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds")
         if interval:
@@ -186,6 +183,10 @@ def _header_seconds(response: requests.Response) -> float | None:
             except ValueError:
                 pass
     return None
+
+
+def _describe(exc: BaseException | None) -> str:
+    return f"HTTP {exc.status}" if isinstance(exc, _Retryable) else type(exc).__name__
 
 
 def _named_ids(body: Mapping[str, Any], key: str = "ids", category: str | None = None) -> set[str]:
@@ -255,23 +256,14 @@ class HubSpotClient:
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Retryable) and exc.wait_s is not None:
-            # The CRM named its wait: honour it, plus a little jitter so workers do not return together.
-            return exc.wait_s + random.uniform(0, min(1.0, exc.wait_s * 0.1 + 0.05))
-        # Full-jitter exponential backoff.
-        ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** (state.attempt_number - 1))
-        return random.uniform(self.backoff_base_s / 2, ceiling)
+        hint = exc.wait_s if isinstance(exc, _Retryable) else None
+        return backoff_s(state.attempt_number, self.backoff_base_s, self.backoff_cap_s, hint)
 
     def _stop(self, state: RetryCallState) -> bool:
         return state.attempt_number >= self.max_attempts or state.idle_for + state.upcoming_sleep > self.max_backoff_s
 
     def _before_sleep(self, label: str) -> Callable[[RetryCallState], None]:
-        def note(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            what = f"HTTP {exc.status}" if isinstance(exc, _Retryable) else type(exc).__name__
-            log.warning("hubspot %s: %s, retry %d in %.1f s", label, what, state.attempt_number, state.upcoming_sleep)
-
-        return note
+        return retry_logger(CRM, label, _describe)
 
     def _send_once(
         self, method: str, path: str, params: Mapping[str, str] | None, body: Any | None

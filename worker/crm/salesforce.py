@@ -43,13 +43,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import random
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -61,6 +59,7 @@ from rules.lifecycle import ALL_CHANNELS, ActionKind, covered_channels
 from rules.salesforce_map import is_record_id, to_18
 from rules.tasktext import TaskText
 from worker.crm.base import ActionOutcome, CrmError, TransientCrmError
+from worker.crm.http import backoff_s, retry_after_s, retry_logger
 from worker.crm.ratelimit import RateLimiter
 from worker.crm.settings import SalesforceAuthError, SalesforceSettings
 from worker.errors import ConfigError
@@ -197,7 +196,7 @@ class SalesforceClient:
             )
         codes = {e.get("errorCode") for e in errors_of(response)} if status in (403, 429) else set()
         if status == 429 or status >= 500 or "REQUEST_LIMIT_EXCEEDED" in codes:
-            retry_after = _retry_after(response.headers.get("Retry-After"))
+            retry_after = retry_after_s(response.headers.get("Retry-After"))
             limited = status == 429 or "REQUEST_LIMIT_EXCEEDED" in codes
             if limited and self.limiter is not None:
                 # Every worker shares the org's limit: hold them all back, not just this one (a
@@ -239,16 +238,14 @@ class SalesforceClient:
             hint = getattr(exc, "retry_after", None)
             if hint is not None:
                 return float(hint)  # at most max_retry_after_s: `stop` ends the retries above it
-            # Exponential with jitter, written out: tenacity renamed wait_exponential_jitter's
-            # arguments between the versions pyproject allows.
-            backoff = min(s.backoff_max_s, s.backoff_initial_s * 2 ** (state.attempt_number - 1))
-            return backoff + random.uniform(0, s.backoff_initial_s)
+            return backoff_s(state.attempt_number, s.backoff_initial_s, s.backoff_max_s)
 
         retrying = Retrying(
             stop=stop,
             wait=wait,
             retry=retry_if_exception_type(_Transient),
             sleep=self.sleep,
+            before_sleep=retry_logger("salesforce", "request", lambda exc: str(exc) if exc else "failure"),
             reraise=True,
         )
         try:
@@ -311,20 +308,6 @@ def _record_error(result: Mapping[str, Any]) -> str:
     errors = result.get("errors") or []
     parts = [f"{e.get('statusCode') or e.get('errorCode') or 'ERROR'}: {e.get('message', '')}" for e in errors]
     return redact("; ".join(parts) or "refused without a reason")[:300]
-
-
-def _retry_after(raw: str | None) -> float | None:
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(tz=UTC)).total_seconds())
 
 
 def _shape(path: str) -> str:
