@@ -18,7 +18,8 @@ from rq.serializers import JSONSerializer
 from rules.events import Crm, Event, EventType
 from tests.helpers import ADMIN_TOKEN, SECRET
 from webhooks import create_app
-from webhooks.dashboard import COOKIE, axis, session_valid, session_value
+from webhooks.auth import COOKIE, session_valid, session_value
+from webhooks.dashboard import axis
 from worker import leadindex
 from worker import metrics as worker_metrics
 from worker.config import Config

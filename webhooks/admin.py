@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -11,6 +10,7 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from rules.events import Crm
+from webhooks.auth import bearer_ok
 from webhooks.services import error, services
 from worker import leadindex
 from worker.leaddoc import is_erased, lead_document
@@ -30,7 +30,7 @@ def admin_only(view: Callable[..., ResponseReturnValue]) -> Callable[..., Respon
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not value:
             return error(401, "unauthorized", "send Authorization: Bearer <PRUNER_ADMIN_TOKEN>")
-        if not hmac.compare_digest(value.strip().encode(), token.encode()):
+        if not bearer_ok(given, token):
             return error(401, "unauthorized", "the admin token is wrong")
         return view(*args, **kwargs)
 

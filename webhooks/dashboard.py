@@ -15,8 +15,6 @@ token: it cannot be replayed past its expiry and dies when the token is rotated.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import html
 import json
 import math
@@ -35,6 +33,7 @@ from rq.exceptions import NoSuchJobError
 from rq.serializers import JSONSerializer
 from werkzeug.wrappers import Response as BaseResponse
 
+from webhooks.auth import COOKIE, SESSION_SECONDS, bearer_ok, session_valid, session_value, token_matches
 from webhooks.labels import label as words
 from webhooks.labels import titled
 from webhooks.services import error, services
@@ -44,8 +43,6 @@ from worker.stats import DIMENSIONS, STATS_SNAPSHOT_KEY, collect, store_stats_sn
 
 bp = Blueprint("dashboard", __name__)
 
-COOKIE = "pruner_admin"
-SESSION_SECONDS = 12 * 3600
 # Twice the clock's 5-minute interval plus slack: older means the clock is probably down.
 STALE_AFTER_SECONDS = 15 * 60
 DAYS = 30
@@ -84,29 +81,8 @@ RULES: Units = {"unit": "decisions", "empty": "No decisions yet"}
 # --- auth -------------------------------------------------------------------------------
 
 
-def session_value(token: str, expires: int) -> str:
-    """Return the cookie value for a session that ends at `expires` (epoch seconds)."""
-    mac = hmac.new(token.encode(), f"pruner-dashboard|{expires}".encode(), hashlib.sha256).hexdigest()
-    return f"{expires}.{mac}"
-
-
-def session_valid(token: str, value: str, now: float) -> bool:
-    """Say whether a cookie value was made with `token` and has not expired."""
-    expires, _, _ = value.partition(".")
-    # isdigit() alone accepts "²" and other non-ASCII digits, which int() refuses (a 500);
-    # twelve digits reach past the year 30000 and stay far below int()'s length limit.
-    if not (expires.isascii() and expires.isdigit() and len(expires) <= 12) or int(expires) < now:
-        return False
-    return hmac.compare_digest(session_value(token, int(expires)).encode(), value.encode())
-
-
-def _token_matches(given: str, token: str) -> bool:
-    return hmac.compare_digest(given.strip().encode(), token.encode())
-
-
 def _authorized(token: str, now: float) -> bool:
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value and _token_matches(value, token):
+    if bearer_ok(request.headers.get("Authorization", ""), token):
         return True
     cookie = request.cookies.get(COOKIE)
     return bool(cookie) and session_valid(token, cookie or "", now)
@@ -182,7 +158,7 @@ def login() -> ResponseReturnValue:
     if token is None:
         return error(503, "not_configured", "PRUNER_ADMIN_TOKEN is not set, so the dashboard is off")
     next_path = _safe_next(request.form.get("next"))
-    if not _token_matches(request.form.get("token", ""), token):
+    if not token_matches(request.form.get("token", ""), token):
         return _login_page("That token is not the admin token.", next_path)
     return _with_session(_secured(redirect(next_path, code=303)), token, svc.clock())
 
@@ -202,7 +178,7 @@ def dashboard() -> ResponseReturnValue:
     given = request.args.get("token")
     if given is not None and svc.config.admin_token is not None:
         # A bookmarkable login: trade the token for a cookie and redirect, so no address bar or history keeps it.
-        if not _token_matches(given, svc.config.admin_token):
+        if not token_matches(given, svc.config.admin_token):
             return _login_page("That token is not the admin token.", "/dashboard")
         return _with_session(_secured(redirect("/dashboard", code=303)), svc.config.admin_token, svc.clock())
     refused = check_admin()
