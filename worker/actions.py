@@ -17,11 +17,11 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import redis
 
 from rules.lifecycle import CONTACT_ACTIONS, ActionKind
+from worker.action import Action
 from worker.crm.base import ActionOutcome, Executor
 from worker.crm.progress import forget_progress
 from worker.locks import Heartbeat, release
@@ -58,7 +58,7 @@ def lock_key(crm: str) -> str:
     return f"pruner:drain:{crm}:lock"
 
 
-def _cancelled(connection: redis.Redis, actions: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
+def _cancelled(connection: redis.Redis, actions: list[Action]) -> tuple[set[str], set[str]]:
     """Return ids of actions the lead's state now forbids: (suppressed, won).
 
     A SUPPRESSED lead gets no contact action (a break-up or check-in task); a WON lead, a
@@ -79,7 +79,7 @@ def _cancelled(connection: redis.Redis, actions: list[dict[str, Any]]) -> tuple[
     return suppressed, won
 
 
-def _stateless(connection: redis.Redis, actions: list[dict[str, Any]]) -> set[str]:
+def _stateless(connection: redis.Redis, actions: list[Action]) -> set[str]:
     """Return ids of actions whose lead has no state record (any lead with an action has one until erased)."""
     if not actions:
         return set()
@@ -218,16 +218,16 @@ return 1
 
 def queue_erasure_forwards(
     connection: redis.Redis, key: bytes, erasures: list[tuple[str, str, str]], source: str
-) -> list[dict[str, Any]]:
+) -> list[Action]:
     """Put a `forward_erasure` action for each erased (crm, lead id, time) in its CRM's outbox, once ever.
 
     Returns the actions queued now (for `request_drains`). Call it after the erasure was
     applied and purged: the purge removes every outbox entry of the lead, this one included.
     """
     script = connection.register_script(_FORWARD_ONCE)
-    queued = []
+    queued: list[Action] = []
     for crm, lead_id, at in erasures:
-        action = {
+        action: Action = {
             "id": f"{crm}:{lead_id}:erasure_requested:forward",
             "kind": FORWARD_ERASURE,
             "crm": crm,

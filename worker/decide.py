@@ -31,6 +31,7 @@ from rules.lifecycle import (
 )
 from rules.policy import Policy
 from worker import aggregates, checkpoint, suppression
+from worker.action import Action
 from worker.errors import ConfigError
 from worker.store import LeadView, Outcome
 
@@ -82,7 +83,7 @@ def carried_over(prev: dict[str, Any], ev: Evaluation, acted: set[str]) -> set[s
     return {current.name, current.key}
 
 
-def actions_for(view: LeadView, ev: Evaluation, acted: set[str], dry_run: bool) -> list[dict[str, Any]]:
+def actions_for(view: LeadView, ev: Evaluation, acted: set[str], dry_run: bool) -> list[Action]:
     """Return the CRM actions this evaluation newly implies for the lead."""
     if not ev.decisions:
         return []
@@ -97,26 +98,25 @@ def actions_for(view: LeadView, ev: Evaluation, acted: set[str], dry_run: bool) 
         if lost is not None and not _was_acted(lost, names[id(lost)], acted):
             wanted.append(lost)
     wanted.append(current)
-    out = []
+    out: list[Action] = []
     for decision in wanted:
         kind = decision.action
         if kind is None or (ev.state is State.SUPPRESSED and kind in CONTACT_ACTIONS):
             continue
-        out.append(
-            {
-                "id": f"{view.crm}:{view.lead_id}:{names[id(decision)]}",
-                "kind": kind.value,
-                "crm": view.crm,
-                "lead_id": view.lead_id,
-                "rule": decision.rule,
-                "reason": decision.reason,
-                "at": format_ms(decision.at_ms),
-                "dry_run": dry_run,
-            }
-        )
+        action: Action = {
+            "id": f"{view.crm}:{view.lead_id}:{names[id(decision)]}",
+            "kind": kind.value,
+            "crm": view.crm,
+            "lead_id": view.lead_id,
+            "rule": decision.rule,
+            "reason": decision.reason,
+            "at": format_ms(decision.at_ms),
+            "dry_run": dry_run,
+        }
         if kind is ActionKind.SUPPRESS:
             # Tells the CRM which opt-outs to set: email opt-out, do-not-call, or both.
-            out[-1]["channels"] = decision.inputs.get("channels", ["all"])
+            action["channels"] = list(decision.inputs.get("channels", ["all"]))
+        out.append(action)
     return out
 
 

@@ -19,6 +19,7 @@ import redis
 
 from rules.events import Crm, Event, EventType
 from rules.hubspot_map import HubSpotMapping, engagement_events
+from worker.action import Action
 from worker.config import Config
 from worker.crm.hubspot import HubSpotNotFound
 from worker.store import Decider, LeadStore
@@ -98,7 +99,7 @@ class StoreOps(NamedTuple):
     """What merges did: leads they erased (to purge from payloads), actions they queued (to drain)."""
 
     erased: list[tuple[str, str]]
-    actions: list[dict[str, Any]]
+    actions: list[Action]
 
 
 def apply_store_ops(ops: list[dict[str, Any]], store: LeadStore, decide: Decider, queue: Any) -> StoreOps:

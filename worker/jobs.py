@@ -15,6 +15,7 @@ from rq import get_current_job
 from rules.events import Crm, Event, EventType, format_ms
 from rules.fastparse import parse_decoded
 from worker import hubspot_ops, leadindex
+from worker.action import Action
 from worker.actions import drain, pending_key, queue_erasure_forwards, watch
 from worker.aggregates import COMPLETE_KEY
 from worker.config import Config
@@ -167,9 +168,7 @@ def sweep(now_ms: int | None = None) -> dict[str, int]:
     return run_sweep(_connection(), _config(), now_ms if now_ms is not None else int(time.time() * 1000))
 
 
-def _after_apply(
-    connection: redis.Redis, config: Config, erased: list[tuple[str, str]], actions: list[dict[str, Any]]
-) -> None:
+def _after_apply(connection: redis.Redis, config: Config, erased: list[tuple[str, str]], actions: list[Action]) -> None:
     if erased:
         # The lead is gone from the store; now from every other job payload and the outbox.
         purge_payloads(connection, erased, config.queue_name)
@@ -200,7 +199,7 @@ def _forward_erasures(connection: redis.Redis, config: Config, batch: list[Event
     request_drains(connection, config, queue_erasure_forwards(connection, key, wanted, source))
 
 
-def request_drains(connection: redis.Redis, config: Config, actions: list[dict[str, Any]]) -> None:
+def request_drains(connection: redis.Redis, config: Config, actions: list[Action]) -> None:
     """Enqueue one outbox drain per CRM that got live actions (at most one pending per CRM)."""
     for crm in sorted({a["crm"] for a in actions if not a.get("dry_run")}):
         # The mark says "a drain is queued for what is in the outbox now"; a drain deletes it as

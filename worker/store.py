@@ -40,6 +40,7 @@ from rules.counters import LoggedEvent
 from rules.events import Event, EventType
 from rules.lifecycle import ALL_CHANNELS, covered_channels
 from worker import aggregates, eventlog, leadindex
+from worker.action import Action
 from worker.checkpoint import Stored, unpack
 from worker.errors import StoreError
 from worker.suppression import AUDIT_KEY, SUPPRESSED_KEY, email_hash, lead_hash, objection_hash
@@ -170,7 +171,7 @@ class Outcome:
 
     state: dict[str, Any] | None = None  # None: no state record (plain ACTIVE lead)
     due_ms: int | None = None
-    actions: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
     # Decisions this evaluation added (rule, to, reason): aggregate metrics only.
     new_decisions: list[tuple[str, str, str | None]] = field(default_factory=list)
     # Erasure: delete everything about the lead, keep these keyed hashes and one audit record.
@@ -269,7 +270,7 @@ class BatchResult:
         return sum(u.duplicates for u in self.leads)
 
     @property
-    def actions(self) -> list[dict[str, Any]]:
+    def actions(self) -> list[Action]:
         return [a for u in self.leads if u.outcome for a in u.outcome.actions]
 
     @property
@@ -909,7 +910,7 @@ class LeadStore:
         members: list[bytes] = self.redis.zrangebyscore(DUE_KEY, "-inf", now_ms, start=0, num=limit)  # type: ignore[assignment]
         return [parse_due_member(m) for m in members]
 
-    def actions(self, start: int = 0, end: int = -1) -> list[dict[str, Any]]:
+    def actions(self, start: int = 0, end: int = -1) -> list[Action]:
         """Return recorded CRM actions (the outbox), oldest first."""
         raw: list[bytes] = self.redis.lrange(ACTIONS_KEY, start, end)  # type: ignore[assignment]
         return [json.loads(a) for a in raw]

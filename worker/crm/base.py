@@ -1,11 +1,6 @@
 """What every outbound CRM adapter implements.
 
-An action (built by worker/decide.py) is a plain dict:
-
-    {"id": "hubspot:123:repeated_no:LOST:1790000000000",   # unique, stable: the idempotency key
-     "kind": "mark_lost" | "breakup_task" | "reengage_task" | "suppress",
-     "crm": "hubspot", "lead_id": "123", "rule": "repeated_no",
-     "reason": "not_interested" | None, "at": "2026-11-20T10:00:00Z", "dry_run": false}
+The action is `worker.action.Action`.
 
 `Executor.execute` carries out a list of actions for its CRM (coalescing them into
 batch calls where the CRM allows), and returns one `ActionOutcome` per action. It
@@ -19,8 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
+from worker.action import Action
 from worker.errors import PrunerError
 
 
@@ -42,6 +38,6 @@ class ActionOutcome:
 class Executor(Protocol):
     crm: str
 
-    def execute(self, actions: Sequence[dict[str, Any]]) -> list[ActionOutcome]:
+    def execute(self, actions: Sequence[Action]) -> list[ActionOutcome]:
         """Carry out `actions` (all for this CRM); one outcome per action, any order."""
         ...

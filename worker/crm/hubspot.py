@@ -58,6 +58,7 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from rules.tasktext import TaskText
+from worker.action import Action
 from worker.crm.base import ActionOutcome, CrmError, TransientCrmError
 from worker.crm.http import backoff_s, retry_after_s, retry_logger
 from worker.crm.progress import STEPS, StepProgress
@@ -755,10 +756,10 @@ class HubSpotExecutor:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
-    def execute(self, actions: Sequence[dict[str, Any]]) -> list[ActionOutcome]:
+    def execute(self, actions: Sequence[Action]) -> list[ActionOutcome]:
         """Carry out `actions`; one outcome per action. Raises TransientCrmError when HubSpot stays unavailable."""
         run = _Run()
-        valid: list[dict[str, Any]] = []
+        valid: list[Action] = []
         for action in actions:
             if action.get("crm") != CRM:
                 run.fail(action["id"], f"not a HubSpot action (crm {action.get('crm')!r})")
@@ -794,7 +795,7 @@ class HubSpotExecutor:
 
     # -- phases ------------------------------------------------------------------------------
 
-    def _suppress(self, actions: list[dict[str, Any]], done: set[tuple[str, str]], run: _Run) -> None:
+    def _suppress(self, actions: list[Action], done: set[tuple[str, str]], run: _Run) -> None:
         todo = [a for a in actions if a["kind"] == "suppress" and (a["id"], "unsub") not in done]
         if not todo:
             return
@@ -844,7 +845,7 @@ class HubSpotExecutor:
         self._finish([(action_id, "unsub_sent")])  # before sending: a run that dies now leaves the doubt
         return self.client.unsubscribe_all(email, contact)
 
-    def _contacts(self, actions: list[dict[str, Any]], done: set[tuple[str, str]], run: _Run) -> None:
+    def _contacts(self, actions: list[Action], done: set[tuple[str, str]], run: _Run) -> None:
         s = self.settings
         updates: dict[str, dict[str, str]] = {}
         # Per contact, per action kind: the properties and the actions wanting them.
@@ -891,7 +892,7 @@ class HubSpotExecutor:
         finally:
             self._finish(finished)
 
-    def _deals(self, actions: list[dict[str, Any]], done: set[tuple[str, str]], run: _Run) -> None:
+    def _deals(self, actions: list[Action], done: set[tuple[str, str]], run: _Run) -> None:
         s = self.settings
         todo = [
             a
@@ -935,7 +936,7 @@ class HubSpotExecutor:
                 run.note(action["id"], f"{closed} open deal{'s' if closed != 1 else ''} closed lost")
         self._finish(finished)
 
-    def _tasks(self, actions: list[dict[str, Any]], done: set[tuple[str, str]], run: _Run) -> None:
+    def _tasks(self, actions: list[Action], done: set[tuple[str, str]], run: _Run) -> None:
         suppressed_at = {a["lead_id"]: i for i, a in enumerate(actions) if a["kind"] == "suppress"}
         todo = []
         for i, action in enumerate(actions):
@@ -974,7 +975,7 @@ class HubSpotExecutor:
                 unsure=unsure, on_result=record,
             )  # fmt: skip
 
-    def _erasures(self, actions: list[dict[str, Any]], done: set[tuple[str, str]], run: _Run) -> None:
+    def _erasures(self, actions: list[Action], done: set[tuple[str, str]], run: _Run) -> None:
         """Forwarded erasures: a GDPR delete per contact (HubSpot has no batch form of it)."""
         for action in actions:
             if action["kind"] != "forward_erasure" or (action["id"], "gdpr") in done:
@@ -985,7 +986,7 @@ class HubSpotExecutor:
             else:
                 run.fail(action["id"], error.message)
 
-    def _task_owners(self, actions: list[dict[str, Any]], run: _Run) -> dict[str, str]:
+    def _task_owners(self, actions: list[Action], run: _Run) -> dict[str, str]:
         """Return {contact: owner id} for the tasks' contacts: the contact's owner, else the fallback owner.
 
         A contact HubSpot does not have fails its task here (no task could be associated to

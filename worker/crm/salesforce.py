@@ -58,6 +58,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type
 from rules.lifecycle import ALL_CHANNELS, ActionKind, covered_channels
 from rules.salesforce_map import is_record_id, to_18
 from rules.tasktext import TaskText
+from worker.action import Action
 from worker.crm.base import ActionOutcome, CrmError, TransientCrmError
 from worker.crm.http import backoff_s, retry_after_s, retry_logger
 from worker.crm.ratelimit import RateLimiter
@@ -371,11 +372,11 @@ class SalesforceExecutor:
         self.texts = texts or TaskTexts(None)
         self._individuals = True  # False once the org says Lead.IndividualId does not exist
 
-    def execute(self, actions: Sequence[dict[str, Any]]) -> list[ActionOutcome]:
+    def execute(self, actions: Sequence[Action]) -> list[ActionOutcome]:
         """Carry out `actions`; one outcome per action. Raises TransientCrmError / SalesforceAuthError."""
         failures: dict[str, list[str]] = {}
         notes: dict[str, list[str]] = {}
-        todo: list[dict[str, Any]] = []
+        todo: list[Action] = []
         for action in actions:
             if action.get("kind") not in KINDS:
                 failures[action["id"]] = [f"unknown action kind {action.get('kind')!r}"]
@@ -452,7 +453,7 @@ class SalesforceExecutor:
         return out
 
     def _plan_erasures(
-        self, erasures: list[dict[str, Any]], leads: Mapping[str, Mapping[str, Any]], plan: _Plan
+        self, erasures: list[Action], leads: Mapping[str, Mapping[str, Any]], plan: _Plan
     ) -> dict[str, str]:
         """Plan `ShouldForget` = true on each forwarded erasure's Individual; return why some cannot be."""
         errors = {}
@@ -473,7 +474,7 @@ class SalesforceExecutor:
             log.warning("salesforce erasure of lead %s not forwarded: %s", action["lead_id"], errors[action["id"]])
         return errors
 
-    def _plan_opportunities(self, lost: list[dict[str, Any]], plan: _Plan, notes: dict[str, list[str]]) -> None:
+    def _plan_opportunities(self, lost: list[Action], plan: _Plan, notes: dict[str, list[str]]) -> None:
         """Add `StageName` = lost stage for every open Opportunity linked to a lost lead."""
         by_lead: dict[str, list[str]] = {}
         for action in lost:
@@ -547,7 +548,7 @@ class SalesforceExecutor:
         response = self.client.request("PATCH", f"sobjects/{key[0]}/{key[1]}", json=dict(values))
         return None if response.status_code in (200, 204) else describe(response)
 
-    def _create_tasks(self, actions: list[dict[str, Any]], leads: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    def _create_tasks(self, actions: list[Action], leads: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
         """Create one Task per action unless it already exists; return errors by action id."""
         if not actions:
             return {}
@@ -568,7 +569,7 @@ class SalesforceExecutor:
             errors.update(self.client.retrying(functools.partial(self._create_tasks_once, chunk, records)))
         return errors
 
-    def _task_owners(self, actions: Sequence[dict[str, Any]], leads: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    def _task_owners(self, actions: Sequence[Action], leads: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
         """Return {lead: owner id} for the tasks' leads: the lead's user owner, else the fallback owner.
 
         As for HubSpot: a lead without a user owner (a queue owns it: tasks cannot belong to
@@ -582,9 +583,7 @@ class SalesforceExecutor:
             self.settings.fallback_owner_id, "salesforce lead", "SALESFORCE_FALLBACK_OWNER_ID", "goes to the API user",
         )  # fmt: skip
 
-    def _create_tasks_once(
-        self, actions: Sequence[dict[str, Any]], tasks: Mapping[str, dict[str, Any]]
-    ) -> dict[str, str]:
+    def _create_tasks_once(self, actions: Sequence[Action], tasks: Mapping[str, dict[str, Any]]) -> dict[str, str]:
         existing: set[str] = set()
         lead_ids = sorted({a["lead_id"] for a in actions})
         for chunk in _chunks(lead_ids, MAX_IN_IDS):
