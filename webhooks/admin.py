@@ -11,7 +11,8 @@ from flask.typing import ResponseReturnValue
 
 from rules.events import Crm
 from webhooks.auth import bearer_ok
-from webhooks.services import error, services
+from webhooks.errors import ApiError
+from webhooks.services import services
 from worker import leadindex
 from worker.leaddoc import is_erased, lead_document
 
@@ -25,13 +26,13 @@ def admin_only(view: Callable[..., ResponseReturnValue]) -> Callable[..., Respon
     def guarded(*args: Any, **kwargs: Any) -> ResponseReturnValue:
         token = services(current_app._get_current_object()).config.admin_token  # type: ignore[attr-defined]
         if token is None:
-            return error(503, "not_configured", "PRUNER_ADMIN_TOKEN is not set, so admin routes are off")
+            raise ApiError(503, "not_configured", "PRUNER_ADMIN_TOKEN is not set, so admin routes are off")
         given = request.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not value:
-            return error(401, "unauthorized", "send Authorization: Bearer <PRUNER_ADMIN_TOKEN>")
+            raise ApiError(401, "unauthorized", "send Authorization: Bearer <PRUNER_ADMIN_TOKEN>")
         if not bearer_ok(given, token):
-            return error(401, "unauthorized", "the admin token is wrong")
+            raise ApiError(401, "unauthorized", "the admin token is wrong")
         return view(*args, **kwargs)
 
     return guarded
@@ -43,11 +44,11 @@ def leads() -> ResponseReturnValue:
     """List leads, newest change first, one page at a time (ids and lifecycle only)."""
     repeated = next((name for name in request.args if len(request.args.getlist(name)) > 1), None)
     if repeated is not None:
-        return error(400, "bad_parameter", f"{repeated:.60} is given more than once; give each parameter once")
+        raise ApiError(400, "bad_parameter", f"{repeated:.60} is given more than once; give each parameter once")
     try:
         query = leadindex.parse_query(request.args.to_dict())
     except leadindex.QueryError as exc:
-        return error(400, "bad_parameter", str(exc))
+        raise ApiError(400, "bad_parameter", str(exc)) from None
     svc = services(current_app._get_current_object())  # type: ignore[attr-defined]
     found = leadindex.page(svc.redis, query.filters, query.limit, query.cursor)
     return jsonify(
@@ -63,12 +64,12 @@ def leads() -> ResponseReturnValue:
 def lead(crm: str, lead_id: str) -> ResponseReturnValue:
     """Show one lead's state, counters and decisions."""
     if crm not in {c.value for c in Crm}:
-        return error(404, "unknown_crm", f"crm must be one of {[c.value for c in Crm]}, got {crm!r:.40}")
+        raise ApiError(404, "unknown_crm", f"crm must be one of {[c.value for c in Crm]}, got {crm!r:.40}")
     svc = services(current_app._get_current_object())  # type: ignore[attr-defined]
     store = svc.store
     if svc.config.suppression_key and is_erased(svc.redis, svc.config.suppression_key.encode(), crm, lead_id):
         return jsonify(crm=crm, lead_id=lead_id, state="SUPPRESSED", erased=True)
     history = store.history(crm, lead_id)
     if history is None:
-        return error(404, "unknown_lead", "no events have been received for this lead")
+        raise ApiError(404, "unknown_lead", "no events have been received for this lead")
     return jsonify(lead_document(crm, lead_id, history, store.state(crm, lead_id), store.checkpoint(crm, lead_id)))

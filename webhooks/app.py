@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 
 from webhooks import admin, dashboard, events, health, hubspot, metrics, salesforce
 from webhooks.backpressure import Backpressure
-from webhooks.errors import QueueUnavailable
+from webhooks.errors import ApiError, QueueUnavailable
 from webhooks.ratelimit import InboundRateLimit, parse_limit
 from webhooks.services import MAX_BODY_BYTES, Services, error
 from worker.config import Config
@@ -73,6 +73,10 @@ def create_app(
         # Keep the headers the exception carries (a 405's `Allow`, RFC 9110), but not its HTML type.
         headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
         return error(exc.code or 500, code, detail, headers)
+
+    @app.errorhandler(ApiError)
+    def refused(exc: ApiError) -> ResponseReturnValue:
+        return error(exc.status, exc.code, exc.detail, exc.headers)
 
     @app.errorhandler(QueueUnavailable)
     def queue_down(exc: QueueUnavailable) -> ResponseReturnValue:

@@ -16,9 +16,9 @@ from flask.typing import ResponseReturnValue
 from rules.errors import SchemaError
 from rules.events import Event
 from rules.fastparse import fast_count, parse_body
-from webhooks.errors import QueueUnavailable, SignatureError
+from webhooks.errors import ApiError, QueueUnavailable, SignatureError
 from webhooks.metrics import count_received
-from webhooks.services import error, refusal, services
+from webhooks.services import admit, services
 from webhooks.signatures import verify
 from worker.queues import enqueue_batch, enqueue_events
 from worker.secrets import decode_secrets
@@ -54,25 +54,26 @@ def receive_events() -> ResponseReturnValue:
     svc = services(current_app._get_current_object())  # type: ignore[attr-defined]
     secret = svc.config.webhook_secret
     if secret is None:
-        return error(503, "not_configured", "PRUNER_WEBHOOK_SECRET is not set, so signed events cannot be verified")
-    if (refused := refusal(svc, request.path, request)) is not None:
-        return refused
+        raise ApiError(503, "not_configured", "PRUNER_WEBHOOK_SECRET is not set, so signed events cannot be verified")
+    admit(svc, request.path, request)
     body = request.get_data(cache=False)
     now = svc.clock()
     try:
         verify(body, request.headers, _keys(secret), now)
     except SignatureError as exc:
-        return error(401, "bad_signature", str(exc))
+        raise ApiError(401, "bad_signature", str(exc)) from None
     try:
         count, parsed = _validate(body, int(now * 1000))
     except SchemaError as exc:
-        return error(400, "invalid_event", str(exc))
+        raise ApiError(400, "invalid_event", str(exc)) from None
     except (ValueError, UnicodeDecodeError) as exc:
-        return error(400, "malformed_json", f"the body is not valid JSON: {exc}")
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
     except RecursionError:
         # json.loads (the slow path) gives up on arrays or objects nested past Python's
         # recursion limit; no canonical batch nests more than three deep.
-        return error(400, "malformed_json", "the body is not valid JSON: it nests arrays or objects too deeply")
+        raise ApiError(
+            400, "malformed_json", "the body is not valid JSON: it nests arrays or objects too deeply"
+        ) from None
     try:
         if parsed is None:
             enqueue_batch(svc.queue, body, count, source="events")  # validated whole: queued as it came

@@ -16,10 +16,10 @@ from flask.typing import ResponseReturnValue
 
 from rules.errors import SchemaError
 from rules.hubspot_map import parse_hubspot_batch
-from webhooks.errors import QueueUnavailable, SignatureError
+from webhooks.errors import ApiError, QueueUnavailable, SignatureError
 from webhooks.hubspot_signatures import verify
 from webhooks.metrics import count_ignored, count_received
-from webhooks.services import error, refusal, services
+from webhooks.services import admit, services
 from worker.policyfile import cached_policy
 from worker.queues import enqueue_events
 
@@ -48,9 +48,10 @@ def receive_hubspot() -> ResponseReturnValue:
     svc = services(current_app._get_current_object())  # type: ignore[attr-defined]
     secret = svc.config.hubspot_client_secret
     if secret is None:
-        return error(503, "not_configured", "HUBSPOT_CLIENT_SECRET is not set, so HubSpot signatures cannot be checked")
-    if (refused := refusal(svc, request.path, request)) is not None:
-        return refused
+        raise ApiError(
+            503, "not_configured", "HUBSPOT_CLIENT_SECRET is not set, so HubSpot signatures cannot be checked"
+        )
+    admit(svc, request.path, request)
     body = request.get_data(cache=False)
     now_ms = int(svc.clock() * 1000)
     try:
@@ -59,20 +60,22 @@ def receive_hubspot() -> ResponseReturnValue:
             body, request.headers, secret.split(), request.method, uri, now_ms, svc.config.hubspot_signature_versions
         )
     except SignatureError as exc:
-        return error(401, "bad_signature", str(exc))
+        raise ApiError(401, "bad_signature", str(exc)) from None
     try:
         # msgspec, not json.loads: it also refuses unpaired surrogate escapes ("\ud800"),
         # text no Redis key or CRM field could hold, which would fail the batch in the worker.
         decoded = msgspec.json.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter for bad UTF-8 in a string
-        return error(400, "malformed_json", f"the body is not valid JSON: {exc}")
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
     except RecursionError:
         # msgspec refuses arrays nested past Python's recursion limit; HubSpot never sends them.
-        return error(400, "malformed_json", "the body is not valid JSON: it nests arrays or objects too deeply")
+        raise ApiError(
+            400, "malformed_json", "the body is not valid JSON: it nests arrays or objects too deeply"
+        ) from None
     try:
         batch = parse_hubspot_batch(decoded, now_ms, cached_policy(svc.config.policy_path).hubspot)
     except SchemaError as exc:
-        return error(400, "invalid_event", str(exc))
+        raise ApiError(400, "invalid_event", str(exc)) from None
     if batch.ignored:
         # Acknowledged, never a 4xx (HubSpot would retry for 24 h); counts only, no ids.
         log.info("hubspot events ignored: %s", dict(batch.ignored))

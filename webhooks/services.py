@@ -15,6 +15,7 @@ from flask.typing import ResponseReturnValue
 from rq import Queue
 
 from webhooks.backpressure import RETRY_AFTER_S, Backpressure
+from webhooks.errors import ApiError
 from webhooks.ratelimit import InboundRateLimit, RateRefusal
 from worker.config import Config
 from worker.store import LeadStore
@@ -68,9 +69,8 @@ def admission(svc: Services, route: str, req: Request) -> Refusal | None:
     return None if reason is None else Refusal(503, "backpressure", reason, RETRY_AFTER_S)
 
 
-def refusal(svc: Services, route: str, req: Request) -> ResponseReturnValue | None:
-    """The JSON answer to a refused webhook (see `admission`), or None to go on."""
+def admit(svc: Services, route: str, req: Request) -> None:
+    """Raise the JSON refusal of a webhook (see `admission`) with its `Retry-After`; return to go on."""
     refused = admission(svc, route, req)
-    if refused is None:
-        return None
-    return error(refused.status, refused.code, refused.detail, [("Retry-After", str(refused.retry_after_s))])
+    if refused is not None:
+        raise ApiError(refused.status, refused.code, refused.detail, [("Retry-After", str(refused.retry_after_s))])
