@@ -231,6 +231,7 @@ class Sender:
         self.acknowledged: set[tuple[str, bytes]] = set()
         self.posts: Counter[int | str] = Counter()
         self.lock = threading.Lock()
+        self.stopping = threading.Event()  # the run failed: stop retrying at once
 
     def snapshot(self) -> set[tuple[str, bytes]]:
         with self.lock:
@@ -239,7 +240,7 @@ class Sender:
     def post_until_acknowledged(self, events: list[dict[str, Any]], give_up_at: float) -> None:
         body = batch_body(events)
         delay = 0.25
-        while time.monotonic() < give_up_at:
+        while time.monotonic() < give_up_at and not self.stopping.is_set():
             try:
                 answer: int | str = requests.post(
                     f"{self.url}/webhooks/events", data=body, headers=signed_headers(body), timeout=10
@@ -251,9 +252,10 @@ class Sender:
                 if answer == 202:
                     self.acknowledged.update((e["lead_id"], event_key("hubspot", e["id"])) for e in events)
                     return
-            time.sleep(delay)
+            self.stopping.wait(delay)
             delay = min(delay * 2, 3.0)
-        raise AssertionError("a batch was never acknowledged")
+        if not self.stopping.is_set():
+            raise AssertionError("a batch was never acknowledged")
 
     def run(self, batches: list[list[dict[str, Any]]], give_up_at: float) -> None:
         start = time.monotonic()
@@ -268,11 +270,13 @@ class Sender:
                         return
                     i, batch = queue.pop(0)
                 pause = start + i * spacing - time.monotonic()
-                if pause > 0:
-                    time.sleep(pause)
+                if pause > 0 and self.stopping.wait(pause):
+                    return
                 self.post_until_acknowledged(batch, give_up_at)
 
-        threads = [threading.Thread(target=one_sender, name=f"sender-{n}") for n in range(self.plan.senders)]
+        threads = [
+            threading.Thread(target=one_sender, name=f"sender-{n}", daemon=True) for n in range(self.plan.senders)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -450,7 +454,11 @@ def settled(conn: redis.Redis, fake: FakeHubSpot, leads: dict[str, str]) -> bool
 @contextmanager
 def running_system(plan: Plan, fake_url: str, directory: Path) -> Iterator[tuple[System, RedisServer]]:
     server = RedisServer(directory)
-    server.start()
+    try:
+        server.start()
+    except BaseException:
+        server.stop()  # started but never answered: not left running
+        raise
     env = base_env(
         REDIS_URL=server.url,
         PRUNER_DRY_RUN="0",
@@ -460,7 +468,11 @@ def running_system(plan: Plan, fake_url: str, directory: Path) -> Iterator[tuple
         PRUNER_SUPPRESSION_KEY="chaos-suppression-key",
         PRUNER_INBOUND_RATE_LIMIT="off",  # the sender is one address posting as fast as it retries
     )
-    system = System(env)
+    try:
+        system = System(env)
+    except BaseException:
+        server.stop()
+        raise
     try:
         yield system, server
     finally:
@@ -502,9 +514,14 @@ def run(plan: Plan, log: Callable[[str], None] = print) -> Result:
             monitor.thread.start()
             sender = Sender(system.url, plan, rng)
             give_up_at = start + plan.send_seconds + plan.deadline_s
-            sending = threading.Thread(target=sender.run, args=(batches, give_up_at), name="chaos-sender")
+            sending = threading.Thread(target=sender.run, args=(batches, give_up_at), name="chaos-sender", daemon=True)
             sending.start()
-            inject_faults(system, server, conn, sender, monitor, bulk, give_up_at)
+            try:
+                inject_faults(system, server, conn, sender, monitor, bulk, give_up_at)
+            except BaseException:
+                sender.stopping.set()  # nothing keeps posting into a system being torn down
+                monitor.stopping.set()
+                raise
             last_fault = time.monotonic()
             log(f"chaos: faults done at +{last_fault - start:.1f}s; waiting for the sender and the outbox")
             sending.join()
