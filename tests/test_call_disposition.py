@@ -11,7 +11,7 @@ import pytest
 from rules.events import EventType
 from rules.hubspot_map import parse_hubspot_batch
 from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
-from worker.crm.hubspot import HubSpotClient
+from worker.crm.hubspot_client import HubSpotClient
 from worker.hubspot_ops import fetch_events
 
 CONNECTED = "f240bbac-87c9-4f6e-bf70-924b57d47db7"  # HubSpot's default "Connected" outcome

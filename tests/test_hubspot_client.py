@@ -17,19 +17,18 @@ import pytest
 import redis
 import requests
 
-import worker.crm.hubspot as hubspot_module
+import worker.crm.hubspot_client as hubspot_module
 from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
 from tests.helpers import redis_url_for_tests
 from worker.config import Config
 from worker.crm.base import TransientCrmError
-from worker.crm.hubspot import (
+from worker.crm.hubspot import HubSpotExecutor, build_executor
+from worker.crm.hubspot_client import (
     MAX_ATTEMPTS,
     TIMEOUT,
     HubSpotAuthError,
     HubSpotClient,
-    HubSpotExecutor,
     HubSpotNotFound,
-    build_executor,
     task_marker,
 )
 from worker.crm.ratelimit import RateLimiter, parse_rate

@@ -18,8 +18,10 @@ import pytest
 from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
 from tests.fakes.salesforce import API_USER_ID, FakeSalesforce
 from worker.config import Config
-from worker.crm.hubspot import HubSpotClient, HubSpotExecutor, HubSpotSettings
+from worker.crm.hubspot import HubSpotExecutor
+from worker.crm.hubspot_client import HubSpotClient
 from worker.crm.salesforce import SalesforceClient, SalesforceExecutor, SalesforceSettings
+from worker.crm.settings import HubSpotSettings
 from worker.errors import ConfigError
 from worker.store import state_key
 from worker.tasktexts import TaskTexts

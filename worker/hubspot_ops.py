@@ -21,7 +21,7 @@ from rules.events import Crm, Event, EventType
 from rules.hubspot_map import HubSpotMapping, engagement_events
 from worker.action import Action
 from worker.config import Config
-from worker.crm.hubspot import HubSpotNotFound
+from worker.crm.hubspot_client import HubSpotNotFound
 from worker.store import Decider, LeadStore
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ class HubSpotReader(Protocol):
 
 
 def hubspot_reader(config: Config, connection: redis.Redis) -> HubSpotReader:
-    """Return the HubSpot API client (worker/crm/hubspot.py) used to fetch thin events."""
-    module = importlib.import_module("worker.crm.hubspot")
+    """Return the HubSpot API client (worker/crm/hubspot_client.py) used to fetch thin events."""
+    module = importlib.import_module("worker.crm.hubspot_client")
     client: HubSpotReader = module.build_client(config, connection)
     return client
 
