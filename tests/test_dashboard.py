@@ -19,7 +19,7 @@ from rules.events import Crm, Event, EventType
 from tests.helpers import ADMIN_TOKEN, SECRET
 from webhooks import create_app
 from webhooks.auth import COOKIE, session_valid, session_value
-from webhooks.dashboard import axis
+from webhooks.charts import axis
 from worker import leadindex
 from worker import metrics as worker_metrics
 from worker.config import Config

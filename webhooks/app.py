@@ -15,7 +15,7 @@ from flask import Flask
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from webhooks import admin, dashboard, events, health, hubspot, metrics, salesforce
+from webhooks import admin, dashboard, events, health, hubspot, metrics, rqdash, salesforce
 from webhooks.backpressure import Backpressure
 from webhooks.errors import ApiError, QueueUnavailable
 from webhooks.ratelimit import InboundRateLimit, parse_limit
@@ -59,7 +59,7 @@ def create_app(
     app.register_blueprint(salesforce.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(dashboard.bp)
-    dashboard.mount_rq_dashboard(app)
+    rqdash.mount_rq_dashboard(app)
     metrics.instrument(app)
 
     @app.errorhandler(HTTPException)
