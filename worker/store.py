@@ -32,9 +32,10 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
+from redis.client import Pipeline
 
 from rules.counters import LoggedEvent
 from rules.events import Event, EventType
@@ -46,6 +47,8 @@ from worker.errors import StoreError
 from worker.suppression import AUDIT_KEY, SUPPRESSED_KEY, email_hash, lead_hash, objection_hash
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PREFIX = "pruner:lead:"
 STATE_PREFIX = "pruner:state:"
@@ -294,6 +297,24 @@ class LeadStore:
         self.redis = connection
         self.suppression_key = suppression_key
 
+    def _optimistic(
+        self, what: str, attempt: Callable[[Pipeline], T], conflicted: Callable[[], None] | None = None
+    ) -> T:
+        """Run `attempt` in a WATCH/MULTI transaction; again, from its reads, when a watched key changed.
+
+        `attempt` watches what it reads and queues its writes after `pipe.multi()`; a write
+        conflict (another worker committed first) raises WatchError at EXEC and it runs again.
+        StoreError after MAX_ATTEMPTS conflicts (`what` says what was being written).
+        """
+        for _attempt in range(MAX_ATTEMPTS):
+            with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    return attempt(pipe)
+                except redis.WatchError:
+                    if conflicted is not None:
+                        conflicted()
+        raise StoreError(f"gave up after {MAX_ATTEMPTS} write conflicts {what}")
+
     def apply_batch(self, events: Iterable[Event], decide: Decider | None = None) -> BatchResult:
         """Add events to their leads' logs, once each, and persist `decide`'s outcome, atomically."""
         fresh: dict[Lead, dict[bytes, LoggedEvent]] = {}
@@ -375,98 +396,100 @@ class LeadStore:
         # before keeps its decision: a conflict on one lead re-decides that lead, not the batch.
         memo: dict[Lead, tuple[tuple[Any, ...], list[LoggedEvent], list[LoggedEvent], Outcome | None]] = {}
         conflicts = redecided = 0
-        for _attempt in range(MAX_ATTEMPTS):
-            with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    if alias_keys:
-                        pipe.watch(*alias_keys)
-                        resolved, counts, aliases = self._resolve(pipe, batch, received, asked_erasure)
+
+        def apply_once(pipe: Pipeline) -> BatchResult:
+            nonlocal redecided
+            if alias_keys:
+                pipe.watch(*alias_keys)
+                resolved, counts, aliases = self._resolve(pipe, batch, received, asked_erasure)
+            else:
+                resolved, counts, aliases = batch, received, {}
+            leads = list(resolved)
+            pipe.watch(*self._keys(leads, decide is not None), *watched)
+            fresh, dropped, listed = self._screen(pipe, resolved) if screening else (resolved, 0, {})
+            leads = [lead for lead in leads if lead in fresh]
+            if not leads:
+                return BatchResult([], dropped)
+            reads = self._read(pipe, leads, fresh, decide is not None)
+            forgotten = self._forgotten(pipe, fresh) if asked_erasure else {}
+            # The list index moves with the state record (worker/leadindex.py).
+            indexed = leadindex.read(pipe, leads) if decide is not None else []
+            created = 0  # leads whose log this batch creates, less those it erases
+            updates = []
+            writes: list[tuple[Lead, _Read, list[LoggedEvent], Outcome | None, Any]] = []
+            for i, (lead, read) in enumerate(zip(leads, reads, strict=True)):
+                sig = (
+                    read.signature,
+                    lead in listed,
+                    listed.get(lead),
+                    tuple(fresh[lead]),
+                    forgotten.get(lead),
+                )
+                if lead in memo and memo[lead][0] == sig:
+                    _, history, new, outcome = memo[lead]
+                else:
+                    redecided += lead in memo
+                    new = [ev for k, ev in fresh[lead].items() if k not in read.present]
+                    stored = read.checkpoint
+                    if stored is not None and any(ev.occurred_ms <= stored.at_ms for ev in new):
+                        stored = None  # a late event: the replay starts over from the log
+                    if stored is not None:
+                        history = stored.events_after() + new
                     else:
-                        resolved, counts, aliases = batch, received, {}
-                    leads = list(resolved)
-                    pipe.watch(*self._keys(leads, decide is not None), *watched)
-                    fresh, dropped, listed = self._screen(pipe, resolved) if screening else (resolved, 0, {})
-                    leads = [lead for lead in leads if lead in fresh]
-                    if not leads:
-                        return BatchResult([], dropped)
-                    reads = self._read(pipe, leads, fresh, decide is not None)
-                    forgotten = self._forgotten(pipe, fresh) if asked_erasure else {}
-                    # The list index moves with the state record (worker/leadindex.py).
-                    indexed = leadindex.read(pipe, leads) if decide is not None else []
-                    created = 0  # leads whose log this batch creates, less those it erases
-                    updates = []
-                    writes: list[tuple[Lead, _Read, list[LoggedEvent], Outcome | None, Any]] = []
-                    for i, (lead, read) in enumerate(zip(leads, reads, strict=True)):
-                        sig = (
-                            read.signature,
+                        history = (read.log or []) + new
+                    outcome = None
+                    if decide is not None and (history or read.raw_state is not None):
+                        prev = json.loads(read.raw_state) if read.raw_state else None
+                        view = LeadView(
+                            *lead,
+                            history,
+                            prev,
+                            len(new),
                             lead in listed,
-                            listed.get(lead),
-                            tuple(fresh[lead]),
-                            forgotten.get(lead),
+                            listed.get(lead, ()),
+                            stored,
+                            self._loader(pipe, lead, new, read.log),
                         )
-                        if lead in memo and memo[lead][0] == sig:
-                            _, history, new, outcome = memo[lead]
-                        else:
-                            redecided += lead in memo
-                            new = [ev for k, ev in fresh[lead].items() if k not in read.present]
-                            stored = read.checkpoint
-                            if stored is not None and any(ev.occurred_ms <= stored.at_ms for ev in new):
-                                stored = None  # a late event: the replay starts over from the log
-                            if stored is not None:
-                                history = stored.events_after() + new
-                            else:
-                                history = (read.log or []) + new
-                            outcome = None
-                            if decide is not None and (history or read.raw_state is not None):
-                                prev = json.loads(read.raw_state) if read.raw_state else None
-                                view = LeadView(
-                                    *lead,
-                                    history,
-                                    prev,
-                                    len(new),
-                                    lead in listed,
-                                    listed.get(lead, ()),
-                                    stored,
-                                    self._loader(pipe, lead, new, read.log),
-                                )
-                                outcome = decide(view)
-                            memo[lead] = (sig, history, new, outcome)
-                        entry = None
-                        if outcome is not None and not outcome.erase:
-                            entry = self._index_entry(pipe, lead, read, indexed[i], history, new, outcome)
-                        writes.append((lead, read, new, outcome, entry))
-                        dups = counts.get(lead, 0) - len(new)
-                        merged_in = tuple(aliases.get(lead, ())) if outcome is not None and outcome.erase else ()
-                        updates.append(LeadUpdate(lead[0], lead[1], history, len(new), dups, outcome, merged_in))
-                    pipe.multi()
-                    for i, (lead, read, new, outcome, entry) in enumerate(writes):
-                        old_row = read.checkpoint.row if read.checkpoint is not None else None
-                        if outcome is not None and outcome.erase:
-                            self._queue_erasure(pipe, lead, outcome, aliases.get(lead, []), forgotten.get(lead, []))
-                            aggregates.queue_delta(pipe, old_row, None)
-                            leadindex.queue_update(pipe, lead, indexed[i], None)
-                            created -= read.log_exists
-                            continue
-                        if new:
-                            # APPEND: the log is never read back for a live batch.
-                            records = eventlog.encode(new)
-                            pipe.append(lead_key(*lead), records if read.log_exists else eventlog.VERSION + records)
-                            created += not read.log_exists
-                        if outcome is not None:
-                            self._queue_outcome(pipe, lead, outcome, read.raw_state is not None)
-                            aggregates.queue_delta(pipe, old_row, outcome.row if outcome.checkpoint else None)
-                            leadindex.queue_update(pipe, lead, indexed[i], entry)
-                        elif new:
-                            # No decider: the checkpoint would miss these events (and its row goes with it).
-                            pipe.delete(checkpoint_key(*lead))
-                            aggregates.queue_delta(pipe, old_row, None)
-                    leadindex.queue_tracked(pipe, created)
-                    pipe.execute()
-                except redis.WatchError:
-                    conflicts += 1
+                        outcome = decide(view)
+                    memo[lead] = (sig, history, new, outcome)
+                entry = None
+                if outcome is not None and not outcome.erase:
+                    entry = self._index_entry(pipe, lead, read, indexed[i], history, new, outcome)
+                writes.append((lead, read, new, outcome, entry))
+                dups = counts.get(lead, 0) - len(new)
+                merged_in = tuple(aliases.get(lead, ())) if outcome is not None and outcome.erase else ()
+                updates.append(LeadUpdate(lead[0], lead[1], history, len(new), dups, outcome, merged_in))
+            pipe.multi()
+            for i, (lead, read, new, outcome, entry) in enumerate(writes):
+                old_row = read.checkpoint.row if read.checkpoint is not None else None
+                if outcome is not None and outcome.erase:
+                    self._queue_erasure(pipe, lead, outcome, aliases.get(lead, []), forgotten.get(lead, []))
+                    aggregates.queue_delta(pipe, old_row, None)
+                    leadindex.queue_update(pipe, lead, indexed[i], None)
+                    created -= read.log_exists
                     continue
+                if new:
+                    # APPEND: the log is never read back for a live batch.
+                    records = eventlog.encode(new)
+                    pipe.append(lead_key(*lead), records if read.log_exists else eventlog.VERSION + records)
+                    created += not read.log_exists
+                if outcome is not None:
+                    self._queue_outcome(pipe, lead, outcome, read.raw_state is not None)
+                    aggregates.queue_delta(pipe, old_row, outcome.row if outcome.checkpoint else None)
+                    leadindex.queue_update(pipe, lead, indexed[i], entry)
+                elif new:
+                    # No decider: the checkpoint would miss these events (and its row goes with it).
+                    pipe.delete(checkpoint_key(*lead))
+                    aggregates.queue_delta(pipe, old_row, None)
+            leadindex.queue_tracked(pipe, created)
+            pipe.execute()
             return BatchResult(updates, dropped, conflicts, redecided)
-        raise StoreError(f"gave up after {MAX_ATTEMPTS} write conflicts on {len(leads)} leads")
+
+        def conflicted() -> None:
+            nonlocal conflicts
+            conflicts += 1
+
+        return self._optimistic(f"on {len(batch)} leads", apply_once, conflicted)
 
     def _index_entry(
         self,
@@ -683,105 +706,101 @@ class LeadStore:
         keys = [lead_key(crm, lead) for lead in [into, *merged]] + [state_key(crm, lead) for lead in [into, *merged]]
         ck_keys = [checkpoint_key(crm, lead) for lead in [into, *merged]]
         key = self.suppression_key
-        for _attempt in range(MAX_ATTEMPTS):
-            with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    # Watched and read in the transaction, as in apply_batch: an erasure
-                    # committing meanwhile must not be undone by the merge.
-                    pipe.watch(*keys, *ck_keys, merged_key(crm), *([SUPPRESSED_KEY] if key else []))
-                    ids = [into, *merged]
-                    indexed = dict(zip(ids, leadindex.read(pipe, [(crm, m) for m in ids]), strict=True))
-                    # Every lead of the merge leaves the aggregates; the survivor comes back in.
-                    rows = _rows(pipe, ck_keys)
-                    raw_aliases: dict[bytes, bytes] = pipe.hgetall(merged_key(crm))  # type: ignore[assignment]
-                    aliases = {k.decode(): v.decode() for k, v in raw_aliases.items()}
-                    # Ids merged earlier into one merged now: they follow it to the survivor.
-                    chained = [alias for alias, target in aliases.items() if target in merged]
-                    if key is not None and pipe.sismember(SUPPRESSED_KEY, lead_hash(key, crm, into)):
-                        # A merge delivered after the survivor's erasure: the merged records
-                        # are the same erased person, so they go too and nothing is re-created;
-                        # their ids are dropped from now on like the survivor's. The erasing
-                        # outcome tells the caller to purge their queued payloads.
-                        logs: list[bytes | None] = pipe.mget([lead_key(crm, m) for m in merged])  # type: ignore[assignment]
-                        emails = _emails(ev for blob in logs if blob is not None for ev in eventlog.decode(blob))
-                        pipe.multi()
-                        for lead in merged:
-                            pipe.delete(lead_key(crm, lead), state_key(crm, lead), checkpoint_key(crm, lead))
-                            pipe.zrem(DUE_KEY, due_member(crm, lead))
-                        for lead, entry in indexed.items():
-                            leadindex.queue_update(pipe, (crm, lead), entry, None)
-                        leadindex.queue_tracked(pipe, -sum(blob is not None for blob in logs))
-                        for row in rows[1:]:
-                            aggregates.queue_delta(pipe, row, None)
-                        away = (*merged, *chained)
-                        # As the erasure would have, had the merge come first: the merged ids and
-                        # the person's emails, recognised if they are imported again.
-                        outcome = Outcome(erase=True, suppress_hashes=[email_hash(key, e) for e in sorted(emails)])
-                        self._queue_erasure(pipe, survivor, outcome, away)
-                        pipe.execute()
-                        return LeadUpdate(crm, into, [], 0, 0, outcome, away)
-                    values: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
-                    blobs = values[: 1 + len(merged)]
-                    union: dict[bytes, LoggedEvent] = {}
-                    for blob in blobs:
-                        for ev in eventlog.decode(blob):
-                            union.setdefault(ev.key, ev)
-                    remap = {m: into for m in [*merged, *chained] if aliases.get(m) != into}
-                    if len(union) == len(eventlog.decode(blobs[0])) and not any(blobs[1:]):
-                        # Nothing to fold (a redelivery, or records Pruner never saw): still
-                        # remember where their later events belong.
-                        if remap:
-                            pipe.multi()
-                            pipe.hset(merged_key(crm), mapping=remap)  # type: ignore[arg-type]
-                            pipe.execute()
-                        return None
-                    history = list(union.values())
-                    raw_state = values[1 + len(merged)]
-                    prev = json.loads(raw_state) if raw_state else None
-                    # A merged record recognised as an erased person (its email on the
-                    # suppression list) keeps the survivor suppressed: the flag lives in states.
-                    states = [json.loads(s) for s in values[1 + len(merged) :] if s]
-                    listed = any(s.get("suppression_list") for s in states)
-                    # What a merged record was told (its acted decisions), the survivor was told
-                    # too: the CRM merged the records, and the same story re-told on the survivor
-                    # names the same decisions. The survivor's own come last (kept when trimmed).
-                    told = list(dict.fromkeys(a for s in states[1:] + states[:1] for a in s.get("acted", [])))
-                    if told:
-                        prev = {**(prev or {}), "acted": told}
-                    outcome = decide(LeadView(crm, into, history, prev, len(history), listed))
+
+        def merge_once(pipe: Pipeline) -> LeadUpdate | None:
+            # Watched and read in the transaction, as in apply_batch: an erasure
+            # committing meanwhile must not be undone by the merge.
+            pipe.watch(*keys, *ck_keys, merged_key(crm), *([SUPPRESSED_KEY] if key else []))
+            ids = [into, *merged]
+            indexed = dict(zip(ids, leadindex.read(pipe, [(crm, m) for m in ids]), strict=True))
+            # Every lead of the merge leaves the aggregates; the survivor comes back in.
+            rows = _rows(pipe, ck_keys)
+            raw_aliases: dict[bytes, bytes] = pipe.hgetall(merged_key(crm))  # type: ignore[assignment]
+            aliases = {k.decode(): v.decode() for k, v in raw_aliases.items()}
+            # Ids merged earlier into one merged now: they follow it to the survivor.
+            chained = [alias for alias, target in aliases.items() if target in merged]
+            if key is not None and pipe.sismember(SUPPRESSED_KEY, lead_hash(key, crm, into)):
+                # A merge delivered after the survivor's erasure: the merged records
+                # are the same erased person, so they go too and nothing is re-created;
+                # their ids are dropped from now on like the survivor's. The erasing
+                # outcome tells the caller to purge their queued payloads.
+                logs: list[bytes | None] = pipe.mget([lead_key(crm, m) for m in merged])  # type: ignore[assignment]
+                emails = _emails(ev for blob in logs if blob is not None for ev in eventlog.decode(blob))
+                pipe.multi()
+                for lead in merged:
+                    pipe.delete(lead_key(crm, lead), state_key(crm, lead), checkpoint_key(crm, lead))
+                    pipe.zrem(DUE_KEY, due_member(crm, lead))
+                for lead, entry in indexed.items():
+                    leadindex.queue_update(pipe, (crm, lead), entry, None)
+                leadindex.queue_tracked(pipe, -sum(blob is not None for blob in logs))
+                for row in rows[1:]:
+                    aggregates.queue_delta(pipe, row, None)
+                away = (*merged, *chained)
+                # As the erasure would have, had the merge come first: the merged ids and
+                # the person's emails, recognised if they are imported again.
+                outcome = Outcome(erase=True, suppress_hashes=[email_hash(key, e) for e in sorted(emails)])
+                self._queue_erasure(pipe, survivor, outcome, away)
+                pipe.execute()
+                return LeadUpdate(crm, into, [], 0, 0, outcome, away)
+            values: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
+            blobs = values[: 1 + len(merged)]
+            union: dict[bytes, LoggedEvent] = {}
+            for blob in blobs:
+                for ev in eventlog.decode(blob):
+                    union.setdefault(ev.key, ev)
+            remap = {m: into for m in [*merged, *chained] if aliases.get(m) != into}
+            if len(union) == len(eventlog.decode(blobs[0])) and not any(blobs[1:]):
+                # Nothing to fold (a redelivery, or records Pruner never saw): still
+                # remember where their later events belong.
+                if remap:
                     pipe.multi()
-                    for lead in merged:
-                        pipe.delete(lead_key(crm, lead), state_key(crm, lead), checkpoint_key(crm, lead))
-                        pipe.zrem(DUE_KEY, due_member(crm, lead))
-                        leadindex.queue_update(pipe, (crm, lead), indexed[lead], None)
-                    # The merged logs go; the survivor's exists from now on, unless erased.
-                    leadindex.queue_tracked(
-                        pipe, (blobs[0] is None and not outcome.erase) - sum(1 for b in blobs[1:] if b)
-                    )
-                    if outcome.erase and blobs[0] is not None:
-                        leadindex.queue_tracked(pipe, -1)
-                    for row in rows[1:]:
-                        aggregates.queue_delta(pipe, row, None)
-                    survivor_row = outcome.row if outcome.checkpoint is not None and not outcome.erase else None
-                    aggregates.queue_delta(pipe, rows[0], survivor_row)
-                    gone: tuple[str, ...] = ()
-                    if outcome.erase:
-                        merged_in = [a for a, target in aliases.items() if target == into]
-                        gone = tuple(dict.fromkeys([*merged, *chained, *merged_in]))
-                        self._queue_erasure(pipe, survivor, outcome, gone)
-                        leadindex.queue_update(pipe, survivor, indexed[into], None)
-                    else:
-                        pipe.set(lead_key(crm, into), eventlog.append(None, history))
-                        self._queue_outcome(pipe, survivor, outcome)
-                        entry = leadindex.entry_for(outcome.state, history, None, history)
-                        leadindex.queue_update(pipe, survivor, indexed[into], entry)
-                        if remap:
-                            pipe.hset(merged_key(crm), mapping=remap)  # type: ignore[arg-type]
+                    pipe.hset(merged_key(crm), mapping=remap)  # type: ignore[arg-type]
                     pipe.execute()
-                except redis.WatchError:
-                    continue
+                return None
+            history = list(union.values())
+            raw_state = values[1 + len(merged)]
+            prev = json.loads(raw_state) if raw_state else None
+            # A merged record recognised as an erased person (its email on the
+            # suppression list) keeps the survivor suppressed: the flag lives in states.
+            states = [json.loads(s) for s in values[1 + len(merged) :] if s]
+            listed = any(s.get("suppression_list") for s in states)
+            # What a merged record was told (its acted decisions), the survivor was told
+            # too: the CRM merged the records, and the same story re-told on the survivor
+            # names the same decisions. The survivor's own come last (kept when trimmed).
+            told = list(dict.fromkeys(a for s in states[1:] + states[:1] for a in s.get("acted", [])))
+            if told:
+                prev = {**(prev or {}), "acted": told}
+            outcome = decide(LeadView(crm, into, history, prev, len(history), listed))
+            pipe.multi()
+            for lead in merged:
+                pipe.delete(lead_key(crm, lead), state_key(crm, lead), checkpoint_key(crm, lead))
+                pipe.zrem(DUE_KEY, due_member(crm, lead))
+                leadindex.queue_update(pipe, (crm, lead), indexed[lead], None)
+            # The merged logs go; the survivor's exists from now on, unless erased.
+            leadindex.queue_tracked(pipe, (blobs[0] is None and not outcome.erase) - sum(1 for b in blobs[1:] if b))
+            if outcome.erase and blobs[0] is not None:
+                leadindex.queue_tracked(pipe, -1)
+            for row in rows[1:]:
+                aggregates.queue_delta(pipe, row, None)
+            survivor_row = outcome.row if outcome.checkpoint is not None and not outcome.erase else None
+            aggregates.queue_delta(pipe, rows[0], survivor_row)
+            gone: tuple[str, ...] = ()
+            if outcome.erase:
+                merged_in = [a for a, target in aliases.items() if target == into]
+                gone = tuple(dict.fromkeys([*merged, *chained, *merged_in]))
+                self._queue_erasure(pipe, survivor, outcome, gone)
+                leadindex.queue_update(pipe, survivor, indexed[into], None)
+            else:
+                pipe.set(lead_key(crm, into), eventlog.append(None, history))
+                self._queue_outcome(pipe, survivor, outcome)
+                entry = leadindex.entry_for(outcome.state, history, None, history)
+                leadindex.queue_update(pipe, survivor, indexed[into], entry)
+                if remap:
+                    pipe.hset(merged_key(crm), mapping=remap)  # type: ignore[arg-type]
+            pipe.execute()
             return LeadUpdate(crm, into, history, len(history), 0, outcome, gone)
-        raise StoreError(f"gave up after {MAX_ATTEMPTS} write conflicts merging {len(merged)} leads")
+
+        return self._optimistic(f"merging {len(merged)} leads", merge_once)
 
     def forget(self, crm: str, lead_id: str) -> bool:
         """Delete everything held about a lead deleted in the CRM (not a suppression).
@@ -794,41 +813,37 @@ class LeadStore:
         """
 
         key = self.suppression_key
-        for _attempt in range(MAX_ATTEMPTS):
-            with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    pipe.watch(
-                        state_key(crm, lead_id), merged_key(crm), lead_key(crm, lead_id), checkpoint_key(crm, lead_id)
-                    )
-                    (row,) = _rows(pipe, [checkpoint_key(crm, lead_id)])
-                    blob = pipe.get(lead_key(crm, lead_id))
-                    emails = _emails(eventlog.decode(blob) if blob is not None else [])  # type: ignore[arg-type]
-                    raw = pipe.get(state_key(crm, lead_id))
-                    state = json.loads(raw) if raw is not None else {}
-                    [entry] = leadindex.read(pipe, [(crm, lead_id)])
-                    suppressed = state.get("state") == "SUPPRESSED"
-                    raw_table: dict[bytes, bytes] = pipe.hgetall(merged_key(crm))  # type: ignore[assignment]
-                    table = {k.decode(): v.decode() for k, v in raw_table.items()}
-                    # The record is gone from the CRM: so is any mapping that names it.
-                    naming = [alias for alias, into in table.items() if lead_id in (alias, into)]
-                    pipe.multi()
-                    pipe.delete(lead_key(crm, lead_id), state_key(crm, lead_id), checkpoint_key(crm, lead_id))
-                    pipe.zrem(DUE_KEY, due_member(crm, lead_id))
-                    leadindex.queue_update(pipe, (crm, lead_id), entry, None)
-                    leadindex.queue_tracked(pipe, -(blob is not None))
-                    aggregates.queue_delta(pipe, row, None)
-                    if naming:
-                        pipe.hdel(merged_key(crm), *naming)
-                    if suppressed and key is not None:
-                        pipe.sadd(SUPPRESSED_KEY, *_objection_hashes(key, crm, lead_id, state))
-                    if emails and key is not None:
-                        forgotten = forgotten_key(lead_hash(key, crm, lead_id))
-                        pipe.sadd(forgotten, *(email_hash(key, e) for e in emails))
-                        pipe.expire(forgotten, FORGOTTEN_TTL_S)
-                    return bool(pipe.execute()[0])
-                except redis.WatchError:
-                    continue
-        raise StoreError(f"gave up after {MAX_ATTEMPTS} write conflicts forgetting a lead")
+
+        def forget_one(pipe: Pipeline) -> bool:
+            pipe.watch(state_key(crm, lead_id), merged_key(crm), lead_key(crm, lead_id), checkpoint_key(crm, lead_id))
+            (row,) = _rows(pipe, [checkpoint_key(crm, lead_id)])
+            blob = pipe.get(lead_key(crm, lead_id))
+            emails = _emails(eventlog.decode(blob) if blob is not None else [])  # type: ignore[arg-type]
+            raw = pipe.get(state_key(crm, lead_id))
+            state = json.loads(raw) if raw is not None else {}
+            [entry] = leadindex.read(pipe, [(crm, lead_id)])
+            suppressed = state.get("state") == "SUPPRESSED"
+            raw_table: dict[bytes, bytes] = pipe.hgetall(merged_key(crm))  # type: ignore[assignment]
+            table = {k.decode(): v.decode() for k, v in raw_table.items()}
+            # The record is gone from the CRM: so is any mapping that names it.
+            naming = [alias for alias, into in table.items() if lead_id in (alias, into)]
+            pipe.multi()
+            pipe.delete(lead_key(crm, lead_id), state_key(crm, lead_id), checkpoint_key(crm, lead_id))
+            pipe.zrem(DUE_KEY, due_member(crm, lead_id))
+            leadindex.queue_update(pipe, (crm, lead_id), entry, None)
+            leadindex.queue_tracked(pipe, -(blob is not None))
+            aggregates.queue_delta(pipe, row, None)
+            if naming:
+                pipe.hdel(merged_key(crm), *naming)
+            if suppressed and key is not None:
+                pipe.sadd(SUPPRESSED_KEY, *_objection_hashes(key, crm, lead_id, state))
+            if emails and key is not None:
+                forgotten = forgotten_key(lead_hash(key, crm, lead_id))
+                pipe.sadd(forgotten, *(email_hash(key, e) for e in emails))
+                pipe.expire(forgotten, FORGOTTEN_TTL_S)
+            return bool(pipe.execute()[0])
+
+        return self._optimistic("forgetting a lead", forget_one)
 
     def reindex(self, batch: int = 500) -> int:
         """Write the list index entry of every stored lead (a store from before the index); return how many.
@@ -844,26 +859,20 @@ class LeadStore:
             nonlocal done
             leads = [parse_due_member(n[len(PREFIX) :]) for n in names]
             keys = [lead_key(*lead) for lead in leads] + [state_key(*lead) for lead in leads]
-            for _attempt in range(MAX_ATTEMPTS):
-                with self.redis.pipeline(transaction=True) as pipe:
-                    try:
-                        pipe.watch(*keys)
-                        values: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
-                        old = leadindex.read(pipe, leads)
-                        pipe.multi()
-                        for i, lead in enumerate(leads):
-                            blob, raw_state = values[i], values[len(leads) + i]
-                            history = eventlog.decode(blob) if blob is not None else []
-                            state = json.loads(raw_state) if raw_state else None
-                            leadindex.queue_update(
-                                pipe, lead, old[i], leadindex.entry_for(state, history, None, history)
-                            )
-                        pipe.execute()
-                        break
-                    except redis.WatchError:
-                        continue
-            else:
-                raise StoreError(f"gave up after {MAX_ATTEMPTS} write conflicts indexing {len(leads)} leads")
+
+            def index_batch(pipe: Pipeline) -> None:
+                pipe.watch(*keys)
+                values: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
+                old = leadindex.read(pipe, leads)
+                pipe.multi()
+                for i, lead in enumerate(leads):
+                    blob, raw_state = values[i], values[len(leads) + i]
+                    history = eventlog.decode(blob) if blob is not None else []
+                    state = json.loads(raw_state) if raw_state else None
+                    leadindex.queue_update(pipe, lead, old[i], leadindex.entry_for(state, history, None, history))
+                pipe.execute()
+
+            self._optimistic(f"indexing {len(leads)} leads", index_batch)
             done += len(leads)
             names.clear()
 
