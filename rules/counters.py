@@ -10,12 +10,11 @@ ones such as "follow-ups since the last reply".
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any, NamedTuple
 
 import msgspec
 
+from rules.calendar import week_index
 from rules.events import RECORD_KEY, TYPE_CODES, VERSION_KEY, EventType, parse_rfc3339_ms
 
 # Outbound touches: what the rep (or a sequence) did to reach the lead.
@@ -44,15 +43,15 @@ class LoggedEvent(NamedTuple):
         return (self.occurred_ms, TYPE_CODES[self.type], self.key)
 
 
-def iso_week(ms: int) -> str:
-    """Return the ISO week (`2026-W47`) of an epoch-millisecond instant, in UTC."""
-    return _iso_week_of_day(ms // 86_400_000)
+def is_follow_up(etype: EventType, data: Mapping[str, Any], first_touch: bool) -> bool:
+    """Whether a touch follows up: the one rule the counters and the lifecycle's silence both read.
 
-
-@lru_cache(maxsize=4096)
-def _iso_week_of_day(epoch_day: int) -> str:
-    year, week, _ = datetime.fromtimestamp(epoch_day * 86_400, tz=UTC).isocalendar()
-    return f"{year}-W{week:02d}"
+    A sequence may say so of an email (`follow_up`); otherwise every outbound email or
+    unanswered call after the very first touch is a follow-up. A connected call is not.
+    """
+    if etype is EventType.EMAIL_SENT:
+        return bool(data.get("follow_up", not first_touch))
+    return etype is EventType.CALL_ATTEMPTED and not first_touch
 
 
 class LeadCounters(msgspec.Struct, array_like=True):
@@ -86,7 +85,8 @@ class LeadCounters(msgspec.Struct, array_like=True):
     last_touch_ms: int | None = None
     last_reply_ms: int | None = None
     last_event_ms: int | None = None
-    call_attempts_by_week: dict[str, int] = msgspec.field(default_factory=dict)
+    # Calendar week (rules/calendar.py `week_index`, as the cadence rule counts) -> call attempts.
+    call_attempts_by_week: dict[int, int] = msgspec.field(default_factory=dict)
     proposal_sent_ms: int | None = None
     proposal_expires_ms: int | None = None
     deal_amount: float | None = None
@@ -109,18 +109,13 @@ class LeadCounters(msgspec.Struct, array_like=True):
             if first:
                 self.first_touch_ms = at
             self.last_touch_ms = at
+            self.follow_ups_since_reply += is_follow_up(etype, data, first)
             if etype is EventType.EMAIL_SENT:
                 self.emails_sent += 1
-                # A sequence may say explicitly whether this email follows up; otherwise
-                # every touch after the very first one is a follow-up.
-                if data.get("follow_up", not first):
-                    self.follow_ups_since_reply += 1
             elif etype is EventType.CALL_ATTEMPTED:
                 self.call_attempts += 1
-                week = iso_week(at)
+                week = week_index(at)
                 self.call_attempts_by_week[week] = self.call_attempts_by_week.get(week, 0) + 1
-                if not first:
-                    self.follow_ups_since_reply += 1
             else:
                 self.connected_calls += 1
         if etype in RESPONSES:

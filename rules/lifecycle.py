@@ -36,7 +36,7 @@ from typing import Any
 import msgspec
 
 from rules.calendar import DAY_MS, Calendar, calendar_for, week_index
-from rules.counters import RESPONSES, TOUCHES, LeadCounters, LoggedEvent, sort_events
+from rules.counters import RESPONSES, TOUCHES, LeadCounters, LoggedEvent, is_follow_up, sort_events
 from rules.events import RECORD_KEY, EventType, format_ms
 from rules.policy import Policy
 
@@ -215,9 +215,10 @@ def _schema(*types: type[msgspec.Struct]) -> str:
     return hashlib.blake2b(fields.encode(), digest_size=4).hexdigest()
 
 
-# Bumped when the replay changes meaning without a field changing (2: the WON state), so that
-# checkpoints computed by the previous rules are replayed from the log once, not continued.
-ENGINE_VERSION = 2
+# Bumped when the replay changes meaning without a field name changing (2: the WON state; 3:
+# calls counted by calendar week number, not ISO week string), so that checkpoints computed by
+# the previous rules are replayed from the log once, not continued.
+ENGINE_VERSION = 3
 # Changes whenever a running-state field is added, removed or renamed.
 CHECKPOINT_SCHEMA = _schema(Running, LeadCounters, Episode, Decision)
 
@@ -603,12 +604,7 @@ class _Replay:
                 self.move("reply_resets", State.ACTIVE, None, at, {"event": etype.value})
             return
         if etype in TOUCHES:
-            is_follow_up = (
-                bool(ev.data.get("follow_up", not was_first_touch))
-                if etype is EventType.EMAIL_SENT
-                else (etype is EventType.CALL_ATTEMPTED and not was_first_touch)
-            )
-            if is_follow_up:
+            if is_follow_up(etype, ev.data, was_first_touch):
                 if self.calendar.quiet_at(at):
                     r.quiet_follow_ups += 1
                 else:
