@@ -13,6 +13,7 @@ processes as JSON in the outbox, exactly these keys:
 
 from __future__ import annotations
 
+import hashlib
 from typing import NotRequired, TypedDict
 
 
@@ -29,3 +30,13 @@ class Action(TypedDict):
     dry_run: bool
     channels: NotRequired[list[str]]
     source: NotRequired[str]
+
+
+def action_digest(action_id: str) -> str:
+    """The hex digest a CRM record made by an action carries, to be found again (a task sent twice?).
+
+    One derivation for every CRM; each writes as much of it as its search can match: HubSpot
+    one alphanumeric token (`pruner` + 24 digits, its CONTAINS_TOKEN matches whole tokens),
+    Salesforce a `[pruner-ref` 12 digits `]` suffix of the Task subject.
+    """
+    return hashlib.sha256(action_id.encode()).hexdigest()

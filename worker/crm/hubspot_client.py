@@ -9,7 +9,6 @@ turns actions into these calls is worker/crm/hubspot.py.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -22,6 +21,7 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from rules.tasktext import TaskText
+from worker.action import action_digest
 from worker.crm.base import CrmError, TransientCrmError
 from worker.crm.http import backoff_s, retry_after_s, retry_logger
 from worker.crm.ratelimit import DEFAULT_MARGIN_S, RateLimiter
@@ -100,7 +100,7 @@ def task_marker(action_id: str) -> str:
     One alphanumeric token: CONTAINS_TOKEN matches whole tokens, and how HubSpot splits an
     action id full of ':' and '#' into tokens is unconfirmed.
     """
-    return "pruner" + hashlib.sha256(action_id.encode()).hexdigest()[:24]
+    return "pruner" + action_digest(action_id)[:24]
 
 
 def _marked(trace: str, properties: Mapping[str, str]) -> dict[str, str]:

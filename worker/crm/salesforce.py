@@ -41,7 +41,6 @@ Optional environment (defaults in brackets): `SALESFORCE_RATE_LIMIT` ["25/1"],
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import re
 import time
@@ -58,7 +57,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type
 from rules.lifecycle import ALL_CHANNELS, ActionKind, covered_channels
 from rules.salesforce_map import is_record_id, to_18
 from rules.tasktext import TaskText
-from worker.action import Action
+from worker.action import Action, action_digest
 from worker.crm.base import ActionOutcome, CrmError, TransientCrmError
 from worker.crm.http import backoff_s, retry_after_s, retry_logger
 from worker.crm.ratelimit import RateLimiter
@@ -331,7 +330,7 @@ def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
 
 def task_ref(action_id: str) -> str:
     """A short, stable reference for an action, written into its Task subject to make creation idempotent."""
-    return hashlib.sha256(action_id.encode()).hexdigest()[:12]
+    return action_digest(action_id)[:12]
 
 
 RecordKey = tuple[str, str]  # (sObject type, 18-char id)
