@@ -14,7 +14,6 @@ contact action of any kind (docs/lifecycle.md guardrail 4).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from rules.calendar import Calendar, calendar_for
 from rules.events import EventType, format_ms, parse_rfc3339_ms
@@ -33,6 +32,7 @@ from rules.policy import Policy
 from worker import aggregates, checkpoint, suppression
 from worker.action import Action
 from worker.errors import ConfigError
+from worker.staterecord import StateRecord
 from worker.store import LeadView, Outcome
 
 # The state record shows the latest decisions with their inputs (and counts them all);
@@ -54,7 +54,7 @@ def _was_acted(decision: Decision, identity: str, acted: set[str]) -> bool:
     return identity in acted or decision.key in acted
 
 
-def carried_over(prev: dict[str, Any], ev: Evaluation, acted: set[str]) -> set[str]:
+def carried_over(prev: StateRecord, ev: Evaluation, acted: set[str]) -> set[str]:
     """Names under which the current decision was already acted on, when a late batch re-told it.
 
     Late events can renumber the episode a decision fired in (a reply delivered late adds an
@@ -189,7 +189,8 @@ class Decider:
         if told == ev.decisions_total and prev.get("decisions_total") == told and "decisions" in prev:
             # The live case: no decision since the checkpoint, whose decisions the state record
             # shows and has acted on already. Nothing new to act on or to re-render.
-            state = {**prev, "as_of_ms": now, "next_due": format_ms(ev.next_due_ms) if ev.next_due_ms else None}
+            state: StateRecord = {**prev}
+            state["as_of_ms"], state["next_due"] = now, format_ms(ev.next_due_ms) if ev.next_due_ms else None
             state["state"], state["loss_reason"] = ev.state.value, ev.loss_reason
             return Outcome(state, ev.next_due_ms, [], checkpoint=packed, path=path, row=row)
         acted = set(prev.get("acted", []))
@@ -208,15 +209,15 @@ class Decider:
         new = [(d.rule, d.to.value, d.reason) for d, _ in fresh]
         if not ev.decisions and ev.next_due_ms is None and not listed:
             return Outcome(None, None, actions, new_decisions=new, checkpoint=packed, path=path, row=row)
-        state = {
-            "state": ev.state.value,
-            "loss_reason": ev.loss_reason,
-            "decisions": [d.to_json() for d in ev.decisions[-MAX_DECISIONS_KEPT:]],
-            "decisions_total": ev.decisions_total,
-            "acted": acted_list,
-            "as_of_ms": now,
-            "next_due": format_ms(ev.next_due_ms) if ev.next_due_ms else None,
-        }
+        state = StateRecord(
+            state=ev.state.value,
+            loss_reason=ev.loss_reason,
+            decisions=[d.to_json() for d in ev.decisions[-MAX_DECISIONS_KEPT:]],
+            decisions_total=ev.decisions_total,
+            acted=acted_list,
+            as_of_ms=now,
+            next_due=format_ms(ev.next_due_ms) if ev.next_due_ms else None,
+        )
         if listed:
             state["suppression_list"] = True
             if listed_channels:

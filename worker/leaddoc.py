@@ -12,6 +12,7 @@ import redis
 from rules.counters import LoggedEvent, fold
 from rules.events import format_ms
 from worker.checkpoint import Stored
+from worker.staterecord import StateRecord
 from worker.suppression import SUPPRESSED_KEY, lead_hash
 
 
@@ -21,7 +22,7 @@ def is_erased(connection: redis.Redis, key: bytes, crm: str, lead_id: str) -> bo
 
 
 def lead_document(
-    crm: str, lead_id: str, history: list[LoggedEvent], state: dict[str, Any] | None, checkpoint: Stored | None = None
+    crm: str, lead_id: str, history: list[LoggedEvent], state: StateRecord | None, checkpoint: Stored | None = None
 ) -> dict[str, Any]:
     """Build the docs/http.md `/leads/<crm>/<lead_id>` answer (also printed by `pruner explain --format json`).
 

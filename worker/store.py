@@ -44,6 +44,7 @@ from worker import aggregates, eventlog, leadindex
 from worker.action import Action
 from worker.checkpoint import Stored, unpack
 from worker.errors import StoreError
+from worker.staterecord import StateRecord
 from worker.suppression import AUDIT_KEY, SUPPRESSED_KEY, email_hash, lead_hash, objection_hash
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ class LeadView:
     crm: str
     lead_id: str
     history: list[LoggedEvent]
-    state: dict[str, Any] | None
+    state: StateRecord | None
     added: int
     # An email of this lead is on the suppression list (a re-created erased person).
     listed: bool = False
@@ -172,7 +173,7 @@ class LeadView:
 class Outcome:
     """What a decider wants persisted for one lead."""
 
-    state: dict[str, Any] | None = None  # None: no state record (plain ACTIVE lead)
+    state: StateRecord | None = None  # None: no state record (plain ACTIVE lead)
     due_ms: int | None = None
     actions: list[Action] = field(default_factory=list)
     # Decisions this evaluation added (rule, to, reason): aggregate metrics only.
@@ -900,7 +901,7 @@ class LeadStore:
         raw: bytes | None = self.redis.get(checkpoint_key(crm, lead_id))  # type: ignore[assignment]
         return unpack(raw)
 
-    def state(self, crm: str, lead_id: str) -> dict[str, Any] | None:
+    def state(self, crm: str, lead_id: str) -> StateRecord | None:
         """Return a lead's stored state record (None: ACTIVE without decisions, or unknown)."""
         raw = self.redis.get(state_key(crm, lead_id))
         return None if raw is None else json.loads(raw)

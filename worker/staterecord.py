@@ -1,0 +1,22 @@
+"""A lead's state record (`pruner:state:{crm}:{lead_id}`, JSON): what decide writes and everyone reads.
+
+Written by worker/decide.py, read by the store (the list index, erasure), the drain (is the
+lead SUPPRESSED or WON now?), task texts, `/leads/<crm>/<id>` and `pruner explain`. Every key
+is optional to a reader: records written by older versions lack the newer ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+
+class StateRecord(TypedDict, total=False):
+    state: str  # a rules.lifecycle.State value
+    loss_reason: str | None
+    decisions: list[dict[str, Any]]  # the latest (rules.lifecycle.Decision.to_json), oldest first
+    decisions_total: int
+    acted: list[str]  # both names of the decisions already acted on (worker/decide.py)
+    as_of_ms: int  # the `now` of the evaluation that wrote it
+    next_due: str | None  # RFC 3339: when the sweep looks at the lead again
+    suppression_list: bool  # the person was on the suppression list when first seen
+    suppression_channels: list[str]
