@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import fakeredis
 import pytest
@@ -10,6 +13,27 @@ from flask.testing import FlaskClient
 from tests.helpers import ADMIN_TOKEN, SECRET
 from webhooks import create_app
 from worker.config import Config
+
+# `make test-next-year`: the whole run sees a wall clock this many days ahead (time-machine:
+# time.time, datetime.now and friends; the monotonic clock, sleeps and timed waits are left
+# alone). Started at configure time, before test modules are imported, so a module-level
+# "now" moves too. A test that mixes a pinned date with the real clock fails here today.
+_AHEAD = os.environ.get("PRUNER_TEST_CLOCK_AHEAD_DAYS")
+_travel: Any = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _travel
+    if _AHEAD:
+        import time_machine
+
+        _travel = time_machine.travel(datetime.now(tz=UTC) + timedelta(days=int(_AHEAD)), tick=True)
+        _travel.start()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _travel is not None:
+        _travel.stop()
 
 
 @pytest.fixture
