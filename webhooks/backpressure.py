@@ -15,6 +15,8 @@ from collections.abc import Callable
 import redis
 from rq import Queue
 
+from worker.queuehealth import oldest_wait_s
+
 RETRY_AFTER_S = 120
 
 
@@ -56,13 +58,10 @@ class Backpressure:
                     f"{self.max_memory_percent}%); nothing was accepted, retry later"
                 )
         if self.max_lag_s:
-            oldest = self.queue.get_job_ids(0, 1)
-            job = self.queue.fetch_job(oldest[0]) if oldest else None
-            if job is not None and job.enqueued_at is not None:
-                lag = now - job.enqueued_at.timestamp()
-                if lag > self.max_lag_s:
-                    return (
-                        f"the queue is {int(lag)} s behind (the limit is {self.max_lag_s} s): the workers "
-                        "are not keeping up; nothing was accepted, retry later"
-                    )
+            lag = oldest_wait_s(self.queue, now)
+            if lag > self.max_lag_s:
+                return (
+                    f"the queue is {int(lag)} s behind (the limit is {self.max_lag_s} s): the workers "
+                    "are not keeping up; nothing was accepted, retry later"
+                )
         return None

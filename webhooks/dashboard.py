@@ -26,7 +26,7 @@ import redis
 from flask import Blueprint, Response, current_app, redirect, render_template, request
 from flask.typing import ResponseReturnValue
 from markupsafe import Markup
-from rq import Queue, Worker
+from rq import Queue
 from werkzeug.wrappers import Response as BaseResponse
 
 from webhooks.auth import COOKIE, SESSION_SECONDS, bearer_ok, session_valid, session_value, token_matches
@@ -46,7 +46,7 @@ from webhooks.charts import (
 from webhooks.labels import label as words
 from webhooks.labels import titled
 from webhooks.services import error, services
-from worker import leadindex
+from worker import leadindex, queuehealth
 from worker import metrics as worker_metrics
 from worker.stats import DIMENSIONS, STATS_SNAPSHOT_KEY, collect, store_stats_snapshot
 
@@ -239,20 +239,15 @@ class Tile:
 
 
 def queue_health(connection: redis.Redis, queue: Queue, now: float) -> list[Tile]:
-    """Read queue depth, failures, workers and lag the way `/metrics` does."""
-    failed = queue.failed_job_registry.count
-    workers = Worker.count(queue=queue)
-    queued = queue.count
-    oldest_ids = queue.get_job_ids(0, 1)
-    job = queue.fetch_job(oldest_ids[0]) if oldest_ids else None
-    oldest = max(0.0, now - job.enqueued_at.timestamp()) if job and job.enqueued_at else 0.0
-    raw: dict[bytes, bytes] = connection.hgetall(worker_metrics.LAG_KEY)  # type: ignore[assignment]
-    lag = {k.decode(): float(v) for k, v in raw.items()}
+    """Queue depth, failures, workers and lag as tiles: the same reading as `/metrics` (worker/queuehealth.py)."""
+    health = queuehealth.read(connection, queue, now)
+    failed, workers, queued, oldest = health.failed, health.workers, health.queued, health.oldest_wait_s
+    lag = health.last_batch
     last_at = lag.get("at")
     return [
         Tile("Queued", f"{queued:,}", "jobs waiting", "warn" if queued and not workers else "ok"),
-        Tile("Started", f"{queue.started_job_registry.count:,}", "jobs running"),
-        Tile("Scheduled", f"{queue.scheduled_job_registry.count:,}", "retries and delayed jobs", "info"),
+        Tile("Started", f"{health.started:,}", "jobs running"),
+        Tile("Scheduled", f"{health.scheduled:,}", "retries and delayed jobs", "info"),
         Tile("Failed", f"{failed:,}", "run `pruner replay --failed`" if failed else "none", "bad" if failed else "ok"),
         Tile("Workers", f"{workers}", "listening on the queue", "ok" if workers else "bad"),
         Tile("Oldest job waiting", duration(oldest), "0 s when the queue is empty", _lag_level(oldest)),

@@ -20,10 +20,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from rq import Queue, Worker
+from rq import Queue
 
 from worker import metrics as worker_metrics
-from worker import redisinfo
+from worker import queuehealth, redisinfo
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -61,14 +61,15 @@ class RedisCollector(Collector):
 
     def _collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         q = self.queue
+        health = queuehealth.read(self.connection, q, time.time())
         up = GaugeMetricFamily("pruner_redis_up", "1 when Redis answered the scrape")
         up.add_metric([], 1)
         yield up
         depth = GaugeMetricFamily("pruner_queue_jobs", "Jobs per queue and registry", labels=["queue", "registry"])
-        depth.add_metric([q.name, "queued"], q.count)
-        depth.add_metric([q.name, "started"], q.started_job_registry.count)
-        depth.add_metric([q.name, "scheduled"], q.scheduled_job_registry.count)
-        depth.add_metric([q.name, "failed"], q.failed_job_registry.count)
+        depth.add_metric([q.name, "queued"], health.queued)
+        depth.add_metric([q.name, "started"], health.started)
+        depth.add_metric([q.name, "scheduled"], health.scheduled)
+        depth.add_metric([q.name, "failed"], health.failed)
         yield depth
         facts = redisinfo.inspect(self.connection)
         headroom = GaugeMetricFamily(
@@ -80,15 +81,12 @@ class RedisCollector(Collector):
         evicting.add_metric([], 1 if facts.problems else 0)
         yield evicting
         workers = GaugeMetricFamily("pruner_workers", "RQ workers registered on the queue")
-        workers.add_metric([], Worker.count(queue=q))
+        workers.add_metric([], health.workers)
         yield workers
-        oldest = q.get_job_ids(0, 1)
         lag = GaugeMetricFamily("pruner_queue_lag_seconds", "Age of the oldest queued job")
-        job = q.fetch_job(oldest[0]) if oldest else None
-        lag.add_metric([], max(0.0, time.time() - job.enqueued_at.timestamp()) if job and job.enqueued_at else 0.0)
+        lag.add_metric([], health.oldest_wait_s)
         yield lag
-        lag_raw: dict[bytes, bytes] = self.connection.hgetall(worker_metrics.LAG_KEY)  # type: ignore[assignment]
-        last = {k.decode(): float(v) for k, v in lag_raw.items()}
+        last = health.last_batch
         processing = GaugeMetricFamily(
             "pruner_processing_lag_seconds", "Last batch: now - enqueued time, and now - newest event time",
             labels=["kind"],
