@@ -22,7 +22,7 @@ from rules.hubspot_map import HubSpotMapping, engagement_events
 from worker.action import Action
 from worker.config import Config
 from worker.crm.hubspot_client import HubSpotNotFound
-from worker.store import Decider, LeadStore
+from worker.store import Decide, LeadStore
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class StoreOps(NamedTuple):
     actions: list[Action]
 
 
-def apply_store_ops(ops: list[dict[str, Any]], store: LeadStore, decide: Decider, queue: Any) -> StoreOps:
+def apply_store_ops(ops: list[dict[str, Any]], store: LeadStore, decide: Decide, queue: Any) -> StoreOps:
     """Carry out merges now and schedule forgets.
 
     Call it after the batch's events are stored, so a merge folds in what the same batch

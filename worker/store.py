@@ -190,7 +190,8 @@ class Outcome:
     row: list[str] | None = None
 
 
-Decider = Callable[[LeadView], Outcome]
+# What the store calls to decide a lead (worker.decide.Decider is the one the workers pass).
+Decide = Callable[[LeadView], Outcome]
 
 
 # For each log (KEYS[i]): 1 when one of the 8-byte dedup keys packed in ARGV[i] occurs in it.
@@ -316,7 +317,7 @@ class LeadStore:
                         conflicted()
         raise StoreError(f"gave up after {MAX_ATTEMPTS} write conflicts {what}")
 
-    def apply_batch(self, events: Iterable[Event], decide: Decider | None = None) -> BatchResult:
+    def apply_batch(self, events: Iterable[Event], decide: Decide | None = None) -> BatchResult:
         """Add events to their leads' logs, once each, and persist `decide`'s outcome, atomically."""
         fresh: dict[Lead, dict[bytes, LoggedEvent]] = {}
         received: dict[Lead, int] = {}
@@ -369,7 +370,7 @@ class LeadStore:
             kept[lead] = {k: _without_email(ev) for k, ev in kept[lead].items()}
         return kept, sum(len(fresh[lead]) for lead in erased), listed
 
-    def reevaluate(self, leads: Iterable[Lead], decide: Decider) -> BatchResult:
+    def reevaluate(self, leads: Iterable[Lead], decide: Decide) -> BatchResult:
         """Re-decide leads without new events (the time-based sweep)."""
         return self._transact({lead: {} for lead in leads}, {}, decide)
 
@@ -377,7 +378,7 @@ class LeadStore:
         self,
         batch: dict[Lead, dict[bytes, LoggedEvent]],
         received: dict[Lead, int],
-        decide: Decider | None,
+        decide: Decide | None,
         screen: bool = False,
     ) -> BatchResult:
         if not batch:
@@ -696,7 +697,7 @@ class LeadStore:
             if live:
                 pipe.rpush(outbox_key(lead[0]), *live)
 
-    def merge(self, crm: str, into: str, merged: list[str], decide: Decider) -> LeadUpdate | None:
+    def merge(self, crm: str, into: str, merged: list[str], decide: Decide) -> LeadUpdate | None:
         """Fold the merged leads' histories into `into` (a CRM merge) and re-decide it, atomically.
 
         None when there was nothing to merge. An update whose outcome erases means `into`
@@ -906,7 +907,7 @@ class LeadStore:
         raw = self.redis.get(state_key(crm, lead_id))
         return None if raw is None else json.loads(raw)
 
-    def preview(self, leads: Iterable[Lead], decide: Decider) -> list[tuple[Lead, Outcome]]:
+    def preview(self, leads: Iterable[Lead], decide: Decide) -> list[tuple[Lead, Outcome]]:
         """Say what `decide` would make of each lead, writing nothing (a sweep's dry run)."""
         out = []
         for crm, lead_id in leads:
