@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from rules.errors import SchemaError
 from rules.events import MAX_FUTURE_SKEW_MS, Crm, Event, EventType, parse_rfc3339_ms, versioned
@@ -94,10 +94,54 @@ def wanted_subscriptions(mapping: HubSpotMapping) -> list[Subscription]:
     return sorted(wanted, key=lambda s: (s.event_type, s.property_name or "", s.object_type_id or ""))
 
 
+class ForgetOp(TypedDict):
+    """A contact deleted in HubSpot: forget the lead (worker/hubspot_ops.py, delayed for a privacyDeletion)."""
+
+    op: Literal["forget"]
+    crm: str
+    lead_id: str
+    at: int
+
+
+class MergeOp(TypedDict):
+    """Contacts merged in HubSpot: fold `merged` into `into`."""
+
+    op: Literal["merge"]
+    crm: str
+    into: str
+    merged: list[str]
+    at: int
+
+
+class DealOp(TypedDict):
+    """A deal's stage or amount changed: fetch its contacts, one `deal_updated` each."""
+
+    op: Literal["deal"]
+    crm: str
+    deal_id: str
+    id: str
+    at: int
+    data: dict[str, Any]
+
+
+class EngagementOp(TypedDict):
+    """A call, email or meeting created or changed: fetch it and its contacts."""
+
+    op: Literal["engagement"]
+    crm: str
+    object_type: str
+    object_id: str
+    at: int
+
+
+# What a HubSpot batch asks the worker to do beyond plain events (queued in the job as JSON).
+HubSpotOp = ForgetOp | MergeOp | DealOp | EngagementOp
+
+
 @dataclass
 class HubSpotBatch:
     events: list[Event] = field(default_factory=list)
-    ops: list[dict[str, Any]] = field(default_factory=list)
+    ops: list[HubSpotOp] = field(default_factory=list)
     ignored: Counter[str] = field(default_factory=Counter)
 
 

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Protocol
 import redis
 
 from rules.events import Crm, Event, EventType
-from rules.hubspot_map import HubSpotMapping, engagement_events
+from rules.hubspot_map import HubSpotMapping, HubSpotOp, engagement_events
 from worker.action import Action
 from worker.config import Config
 from worker.crm.hubspot_client import HubSpotNotFound
@@ -58,9 +58,7 @@ def _contacts(record: dict[str, Any]) -> list[str]:
     return sorted({str(r.get("id") or r.get("toObjectId")) for r in results if r.get("id") or r.get("toObjectId")})
 
 
-def fetch_events(
-    ops: list[dict[str, Any]], reader: HubSpotReader, mapping: HubSpotMapping | None = None
-) -> list[Event]:
+def fetch_events(ops: list[HubSpotOp], reader: HubSpotReader, mapping: HubSpotMapping | None = None) -> list[Event]:
     """Resolve `engagement` and `deal` operations into canonical events via the API.
 
     A record deleted in HubSpot since the webhook fired is skipped: retrying cannot bring it
@@ -80,7 +78,7 @@ def fetch_events(
     return events
 
 
-def _fetch_one(op: dict[str, Any], reader: HubSpotReader, mapping: HubSpotMapping | None) -> list[Event]:
+def _fetch_one(op: HubSpotOp, reader: HubSpotReader, mapping: HubSpotMapping | None) -> list[Event]:
     if op["op"] == "engagement":
         kind = op["object_type"]
         record = reader.get_object(kind, op["object_id"], ENGAGEMENT_PROPERTIES[kind], ["contacts"])
@@ -102,7 +100,7 @@ class StoreOps(NamedTuple):
     actions: list[Action]
 
 
-def apply_store_ops(ops: list[dict[str, Any]], store: LeadStore, decide: Decide, queue: Any) -> StoreOps:
+def apply_store_ops(ops: list[HubSpotOp], store: LeadStore, decide: Decide, queue: Any) -> StoreOps:
     """Carry out merges now and schedule forgets.
 
     Call it after the batch's events are stored, so a merge folds in what the same batch

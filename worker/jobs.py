@@ -14,6 +14,7 @@ from rq import get_current_job
 
 from rules.events import Crm, Event, EventType, format_ms
 from rules.fastparse import parse_decoded
+from rules.hubspot_map import HubSpotOp
 from worker import hubspot_ops, leadindex
 from worker.action import Action
 from worker.actions import drain, pending_key, queue_erasure_forwards, watch
@@ -65,7 +66,7 @@ def decider(config: Config, now_ms: int, source: str = "events") -> Decider:
 
 
 def process_events(
-    events: list[list[Any]], source: str = "events", ops: list[dict[str, Any]] | None = None
+    events: list[list[Any]], source: str = "events", ops: list[HubSpotOp] | None = None
 ) -> dict[str, int]:
     """Apply one queued batch of canonical events (and adapter operations) and decide what it changes."""
     return _process([Event.from_wire(item) for item in events], source, ops)
@@ -85,7 +86,7 @@ def process_body(body: str, source: str = "events") -> dict[str, int]:
 _NO_FUTURE_LIMIT = 2**62
 
 
-def _process(batch: list[Event], source: str, ops: list[dict[str, Any]] | None) -> dict[str, int]:
+def _process(batch: list[Event], source: str, ops: list[HubSpotOp] | None) -> dict[str, int]:
     config = _config()
     connection = _connection()
     store = LeadStore(connection, suppression_key(config))

@@ -17,6 +17,8 @@ from redis.exceptions import ExecAbortError, ResponseError
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
+from rules.hubspot_map import HubSpotOp
+
 PROCESS_EVENTS = "worker.jobs.process_events"
 PROCESS_BATCH = "worker.jobs.process_batch"
 PROCESS_BODY = "worker.jobs.process_body"  # queued by versions before 2026-11-25; still run
@@ -52,9 +54,7 @@ _RETRIES = str(RETRY.max)
 _BATCH_HEAD = b'["' + PROCESS_BATCH.encode() + b'",null,['
 
 
-def enqueue_events(
-    queue: Queue, wire_events: list[list[Any]], source: str, ops: list[dict[str, Any]] | None = None
-) -> str:
+def enqueue_events(queue: Queue, wire_events: list[list[Any]], source: str, ops: list[HubSpotOp] | None = None) -> str:
     """Queue one batch of canonical events (wire form) and adapter operations as one JSON job."""
     kwargs: dict[str, Any] = {"source": source}
     if ops:
