@@ -47,7 +47,7 @@ import requests
 
 from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
 from tests.helpers import ADMIN_TOKEN, batch_body, event, signed_headers
-from tests.integration.conftest import (
+from tests.integration.support import (
     BIN,
     ROOT,
     base_env,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.integration.conftest import BIN, ROOT, base_env, free_port, redis_answers, wait_until
+from tests.integration.support import BIN, ROOT, base_env, free_port, redis_answers, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ def test_replay_reruns_a_failed_erasure_once_the_key_is_set(redis_db: redis.Redi
     from datetime import UTC, datetime
 
     from rules.events import Crm, Event, EventType
-    from tests.integration.conftest import start_worker, stop, wait_until
+    from tests.integration.support import start_worker, stop, wait_until
     from worker.queues import PROCESS_EVENTS, make_queue
 
     queue = make_queue(redis_db)
@@ -159,7 +159,7 @@ def test_dev_with_the_fake_hubspot_writes_a_lost_lead_back(redis_db: redis.Redis
     import requests
 
     from tests.helpers import batch_body, event, signed_headers
-    from tests.integration.conftest import wait_until
+    from tests.integration.support import wait_until
 
     port = free_port()
     env = base_env()

@@ -27,7 +27,7 @@ import pytest
 import redis
 
 from tests.helpers import ADMIN_TOKEN, event
-from tests.integration.conftest import (
+from tests.integration.support import (
     REDIS_URL,
     base_env,
     drained,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT
+from tests.integration.support import ROOT
 
 BIN = Path(sys.executable).parent
 

@@ -11,7 +11,7 @@ import redis
 import requests
 
 from tests.helpers import batch_body, event, signed_headers
-from tests.integration.conftest import (
+from tests.integration.support import (
     LOG_DIR,
     REDIS_URL,
     base_env,

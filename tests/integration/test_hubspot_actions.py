@@ -21,7 +21,7 @@ import requests
 
 from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
 from tests.helpers import batch_body, event, signed_headers
-from tests.integration.conftest import (
+from tests.integration.support import (
     BIN,
     ROOT,
     base_env,

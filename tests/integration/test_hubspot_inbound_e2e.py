@@ -11,7 +11,7 @@ import redis
 import requests
 from hubspot.utils.signature import Signature
 
-from tests.integration.conftest import base_env, drained, get_lead, start_web, start_worker, stop, wait_http, wait_until
+from tests.integration.support import base_env, drained, get_lead, start_web, start_worker, stop, wait_http, wait_until
 
 pytestmark = pytest.mark.integration
 SECRET = "hs-integration-client-secret"

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from rules.events import Crm, Event, EventType
-from tests.integration.conftest import BIN, ROOT, base_env
+from tests.integration.support import BIN, ROOT, base_env
 from worker import leadindex
 from worker.decide import Decider
 from worker.policyfile import default_policy

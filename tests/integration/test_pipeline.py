@@ -13,7 +13,7 @@ import redis
 import requests
 
 from tests.helpers import batch_body, event, signed_headers
-from tests.integration.conftest import (
+from tests.integration.support import (
     REDIS_URL,
     base_env,
     drained,

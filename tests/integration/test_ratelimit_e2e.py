@@ -15,7 +15,7 @@ import requests
 
 from tests.fakes.salesforce import outbound_message
 from tests.helpers import batch_body, event, signed_headers
-from tests.integration.conftest import base_env, start_web, stop, wait_http
+from tests.integration.support import base_env, start_web, stop, wait_http
 from tests.integration.test_hubspot_inbound_e2e import SECRET as HUBSPOT_SECRET
 from tests.integration.test_hubspot_inbound_e2e import hs_event, post_signed
 

@@ -14,7 +14,7 @@ import redis
 
 from rules.calendar import Calendar
 from tests.helpers import event, iso, redis_url_for_tests
-from tests.integration.conftest import (
+from tests.integration.support import (
     BIN,
     REDIS_URL,
     ROOT,

@@ -11,7 +11,7 @@ import redis
 import requests
 
 from tests.fakes.salesforce import FakeSalesforce, outbound_message
-from tests.integration.conftest import (
+from tests.integration.support import (
     REDIS_URL,
     base_env,
     drained,

@@ -14,7 +14,7 @@ from rq import Queue
 from rq.job import Job
 
 from rules.events import Crm, Event, EventType
-from tests.integration.conftest import BIN, ROOT, base_env, free_port, redis_answers, start_worker, stop, wait_until
+from tests.integration.support import BIN, ROOT, base_env, free_port, redis_answers, start_worker, stop, wait_until
 from worker.queues import enqueue_events, make_queue
 from worker.store import PREFIX, LeadStore
 

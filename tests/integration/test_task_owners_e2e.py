@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from tests.fakes.hubspot import FakeHubSpot, FakeHubSpotServer
-from tests.integration.conftest import wait_until
+from tests.integration.support import wait_until
 from tests.integration.test_hubspot_actions import assert_all_done, hubspot, post, pushed_back, running, server
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import redis
 
 from tests.fakes.hubspot import FakeHubSpot, FakeHubSpotServer
 from tests.helpers import event
-from tests.integration.conftest import get_lead, wait_until
+from tests.integration.support import get_lead, wait_until
 from tests.integration.test_hubspot_actions import (
     T0,
     assert_all_done,
