@@ -2,7 +2,7 @@
 
 The evaluation continues the lead's checkpoint when it can (a batch of events dated
 after it, under the same policy), and replays the whole log otherwise: the same result
-either way (tests/test_checkpoint.py). Which actions to emit is the one stateful choice:
+either way (tests/worker/test_checkpoint.py). Which actions to emit is the one stateful choice:
 a decision's action is emitted once, keyed by the decision's identity
 (`rule:state@episode#n`, see `Running.name`) in the lead's `acted` list. Only the action
 that matches where the lead stands *now* is emitted — a backfill that replays

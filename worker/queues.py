@@ -78,7 +78,7 @@ def enqueue_batch(queue: Queue, body: bytes, count: int, source: str) -> str:
 
 
 def _enqueue(queue: Queue, data: bytes, description: str) -> str:
-    # What RQ 3's enqueue writes (tests/test_app.py compares the two jobs).
+    # What RQ 3's enqueue writes (tests/webhooks/test_app.py compares the two jobs).
     # result_ttl 0: a finished job's payload names leads, keep nothing (GDPR). The
     # description replaces RQ's default, the call with its arguments, which would put
     # lead ids and emails into the worker's log.

@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from werkzeug.test import TestResponse
 
 from tests.helpers import ADMIN_TOKEN, SECRET
-from tests.test_openapi import NOT_YET_SERVED, SPEC_PATH
+from tests.webhooks.test_openapi import NOT_YET_SERVED, SPEC_PATH
 from webhooks import create_app
 from webhooks.hubspot_signatures import sign_v3
 from webhooks.signatures import sign

@@ -22,7 +22,7 @@ from tests.helpers import batch_body, event, require_tool, signed_headers
 from webhooks.metrics import count_ignored
 from worker import metrics as worker_metrics
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 ALERT_TESTS = DEPLOY / "prometheus" / "alerts_test.yml"
 DASHBOARD = DEPLOY / "grafana" / "pruner.json"

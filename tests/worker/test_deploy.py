@@ -16,7 +16,7 @@ import yaml
 
 from tests.helpers import require_tool
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def procfile() -> dict[str, list[str]]:

@@ -22,7 +22,7 @@ from rules.events import Crm, Event, EventType
 from rules.lifecycle import Running, can_resume, decode_checkpoint, encode_checkpoint, evaluate
 from rules.policy import parse_policy
 from tests.rules_helpers import at
-from tests.test_properties import KINDS as PROPERTY_KINDS
+from tests.worker.test_properties import KINDS as PROPERTY_KINDS
 from worker import checkpoint
 from worker.decide import Decider
 from worker.eventlog import to_logged

@@ -35,7 +35,7 @@ from worker.crm.ratelimit import RateLimiter, parse_rate
 from worker.errors import ConfigError
 
 REDIS_URL = redis_url_for_tests(12)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOW_S = 1_790_000_000.0
 
 
