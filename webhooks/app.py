@@ -15,10 +15,19 @@ from flask import Flask
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from webhooks import admin, dashboard, events, health, hubspot, metrics, rqdash, salesforce
+# The blueprints by their modules, not through the package, which imports this module.
+from webhooks.admin import bp as admin_bp
 from webhooks.backpressure import Backpressure
+from webhooks.dashboard import bp as dashboard_bp
 from webhooks.errors import ApiError, QueueUnavailable
+from webhooks.events import bp as events_bp
+from webhooks.health import bp as health_bp
+from webhooks.hubspot import bp as hubspot_bp
+from webhooks.metrics import bp as metrics_bp
+from webhooks.metrics import instrument
 from webhooks.ratelimit import InboundRateLimit, parse_limit
+from webhooks.rqdash import mount_rq_dashboard
+from webhooks.salesforce import bp as salesforce_bp
 from webhooks.services import MAX_BODY_BYTES, Services, error
 from worker.config import Config
 from worker.logs import install_redaction, setup_logging
@@ -52,15 +61,10 @@ def create_app(
     )
     app.extensions["pruner"] = Services(config, connection, queue, LeadStore(connection), clock, pressure, limit)
 
-    app.register_blueprint(health.bp)
-    app.register_blueprint(events.bp)
-    app.register_blueprint(admin.bp)
-    app.register_blueprint(hubspot.bp)
-    app.register_blueprint(salesforce.bp)
-    app.register_blueprint(metrics.bp)
-    app.register_blueprint(dashboard.bp)
-    rqdash.mount_rq_dashboard(app)
-    metrics.instrument(app)
+    for bp in (health_bp, events_bp, admin_bp, hubspot_bp, salesforce_bp, metrics_bp, dashboard_bp):
+        app.register_blueprint(bp)
+    mount_rq_dashboard(app)
+    instrument(app)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> ResponseReturnValue:
