@@ -16,10 +16,9 @@ from tests.integration.support import (
     SESSION_TMP,
     base_env,
     our_processes,
-    start_web,
+    serving,
     start_worker,
     stop,
-    wait_http,
 )
 
 
@@ -54,12 +53,7 @@ def redis_db() -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def web(redis_db: redis.Redis) -> Iterator[str]:
-    proc, url = start_web(base_env())
-    try:
-        wait_http(f"{url}/healthz")
-        yield url
-    finally:
-        stop(proc)
+    yield from serving(base_env())
 
 
 @pytest.fixture

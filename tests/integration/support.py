@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,16 @@ def start_web(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
 
 
 LOG_DIR = Path(tempfile.gettempdir()) / "pruner-test-logs"
+
+
+def serving(env: dict[str, str]) -> Iterator[str]:
+    """Start the web with `env`, yield its URL once /healthz answers, stop it after (`yield from` in a fixture)."""
+    proc, url = start_web(env)
+    try:
+        wait_http(f"{url}/healthz")
+        yield url
+    finally:
+        stop(proc)
 
 
 def start_worker(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -15,7 +15,7 @@ import requests
 
 from tests.fakes.salesforce import outbound_message
 from tests.helpers import batch_body, event, signed_headers
-from tests.integration.support import base_env, start_web, stop, wait_http
+from tests.integration.support import base_env, serving
 from tests.integration.test_hubspot_inbound_e2e import SECRET as HUBSPOT_SECRET
 from tests.integration.test_hubspot_inbound_e2e import hs_event, post_signed
 
@@ -24,12 +24,7 @@ ORG = "00D000000000001EAA"
 
 
 def web_with(**extra: str) -> Iterator[str]:
-    proc, url = start_web(base_env(HUBSPOT_CLIENT_SECRET=HUBSPOT_SECRET, SALESFORCE_ORG_ID=ORG, **extra))
-    try:
-        wait_http(f"{url}/healthz")
-        yield url
-    finally:
-        stop(proc)
+    yield from serving(base_env(HUBSPOT_CLIENT_SECRET=HUBSPOT_SECRET, SALESFORCE_ORG_ID=ORG, **extra))
 
 
 @pytest.fixture
