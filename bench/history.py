@@ -31,8 +31,9 @@ import redis
 from bench.common import EVENT_MIX, REDIS_URL, bench_db, bench_redis, load_note
 from rules.events import Crm, Event, EventType
 from worker.decide import Decider
+from worker.keys import CHECKPOINT_PREFIX
 from worker.policyfile import default_policy
-from worker.store import CHECKPOINT_PREFIX, LeadStore
+from worker.store import LeadStore
 
 SIZES = (1, 10, 100, 1_000, 5_000)
 LEADS = 100

@@ -38,7 +38,8 @@ import redis
 
 from bench.common import REDIS_URL, SENTINEL_KEY, bench_db, bench_redis, child_env, flush_bench_db, lead_ids, load_note
 from rules.events import Crm, Event, EventType
-from worker.store import ACTIONS_KEY, DUE_KEY, STATE_PREFIX, LeadStore, lead_key
+from worker.keys import ACTIONS_KEY, DUE_KEY, STATE_PREFIX, lead_key
+from worker.store import LeadStore
 
 TARGET_BYTES = 300
 REPLY_EVERY = 5  # 1 lead in 5 replies

@@ -44,8 +44,8 @@ from bench.common import (
 )
 from bench.jobs import NOOP
 from rules.fastparse import fast_count
+from worker.keys import PREFIX
 from worker.queues import JOB_TIMEOUT, RETRY, enqueue_batch, make_queue
-from worker.store import PREFIX
 
 TARGET_RATIO = 30.0
 

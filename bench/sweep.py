@@ -22,8 +22,9 @@ from worker import eventlog
 from worker.config import Config
 from worker.decide import Decider
 from worker.jobs import run_sweep
+from worker.keys import DUE_KEY, due_member, lead_key
 from worker.policyfile import default_policy
-from worker.store import DUE_KEY, LeadStore, due_member, lead_key
+from worker.store import LeadStore
 
 DAY = 86_400_000
 T0 = 1_772_442_000_000  # Monday 2 March 2026 09:00 UTC: no holidays near

@@ -24,8 +24,8 @@ from rules.lifecycle import CONTACT_ACTIONS, ActionKind
 from worker.action import Action
 from worker.crm.base import ActionOutcome, Executor
 from worker.crm.progress import forget_progress
+from worker.keys import outbox_key, state_key
 from worker.locks import Heartbeat, release
-from worker.store import outbox_key, state_key
 from worker.suppression import SUPPRESSED_KEY, lead_hash
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,8 @@ from rules.policy import Policy
 from worker import aggregates, checkpoint, suppression
 from worker.action import Action
 from worker.errors import ConfigError
+from worker.leadview import LeadView, Outcome
 from worker.staterecord import StateRecord
-from worker.store import LeadView, Outcome
 
 # The state record shows the latest decisions with their inputs (and counts them all);
 # `acted` keeps both names of the last 64 decisions acted on, the evaluation's latest

@@ -17,8 +17,8 @@ from rq.serializers import JSONSerializer
 
 from worker.actions import dead_key, done_key
 from worker.crm.progress import forget_progress
+from worker.keys import ACTIONS_KEY, outbox_key
 from worker.queues import PROCESS_BATCH, PROCESS_BODY, PROCESS_EVENTS, make_queue
-from worker.store import ACTIONS_KEY, outbox_key
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from rules.hubspot_map import HubSpotMapping, HubSpotOp, engagement_events
 from worker.action import Action
 from worker.config import Config
 from worker.crm.hubspot_client import HubSpotNotFound
-from worker.store import Decide, LeadStore
+from worker.leadview import Decide
+from worker.store import LeadStore
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from worker.aggregates import (
     row_of,
 )
 from worker.checkpoint import unpack
-from worker.store import PREFIX, STATE_PREFIX, checkpoint_key, parse_due_member
+from worker.keys import PREFIX, STATE_PREFIX, checkpoint_key, parse_due_member
 
 __all__ = ["DIMENSIONS", "Stats", "collect", "format_text", "scan"]
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from rules.tasktext import REENGAGE, TaskText, task_text
+from worker.keys import state_key
 from worker.policyfile import cached_policy
-from worker.store import state_key
 
 if TYPE_CHECKING:  # annotations only: worker.config imports worker.crm, whose adapters import this module
     from worker.config import Config

@@ -61,8 +61,8 @@ from tests.integration.support import (
 )
 from worker.actions import lock_key
 from worker.eventlog import decode, event_key
+from worker.keys import lead_key, outbox_key
 from worker.queues import make_queue
-from worker.store import lead_key, outbox_key
 
 KINDS = ("lost", "breakup", "suppressed", "quiet")
 EXPECTED_STATE = {"lost": "LOST", "breakup": "BREAKUP_DUE", "suppressed": "SUPPRESSED", "quiet": "ACTIVE"}

@@ -35,7 +35,7 @@ from tests.integration.support import (
 )
 from worker.actions import dead_key, done_key, lock_key
 from worker.crm.progress import PROGRESS_KEY
-from worker.store import outbox_key
+from worker.keys import outbox_key
 
 pytestmark = pytest.mark.integration
 RATE = (10, 10.0)  # HUBSPOT_RATE_LIMIT for the workers, and the fake's own limit

@@ -15,8 +15,9 @@ from rq.job import Job
 
 from rules.events import Crm, Event, EventType
 from tests.integration.support import BIN, ROOT, base_env, free_port, redis_answers, start_worker, stop, wait_until
+from worker.keys import PREFIX
 from worker.queues import enqueue_events, make_queue
-from worker.store import PREFIX, LeadStore
+from worker.store import LeadStore
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import fakeredis
 import pytest
 
 from rules.tasktext import task_text, why
-from worker.store import state_key
+from worker.keys import state_key
 from worker.tasktexts import TaskTexts
 
 

@@ -26,9 +26,10 @@ from tests.worker.test_properties import KINDS as PROPERTY_KINDS
 from worker import checkpoint
 from worker.decide import Decider
 from worker.eventlog import to_logged
+from worker.keys import ACTIONS_KEY, CHECKPOINT_PREFIX, checkpoint_key, lead_key, state_key
 from worker.policyfile import default_policy
 from worker.stats import from_aggregates, migrate, scan
-from worker.store import ACTIONS_KEY, CHECKPOINT_PREFIX, LeadStore, checkpoint_key, lead_key, state_key
+from worker.store import LeadStore
 
 P = default_policy()
 DAY = 86_400_000

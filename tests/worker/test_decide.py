@@ -14,8 +14,8 @@ from rules.events import format_ms
 from rules.lifecycle import evaluate
 from tests.rules_helpers import History, at
 from worker.decide import Decider, identities
+from worker.leadview import LeadView
 from worker.policyfile import default_policy
-from worker.store import LeadView
 
 P = default_policy()
 NOW = at(30)

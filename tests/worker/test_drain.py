@@ -9,7 +9,7 @@ import fakeredis
 
 from worker.actions import LOCK_TTL_MS, drain, lock_key, pending_key, watch
 from worker.crm.base import ActionOutcome
-from worker.store import outbox_key, state_key
+from worker.keys import outbox_key, state_key
 
 
 def queue(conn: fakeredis.FakeRedis, lead: str) -> None:

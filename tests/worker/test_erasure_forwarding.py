@@ -25,9 +25,10 @@ from worker.actions import FORWARDED_KEY, dead_key, done_key
 from worker.config import Config
 from worker.decide import Decider
 from worker.errors import ConfigError
+from worker.keys import outbox_key
 from worker.policyfile import default_policy
 from worker.queues import enqueue_events, make_queue
-from worker.store import LeadStore, outbox_key
+from worker.store import LeadStore
 
 KEY = "forwarding-suppression-key"
 T0 = datetime.now(tz=UTC) - timedelta(days=2)

@@ -14,7 +14,7 @@ from rules.events import Crm, Event, EventType
 from tests.helpers import ADMIN_TOKEN, SECRET
 from tests.rules_helpers import T0, ms
 from webhooks import create_app
-from worker import gdpr, leadindex, suppression
+from worker import gdpr, leadindex, store, suppression
 from worker.aggregates import AGGREGATES_KEY
 from worker.config import Config
 from worker.decide import Decider
@@ -89,8 +89,9 @@ def test_an_erasure_committed_during_another_batch_is_not_undone(moment: str, mo
     conn = fakeredis.FakeRedis()
     apply(conn, history())
     racing = [ev(30, "not_interested"), ev(31, "not_interested"), ev(32, "email_sent")]
-    hook = "_screen" if moment == "after_the_screen" else "_queue_outcome"
-    original = getattr(LeadStore, hook)
+    # The store calls suppression.screen through the module, and its own imported queue_outcome.
+    where, hook = (suppression, "screen") if moment == "after_the_screen" else (store, "queue_outcome")
+    original = getattr(where, hook)
     erased: list[bool] = []
 
     def erase_first(*args: Any, **kwargs: Any) -> Any:
@@ -100,7 +101,7 @@ def test_an_erasure_committed_during_another_batch_is_not_undone(moment: str, mo
             apply(conn, [ev(20, "erasure_requested")])  # worker A, on its own connection
         return out
 
-    monkeypatch.setattr(LeadStore, hook, staticmethod(erase_first) if hook == "_queue_outcome" else erase_first)
+    monkeypatch.setattr(where, hook, erase_first)
     result = apply(conn, racing)  # worker B
     assert erased and result.dropped == len(racing)
     assert LeadStore(conn).history("hubspot", "gd-1") is None
@@ -240,7 +241,7 @@ def test_erasure_drops_the_hubspot_step_progress_of_the_leads_actions() -> None:
 
     from worker.actions import dead_key, done_key
     from worker.crm.progress import StepProgress
-    from worker.store import outbox_key
+    from worker.keys import outbox_key
 
     conn = fakeredis.FakeRedis()
     progress = StepProgress(conn)
@@ -263,7 +264,7 @@ def test_a_drain_racing_an_erasure_keeps_no_record_of_the_erased_lead() -> None:
     from worker.actions import dead_key, done_key, drain
     from worker.crm.base import ActionOutcome
     from worker.crm.progress import StepProgress
-    from worker.store import outbox_key, state_key
+    from worker.keys import outbox_key, state_key
 
     conn = fakeredis.FakeRedis()
     for lead in ("gd-1", "keep-1"):
@@ -313,8 +314,8 @@ def test_a_merge_into_an_erased_lead_purges_the_merged_leads_queued_actions(monk
     from rq import SimpleWorker
     from rq.serializers import JSONSerializer
 
+    from worker.keys import outbox_key
     from worker.queues import enqueue_events, make_queue
-    from worker.store import outbox_key
 
     monkeypatch.setenv("PRUNER_SUPPRESSION_KEY", KEY.decode())
     conn = fakeredis.FakeRedis()

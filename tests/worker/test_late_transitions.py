@@ -9,8 +9,9 @@ import fakeredis
 from rules.events import Crm, Event, EventType
 from tests.rules_helpers import at
 from worker.decide import Decider
+from worker.keys import state_key
 from worker.policyfile import default_policy
-from worker.store import LeadStore, state_key
+from worker.store import LeadStore
 
 P = default_policy()
 NOW = at(30)

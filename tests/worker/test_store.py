@@ -14,7 +14,8 @@ from rules.counters import fold
 from rules.events import Event, parse_event
 from tests.helpers import event
 from worker import eventlog
-from worker.store import LeadStore, lead_key
+from worker.keys import lead_key
+from worker.store import LeadStore
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 NOW_MS = int(datetime(2026, 12, 1, tzinfo=UTC).timestamp() * 1000)
@@ -152,7 +153,7 @@ def test_a_drain_releases_only_its_own_lock() -> None:
 
     from worker.actions import drain, lock_key
     from worker.crm.base import ActionOutcome
-    from worker.store import outbox_key, state_key
+    from worker.keys import outbox_key, state_key
 
     class Racy(fakeredis.FakeRedis):
         """The drain's lock expires and the next drain takes it just as the drain releases it."""

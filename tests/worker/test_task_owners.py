@@ -23,7 +23,7 @@ from worker.crm.hubspot_client import HubSpotClient
 from worker.crm.salesforce import SalesforceClient, SalesforceExecutor, SalesforceSettings
 from worker.crm.settings import HubSpotSettings
 from worker.errors import ConfigError
-from worker.store import state_key
+from worker.keys import state_key
 from worker.tasktexts import TaskTexts
 
 NOW_S = 1_790_000_000.0
