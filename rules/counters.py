@@ -60,7 +60,7 @@ class LeadCounters(msgspec.Struct, array_like=True):
     A msgspec struct rather than a dataclass: a checkpoint (rules/lifecycle.py) carries
     the counters, and an array-like struct encodes them in ~60 bytes, with no field names.
     A new counter goes at the end, with a default; its checkpoints then differ in shape
-    and are replayed from the log once (see `lifecycle.CHECKPOINT_SCHEMA`).
+    and are replayed from the log once (see `rules.running.CHECKPOINT_SCHEMA`).
     """
 
     outbound_touches: int = 0

@@ -25,226 +25,26 @@ the CRM must set that opt-out too.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
-from functools import lru_cache
 from typing import Any
-
-import msgspec
 
 from rules.calendar import DAY_MS, Calendar, calendar_for, week_index
 from rules.counters import RESPONSES, TOUCHES, LeadCounters, LoggedEvent, is_follow_up, sort_events
 from rules.events import RECORD_KEY, EventType, format_ms
 from rules.policy import Policy
-
-
-class State(StrEnum):
-    ACTIVE = "ACTIVE"
-    BREAKUP_DUE = "BREAKUP_DUE"
-    LOST = "LOST"
-    REENGAGE_DUE = "REENGAGE_DUE"
-    SUPPRESSED = "SUPPRESSED"
-    # A customer: a won deal, a converted lead. No rule fires and nothing is sent until a new
-    # open deal or a rep's reopen brings the lead back to ACTIVE.
-    WON = "WON"
-
-
-class ActionKind(StrEnum):
-    """What a transition asks of the CRM."""
-
-    MARK_LOST = "mark_lost"
-    BREAKUP_TASK = "breakup_task"
-    REENGAGE_TASK = "reengage_task"
-    SUPPRESS = "suppress"
-
-
-ACTION_FOR_STATE = {
-    State.BREAKUP_DUE: ActionKind.BREAKUP_TASK,
-    State.LOST: ActionKind.MARK_LOST,
-    State.REENGAGE_DUE: ActionKind.REENGAGE_TASK,
-    State.SUPPRESSED: ActionKind.SUPPRESS,
-}
-# Actions that contact the person: never issued for a suppressed lead (guardrail 4).
-CONTACT_ACTIONS = frozenset({ActionKind.BREAKUP_TASK, ActionKind.REENGAGE_TASK})
-SILENCE_RULES = frozenset({"unresponsive", "call_cadence_exhausted", "proposal_expired", "breakup_grace"})
-# What the CRM can be told about a person who objected (docs/lifecycle.md guardrail 5): "all" is both.
-ALL_CHANNELS = frozenset({"email", "phone"})
-
-
-def outcome_of(state: str) -> str:
-    """How a lead ended, for the analytics: won (WON), lost, suppressed or open."""
-    return {"WON": "won", "LOST": "lost", "REENGAGE_DUE": "lost", "SUPPRESSED": "suppressed"}.get(state, "open")
-
-
-def covered_channels(channels: Iterable[str]) -> frozenset[str]:
-    """Return the opt-outs (email, phone) a do-not-contact's channels ask the CRM to set."""
-    named = frozenset(channels)
-    # No channels means all, as the CRM adapters read a suppress action.
-    return ALL_CHANNELS if not named or "all" in named else named & ALL_CHANNELS
-
-
-class Decision(msgspec.Struct, frozen=True, array_like=True):
-    """One transition, with what the rule compared — enough to explain it later.
-
-    `name` is the decision's identity across re-evaluations (see `Running.name`): the
-    replay gives it, since only the replay knows the episode and rank it fired in.
-    """
-
-    rule: str
-    source: State
-    to: State
-    reason: str | None
-    at_ms: int
-    inputs: dict[str, Any]
-    name: str = ""
-
-    @property
-    def key(self) -> str:
-        """The older identity, by time (still read from `acted` lists written before names)."""
-        return f"{self.rule}:{self.to.value}:{self.at_ms}"
-
-    @property
-    def action(self) -> ActionKind | None:
-        return ACTION_FOR_STATE.get(self.to)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "rule": self.rule,
-            "from": self.source.value,
-            "to": self.to.value,
-            "reason": self.reason,
-            "at": format_ms(self.at_ms),
-            "inputs": self.inputs,
-        }
-
-
-class Episode(msgspec.Struct, array_like=True):
-    """Counts since the lead last (re)entered ACTIVE."""
-
-    start_ms: int
-    not_interested: int = 0
-    decision_no: int = 0
-    follow_up_reschedules: int = 0
-    minutes: int = 0
-
-
-class Running(msgspec.Struct, array_like=True):
-    """Everything a replay carries from one event to the next: a checkpoint, when saved.
-
-    Continuing a replay from a `Running` taken after instant `at_ms` with the events after
-    `at_ms` is the same computation as replaying every event from the start (see
-    `evaluate`). To add a state or a counter, add a field at the end with a default:
-    `CHECKPOINT_SCHEMA` changes with the fields, so older checkpoints are replayed from
-    the log once instead of being read with a counter that was never counted.
-    """
-
-    at_ms: int
-    # The suppression listing the replay started from (the first decision depends on it).
-    listed: bool
-    listed_channels: tuple[str, ...]
-    state: State
-    reason: str | None
-    entered_ms: int
-    counters: LeadCounters
-    episode: Episode
-    # Silence, as the silence rules see it: follow-ups on quiet days do not count.
-    silent_follow_ups: int = 0
-    # ...and those that did not, for explain ("2 more fell on quiet days").
-    quiet_follow_ups: int = 0
-    # ISO week index -> call attempts, since the last response.
-    weekly_calls: dict[int, int] = msgspec.field(default_factory=dict)
-    last_response_ms: int | None = None
-    proposal_fired_for: int | None = None
-    # While SUPPRESSED: the channels the suppress decisions so far carry, and what they cover.
-    dnc_channels: frozenset[str] = frozenset()
-    dnc_covered: frozenset[str] = frozenset()
-    # Decision identities: returns to ACTIVE so far, and (rule, state) -> moves in this episode.
-    episode_no: int = 0
-    ranks: dict[str, int] = msgspec.field(default_factory=dict)
-    # The latest decisions only (KEPT_DECISIONS at least): all an evaluation hands on.
-    decisions: list[Decision] = msgspec.field(default_factory=list)
-    decisions_total: int = 0
-    events: int = 0
-    # Deal id ("" when the CRM gave none) -> its latest outcome ("won", "lost", "open"): a WON
-    # lead returns to ACTIVE when a deal *becomes* open (new, or reopened), not when an open
-    # deal it already had is edited.
-    deal_outcomes: dict[str, str] = msgspec.field(default_factory=dict)
-    # Versioned CRM records folded in so far (`~r` of rules/events.py `versioned`): another
-    # version of one of them cannot be added to this state, only replayed with it.
-    records: set[str] = msgspec.field(default_factory=set)
-
-    def supersedes(self, history: Iterable[LoggedEvent]) -> bool:
-        """Whether some event of `history` is another version of a record already folded in."""
-        return bool(self.records) and any(ev.data.get(RECORD_KEY) in self.records for ev in history if ev.data)
-
-    def name(self, rule: str, to: State, inputs: dict[str, Any]) -> str:
-        """Name the next decision by its rule, target state, episode and rank there.
-
-        An episode is the stretch between two returns to ACTIVE (a reply, a reopen, a
-        re-consent); the rank counts that rule's moves to that state within it. Not the
-        time: a late or reordered event can move the moment a rule fired (a follow-up
-        delivered after the ones it preceded), and a name that moved would send the same
-        action again. A suppression's channels are part of the name, so an earlier-dated
-        "all channels" arriving after "email" is still sent.
-        """
-        if to is State.ACTIVE:
-            self.episode_no += 1
-            self.ranks.clear()
-        slot = f"{rule}:{to.value}"
-        self.ranks[slot] = self.ranks.get(slot, 0) + 1
-        out = f"{slot}@{self.episode_no}#{self.ranks[slot]}"
-        if ACTION_FOR_STATE.get(to) is ActionKind.SUPPRESS:
-            out += ":" + "+".join(sorted(inputs.get("channels", ["all"])))
-        return out
-
-
-# What an evaluation keeps of its decisions: an action is only ever wanted for the last
-# two (the current one and the loss it follows), and the state record shows the last 10
-# (`worker.decide` remembers the names of more, as acted on). Older ones are only
-# counted (`decisions_total`): a checkpoint, decoded for every event of a lead, stays
-# small however long the story.
-KEPT_DECISIONS = 12
-_CHECKPOINT_CODEC = msgspec.msgpack.Encoder()
-
-
-def _schema(*types: type[msgspec.Struct]) -> str:
-    fields = ";".join(f"{t.__name__}:{','.join(t.__struct_fields__)}" for t in types)
-    return hashlib.blake2b(fields.encode(), digest_size=4).hexdigest()
-
-
-# Bumped when the replay changes meaning without a field name changing (2: the WON state; 3:
-# calls counted by calendar week number, not ISO week string), so that checkpoints computed by
-# the previous rules are replayed from the log once, not continued.
-ENGINE_VERSION = 3
-# Changes whenever a running-state field is added, removed or renamed.
-CHECKPOINT_SCHEMA = _schema(Running, LeadCounters, Episode, Decision)
-
-
-@lru_cache(maxsize=16)
-def policy_fingerprint(policy: Policy) -> str:
-    """A short digest of everything in `policy` a replay reads: a checkpoint is only
-    continued under the policy it was computed with."""
-    body = json.dumps(
-        [
-            sorted(policy.enabled.items()),
-            {rule: sorted(params.items()) for rule, params in policy.params.items()},
-            policy.min_touches_for_silence,
-            policy.holiday_country,
-            [(q.start, q.end) for q in policy.quiet_periods],
-            [(t.min_amount, t.multiplier, t.typical_minutes) for t in policy.tiers],
-            policy.reengage_after_days,
-            {category: list(words) for category, words in policy.loss_reason_categories.items()},
-            sorted(policy.won_stages),
-            sorted(policy.lost_stages),
-            ENGINE_VERSION,
-            CHECKPOINT_SCHEMA,
-        ],
-        sort_keys=True,
-    )
-    return hashlib.blake2b(body.encode(), digest_size=8).hexdigest()
+from rules.running import (
+    CHECKPOINT_CODEC,
+    KEPT_DECISIONS,
+    Episode,
+    Running,
+    can_resume,
+    decode_running,
+    encode_checkpoint,
+    start,
+    thresholds,
+)
+from rules.states import Decision, State, covered_channels
 
 
 @dataclass
@@ -272,49 +72,14 @@ class Evaluation:
 
     @property
     def checkpoint(self) -> Running | None:
-        return None if self.checkpoint_bytes is None else _decode_running(self.checkpoint_bytes)
-
-
-@dataclass(frozen=True)
-class _Thresholds:
-    """The policy flattened once: replays read these on every event."""
-
-    on: frozenset[str]
-    min_not_interested: int
-    min_reschedules: int
-    min_follow_ups: float
-    effort_factor: float
-    proposal_days: float
-    cadence_per_week: int
-    cadence_weeks: float
-    grace_days: int
-    min_touches: int
-    reengage_ms: int
-
-
-@lru_cache(maxsize=16)
-def _thresholds(policy: Policy) -> _Thresholds:
-    p = policy.param
-    return _Thresholds(
-        on=frozenset(rule for rule, flag in policy.enabled.items() if flag),
-        min_not_interested=int(p("repeated_no", "min_not_interested")),
-        min_reschedules=int(p("pushed_back", "min_follow_up_reschedules")),
-        min_follow_ups=p("unresponsive", "min_follow_ups"),
-        effort_factor=p("effort_exceeds_value", "factor"),
-        proposal_days=p("proposal_expired", "days_after_expiry"),
-        cadence_per_week=int(p("call_cadence_exhausted", "min_attempts_per_week")),
-        cadence_weeks=p("call_cadence_exhausted", "weeks"),
-        grace_days=int(p("breakup_grace", "business_days")),
-        min_touches=policy.min_touches_for_silence,
-        reengage_ms=policy.reengage_after_days * DAY_MS,
-    )
+        return None if self.checkpoint_bytes is None else decode_running(self.checkpoint_bytes)
 
 
 class _Replay:
     """A replay in progress: the policy it reads, and the running state `r` it moves on."""
 
     def __init__(self, policy: Policy, calendar: Calendar, run: Running) -> None:
-        self.policy, self.calendar, self.t, self.r = policy, calendar, _thresholds(policy), run
+        self.policy, self.calendar, self.t, self.r = policy, calendar, thresholds(policy), run
 
     # -- transitions ---------------------------------------------------------------
 
@@ -650,56 +415,7 @@ class _Replay:
     def snapshot(self, at: int) -> bytes:
         """The running state after instant `at`, packed: a deep copy, and what is stored."""
         self.r.at_ms = at
-        return _CHECKPOINT_CODEC.encode(self.r)
-
-
-_RUNNING_DECODER = msgspec.msgpack.Decoder(Running)
-
-
-def _decode_running(blob: bytes) -> Running:
-    return _RUNNING_DECODER.decode(blob)
-
-
-def encode_checkpoint(run: Running) -> bytes:
-    """Pack a running state (msgpack arrays, no field names)."""
-    return _CHECKPOINT_CODEC.encode(run)
-
-
-def decode_checkpoint(blob: bytes) -> Running | None:
-    """Unpack a running state; None when it was written with other fields (replay instead)."""
-    try:
-        return _decode_running(blob)
-    except msgspec.DecodeError:  # ValidationError included
-        return None
-
-
-def start(first_ms: int, listed: bool = False, listed_channels: Collection[str] = ()) -> Running:
-    """The running state before a lead's first event (at `first_ms`)."""
-    return Running(
-        at_ms=first_ms,
-        listed=listed,
-        listed_channels=tuple(sorted(listed_channels)),
-        state=State.ACTIVE,
-        reason=None,
-        entered_ms=first_ms,
-        counters=LeadCounters(),
-        episode=Episode(first_ms),
-    )
-
-
-def can_resume(
-    checkpoint: Running, now_ms: int, suppressed: bool = False, suppressed_channels: Collection[str] = ()
-) -> bool:
-    """Say whether `evaluate(..., since=checkpoint)` may continue from it at `now_ms`.
-
-    The checkpoint must have been started from the same suppression listing, and `now`
-    must not be before it (a replay's view of events after `now` differs).
-    """
-    return (
-        checkpoint.listed == suppressed
-        and checkpoint.listed_channels == tuple(sorted(suppressed_channels))
-        and now_ms >= checkpoint.at_ms
-    )
+        return CHECKPOINT_CODEC.encode(self.r)
 
 
 def evaluate(

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import redis
 
-from rules.lifecycle import CONTACT_ACTIONS, ActionKind
+from rules.states import CONTACT_ACTIONS, ActionKind
 from worker.action import Action
 from worker.crm.base import ActionOutcome, Executor
 from worker.crm.progress import forget_progress

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rules.counters import LeadCounters
-from rules.lifecycle import Decision, State, outcome_of
+from rules.states import Decision, State, outcome_of
 
 AGGREGATES_KEY = "pruner:stats:aggregates"  # hash: field (see `fields`) -> leads
 # Set once every lead's row is in the aggregates (a store from before them is migrated first).

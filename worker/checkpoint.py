@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from rules.counters import LoggedEvent
-from rules.lifecycle import Running, decode_checkpoint
+from rules.running import Running, decode_checkpoint
 from worker import eventlog
 
 FORMAT = 1
@@ -60,7 +60,7 @@ def pack(
     progress: dict[str, dict[str, Any]],
     row: list[str] | None = None,
 ) -> bytes:
-    """Pack a checkpoint: `running` as `rules.lifecycle.encode_checkpoint` packed it."""
+    """Pack a checkpoint: `running` as `rules.running.encode_checkpoint` packed it."""
     blob = Stored(FORMAT, policy, at_ms, msgspec.Raw(running), eventlog.encode(tail), progress, row)
     return _ENCODER.encode(blob)
 

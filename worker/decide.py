@@ -17,18 +17,10 @@ from collections.abc import Sequence
 
 from rules.calendar import Calendar, calendar_for
 from rules.events import EventType, format_ms, parse_rfc3339_ms
-from rules.lifecycle import (
-    CONTACT_ACTIONS,
-    ActionKind,
-    Decision,
-    Evaluation,
-    Running,
-    State,
-    can_resume,
-    evaluate,
-    policy_fingerprint,
-)
+from rules.lifecycle import Evaluation, evaluate
 from rules.policy import Policy
+from rules.running import Running, can_resume, policy_fingerprint
+from rules.states import CONTACT_ACTIONS, ActionKind, Decision, State
 from worker import aggregates, checkpoint, suppression
 from worker.action import Action
 from worker.errors import ConfigError
@@ -43,7 +35,7 @@ MAX_ACTED_KEPT = 128
 
 
 def identities(decisions: Sequence[Decision]) -> list[str]:
-    """Each decision's identity, as the replay named it (see `rules.lifecycle.Running.name`)."""
+    """Each decision's identity, as the replay named it (see `rules.running.Running.name`)."""
     return [d.name for d in decisions]
 
 

@@ -42,7 +42,7 @@ import redis
 from rules.counters import LoggedEvent, fold
 from rules.errors import PrunerError, SchemaError
 from rules.events import EventType, format_ms, parse_rfc3339_ms
-from rules.lifecycle import outcome_of
+from rules.states import outcome_of
 
 ENTRIES_KEY = "pruner:leads:entries"
 ALL_KEY = "pruner:leads:by:all"

@@ -11,9 +11,9 @@ from typing import Any, TypedDict
 
 
 class StateRecord(TypedDict, total=False):
-    state: str  # a rules.lifecycle.State value
+    state: str  # a rules.states.State value
     loss_reason: str | None
-    decisions: list[dict[str, Any]]  # the latest (rules.lifecycle.Decision.to_json), oldest first
+    decisions: list[dict[str, Any]]  # the latest (rules.states.Decision.to_json), oldest first
     decisions_total: int
     acted: list[str]  # both names of the decisions already acted on (worker/decide.py)
     as_of_ms: int  # the `now` of the evaluation that wrote it

@@ -15,7 +15,7 @@ from typing import Any
 
 from rules.counters import LoggedEvent
 from rules.events import EventType
-from rules.lifecycle import ALL_CHANNELS, covered_channels
+from rules.states import ALL_CHANNELS, covered_channels
 from worker.keys import Lead
 
 SUPPRESSED_KEY = "pruner:suppressed"

@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from rules.lifecycle import State, evaluate
+from rules.lifecycle import evaluate
 from rules.policy import parse_policy
+from rules.states import State
 from tests.rules_helpers import History, at, ms
 from worker.policyfile import default_policy
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from rules.errors import PolicyError
-from rules.lifecycle import State, evaluate
+from rules.lifecycle import evaluate
 from rules.policy import parse_policy
+from rules.states import State
 from tests.rules_helpers import History, at
 from worker.policyfile import default_policy
 

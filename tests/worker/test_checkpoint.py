@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 
 from rules.counters import LoggedEvent
 from rules.events import Crm, Event, EventType
-from rules.lifecycle import Running, can_resume, decode_checkpoint, encode_checkpoint, evaluate
+from rules.lifecycle import evaluate
 from rules.policy import parse_policy
+from rules.running import Running, can_resume, decode_checkpoint, encode_checkpoint
 from tests.rules_helpers import at
 from tests.worker.test_properties import KINDS as PROPERTY_KINDS
 from worker import checkpoint

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rules.events import Crm, Event, EventType, format_ms, versioned
-from rules.lifecycle import CONTACT_ACTIONS, ActionKind, evaluate
+from rules.lifecycle import evaluate
+from rules.states import CONTACT_ACTIONS, ActionKind
 from tests.rules_helpers import at
 from worker.decide import MAX_DECISIONS_KEPT, Decider
 from worker.policyfile import default_policy

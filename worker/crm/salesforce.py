@@ -54,8 +54,8 @@ import redis
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
-from rules.lifecycle import ALL_CHANNELS, ActionKind, covered_channels
 from rules.salesforce_map import is_record_id, to_18
+from rules.states import ALL_CHANNELS, ActionKind, covered_channels
 from rules.tasktext import TaskText
 from worker.action import Action, action_digest
 from worker.crm.base import ActionOutcome, CrmError, TransientCrmError
