@@ -330,7 +330,7 @@ def test_5xx_are_retried_then_raise_transient_after_bounded_attempts(
 ) -> None:
     seed(fake, 3)
     fake.configure(fail_paths={"/crm/v3/objects/contacts/batch/update": 503})
-    with pytest.raises(TransientCrmError, match="HTTP 503 to POST /crm/v3/objects/contacts/batch/update"):
+    with pytest.raises(TransientCrmError, match="POST /crm/v3/objects/contacts/batch/update: HTTP 503"):
         executor.execute([action("mark_lost", cid) for cid in ("101", "102", "103")])
     assert len(fake.api_calls()) == MAX_ATTEMPTS == 6
 

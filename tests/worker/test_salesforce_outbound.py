@@ -211,7 +211,8 @@ def test_request_limit_exceeded_backs_off_then_succeeds(fake: FakeSalesforce, ur
     fake.configure(limit_next=2, retry_after=3)
     [outcome] = executor(url, sleeps).execute([action("mark_lost", lead_id)])
     assert outcome.ok
-    assert sleeps == [3.0, 3.0]  # Retry-After honoured
+    # Retry-After honoured, with the shared policy's little jitter (worker/crm/http.py backoff_s)
+    assert len(sleeps) == 2 and all(3.0 <= wait <= 3.35 for wait in sleeps)
     assert [c["status"] for c in fake.calls] == [403, 403, 200, 204]  # query twice refused, then query and patch
 
 
@@ -254,7 +255,7 @@ def test_a_429_holds_back_every_worker_a_server_error_only_this_one(
     assert outcome.ok
     assert limiter.blocks == blocks  # the org's budget is shared by every worker
     if "retry_after" in fault:
-        assert sleeps == [3.0, 3.0]
+        assert len(sleeps) == 2 and all(3.0 <= wait <= 3.35 for wait in sleeps)
 
 
 @pytest.mark.parametrize(
@@ -286,7 +287,7 @@ def test_a_retry_after_within_the_cap_is_waited_out(fake: FakeSalesforce, url: s
     lead_id = lead(fake)
     fake.configure(error_next=1, error_status=429, retry_after=60)
     [outcome] = executor(url, sleeps, max_retry_after_s=60).execute([action("mark_lost", lead_id)])
-    assert outcome.ok and sleeps == [60.0]
+    assert outcome.ok and len(sleeps) == 1 and 60.0 <= sleeps[0] <= 61.0
 
 
 def test_backoff_without_retry_after_is_exponential_with_jitter(fake: FakeSalesforce, url: str, sleeps: Sleeps) -> None:
@@ -311,7 +312,7 @@ def test_5xx_is_bounded_then_transient_error(fake: FakeSalesforce, url: str, sle
 
 def test_connection_refused_is_transient(sleeps: Sleeps) -> None:
     ex = executor("http://127.0.0.1:9", sleeps, max_attempts=2, connect_timeout_s=0.5)
-    with pytest.raises(TransientCrmError, match="could not connect"):
+    with pytest.raises(TransientCrmError, match="ConnectionError on GET query"):
         ex.execute([action("mark_lost", "00Q000000000001EAA")])
 
 

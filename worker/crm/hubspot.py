@@ -49,14 +49,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import redis
 
 from rules.tasktext import TaskText
 from worker.action import Action
 from worker.crm.base import ActionOutcome
+from worker.crm.http import chunked
 from worker.crm.hubspot_client import (
+    BATCH_LIMIT,
     CRM,
     OWNER_PROPERTY,
     HubSpotApiError,
@@ -64,7 +66,6 @@ from worker.crm.hubspot_client import (
     RecordError,
     TaskTextsFor,
     build_client,
-    chunked,
     task_marker,
 )
 from worker.crm.progress import STEPS, StepProgress
@@ -331,7 +332,7 @@ class HubSpotExecutor:
                 if error is not None:
                     run.fail(trace, error.message)
 
-        for chunk in chunked(todo):
+        for chunk in chunked(todo, BATCH_LIMIT):
             # Before sending: should this run die or give up before HubSpot answers, the next one searches first.
             self._finish([(a["id"], "task_sent") for a in chunk])
             self.client.create_tasks(
@@ -375,7 +376,7 @@ class HubSpotExecutor:
                 run.missing.add(action["lead_id"])
         return owners
 
-    def _task(self, action: dict[str, Any], now_ms: str, text: TaskText, owner: str | None) -> dict[str, str]:
+    def _task(self, action: Action, now_ms: str, text: TaskText, owner: str | None) -> dict[str, str]:
         properties = {
             "hs_task_subject": text.subject,
             "hs_task_body": f"{text.body}\n\nPruner action {action['id']} (ref {task_marker(action['id'])})",

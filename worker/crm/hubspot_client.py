@@ -2,7 +2,7 @@
 
 `HubSpotClient` sends each request under the rate limiter every worker shares, retries
 connection errors, timeouts, 429 (honouring `Retry-After` and HubSpot's interval header) and
-5xx with the policy of worker/crm/http.py, and raises `TransientCrmError` when they last;
+5xx under the shared retry policy of worker/crm/http.py, and raises `TransientCrmError` when they last;
 401/403 raise `HubSpotAuthError`, other 4xx come back to the caller. The executor that
 turns actions into these calls is worker/crm/hubspot.py.
 """
@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import redis
 import requests
-from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from rules.tasktext import TaskText
 from worker.action import action_digest
 from worker.crm.base import CrmError, TransientCrmError
-from worker.crm.http import backoff_s, retry_after_s, retry_logger
+from worker.crm.http import TRANSPORT_ERRORS, CrmHttpClient, Retryable, RetryPolicy, chunked, retry_after_s
 from worker.crm.ratelimit import DEFAULT_MARGIN_S, RateLimiter
 from worker.errors import ConfigError
 from worker.logs import redact
@@ -71,27 +70,11 @@ class RecordError:
     message: str
 
 
-class _Retryable(Exception):
-    """A response worth trying again (429, 5xx), with the wait the CRM asked for, if any."""
-
-    def __init__(self, status: int, wait_s: float | None) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-        self.wait_s = wait_s
-
-
-_TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, _Retryable)
-
 T = TypeVar("T")
 TaskResults = Callable[[Mapping[str, "RecordError | None"]], None]
 # Says each task action's text (worker/tasktexts.py): {action id: subject and body}.
 TaskTextsFor = Callable[[Sequence[Mapping[str, Any]]], Mapping[str, TaskText]]
 OWNER_PROPERTY = "hubspot_owner_id"  # the contact's owner, and the task's assignee: one property name on both
-
-
-def _unsent(exc: BaseException) -> bool:
-    """Whether a failed request certainly wrote nothing: a 429 (refused at the door), or no connection made."""
-    return (isinstance(exc, _Retryable) and exc.status == 429) or isinstance(exc, requests.ConnectTimeout)
 
 
 def task_marker(action_id: str) -> str:
@@ -146,10 +129,6 @@ def _header_seconds(response: requests.Response) -> float | None:
     return None
 
 
-def _describe(exc: BaseException | None) -> str:
-    return f"HTTP {exc.status}" if isinstance(exc, _Retryable) else type(exc).__name__
-
-
 def _named_ids(body: Mapping[str, Any], key: str = "ids", category: str | None = None) -> set[str]:
     """Ids a HubSpot error body names in `context` (top level or per error), of one error category if given."""
     out: set[str] = set()
@@ -164,13 +143,10 @@ def _named_ids(body: Mapping[str, Any], key: str = "ids", category: str | None =
     return out
 
 
-def chunked(items: Sequence[Any], size: int = BATCH_LIMIT) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-class HubSpotClient:
+class HubSpotClient(CrmHttpClient):
     """HubSpot's CRM API over one `requests.Session`: timeouts, retries, the shared rate limit."""
+
+    crm = "HubSpot"
 
     def __init__(
         self,
@@ -188,43 +164,16 @@ class HubSpotClient:
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"HUBSPOT_API_BASE must start with http:// or https://, got {base_url!r}")
+        policy = RetryPolicy(max_attempts, backoff_base_s, backoff_cap_s, budget_s=max_backoff_s)
+        super().__init__(policy, session, sleep)
         self.base_url = base_url.rstrip("/")
         self.limiter = limiter
-        self.max_attempts = max_attempts
-        self.max_backoff_s = max_backoff_s
-        self.backoff_base_s = backoff_base_s
-        self.backoff_cap_s = backoff_cap_s
         self.search_delay_s = search_delay_s
-        self._sleep = sleep
-        self.session = session or requests.Session()
         self.session.headers.update(
             {"Authorization": f"Bearer {token}", "Accept": "application/json", "User-Agent": "pruner"}
         )
-        self.requests_sent = 0
-        # Called with (method, path, status) after every response: the /metrics CRM call counter.
-        self.on_response: Callable[[str, str, int], None] | None = None
-
-    def close(self) -> None:
-        self.session.close()
-
-    def __enter__(self) -> HubSpotClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- transport ---------------------------------------------------------------------------
-
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        hint = exc.wait_s if isinstance(exc, _Retryable) else None
-        return backoff_s(state.attempt_number, self.backoff_base_s, self.backoff_cap_s, hint)
-
-    def _stop(self, state: RetryCallState) -> bool:
-        return state.attempt_number >= self.max_attempts or state.idle_for + state.upcoming_sleep > self.max_backoff_s
-
-    def _before_sleep(self, label: str) -> Callable[[RetryCallState], None]:
-        return retry_logger(CRM, label, _describe)
 
     def _send_once(
         self, method: str, path: str, params: Mapping[str, str] | None, body: Any | None
@@ -232,10 +181,12 @@ class HubSpotClient:
         if self.limiter is not None:
             self.limiter.acquire()
         self.requests_sent += 1
-        response = self.session.request(method, self.base_url + path, params=params, json=body, timeout=TIMEOUT)
+        try:
+            response = self.session.request(method, self.base_url + path, params=params, json=body, timeout=TIMEOUT)
+        except TRANSPORT_ERRORS as exc:
+            raise Retryable.transport(exc) from None
         status = response.status_code
-        if self.on_response is not None:
-            self.on_response(method, path, status)
+        self.responded(method, path, status)
         if status == 429:
             if _body(response).get("policyName") == "DAILY":
                 # Retrying within the minute cannot help: the daily budget resets at midnight.
@@ -244,9 +195,9 @@ class HubSpotClient:
             if wait_s and self.limiter is not None:
                 # Every worker holds back, also when this one gives up because the wait is past its budget.
                 self.limiter.block(wait_s)
-            raise _Retryable(status, wait_s)
+            raise Retryable("HTTP 429", status=429, wait_s=wait_s, unsent=True)
         if status >= 500:
-            raise _Retryable(status, _header_seconds(response))
+            raise Retryable(f"HTTP {status}", status=status, wait_s=_header_seconds(response))
         if status in (401, 403):
             raise HubSpotAuthError(
                 f"HubSpot refused the access token (HTTP {status}: {_message(response)}); "
@@ -271,35 +222,13 @@ class HubSpotClient:
         return self._retrying(label, lambda: self._send_once(method, path, params, json))
 
     def _retrying(self, label: str, attempt: Callable[[], T], searching: Callable[[], bool] | None = None) -> T:
-        """Call `attempt` until it returns, retrying transient failures; raise TransientCrmError when exhausted.
+        """Call `attempt` under the retry policy; raise TransientCrmError when exhausted.
 
         While `searching()` is true the next attempt starts with a search for writes that may
         have happened: the wait before it is at least `search_delay_s`, for the index to catch up.
         """
-
-        def wait(state: RetryCallState) -> float:
-            seconds = self._wait(state)
-            return max(seconds, self.search_delay_s) if searching is not None and searching() else seconds
-
-        retrying = Retrying(
-            retry=retry_if_exception_type(_TRANSIENT),
-            stop=self._stop,
-            wait=wait,
-            sleep=self._sleep,
-            before_sleep=self._before_sleep(label),
-            reraise=True,
-        )
-        try:
-            return retrying(attempt)
-        except _Retryable as exc:
-            raise TransientCrmError(
-                f"HubSpot answered HTTP {exc.status} to {label} on every attempt; the actions stay queued"
-            ) from None
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-            # `from None` and no str(exc): requests' messages carry the URL, which may hold an email.
-            raise TransientCrmError(
-                f"HubSpot did not answer {label} ({type(exc).__name__}) on any attempt; the actions stay queued"
-            ) from None
+        floor = None if searching is None else (lambda: self.search_delay_s if searching() else 0.0)
+        return self.retrying(attempt, label, floor)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -350,7 +279,7 @@ class HubSpotClient:
         pending: list[dict[str, str]] = [{"id": i} for i in dict.fromkeys(ids)]
         while pending:
             follow: list[dict[str, str]] = []
-            for chunk in chunked(pending):
+            for chunk in chunked(pending, BATCH_LIMIT):
                 response = self.request(
                     "POST",
                     f"/crm/v4/associations/{_q(from_type)}/{_q(to_type)}/batch/read",
@@ -372,7 +301,7 @@ class HubSpotClient:
     def batch_read(self, object_type: str, ids: Sequence[str], properties: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Return {id: properties} for the records that exist (batch read; missing ids are left out)."""
         out: dict[str, dict[str, Any]] = {}
-        for chunk in chunked(list(dict.fromkeys(ids))):
+        for chunk in chunked(list(dict.fromkeys(ids)), BATCH_LIMIT):
             response = self.request(
                 "POST",
                 f"/crm/v3/objects/{_q(object_type)}/batch/read",
@@ -414,7 +343,7 @@ class HubSpotClient:
         since a refused batch writes nothing and the others still need writing.
         """
         out: dict[str, RecordError | None] = {}
-        for chunk in chunked(list(updates)):
+        for chunk in chunked(list(updates), BATCH_LIMIT):
             out.update(self._update_chunk(object_type, list(chunk), updates))
         return out
 
@@ -486,7 +415,7 @@ class HubSpotClient:
                 on_result(results)
 
         doubtful = set(unsure)
-        for chunk in chunked(list(tasks)):
+        for chunk in chunked(list(tasks), BATCH_LIMIT):
             self._create_chunk([(t, c, _marked(t, p)) for t, c, p in chunk], doubtful, report)
         return out
 
@@ -521,14 +450,14 @@ class HubSpotClient:
                     del inputs[0]["objectWriteTraceId"]
                     return sent, self._send_once("POST", "/crm/v3/objects/tasks", None, inputs[0])
                 return sent, self._send_once("POST", "/crm/v3/objects/tasks/batch/create", None, {"inputs": inputs})
-            except _TRANSIENT as exc:
-                if not _unsent(exc):
+            except Retryable as exc:
+                if not exc.unsent:
                     check.update(sent)
                     fresh = True
                 raise
 
         if check:
-            self._sleep(self.search_delay_s)  # the earlier attempt may have been moments ago
+            self.sleep(self.search_delay_s)  # the earlier attempt may have been moments ago
         label = "POST /crm/v3/objects/tasks" + ("" if len(pending) == 1 else "/batch/create")
         try:
             answer = self._retrying(label, attempt, searching=lambda: fresh)
@@ -639,7 +568,7 @@ class HubSpotClient:
         After a failure HubSpot may have acted on (5xx, timeout, dropped connection: a 504
         from its gateway is answered after the write), the next attempt first asks whether
         the person is unsubscribed already, so a retry never sends the same unsubscribe twice.
-        A 429 was refused before anything happened and is retried as it is.
+        A 429, or a connection never made, wrote nothing and is retried as it is.
         """
         path = f"/communication-preferences/v4/statuses/{_q(email)}/unsubscribe-all"
         label = "POST /communication-preferences/v4/statuses/{email}/unsubscribe-all"
@@ -651,11 +580,8 @@ class HubSpotClient:
                 return None
             try:
                 return self._send_once("POST", path, {"channel": "EMAIL"}, None)
-            except _Retryable as exc:
-                in_doubt = in_doubt or exc.status != 429
-                raise
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError):
-                in_doubt = True
+            except Retryable as exc:
+                in_doubt = in_doubt or not exc.unsent
                 raise
 
         response = self._retrying(label, attempt)

@@ -52,14 +52,13 @@ from urllib.parse import urlsplit
 
 import redis
 import requests
-from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from rules.salesforce_map import is_record_id, to_18
 from rules.states import ALL_CHANNELS, ActionKind, covered_channels
 from rules.tasktext import TaskText
 from worker.action import Action, action_digest
-from worker.crm.base import ActionOutcome, CrmError, TransientCrmError
-from worker.crm.http import backoff_s, retry_after_s, retry_logger
+from worker.crm.base import ActionOutcome, CrmError
+from worker.crm.http import TRANSPORT_ERRORS, CrmHttpClient, Retryable, RetryPolicy, chunked, retry_after_s
 from worker.crm.ratelimit import RateLimiter
 from worker.crm.settings import SalesforceAuthError, SalesforceSettings
 from worker.errors import ConfigError
@@ -85,14 +84,6 @@ FORWARD_ERASURE = "forward_erasure"  # worker/actions.py: an erasure received el
 KINDS = frozenset(kind.value for kind in ActionKind) | {FORWARD_ERASURE}
 # Says each task action's text (worker/tasktexts.py): {action id: subject and body}.
 TaskTextsFor = Callable[[Sequence[Mapping[str, Any]]], Mapping[str, TaskText]]
-
-
-class _Transient(Exception):
-    """One attempt failed in a way worth retrying; `retry_after` is Salesforce's hint, if any."""
-
-    def __init__(self, detail: str, retry_after: float | None = None) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
 
 
 def build_executor(config: Config, connection: redis.Redis) -> SalesforceExecutor:
@@ -130,8 +121,10 @@ def build_executor(config: Config, connection: redis.Redis) -> SalesforceExecuto
     return SalesforceExecutor(client, settings, texts=TaskTexts(connection, reengage_months(config)))
 
 
-class SalesforceClient:
-    """HTTP to one org's REST API: auth, timeouts, rate budget, bounded retries."""
+class SalesforceClient(CrmHttpClient):
+    """HTTP to one org's REST API: auth, timeouts, rate budget, bounded retries (worker/crm/http.py)."""
+
+    crm = "Salesforce"
 
     def __init__(
         self,
@@ -143,23 +136,22 @@ class SalesforceClient:
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        self.settings = s = settings or SalesforceSettings()
+        # A Retry-After past `max_retry_after_s` is not waited out in the job: RQ's retry takes over.
+        policy = RetryPolicy(s.max_attempts, s.backoff_initial_s, s.backoff_max_s, max_hint_s=s.max_retry_after_s)
+        super().__init__(policy, session, sleep)
         self.instance_url = instance_url.rstrip("/")
         self.base = f"{self.instance_url}/services/data/v{api_version.strip().lstrip('vV')}"
-        self.settings = settings or SalesforceSettings()
         self.limiter = limiter
-        self.session = session or requests.Session()
         self.session.headers.update({"Authorization": f"Bearer {token}", "Accept": "application/json"})
-        self.sleep = sleep
         self.api_usage: tuple[int, int] | None = None
-        # Called with (method, path, status) after every response: the /metrics CRM call counter.
-        self.on_response: Callable[[str, str, int], None] | None = None
         # Where login credentials are configured: returns a fresh session id (one retry per 401).
         self.refresh: Callable[[], str] | None = None
 
     # -- one attempt -------------------------------------------------------------------
 
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """Send one request (no retry); raise _Transient, SalesforceAuthError, or return the response."""
+        """Send one request (no retry); raise Retryable, SalesforceAuthError, or return the response."""
         try:
             return self._call(method, path, **kwargs)
         except SalesforceAuthError:
@@ -175,20 +167,18 @@ class SalesforceClient:
             try:
                 self.limiter.acquire(timeout_s=self.settings.backoff_max_s)
             except TimeoutError:
-                raise _Transient("no request slot in the shared Salesforce rate budget") from None
+                raise Retryable("no request slot in the shared rate budget", unsent=True) from None
         url = path if path.startswith("http") else f"{self.base}/{path.lstrip('/')}"
         try:
             response = self.session.request(
                 method, url, timeout=(self.settings.connect_timeout_s, self.settings.read_timeout_s), **kwargs
             )
-        except requests.Timeout:
-            raise _Transient(f"Salesforce did not answer {method} {_shape(path)} in time") from None
-        except requests.ConnectionError:
-            raise _Transient(f"could not connect to Salesforce for {method} {_shape(path)}") from None
+        except TRANSPORT_ERRORS as exc:
+            raise Retryable.transport(exc, f"{method} {_shape(path)}") from None
+        self.requests_sent += 1
         self._track_usage(response)
         status = response.status_code
-        if self.on_response is not None:
-            self.on_response(method, path, status)
+        self.responded(method, path, status)
         if status == 401:
             raise SalesforceAuthError(
                 "Salesforce refused the access token (401 INVALID_SESSION_ID): renew SALESFORCE_ACCESS_TOKEN, "
@@ -203,7 +193,7 @@ class SalesforceClient:
                 # server error's Retry-After is this request's business only).
                 self.limiter.block(retry_after if retry_after is not None else self.settings.backoff_initial_s)
             what = "REQUEST_LIMIT_EXCEEDED" if "REQUEST_LIMIT_EXCEEDED" in codes else f"HTTP {status}"
-            raise _Transient(f"Salesforce answered {what} to {method} {_shape(path)}", retry_after)
+            raise Retryable(f"{what} to {method} {_shape(path)}", status=status, wait_s=retry_after, unsent=limited)
         return response
 
     def _track_usage(self, response: requests.Response) -> None:
@@ -219,44 +209,6 @@ class SalesforceClient:
             log.log(level, "salesforce api usage %d/%d (%.0f%% of the org's daily requests)", used, limit, ratio * 100)
 
     # -- retries -----------------------------------------------------------------------
-
-    def retrying(self, step: Callable[[], T]) -> T:
-        """Run `step` (one or more calls) with bounded jittered backoff; raise TransientCrmError at the end."""
-        s = self.settings
-
-        def beyond_cap(exc: BaseException | None) -> bool:
-            hint = getattr(exc, "retry_after", None)
-            return hint is not None and hint > s.max_retry_after_s
-
-        def stop(state: RetryCallState) -> bool:
-            # A longer Retry-After is not waited out (nor cut short) in the job: RQ's retry takes over.
-            exc = state.outcome.exception() if state.outcome else None
-            return state.attempt_number >= s.max_attempts or beyond_cap(exc)
-
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            hint = getattr(exc, "retry_after", None)
-            if hint is not None:
-                return float(hint)  # at most max_retry_after_s: `stop` ends the retries above it
-            return backoff_s(state.attempt_number, s.backoff_initial_s, s.backoff_max_s)
-
-        retrying = Retrying(
-            stop=stop,
-            wait=wait,
-            retry=retry_if_exception_type(_Transient),
-            sleep=self.sleep,
-            before_sleep=retry_logger("salesforce", "request", lambda exc: str(exc) if exc else "failure"),
-            reraise=True,
-        )
-        try:
-            return retrying(step)
-        except _Transient as exc:
-            if beyond_cap(exc):
-                raise TransientCrmError(
-                    f"{exc} with Retry-After {exc.retry_after:.0f} s, longer than a job waits "
-                    f"({s.max_retry_after_s:.0f} s): RQ retries later"
-                ) from None
-            raise TransientCrmError(f"{exc} (gave up after {self.settings.max_attempts} attempts)") from None
 
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """Send an idempotent request with retries."""
@@ -321,11 +273,6 @@ def _shape(path: str) -> str:
 def _soql_list(values: Iterable[str]) -> str:
     # Ids are checked with is_record_id before they get here; escaping is a second fence.
     return ", ".join("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in values)
-
-
-def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def task_ref(action_id: str) -> str:
@@ -435,7 +382,7 @@ class SalesforceExecutor:
         """Fetch OwnerId (and IndividualId where the org has Individuals) of these leads, by 18-char id."""
         out: dict[str, dict[str, Any]] = {}
         ids = sorted(lead_ids)
-        for chunk in _chunks(ids, MAX_IN_IDS):
+        for chunk in chunked(ids, MAX_IN_IDS):
             columns = "Id, OwnerId, IndividualId" if self._individuals else "Id, OwnerId"
             soql = f"SELECT {columns} FROM Lead WHERE Id IN ({_soql_list(chunk)})"
             try:
@@ -479,7 +426,7 @@ class SalesforceExecutor:
         for action in lost:
             by_lead.setdefault(action["lead_id"], []).append(action["id"])
         link = self.settings.opportunity_lead_field
-        for chunk in _chunks(sorted(by_lead), MAX_IN_IDS // 2):
+        for chunk in chunked(sorted(by_lead), MAX_IN_IDS // 2):
             # The link is a text field: it may hold the 15- or the 18-character form of the id.
             values = [form for lead in chunk for form in (lead, lead[:15])]
             soql = f"SELECT Id, {link} FROM Opportunity WHERE {link} IN ({_soql_list(values)}) AND IsClosed = false"
@@ -515,7 +462,7 @@ class SalesforceExecutor:
         updates = plan.merged()
         keys = sorted(updates)  # grouped by type: Salesforce processes a request in per-type chunks
         failed: dict[RecordKey, str] = {}
-        for chunk in _chunks(keys, MAX_RECORDS):
+        for chunk in chunked(keys, MAX_RECORDS):
             failed.update(self._save_batch(chunk, updates))
         # A refused record may have hit a passing condition (a row lock): once more, alone. A record
         # serving a loss and an opt-out is retried one part at a time (opt-out first): Salesforce
@@ -563,7 +510,7 @@ class SalesforceExecutor:
         owners = self._task_owners(wanted, leads)
         texts = self.texts(wanted)
         records = {a["id"]: self._task(a, texts[a["id"]], owners.get(a["lead_id"])) for a in wanted}
-        for chunk in _chunks(wanted, MAX_RECORDS):
+        for chunk in chunked(wanted, MAX_RECORDS):
             # Look-up and create are retried together: a create whose answer was lost is found next time.
             errors.update(self.client.retrying(functools.partial(self._create_tasks_once, chunk, records)))
         return errors
@@ -585,7 +532,7 @@ class SalesforceExecutor:
     def _create_tasks_once(self, actions: Sequence[Action], tasks: Mapping[str, dict[str, Any]]) -> dict[str, str]:
         existing: set[str] = set()
         lead_ids = sorted({a["lead_id"] for a in actions})
-        for chunk in _chunks(lead_ids, MAX_IN_IDS):
+        for chunk in chunked(lead_ids, MAX_IN_IDS):
             soql = (
                 f"SELECT Id, Subject FROM Task WHERE WhoId IN ({_soql_list(chunk)}) AND Subject LIKE '{TASK_PREFIX}%'"
             )
