@@ -21,7 +21,7 @@ from rules.events import Crm, Event, EventType
 from rules.hubspot_map import HubSpotMapping, HubSpotOp, engagement_events
 from worker.action import Action
 from worker.config import Config
-from worker.crm.hubspot_client import HubSpotNotFound
+from worker.crm.hubspot_responses import HubSpotNotFound
 from worker.leadview import Decide
 from worker.store import LeadStore
 

@@ -359,7 +359,7 @@ class GoneReader(FakeReader):
 
     def _check(self, object_id: str) -> None:
         from worker.crm.base import TransientCrmError
-        from worker.crm.hubspot_client import HubSpotNotFound
+        from worker.crm.hubspot_responses import HubSpotNotFound
 
         if self.down:
             raise TransientCrmError("HubSpot answered 503 after retries")

@@ -23,14 +23,9 @@ from tests.helpers import redis_url_for_tests
 from worker.config import Config
 from worker.crm.base import TransientCrmError
 from worker.crm.hubspot import HubSpotExecutor, build_executor
-from worker.crm.hubspot_client import (
-    MAX_ATTEMPTS,
-    TIMEOUT,
-    HubSpotAuthError,
-    HubSpotClient,
-    HubSpotNotFound,
-    task_marker,
-)
+from worker.crm.hubspot_client import MAX_ATTEMPTS, TIMEOUT, HubSpotClient
+from worker.crm.hubspot_responses import HubSpotAuthError, HubSpotNotFound
+from worker.crm.hubspot_tasks import task_marker
 from worker.crm.ratelimit import RateLimiter, parse_rate
 from worker.errors import ConfigError
 

@@ -57,17 +57,9 @@ from rules.tasktext import TaskText
 from worker.action import Action
 from worker.crm.base import ActionOutcome
 from worker.crm.http import chunked
-from worker.crm.hubspot_client import (
-    BATCH_LIMIT,
-    CRM,
-    OWNER_PROPERTY,
-    HubSpotApiError,
-    HubSpotClient,
-    RecordError,
-    TaskTextsFor,
-    build_client,
-    task_marker,
-)
+from worker.crm.hubspot_client import CRM, OWNER_PROPERTY, HubSpotClient, TaskTextsFor, build_client
+from worker.crm.hubspot_responses import HubSpotApiError, RecordError
+from worker.crm.hubspot_tasks import BATCH_LIMIT, task_marker
 from worker.crm.progress import STEPS, StepProgress
 from worker.crm.settings import HubSpotSettings
 from worker.errors import ConfigError

@@ -12,20 +12,29 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote
 
 import redis
 import requests
 
 from rules.tasktext import TaskText
-from worker.action import action_digest
-from worker.crm.base import CrmError, TransientCrmError
-from worker.crm.http import TRANSPORT_ERRORS, CrmHttpClient, Retryable, RetryPolicy, chunked, retry_after_s
+from worker.crm.base import TransientCrmError
+from worker.crm.http import TRANSPORT_ERRORS, CrmHttpClient, Retryable, RetryPolicy, chunked
+from worker.crm.hubspot_responses import (
+    HubSpotApiError,
+    HubSpotAuthError,
+    HubSpotNotFound,
+    RecordError,
+    body_of,
+    header_seconds,
+    message_of,
+    named_ids,
+    not_found,
+    q,
+)
+from worker.crm.hubspot_tasks import BATCH_LIMIT, TaskCreation, TaskResults
 from worker.crm.ratelimit import DEFAULT_MARGIN_S, RateLimiter
 from worker.errors import ConfigError
-from worker.logs import redact
 from worker.metrics import count_crm_call, endpoint_template
 
 if TYPE_CHECKING:  # annotations only: worker.config imports worker.crm (settings, rate limits)
@@ -34,113 +43,19 @@ if TYPE_CHECKING:  # annotations only: worker.config imports worker.crm (setting
 log = logging.getLogger(__name__)
 
 CRM = "hubspot"
-BATCH_LIMIT = 100
 TIMEOUT = (5.0, 30.0)  # (connect, read) seconds, on every request
 MAX_ATTEMPTS = 6
 # Total time spent sleeping between attempts of one request; waiting for the shared
 # rate limiter does not count (that is not a failure, only a queue).
 MAX_BACKOFF_S = 60.0
-TASK_TO_CONTACT = 204  # HUBSPOT_DEFINED association type: task -> contact
 # How long HubSpot's search may take to see a record just written (unconfirmed; see above).
 SEARCH_DELAY_S = 10.0
-SEARCH_GROUPS = 5  # filterGroups per search request: HubSpot's limit (they are ORed)
-
-
-class HubSpotApiError(CrmError):
-    """HubSpot refused a request for good (a 4xx other than 401/403/429)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class HubSpotNotFound(HubSpotApiError):
-    """The record does not exist (deleted or merged)."""
-
-
-class HubSpotAuthError(CrmError):
-    """HubSpot refused the access token or its scopes: no record can be written until that is fixed."""
-
-
-@dataclass(frozen=True)
-class RecordError:
-    """Why HubSpot refused one record."""
-
-    status: int
-    message: str
 
 
 T = TypeVar("T")
-TaskResults = Callable[[Mapping[str, "RecordError | None"]], None]
 # Says each task action's text (worker/tasktexts.py): {action id: subject and body}.
 TaskTextsFor = Callable[[Sequence[Mapping[str, Any]]], Mapping[str, TaskText]]
 OWNER_PROPERTY = "hubspot_owner_id"  # the contact's owner, and the task's assignee: one property name on both
-
-
-def task_marker(action_id: str) -> str:
-    """Return the word a task's body carries so a search can tell whether the task exists.
-
-    One alphanumeric token: CONTAINS_TOKEN matches whole tokens, and how HubSpot splits an
-    action id full of ':' and '#' into tokens is unconfirmed.
-    """
-    return "pruner" + action_digest(action_id)[:24]
-
-
-def _marked(trace: str, properties: Mapping[str, str]) -> dict[str, str]:
-    marker = task_marker(trace)
-    body = properties.get("hs_task_body", "")
-    if marker in body:
-        return dict(properties)
-    return {**properties, "hs_task_body": f"{body}\n\nref {marker}".lstrip()}
-
-
-def _q(segment: str) -> str:
-    # Lead ids come from webhooks: quote every path segment so none can climb the URL.
-    return quote(str(segment), safe="")
-
-
-def _body(response: requests.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _message(response: requests.Response) -> str:
-    """HubSpot's human sentence for an error, redacted (messages may quote property values)."""
-    body = _body(response)
-    text = str(body.get("message") or "").strip() or f"HTTP {response.status_code}"
-    return redact(text)[:300]
-
-
-def _header_seconds(response: requests.Response) -> float | None:
-    """The wait a 429/5xx asks for: `Retry-After` seconds, else HubSpot's rate-limit interval."""
-    asked = retry_after_s(response.headers.get("Retry-After"))
-    if asked is not None:
-        return asked
-    if response.status_code == 429:
-        interval = response.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds")
-        if interval:
-            try:
-                return max(0.0, int(interval) / 1000)
-            except ValueError:
-                pass
-    return None
-
-
-def _named_ids(body: Mapping[str, Any], key: str = "ids", category: str | None = None) -> set[str]:
-    """Ids a HubSpot error body names in `context` (top level or per error), of one error category if given."""
-    out: set[str] = set()
-    for error in [body, *[e for e in body.get("errors", []) if isinstance(e, dict)]]:
-        if category is not None and error.get("category") != category:
-            continue
-        context = error.get("context")
-        if isinstance(context, dict):
-            values = context.get(key)
-            if isinstance(values, list):
-                out.update(str(v) for v in values)
-    return out
 
 
 class HubSpotClient(CrmHttpClient):
@@ -175,7 +90,7 @@ class HubSpotClient(CrmHttpClient):
 
     # -- transport ---------------------------------------------------------------------------
 
-    def _send_once(
+    def send_once(
         self, method: str, path: str, params: Mapping[str, str] | None, body: Any | None
     ) -> requests.Response:
         if self.limiter is not None:
@@ -188,19 +103,19 @@ class HubSpotClient(CrmHttpClient):
         status = response.status_code
         self.responded(method, path, status)
         if status == 429:
-            if _body(response).get("policyName") == "DAILY":
+            if body_of(response).get("policyName") == "DAILY":
                 # Retrying within the minute cannot help: the daily budget resets at midnight.
                 raise TransientCrmError("HubSpot's daily API limit is used up; the actions stay queued")
-            wait_s = _header_seconds(response)
+            wait_s = header_seconds(response)
             if wait_s and self.limiter is not None:
                 # Every worker holds back, also when this one gives up because the wait is past its budget.
                 self.limiter.block(wait_s)
             raise Retryable("HTTP 429", status=429, wait_s=wait_s, unsent=True)
         if status >= 500:
-            raise Retryable(f"HTTP {status}", status=status, wait_s=_header_seconds(response))
+            raise Retryable(f"HTTP {status}", status=status, wait_s=header_seconds(response))
         if status in (401, 403):
             raise HubSpotAuthError(
-                f"HubSpot refused the access token (HTTP {status}: {_message(response)}); "
+                f"HubSpot refused the access token (HTTP {status}: {message_of(response)}); "
                 "check HUBSPOT_ACCESS_TOKEN and the private app's scopes"
             )
         return response
@@ -219,7 +134,7 @@ class HubSpotClient(CrmHttpClient):
         `label` names the request in logs and errors instead of the path, which may hold an email.
         """
         label = label or f"{method} {path}"
-        return self._retrying(label, lambda: self._send_once(method, path, params, json))
+        return self._retrying(label, lambda: self.send_once(method, path, params, json))
 
     def _retrying(self, label: str, attempt: Callable[[], T], searching: Callable[[], bool] | None = None) -> T:
         """Call `attempt` under the retry policy; raise TransientCrmError when exhausted.
@@ -239,7 +154,7 @@ class HubSpotClient(CrmHttpClient):
         params = {"properties": ",".join(properties), "associations": ",".join(associations)}
         response = self.request(
             "GET",
-            f"/crm/v3/objects/{_q(object_type)}/{_q(object_id)}",
+            f"/crm/v3/objects/{q(object_type)}/{q(object_id)}",
             label=f"GET /crm/v3/objects/{object_type}/{{id}}",
             params={k: v for k, v in params.items() if v},
         )
@@ -247,8 +162,8 @@ class HubSpotClient(CrmHttpClient):
             raise HubSpotNotFound(404, f"HubSpot {object_type} record {object_id} was not found")
         if not response.ok:
             raise HubSpotApiError(response.status_code, f"HubSpot refused to read {object_type} {object_id}: "
-                                  f"{_message(response)}")  # fmt: skip
-        return _body(response)
+                                  f"{message_of(response)}")  # fmt: skip
+        return body_of(response)
 
     def associated_ids(self, from_type: str, object_id: str, to_type: str) -> list[str]:
         """Return the ids of `to_type` records associated with one record (v4 associations, all pages)."""
@@ -258,7 +173,7 @@ class HubSpotClient(CrmHttpClient):
             params = {"limit": "500", **({"after": after} if after else {})}
             response = self.request(
                 "GET",
-                f"/crm/v4/objects/{_q(from_type)}/{_q(object_id)}/associations/{_q(to_type)}",
+                f"/crm/v4/objects/{q(from_type)}/{q(object_id)}/associations/{q(to_type)}",
                 label=f"GET /crm/v4/objects/{from_type}/{{id}}/associations/{to_type}",
                 params=params,
             )
@@ -266,8 +181,8 @@ class HubSpotClient(CrmHttpClient):
                 raise HubSpotNotFound(404, f"HubSpot {from_type} record {object_id} was not found")
             if not response.ok:
                 raise HubSpotApiError(response.status_code, f"HubSpot refused to list associations of "
-                                      f"{from_type} {object_id}: {_message(response)}")  # fmt: skip
-            body = _body(response)
+                                      f"{from_type} {object_id}: {message_of(response)}")  # fmt: skip
+            body = body_of(response)
             out += [str(r["toObjectId"]) for r in body.get("results", []) if "toObjectId" in r]
             after = ((body.get("paging") or {}).get("next") or {}).get("after")
             if not after:
@@ -282,14 +197,14 @@ class HubSpotClient(CrmHttpClient):
             for chunk in chunked(pending, BATCH_LIMIT):
                 response = self.request(
                     "POST",
-                    f"/crm/v4/associations/{_q(from_type)}/{_q(to_type)}/batch/read",
+                    f"/crm/v4/associations/{q(from_type)}/{q(to_type)}/batch/read",
                     json={"inputs": list(chunk)},
                 )
                 if not response.ok:
                     raise HubSpotApiError(response.status_code, f"HubSpot refused to read {from_type} -> "
-                                          f"{to_type} associations: {_message(response)}")  # fmt: skip
+                                          f"{to_type} associations: {message_of(response)}")  # fmt: skip
                 # 207: ids without associations (or gone) come back as errors: they have none to act on.
-                for result in _body(response).get("results", []):
+                for result in body_of(response).get("results", []):
                     source = str(result.get("from", {}).get("id"))
                     out.setdefault(source, []).extend(str(t["toObjectId"]) for t in result.get("to", []))
                     after = ((result.get("paging") or {}).get("next") or {}).get("after")
@@ -304,15 +219,15 @@ class HubSpotClient(CrmHttpClient):
         for chunk in chunked(list(dict.fromkeys(ids)), BATCH_LIMIT):
             response = self.request(
                 "POST",
-                f"/crm/v3/objects/{_q(object_type)}/batch/read",
+                f"/crm/v3/objects/{q(object_type)}/batch/read",
                 json={"properties": list(properties), "inputs": [{"id": i} for i in chunk]},
             )
             if response.status_code == 404:
                 continue
             if not response.ok:
                 raise HubSpotApiError(response.status_code, f"HubSpot refused to read {object_type}: "
-                                      f"{_message(response)}")  # fmt: skip
-            for result in _body(response).get("results", []):
+                                      f"{message_of(response)}")  # fmt: skip
+            for result in body_of(response).get("results", []):
                 out[str(result.get("id"))] = dict(result.get("properties") or {})
         return out
 
@@ -322,18 +237,18 @@ class HubSpotClient(CrmHttpClient):
         """PATCH one record; return None, or why HubSpot refused it."""
         response = self.request(
             "PATCH",
-            f"/crm/v3/objects/{_q(object_type)}/{_q(object_id)}",
+            f"/crm/v3/objects/{q(object_type)}/{q(object_id)}",
             label=f"PATCH /crm/v3/objects/{object_type}/{{id}}",
             json={"properties": dict(properties)},
         )
         if response.ok:
             return None
         if response.status_code == 404:
-            return self._not_found(object_type, object_id)
+            return not_found(object_type, object_id)
         return RecordError(
             response.status_code,
             f"HubSpot refused the update of {object_type} record {object_id} "
-            f"(HTTP {response.status_code}): {_message(response)}",
+            f"(HTTP {response.status_code}): {message_of(response)}",
         )
 
     def batch_update(self, object_type: str, updates: Mapping[str, Mapping[str, str]]) -> dict[str, RecordError | None]:
@@ -354,15 +269,15 @@ class HubSpotClient(CrmHttpClient):
             return {ids[0]: self.update(object_type, ids[0], updates[ids[0]])}
         response = self.request(
             "POST",
-            f"/crm/v3/objects/{_q(object_type)}/batch/update",
+            f"/crm/v3/objects/{q(object_type)}/batch/update",
             json={"inputs": [{"id": i, "properties": dict(updates[i])} for i in ids]},
         )
         if response.status_code == 200:
             return dict.fromkeys(ids)
-        body = _body(response)
+        body = body_of(response)
         # Records HubSpot says do not exist fail for good: asking again one by one would spend budget for a 404.
-        gone = _named_ids(body, category="OBJECT_NOT_FOUND") & set(ids)
-        out: dict[str, RecordError | None] = {i: self._not_found(object_type, i) for i in ids if i in gone}
+        gone = named_ids(body, category="OBJECT_NOT_FOUND") & set(ids)
+        out: dict[str, RecordError | None] = {i: not_found(object_type, i) for i in ids if i in gone}
         if response.status_code == 207:
             written = {str(r.get("id")) for r in body.get("results", [])}
             out.update((i, None) for i in ids if i in written)
@@ -375,7 +290,7 @@ class HubSpotClient(CrmHttpClient):
         if response.ok:  # another 2xx: HubSpot accepted the batch
             return dict.fromkeys(ids)
         # A refused batch wrote nothing. Its named culprits go one by one, the rest as a smaller batch again.
-        named = _named_ids(body) & set(ids)
+        named = named_ids(body) & set(ids)
         rest = [i for i in ids if i not in named]
         if named and rest:
             out.update((i, self.update(object_type, i, updates[i])) for i in ids if i in named and i not in out)
@@ -384,10 +299,6 @@ class HubSpotClient(CrmHttpClient):
         out.update((i, self.update(object_type, i, updates[i])) for i in ids if i not in out)
         return out
 
-    @staticmethod
-    def _not_found(object_type: str, object_id: str) -> RecordError:
-        return RecordError(404, f"HubSpot {object_type} record {object_id} was not found (deleted or merged?)")
-
     def create_tasks(
         self,
         tasks: Sequence[tuple[str, str, Mapping[str, str]]],
@@ -395,144 +306,8 @@ class HubSpotClient(CrmHttpClient):
         unsure: Collection[str] = (),
         on_result: TaskResults | None = None,
     ) -> dict[str, RecordError | None]:
-        """Create tasks (trace id, contact id, properties) associated to their contacts; return {trace id: error}.
-
-        One task: `POST /crm/v3/objects/tasks`; several: `batch/create`, each input carrying
-        its trace id as `objectWriteTraceId` so a 207 says which ones were created. Each
-        task's `hs_task_body` carries `task_marker(trace)` (appended when missing).
-
-        A create is never simply sent again: after an attempt that may have created tasks
-        (timeout, dropped connection, 5xx, a 207 silent about one) their markers are searched
-        for, and only the tasks not found are sent. `unsure` names tasks an earlier run may
-        have created: they are searched for before anything is sent. `on_result` gets results
-        as soon as HubSpot gives them, so they can be recorded before a later request raises.
-        """
-        out: dict[str, RecordError | None] = {}
-
-        def report(results: Mapping[str, RecordError | None]) -> None:
-            out.update(results)
-            if on_result is not None and results:
-                on_result(results)
-
-        doubtful = set(unsure)
-        for chunk in chunked(list(tasks), BATCH_LIMIT):
-            self._create_chunk([(t, c, _marked(t, p)) for t, c, p in chunk], doubtful, report)
-        return out
-
-    def _create_chunk(
-        self, chunk: Sequence[tuple[str, str, dict[str, str]]], doubtful: Collection[str], report: TaskResults
-    ) -> None:
-        """Create ≤ 100 tasks, first searching for those in `doubtful`; report every result."""
-        pending = {t: (c, p) for t, c, p in chunk}
-        check = {t for t in pending if t in doubtful}  # may exist already: search before sending
-        fresh = False  # the last attempt may just have written: the search waits for the index
-
-        def attempt() -> tuple[list[str], requests.Response] | None:
-            nonlocal fresh
-            fresh = False
-            while check:
-                group = sorted(check)[:SEARCH_GROUPS]
-                found = self._find_tasks(group)
-                check.difference_update(group)
-                for trace in found:
-                    del pending[trace]
-                report(dict.fromkeys(found))
-            if not pending:
-                return None
-            sent = list(pending)
-            inputs = [
-                {"properties": pending[t][1], "associations": self._task_associations(pending[t][0]),
-                 "objectWriteTraceId": t}
-                for t in sent
-            ]  # fmt: skip
-            try:
-                if len(inputs) == 1:
-                    del inputs[0]["objectWriteTraceId"]
-                    return sent, self._send_once("POST", "/crm/v3/objects/tasks", None, inputs[0])
-                return sent, self._send_once("POST", "/crm/v3/objects/tasks/batch/create", None, {"inputs": inputs})
-            except Retryable as exc:
-                if not exc.unsent:
-                    check.update(sent)
-                    fresh = True
-                raise
-
-        if check:
-            self.sleep(self.search_delay_s)  # the earlier attempt may have been moments ago
-        label = "POST /crm/v3/objects/tasks" + ("" if len(pending) == 1 else "/batch/create")
-        try:
-            answer = self._retrying(label, attempt, searching=lambda: fresh)
-        except HubSpotApiError as exc:
-            # HubSpot refused the search: those tasks may exist, and a second one is worse than none.
-            report(
-                {t: RecordError(exc.status, f"{exc}; the task may exist, so it was not created again") for t in check}
-            )
-            rest = [(t, c, p) for t, (c, p) in pending.items() if t not in check]
-            if rest:
-                self._create_chunk(rest, (), report)
-            return
-        if answer is None:
-            return
-        sent, response = answer
-        if len(sent) == 1:
-            report({sent[0]: self._task_error(pending[sent[0]][0], response)})
-            return
-        body = _body(response)
-        if response.status_code == 207:
-            created = {str(r.get("objectWriteTraceId")) for r in body.get("results", [])}
-            refused = _named_ids(body, "objectWriteTraceId")
-            report({t: None for t in sent if t in created})
-            # Those HubSpot said nothing about are searched for first (together); refused ones go alone to learn why.
-            unknown = [(t, *pending[t]) for t in sent if t not in created and t not in refused]
-            if unknown:
-                self._create_chunk(unknown, {t for t, _, _ in unknown}, report)
-            for trace in sent:
-                if trace in refused and trace not in created:
-                    self._create_chunk([(trace, *pending[trace])], (), report)
-            return
-        if response.ok:
-            report(dict.fromkeys(sent))
-            return
-        # A refused batch created nothing: find the culprits one by one, each reported as it is done.
-        for trace in sent:
-            contact, properties = pending[trace]
-            self._create_chunk([(trace, contact, properties)], (), report)
-
-    def _find_tasks(self, traces: Sequence[str]) -> set[str]:
-        """Return which of these tasks (≤ SEARCH_GROUPS) exist: one search for their markers, not retried here."""
-        markers = {task_marker(t): t for t in traces}
-        body = {
-            "filterGroups": [
-                {"filters": [{"propertyName": "hs_task_body", "operator": "CONTAINS_TOKEN", "value": marker}]}
-                for marker in markers
-            ],
-            "properties": ["hs_task_body"],
-            "limit": 100,
-        }
-        response = self._send_once("POST", "/crm/v3/objects/tasks/search", None, body)
-        if not response.ok:
-            raise HubSpotApiError(response.status_code, f"HubSpot refused to search tasks (HTTP "
-                                  f"{response.status_code}): {_message(response)}")  # fmt: skip
-        # The token match is HubSpot's; the exact match is ours, so a loose tokenizer cannot mislead.
-        found = [str((r.get("properties") or {}).get("hs_task_body") or "") for r in _body(response).get("results", [])]
-        return {trace for marker, trace in markers.items() if any(marker in text for text in found)}
-
-    @staticmethod
-    def _task_associations(contact_id: str) -> list[dict[str, Any]]:
-        return [
-            {
-                "to": {"id": contact_id},
-                "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": TASK_TO_CONTACT}],
-            }
-        ]
-
-    @staticmethod
-    def _task_error(contact_id: str, response: requests.Response) -> RecordError | None:
-        if response.ok:
-            return None
-        return RecordError(
-            response.status_code,
-            f"HubSpot refused a task for contact {contact_id} (HTTP {response.status_code}): {_message(response)}",
-        )
+        """Create tasks associated to their contacts, never one twice: worker/crm/hubspot_tasks.py."""
+        return TaskCreation(self).create(tasks, unsure=unsure, on_result=on_result)
 
     def unsubscribed_all(self, email: str) -> bool:
         """Whether `email` is already unsubscribed from all email (an empty result means it is not)."""
@@ -541,8 +316,8 @@ class HubSpotClient(CrmHttpClient):
 
     def _unsubscribed_now(self, email: str) -> bool:
         """One status read, for `unsubscribed_all` and inside `unsubscribe_all`'s attempts (raises to retry)."""
-        path = f"/communication-preferences/v4/statuses/{_q(email)}/unsubscribe-all"
-        response = self._send_once("GET", path, {"channel": "EMAIL"}, None)
+        path = f"/communication-preferences/v4/statuses/{q(email)}/unsubscribe-all"
+        response = self.send_once("GET", path, {"channel": "EMAIL"}, None)
         if not response.ok:
             return False  # unknown: sending the unsubscribe again is safe, only not exactly-once
         results = (response.json() or {}).get("results") or []
@@ -559,7 +334,7 @@ class HubSpotClient(CrmHttpClient):
         return RecordError(
             response.status_code,
             f"HubSpot refused the GDPR delete of contact {contact_id} "
-            f"(HTTP {response.status_code}): {_message(response)}",
+            f"(HTTP {response.status_code}): {message_of(response)}",
         )
 
     def unsubscribe_all(self, email: str, contact_id: str) -> RecordError | None:
@@ -570,7 +345,7 @@ class HubSpotClient(CrmHttpClient):
         the person is unsubscribed already, so a retry never sends the same unsubscribe twice.
         A 429, or a connection never made, wrote nothing and is retried as it is.
         """
-        path = f"/communication-preferences/v4/statuses/{_q(email)}/unsubscribe-all"
+        path = f"/communication-preferences/v4/statuses/{q(email)}/unsubscribe-all"
         label = "POST /communication-preferences/v4/statuses/{email}/unsubscribe-all"
         in_doubt = False
 
@@ -579,7 +354,7 @@ class HubSpotClient(CrmHttpClient):
             if in_doubt and self._unsubscribed_now(email):
                 return None
             try:
-                return self._send_once("POST", path, {"channel": "EMAIL"}, None)
+                return self.send_once("POST", path, {"channel": "EMAIL"}, None)
             except Retryable as exc:
                 in_doubt = in_doubt or not exc.unsent
                 raise
@@ -590,7 +365,7 @@ class HubSpotClient(CrmHttpClient):
             return None
         if response.ok:
             return None
-        message = _message(response)
+        message = message_of(response)
         if response.status_code == 400 and "already" in message.lower():
             return None  # already unsubscribed: the goal is met
         return RecordError(
