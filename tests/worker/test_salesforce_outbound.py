@@ -15,15 +15,9 @@ from tests.fakes.salesforce import API_USER_ID, FakeSalesforce
 from worker.config import Config
 from worker.crm.base import CrmError, TransientCrmError
 from worker.crm.ratelimit import RateLimiter
-from worker.crm.salesforce import (
-    RATE_KEY,
-    SalesforceAuthError,
-    SalesforceClient,
-    SalesforceExecutor,
-    SalesforceSettings,
-    build_executor,
-    task_ref,
-)
+from worker.crm.salesforce import RATE_KEY, SalesforceExecutor, build_executor, task_ref
+from worker.crm.salesforce_client import SalesforceClient
+from worker.crm.settings import SalesforceAuthError, SalesforceSettings
 from worker.errors import ConfigError
 
 TOKEN = "unit-test-sf-token"

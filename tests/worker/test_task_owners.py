@@ -20,8 +20,9 @@ from tests.fakes.salesforce import API_USER_ID, FakeSalesforce
 from worker.config import Config
 from worker.crm.hubspot import HubSpotExecutor
 from worker.crm.hubspot_client import HubSpotClient
-from worker.crm.salesforce import SalesforceClient, SalesforceExecutor, SalesforceSettings
-from worker.crm.settings import HubSpotSettings
+from worker.crm.salesforce import SalesforceExecutor
+from worker.crm.salesforce_client import SalesforceClient
+from worker.crm.settings import HubSpotSettings, SalesforceSettings
 from worker.errors import ConfigError
 from worker.keys import state_key
 from worker.tasktexts import TaskTexts
