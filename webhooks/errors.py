@@ -28,6 +28,14 @@ class ApiError(WebhookError):
         self.status, self.code, self.detail, self.headers = status, code, detail, headers or []
 
 
+def not_json(exc: BaseException) -> ApiError:
+    """The 400 for a body that is not JSON; a RecursionError (arrays or objects nested past
+    Python's recursion limit, which no sender nests more than three deep) says so."""
+    if isinstance(exc, RecursionError):
+        return ApiError(400, "malformed_json", "the body is not valid JSON: it nests arrays or objects too deeply")
+    return ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}")
+
+
 class SignatureError(WebhookError):
     """The request is not signed by the holder of the shared secret, or not recently."""
 

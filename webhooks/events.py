@@ -16,7 +16,7 @@ from flask.typing import ResponseReturnValue
 from rules.errors import SchemaError
 from rules.events import Event
 from rules.fastparse import fast_count, parse_body
-from webhooks.errors import ApiError, QueueUnavailable, SignatureError
+from webhooks.errors import ApiError, QueueUnavailable, SignatureError, not_json
 from webhooks.metrics import count_received
 from webhooks.services import admit, services
 from webhooks.signatures import verify
@@ -66,14 +66,8 @@ def receive_events() -> ResponseReturnValue:
         count, parsed = _validate(body, int(now * 1000))
     except SchemaError as exc:
         raise ApiError(400, "invalid_event", str(exc)) from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
-    except RecursionError:
-        # json.loads (the slow path) gives up on arrays or objects nested past Python's
-        # recursion limit; no canonical batch nests more than three deep.
-        raise ApiError(
-            400, "malformed_json", "the body is not valid JSON: it nests arrays or objects too deeply"
-        ) from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # json.loads (the slow path) may recurse
+        raise not_json(exc) from None
     try:
         if parsed is None:
             enqueue_batch(svc.queue, body, count, source="events")  # validated whole: queued as it came

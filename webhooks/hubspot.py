@@ -16,7 +16,7 @@ from flask.typing import ResponseReturnValue
 
 from rules.errors import SchemaError
 from rules.hubspot_map import parse_hubspot_batch
-from webhooks.errors import ApiError, QueueUnavailable, SignatureError
+from webhooks.errors import ApiError, QueueUnavailable, SignatureError, not_json
 from webhooks.hubspot_signatures import verify
 from webhooks.metrics import count_ignored, count_received
 from webhooks.services import admit, services
@@ -65,13 +65,8 @@ def receive_hubspot() -> ResponseReturnValue:
         # msgspec, not json.loads: it also refuses unpaired surrogate escapes ("\ud800"),
         # text no Redis key or CRM field could hold, which would fail the batch in the worker.
         decoded = msgspec.json.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter for bad UTF-8 in a string
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
-    except RecursionError:
-        # msgspec refuses arrays nested past Python's recursion limit; HubSpot never sends them.
-        raise ApiError(
-            400, "malformed_json", "the body is not valid JSON: it nests arrays or objects too deeply"
-        ) from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:  # bad UTF-8 in a string: the 2nd
+        raise not_json(exc) from None
     try:
         batch = parse_hubspot_batch(decoded, now_ms, cached_policy(svc.config.policy_path).hubspot)
     except SchemaError as exc:
