@@ -15,15 +15,23 @@ import redis
 
 from rules.errors import PolicyError, SchemaError
 from rules.events import format_ms, parse_rfc3339_ms
-from rules.explain import plural
+from rules.explain import plural, progress, sentence
 from rules.hubspot_map import wanted_subscriptions
 from rules.policy import Policy
-from worker import leadlist
+from worker import leadlist, simulate, stats
 from worker.config import DEFAULT_REDIS_URL, Config, policy_path_from_env, redis_location
+from worker.dev import run_dev
 from worker.errors import ConfigError
 from worker.hubspot_subscribe import SubscribeError, WebhooksApi, subscribe
+from worker.jobs import preview_sweep, run_sweep
+from worker.leaddoc import is_erased, lead_document
 from worker.logs import setup_logging
 from worker.policyfile import load_policy
+from worker.queues import connect, make_queue
+from worker.redisinfo import inspect
+from worker.runner import run_clock, run_worker
+from worker.simulate import SimulationError, simulate_file
+from worker.store import LeadStore
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 3
 
@@ -71,9 +79,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _check_redis(config: Config) -> int:
-    from worker.queues import connect
-    from worker.redisinfo import inspect
-
     try:
         facts = inspect(connect(config.redis_url, timeout=5))
     except redis.RedisError as exc:
@@ -100,9 +105,6 @@ FUTURE_SLACK_MS = 5 * 60 * 1000
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from worker.jobs import preview_sweep, run_sweep
-    from worker.queues import connect
-
     config = _config()
     _policy(config.policy_path)
     wall_ms = int(time.time() * 1000)
@@ -130,11 +132,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from rules.explain import progress, sentence
-    from worker.leaddoc import is_erased, lead_document
-    from worker.queues import connect
-    from worker.store import LeadStore
-
     config = _config()
     connection = connect(config.redis_url, timeout=10)
     if config.suppression_key and is_erased(connection, config.suppression_key.encode(), args.crm, args.lead_id):
@@ -190,20 +187,15 @@ class Progress:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from worker.queues import connect
-    from worker.stats import collect, format_text
-
     config = _config()
     progress = Progress("leads")
-    stats = collect(connect(config.redis_url, timeout=30), progress)
+    result = stats.collect(connect(config.redis_url, timeout=30), progress)
     progress.close()
-    print(json.dumps(stats.to_json(), indent=2) if args.format == "json" else format_text(stats))
+    print(json.dumps(result.to_json(), indent=2) if args.format == "json" else stats.format_text(result))
     return EXIT_OK
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from worker.queues import connect, make_queue
-
     config = _config()
     queue = make_queue(connect(config.redis_url, timeout=30), config.queue_name)
     registry = queue.failed_job_registry
@@ -229,8 +221,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from worker.simulate import SimulationError, format_text, simulate_file
-
     # The policy the worker runs (PRUNER_POLICY) unless told otherwise: else a dry run misleads.
     policy = _policy(args.policy or policy_path_from_env())
     bar = Progress("read %")
@@ -247,27 +237,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     finally:
         bar.close()
-    print(json.dumps(report.to_json(), indent=2) if args.format == "json" else format_text(report))
+    print(json.dumps(report.to_json(), indent=2) if args.format == "json" else simulate.format_text(report))
     return EXIT_OK
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from worker.runner import run_worker
-
     run_worker(_config(), burst=args.burst)
     return EXIT_OK
 
 
 def cmd_clock(args: argparse.Namespace) -> int:
-    from worker.runner import run_clock
-
     run_clock(_config())
     return EXIT_OK
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from worker.dev import run_dev
-
     return run_dev(port=args.port, fake_hubspot=args.fake_hubspot)
 
 

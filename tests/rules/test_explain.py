@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import fakeredis
 import pytest
 
-import worker.queues
+import worker.cli
 from rules.events import Crm, Event, EventType
 from rules.explain import plural, progress, sentence
 from rules.lifecycle import evaluate
@@ -69,7 +69,7 @@ def test_explain_counts_in_the_episode_the_engine_counts_in(
         store.apply_batch([ev], Decider(P, ev.occurred_ms))
     for var in ("PRUNER_POLICY", "REDIS_URL", "PRUNER_SUPPRESSION_KEY"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(worker.queues, "connect", lambda url, timeout=None: conn)
+    monkeypatch.setattr(worker.cli, "connect", lambda url, timeout=None: conn)
     assert main(["explain", "hubspot", "X"]) == 0
     out = capsys.readouterr().out
     assert "hubspot lead X is ACTIVE; 5 events" in out

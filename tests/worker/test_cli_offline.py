@@ -357,7 +357,7 @@ def test_explain_json_for_an_erased_lead_is_the_erased_document(
 ) -> None:
     import fakeredis
 
-    import worker.queues
+    import worker.cli
     from rules.events import parse_event
     from worker.decide import Decider
     from worker.policyfile import default_policy
@@ -371,7 +371,7 @@ def test_explain_json_for_an_erased_lead_is_the_erased_document(
     )
     clean_env(monkeypatch)
     monkeypatch.setenv("PRUNER_SUPPRESSION_KEY", key)
-    monkeypatch.setattr(worker.queues, "connect", lambda url, timeout=None: conn)
+    monkeypatch.setattr(worker.cli, "connect", lambda url, timeout=None: conn)
     assert main(["explain", "hubspot", "E1", "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc == {"crm": "hubspot", "lead_id": "E1", "state": "SUPPRESSED", "erased": True}
