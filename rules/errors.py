@@ -23,8 +23,9 @@ PrunerError                          catch this to catch anything Pruner raises 
         ├── SalesforceAuthError      the session or login is refused
         └── SalesforceQueryError     a SOQL query failed
 
-Private exceptions used only for retry control flow inside one module (`_Retryable`,
-`_Transient`, `_Slow`) never leave it.
+Exceptions used only for retry control flow never reach a caller: `Retryable` (worker/crm/http.py)
+is turned into `TransientCrmError` by the CRM clients' shared retry policy, and `_Slow` stays in
+its module.
 """
 
 from __future__ import annotations
