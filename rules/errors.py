@@ -24,8 +24,7 @@ PrunerError                          catch this to catch anything Pruner raises 
         └── SalesforceQueryError     a SOQL query failed
 
 Exceptions used only for retry control flow never reach a caller: `Retryable` (worker/crm/http.py)
-is turned into `TransientCrmError` by the CRM clients' shared retry policy, and `_Slow` stays in
-its module.
+is turned into `TransientCrmError` by the CRM clients' shared retry policy.
 """
 
 from __future__ import annotations
