@@ -24,7 +24,8 @@ PrunerError                          catch this to catch anything Pruner raises 
         └── SalesforceQueryError     a SOQL query failed
 
 Exceptions used only for retry control flow never reach a caller: `Retryable` (worker/crm/http.py)
-is turned into `TransientCrmError` by the CRM clients' shared retry policy.
+is turned into `TransientCrmError` by the CRM clients' shared retry policy, and `_Slow`
+(rules/fastparse.py: take the exact parser) stays in its module.
 """
 
 from __future__ import annotations
