@@ -102,6 +102,8 @@ class LeadCounters(msgspec.Struct, array_like=True):
     def apply(self, event: LoggedEvent) -> None:
         """Fold one event in; callers feed events in `LoggedEvent.sort_key` order."""
         etype, at, data = event.type, event.occurred_ms, event.data
+        if etype is EventType.BREAKUP_TASK_CREATED:
+            return  # Pruner's own record of a CRM task, not something the lead did
         self.last_event_ms = at
         if etype in TOUCHES:
             first = self.first_touch_ms is None

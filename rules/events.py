@@ -49,6 +49,9 @@ class EventType(StrEnum):
     ERASURE_REQUESTED = "erasure_requested"
     REOPENED = "reopened"
     CONSENT_GIVEN = "consent_given"
+    # The break-up task exists in the CRM: its grace period starts (docs/lifecycle.md guardrail 7).
+    # Recorded by Pruner when the CRM confirms the task; a sender creating tasks itself may send it.
+    BREAKUP_TASK_CREATED = "breakup_task_created"
 
 
 class Crm(StrEnum):
@@ -98,6 +101,7 @@ DATA_FIELDS: dict[EventType, dict[str, tuple[str, bool]]] = {
     EventType.ERASURE_REQUESTED: {},
     EventType.REOPENED: {},
     EventType.CONSENT_GIVEN: {},
+    EventType.BREAKUP_TASK_CREATED: {},
 }
 
 _EVENT_KEYS = ("id", "type", "crm", "lead_id", "occurred_at", "data", "version")

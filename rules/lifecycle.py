@@ -78,8 +78,9 @@ class Evaluation:
 class _Replay:
     """A replay in progress: the policy it reads, and the running state `r` it moves on."""
 
-    def __init__(self, policy: Policy, calendar: Calendar, run: Running) -> None:
+    def __init__(self, policy: Policy, calendar: Calendar, run: Running, grace_from_task: bool = False) -> None:
         self.policy, self.calendar, self.t, self.r = policy, calendar, thresholds(policy), run
+        self.grace_from_task = grace_from_task
 
     # -- transitions ---------------------------------------------------------------
 
@@ -94,6 +95,7 @@ class _Replay:
         r = self.r
         self.record(Decision(rule, r.state, to, reason, at, inputs, r.name(rule, to, inputs)))
         r.state, r.reason, r.entered_ms = to, reason, at
+        r.breakup_task_ms = None  # a task belongs to the break-up it was created for
         if to is State.ACTIVE:
             r.episode = Episode(at)
         elif to is State.SUPPRESSED:
@@ -156,8 +158,17 @@ class _Replay:
             return None  # the lead answered after expiry: "no call returned" does not hold
         return self.calendar.add_loud_days(c.proposal_expires_ms, self.proposal_days())
 
-    def grace_due(self) -> int:
-        return self.calendar.add_business_days(self.r.entered_ms, self.t.grace_days)
+    def grace_start(self) -> int | None:
+        """When the break-up's grace began: its task's creation (guardrail 7), or, where no task
+        is created (a dry run, a simulation), the break-up decision itself; None: no task yet."""
+        r = self.r
+        if r.breakup_task_ms is not None:
+            return r.breakup_task_ms
+        return None if self.grace_from_task else r.entered_ms
+
+    def grace_due(self) -> int | None:
+        start = self.grace_start()
+        return None if start is None else self.calendar.add_business_days(start, self.t.grace_days)
 
     def next_timer(self) -> int | None:
         """The next instant at which a time-based rule could fire, given the state now."""
@@ -167,7 +178,8 @@ class _Replay:
             if self.silence_allowed() and (p := self.proposal_due()) is not None:
                 due.append(p)
         if state is State.BREAKUP_DUE and self.enabled("breakup_grace") and self.silence_allowed():
-            due.append(self.grace_due())
+            if (grace := self.grace_due()) is not None:
+                due.append(grace)
         if state is State.LOST:
             due.append(self.r.entered_ms + self.t.reengage_ms)
         return min(due) if due else None
@@ -231,8 +243,8 @@ class _Replay:
                     )
                     return True
         if state is State.BREAKUP_DUE and "breakup_grace" in on and self.silence_allowed():
-            due = self.grace_due()
-            if due <= at:
+            grace = self.grace_due()
+            if grace is not None and grace <= at:
                 self.move(
                     "breakup_grace",
                     State.LOST,
@@ -240,6 +252,7 @@ class _Replay:
                     at,
                     {
                         "breakup_since": format_ms(r.entered_ms),
+                        "grace_since": format_ms(self.grace_start() or r.entered_ms),
                         "business_days": t.grace_days,
                         "outbound_touches": c.outbound_touches,
                     },
@@ -337,6 +350,13 @@ class _Replay:
         """Fold one event in; the caller runs `check` once all events of that instant are in."""
         r = self.r
         c, at, etype = r.counters, ev.occurred_ms, ev.type
+        if etype is EventType.BREAKUP_TASK_CREATED:
+            r.events += 1
+            # The first task after entering BREAKUP_DUE starts the grace; one for an earlier
+            # break-up (a reply came in between) or a repeat changes nothing.
+            if r.state is State.BREAKUP_DUE and r.breakup_task_ms is None and at >= r.entered_ms:
+                r.breakup_task_ms = at
+            return
         if ev.data and RECORD_KEY in ev.data:
             r.records.add(ev.data[RECORD_KEY])
         was_first_touch = c.first_touch_ms is None
@@ -426,6 +446,7 @@ def evaluate(
     suppressed: bool = False,
     suppressed_channels: Collection[str] = (),
     since: Running | None = None,
+    grace_from_task: bool = False,
 ) -> Evaluation:
     """Replay a lead's event set through `policy` up to `now_ms`; pure and order-independent.
 
@@ -437,6 +458,10 @@ def evaluate(
     `can_resume`); `history` is then only the events after its `at_ms`, and the result is
     the same as replaying every event from the start. `since` is moved on in place: the
     caller passes a checkpoint it just decoded.
+
+    `grace_from_task`: a break-up's grace runs from its `breakup_task_created` event, and not
+    at all until there is one (guardrail 7: a lead found silent late gets its break-up task
+    before it can be lost); without it, from the break-up decision (simulations, dry runs).
     """
     events = sort_events(history)
     if since is not None:
@@ -446,10 +471,11 @@ def evaluate(
             raise ValueError("an event at or before the checkpoint needs a full replay")
         if since.supersedes(events):
             raise ValueError("a new version of a record the checkpoint holds needs a full replay")
-        replay = _Replay(policy, calendar or calendar_for(policy), since)
+        replay = _Replay(policy, calendar or calendar_for(policy), since, grace_from_task)
     else:
         first = events[0].occurred_ms if events else now_ms
-        replay = _Replay(policy, calendar or calendar_for(policy), start(first, suppressed, suppressed_channels))
+        running = start(first, suppressed, suppressed_channels)
+        replay = _Replay(policy, calendar or calendar_for(policy), running, grace_from_task)
         if events and suppressed:
             inputs = {"channels": sorted(suppressed_channels)} if suppressed_channels else {}
             replay.move("suppression_list", State.SUPPRESSED, "do_not_contact", first, inputs)

@@ -78,6 +78,9 @@ class Running(msgspec.Struct, array_like=True):
     # Versioned CRM records folded in so far (`~r` of rules/events.py `versioned`): another
     # version of one of them cannot be added to this state, only replayed with it.
     records: set[str] = msgspec.field(default_factory=set)
+    # When the current break-up's task was created in the CRM (guardrail 7: its grace runs
+    # from then); None until a `breakup_task_created` after entering BREAKUP_DUE.
+    breakup_task_ms: int | None = None
 
     def supersedes(self, history: Iterable[LoggedEvent]) -> bool:
         """Whether some event of `history` is another version of a record already folded in."""
@@ -119,9 +122,10 @@ def _schema(*types: type[msgspec.Struct]) -> str:
 
 
 # Bumped when the replay changes meaning without a field name changing (2: the WON state; 3:
-# calls counted by calendar week number, not ISO week string), so that checkpoints computed by
-# the previous rules are replayed from the log once, not continued.
-ENGINE_VERSION = 3
+# calls counted by calendar week number, not ISO week string; 4: the break-up grace runs from
+# the task's creation), so that checkpoints computed by the previous rules are replayed from the
+# log once, not continued.
+ENGINE_VERSION = 4
 # Changes whenever a running-state field is added, removed or renamed.
 CHECKPOINT_SCHEMA = _schema(Running, LeadCounters, Episode, Decision)
 
