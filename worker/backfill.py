@@ -228,6 +228,15 @@ class Backfill:
     def run(self, object_types: Sequence[str] = OBJECT_TYPES) -> Tally:
         """Read every object type (continuing from the cursors); delete the cursors when all are done."""
         saved = self.cursors.load() if self.cursors is not None else {}
+        try:
+            self._run(object_types, saved)
+        finally:
+            self.sink.close()  # what was read before an interruption is kept: its cursor may have moved past it
+        if self.cursors is not None:
+            self.cursors.clear()
+        return self.tally
+
+    def _run(self, object_types: Sequence[str], saved: dict[str, dict[str, Any]]) -> None:
         for object_type in object_types:
             cursor = saved.get(object_type) or {}
             if cursor:
@@ -240,10 +249,6 @@ class Backfill:
                 self._deals(cursor.get("after"))
             else:
                 self._engagements(object_type, int(cursor.get("from_ms", self.window.since_ms)))
-        self.sink.close()
-        if self.cursors is not None:
-            self.cursors.clear()
-        return self.tally
 
     def _emit(self, object_type: str, records: int, out: Mapped, cursor: dict[str, Any], left: int | None) -> None:
         self.sink.write(out.events)

@@ -472,7 +472,6 @@ def cmd_backfill_hubspot(args: argparse.Namespace) -> int:
         print(f"pruner: backfill stopped: {exc}; run the same command again to continue", file=sys.stderr)
         return EXIT_FAILED
     finally:
-        sink.close()
         client.close()
     progress.close()
     if args.format == "json":
