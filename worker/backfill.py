@@ -231,7 +231,9 @@ class Backfill:
         try:
             self._run(object_types, saved)
         finally:
-            self.sink.close()  # what was read before an interruption is kept: its cursor may have moved past it
+            # Also when interrupted: the file is closed, events held back are queued. What the
+            # cursors do not cover yet is read again on resume, under the same ids.
+            self.sink.close()
         if self.cursors is not None:
             self.cursors.clear()
         return self.tally

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import textwrap
@@ -405,6 +406,12 @@ def _date_ms(value: str, flag: str) -> int:
         raise SystemExit(EXIT_USAGE) from None
 
 
+def _logs_to_stderr() -> None:
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
+
+
 def cmd_backfill_hubspot(args: argparse.Namespace) -> int:
     from worker.backfill import (
         Backfill,
@@ -424,6 +431,7 @@ def cmd_backfill_hubspot(args: argparse.Namespace) -> int:
     if args.dry_run and args.out:
         print("pruner: --dry-run writes nothing; leave out --out (or --dry-run)", file=sys.stderr)
         return EXIT_USAGE
+    _logs_to_stderr()  # stdout is the report (--format json is read by scripts); retries are logged meanwhile
     config = _config()
     mapping = _policy(config.policy_path).hubspot
     since = _date_ms(args.since, "--since")

@@ -146,7 +146,7 @@ def test_search_splits_its_window_before_the_cap_and_loses_nothing(
     hs = history(server, conn, search_cap=500)
     seen = [r["id"] for page in hs.search_window("calls", ["hs_timestamp"], WINDOW.since_ms, WINDOW.until_ms)
             for r in page.records]  # fmt: skip
-    assert set(seen) == {str(n + 1) for n in range(1_100)}
+    assert sorted(seen, key=int) == [str(n + 1) for n in range(1_100)]  # each once: a re-read is not reported
     assert not fake.api_calls(contains="/search") or all(c["status"] == 200 for c in fake.api_calls())
 
 
@@ -159,7 +159,7 @@ def test_a_400_past_the_cap_starts_a_new_query_where_the_last_one_got_to(
     fake.configure(search_cap=500)  # HubSpot's cap is lower than the client believes: it answers 400
     hs = history(server, conn)  # search_cap 10,000
     seen = [r["id"] for page in hs.search_window("calls", [], WINDOW.since_ms, WINDOW.until_ms) for r in page.records]
-    assert set(seen) == {str(n + 1) for n in range(1_000)}
+    assert sorted(seen, key=int) == [str(n + 1) for n in range(1_000)]
     assert any(c["status"] == 400 for c in fake.api_calls(contains="/search"))
 
 
@@ -190,7 +190,8 @@ def test_429_with_retry_after_is_waited_out_through_the_shared_client(
     sleeps = Sleeps()
     tally = backfill(history(server, conn, sleep=sleeps), NullSink()).run()
     assert tally.records["contacts"] == 5 and tally.records["calls"] > 0
-    assert sorted(s for s in sleeps if s >= 2) == pytest.approx([2, 3], abs=0.2)  # Retry-After, plus jitter
+    waits = sorted(s for s in sleeps if s >= 2)
+    assert len(waits) == 2 and 2 <= waits[0] < 2.5 and 3 <= waits[1] < 3.5  # Retry-After, plus a little jitter
 
 
 def test_interrupted_run_continues_from_its_cursors_and_a_second_run_adds_nothing(

@@ -145,6 +145,8 @@ class HubSpotHistory:
         """Every `object_type` record with `from_ms` <= hs_timestamp < `until_ms`, a page at a time, oldest first."""
         wanted = list(dict.fromkeys([*properties, TIME_PROPERTY]))
         start, after, read, last_ms = from_ms, None, 0, from_ms
+        at_last: set[str] = set()  # ids seen with hs_timestamp == last_ms: a new query from last_ms reads them again
+        skip: set[str] = set()
         while True:
             page = None
             if read + SEARCH_PAGE <= self.search_cap:
@@ -152,12 +154,18 @@ class HubSpotHistory:
             if page is None:
                 # The query cannot page further: a new one from the last time seen.
                 start, after, read = self._split(object_type, start, last_ms), None, 0
+                skip = set(at_last)
                 continue
             read += len(page.records)
-            stamps = [_ms(r) for r in page.records]
-            last_ms = max([s for s in stamps if s is not None], default=start)
+            for record in page.records:
+                stamp = _ms(record)
+                if stamp is not None and stamp > last_ms:
+                    last_ms, at_last = stamp, set()
+                if stamp == last_ms:
+                    at_last.add(str(record["id"]))
+            fresh = [r for r in page.records if str(r["id"]) not in skip]
             left = None if page.total is None else max(0, page.total - read)
-            yield SearchPage(page.records, last_ms, left if page.after else 0)
+            yield SearchPage(fresh, last_ms, left if page.after else 0)
             if not page.after or not page.records:
                 return
             after = page.after
