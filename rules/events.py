@@ -339,6 +339,28 @@ def versioned(record: str, modified_ms: int) -> dict[str, Any]:
     return {RECORD_KEY: digest, VERSION_KEY: modified_ms}
 
 
+def to_canonical(event: Event, record: str | None = None) -> dict[str, Any]:
+    """Return the canonical JSON form of `event` (what `parse_event` reads back as the same event).
+
+    A versioned event (`versioned`) keeps only a hash of its record's name in `data`: give that
+    name as `record` so the form can say it; a name that does not match the hash is refused.
+    """
+    data = {k: v for k, v in event.data.items() if k not in (RECORD_KEY, VERSION_KEY)}
+    raw: dict[str, Any] = {
+        "id": event.id,
+        "type": event.type.value,
+        "crm": event.crm.value,
+        "lead_id": event.lead_id,
+        "occurred_at": format_ms(event.occurred_ms),
+        "data": data,
+    }
+    if RECORD_KEY in event.data:
+        if record is None or versioned(record, 0)[RECORD_KEY] != event.data[RECORD_KEY]:
+            raise ValueError(f"event {event.id!r} is a version of a record: its name must be given, got {record!r}")
+        raw["version"] = {"record": record, "modified_at": format_ms(int(event.data[VERSION_KEY]))}
+    return raw
+
+
 _REQUIRED_DATA: dict[EventType, tuple[str, ...]] = {
     t: tuple(k for k, (_, required) in spec.items() if required) for t, spec in DATA_FIELDS.items()
 }

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NamedTuple, TypedDict
 
 from rules.errors import SchemaError
 from rules.events import MAX_FUTURE_SKEW_MS, Crm, Event, EventType, parse_rfc3339_ms, versioned
@@ -34,6 +34,13 @@ ENGAGEMENT_TYPES = {"0-48": "calls", "0-49": "emails", "0-47": "meetings"}
 # disposition, are often set after the record was created (and mapped as booked, or as an
 # attempt).
 OUTCOME_CHANGES = {("0-47", "hs_meeting_outcome"), ("0-48", "hs_call_disposition")}
+# What `engagement_events` reads of each engagement record (fetched for a webhook, or by a backfill).
+# hs_lastmodifieddate: which of two reads of one record is the newer version (rules/events.py `versioned`).
+ENGAGEMENT_PROPERTIES: dict[str, tuple[str, ...]] = {
+    "calls": ("hs_timestamp", "hs_call_direction", "hs_call_disposition", "hs_call_status", "hs_lastmodifieddate"),
+    "emails": ("hs_timestamp", "hs_email_direction", "hs_lastmodifieddate"),
+    "meetings": ("hs_timestamp", "hs_meeting_outcome", "hs_lastmodifieddate"),
+}
 
 
 @dataclass(frozen=True)
@@ -79,19 +86,25 @@ def wanted_subscriptions(mapping: HubSpotMapping) -> list[Subscription]:
     Derived from the mapping, so that `pruner hubspot subscribe` asks HubSpot for exactly what
     the adapter understands: a property renamed in the policy is subscribed to under its new name.
     """
-    contact_properties = {
-        mapping.optout_property,
-        mapping.lead_status_property,
-        *mapping.reply_properties,
-        *mapping.profile_properties,
-        mapping.lifecycle_property,
-    }
-    wanted = [Subscription("contact.propertyChange", name) for name in contact_properties]
+    wanted = [Subscription("contact.propertyChange", name) for name in contact_properties(mapping)]
     wanted += [Subscription(kind) for kind in ("contact.privacyDeletion", "contact.deletion", "contact.merge")]
     wanted += [Subscription("deal.propertyChange", name) for name in mapping.deal_properties]
     wanted += [Subscription("object.creation", None, type_id) for type_id in ENGAGEMENT_TYPES]
     wanted += [Subscription("object.propertyChange", name, type_id) for type_id, name in OUTCOME_CHANGES]
     return sorted(wanted, key=lambda s: (s.event_type, s.property_name or "", s.object_type_id or ""))
+
+
+def contact_properties(mapping: HubSpotMapping) -> list[str]:
+    """The contact properties the mapping reads (`contact_change`), sorted."""
+    return sorted(
+        {
+            mapping.optout_property,
+            mapping.lead_status_property,
+            *mapping.reply_properties,
+            *mapping.profile_properties,
+            mapping.lifecycle_property,
+        }
+    )
 
 
 class ForgetOp(TypedDict):
@@ -217,38 +230,7 @@ def _map_one(
         if not isinstance(name, str) or value is None or value == REDACTED:
             out.ignored["contact.propertyChange:unusable"] += 1
             return
-        value = str(value)
-        if name == m.optout_property:
-            if _truthy(value):
-                out.events.append(_event(raw, EventType.DO_NOT_CONTACT, object_id, at, {"channels": ["email"]}))
-            else:
-                out.ignored[f"property:{name}=false"] += 1
-        elif name == m.lead_status_property:
-            if value.upper() in m.open_lead_statuses:
-                out.events.append(_event(raw, EventType.REOPENED, object_id, at))
-            else:
-                out.ignored[f"property:{name}"] += 1
-        elif name in m.reply_properties:
-            reply_at = _epoch_ms(value)
-            if reply_at is None:
-                out.ignored[f"property:{name}:unparsable"] += 1
-                return
-            if not MIN_REPLY_MS <= reply_at <= now_ms + MAX_FUTURE_SKEW_MS:
-                out.ignored[f"property:{name}:out_of_range"] += 1
-                return
-            # Keyed on the reply time, not the property: the same reply seen via two properties counts once.
-            out.events.append(
-                Event(f"hs:reply:{object_id}:{reply_at}", EventType.EMAIL_REPLIED, Crm.HUBSPOT, object_id, reply_at, {})
-            )
-        elif name == m.lifecycle_property:
-            if value.strip().lower() in m.customer_lifecycle_stages:
-                out.events.append(_event(raw, EventType.LEAD_PROFILE, object_id, at, {"converted": True}))
-            else:
-                out.ignored[f"property:{name}"] += 1  # an earlier stage: says nothing Pruner acts on
-        elif name in m.profile_properties and value.strip():
-            out.events.append(_event(raw, EventType.LEAD_PROFILE, object_id, at, {m.profile_properties[name]: value}))
-        else:
-            out.ignored[f"property:{name}"] += 1
+        contact_change(out, object_id, name, str(value), at, now_ms, m, dedup_id(raw))
     elif kind == "contact.privacyDeletion":
         out.events.append(_event(raw, EventType.ERASURE_REQUESTED, object_id, at))
     elif kind == "contact.deletion":
@@ -274,21 +256,10 @@ def _map_one(
             out.ignored["contact.merge:empty"] += 1
     elif kind == "deal.propertyChange":
         name, value = raw.get("propertyName"), raw.get("propertyValue")
-        if not isinstance(name, str) or name not in m.deal_properties or value in (None, REDACTED):
-            out.ignored[f"deal.property:{name}"] += 1
+        data = deal_change(object_id, name, value, m)
+        if isinstance(data, str):
+            out.ignored[data] += 1
             return
-        data: dict[str, Any] = {"deal_id": object_id}
-        if name == "amount":
-            try:
-                amount = float(value)
-            except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON integer past float range
-                amount = math.nan
-            if not math.isfinite(amount):  # "1e999" parses as infinity
-                out.ignored["deal.amount:unparsable"] += 1
-                return
-            data["amount"] = max(0.0, amount)
-        else:
-            data["stage"] = str(value)[:200]
         out.ops.append(
             {"op": "deal", "crm": "hubspot", "deal_id": object_id, "id": dedup_id(raw), "at": at, "data": data}
         )
@@ -308,7 +279,79 @@ def _map_one(
         out.ignored[kind] += 1
 
 
-def _epoch_ms(value: str) -> int | None:
+def contact_change(
+    out: HubSpotBatch, contact_id: str, name: str, value: str, at: int, now_ms: int, m: HubSpotMapping, event_id: str
+) -> None:
+    """Map one contact property value set at `at` (a webhook's change, or a version read from the API).
+
+    `event_id` keys the event; a reply is keyed on its own time instead, so that one reply seen
+    several ways (two reply properties, the INCOMING_EMAIL engagement, a backfill) counts once.
+    """
+
+    def add(etype: EventType, data: dict[str, Any] | None = None) -> None:
+        out.events.append(Event(event_id, etype, Crm.HUBSPOT, contact_id, at, data or {}))
+
+    if name == m.optout_property:
+        if _truthy(value):
+            add(EventType.DO_NOT_CONTACT, {"channels": ["email"]})
+        else:
+            out.ignored[f"property:{name}=false"] += 1
+    elif name == m.lead_status_property:
+        if value.upper() in m.open_lead_statuses:
+            add(EventType.REOPENED)
+        else:
+            out.ignored[f"property:{name}"] += 1
+    elif name in m.reply_properties:
+        reply_at = epoch_ms(value)
+        if reply_at is None:
+            out.ignored[f"property:{name}:unparsable"] += 1
+            return
+        if not MIN_REPLY_MS <= reply_at <= now_ms + MAX_FUTURE_SKEW_MS:
+            out.ignored[f"property:{name}:out_of_range"] += 1
+            return
+        # Keyed on the reply time, not the property: the same reply seen via two properties counts once.
+        out.events.append(
+            Event(f"hs:reply:{contact_id}:{reply_at}", EventType.EMAIL_REPLIED, Crm.HUBSPOT, contact_id, reply_at, {})
+        )
+    elif name == m.lifecycle_property:
+        if value.strip().lower() in m.customer_lifecycle_stages:
+            add(EventType.LEAD_PROFILE, {"converted": True})
+        else:
+            out.ignored[f"property:{name}"] += 1  # an earlier stage: says nothing Pruner acts on
+    elif name in m.profile_properties and value.strip():
+        add(EventType.LEAD_PROFILE, {m.profile_properties[name]: value})
+    else:
+        out.ignored[f"property:{name}"] += 1
+
+
+def deal_change(deal_id: str, name: object, value: object, m: HubSpotMapping) -> dict[str, Any] | str:
+    """The `deal_updated` data for one deal property value, or the reason it is ignored (a counter name)."""
+    if not isinstance(name, str) or name not in m.deal_properties or value in (None, REDACTED):
+        return f"deal.property:{name}"
+    data: dict[str, Any] = {"deal_id": deal_id}
+    if name == "amount":
+        try:
+            amount = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON integer past float range
+            amount = math.nan
+        if not math.isfinite(amount):  # "1e999" parses as infinity
+            return "deal.amount:unparsable"
+        data["amount"] = max(0.0, amount)
+    else:
+        data["stage"] = str(value)[:200]
+    return data
+
+
+def deal_events(op: DealOp, contact_ids: list[str]) -> list[Event]:
+    """One `deal_updated` per contact associated with the deal (ids fetched from the API)."""
+    return [
+        Event(f"{op['id']}:{contact}", EventType.DEAL_UPDATED, Crm.HUBSPOT, contact, int(op["at"]), dict(op["data"]))
+        for contact in contact_ids
+    ]
+
+
+def epoch_ms(value: str) -> int | None:
+    """Epoch ms from HubSpot's two spellings of a time (digits, or RFC 3339); None when neither."""
     text = value.strip()
     # isascii: str.isdigit also accepts "²", which int() refuses.
     if text.isascii() and text.isdigit():
@@ -319,13 +362,31 @@ def _epoch_ms(value: str) -> int | None:
         return None
 
 
+class Versioned(NamedTuple):
+    """An event and, when it is a version of a CRM record, that record's name before hashing.
+
+    The name is what the canonical JSON form carries (`"version": {"record", "modified_at"}`),
+    so that an event written out and read back is the same event.
+    """
+
+    event: Event
+    record: str | None
+
+
 def engagement_events(
     object_type: str, record: dict[str, Any], contact_ids: list[str], at: int, m: HubSpotMapping | None = None
 ) -> list[Event]:
     """Map a fetched call/email/meeting (`properties` of the CRM record) to events per associated contact."""
+    return [v.event for v in engagement_versions(object_type, record, contact_ids, at, m)]
+
+
+def engagement_versions(
+    object_type: str, record: dict[str, Any], contact_ids: list[str], at: int, m: HubSpotMapping | None = None
+) -> list[Versioned]:
+    """`engagement_events`, each with the name of the record version it is (for the canonical JSON form)."""
     m = m or HubSpotMapping()
     props = record.get("properties") or {}
-    when = _epoch_ms(str(props.get("hs_timestamp") or "")) or at
+    when = epoch_ms(str(props.get("hs_timestamp") or "")) or at
     etype: EventType | None = None
     data: dict[str, Any] = {}
     if object_type == "calls":
@@ -352,7 +413,10 @@ def engagement_events(
     if etype is EventType.EMAIL_REPLIED:
         # Keyed like the `hs_sales_email_last_replied` property change: one reply seen both
         # ways (the property and the INCOMING_EMAIL engagement, same time) counts once.
-        return [Event(f"hs:reply:{contact}:{when}", etype, Crm.HUBSPOT, contact, when, data) for contact in contact_ids]
+        return [
+            Versioned(Event(f"hs:reply:{contact}:{when}", etype, Crm.HUBSPOT, contact, when, data), None)
+            for contact in contact_ids
+        ]
     # A meeting is one record with several outcomes over time (booked, then held or a
     # no-show), a call too (logged, then its disposition set to Connected): each outcome is
     # its own event. The first one (booked, attempted) keeps the plain key.
@@ -361,13 +425,14 @@ def engagement_events(
     # What a correction replaces: a call's classification (attempted or connected), a meeting's
     # outcome (held or no-show; booking it and rescheduling it are events of their own). The
     # latest modification of the record counts, once. (Replies are keyed apart, above.)
-    modified = _epoch_ms(str(props.get("hs_lastmodifieddate") or "")) or at
+    modified = epoch_ms(str(props.get("hs_lastmodifieddate") or "")) or at
     part = "call" if object_type == "calls" else None
     if object_type == "meetings" and etype in (EventType.MEETING_HELD, EventType.MEETING_NO_SHOW):
         part = "outcome"
     out = []
     for contact in contact_ids:
-        version = versioned(f"hs:{object_type}:{record.get('id')}:{contact}:{part}", modified) if part else {}
+        name = f"hs:{object_type}:{record.get('id')}:{contact}:{part}" if part else None
+        version = versioned(name, modified) if name else {}
         event_id = f"hs:{object_type}:{record.get('id')}:{contact}{suffix}"
-        out.append(Event(event_id, etype, Crm.HUBSPOT, contact, when, {**data, **version}))
+        out.append(Versioned(Event(event_id, etype, Crm.HUBSPOT, contact, when, {**data, **version}), name))
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import textwrap
@@ -335,6 +336,24 @@ HELP: dict[str, tuple[str, str, list[str], list[str]]] = {
             _POLICY,
         ],
     ),
+    "backfill hubspot": (
+        "read a HubSpot portal's history: into the pipeline, a JSONL file, or counts only",
+        "Read contacts, deals, calls, emails and meetings from HubSpot's CRM API (the property history from "
+        "--since, and the state at --since; engagements dated in the window) and map them as the webhooks "
+        "are mapped, with the same event ids: events go to the workers like webhook batches, or with --out "
+        "to a canonical JSONL file for `pruner simulate`; --dry-run writes nothing and prints counts. "
+        "Interrupted, the same command continues where it stopped; run again after it finished, it adds nothing.",
+        [
+            "pruner backfill hubspot --since 2026-09-01 --dry-run",
+            "pruner backfill hubspot --since 2026-09-01 --out history.jsonl && pruner simulate history.jsonl",
+            "pruner backfill hubspot --since 2026-09-01T00:00:00Z --until 2026-12-01T00:00:00Z",
+        ],
+        [
+            _REDIS + " (the rate limiter, the cursors, the queue)",
+            "HUBSPOT_ACCESS_TOKEN, HUBSPOT_API_BASE, HUBSPOT_RATE_LIMIT",
+            _POLICY + " (the portal's property names)",
+        ],
+    ),
     "clock": (
         "enqueue the sweep every minute (RQ cron scheduler)",
         "Enqueue the sweep every minute and the dashboard's stats every 5 minutes (RQ's cron scheduler). "
@@ -357,6 +376,117 @@ def _add_command(sub: Any, name: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     return parser
+
+
+def _date_ms(value: str, flag: str) -> int:
+    """A --since/--until value: a date (midnight UTC) or an RFC 3339 time."""
+    text = value.strip()
+    if len(text) == 10:
+        text += "T00:00:00Z"
+    try:
+        return parse_rfc3339_ms(text, flag)
+    except SchemaError as exc:
+        print(f"pruner: {exc} (a date like 2026-09-01, or an RFC 3339 time)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def _logs_to_stderr() -> None:
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
+
+
+def cmd_backfill_hubspot(args: argparse.Namespace) -> int:
+    from worker.backfill import (
+        Backfill,
+        Cursors,
+        JsonlSink,
+        NullSink,
+        ProgressLine,
+        QueueSink,
+        Sink,
+        Window,
+    )
+    from worker.crm.base import CrmError
+    from worker.crm.hubspot_backfill import HubSpotHistory, search_limiter
+    from worker.crm.hubspot_client import build_client
+    from worker.queues import connect, make_queue
+
+    if args.dry_run and args.out:
+        print("pruner: --dry-run writes nothing; leave out --out (or --dry-run)", file=sys.stderr)
+        return EXIT_USAGE
+    _logs_to_stderr()  # stdout is the report (--format json is read by scripts); retries are logged meanwhile
+    config = _config()
+    mapping = _policy(config.policy_path).hubspot
+    since = _date_ms(args.since, "--since")
+    until = _date_ms(args.until, "--until") if args.until else int(time.time() * 1000)
+    try:
+        window = Window(since, until)
+    except ValueError as exc:
+        print(f"pruner: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    connection = connect(config.redis_url, timeout=30)
+    try:
+        client = build_client(config, connection)
+    except ConfigError as exc:
+        print(f"pruner: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    cursors: Cursors | None = None
+    sink: Sink
+    if args.dry_run:
+        sink = NullSink()
+    elif args.out:
+        cursors = Cursors(connection, window, "out:" + os.path.abspath(args.out))
+        resuming = bool(cursors.load())
+        if resuming and not os.path.exists(args.out):
+            cursors.clear()  # the file the cursors continue is gone: start over
+            resuming = False
+        try:
+            sink = JsonlSink(args.out, append=resuming)
+        except OSError as exc:
+            print(f"pruner: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        cursors = Cursors(connection, window, "live")
+        queue = make_queue(connection, config.queue_name)
+        sink = QueueSink(queue)
+    progress = ProgressLine()
+    run = Backfill(HubSpotHistory(client, search_limiter(connection)), sink, window, mapping, cursors,
+                   progress=progress)  # fmt: skip
+    try:
+        tally = run.run()
+    except KeyboardInterrupt:
+        progress.close()
+        print("pruner: interrupted; run the same command again to continue where it stopped", file=sys.stderr)
+        return EXIT_FAILED
+    except CrmError as exc:
+        progress.close()
+        print(f"pruner: backfill stopped: {exc}; run the same command again to continue", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        client.close()
+    progress.close()
+    if args.format == "json":
+        print(json.dumps(tally.to_json(), indent=2))
+        return EXIT_OK
+    read = ", ".join(f"{n:,} {kind}" for kind, n in tally.records.items())
+    print(f"backfill hubspot {format_ms(window.since_ms)} .. {format_ms(window.until_ms)}: read {read or 'nothing'}")
+    if tally.resumed:
+        print(f"  continued from the cursors of: {', '.join(tally.resumed)}")
+    by_type = ", ".join(f"{kind} {n:,}" for kind, n in sorted(tally.events.items()))
+    print(f"  {sum(tally.events.values()):,} events for {plural(len(tally.leads), 'lead')}" +
+          (f": {by_type}" if by_type else ""))  # fmt: skip
+    owners = ", ".join(f"{owner} {n:,}" for owner, n in tally.owners.most_common(10))
+    if owners:
+        print(f"  contacts per owner: {owners}")
+    if args.dry_run:
+        print("  dry run: nothing was written or queued")
+    elif args.out:
+        print(f"  written to {args.out}")
+    else:
+        print(f"  queued in {plural(sink.jobs if isinstance(sink, QueueSink) else 0, 'job')} "
+              f"on queue {config.queue_name!r}")  # fmt: skip
+    return EXIT_OK
 
 
 def cmd_hubspot_subscribe(args: argparse.Namespace) -> int:
@@ -426,6 +556,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-url", help="also set the app's target URL, e.g. https://<your-app>/webhooks/hubspot")
     p.add_argument("--dry-run", action="store_true", help="read and report only; change nothing")
     p.set_defaults(func=cmd_hubspot_subscribe)
+    backfill = sub.add_parser("backfill", help="read a CRM's existing history (resumable)").add_subparsers(
+        dest="backfill", required=True
+    )
+    p = _add_command(backfill, "backfill hubspot")
+    p.add_argument("--since", required=True, help="from this date (2026-09-01) or RFC 3339 time")
+    p.add_argument("--until", help="up to this date or time, excluded (default: now)")
+    p.add_argument("--out", help="write canonical JSONL here (for pruner simulate) instead of queueing")
+    p.add_argument("--dry-run", action="store_true", help="write and queue nothing; print counts")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="of the summary")
+    p.set_defaults(func=cmd_backfill_hubspot)
     return parser
 
 

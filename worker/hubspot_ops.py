@@ -17,8 +17,8 @@ from typing import Any, NamedTuple, Protocol
 
 import redis
 
-from rules.events import Crm, Event, EventType
-from rules.hubspot_map import HubSpotMapping, HubSpotOp, engagement_events
+from rules.events import Event
+from rules.hubspot_map import ENGAGEMENT_PROPERTIES, HubSpotMapping, HubSpotOp, deal_events, engagement_events
 from worker.action import Action
 from worker.config import Config
 from worker.crm.hubspot_responses import HubSpotNotFound
@@ -31,12 +31,6 @@ log = logging.getLogger(__name__)
 # batches. Forgetting at once could lose the email before the erasure hashes it, so a
 # deletion is carried out this much later.
 FORGET_DELAY = timedelta(minutes=15)
-ENGAGEMENT_PROPERTIES = {
-    # hs_lastmodifieddate: which of two fetches of one record is the newer version (rules/events.py `versioned`).
-    "calls": ["hs_timestamp", "hs_call_direction", "hs_call_disposition", "hs_call_status", "hs_lastmodifieddate"],
-    "emails": ["hs_timestamp", "hs_email_direction", "hs_lastmodifieddate"],
-    "meetings": ["hs_timestamp", "hs_meeting_outcome", "hs_lastmodifieddate"],
-}
 
 
 class HubSpotReader(Protocol):
@@ -82,15 +76,10 @@ def fetch_events(ops: list[HubSpotOp], reader: HubSpotReader, mapping: HubSpotMa
 def _fetch_one(op: HubSpotOp, reader: HubSpotReader, mapping: HubSpotMapping | None) -> list[Event]:
     if op["op"] == "engagement":
         kind = op["object_type"]
-        record = reader.get_object(kind, op["object_id"], ENGAGEMENT_PROPERTIES[kind], ["contacts"])
+        record = reader.get_object(kind, op["object_id"], list(ENGAGEMENT_PROPERTIES[kind]), ["contacts"])
         return engagement_events(kind, record, _contacts(record), int(op["at"]), mapping)
     if op["op"] == "deal":
-        return [
-            Event(
-                f"{op['id']}:{contact}", EventType.DEAL_UPDATED, Crm.HUBSPOT, contact, int(op["at"]), dict(op["data"])
-            )
-            for contact in reader.associated_ids("deals", op["deal_id"], "contacts")
-        ]
+        return deal_events(op, reader.associated_ids("deals", op["deal_id"], "contacts"))
     return []
 
 

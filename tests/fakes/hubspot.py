@@ -6,8 +6,10 @@ Use it in a thread (`FakeHubSpotServer`) or as a process (`python -m tests.fakes
     POST /_fake/reset     forget records, calls and configuration
     POST /_fake/config    {"rate_limit": 10, "window_s": 10, "fail_rate": 0.3, "lost_answer_rate": 0.05, ...}
                           (see `Options`)
-    POST /_fake/seed      {"contacts": [{"id", "properties"}], "deals": [{"id", "properties", "contacts": [...]}],
-                           "calls": [{"id", "properties", "contacts": [...]}]}
+    POST /_fake/seed      {"contacts": [{"id", "properties", "history"?}],
+                           "deals": [{"id", "properties", "contacts": [...]}],
+                           "calls"|"emails"|"meetings": [{"id", "properties", "contacts": [...]}]}
+                          ("history": {property: [[value, RFC 3339 time], ...]}, oldest first)
     GET  /_fake/calls     every API call: method, path, query, body, status, at
     GET  /_fake/state     contacts, deals, tasks (with their contacts), unsubscribed emails, GDPR-deleted contacts
 
@@ -23,6 +25,14 @@ each, ANDed) with EQ, NEQ, HAS_PROPERTY, NOT_HAS_PROPERTY and CONTAINS_TOKEN, pl
 into words at anything but letters, digits and "_", and the value must equal one word
 (case-insensitive; `*` is a wildcard), since how HubSpot splits punctuated values is
 unconfirmed. Records newer than `search_lag_s` are not found yet, as in HubSpot's index.
+GT, GTE, LT and LTE compare numbers (epoch ms or RFC 3339 times as epoch ms); `sorts` takes one
+property. A query pages through at most `search_cap` results (HubSpot: 10,000): a page reaching
+past it is a 400, though `paging.next` pointed there. Search has its own per-second limit
+(`search_rate_limit`, HubSpot's ~4-5 requests/s) on top of the portal's.
+
+`GET /crm/v3/objects/{type}` lists every record in id order, paged with an opaque `after`
+(≤ 100 per page, ≤ 50 with `propertiesWithHistory`, whose versions come newest first, as
+HubSpot sends them).
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
@@ -53,10 +64,11 @@ WEBHOOK_EVENT_TYPES = {
     for kind in ("creation", "deletion", "merge", "restore", "propertyChange", "associationChange")
 } | {"contact.privacyDeletion", "conversation.creation", "conversation.deletion", "conversation.newMessage"}
 ALIASES = {
-    "0-1": "contacts", "0-3": "deals", "0-27": "tasks", "0-48": "calls",
-    "contact": "contacts", "deal": "deals", "task": "tasks", "call": "calls",
+    "0-1": "contacts", "0-3": "deals", "0-27": "tasks", "0-48": "calls", "0-49": "emails", "0-47": "meetings",
+    "contact": "contacts", "deal": "deals", "task": "tasks", "call": "calls", "email": "emails", "meeting": "meetings",
 }  # fmt: skip
-TYPES = ("contacts", "deals", "tasks", "calls")
+TYPES = ("contacts", "deals", "tasks", "calls", "emails", "meetings")
+ENGAGEMENTS = ("calls", "emails", "meetings")
 # HUBSPOT_DEFINED association type ids, per direction.
 ASSOCIATION_TYPES = {
     ("contacts", "deals"): 4,
@@ -65,7 +77,13 @@ ASSOCIATION_TYPES = {
     ("contacts", "tasks"): 203,
     ("calls", "contacts"): 194,
     ("contacts", "calls"): 193,
+    ("emails", "contacts"): 198,
+    ("contacts", "emails"): 197,
+    ("meetings", "contacts"): 200,
+    ("contacts", "meetings"): 199,
 }
+SEARCH_CAP = 10_000  # results one search query can page through (HubSpot's documented limit)
+LIST_LIMIT, HISTORY_LIMIT = 100, 50  # records per list page, without and with propertiesWithHistory
 TASK_STATUSES = {"NOT_STARTED", "IN_PROGRESS", "WAITING", "COMPLETED", "DEFERRED"}
 TASK_PRIORITIES = {"NONE", "LOW", "MEDIUM", "HIGH"}
 TASK_TYPES = {"EMAIL", "CALL", "TODO", "LINKED_IN"}
@@ -106,6 +124,8 @@ class Options:
     # The portal's owner ids, when set: a write naming another `hubspot_owner_id` is refused (400), as HubSpot
     # refuses a value outside an enumeration property's options.
     owners: list[str] | None = None
+    search_cap: int = SEARCH_CAP  # lower it to reach the cap with fewer records
+    search_rate_limit: int | None = None  # search requests per second; 429 beyond it
 
 
 def _error(status: int, message: str, category: str = "VALIDATION_ERROR", **context: Any) -> Reply:
@@ -130,6 +150,27 @@ def _matches(path: str, pattern: str) -> bool:
 
 def _tokens(text: str) -> list[str]:
     return [t.lower() for t in re.split(r"[^0-9A-Za-z_]+", text) if t]
+
+
+def _number(text: str) -> float | None:
+    """A filter or property value as a number: digits, or an RFC 3339 time as epoch ms."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000
+    except ValueError:
+        return None
+
+
+def _sort_key(value: str | None) -> tuple[int, float, str]:
+    """Numbers (and times) in numeric order, then other text; a missing value last."""
+    if value is None or value == "":
+        return (2, 0.0, "")
+    number = _number(value)
+    return (0, number, "") if number is not None else (1, 0.0, value)
 
 
 def _now_iso() -> str:
@@ -158,6 +199,9 @@ class FakeHubSpot:
             self.calls: list[dict[str, Any]] = []
             self.arrivals: deque[float] = deque()
             self.created: dict[tuple[str, str], float] = {}  # (type, id) -> time.monotonic() at creation
+            # (type, id) -> property -> [(value, RFC 3339 time)], oldest first: what propertiesWithHistory shows.
+            self.history: dict[tuple[str, str], dict[str, list[tuple[str, str]]]] = {}
+            self.search_arrivals: deque[float] = deque()
             self.ids = itertools.count(9_000_001)
             # Webhooks API v3, per app id: settings and subscriptions.
             self.webhook_settings: dict[str, dict[str, Any]] = {}
@@ -172,6 +216,8 @@ class FakeHubSpot:
                 self.rng = random.Random(options["seed"])
             if "rate_limit" in options or "window_s" in options:
                 self.arrivals.clear()
+            if "search_rate_limit" in options:
+                self.search_arrivals.clear()
 
     def add_contact(self, contact_id: str, email: str | None = None, **properties: str) -> None:
         with self.lock:
@@ -179,12 +225,14 @@ class FakeHubSpot:
             if email is not None:
                 props["email"] = email
             self.objects["contacts"][contact_id] = props
+            self._versions("contacts", contact_id, props)
 
     def add_deal(
         self, deal_id: str, contact_id: str | None = None, stage: str = "appointmentscheduled", **properties: str
     ) -> None:
         with self.lock:
             self.objects["deals"][deal_id] = {"hs_object_id": deal_id, "dealstage": stage, **properties}
+            self._versions("deals", deal_id, self.objects["deals"][deal_id])
             if contact_id is not None:
                 self._associate("deals", deal_id, "contacts", contact_id)
 
@@ -195,9 +243,38 @@ class FakeHubSpot:
             if contact_id is not None:
                 self._associate("calls", call_id, "contacts", contact_id)
 
+    def add_engagement(
+        self, object_type: str, object_id: str, contacts: list[str] | tuple[str, ...] = (), **properties: str
+    ) -> None:
+        """Log a call, email or meeting on contacts (their `hs_timestamp` and other properties as given)."""
+        if object_type not in ENGAGEMENTS:
+            raise ValueError(f"not an engagement type: {object_type!r}")
+        with self.lock:
+            self.objects[object_type][object_id] = {"hs_object_id": object_id, **properties}
+            for contact in contacts:
+                self._associate(object_type, object_id, "contacts", contact)
+
+    def set_history(self, object_type: str, object_id: str, name: str, versions: list[tuple[str, str]]) -> None:
+        """Give a property its past values, [(value, RFC 3339 time)] oldest first; the last is the current one."""
+        with self.lock:
+            self.history.setdefault((object_type, object_id), {})[name] = list(versions)
+            if versions:
+                self.objects[object_type][object_id][name] = versions[-1][0]
+
     def set_properties(self, object_type: str, object_id: str, **properties: str) -> None:
         with self.lock:
             self.objects[object_type][object_id].update(properties)
+            self._versions(object_type, object_id, properties)
+
+    def _versions(self, object_type: str, object_id: str, properties: dict[str, str]) -> None:
+        """Record new values in the property history, dated now (HubSpot keeps a version per change)."""
+        if object_type not in ("contacts", "deals"):
+            return
+        now = _now_iso()
+        kept = self.history.setdefault((object_type, object_id), {})
+        for name, value in properties.items():
+            if name != "hs_object_id":
+                kept.setdefault(name, []).append((value, now))
 
     def delete(self, object_type: str, object_id: str) -> None:
         with self.lock:
@@ -277,6 +354,13 @@ class FakeHubSpot:
                     self.arrivals.popleft()
                 if len(self.arrivals) > o.rate_limit:
                     return self._rate_limited(o.retry_after, int(o.window_s * 1000))
+            if o.search_rate_limit is not None and request.path.endswith("/search"):
+                now = time.monotonic()
+                self.search_arrivals.append(now)
+                while self.search_arrivals and self.search_arrivals[0] <= now - 1.0:
+                    self.search_arrivals.popleft()
+                if len(self.search_arrivals) > o.search_rate_limit:
+                    return self._rate_limited(o.retry_after, 1000, "SECONDLY")
             for i, entry in enumerate(o.script):
                 if _matches(request.path, entry.get("path", "")):
                     del o.script[i]
@@ -314,13 +398,15 @@ class FakeHubSpot:
         replaced = self._scripted(entry)
         return replaced if isinstance(replaced, Response) else jsonify(replaced[0])
 
-    def _rate_limited(self, retry_after: str | None, interval_ms: int) -> Response:
+    def _rate_limited(
+        self, retry_after: str | None, interval_ms: int, policy: str = "TEN_SECONDLY_ROLLING"
+    ) -> Response:
         response = jsonify(
             {
                 "status": "error",
                 "errorType": "RATE_LIMIT",
-                "policyName": "TEN_SECONDLY_ROLLING",
-                "message": "You have reached your ten_secondly_rolling limit.",
+                "policyName": policy,
+                "message": f"You have reached your {policy.lower()} limit.",
                 "correlationId": str(uuid.uuid4()),
             }
         )
@@ -381,6 +467,8 @@ class FakeHubSpot:
             body = request.get_json(force=True) or {}
             for c in body.get("contacts", []):
                 self.add_contact(str(c["id"]), **c.get("properties", {}))
+                for name, versions in (c.get("history") or {}).items():
+                    self.set_history("contacts", str(c["id"]), name, [tuple(v) for v in versions])
             for d in body.get("deals", []):
                 props = dict(d.get("properties", {}))
                 stage = props.pop("dealstage", "appointmentscheduled")
@@ -388,11 +476,10 @@ class FakeHubSpot:
                 for contact in d.get("contacts", []):
                     with self.lock:
                         self._associate("deals", str(d["id"]), "contacts", str(contact))
-            for c in body.get("calls", []):
-                self.add_call(str(c["id"]), None, **c.get("properties", {}))
-                for contact in c.get("contacts", []):
-                    with self.lock:
-                        self._associate("calls", str(c["id"]), "contacts", str(contact))
+            for kind in ENGAGEMENTS:
+                for c in body.get(kind, []):
+                    contacts = [str(contact) for contact in c.get("contacts", [])]
+                    self.add_engagement(kind, str(c["id"]), contacts, **c.get("properties", {}))
             return {"ok": True}, 200
 
         @app.get("/_fake/calls")
@@ -407,6 +494,7 @@ class FakeHubSpot:
         app.add_url_rule("/crm/v3/objects/<otype>/<oid>", view_func=self._get, methods=["GET"])
         app.add_url_rule("/crm/v3/objects/<otype>/<oid>", view_func=self._patch, methods=["PATCH"])
         app.add_url_rule("/crm/v3/objects/<otype>", view_func=self._create, methods=["POST"])
+        app.add_url_rule("/crm/v3/objects/<otype>", view_func=self._list, methods=["GET"])
         app.add_url_rule("/crm/v3/objects/<otype>/batch/update", view_func=self._batch_update, methods=["POST"])
         app.add_url_rule("/crm/v3/objects/<otype>/batch/read", view_func=self._batch_read, methods=["POST"])
         app.add_url_rule("/crm/v3/objects/<otype>/batch/create", view_func=self._batch_create, methods=["POST"])
@@ -488,6 +576,7 @@ class FakeHubSpot:
             if oid not in self.objects[otype]:
                 return _error(404, "resource not found", "OBJECT_NOT_FOUND")
             self.objects[otype][oid].update(body["properties"])
+            self._versions(otype, oid, body["properties"])
             return self._view(otype, oid, None), 200
 
     def _batch_inputs(self, body: dict[str, Any] | None) -> list[dict[str, Any]] | Reply:
@@ -523,6 +612,7 @@ class FakeHubSpot:
                 if oid in missing or oid in refused:
                     continue
                 self.objects[otype][oid].update(item["properties"])
+                self._versions(otype, oid, item["properties"])
                 results.append(self._view(otype, oid, None))
             errors = []
             if missing:
@@ -655,6 +745,13 @@ class FakeHubSpot:
             return (have or "").lower() != value.lower()
         if operator == "CONTAINS_TOKEN":
             return any(fnmatch.fnmatchcase(t, value.lower()) for t in _tokens(have or ""))
+        if operator in ("GT", "GTE", "LT", "LTE"):
+            bound, mine = _number(value), _number(have or "")
+            if bound is None:
+                return f"filter on {name}: {value!r} is not a number or a time"
+            if mine is None:
+                return False
+            return {"GT": mine > bound, "GTE": mine >= bound, "LT": mine < bound, "LTE": mine <= bound}[operator]
         return f"unsupported operator {operator!r}"
 
     def _search(self, otype: str) -> Reply:
@@ -671,6 +768,13 @@ class FakeHubSpot:
         if not 0 < limit <= 200:
             return _error(400, f"limit must be between 1 and 200, got {limit}")
         wanted = [str(p) for p in body.get("properties") or []] or None
+        sorts = body.get("sorts") or []
+        if not isinstance(sorts, list) or len(sorts) > 1 or any(not isinstance(x, dict) for x in sorts):
+            return _error(400, "sorts takes at most one {propertyName, direction}")
+        start = int(body.get("after") or 0)
+        if start + limit > self.options.search_cap:
+            # What HubSpot does past 10,000 results, though its paging.next pointed on.
+            return _error(400, f"Search results are limited to {self.options.search_cap} records per query")
         with self.lock:
             now = time.monotonic()
             hits = []
@@ -683,12 +787,53 @@ class FakeHubSpot:
                     return _error(400, problems[0])
                 if not groups or any(all(grp) for grp in verdicts):
                     hits.append(oid)
-            start = int(body.get("after") or 0)
+            for order in sorts:
+                prop, descending = str(order.get("propertyName")), order.get("direction") == "DESCENDING"
+                values = self.objects[otype]
+                hits.sort(key=lambda oid: _sort_key(values[oid].get(prop)), reverse=descending)
             results = [self._view(otype, oid, wanted) for oid in hits[start : start + limit]]
         out: dict[str, Any] = {"total": len(hits), "results": results}
         if start + limit < len(hits):
             out["paging"] = {"next": {"after": str(start + limit)}}
         return out, 200
+
+    def _list(self, otype: str) -> Reply:
+        """GET /crm/v3/objects/{type}: every record in id order, `after` paging, optional property history."""
+        otype = ALIASES.get(otype, otype)
+        if otype not in TYPES:
+            return _error(400, f"Unable to infer object type from: {otype}")
+        wanted = [p for p in request.args.get("properties", "").split(",") if p] or None
+        with_history = [p for p in request.args.get("propertiesWithHistory", "").split(",") if p]
+        try:
+            limit = int(request.args.get("limit", "10"))
+        except ValueError:
+            return _error(400, "limit must be a number")
+        limit = max(1, min(limit, HISTORY_LIMIT if with_history else LIST_LIMIT))
+        after = request.args.get("after")
+        with self.lock:
+            ids = sorted(self.objects[otype], key=_sort_key)
+            start = 0
+            if after:
+                # An opaque token to the client; here, the id of the last record sent.
+                start = next((i for i, oid in enumerate(ids) if _sort_key(oid) > _sort_key(after)), len(ids))
+            page = ids[start : start + limit]
+            results = []
+            for oid in page:
+                view = self._view(otype, oid, wanted)
+                if with_history:
+                    kept = self.history.get((otype, oid), {})
+                    view["propertiesWithHistory"] = {
+                        name: [
+                            {"value": value, "timestamp": at, "sourceType": "CRM_UI", "sourceId": "userId:1"}
+                            for value, at in reversed(kept.get(name, []))
+                        ]
+                        for name in with_history
+                    }
+                results.append(view)
+        body: dict[str, Any] = {"results": results}
+        if start + limit < len(ids):
+            body["paging"] = {"next": {"after": page[-1], "link": f"?after={page[-1]}"}}
+        return body, 200
 
     def _association_page(self, from_type: str, oid: str, to_type: str, after: str | None) -> dict[str, Any]:
         ids = self.associated(from_type, oid, to_type)

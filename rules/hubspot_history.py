@@ -1,0 +1,134 @@
+"""HubSpot records read from the CRM API -> canonical events, for a backfill (pure; no I/O).
+
+A backfill reads what webhooks would have said: each contact's and deal's property history
+(`propertiesWithHistory`), and every call, email and meeting with its contacts. Each value
+goes through the webhook mapping (rules/hubspot_map.py: `contact_change`, `deal_change` and
+`deal_events`, `engagement_versions`), so it means what the webhook would have meant.
+
+Event ids:
+- engagements keep the webhook path's ids exactly (`hs:calls:<call>:<contact>`, versioned by
+  the record's last modification): a backfilled call and the webhook for that call count once,
+  in either order;
+- replies are keyed on the reply time, as the webhook keys them;
+- other property versions have no webhook event id to match (HubSpot's ids are the webhook
+  delivery's own), so they are keyed on (record, property, time of the version): a second
+  backfill finds the same ids and adds nothing. Those events set a state (do-not-contact, a
+  profile field, a deal's stage) rather than count, so a webhook delivering the same change
+  under its own id changes no counter.
+
+Which versions: the value in force at `since` (what the lead was when the window opens), and
+every change in [since, until).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rules.events import Event
+from rules.hubspot_map import (
+    DealOp,
+    HubSpotBatch,
+    HubSpotMapping,
+    Versioned,
+    contact_change,
+    contact_properties,
+    deal_change,
+    deal_events,
+    engagement_versions,
+    epoch_ms,
+)
+
+OWNER_PROPERTY = "hubspot_owner_id"  # read for the dry run's count per owner; no event carries it
+
+
+@dataclass
+class Mapped:
+    """What records mapped to: events (with the version names the JSON form needs) and what was ignored."""
+
+    events: list[Versioned] = field(default_factory=list)
+    ignored: Counter[str] = field(default_factory=Counter)
+
+    def add(self, events: Iterable[Event]) -> None:
+        self.events.extend(Versioned(e, None) for e in events)
+
+
+def versions(record: Mapping[str, Any], name: str, since_ms: int, until_ms: int) -> list[tuple[str, int]]:
+    """(value, epoch ms) of property `name`: the one in force at `since_ms`, then each change before `until_ms`.
+
+    Read from `propertiesWithHistory`; a record read without history gives its current value,
+    dated by its last update.
+    """
+    history = (record.get("propertiesWithHistory") or {}).get(name)
+    found: list[tuple[str, int]] = []
+    if isinstance(history, list):
+        for entry in history:
+            if not isinstance(entry, Mapping) or entry.get("value") is None:
+                continue
+            at = epoch_ms(str(entry.get("timestamp") or ""))
+            if at is not None:
+                found.append((str(entry["value"]), at))
+    else:
+        value = (record.get("properties") or {}).get(name)
+        at = epoch_ms(str(record.get("updatedAt") or record.get("createdAt") or ""))
+        if value is not None and at is not None:
+            found.append((str(value), at))
+    found.sort(key=lambda pair: pair[1])
+    before = [pair for pair in found if pair[1] < since_ms]
+    inside = [pair for pair in found if since_ms <= pair[1] < until_ms]
+    return before[-1:] + inside
+
+
+def contact_events(
+    record: Mapping[str, Any], since_ms: int, until_ms: int, now_ms: int, m: HubSpotMapping, out: Mapped
+) -> None:
+    """Map one contact (with `propertiesWithHistory`) through the webhook's property mapping."""
+    contact_id = str(record["id"])
+    batch = HubSpotBatch()
+    for name in contact_properties(m):
+        for value, at in versions(record, name, since_ms, until_ms):
+            if value.strip() == "":
+                continue  # a property cleared: the webhook mapping has nothing to say about it either
+            contact_change(batch, contact_id, name, value, at, now_ms, m, f"hs:contact:{contact_id}:{name}:{at}")
+    out.add(batch.events)
+    out.ignored.update(batch.ignored)
+
+
+def deal_history_events(
+    record: Mapping[str, Any], contact_ids: list[str], since_ms: int, until_ms: int, m: HubSpotMapping, out: Mapped
+) -> None:
+    """Map one deal's stage and amount history: one `deal_updated` per version and associated contact."""
+    deal_id = str(record["id"])
+    for name in sorted(m.deal_properties):
+        for value, at in versions(record, name, since_ms, until_ms):
+            data = deal_change(deal_id, name, value, m)
+            if isinstance(data, str):
+                out.ignored[data] += 1
+                continue
+            op: DealOp = {
+                "op": "deal",
+                "crm": "hubspot",
+                "deal_id": deal_id,
+                "id": f"hs:deal:{deal_id}:{name}:{at}",
+                "at": at,
+                "data": data,
+            }
+            out.add(deal_events(op, contact_ids))
+
+
+def engagement_record_events(
+    object_type: str, record: Mapping[str, Any], contact_ids: list[str], m: HubSpotMapping, out: Mapped
+) -> None:
+    """Map one call, email or meeting exactly as the webhook path maps the record it fetches."""
+    props = record.get("properties") or {}
+    stamps = (props.get("hs_lastmodifieddate"), record.get("updatedAt"), record.get("createdAt"))
+    at = next((ms for ms in (epoch_ms(str(s or "")) for s in stamps) if ms is not None), None)
+    if at is None:
+        out.ignored[f"{object_type}:undated"] += 1
+        return
+    mapped = engagement_versions(object_type, dict(record), contact_ids, at, m)
+    if not mapped:
+        out.ignored[f"{object_type}:unmapped"] += 1
+    out.events.extend(mapped)

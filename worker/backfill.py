@@ -1,0 +1,307 @@
+"""`pruner backfill hubspot`: a portal's existing history, as canonical events (issue #14).
+
+Reads contacts and deals with their property history, and calls, emails and meetings with
+their contacts (worker/crm/hubspot_backfill.py), maps them with the webhook mapping
+(rules/hubspot_history.py), and sends the events to one of three sinks:
+
+- `QueueSink`: the live pipeline, as the webhooks do: RQ jobs of at most 1,000 events
+  (worker/queues.py `enqueue_events`), applied and deduplicated by the workers;
+- `JsonlSink`: canonical JSONL that `pruner simulate` reads;
+- `NullSink`: nothing (the dry run counts only).
+
+Resumable: after each page's events are queued or written (and flushed to disk), the object
+type's cursor moves on in Redis (`pruner:backfill:hubspot:<run>`, a hash, one field per object
+type; the run is the window and the destination). Stopped midway, the same command continues
+from the cursors; the page that was being read when it stopped is read again, and its events,
+having the same ids, count once. A finished run deletes its cursors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
+
+import redis
+from rq import Queue
+
+from rules.events import MAX_EVENTS_PER_BATCH, format_ms, to_canonical
+from rules.hubspot_history import (
+    OWNER_PROPERTY,
+    Mapped,
+    contact_events,
+    deal_history_events,
+    engagement_record_events,
+)
+from rules.hubspot_map import ENGAGEMENT_PROPERTIES, HubSpotMapping, Versioned, contact_properties
+from worker.crm.hubspot_backfill import HubSpotHistory
+from worker.queues import enqueue_events
+
+CRM = "hubspot"
+SOURCE = "backfill"  # the `source` of queued batches: metrics count backfilled events apart from webhooks
+CURSOR_TTL_S = 30 * 86_400  # an abandoned run's cursors go away on their own
+LIST_TYPES = ("contacts", "deals")
+SEARCH_TYPES = ("calls", "emails", "meetings")
+OBJECT_TYPES = LIST_TYPES + SEARCH_TYPES
+
+
+@dataclass(frozen=True)
+class Window:
+    """The backfill's time window: history from `since_ms` (inclusive) to `until_ms` (exclusive)."""
+
+    since_ms: int
+    until_ms: int
+
+    def __post_init__(self) -> None:
+        if self.since_ms >= self.until_ms:
+            raise ValueError(f"--since must be before --until, got {format_ms(self.since_ms)} and "
+                             f"{format_ms(self.until_ms)}")  # fmt: skip
+
+
+class Cursors:
+    """Where each object type's reading got to, for one run (window and destination), in Redis."""
+
+    def __init__(self, connection: redis.Redis, window: Window, destination: str, crm: str = CRM) -> None:
+        run = hashlib.sha256(f"{window.since_ms}:{window.until_ms}:{destination}".encode()).hexdigest()[:16]
+        self.redis = connection
+        self.key = f"pruner:backfill:{crm}:{run}"
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        raw: dict[bytes | str, bytes | str] = self.redis.hgetall(self.key)
+        return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
+
+    def save(self, object_type: str, cursor: dict[str, Any]) -> None:
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.key, object_type, json.dumps(cursor, separators=(",", ":")))
+            pipe.expire(self.key, CURSOR_TTL_S)
+            pipe.execute()
+
+    def clear(self) -> None:
+        self.redis.delete(self.key)
+
+
+class Sink(Protocol):
+    def write(self, events: Sequence[Versioned]) -> None: ...
+
+    def commit(self) -> None:
+        """Make what was written durable: the cursors move past it next."""
+
+    def close(self) -> None: ...
+
+
+class NullSink:
+    """The dry run's sink: keeps nothing."""
+
+    def write(self, events: Sequence[Versioned]) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class JsonlSink:
+    """Canonical events, one JSON object a line, as `pruner simulate` reads them."""
+
+    def __init__(self, path: str, append: bool) -> None:
+        self.path = path
+        self.stream: IO[str] = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115 (closed by close)
+
+    def write(self, events: Sequence[Versioned]) -> None:
+        for item in events:
+            self.stream.write(json.dumps(to_canonical(item.event, item.record), separators=(",", ":")) + "\n")
+
+    def commit(self) -> None:
+        self.stream.flush()
+        os.fsync(self.stream.fileno())
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+class QueueSink:
+    """The live pipeline: RQ jobs of at most 1,000 events, as the webhook routes queue them."""
+
+    def __init__(self, queue: Queue, job_events: int = MAX_EVENTS_PER_BATCH) -> None:
+        self.queue = queue
+        self.job_events = job_events
+        self.pending: list[list[Any]] = []
+        self.jobs = 0
+
+    def write(self, events: Sequence[Versioned]) -> None:
+        self.pending.extend(item.event.to_wire() for item in events)
+
+    def commit(self) -> None:
+        for start in range(0, len(self.pending), self.job_events):
+            enqueue_events(self.queue, self.pending[start : start + self.job_events], SOURCE)
+            self.jobs += 1
+        self.pending = []
+
+    def close(self) -> None:
+        self.commit()
+
+
+@dataclass
+class Tally:
+    """What a backfill read and produced (counts and ids only, never personal data)."""
+
+    records: Counter[str] = field(default_factory=Counter)
+    events: Counter[str] = field(default_factory=Counter)
+    leads: set[str] = field(default_factory=set)
+    owners: Counter[str] = field(default_factory=Counter)  # contacts per owner id
+    ignored: Counter[str] = field(default_factory=Counter)
+    resumed: list[str] = field(default_factory=list)  # object types continued from a cursor
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "records": dict(self.records),
+            "events": dict(sorted(self.events.items())),
+            "events_total": sum(self.events.values()),
+            "leads": len(self.leads),
+            "contacts_per_owner": dict(self.owners.most_common()),
+            "ignored": dict(self.ignored.most_common()),
+            "resumed": self.resumed,
+        }
+
+
+# Called after each page: (object type, records of that type so far, events so far, records left or None).
+ProgressFn = Callable[[str, int, int, int | None], None]
+
+
+class ProgressLine:
+    """One line on a TTY: the object type being read, records fetched, events produced, ETA when known."""
+
+    def __init__(self, stream: IO[str] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
+        self.clock = clock
+        self.started: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, object_type: str, records: int, events: int, left: int | None) -> None:
+        if not self.live:
+            return
+        now = self.clock()
+        began, first = self.started.setdefault(object_type, (now, records))
+        eta = ""
+        rate = (records - first) / (now - began) if now > began else 0.0
+        if left is not None and rate > 0:
+            eta = f", ETA {int(left / rate)} s"
+        print(f"\r\x1b[Kbackfill: {object_type} {records:,} fetched, {events:,} events{eta}",
+              end="", file=self.stream, flush=True)  # fmt: skip
+
+    def close(self) -> None:
+        if self.live:
+            print(file=self.stream)
+
+
+class Backfill:
+    """One backfill run: read each object type from its cursor, map, send to the sink, move the cursor."""
+
+    def __init__(
+        self,
+        history: HubSpotHistory,
+        sink: Sink,
+        window: Window,
+        mapping: HubSpotMapping,
+        cursors: Cursors | None = None,
+        clock: Callable[[], float] = time.time,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.history = history
+        self.sink = sink
+        self.window = window
+        self.mapping = mapping
+        self.cursors = cursors
+        self.now_ms = int(clock() * 1000)
+        self.progress = progress
+        self.tally = Tally()
+        self._events = 0
+
+    def run(self, object_types: Sequence[str] = OBJECT_TYPES) -> Tally:
+        """Read every object type (continuing from the cursors); delete the cursors when all are done."""
+        saved = self.cursors.load() if self.cursors is not None else {}
+        try:
+            self._run(object_types, saved)
+        finally:
+            # Also when interrupted: the file is closed, events held back are queued. What the
+            # cursors do not cover yet is read again on resume, under the same ids.
+            self.sink.close()
+        if self.cursors is not None:
+            self.cursors.clear()
+        return self.tally
+
+    def _run(self, object_types: Sequence[str], saved: dict[str, dict[str, Any]]) -> None:
+        for object_type in object_types:
+            cursor = saved.get(object_type) or {}
+            if cursor:
+                self.tally.resumed.append(object_type)
+            if cursor.get("done"):
+                continue
+            if object_type == "contacts":
+                self._contacts(cursor.get("after"))
+            elif object_type == "deals":
+                self._deals(cursor.get("after"))
+            else:
+                self._engagements(object_type, int(cursor.get("from_ms", self.window.since_ms)))
+
+    def _emit(self, object_type: str, records: int, out: Mapped, cursor: dict[str, Any], left: int | None) -> None:
+        self.sink.write(out.events)
+        self.sink.commit()
+        if self.cursors is not None:
+            self.cursors.save(object_type, cursor)
+        self.tally.records[object_type] += records
+        self.tally.events.update(item.event.type.value for item in out.events)
+        self.tally.leads.update(item.event.lead_id for item in out.events)
+        self.tally.ignored.update(out.ignored)
+        self._events += len(out.events)
+        if self.progress is not None:
+            self.progress(object_type, self.tally.records[object_type], self._events, left)
+
+    def _contacts(self, after: str | None) -> None:
+        names = contact_properties(self.mapping)
+        w = self.window
+        while True:
+            page = self.history.list_page("contacts", [*names, OWNER_PROPERTY], names, after)
+            out = Mapped()
+            for record in page.records:
+                contact_events(record, w.since_ms, w.until_ms, self.now_ms, self.mapping, out)
+                owner = (record.get("properties") or {}).get(OWNER_PROPERTY)
+                self.tally.owners[str(owner) if owner else "none"] += 1
+            after = page.after
+            self._emit("contacts", len(page.records), out, {"after": after, "done": after is None}, None)
+            if after is None:
+                return
+
+    def _deals(self, after: str | None) -> None:
+        names = sorted(self.mapping.deal_properties)
+        w = self.window
+        while True:
+            page = self.history.list_page("deals", names, names, after)
+            contacts = self.history.contacts_of("deals", [str(r["id"]) for r in page.records])
+            out = Mapped()
+            for record in page.records:
+                deal_history_events(record, contacts[str(record["id"])], w.since_ms, w.until_ms, self.mapping, out)
+            after = page.after
+            self._emit("deals", len(page.records), out, {"after": after, "done": after is None}, None)
+            if after is None:
+                return
+
+    def _engagements(self, object_type: str, from_ms: int) -> None:
+        pages = self.history.search_window(object_type, ENGAGEMENT_PROPERTIES[object_type], from_ms,
+                                           self.window.until_ms)  # fmt: skip
+        for page in pages:
+            contacts = self.history.contacts_of(object_type, [str(r["id"]) for r in page.records])
+            out = Mapped()
+            for record in page.records:
+                engagement_record_events(object_type, record, contacts[str(record["id"])], self.mapping, out)
+            self._emit(object_type, len(page.records), out, {"from_ms": page.resume_ms}, page.left)
+        if self.cursors is not None:
+            self.cursors.save(object_type, {"done": True})

@@ -1,0 +1,197 @@
+"""Reading a HubSpot portal's history through the CRM v3 API, for `pruner backfill hubspot`.
+
+Every request goes through `HubSpotClient.request` (worker/crm/hubspot_client.py): the rate
+limit every worker shares, and the retry policy of worker/crm/http.py (429 with `Retry-After`
+or HubSpot's interval header, 5xx, timeouts). Nothing here retries by itself.
+
+- Contacts and deals: `GET /crm/v3/objects/{type}` lists every record, in pages joined by
+  `paging.next.after` (at most 50 per page when `propertiesWithHistory` is asked for), with
+  the history of the properties the mapping reads.
+- Calls, emails and meetings: `POST /crm/v3/objects/{type}/search`, `hs_timestamp` in the
+  window, sorted by it, 200 per page. A search pages through at most 10,000 results (the next
+  page is a 400): before reaching that, the window is split at the last `hs_timestamp` seen
+  and a new query starts there (`GTE`, so records sharing that millisecond are read again,
+  never skipped). Search requests have their own budget (HubSpot allows ~4 per second), kept
+  in Redis like the portal's.
+- Contact associations: `POST /crm/v4/associations/{type}/contacts/batch/read`, 100 ids a request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import requests
+
+from rules.hubspot_map import epoch_ms
+from worker.crm.hubspot_client import HubSpotClient
+from worker.crm.hubspot_responses import HubSpotApiError
+from worker.crm.ratelimit import RateLimiter
+
+SEARCH_CAP = 10_000  # results one search query can page through
+SEARCH_PAGE = 200  # search results per request (HubSpot's maximum)
+LIST_PAGE = 100  # list results per request (HubSpot's maximum)
+HISTORY_PAGE = 50  # list results per request with propertiesWithHistory
+TIME_PROPERTY = "hs_timestamp"  # when an engagement happened
+SEARCH_RATE = (4, 1.0)  # search requests per second, for the whole portal
+SEARCH_KEY = "pruner:ratelimit:hubspot:search"
+
+
+@dataclass
+class Page:
+    """One page of records, where the next one starts, and (search) how many the query matched."""
+
+    records: list[dict[str, Any]]
+    after: str | None
+    total: int | None = None
+
+
+@dataclass
+class SearchPage:
+    """A page of a time-windowed search; a backfill stopped after it can restart at `resume_ms` losing nothing."""
+
+    records: list[dict[str, Any]]
+    resume_ms: int
+    left: int | None  # records still to come in the window, as far as HubSpot said
+
+
+class SearchCapError(HubSpotApiError):
+    """More records share one `hs_timestamp` millisecond than a search can page through."""
+
+
+def _json(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _refused(response: requests.Response, what: str) -> HubSpotApiError:
+    # HubSpot's `category` says what kind of refusal; its message may quote values, so it stays out.
+    category = _json(response).get("category") or "no category"
+    return HubSpotApiError(response.status_code, f"HubSpot refused to {what} (HTTP {response.status_code}, {category})")
+
+
+def _next(body: dict[str, Any]) -> str | None:
+    after = ((body.get("paging") or {}).get("next") or {}).get("after")
+    return str(after) if after not in (None, "") else None
+
+
+class HubSpotHistory:
+    """The reads a backfill makes, over the API client every worker uses."""
+
+    def __init__(
+        self, client: HubSpotClient, search_limiter: RateLimiter | None = None, search_cap: int = SEARCH_CAP
+    ) -> None:
+        self.client = client
+        self.search_limiter = search_limiter
+        self.search_cap = search_cap
+
+    def list_page(
+        self, object_type: str, properties: Sequence[str], history: Sequence[str] = (), after: str | None = None
+    ) -> Page:
+        """One page of every `object_type` record, with `properties` and the history of `history`."""
+        params = {"limit": str(HISTORY_PAGE if history else LIST_PAGE), "properties": ",".join(properties)}
+        if history:
+            params["propertiesWithHistory"] = ",".join(history)
+        if after:
+            params["after"] = after
+        response = self.client.request("GET", f"/crm/v3/objects/{object_type}", params=params)
+        if not response.ok:
+            raise _refused(response, f"list {object_type}")
+        body = _json(response)
+        return Page([r for r in body.get("results", []) if isinstance(r, dict) and r.get("id")], _next(body))
+
+    def search_page(
+        self, object_type: str, properties: Sequence[str], from_ms: int, until_ms: int, after: str | None = None
+    ) -> Page | None:
+        """One page of `object_type` records with `from_ms` <= hs_timestamp < `until_ms`, oldest first.
+
+        None when HubSpot answers 400 to a page after the first: the query went past what a search
+        may page through (the caller starts a new query where this one got to).
+        """
+        body: dict[str, Any] = {
+            "filterGroups": [
+                {
+                    "filters": [
+                        {"propertyName": TIME_PROPERTY, "operator": "GTE", "value": str(from_ms)},
+                        {"propertyName": TIME_PROPERTY, "operator": "LT", "value": str(until_ms)},
+                    ]
+                }
+            ],
+            "sorts": [{"propertyName": TIME_PROPERTY, "direction": "ASCENDING"}],
+            "properties": list(properties),
+            "limit": SEARCH_PAGE,
+        }
+        if after:
+            body["after"] = after
+        if self.search_limiter is not None:
+            self.search_limiter.acquire()
+        response = self.client.request("POST", f"/crm/v3/objects/{object_type}/search", json=body)
+        if response.status_code == 400 and after:
+            return None
+        if not response.ok:
+            raise _refused(response, f"search {object_type}")
+        answer = _json(response)
+        records = [r for r in answer.get("results", []) if isinstance(r, dict) and r.get("id")]
+        total = answer.get("total")
+        return Page(records, _next(answer), int(total) if isinstance(total, int) else None)
+
+    def search_window(
+        self, object_type: str, properties: Sequence[str], from_ms: int, until_ms: int
+    ) -> Iterator[SearchPage]:
+        """Every `object_type` record with `from_ms` <= hs_timestamp < `until_ms`, a page at a time, oldest first."""
+        wanted = list(dict.fromkeys([*properties, TIME_PROPERTY]))
+        start, after, read, last_ms = from_ms, None, 0, from_ms
+        at_last: set[str] = set()  # ids seen with hs_timestamp == last_ms: a new query from last_ms reads them again
+        skip: set[str] = set()
+        while True:
+            page = None
+            if read + SEARCH_PAGE <= self.search_cap:
+                page = self.search_page(object_type, wanted, start, until_ms, after)
+            if page is None:
+                # The query cannot page further: a new one from the last time seen.
+                start, after, read = self._split(object_type, start, last_ms), None, 0
+                skip = set(at_last)
+                continue
+            read += len(page.records)
+            for record in page.records:
+                stamp = _ms(record)
+                if stamp is not None and stamp > last_ms:
+                    last_ms, at_last = stamp, set()
+                if stamp == last_ms:
+                    at_last.add(str(record["id"]))
+            fresh = [r for r in page.records if str(r["id"]) not in skip]
+            left = None if page.total is None else max(0, page.total - read)
+            yield SearchPage(fresh, last_ms, left if page.after else 0)
+            if not page.after or not page.records:
+                return
+            after = page.after
+
+    def _split(self, object_type: str, start: int, last_ms: int) -> int:
+        if last_ms <= start:
+            raise SearchCapError(
+                400,
+                f"more than {self.search_cap} HubSpot {object_type} have hs_timestamp {start}: "
+                "a search cannot page through them",
+            )
+        return last_ms
+
+    def contacts_of(self, object_type: str, ids: Sequence[str]) -> dict[str, list[str]]:
+        """{record id: associated contact ids} (v4 associations, batch read)."""
+        if not ids:
+            return {}
+        found = self.client.batch_associated_ids(object_type, list(ids), "contacts")
+        return {i: sorted(set(found.get(i, []))) for i in ids}
+
+
+def _ms(record: dict[str, Any]) -> int | None:
+    return epoch_ms(str((record.get("properties") or {}).get(TIME_PROPERTY) or ""))
+
+
+def search_limiter(connection: redis.Redis, rate: tuple[int, float] = SEARCH_RATE) -> RateLimiter:
+    """The portal-wide budget of search requests, shared through Redis like the portal's own."""
+    return RateLimiter(connection, rate[0], rate[1], key=SEARCH_KEY, margin_s=0.05)
