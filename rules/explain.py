@@ -55,8 +55,8 @@ def sentence(decision: Mapping[str, Any]) -> str:
         "with no call returned",
         "call_cadence_exhausted": f"{i.get('weeks_at_cadence')} consecutive weeks had at least "
         f"{i.get('min_attempts_per_week')} call attempts with no response (threshold {i.get('weeks_threshold')} weeks)",
-        "breakup_grace": f"no reply came in {i.get('business_days')} business days after the break-up was due "
-        f"(since {i.get('breakup_since')})",
+        "breakup_grace": f"no reply came in {i.get('business_days')} business days after the break-up task "
+        f"(since {i.get('grace_since') or i.get('breakup_since')})",
         "reengage": f"the lead has been LOST since {i.get('lost_since')}, {i.get('after_days')} days: time to check in",
         "reply_resets": f"the lead showed signs of life ({i.get('event')})",
         "do_not_contact": f"the lead asked not to be contacted (channels: {i.get('channels')})",

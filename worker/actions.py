@@ -8,6 +8,11 @@ have arrived after the action was queued: docs/lifecycle.md guardrail 4), hands 
 to the CRM's executor in one call (so it can coalesce them into batch requests),
 then records them done and removes them from the outbox. If the executor raises,
 nothing is removed: the job fails, RQ retries it, and the actions stay queued.
+
+A break-up task the CRM confirmed becomes an event of its lead's own history,
+`breakup_task_created`, queued in the same transaction that records the action done: the
+grace period before LOST runs from it (docs/lifecycle.md guardrail 7), so it is never lost
+nor recorded for a task that does not exist.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis
 
+from rules.events import Crm, Event, EventType, parse_rfc3339_ms
 from rules.states import CONTACT_ACTIONS, ActionKind
 from worker.action import Action
 from worker.crm.base import ActionOutcome, Executor
@@ -38,6 +45,10 @@ LOCK_TTL_MS = 15_000
 BUDGET_S = 20.0
 CONTACT_KINDS = frozenset(kind.value for kind in CONTACT_ACTIONS)  # by name: not every kind is a decision's
 MARK_LOST = ActionKind.MARK_LOST.value
+BREAKUP_TASK = ActionKind.BREAKUP_TASK.value
+# Writes the commands that queue a batch of events into the drain's own transaction
+# (worker/queues.py `events_job`, bound to the queue by the job that drains).
+QueueEvents = Callable[[list[list[Any]]], list[tuple[str | bytes, ...]]]
 DONE_TTL_S = 14 * 86_400
 
 
@@ -87,12 +98,27 @@ def _stateless(connection: redis.Redis, actions: list[Action]) -> set[str]:
     return {a["id"] for a, state in zip(actions, raw, strict=True) if state is None}
 
 
+def task_created(action: Action, now_ms: int) -> Event:
+    """The event recording that a break-up action's task exists in the CRM, as of `now_ms`.
+
+    Its id derives from the action's, so a drain retried after a crash records it once. Never
+    dated at or before the decision: the replay would fold it in before the lead entered
+    BREAKUP_DUE (a decision dated by an event from a clock slightly ahead) and ignore it.
+    """
+    decided = parse_rfc3339_ms(action["at"], "action.at")
+    at = max(now_ms, decided + 1)
+    return Event(
+        f"pruner-task:{action['id']}", EventType.BREAKUP_TASK_CREATED, Crm(action["crm"]), action["lead_id"], at, {}
+    )
+
+
 def drain(
     connection: redis.Redis,
     crm: str,
     executor_factory: Callable[[], Executor],
     budget_s: float = BUDGET_S,
     clock: Callable[[], float] = time.monotonic,
+    queue_events: QueueEvents | None = None,
 ) -> dict[str, int]:
     """Execute the CRM's outbox; return counts. Raises if the CRM stays unavailable.
 
@@ -101,7 +127,8 @@ def drain(
     once ({"locked": 1}) rather than hold a worker: its request (the pending mark) is seen by
     the holder, which deletes the mark before each read and looks for it again after letting
     go; or, should the holder have died, by the clock's outbox watchdog. `{"again": 1}` when
-    the drain used its time budget: the caller queues a fresh one at once.
+    the drain used its time budget: the caller queues a fresh one at once. `queue_events`
+    queues the `breakup_task_created` events of confirmed break-up tasks (without it, none).
     """
     token = uuid.uuid4().hex
     counts = {"executed": 0, "skipped_done": 0, "skipped_suppressed": 0, "skipped_won": 0, "dead": 0}
@@ -123,7 +150,7 @@ def drain(
                         raw: list[bytes] = connection.lrange(outbox_key(crm), 0, BATCH - 1)  # type: ignore[assignment]
                         if not raw:
                             break
-                        _drain_batch(connection, crm, raw, get_executor, counts)
+                        _drain_batch(connection, crm, raw, get_executor, counts, queue_events)
                     else:
                         # Out of time (a deploy's SIGKILL comes 30 s after SIGTERM), or the lock
                         # was lost while Redis was away: a fresh drain carries on.
@@ -160,7 +187,12 @@ def watch(connection: redis.Redis, crms: Sequence[str]) -> list[str]:
 
 
 def _drain_batch(
-    connection: redis.Redis, crm: str, raw: list[bytes], executor: Callable[[], Executor], counts: dict[str, int]
+    connection: redis.Redis,
+    crm: str,
+    raw: list[bytes],
+    executor: Callable[[], Executor],
+    counts: dict[str, int],
+    queue_events: QueueEvents | None = None,
 ) -> None:
     """Execute one batch read from the head of the outbox, then record it done and remove it."""
     actions = [json.loads(r) for r in raw]
@@ -177,7 +209,15 @@ def _drain_batch(
     # record naming it, or its id would outlive the erasure's purge in these sets.
     gone = _stateless(connection, todo)
     dead = [o for o in outcomes if not o.ok]
+    confirmed = {o.action_id for o in outcomes if o.ok}
+    tasks = [a for a in todo if a["kind"] == BREAKUP_TASK and a["id"] in confirmed and a["id"] not in gone]
+    now_ms = int(time.time() * 1000)
+    created = [task_created(a, now_ms).to_wire() for a in tasks if not a.get("dry_run")]
     with connection.pipeline(transaction=True) as pipe:
+        if created and queue_events is not None:
+            for command in queue_events(created):
+                pipe.execute_command(*command)
+            counts["tasks_recorded"] = counts.get("tasks_recorded", 0) + len(created)
         ids = [a["id"] for a in todo if a["id"] not in gone] + list(suppressed)
         if ids:
             pipe.sadd(done_key(crm), *ids)

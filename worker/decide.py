@@ -123,6 +123,7 @@ class Decider:
         calendar: Calendar | None = None,
         suppression_key: bytes | None = None,
         source: str = "events",
+        grace_from_task: bool = False,
     ) -> None:
         self.policy = policy
         self.now_ms = now_ms
@@ -130,7 +131,10 @@ class Decider:
         self.calendar = calendar or calendar_for(policy)
         self.suppression_key = suppression_key
         self.source = source
-        self.fingerprint = policy_fingerprint(policy)
+        # Live, a break-up's grace waits for its task to exist in the CRM (guardrail 7); a dry
+        # run creates none. Part of the fingerprint: a checkpoint is only continued in its mode.
+        self.grace_from_task = grace_from_task
+        self.fingerprint = policy_fingerprint(policy) + ("/task" if grace_from_task else "")
 
     def _resumable(self, view: LeadView, now: int, listed: bool, channels: tuple[str, ...]) -> Running | None:
         """The lead's checkpoint, when this evaluation may continue it."""
@@ -168,6 +172,7 @@ class Decider:
             suppressed=listed,
             suppressed_channels=listed_channels,
             since=since,
+            grace_from_task=self.grace_from_task,
         )
         row = aggregates.row_of(ev.state.value, ev.loss_reason, ev.counters, aggregates.lost_from(ev.decisions))
         if ev.checkpoint_bytes is not None and ev.checkpoint_at is not None:

@@ -26,7 +26,7 @@ from worker.gdpr import purge_payloads
 from worker.locks import release
 from worker.metrics import record_batch
 from worker.policyfile import cached_policy
-from worker.queues import JOB_TIMEOUT, RETRY, make_queue
+from worker.queues import JOB_TIMEOUT, RETRY, events_job, make_queue
 from worker.reaper import reap, rescue
 from worker.stats import migrate, store_stats_snapshot
 from worker.store import LeadStore
@@ -62,6 +62,7 @@ def decider(config: Config, now_ms: int, source: str = "events") -> Decider:
         dry_run=config.dry_run,
         suppression_key=suppression_key(config),
         source=source,
+        grace_from_task=not config.dry_run,
     )
 
 
@@ -227,7 +228,13 @@ def drain_outbox(crm: str) -> dict[str, int]:
     """RQ job: execute the CRM's pending actions (worker/actions.py)."""
     config = _config()
     connection = _connection()
-    counts = drain(connection, crm, lambda: executor_for(crm, config, connection))
+    queue = make_queue(connection, config.queue_name)
+    counts = drain(
+        connection,
+        crm,
+        lambda: executor_for(crm, config, connection),
+        queue_events=lambda events: events_job(queue, events, source="outbox"),
+    )
     if counts.get("again"):
         # Gave up waiting for a busy lock, or used its time: a fresh drain, queued now (not
         # with enqueue_in, which needs RQ's scheduler, and that dies with its worker).

@@ -56,12 +56,15 @@ _BATCH_HEAD = b'["' + PROCESS_BATCH.encode() + b'",null,['
 
 def enqueue_events(queue: Queue, wire_events: list[list[Any]], source: str, ops: list[HubSpotOp] | None = None) -> str:
     """Queue one batch of canonical events (wire form) and adapter operations as one JSON job."""
+    return _enqueue(queue, *_events_data(wire_events, source, ops))
+
+
+def _events_data(wire_events: list[list[Any]], source: str, ops: list[HubSpotOp] | None) -> tuple[bytes, str]:
     kwargs: dict[str, Any] = {"source": source}
     if ops:
         kwargs["ops"] = ops
     description = f"process_events: {len(wire_events)} events, {len(ops or [])} ops from {source}"
-    data = json.dumps([PROCESS_EVENTS, None, [wire_events], kwargs], separators=(",", ":")).encode()
-    return _enqueue(queue, data, description)
+    return json.dumps([PROCESS_EVENTS, None, [wire_events], kwargs], separators=(",", ":")).encode(), description
 
 
 def enqueue_batch(queue: Queue, body: bytes, count: int, source: str) -> str:
@@ -77,7 +80,22 @@ def enqueue_batch(queue: Queue, body: bytes, count: int, source: str) -> str:
     return _enqueue(queue, data, f"process_batch: {count} events from {source}")
 
 
+def events_job(queue: Queue, wire_events: list[list[Any]], source: str) -> list[tuple[str | bytes, ...]]:
+    """The Redis commands that queue a `process_events` job, for a caller's own transaction.
+
+    The outbox drain records what the CRM confirmed (a break-up task created) in the same
+    MULTI/EXEC that marks the action done: both happen, or neither.
+    """
+    return _job_commands(queue, *_events_data(wire_events, source, None))[1]
+
+
 def _enqueue(queue: Queue, data: bytes, description: str) -> str:
+    job_id, commands = _job_commands(queue, data, description)
+    transaction(queue.connection, commands)
+    return job_id
+
+
+def _job_commands(queue: Queue, data: bytes, description: str) -> tuple[str, list[tuple[str | bytes, ...]]]:
     # What RQ 3's enqueue writes (tests/webhooks/test_app.py compares the two jobs).
     # result_ttl 0: a finished job's payload names leads, keep nothing (GDPR). The
     # description replaces RQ's default, the call with its arguments, which would put
@@ -89,11 +107,11 @@ def _enqueue(queue: Queue, data: bytes, description: str) -> str:
         *("timeout", _TIMEOUT, "result_ttl", "0", "status", "queued", "retries_left", _RETRIES),
         *("retry_intervals", _RETRY_INTERVALS),
     )
-    transaction(
-        queue.connection,
-        [("SADD", "rq:queues", queue.key), ("HSET", f"rq:job:{job_id}", *fields), ("RPUSH", queue.key, job_id)],
-    )
-    return job_id
+    return job_id, [
+        ("SADD", "rq:queues", queue.key),
+        ("HSET", f"rq:job:{job_id}", *fields),
+        ("RPUSH", queue.key, job_id),
+    ]
 
 
 def transaction(connection: redis.Redis, commands: list[tuple[str | bytes, ...]]) -> None:

@@ -15,7 +15,7 @@ from rq.cron import CronJob, CronScheduler
 from rq.job import Job
 from rq.worker import SimpleWorker
 
-from worker import jobs, leadindex
+from worker import jobs, leadindex, upgrades
 from worker.config import Config
 from worker.queues import connect, make_queue
 from worker.reaper import Liveness
@@ -69,6 +69,10 @@ def run_worker(config: Config, burst: bool = False, connection: redis.Redis | No
             LeadStore(connection).reindex()
         finally:
             connection.delete(REINDEX_LOCK)
+    if config.dry_run:
+        upgrades.forget_breakup_clock(connection)
+    else:
+        upgrades.record_existing_breakup_tasks(connection, queue)
     wait_s = 1.0
     lost: Exception | None = None
     while True:

@@ -36,6 +36,7 @@ from tests.integration.support import (
 from worker.actions import dead_key, done_key, lock_key
 from worker.crm.progress import PROGRESS_KEY
 from worker.keys import outbox_key
+from worker.store import LeadStore
 
 pytestmark = pytest.mark.integration
 RATE = (10, 10.0)  # HUBSPOT_RATE_LIMIT for the workers, and the fake's own limit
@@ -53,10 +54,9 @@ def hubspot(server: FakeHubSpotServer) -> FakeHubSpot:
     return server.fake
 
 
-@contextmanager
-def running(server: FakeHubSpotServer, workers: int = 2, **extra_env: str) -> Iterator[str]:
-    """Web + workers + clock talking to the fake HubSpot for real; yield the web URL."""
-    env = base_env(
+def live_env(server: FakeHubSpotServer, **extra_env: str) -> dict[str, str]:
+    """The environment of a live deployment (not a dry run) whose HubSpot is the fake."""
+    return base_env(
         PRUNER_DRY_RUN="0",
         HUBSPOT_ACCESS_TOKEN=TOKEN,
         HUBSPOT_API_BASE=server.url,
@@ -64,6 +64,12 @@ def running(server: FakeHubSpotServer, workers: int = 2, **extra_env: str) -> It
         PRUNER_SUPPRESSION_KEY="integration-suppression-key",
         **extra_env,
     )
+
+
+@contextmanager
+def running(server: FakeHubSpotServer, workers: int = 2, **extra_env: str) -> Iterator[str]:
+    """Web + workers + clock talking to the fake HubSpot for real; yield the web URL."""
+    env = live_env(server, **extra_env)
     web, url = start_web(env)
     procs: list[subprocess.Popen[bytes]] = [start_worker(env) for _ in range(workers)]
     # The clock too, as the Procfile runs it: its watchdog drains an outbox nobody drains.
@@ -268,3 +274,34 @@ def test_a_drain_killed_after_hubspot_unsubscribed_never_unsubscribes_again(
     assert len(looked) == 1  # the second drain asked HubSpot instead of sending it again
     # Lock TTL 15 s + watchdog every 15 s + queue latency: about 30 s; the promise is a minute.
     assert recovered < 60, f"the dead drain held the outbox for {recovered:.0f} s"
+
+
+def test_a_lead_found_silent_months_late_gets_its_break_up_before_it_is_lost(
+    redis_db: redis.Redis, server: FakeHubSpotServer, hubspot: FakeHubSpot
+) -> None:
+    # Guardrail 7: fifteen unanswered emails from three months ago (a backfill, an outage) mean
+    # a break-up task now, and LOST only 7 business days after HubSpot has the task.
+    lead = "7101"
+    seed(hubspot, [lead])
+    long_ago = datetime.now(tz=UTC) - timedelta(days=90)
+    emails = [event("email_sent", lead, at=long_ago + timedelta(minutes=i)) for i in range(15)]
+
+    def sweep(days: int) -> None:
+        when = (datetime.now(tz=UTC) + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        command = [str(BIN / "pruner"), "sweep", "--now", when, "--commit-future"]
+        subprocess.run(command, cwd=ROOT, env=live_env(server), check=True, capture_output=True, timeout=60)
+
+    with running(server, workers=1) as url:
+        post(url, emails)
+        wait_until(lambda: len(hubspot.tasks_for(lead)) == 1, seconds=30)
+        wait_until(drained(redis_db), seconds=30)  # the task's breakup_task_created is applied too
+        assert lead_state(url, lead) == "BREAKUP_DUE"  # not LOST, though the old grace ended long ago
+        history = LeadStore(redis_db).history("hubspot", lead) or []
+        assert [e.type.value for e in history].count("breakup_task_created") == 1
+        sweep(days=3)
+        assert lead_state(url, lead) == "BREAKUP_DUE" and not is_lost_in_hubspot(hubspot, lead)
+        sweep(days=12)  # past 7 business days after the task, whatever the weekday
+        assert lead_state(url, lead) == "LOST"
+        wait_until(lambda: is_lost_in_hubspot(hubspot, lead), seconds=30)
+        assert_all_done(redis_db)
+    assert len(hubspot.tasks_for(lead)) == 1

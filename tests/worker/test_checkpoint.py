@@ -98,26 +98,31 @@ def deliveries(events: list[Event], seed: int) -> list[tuple[list[Event], int]]:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(raw=st.lists(event_st, min_size=6, max_size=50), seed=st.integers(0, 10**6), sweep=st.booleans())
+@given(
+    raw=st.lists(event_st, min_size=6, max_size=50),
+    seed=st.integers(0, 10**6),
+    sweep=st.booleans(),
+    task=st.booleans(),
+)
 def test_continuing_checkpoints_writes_what_full_replays_write(
-    raw: list[tuple[int, int, str]], seed: int, sweep: bool
+    raw: list[tuple[int, int, str]], seed: int, sweep: bool, task: bool
 ) -> None:
     events = build(raw)
     live, reference = fakeredis.FakeRedis(), fakeredis.FakeRedis()
     live_store, reference_store = LeadStore(live), LeadStore(reference)
     paths: dict[str, int] = {}
     for batch, now in deliveries(events, seed):
-        result = live_store.apply_batch(batch, Decider(P, now))
+        result = live_store.apply_batch(batch, Decider(P, now, grace_from_task=task))
         for path, n in result.paths.items():
             paths[path] = paths.get(path, 0) + n
         # The reference forgets every checkpoint: each lead is replayed from its log.
         for key in reference.keys(CHECKPOINT_PREFIX + "*"):
             reference.delete(key)
-        reference_store.apply_batch(batch, Decider(P, now))
+        reference_store.apply_batch(batch, Decider(P, now, grace_from_task=task))
         if sweep:
             later = now + 7 * DAY
             for store in (live_store, reference_store):
-                store.reevaluate(store.due(later, 100), Decider(P, later))
+                store.reevaluate(store.due(later, 100), Decider(P, later, grace_from_task=task))
         assert dump(live) == dump(reference)
     # The aggregates kept batch by batch are what a scan of every lead finds.
     assert from_aggregates(live).to_json() == scan(live).to_json()

@@ -85,3 +85,48 @@ def test_the_watchdog_names_outboxes_that_nobody_drains() -> None:
     assert watch(conn, ["hubspot", "salesforce"]) == ["hubspot"]
     conn.delete(outbox_key("hubspot"))
     assert watch(conn, ["hubspot", "salesforce"]) == []
+
+
+def test_a_break_up_task_the_crm_confirmed_is_queued_as_an_event_of_its_lead() -> None:
+    # Guardrail 7: its grace runs from this event. Refused and dry-run tasks record nothing.
+    from rules.events import Event, EventType, parse_rfc3339_ms
+    from worker.queues import events_job, make_queue
+
+    conn = fakeredis.FakeRedis()
+    for lead, dry in (("T1", False), ("T2", False), ("T3", True)):
+        conn.set(state_key("hubspot", lead), json.dumps({"state": "BREAKUP_DUE"}))
+        action = {"id": f"hubspot:{lead}:unresponsive:BREAKUP_DUE@0#1", "kind": "breakup_task", "crm": "hubspot",
+                  "lead_id": lead, "at": "2026-03-01T10:00:00Z", "dry_run": dry}  # fmt: skip
+        conn.rpush(outbox_key("hubspot"), json.dumps(action))
+
+    class RefusesT2(Recorder):
+        def execute(self, actions: list[dict[str, Any]]) -> list[ActionOutcome]:
+            return [ActionOutcome(a["id"], a["lead_id"] != "T2", "") for a in actions]
+
+    q = make_queue(conn)
+    counts = drain(
+        conn, "hubspot", lambda: RefusesT2(conn), queue_events=lambda events: events_job(q, events, "outbox")
+    )
+    assert counts["tasks_recorded"] == 1 and q.count == 1
+    [job] = q.jobs
+    assert job.func_name == "worker.jobs.process_events" and job.kwargs == {"source": "outbox"}
+    [wire] = job.args[0]
+    event = Event.from_wire(wire)
+    assert (event.type, event.lead_id, event.id) == (
+        EventType.BREAKUP_TASK_CREATED,
+        "T1",
+        "pruner-task:hubspot:T1:unresponsive:BREAKUP_DUE@0#1",
+    )
+    assert event.occurred_ms > parse_rfc3339_ms("2026-03-01T10:00:00Z", "at")  # never at or before the decision
+    assert conn.llen(outbox_key("hubspot")) == 0
+
+
+def test_a_task_confirmed_before_its_decisions_time_is_dated_just_after_it() -> None:
+    from rules.events import parse_rfc3339_ms
+    from worker.actions import task_created
+
+    action: Any = {"id": "hubspot:L:x", "kind": "breakup_task", "crm": "hubspot", "lead_id": "L",
+                   "at": "2026-03-01T10:00:00.500Z"}  # fmt: skip
+    decided = parse_rfc3339_ms(action["at"], "at")
+    assert task_created(action, decided - 60_000).occurred_ms == decided + 1  # a sender's clock ran ahead
+    assert task_created(action, decided + 5_000).occurred_ms == decided + 5_000

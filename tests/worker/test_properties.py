@@ -50,6 +50,8 @@ KINDS = [
     ("meeting_no_show", versioned("meeting-1", at(2))),
     ("email_replied", versioned("email-1", at(2))),
     ("email_sent", versioned("email-1", at(1))),
+    # The CRM confirming a break-up task (guardrail 7): the grace starts there, when it is on.
+    ("breakup_task_created", {}),
 ]
 
 event_st = st.tuples(st.integers(0, len(KINDS) - 1), st.integers(0, 60 * 24 * 40))
@@ -73,25 +75,32 @@ def deliver(events: list[Event], seed: int, dup_every: int) -> list[list[Event]]
     return [stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
-def outcome_through_store(batches: list[list[Event]], now: int) -> dict[str, Any]:
+def outcome_through_store(batches: list[list[Event]], now: int, task: bool = False) -> dict[str, Any]:
     store = LeadStore(fakeredis.FakeRedis())
     for batch in batches:
-        store.apply_batch(batch, Decider(P, now))
+        store.apply_batch(batch, Decider(P, now, grace_from_task=task))
     state = store.state("hubspot", "P") or {"state": "ACTIVE", "decisions": []}
     return {"state": state["state"], "decisions": state["decisions"], "actions": store.actions()}
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(raw=st.lists(event_st, min_size=1, max_size=30), seed=st.integers(0, 10**6), dup=st.integers(1, 5))
-def test_shuffled_duplicated_batched_histories_decide_the_same(raw: list[tuple[int, int]], seed: int, dup: int) -> None:
+@given(
+    raw=st.lists(event_st, min_size=1, max_size=30),
+    seed=st.integers(0, 10**6),
+    dup=st.integers(1, 5),
+    task=st.booleans(),
+)
+def test_shuffled_duplicated_batched_histories_decide_the_same(
+    raw: list[tuple[int, int]], seed: int, dup: int, task: bool
+) -> None:
     events = build(raw)
-    once = outcome_through_store([events], NOW)
-    again = outcome_through_store(deliver(events, seed, dup), NOW)
+    once = outcome_through_store([events], NOW, task)
+    again = outcome_through_store(deliver(events, seed, dup), NOW, task)
     assert (again["state"], again["decisions"]) == (once["state"], once["decisions"])
     # And the store agrees with the pure core run on the plain event list.
     from worker.eventlog import to_logged
 
-    pure = evaluate([to_logged(e) for e in events], P, NOW)
+    pure = evaluate([to_logged(e) for e in events], P, NOW, grace_from_task=task)
     assert pure.state.value == once["state"]
     assert [d.to_json() for d in pure.decisions][-MAX_DECISIONS_KEPT:] == once["decisions"]
 
