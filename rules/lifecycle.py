@@ -26,53 +26,24 @@ the CRM must set that opt-out too.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from rules.calendar import DAY_MS, Calendar, calendar_for, week_index
-from rules.counters import RESPONSES, TOUCHES, LeadCounters, LoggedEvent, is_follow_up, sort_events
+from rules.counters import RESPONSES, TOUCHES, LoggedEvent, is_follow_up, sort_events
 from rules.events import RECORD_KEY, EventType, format_ms
 from rules.policy import Policy
 from rules.running import (
     CHECKPOINT_CODEC,
     KEPT_DECISIONS,
     Episode,
+    Evaluation,
     Running,
     can_resume,
-    decode_running,
     encode_checkpoint,
     start,
     thresholds,
 )
 from rules.states import Decision, State, covered_channels
-
-
-@dataclass
-class Evaluation:
-    """Where a lead stands as of `as_of_ms`.
-
-    `decisions` are the latest ones only (KEPT_DECISIONS); `checkpoint` is the running
-    state after the last instant at or before `now` (None: no event that old yet), to be
-    continued next time with the events after it.
-    """
-
-    state: State
-    loss_reason: str | None
-    decisions: list[Decision]
-    counters: LeadCounters
-    next_due_ms: int | None
-    as_of_ms: int
-    # The checkpoint, packed (`encode_checkpoint`): a snapshot is an encode, and the store
-    # keeps exactly these bytes. `checkpoint_at` is its `at_ms`.
-    checkpoint_bytes: bytes | None = None
-    checkpoint_at: int | None = None
-    progress: dict[str, dict[str, Any]] = field(default_factory=dict)
-    resumed: bool = False
-    decisions_total: int = 0
-
-    @property
-    def checkpoint(self) -> Running | None:
-        return None if self.checkpoint_bytes is None else decode_running(self.checkpoint_bytes)
 
 
 class _Replay:

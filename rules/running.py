@@ -3,7 +3,8 @@
 `Running` is everything the replay (rules/lifecycle.py) carries from one event to the next;
 the store keeps it, packed, beside the lead. It is only continued under the policy it was
 computed with (`policy_fingerprint`) and with the same fields (`CHECKPOINT_SCHEMA`).
-`Thresholds` is the policy flattened once for the replay.
+`Thresholds` is the policy flattened once for the replay; `Evaluation` is what a replay
+hands back: where the lead stands, and the checkpoint to continue from next time.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -237,3 +238,31 @@ def can_resume(
         and checkpoint.listed_channels == tuple(sorted(suppressed_channels))
         and now_ms >= checkpoint.at_ms
     )
+
+
+@dataclass
+class Evaluation:
+    """Where a lead stands as of `as_of_ms`.
+
+    `decisions` are the latest ones only (KEPT_DECISIONS); `checkpoint` is the running
+    state after the last instant at or before `now` (None: no event that old yet), to be
+    continued next time with the events after it.
+    """
+
+    state: State
+    loss_reason: str | None
+    decisions: list[Decision]
+    counters: LeadCounters
+    next_due_ms: int | None
+    as_of_ms: int
+    # The checkpoint, packed (`encode_checkpoint`): a snapshot is an encode, and the store
+    # keeps exactly these bytes. `checkpoint_at` is its `at_ms`.
+    checkpoint_bytes: bytes | None = None
+    checkpoint_at: int | None = None
+    progress: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resumed: bool = False
+    decisions_total: int = 0
+
+    @property
+    def checkpoint(self) -> Running | None:
+        return None if self.checkpoint_bytes is None else decode_running(self.checkpoint_bytes)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import textwrap
@@ -14,58 +13,37 @@ from typing import Any
 
 import redis
 
-from rules.errors import PolicyError, SchemaError
-from rules.events import format_ms, parse_rfc3339_ms
+from rules.errors import SchemaError
+from rules.events import format_ms
 from rules.explain import plural, progress, sentence
 from rules.hubspot_map import wanted_subscriptions
-from rules.policy import Policy
 from worker import leadlist, simulate, stats
+from worker.backfill_command import cmd_backfill_hubspot
+from worker.cliargs import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    config_or_exit,
+    now_flag_ms,
+    policy_or_exit,
+)
 from worker.config import DEFAULT_REDIS_URL, Config, policy_path_from_env, redis_location
 from worker.dev import run_dev
-from worker.errors import ConfigError
 from worker.hubspot_subscribe import SubscribeError, WebhooksApi, subscribe
 from worker.jobs import preview_sweep, run_sweep
 from worker.leaddoc import is_erased, lead_document
 from worker.logs import setup_logging
-from worker.policyfile import load_policy
 from worker.queues import connect, make_queue
 from worker.redisinfo import inspect
 from worker.runner import run_clock, run_worker
 from worker.simulate import SimulationError, simulate_file
 from worker.store import LeadStore
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 3
-
-
-def _config() -> Config:
-    try:
-        return Config.from_env()
-    except ConfigError as exc:
-        print(f"pruner: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
-
-
-def _policy(path: str | None) -> Policy:
-    try:
-        return load_policy(path)
-    except PolicyError as exc:
-        print(f"pruner: policy {path or '(bundled default)'}: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
-
-
-def _now_ms(value: str | None) -> int | None:
-    if not value:
-        return None
-    try:
-        return parse_rfc3339_ms(value, "--now")
-    except SchemaError as exc:
-        print(f"pruner: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
-
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = _config()
-    policy = _policy(args.policy or config.policy_path)
+    config = config_or_exit()
+    policy = policy_or_exit(args.policy or config.policy_path)
     print(f"configuration OK (redis {redis_location(config.redis_url)})")
     print(f"policy OK: {args.policy or config.policy_path or 'bundled default'}")
     on = [rule for rule, enabled in policy.enabled.items() if enabled]
@@ -106,10 +84,10 @@ FUTURE_SLACK_MS = 5 * 60 * 1000
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    config = _config()
-    _policy(config.policy_path)
+    config = config_or_exit()
+    policy_or_exit(config.policy_path)
     wall_ms = int(time.time() * 1000)
-    now_ms = _now_ms(args.now) or wall_ms
+    now_ms = now_flag_ms(args.now) or wall_ms
     connection = connect(config.redis_url, timeout=30)
     if now_ms > wall_ms + FUTURE_SLACK_MS and not args.commit_future:
         # Decisions dated in the future would be permanent (a lead's time never moves back) and
@@ -133,7 +111,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    config = _config()
+    config = config_or_exit()
     connection = connect(config.redis_url, timeout=10)
     if config.suppression_key and is_erased(connection, config.suppression_key.encode(), args.crm, args.lead_id):
         if args.format == "json":  # what GET /leads answers for it (docs/http.md)
@@ -188,7 +166,7 @@ class Progress:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    config = _config()
+    config = config_or_exit()
     progress = Progress("leads")
     result = stats.collect(connect(config.redis_url, timeout=30), progress)
     progress.close()
@@ -197,7 +175,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    config = _config()
+    config = config_or_exit()
     queue = make_queue(connect(config.redis_url, timeout=30), config.queue_name)
     registry = queue.failed_job_registry
     job_ids = registry.get_job_ids()
@@ -223,10 +201,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     # The policy the worker runs (PRUNER_POLICY) unless told otherwise: else a dry run misleads.
-    policy = _policy(args.policy or policy_path_from_env())
+    policy = policy_or_exit(args.policy or policy_path_from_env())
     bar = Progress("read %")
     try:
-        report = simulate_file(args.events, policy, _now_ms(args.now), progress=lambda f: bar(int(f * 100) - bar.done))
+        report = simulate_file(
+            args.events, policy, now_flag_ms(args.now), progress=lambda f: bar(int(f * 100) - bar.done)
+        )
     except OSError as exc:
         print(f"pruner: cannot read {args.events}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
@@ -243,12 +223,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    run_worker(_config(), burst=args.burst)
+    run_worker(config_or_exit(), burst=args.burst)
     return EXIT_OK
 
 
 def cmd_clock(args: argparse.Namespace) -> int:
-    run_clock(_config())
+    run_clock(config_or_exit())
     return EXIT_OK
 
 
@@ -378,123 +358,12 @@ def _add_command(sub: Any, name: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _date_ms(value: str, flag: str) -> int:
-    """A --since/--until value: a date (midnight UTC) or an RFC 3339 time."""
-    text = value.strip()
-    if len(text) == 10:
-        text += "T00:00:00Z"
-    try:
-        return parse_rfc3339_ms(text, flag)
-    except SchemaError as exc:
-        print(f"pruner: {exc} (a date like 2026-09-01, or an RFC 3339 time)", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
-
-
-def _logs_to_stderr() -> None:
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
-            handler.setStream(sys.stderr)
-
-
-def cmd_backfill_hubspot(args: argparse.Namespace) -> int:
-    from worker.backfill import (
-        Backfill,
-        Cursors,
-        JsonlSink,
-        NullSink,
-        ProgressLine,
-        QueueSink,
-        Sink,
-        Window,
-    )
-    from worker.crm.base import CrmError
-    from worker.crm.hubspot_backfill import HubSpotHistory, search_limiter
-    from worker.crm.hubspot_client import build_client
-    from worker.queues import connect, make_queue
-
-    if args.dry_run and args.out:
-        print("pruner: --dry-run writes nothing; leave out --out (or --dry-run)", file=sys.stderr)
-        return EXIT_USAGE
-    _logs_to_stderr()  # stdout is the report (--format json is read by scripts); retries are logged meanwhile
-    config = _config()
-    mapping = _policy(config.policy_path).hubspot
-    since = _date_ms(args.since, "--since")
-    until = _date_ms(args.until, "--until") if args.until else int(time.time() * 1000)
-    try:
-        window = Window(since, until)
-    except ValueError as exc:
-        print(f"pruner: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    connection = connect(config.redis_url, timeout=30)
-    try:
-        client = build_client(config, connection)
-    except ConfigError as exc:
-        print(f"pruner: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    cursors: Cursors | None = None
-    sink: Sink
-    if args.dry_run:
-        sink = NullSink()
-    elif args.out:
-        cursors = Cursors(connection, window, "out:" + os.path.abspath(args.out))
-        resuming = bool(cursors.load())
-        if resuming and not os.path.exists(args.out):
-            cursors.clear()  # the file the cursors continue is gone: start over
-            resuming = False
-        try:
-            sink = JsonlSink(args.out, append=resuming)
-        except OSError as exc:
-            print(f"pruner: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
-            return EXIT_USAGE
-    else:
-        cursors = Cursors(connection, window, "live")
-        queue = make_queue(connection, config.queue_name)
-        sink = QueueSink(queue)
-    progress = ProgressLine()
-    run = Backfill(HubSpotHistory(client, search_limiter(connection)), sink, window, mapping, cursors,
-                   progress=progress)  # fmt: skip
-    try:
-        tally = run.run()
-    except KeyboardInterrupt:
-        progress.close()
-        print("pruner: interrupted; run the same command again to continue where it stopped", file=sys.stderr)
-        return EXIT_FAILED
-    except CrmError as exc:
-        progress.close()
-        print(f"pruner: backfill stopped: {exc}; run the same command again to continue", file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        client.close()
-    progress.close()
-    if args.format == "json":
-        print(json.dumps(tally.to_json(), indent=2))
-        return EXIT_OK
-    read = ", ".join(f"{n:,} {kind}" for kind, n in tally.records.items())
-    print(f"backfill hubspot {format_ms(window.since_ms)} .. {format_ms(window.until_ms)}: read {read or 'nothing'}")
-    if tally.resumed:
-        print(f"  continued from the cursors of: {', '.join(tally.resumed)}")
-    by_type = ", ".join(f"{kind} {n:,}" for kind, n in sorted(tally.events.items()))
-    print(f"  {sum(tally.events.values()):,} events for {plural(len(tally.leads), 'lead')}" +
-          (f": {by_type}" if by_type else ""))  # fmt: skip
-    owners = ", ".join(f"{owner} {n:,}" for owner, n in tally.owners.most_common(10))
-    if owners:
-        print(f"  contacts per owner: {owners}")
-    if args.dry_run:
-        print("  dry run: nothing was written or queued")
-    elif args.out:
-        print(f"  written to {args.out}")
-    else:
-        print(f"  queued in {plural(sink.jobs if isinstance(sink, QueueSink) else 0, 'job')} "
-              f"on queue {config.queue_name!r}")  # fmt: skip
-    return EXIT_OK
-
-
 def cmd_hubspot_subscribe(args: argparse.Namespace) -> int:
-    config = _config()
+    config = config_or_exit()
     if config.hubspot_app_id is None or config.hubspot_developer_api_key is None:
         print("pruner: set HUBSPOT_APP_ID and HUBSPOT_DEVELOPER_API_KEY (the app's developer API key)", file=sys.stderr)
         return EXIT_CONFIG
-    wanted = wanted_subscriptions(_policy(config.policy_path).hubspot)
+    wanted = wanted_subscriptions(policy_or_exit(config.policy_path).hubspot)
     api = WebhooksApi(config.hubspot_api_base, config.hubspot_app_id, config.hubspot_developer_api_key)
     try:
         subscribe(api, wanted, args.target_url, args.dry_run, print)
@@ -550,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
     p = _add_command(sub, "clock")
     p.set_defaults(func=cmd_clock)
-    leadlist.add_command(sub, _config)
+    leadlist.add_command(sub, config_or_exit)
     hubspot = sub.add_parser("hubspot", help="HubSpot app set-up").add_subparsers(dest="hubspot", required=True)
     p = _add_command(hubspot, "hubspot subscribe")
     p.add_argument("--target-url", help="also set the app's target URL, e.g. https://<your-app>/webhooks/hubspot")

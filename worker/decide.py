@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 from rules.calendar import Calendar, calendar_for
 from rules.events import EventType, format_ms, parse_rfc3339_ms
-from rules.lifecycle import Evaluation, evaluate
+from rules.lifecycle import evaluate
 from rules.policy import Policy
-from rules.running import Running, can_resume, policy_fingerprint
+from rules.running import Evaluation, Running, can_resume, policy_fingerprint
 from rules.states import CONTACT_ACTIONS, ActionKind, Decision, State
 from worker import aggregates, checkpoint, suppression
 from worker.action import Action

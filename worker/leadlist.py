@@ -14,11 +14,11 @@ import sys
 from typing import Any
 
 from worker import leadindex
+from worker.cliargs import EXIT_OK, EXIT_USAGE
 from worker.config import Config
 from worker.queues import connect
 from worker.store import LeadStore
 
-EXIT_OK, EXIT_USAGE = 0, 2
 COLUMNS = ("crm", "lead_id", "state", "loss_reason", "changed_at", "rules")
 EPILOG = """\
 examples:

@@ -1,0 +1,110 @@
+"""`pruner backfill hubspot`: read a portal's existing history into the pipeline, a file, or a report.
+
+The argument handling and the report; the reading and mapping are worker/backfill.py and
+worker/crm/hubspot_backfill.py (docs/backfill.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from rules.events import format_ms
+from rules.explain import plural
+from worker.backfill import Backfill, Cursors, JsonlSink, NullSink, ProgressLine, QueueSink, Sink, Window
+from worker.cliargs import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    config_or_exit,
+    date_flag_ms,
+    logs_to_stderr,
+    policy_or_exit,
+)
+from worker.crm.base import CrmError
+from worker.crm.hubspot_backfill import HubSpotHistory, search_limiter
+from worker.crm.hubspot_client import build_client
+from worker.errors import ConfigError
+from worker.queues import connect, make_queue
+
+
+def cmd_backfill_hubspot(args: argparse.Namespace) -> int:
+    if args.dry_run and args.out:
+        print("pruner: --dry-run writes nothing; leave out --out (or --dry-run)", file=sys.stderr)
+        return EXIT_USAGE
+    logs_to_stderr()  # stdout is the report (--format json is read by scripts); retries are logged meanwhile
+    config = config_or_exit()
+    mapping = policy_or_exit(config.policy_path).hubspot
+    since = date_flag_ms(args.since, "--since")
+    until = date_flag_ms(args.until, "--until") if args.until else int(time.time() * 1000)
+    try:
+        window = Window(since, until)
+    except ValueError as exc:
+        print(f"pruner: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    connection = connect(config.redis_url, timeout=30)
+    try:
+        client = build_client(config, connection)
+    except ConfigError as exc:
+        print(f"pruner: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    cursors: Cursors | None = None
+    sink: Sink
+    if args.dry_run:
+        sink = NullSink()
+    elif args.out:
+        cursors = Cursors(connection, window, "out:" + os.path.abspath(args.out))
+        resuming = bool(cursors.load())
+        if resuming and not os.path.exists(args.out):
+            cursors.clear()  # the file the cursors continue is gone: start over
+            resuming = False
+        try:
+            sink = JsonlSink(args.out, append=resuming)
+        except OSError as exc:
+            print(f"pruner: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        cursors = Cursors(connection, window, "live")
+        queue = make_queue(connection, config.queue_name)
+        sink = QueueSink(queue)
+    progress = ProgressLine()
+    run = Backfill(HubSpotHistory(client, search_limiter(connection)), sink, window, mapping, cursors,
+                   progress=progress)  # fmt: skip
+    try:
+        tally = run.run()
+    except KeyboardInterrupt:
+        progress.close()
+        print("pruner: interrupted; run the same command again to continue where it stopped", file=sys.stderr)
+        return EXIT_FAILED
+    except CrmError as exc:
+        progress.close()
+        print(f"pruner: backfill stopped: {exc}; run the same command again to continue", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        client.close()
+    progress.close()
+    if args.format == "json":
+        print(json.dumps(tally.to_json(), indent=2))
+        return EXIT_OK
+    read = ", ".join(f"{n:,} {kind}" for kind, n in tally.records.items())
+    print(f"backfill hubspot {format_ms(window.since_ms)} .. {format_ms(window.until_ms)}: read {read or 'nothing'}")
+    if tally.resumed:
+        print(f"  continued from the cursors of: {', '.join(tally.resumed)}")
+    by_type = ", ".join(f"{kind} {n:,}" for kind, n in sorted(tally.events.items()))
+    print(f"  {sum(tally.events.values()):,} events for {plural(len(tally.leads), 'lead')}" +
+          (f": {by_type}" if by_type else ""))  # fmt: skip
+    owners = ", ".join(f"{owner} {n:,}" for owner, n in tally.owners.most_common(10))
+    if owners:
+        print(f"  contacts per owner: {owners}")
+    if args.dry_run:
+        print("  dry run: nothing was written or queued")
+    elif args.out:
+        print(f"  written to {args.out}")
+    else:
+        print(f"  queued in {plural(sink.jobs if isinstance(sink, QueueSink) else 0, 'job')} "
+              f"on queue {config.queue_name!r}")  # fmt: skip
+    return EXIT_OK
