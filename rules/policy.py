@@ -97,6 +97,9 @@ class Policy:
     # any other stage is an open deal. Compared lowercased and trimmed.
     won_stages: frozenset[str] = DEFAULT_WON_STAGES
     lost_stages: frozenset[str] = DEFAULT_LOST_STAGES
+    # Break-up and check-in tasks created per owner per UTC day; the rest wait for the next
+    # days, oldest decision first (guardrail 7's roll-out guard). 0: no limit.
+    max_tasks_per_owner_per_day: int = 20
 
     def deal_outcome(self, stage: str | None, won: bool | None = None) -> str | None:
         """Classify a deal update: "won", "lost", "open", or None when it says nothing about it.
@@ -202,8 +205,19 @@ def parse_policy(text: str, defaults: Policy | None = None) -> Policy:
 
     guards = _mapping(raw.get("guardrails", {}), "guardrails")
     _no_unknown(
-        guards, {"min_touches_for_silence", "holiday_country", "quiet_periods", "deal_size_tiers"}, "guardrails"
+        guards,
+        {
+            "min_touches_for_silence",
+            "holiday_country",
+            "quiet_periods",
+            "deal_size_tiers",
+            "max_tasks_per_owner_per_day",
+        },
+        "guardrails",
     )
+    default_cap = defaults.max_tasks_per_owner_per_day if defaults else 20
+    cap = int(_number(guards.get("max_tasks_per_owner_per_day", default_cap), "guardrails.max_tasks_per_owner_per_day",
+                      0, MAX_COUNT, True))  # fmt: skip
     min_touches = guards.get("min_touches_for_silence", defaults.min_touches_for_silence if defaults else None)
     if min_touches is None:
         raise PolicyError("guardrails.min_touches_for_silence", "is required")
@@ -301,7 +315,10 @@ def parse_policy(text: str, defaults: Policy | None = None) -> Policy:
     if "won_stages" in stages and "lost_stages" in stages and stages["won_stages"] & stages["lost_stages"]:
         both = sorted(stages["won_stages"] & stages["lost_stages"])
         raise PolicyError("outcomes", f"a stage cannot be both won and lost: {both}")
-    return Policy(enabled, params, min_touches, country, quiet, tier_tuple, after_days, cats, hubspot, **stages)
+    return Policy(
+        enabled, params, min_touches, country, quiet, tier_tuple, after_days, cats, hubspot, **stages,
+        max_tasks_per_owner_per_day=cap,
+    )  # fmt: skip
 
 
 _PROFILE_FIELDS = {"source", "segment", "priority", "email"}

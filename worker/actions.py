@@ -34,6 +34,7 @@ from worker.crm.progress import forget_progress
 from worker.keys import outbox_key, state_key
 from worker.locks import Heartbeat, release
 from worker.suppression import SUPPRESSED_KEY, lead_hash
+from worker.taskcap import TASK_KINDS, TaskCap
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ def drain(
     budget_s: float = BUDGET_S,
     clock: Callable[[], float] = time.monotonic,
     queue_events: QueueEvents | None = None,
+    cap: TaskCap | None = None,
 ) -> dict[str, int]:
     """Execute the CRM's outbox; return counts. Raises if the CRM stays unavailable.
 
@@ -128,7 +130,8 @@ def drain(
     the holder, which deletes the mark before each read and looks for it again after letting
     go; or, should the holder have died, by the clock's outbox watchdog. `{"again": 1}` when
     the drain used its time budget: the caller queues a fresh one at once. `queue_events`
-    queues the `breakup_task_created` events of confirmed break-up tasks (without it, none).
+    queues the `breakup_task_created` events of confirmed break-up tasks (without it, none);
+    `cap` holds tasks past an owner's daily budget for the next day (worker/taskcap.py).
     """
     token = uuid.uuid4().hex
     counts = {"executed": 0, "skipped_done": 0, "skipped_suppressed": 0, "skipped_won": 0, "dead": 0}
@@ -150,7 +153,7 @@ def drain(
                         raw: list[bytes] = connection.lrange(outbox_key(crm), 0, BATCH - 1)  # type: ignore[assignment]
                         if not raw:
                             break
-                        _drain_batch(connection, crm, raw, get_executor, counts, queue_events)
+                        _drain_batch(connection, crm, raw, get_executor, counts, queue_events, cap)
                     else:
                         # Out of time (a deploy's SIGKILL comes 30 s after SIGTERM), or the lock
                         # was lost while Redis was away: a fresh drain carries on.
@@ -193,6 +196,7 @@ def _drain_batch(
     executor: Callable[[], Executor],
     counts: dict[str, int],
     queue_events: QueueEvents | None = None,
+    cap: TaskCap | None = None,
 ) -> None:
     """Execute one batch read from the head of the outbox, then record it done and remove it."""
     actions = [json.loads(r) for r in raw]
@@ -204,6 +208,10 @@ def _drain_batch(
     counts["skipped_won"] += len(won)
     suppressed |= won  # recorded as handled alike: never to be sent
     todo = [a for a in todo if a["id"] not in suppressed]
+    owners, waiting = _over_budget(todo, executor, cap)
+    if waiting:
+        todo = [a for a in todo if a["id"] not in waiting]
+        counts["deferred"] = counts.get("deferred", 0) + len(waiting)
     outcomes: list[ActionOutcome] = executor().execute(todo) if todo else []
     # A lead erased (or forgotten) while its actions ran has no state left: keep no
     # record naming it, or its id would outlive the erasure's purge in these sets.
@@ -214,6 +222,10 @@ def _drain_batch(
     now_ms = int(time.time() * 1000)
     created = [task_created(a, now_ms).to_wire() for a in tasks if not a.get("dry_run")]
     with connection.pipeline(transaction=True) as pipe:
+        if cap is not None:
+            done_tasks = [a for a in todo if a["kind"] in TASK_KINDS and a["id"] in confirmed and not a.get("dry_run")]
+            cap.queue_created(pipe, done_tasks, owners)
+            cap.queue_deferral(pipe, [r for r, a in zip(raw, actions, strict=True) if a["id"] in waiting])
         if created and queue_events is not None:
             for command in queue_events(created):
                 pipe.execute_command(*command)
@@ -236,6 +248,25 @@ def _drain_batch(
         forget_progress(connection, crm, gone)
     counts["executed"] += len(outcomes) - len(dead)
     counts["dead"] += len(dead)
+
+
+def _over_budget(
+    todo: list[Action], executor: Callable[[], Executor], cap: TaskCap | None
+) -> tuple[dict[str, str], set[str]]:
+    """The tasks' owners, and the ids of tasks past their owner's budget for today (to wait).
+
+    Only for an executor that says who gets a task (`task_owners`); its answer is what it
+    assigns the tasks to when it creates them, read once.
+    """
+    tasks = [a for a in todo if a["kind"] in TASK_KINDS and not a.get("dry_run")]
+    if cap is None or cap.per_owner <= 0 or not tasks:
+        return {}, set()
+    ask = getattr(executor(), "task_owners", None)
+    if not callable(ask):
+        return {}, set()
+    owners: dict[str, str] = ask(tasks)
+    _, waiting = cap.admit(tasks, owners)
+    return owners, {a["id"] for a in waiting}
 
 
 # -- erasure forwarding (PRUNER_FORWARD_ERASURE) -----------------------------------------------

@@ -30,6 +30,7 @@ from worker.queues import JOB_TIMEOUT, RETRY, events_job, make_queue
 from worker.reaper import reap, rescue
 from worker.stats import migrate, store_stats_snapshot
 from worker.store import LeadStore
+from worker.taskcap import TaskCap, release_due
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +235,7 @@ def drain_outbox(crm: str) -> dict[str, int]:
         crm,
         lambda: executor_for(crm, config, connection),
         queue_events=lambda events: events_job(queue, events, source="outbox"),
+        cap=TaskCap(connection, crm, cached_policy(config.policy_path).max_tasks_per_owner_per_day, time.time),
     )
     if counts.get("again"):
         # Gave up waiting for a busy lock, or used its time: a fresh drain, queued now (not
@@ -246,21 +248,24 @@ def watchdog() -> dict[str, int]:
     """RQ job (the clock, every 15 s): recover what dead workers left behind.
 
     Started jobs whose worker stopped beating, and jobs a dying worker had taken but not
-    started, are requeued (worker/reaper.py), and a drain is
-    queued for any outbox nobody drains (a drain that died: its lock expires within seconds),
-    without waiting for RQ's slow abandoned-job detection or its scheduler.
+    started, are requeued (worker/reaper.py); tasks a daily budget held back are released on
+    their day (worker/taskcap.py); and a drain is queued for any outbox nobody drains (a drain
+    that died: its lock expires within seconds), without waiting for RQ's slow abandoned-job
+    detection or its scheduler.
     """
     connection = _connection()
     config = _config()
     queue = make_queue(connection, config.queue_name)
     reaped = reap(connection, queue) + rescue(connection, queue)
+    # Tasks held back by an owner's daily budget go back to the outbox once their day comes.
+    released = sum(release_due(connection, crm.value, time.time()) for crm in Crm)
     idle = watch(connection, [crm.value for crm in Crm])
     for crm in idle:
         connection.set(pending_key(crm), "1", ex=PENDING_TTL_S)
         _enqueue_drain(connection, config, crm)
     if idle:
         log.info("watchdog queued drains for %s", ",".join(idle))
-    return {"drains": len(idle), "reaped": len(reaped)}
+    return {"drains": len(idle), "reaped": len(reaped), "released": released}
 
 
 def forget_lead(crm: str, lead_id: str) -> dict[str, int]:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,6 +38,7 @@ from worker.actions import dead_key, done_key, lock_key
 from worker.crm.progress import PROGRESS_KEY
 from worker.keys import outbox_key
 from worker.store import LeadStore
+from worker.taskcap import CAP_PREFIX, deferred_key, release_due
 
 pytestmark = pytest.mark.integration
 RATE = (10, 10.0)  # HUBSPOT_RATE_LIMIT for the workers, and the fake's own limit
@@ -305,3 +307,25 @@ def test_a_lead_found_silent_months_late_gets_its_break_up_before_it_is_lost(
         wait_until(lambda: is_lost_in_hubspot(hubspot, lead), seconds=30)
         assert_all_done(redis_db)
     assert len(hubspot.tasks_for(lead)) == 1
+
+
+def test_an_owner_gets_at_most_the_daily_budget_of_tasks_the_rest_wait(
+    redis_db: redis.Redis, server: FakeHubSpotServer, hubspot: FakeHubSpot, tmp_path: Path
+) -> None:
+    # The roll-out guard: four stale leads of one rep, a budget of two tasks a day.
+    leads = [str(7200 + i) for i in range(4)]
+    for lead in leads:
+        hubspot.add_contact(lead, f"person{lead}@example.com", hs_lead_status="OPEN", hubspot_owner_id="9001")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("guardrails:\n  max_tasks_per_owner_per_day: 2\n")
+    with running(server, workers=1, PRUNER_POLICY=str(policy)) as url:
+        post(url, [e for lead in leads for e in pushed_back(lead)])
+        wait_until(lambda: sum(len(hubspot.tasks_for(lead)) for lead in leads) == 2, seconds=30)
+        wait_until(lambda: redis_db.zcard(deferred_key("hubspot")) == 2, seconds=30)
+        wait_until(drained(redis_db), seconds=30)
+        assert outbox(redis_db) == []
+        assert {t["hubspot_owner_id"] for lead in leads for t in hubspot.tasks_for(lead)} == {"9001"}
+        # Tomorrow: a fresh budget (a new day's counter) and the clock's watchdog releasing the two.
+        redis_db.delete(*redis_db.keys(CAP_PREFIX + "*"))
+        assert release_due(redis_db, "hubspot", time.time() + 86_400) == 2
+        wait_until(lambda: [len(hubspot.tasks_for(lead)) for lead in leads] == [1, 1, 1, 1], seconds=40)

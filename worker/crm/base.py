@@ -36,6 +36,10 @@ class ActionOutcome:
 
 
 class Executor(Protocol):
+    """Carries out a CRM's actions. An executor may also offer `task_owners(actions) -> {lead id:
+    owner id}`, who its tasks will be assigned to: the drain then holds tasks past an owner's
+    daily budget for the next day (worker/taskcap.py); both CRM executors do."""
+
     crm: str
 
     def execute(self, actions: Sequence[Action]) -> list[ActionOutcome]:

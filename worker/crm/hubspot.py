@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -104,6 +104,8 @@ class HubSpotExecutor:
         self.settings = settings or HubSpotSettings()
         self.clock = clock
         self.texts = texts or TaskTexts(connection, self.settings.reengage_months)
+        # Contacts' owner properties read during this drain (the roll-out guard asks first).
+        self._owner_reads: dict[str, dict[str, Any] | None] = {}
 
     def close(self) -> None:
         self.client.close()
@@ -116,6 +118,12 @@ class HubSpotExecutor:
 
     def execute(self, actions: Sequence[Action]) -> list[ActionOutcome]:
         """Carry out `actions`; one outcome per action. Raises TransientCrmError when HubSpot stays unavailable."""
+        try:
+            return self._execute(actions)
+        finally:
+            self._owner_reads.clear()  # owners are read again for the next batch, as they may change
+
+    def _execute(self, actions: Sequence[Action]) -> list[ActionOutcome]:
         run = _Run()
         valid: list[Action] = []
         for action in actions:
@@ -351,22 +359,31 @@ class HubSpotExecutor:
         it). A contact without an owner gets the fallback owner when one is configured, and
         its task is left unassigned otherwise; either way a log line says so (ids only).
         """
-        contacts = sorted({a["lead_id"] for a in actions})
-        try:
-            found = self.client.batch_read("contacts", contacts, [OWNER_PROPERTY])
-        except HubSpotApiError as exc:
-            # A portal refusing the read (a scope missing) still gets its tasks, as fallback would assign them.
-            log.warning("hubspot contact owners could not be read (HTTP %s): tasks get the fallback owner", exc.status)
-            found = {c: {} for c in contacts}
-        owners = assign_owners(
-            {c: str(found[c].get(OWNER_PROPERTY) or "").strip() or None for c in contacts if c in found},
-            self.settings.fallback_owner_id, "hubspot contact", "HUBSPOT_FALLBACK_OWNER_ID", "is unassigned",
-        )  # fmt: skip
+        owners = self.task_owners(actions)
         for action in actions:
-            if action["lead_id"] not in found:
+            if self._owner_reads.get(action["lead_id"]) is None:
                 run.fail(action["id"], f"HubSpot contact {action['lead_id']} was not found (deleted or merged?)")
                 run.missing.add(action["lead_id"])
         return owners
+
+    def task_owners(self, actions: Sequence[Action]) -> dict[str, str]:
+        """Who gets each task: {contact: owner id}; contacts read once per drain (worker/taskcap.py asks first)."""
+        wanted = sorted({a["lead_id"] for a in actions})
+        unread = [c for c in wanted if c not in self._owner_reads]
+        if unread:
+            try:
+                found = self.client.batch_read("contacts", unread, [OWNER_PROPERTY])
+            except HubSpotApiError as exc:
+                # A portal refusing the read (a scope missing) still gets its tasks, as fallback would assign them.
+                log.warning("hubspot contact owners could not be read (HTTP %s): tasks get the fallback owner",
+                            exc.status)  # fmt: skip
+                found = {c: {} for c in unread}
+            self._owner_reads.update({c: found.get(c) for c in unread})
+        known = {c: props for c in wanted if (props := self._owner_reads[c]) is not None}
+        return assign_owners(
+            {c: str(props.get(OWNER_PROPERTY) or "").strip() or None for c, props in known.items()},
+            self.settings.fallback_owner_id, "hubspot contact", "HUBSPOT_FALLBACK_OWNER_ID", "is unassigned",
+        )  # fmt: skip
 
     def _task(self, action: Action, now_ms: str, text: TaskText, owner: str | None) -> dict[str, str]:
         properties = {

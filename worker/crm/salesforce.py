@@ -172,9 +172,17 @@ class SalesforceExecutor:
         # Without Redis at hand, a task says its loss reason only (no decision inputs to read).
         self.texts = texts or TaskTexts(None)
         self._individuals = True  # False once the org says Lead.IndividualId does not exist
+        # Leads read during this drain (the roll-out guard asks for owners before `execute`).
+        self._lead_reads: dict[str, dict[str, Any] | None] = {}
 
     def execute(self, actions: Sequence[Action]) -> list[ActionOutcome]:
         """Carry out `actions`; one outcome per action. Raises TransientCrmError / SalesforceAuthError."""
+        try:
+            return self._execute(actions)
+        finally:
+            self._lead_reads.clear()  # leads are read again for the next batch, as they may change
+
+    def _execute(self, actions: Sequence[Action]) -> list[ActionOutcome]:
         failures: dict[str, list[str]] = {}
         notes: dict[str, list[str]] = {}
         todo: list[Action] = []
@@ -233,8 +241,20 @@ class SalesforceExecutor:
 
     # -- reads -------------------------------------------------------------------------
 
+    def task_owners(self, actions: Sequence[Action]) -> dict[str, str]:
+        """Who gets each task: {lead: owner id}; leads read once per drain (worker/taskcap.py asks first)."""
+        leads = self._leads({a["lead_id"] for a in actions})
+        return self._task_owners([a for a in actions if a["lead_id"] in leads], leads)
+
     def _leads(self, lead_ids: set[str]) -> dict[str, dict[str, Any]]:
-        """Fetch OwnerId (and IndividualId where the org has Individuals) of these leads, by 18-char id."""
+        """OwnerId (and IndividualId where the org has Individuals) of these leads, by 18-char id; read once a drain."""
+        unread = {i for i in lead_ids if i not in self._lead_reads}
+        if unread:
+            found = self._read_leads(unread)
+            self._lead_reads.update({i: found.get(i) for i in unread})
+        return {i: lead for i in lead_ids if (lead := self._lead_reads.get(i)) is not None}
+
+    def _read_leads(self, lead_ids: set[str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         ids = sorted(lead_ids)
         for chunk in chunked(ids, MAX_IN_IDS):
