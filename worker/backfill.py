@@ -7,7 +7,8 @@ their contacts (worker/crm/hubspot_backfill.py), maps them with the webhook mapp
 - `QueueSink`: the live pipeline, as the webhooks do: RQ jobs of at most 1,000 events
   (worker/queues.py `enqueue_events`), applied and deduplicated by the workers;
 - `JsonlSink`: canonical JSONL that `pruner simulate` reads;
-- `NullSink`: nothing (the dry run counts only).
+- `NullSink`: nothing (counts only); `pruner backfill --dry-run` keeps the events in memory
+  instead (worker/firstrun.py `PreviewSink`) to say what the first live run would do.
 
 Resumable: after each page's events are queued or written (and flushed to disk), the object
 type's cursor moves on in Redis (`pruner:backfill:hubspot:<run>`, a hash, one field per object
@@ -159,6 +160,8 @@ class Tally:
     owners: Counter[str] = field(default_factory=Counter)  # contacts per owner id
     ignored: Counter[str] = field(default_factory=Counter)
     resumed: list[str] = field(default_factory=list)  # object types continued from a cursor
+    # Contact id -> owner id (ids only), for the dry run's tasks per owner (worker/firstrun.py).
+    contact_owner: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -275,6 +278,8 @@ class Backfill:
                 contact_events(record, w.since_ms, w.until_ms, self.now_ms, self.mapping, out)
                 owner = (record.get("properties") or {}).get(OWNER_PROPERTY)
                 self.tally.owners[str(owner) if owner else "none"] += 1
+                if owner:
+                    self.tally.contact_owner[str(record["id"])] = str(owner)
             after = page.after
             self._emit("contacts", len(page.records), out, {"after": after, "done": after is None}, None)
             if after is None:

@@ -14,7 +14,7 @@ import time
 
 from rules.events import format_ms
 from rules.explain import plural
-from worker.backfill import Backfill, Cursors, JsonlSink, NullSink, ProgressLine, QueueSink, Sink, Window
+from worker.backfill import Backfill, Cursors, JsonlSink, ProgressLine, QueueSink, Sink, Window
 from worker.cliargs import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -29,6 +29,7 @@ from worker.crm.base import CrmError
 from worker.crm.hubspot_backfill import HubSpotHistory, search_limiter
 from worker.crm.hubspot_client import build_client
 from worker.errors import ConfigError
+from worker.firstrun import FirstRun, PreviewSink, first_run
 from worker.queues import connect, make_queue
 
 
@@ -38,7 +39,8 @@ def cmd_backfill_hubspot(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     logs_to_stderr()  # stdout is the report (--format json is read by scripts); retries are logged meanwhile
     config = config_or_exit()
-    mapping = policy_or_exit(config.policy_path).hubspot
+    policy = policy_or_exit(config.policy_path)
+    mapping = policy.hubspot
     since = date_flag_ms(args.since, "--since")
     until = date_flag_ms(args.until, "--until") if args.until else int(time.time() * 1000)
     try:
@@ -55,7 +57,7 @@ def cmd_backfill_hubspot(args: argparse.Namespace) -> int:
     cursors: Cursors | None = None
     sink: Sink
     if args.dry_run:
-        sink = NullSink()
+        sink = PreviewSink()
     elif args.out:
         cursors = Cursors(connection, window, "out:" + os.path.abspath(args.out))
         resuming = bool(cursors.load())
@@ -87,8 +89,13 @@ def cmd_backfill_hubspot(args: argparse.Namespace) -> int:
     finally:
         client.close()
     progress.close()
+    preview = (
+        first_run(sink.leads, policy, int(time.time() * 1000), tally.contact_owner)
+        if isinstance(sink, PreviewSink)
+        else None
+    )
     if args.format == "json":
-        print(json.dumps(tally.to_json(), indent=2))
+        print(json.dumps({**tally.to_json(), **({"first_run": preview.to_json()} if preview else {})}, indent=2))
         return EXIT_OK
     read = ", ".join(f"{n:,} {kind}" for kind, n in tally.records.items())
     print(f"backfill hubspot {format_ms(window.since_ms)} .. {format_ms(window.until_ms)}: read {read or 'nothing'}")
@@ -100,7 +107,8 @@ def cmd_backfill_hubspot(args: argparse.Namespace) -> int:
     owners = ", ".join(f"{owner} {n:,}" for owner, n in tally.owners.most_common(10))
     if owners:
         print(f"  contacts per owner: {owners}")
-    if args.dry_run:
+    if preview is not None:
+        _print_first_run(preview)
         print("  dry run: nothing was written or queued")
     elif args.out:
         print(f"  written to {args.out}")
@@ -108,3 +116,18 @@ def cmd_backfill_hubspot(args: argparse.Namespace) -> int:
         print(f"  queued in {plural(sink.jobs if isinstance(sink, QueueSink) else 0, 'job')} "
               f"on queue {config.queue_name!r}")  # fmt: skip
     return EXIT_OK
+
+
+def _print_first_run(preview: FirstRun) -> None:
+    states = ", ".join(f"{state} {n:,}" for state, n in preview.states.most_common())
+    print(f"  the first live run would leave: {states or 'no lead'}")
+    actions = ", ".join(f"{kind} {n:,}" for kind, n in preview.actions.most_common())
+    print(f"  and ask the CRM for: {actions or 'nothing'}")
+    cap = preview.per_owner_per_day
+    if preview.tasks_per_owner:
+        limit = f"at most {cap} a day" if cap > 0 else "no daily limit"
+        spread = ", ".join(
+            f"{owner} {n:,} over {plural(preview.days_for(owner), 'day')}"
+            for owner, n in preview.tasks_per_owner.most_common(10)
+        )
+        print(f"  tasks per owner ({limit}): {spread}")

@@ -269,3 +269,37 @@ def test_call_classification_follows_the_disposition(
         ("hs:calls:2:1:call_connected", "call_connected"),
     ]
     assert all(parse_event(x, "line", NOW_MS) for x in lines)
+
+
+def test_a_dry_run_says_the_first_live_run_asks_for_break_ups_not_a_wall_of_losses(
+    server: FakeHubSpotServer, fake: FakeHubSpot, conn: redis.Redis
+) -> None:
+    # Guardrail 7 on day one: leads silent for months get their break-up task first.
+    from dataclasses import replace
+
+    from rules.lifecycle import evaluate
+    from worker.firstrun import PreviewSink, first_run
+    from worker.policyfile import default_policy
+
+    seed_portal(fake, NOW_MS, contacts=60)
+    sink = PreviewSink()
+    tally = backfill(history(server, conn), sink).run()
+    policy = replace(default_policy(), max_tasks_per_owner_per_day=2)
+    preview = first_run(sink.leads, policy, NOW_MS, tally.contact_owner)
+    assert sum(preview.states.values()) == len(sink.leads) == len(tally.leads)
+    # Replayed as a simulation (grace from the decision), the stale leads are lost already.
+    simulated = {lead: evaluate(list(h.values()), policy, NOW_MS) for lead, h in sink.leads.items()}
+    lost_by_grace = [
+        lead for lead, ev in simulated.items() if ev.decisions and ev.decisions[-1].rule == "breakup_grace"
+    ]
+    assert lost_by_grace, "the portal has leads silent for longer than the grace"
+    assert preview.states["LOST"] == 0 and preview.actions["mark_lost"] == 0
+    assert (
+        preview.states["BREAKUP_DUE"] >= len(lost_by_grace)
+        and preview.actions["breakup_task"] == preview.states["BREAKUP_DUE"]
+    )
+    # Every task has its contact's owner, spread by the roll-out guard at two a day.
+    assert set(preview.tasks_per_owner) <= {"101", "102", "103"}
+    assert sum(preview.tasks_per_owner.values()) == preview.actions["breakup_task"] + preview.actions["reengage_task"]
+    busiest = preview.tasks_per_owner.most_common(1)[0]
+    assert preview.to_json()["tasks_per_owner"][busiest[0]] == {"tasks": busiest[1], "days": -(-busiest[1] // 2)}
