@@ -50,7 +50,8 @@ def cmd_backfill_hubspot(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     connection = connect(config.redis_url, timeout=30)
     try:
-        client = build_client(config, connection)
+        # A live portal keeps working meanwhile: the backfill leaves the callbacks their share.
+        client = build_client(config, connection, config.backfill_rate_share)
     except ConfigError as exc:
         print(f"pruner: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

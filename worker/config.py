@@ -200,6 +200,9 @@ class Config:
     # deploy (web, worker, `pruner check`) instead of the first callback.
     hubspot: HubSpotSettings = field(default_factory=lambda: _hubspot_settings({}))
     hubspot_rate_limit: tuple[int, float] = (DEFAULT_LIMIT, DEFAULT_WINDOW_S)
+    # The share (percent) of HUBSPOT_RATE_LIMIT a backfill may take: the rest stays for the
+    # workers' callbacks and engagement fetches running meanwhile (PRUNER_BACKFILL_RATE_SHARE).
+    backfill_rate_share: int = 80
     salesforce: SalesforceSettings = field(default_factory=lambda: _salesforce_settings({}))
     salesforce_mapping: SalesforceMapping = field(default_factory=SalesforceMapping)
     # Logs in with SALESFORCE_USERNAME/PASSWORD, JWT or client credentials; None when none are set.
@@ -247,6 +250,7 @@ class Config:
             inbound_rate_limit_storage=_inbound_rate_limit_storage(env, redis_url),
             hubspot=_hubspot_settings(env),
             hubspot_rate_limit=_rate(env, "HUBSPOT_RATE_LIMIT"),
+            backfill_rate_share=_int(env, "PRUNER_BACKFILL_RATE_SHARE", 80, 1, 100),
             salesforce=_salesforce_settings(env),
             salesforce_mapping=salesforce_mapping(env),
             salesforce_login=_salesforce_login(env),

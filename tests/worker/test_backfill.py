@@ -303,3 +303,22 @@ def test_a_dry_run_says_the_first_live_run_asks_for_break_ups_not_a_wall_of_loss
     assert sum(preview.tasks_per_owner.values()) == preview.actions["breakup_task"] + preview.actions["reengage_task"]
     busiest = preview.tasks_per_owner.most_common(1)[0]
     assert preview.to_json()["tasks_per_owner"][busiest[0]] == {"tasks": busiest[1], "days": -(-busiest[1] // 2)}
+
+
+def test_a_backfill_leaves_the_callbacks_their_share_of_the_rate_limit(conn: redis.Redis) -> None:
+    from worker.config import Config
+    from worker.crm.hubspot_client import build_client
+
+    config = Config(hubspot_access_token="t", hubspot_rate_limit=(10, 60.0))
+    backfilling = build_client(config, conn, share_percent=80)
+    callbacks = build_client(config, conn)
+    assert backfilling.limiter is not None and callbacks.limiter is not None
+    assert backfilling.limiter.key == callbacks.limiter.key  # one budget, shared
+    for _ in range(8):
+        backfilling.limiter.acquire(timeout_s=1)
+    with pytest.raises(TimeoutError):
+        backfilling.limiter.acquire(timeout_s=0.2)  # its 80 % of the window is spent...
+    callbacks.limiter.acquire(timeout_s=0.2)  # ...and the callbacks still find their 20 %
+    callbacks.limiter.acquire(timeout_s=0.2)
+    with pytest.raises(TimeoutError):
+        callbacks.limiter.acquire(timeout_s=0.2)  # the portal's own limit holds for everyone

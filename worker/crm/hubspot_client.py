@@ -374,11 +374,17 @@ class HubSpotClient(CrmHttpClient):
         )
 
 
-def build_client(config: Config, connection: redis.Redis) -> HubSpotClient:
-    """Build the API client (shared rate limit, call metrics); used to fetch thin webhook events too."""
+def build_client(config: Config, connection: redis.Redis, share_percent: int = 100) -> HubSpotClient:
+    """Build the API client (shared rate limit, call metrics); used to fetch thin webhook events too.
+
+    `share_percent` below 100 (a backfill) takes request slots only while the shared window
+    holds fewer than that share of the limit: everyone else, with the whole limit, still
+    finds the rest of the window free.
+    """
     if not config.hubspot_access_token:
         raise ConfigError("HUBSPOT_ACCESS_TOKEN is not set, so Pruner cannot read engagements from HubSpot")
     limit, window = config.hubspot_rate_limit
+    limit = max(1, limit * share_percent // 100)
     limiter = RateLimiter(connection, limit, window, margin_s=min(DEFAULT_MARGIN_S, window * 0.05))
     client = HubSpotClient(config.hubspot_api_base, config.hubspot_access_token, limiter)
     client.on_response = lambda method, path, status: count_crm_call(
