@@ -322,3 +322,21 @@ def test_a_backfill_leaves_the_callbacks_their_share_of_the_rate_limit(conn: red
     callbacks.limiter.acquire(timeout_s=0.2)
     with pytest.raises(TimeoutError):
         callbacks.limiter.acquire(timeout_s=0.2)  # the portal's own limit holds for everyone
+
+
+def test_searches_stay_under_hubspots_search_limit_while_the_portal_budget_makes_them_wait(
+    server: FakeHubSpotServer, fake: FakeHubSpot, conn: redis.Redis
+) -> None:
+    # A search slot taken before a wait for the portal's budget would be spent early: the next
+    # search then reaches HubSpot within the same second and is refused (bench/backfill.py).
+    seed_portal(fake, NOW_MS, contacts=60)
+    fake.configure(rate_limit=8, window_s=3.0, search_rate_limit=1)
+    portal = RateLimiter(conn, 6, 3.0, key="pruner:ratelimit:unit", margin_s=0.05)
+    hs = HubSpotHistory(
+        HubSpotClient(server.url, TOKEN, portal, backoff_base_s=0.01, backoff_cap_s=0.05),
+        search_limiter(conn, (1, 1.0)),
+    )
+    tally = backfill(hs, NullSink()).run()
+    assert tally.records["calls"] > 0
+    searches = fake.api_calls(contains="/search")
+    assert len(searches) >= 4 and [c for c in fake.api_calls() if c["status"] == 429] == []

@@ -91,10 +91,19 @@ class HubSpotClient(CrmHttpClient):
     # -- transport ---------------------------------------------------------------------------
 
     def send_once(
-        self, method: str, path: str, params: Mapping[str, str] | None, body: Any | None
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        body: Any | None,
+        also: RateLimiter | None = None,
     ) -> requests.Response:
+        """One attempt under the shared limit, and `also` (a second budget, e.g. HubSpot's search
+        limit) taken last: a slot taken before a wait for the first would be spent early."""
         if self.limiter is not None:
             self.limiter.acquire()
+        if also is not None:
+            also.acquire()
         self.requests_sent += 1
         try:
             response = self.session.request(method, self.base_url + path, params=params, json=body, timeout=TIMEOUT)
@@ -128,13 +137,15 @@ class HubSpotClient(CrmHttpClient):
         label: str | None = None,
         params: Mapping[str, str] | None = None,
         json: Any | None = None,
+        also: RateLimiter | None = None,
     ) -> requests.Response:
         """Send one API request with retries; return any 2xx/4xx response, raise TransientCrmError when exhausted.
 
-        `label` names the request in logs and errors instead of the path, which may hold an email.
+        `label` names the request in logs and errors instead of the path, which may hold an email;
+        `also` is a second rate budget each attempt counts against (`send_once`).
         """
         label = label or f"{method} {path}"
-        return self._retrying(label, lambda: self.send_once(method, path, params, json))
+        return self._retrying(label, lambda: self.send_once(method, path, params, json, also))
 
     def _retrying(self, label: str, attempt: Callable[[], T], searching: Callable[[], bool] | None = None) -> T:
         """Call `attempt` under the retry policy; raise TransientCrmError when exhausted.
