@@ -99,4 +99,12 @@ def progress(rules: Mapping[str, Mapping[str, Any]]) -> list[str]:
         lines.append(f"pushed_back: {p['count']} of {p['threshold']} follow-up meeting reschedules in this episode")
     if (e := rules.get("effort_exceeds_value")) is not None:
         lines.append(f"effort_exceeds_value: {e['count']} of {_fmt(e['threshold'])} minutes in this episode")
+    if (g := rules.get("breakup_grace")) is not None:
+        if g.get("since") is None:
+            lines.append("breakup_grace: waiting for the break-up task to be created in the CRM; "
+                         f"{g['business_days']} business days without a reply from then")  # fmt: skip
+        else:
+            since = "the break-up task" if g.get("task_created") else "the break-up decision"
+            lines.append(f"breakup_grace: {g['business_days']} business days from {since} ({g['since']}), "
+                         f"until {g['until']}, unless the lead replies")  # fmt: skip
     return lines

@@ -303,6 +303,15 @@ class _Replay:
             out["pushed_back"] = {"count": r.episode.follow_up_reschedules, "threshold": t.min_reschedules}
         if self.enabled("effort_exceeds_value"):
             out["effort_exceeds_value"] = {"count": r.episode.minutes, "threshold": self.effort_limit()}
+        if r.state is State.BREAKUP_DUE and self.enabled("breakup_grace"):
+            # Guardrail 7: the grace may not have started, because the task does not exist yet.
+            start, due = self.grace_start(), self.grace_due()
+            out["breakup_grace"] = {
+                "task_created": r.breakup_task_ms is not None,
+                "since": format_ms(start) if start is not None else None,
+                "until": format_ms(due) if due is not None else None,
+                "business_days": t.grace_days,
+            }
         return out
 
     # -- events ------------------------------------------------------------------------

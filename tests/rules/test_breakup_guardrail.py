@@ -77,3 +77,15 @@ def test_a_task_event_is_not_lead_activity() -> None:
     h.add("breakup_task_created", at(1))
     after = evaluate(h.events, P, at(2), grace_from_task=True).counters
     assert after.last_event_ms == before.last_event_ms and after.outbound_touches == before.outbound_touches
+
+
+def test_explain_says_whether_the_grace_has_started() -> None:
+    from rules.explain import progress
+
+    waiting = evaluate(silent().events, P, at(30), grace_from_task=True)
+    assert any("waiting for the break-up task to be created" in line for line in progress(waiting.progress))
+    h = silent().add("breakup_task_created", at(31))
+    running = evaluate(h.events, P, at(32), grace_from_task=True)
+    [line] = [line for line in progress(running.progress) if line.startswith("breakup_grace")]
+    assert "from the break-up task" in line and "until" in line
+    assert "breakup_grace" not in evaluate(h.events, P, at(60), grace_from_task=True).progress  # LOST by then
