@@ -19,6 +19,7 @@ from worker import hubspot_ops, leadindex
 from worker.action import Action
 from worker.actions import drain, pending_key, queue_erasure_forwards, watch
 from worker.aggregates import COMPLETE_KEY
+from worker.backfill import SOURCE as BACKFILL_SOURCE
 from worker.config import Config
 from worker.crm import executor_for
 from worker.decide import Decider
@@ -31,6 +32,7 @@ from worker.reaper import reap, rescue
 from worker.stats import migrate, store_stats_snapshot
 from worker.store import LeadStore
 from worker.taskcap import TaskCap, release_due
+from worker.upgrades import SOURCE as UPGRADE_SOURCE
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,11 @@ def _connection() -> redis.Redis:
 
 def suppression_key(config: Config) -> bytes | None:
     return config.suppression_key.encode() if config.suppression_key else None
+
+
+OUTBOX_SOURCE = "outbox"  # breakup_task_created events the drain records (worker/actions.py)
+# Batches that are not webhooks: history read back, or Pruner's own records.
+HISTORY_SOURCES = frozenset({BACKFILL_SOURCE, UPGRADE_SOURCE, OUTBOX_SOURCE})
 
 
 def decider(config: Config, now_ms: int, source: str = "events") -> Decider:
@@ -116,7 +123,9 @@ def _process(batch: list[Event], source: str, ops: list[HubSpotOp] | None) -> di
         result.new_decisions,
         ((source, e.type.value) for e in batch),
         job.enqueued_at.timestamp() if job is not None and job.enqueued_at else None,
-        max((e.occurred_ms for e in batch), default=None),
+        # The event-age gauge watches the webhooks: a backfill's months-old events, or Pruner's
+        # own records (a task created, an upgrade), would only hide how late a webhook is.
+        None if source in HISTORY_SOURCES else max((e.occurred_ms for e in batch), default=None),
         result.paths,
     )
     log.info(
@@ -234,7 +243,7 @@ def drain_outbox(crm: str) -> dict[str, int]:
         connection,
         crm,
         lambda: executor_for(crm, config, connection),
-        queue_events=lambda events: events_job(queue, events, source="outbox"),
+        queue_events=lambda events: events_job(queue, events, source=OUTBOX_SOURCE),
         cap=TaskCap(connection, crm, cached_policy(config.policy_path).max_tasks_per_owner_per_day, time.time),
     )
     if counts.get("again"):

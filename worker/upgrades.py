@@ -20,6 +20,7 @@ from worker.queues import enqueue_events
 
 log = logging.getLogger(__name__)
 
+SOURCE = "upgrade"  # the `source` of the batches an upgrade queues
 BREAKUP_CLOCK_MARKER = "pruner:upgraded:breakup_task_clock"
 BREAKUP_CLOCK_LOCK = "pruner:upgrading:breakup_task_clock"
 
@@ -56,10 +57,10 @@ def record_existing_breakup_tasks(connection: redis.Redis, queue: Queue, scan_co
             event_id = f"pruner-task-upgrade:{crm}:{lead_id}:{at}"  # the same on a second run
             pending.append(Event(event_id, EventType.BREAKUP_TASK_CREATED, Crm(crm), lead_id, at, {}).to_wire())
             if len(pending) == MAX_EVENTS_PER_BATCH:
-                enqueue_events(queue, pending, source="upgrade")
+                enqueue_events(queue, pending, source=SOURCE)
                 queued, pending = queued + len(pending), []
         if pending:
-            enqueue_events(queue, pending, source="upgrade")
+            enqueue_events(queue, pending, source=SOURCE)
             queued += len(pending)
         connection.set(BREAKUP_CLOCK_MARKER, "1")
         if queued:

@@ -130,3 +130,35 @@ def test_a_task_confirmed_before_its_decisions_time_is_dated_just_after_it() -> 
     decided = parse_rfc3339_ms(action["at"], "at")
     assert task_created(action, decided - 60_000).occurred_ms == decided + 1  # a sender's clock ran ahead
     assert task_created(action, decided + 5_000).occurred_ms == decided + 5_000
+
+
+def test_history_batches_leave_the_webhook_event_age_gauge_alone(monkeypatch: Any) -> None:
+    # A backfill's months-old events (or Pruner's own task records) would read as a webhook
+    # arriving months late on pruner_processing_lag_seconds{kind="event"}.
+    import time as clock
+
+    import redis
+    from rq import SimpleWorker
+
+    from rules.events import Crm, Event, EventType
+    from tests.helpers import redis_url_for_tests
+    from worker.metrics import LAG_KEY
+    from worker.queues import enqueue_events, make_queue
+
+    monkeypatch.setenv("PRUNER_DRY_RUN", "1")
+    conn = redis.Redis.from_url(redis_url_for_tests(12))
+    conn.flushdb()
+    try:
+        queue = make_queue(conn)
+        now_ms = int(clock.time() * 1000)
+        fresh = Event("w1", EventType.EMAIL_SENT, Crm.HUBSPOT, "G1", now_ms - 5_000, {})
+        old = Event("b1", EventType.EMAIL_SENT, Crm.HUBSPOT, "G2", now_ms - 90 * 86_400_000, {})
+        enqueue_events(queue, [fresh.to_wire()], source="events")
+        enqueue_events(queue, [old.to_wire()], source="backfill")
+        SimpleWorker([queue], connection=conn, serializer=queue.serializer).work(burst=True, with_scheduler=False)
+        assert queue.failed_job_registry.count == 0
+        lag = {k.decode(): float(v) for k, v in conn.hgetall(LAG_KEY).items()}
+        assert lag["event_seconds"] < 600  # the webhook's five seconds, not the backfill's 90 days
+    finally:
+        conn.flushdb()
+        conn.close()
