@@ -129,19 +129,35 @@ class JsonlSink:
 
 
 class QueueSink:
-    """The live pipeline: RQ jobs of at most 1,000 events, as the webhook routes queue them."""
+    """The live pipeline: RQ jobs of at most 1,000 events, as the webhook routes queue them.
 
-    def __init__(self, queue: Queue, job_events: int = MAX_EVENTS_PER_BATCH) -> None:
+    It waits while `max_queued` jobs or more are queued: a backfill filling the queue would
+    delay live webhooks, and past the web's backpressure threshold get them refused.
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        job_events: int = MAX_EVENTS_PER_BATCH,
+        max_queued: int = 10,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.queue = queue
         self.job_events = job_events
+        self.max_queued = max_queued
+        self.sleep = sleep
         self.pending: list[list[Any]] = []
         self.jobs = 0
+        self.waited_s = 0.0
 
     def write(self, events: Sequence[Versioned]) -> None:
         self.pending.extend(item.event.to_wire() for item in events)
 
     def commit(self) -> None:
         for start in range(0, len(self.pending), self.job_events):
+            while self.queue.count >= self.max_queued:
+                self.sleep(0.5)  # the workers are busy: let them (and the webhooks) catch up
+                self.waited_s += 0.5
             enqueue_events(self.queue, self.pending[start : start + self.job_events], SOURCE)
             self.jobs += 1
         self.pending = []

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from rules.events import Event, parse_event
+from rules.events import Crm, Event, EventType, parse_event
 from rules.events import format_ms as iso
 from rules.hubspot_map import HubSpotMapping
 from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
@@ -340,3 +340,22 @@ def test_searches_stay_under_hubspots_search_limit_while_the_portal_budget_makes
     assert tally.records["calls"] > 0
     searches = fake.api_calls(contains="/search")
     assert len(searches) >= 4 and [c for c in fake.api_calls() if c["status"] == 429] == []
+
+
+def test_a_live_backfill_waits_while_the_queue_is_full(conn: redis.Redis) -> None:
+    # Live webhooks share the queue: a backfill must not bury them (nor trip the web's backpressure).
+    queue = make_queue(conn)
+    naps: list[float] = []
+
+    def worker_catches_up(seconds: float) -> None:
+        naps.append(seconds)
+        queue.empty()  # meanwhile a worker took every job
+
+    sink = QueueSink(queue, job_events=2, max_queued=3, sleep=worker_catches_up)
+    events = [Event(f"c{i}", EventType.CALL_ATTEMPTED, Crm.HUBSPOT, "L", NOW_MS - i * 60_000, {}) for i in range(10)]
+    from rules.hubspot_map import Versioned
+
+    sink.write([Versioned(e, None) for e in events])
+    sink.commit()
+    assert sink.jobs == 5 and len(naps) == 1  # three jobs queued, then one wait, then two more
+    assert queue.count == 2
