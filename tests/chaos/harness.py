@@ -459,8 +459,13 @@ def running_system(plan: Plan, fake_url: str, directory: Path) -> Iterator[tuple
     except BaseException:
         server.stop()  # started but never answered: not left running
         raise
+    # The faults are the subject here, not the roll-out guard: every break-up task is wanted
+    # today (tests/worker/test_taskcap.py and the e2e test the daily budget).
+    policy = directory / "policy.yaml"
+    policy.write_text("guardrails:\n  max_tasks_per_owner_per_day: 0\n")
     env = base_env(
         REDIS_URL=server.url,
+        PRUNER_POLICY=str(policy),
         PRUNER_DRY_RUN="0",
         HUBSPOT_ACCESS_TOKEN=TOKEN,
         HUBSPOT_API_BASE=fake_url,
