@@ -115,6 +115,12 @@ class RedisCollector(Collector):
             "Lead evaluations by path: continued from a checkpoint, a full replay of the log, or a new lead",
             ["path"],
         )
+        yield self._hash_counter(
+            worker_metrics.RECONCILED_KEY,
+            "pruner_reconciled_events",
+            "Events reconciliation read back from the CRM that no webhook had delivered (above 0: webhooks go missing)",
+            ["object"],
+        )
 
     def _hash_counter(self, key: str, name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
         family = CounterMetricFamily(name, doc, labels=labels)

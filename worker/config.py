@@ -203,6 +203,8 @@ class Config:
     # The share (percent) of HUBSPOT_RATE_LIMIT a backfill may take: the rest stays for the
     # workers' callbacks and engagement fetches running meanwhile (PRUNER_BACKFILL_RATE_SHARE).
     backfill_rate_share: int = 80
+    # Minutes between reconciliation runs (worker/reconcile.py); 0 turns it off (PRUNER_RECONCILE_MINUTES).
+    reconcile_minutes: int = 15
     salesforce: SalesforceSettings = field(default_factory=lambda: _salesforce_settings({}))
     salesforce_mapping: SalesforceMapping = field(default_factory=SalesforceMapping)
     # Logs in with SALESFORCE_USERNAME/PASSWORD, JWT or client credentials; None when none are set.
@@ -251,6 +253,7 @@ class Config:
             hubspot=_hubspot_settings(env),
             hubspot_rate_limit=_rate(env, "HUBSPOT_RATE_LIMIT"),
             backfill_rate_share=_int(env, "PRUNER_BACKFILL_RATE_SHARE", 80, 1, 100),
+            reconcile_minutes=_int(env, "PRUNER_RECONCILE_MINUTES", 15, 0, 24 * 60),
             salesforce=_salesforce_settings(env),
             salesforce_mapping=salesforce_mapping(env),
             salesforce_login=_salesforce_login(env),

@@ -22,6 +22,8 @@ from worker.aggregates import COMPLETE_KEY
 from worker.backfill import SOURCE as BACKFILL_SOURCE
 from worker.config import Config
 from worker.crm import executor_for
+from worker.crm.hubspot_backfill import HubSpotHistory, search_limiter
+from worker.crm.hubspot_client import build_client
 from worker.decide import Decider
 from worker.gdpr import purge_payloads
 from worker.locks import release
@@ -29,6 +31,7 @@ from worker.metrics import record_batch
 from worker.policyfile import cached_policy
 from worker.queues import JOB_TIMEOUT, RETRY, events_job, make_queue
 from worker.reaper import reap, rescue
+from worker.reconcile import reconcile_hubspot
 from worker.stats import migrate, store_stats_snapshot
 from worker.store import LeadStore
 from worker.taskcap import TaskCap, release_due
@@ -59,6 +62,7 @@ def suppression_key(config: Config) -> bytes | None:
 
 
 OUTBOX_SOURCE = "outbox"  # breakup_task_created events the drain records (worker/actions.py)
+RECONCILE_SOURCE = "reconcile"  # the decider's source for what reconciliation applies
 # Batches that are not webhooks: history read back, or Pruner's own records.
 HISTORY_SOURCES = frozenset({BACKFILL_SOURCE, UPGRADE_SOURCE, OUTBOX_SOURCE})
 
@@ -287,6 +291,42 @@ def forget_lead(crm: str, lead_id: str) -> dict[str, int]:
 
 
 STATS_LOCK = "pruner:stats:lock"
+RECONCILE_LOCK = "pruner:reconcile:lock"
+
+
+def reconcile() -> dict[str, int]:
+    """RQ job (the clock, every PRUNER_RECONCILE_MINUTES): read back the engagements HubSpot changed lately.
+
+    worker/reconcile.py. One run at a time; it takes the backfill's share of the rate limit,
+    so callbacks keep theirs.
+    """
+    config = _config()
+    connection = _connection()
+    if not config.hubspot_access_token:
+        return {"skipped": 1}
+    token = uuid.uuid4().hex
+    if not connection.set(RECONCILE_LOCK, token, nx=True, ex=max(60, config.reconcile_minutes * 60)):
+        return {"skipped": 1}
+    try:
+        client = build_client(config, connection, config.backfill_rate_share)
+        try:
+            now_ms = int(time.time() * 1000)
+            result = reconcile_hubspot(
+                connection,
+                HubSpotHistory(client, search_limiter(connection)),
+                LeadStore(connection, suppression_key(config)),
+                decider(config, now_ms, RECONCILE_SOURCE),
+                cached_policy(config.policy_path).hubspot,
+                now_ms,
+            )
+        finally:
+            client.close()
+        _after_apply(connection, config, result.erased, result.actions)
+        return {"records": result.records, "recovered": sum(result.added.values())}
+    finally:
+        release(connection, RECONCILE_LOCK, token)
+
+
 STATS_INTERVAL_SECONDS = 300
 
 

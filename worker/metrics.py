@@ -22,6 +22,7 @@ DAILY_PREFIX = "pruner:metrics:daily:"  # per UTC day: field "to|reason" -> deci
 # field "checkpoint" (continued from the lead's checkpoint), "replay" (its whole log: a late
 # event, a lead written before checkpoints, a policy change) or "new" -> lead evaluations
 EVALUATIONS_KEY = "pruner:metrics:evaluations"
+RECONCILED_KEY = "pruner:metrics:reconciled"  # field: object type -> events reconciliation added (worker/reconcile.py)
 
 
 def record_batch(

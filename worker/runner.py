@@ -145,7 +145,8 @@ class JsonCronJob(CronJob):
 
 
 def run_clock(config: Config, connection: redis.Redis | None = None) -> None:
-    """Enqueue the sweep every minute, the watchdog every 15 s, the stats every 5 minutes (RQ's cron)."""
+    """Enqueue the sweep every minute, the watchdog every 15 s, the stats every 5 minutes, and, with a
+    HubSpot token, reconciliation every PRUNER_RECONCILE_MINUTES (RQ's cron)."""
     connection = connection or connect(config.redis_url)
     scheduler = CronScheduler(connection=connection)
     options: dict[str, Any] = {"interval": SWEEP_INTERVAL_SECONDS, "job_timeout": 300, "result_ttl": 0}
@@ -157,4 +158,9 @@ def run_clock(config: Config, connection: redis.Redis | None = None) -> None:
     watch_options: dict[str, Any] = {"interval": WATCH_INTERVAL_SECONDS, "job_timeout": 60, "result_ttl": 0}
     watch_job = scheduler.register(jobs.watchdog, config.queue_name, **watch_options)
     watch_job.__class__ = JsonCronJob  # requeues jobs of dead workers; drains outboxes a dead drain left
+    if config.reconcile_minutes and config.hubspot_access_token:
+        interval = config.reconcile_minutes * 60
+        reconcile_options: dict[str, Any] = {"interval": interval, "job_timeout": interval, "result_ttl": 0}
+        reconcile_job = scheduler.register(jobs.reconcile, config.queue_name, **reconcile_options)
+        reconcile_job.__class__ = JsonCronJob  # what webhooks missed comes back within one interval
     scheduler.start()

@@ -95,6 +95,9 @@ def base_env(**extra: str) -> dict[str, str]:
     env["TMPDIR"] = str(SESSION_TMP)
     # Dry run unless a test says otherwise: decisions are recorded, no CRM is called.
     env.update(REDIS_URL=REDIS_URL, PRUNER_WEBHOOK_SECRET=SECRET, PRUNER_ADMIN_TOKEN=ADMIN_TOKEN, PRUNER_DRY_RUN="1")
+    # No reconciliation unless a test turns it on: its searches would show among the calls a
+    # test counts on the fake CRM.
+    env["PRUNER_RECONCILE_MINUTES"] = "0"
     env.update(extra)
     return env
 

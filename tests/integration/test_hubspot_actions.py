@@ -21,6 +21,7 @@ import redis
 import requests
 
 from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
+from tests.fakes.portal import NO_ANSWER
 from tests.helpers import batch_body, event, signed_headers
 from tests.integration.support import (
     BIN,
@@ -37,6 +38,7 @@ from tests.integration.support import (
 from worker.actions import dead_key, done_key, lock_key
 from worker.crm.progress import PROGRESS_KEY
 from worker.keys import outbox_key
+from worker.metrics import RECONCILED_KEY
 from worker.store import LeadStore
 from worker.taskcap import CAP_PREFIX, deferred_key, release_due
 
@@ -329,3 +331,21 @@ def test_an_owner_gets_at_most_the_daily_budget_of_tasks_the_rest_wait(
         redis_db.delete(*redis_db.keys(CAP_PREFIX + "*"))
         assert release_due(redis_db, "hubspot", time.time() + 86_400) == 2
         wait_until(lambda: [len(hubspot.tasks_for(lead)) for lead in leads] == [1, 1, 1, 1], seconds=40)
+
+
+def test_reconciliation_recovers_engagements_whose_webhooks_never_came(
+    redis_db: redis.Redis, server: FakeHubSpotServer, hubspot: FakeHubSpot
+) -> None:
+    # Three calls logged in HubSpot in the last half hour; their webhooks were lost (never sent).
+    lead = "7301"
+    seed(hubspot, [lead])
+    for n in range(3):
+        at = datetime.now(tz=UTC) - timedelta(minutes=30 - n)
+        stamp = at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        hubspot.add_engagement("calls", f"lost-{n}", [lead], hs_timestamp=stamp, hs_call_direction="OUTBOUND",
+                               hs_call_disposition=NO_ANSWER, hs_lastmodifieddate=stamp)  # fmt: skip
+    with running(server, workers=1, PRUNER_RECONCILE_MINUTES="1"):
+        # The clock's first reconciliation runs as it starts: within one interval in any case.
+        wait_until(lambda: redis_db.hget(RECONCILED_KEY, "calls") == b"3", seconds=70)
+        history = LeadStore(redis_db).history("hubspot", lead) or []
+        assert [e.type.value for e in history] == ["call_attempted"] * 3

@@ -76,3 +76,10 @@ def test_refusals_are_timed_and_counted_under_the_route_named(client: FlaskClien
         ('pruner_webhook_seconds_count{route="/healthz"}', 0),
     ):
         assert series(after, name) - series(before, name) == moved, name
+
+
+def test_metrics_show_what_reconciliation_recovered(client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
+    assert 'pruner_reconciled_events_total{object="calls"}' not in client.get("/metrics").get_data(as_text=True)
+    fake_redis.hincrby(worker_metrics.RECONCILED_KEY, "calls", 4)  # what worker/reconcile.py writes
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'pruner_reconciled_events_total{object="calls"} 4.0' in text

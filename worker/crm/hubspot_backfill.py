@@ -109,9 +109,19 @@ class HubSpotHistory:
         return Page([r for r in body.get("results", []) if isinstance(r, dict) and r.get("id")], _next(body))
 
     def search_page(
-        self, object_type: str, properties: Sequence[str], from_ms: int, until_ms: int, after: str | None = None
+        self,
+        object_type: str,
+        properties: Sequence[str],
+        from_ms: int,
+        until_ms: int,
+        after: str | None = None,
+        by: str = TIME_PROPERTY,
     ) -> Page | None:
-        """One page of `object_type` records with `from_ms` <= hs_timestamp < `until_ms`, oldest first.
+        """One page of `object_type` records with `from_ms` <= `by` < `until_ms`, oldest first.
+
+        `by` is the time property windowed and sorted on: when the engagement happened
+        (`hs_timestamp`, the backfill), or when it was last changed (`hs_lastmodifieddate`,
+        reconciliation, worker/reconcile.py).
 
         None when HubSpot answers 400 to a page after the first: the query went past what a search
         may page through (the caller starts a new query where this one got to).
@@ -120,12 +130,12 @@ class HubSpotHistory:
             "filterGroups": [
                 {
                     "filters": [
-                        {"propertyName": TIME_PROPERTY, "operator": "GTE", "value": str(from_ms)},
-                        {"propertyName": TIME_PROPERTY, "operator": "LT", "value": str(until_ms)},
+                        {"propertyName": by, "operator": "GTE", "value": str(from_ms)},
+                        {"propertyName": by, "operator": "LT", "value": str(until_ms)},
                     ]
                 }
             ],
-            "sorts": [{"propertyName": TIME_PROPERTY, "direction": "ASCENDING"}],
+            "sorts": [{"propertyName": by, "direction": "ASCENDING"}],
             "properties": list(properties),
             "limit": SEARCH_PAGE,
         }
@@ -144,25 +154,25 @@ class HubSpotHistory:
         return Page(records, _next(answer), int(total) if isinstance(total, int) else None)
 
     def search_window(
-        self, object_type: str, properties: Sequence[str], from_ms: int, until_ms: int
+        self, object_type: str, properties: Sequence[str], from_ms: int, until_ms: int, by: str = TIME_PROPERTY
     ) -> Iterator[SearchPage]:
-        """Every `object_type` record with `from_ms` <= hs_timestamp < `until_ms`, a page at a time, oldest first."""
-        wanted = list(dict.fromkeys([*properties, TIME_PROPERTY]))
+        """Every `object_type` record with `from_ms` <= `by` < `until_ms`, a page at a time, oldest first."""
+        wanted = list(dict.fromkeys([*properties, by]))
         start, after, read, last_ms = from_ms, None, 0, from_ms
         at_last: set[str] = set()  # ids seen with hs_timestamp == last_ms: a new query from last_ms reads them again
         skip: set[str] = set()
         while True:
             page = None
             if read + SEARCH_PAGE <= self.search_cap:
-                page = self.search_page(object_type, wanted, start, until_ms, after)
+                page = self.search_page(object_type, wanted, start, until_ms, after, by)
             if page is None:
                 # The query cannot page further: a new one from the last time seen.
-                start, after, read = self._split(object_type, start, last_ms), None, 0
+                start, after, read = self._split(object_type, start, last_ms, by), None, 0
                 skip = set(at_last)
                 continue
             read += len(page.records)
             for record in page.records:
-                stamp = _ms(record)
+                stamp = _ms(record, by)
                 if stamp is not None and stamp > last_ms:
                     last_ms, at_last = stamp, set()
                 if stamp == last_ms:
@@ -174,11 +184,11 @@ class HubSpotHistory:
                 return
             after = page.after
 
-    def _split(self, object_type: str, start: int, last_ms: int) -> int:
+    def _split(self, object_type: str, start: int, last_ms: int, by: str) -> int:
         if last_ms <= start:
             raise SearchCapError(
                 400,
-                f"more than {self.search_cap} HubSpot {object_type} have hs_timestamp {start}: "
+                f"more than {self.search_cap} HubSpot {object_type} have {by} {start}: "
                 "a search cannot page through them",
             )
         return last_ms
@@ -191,8 +201,8 @@ class HubSpotHistory:
         return {i: sorted(set(found.get(i, []))) for i in ids}
 
 
-def _ms(record: dict[str, Any]) -> int | None:
-    return epoch_ms(str((record.get("properties") or {}).get(TIME_PROPERTY) or ""))
+def _ms(record: dict[str, Any], by: str = TIME_PROPERTY) -> int | None:
+    return epoch_ms(str((record.get("properties") or {}).get(by) or ""))
 
 
 def search_limiter(connection: redis.Redis, rate: tuple[int, float] = SEARCH_RATE) -> RateLimiter:
