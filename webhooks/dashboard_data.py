@@ -57,7 +57,16 @@ def queue_health(connection: redis.Redis, queue: Queue, now: float) -> list[Tile
             "newest event's time to processing",
             "info",
         ),
+        _reconciled(connection),
     ]
+
+
+def _reconciled(connection: redis.Redis) -> Tile:
+    """Events reconciliation found that no webhook had delivered (worker/reconcile.py): above 0, look."""
+    raw: dict[bytes, bytes] = connection.hgetall(worker_metrics.RECONCILED_KEY)  # type: ignore[assignment]
+    total = sum(int(v) for v in raw.values())
+    note = "webhooks are missing events: check the subscriptions" if total else "every webhook arrived"
+    return Tile("Recovered by reconciliation", f"{total:,}", note, "warn" if total else "ok")
 
 
 def _lag_level(seconds: float) -> str:

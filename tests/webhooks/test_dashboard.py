@@ -204,6 +204,7 @@ def test_page_draws_every_chart_with_the_seeded_numbers(client: FlaskClient, see
         assert f'<div class="label">{label}</div>' in page
     # record_batch above said the batch waited 2 s in the queue.
     assert re.search(r'Last batch: queue lag</div><div class="value">2\.\d s</div>\s*<div class="note">processed', page)
+    assert re.search(r'Recovered by reconciliation</div><div class="value">0</div>\s*<div class="note">every', page)
 
 
 def test_page_holds_no_lead_id_no_email_and_loads_nothing_external(
@@ -351,3 +352,13 @@ def test_rq_dashboard_reads_json_jobs_and_busy_workers(client: FlaskClient, fake
 def test_a_malformed_session_cookie_is_refused_not_a_500(client: FlaskClient, value: str, path: str) -> None:
     assert client.get(path, headers={"Cookie": f"{COOKIE}={value}"}).status_code == 401
     assert not session_valid(ADMIN_TOKEN, value, time.time())
+
+
+def test_a_tile_says_when_reconciliation_found_what_webhooks_missed(
+    client: FlaskClient, seeded: fakeredis.FakeRedis
+) -> None:
+    seeded.hincrby(worker_metrics.RECONCILED_KEY, "calls", 12)  # what worker/reconcile.py counts
+    page = client.get("/dashboard", headers=AUTH).get_data(as_text=True)
+    assert re.search(
+        r'Recovered by reconciliation</div><div class="value">12</div>\s*<div class="note">webhooks are', page
+    )
