@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +27,6 @@ REDIS_URL = redis_url_for_tests(12)
 NOW_MS = 1_790_000_000_000  # the backfill's clock: histories are dated from it, never from today
 WINDOW = Window(NOW_MS - 200 * DAY_MS, NOW_MS)
 MAPPING = HubSpotMapping()
-
-
-@pytest.fixture
-def conn() -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(REDIS_URL)
-    connection.flushdb()
-    yield connection
-    connection.flushdb()
-    connection.close()
-
-
-@pytest.fixture
-def server() -> Iterator[FakeHubSpotServer]:
-    with FakeHubSpotServer() as running:
-        yield running
-
-
-@pytest.fixture
-def fake(server: FakeHubSpotServer) -> FakeHubSpot:
-    return server.fake
 
 
 class Sleeps(list[float]):

@@ -19,12 +19,6 @@ NO_ANSWER = "73a0d17f-1163-4015-bdd5-ec830791da20"
 
 
 @pytest.fixture
-def server() -> Iterator[FakeHubSpotServer]:
-    with FakeHubSpotServer() as running:
-        yield running
-
-
-@pytest.fixture
 def client(server: FakeHubSpotServer) -> Iterator[HubSpotClient]:
     with HubSpotClient(server.url, TOKEN, None, backoff_base_s=0.01, backoff_cap_s=0.05) as built:
         yield built

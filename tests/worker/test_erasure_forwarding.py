@@ -19,7 +19,6 @@ from rq.serializers import JSONSerializer
 from rules.events import Crm, Event, EventType
 from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
 from tests.fakes.salesforce import FakeSalesforce
-from tests.helpers import redis_url_for_tests
 from worker import jobs
 from worker.actions import FORWARDED_KEY, dead_key, done_key
 from worker.config import Config
@@ -33,15 +32,6 @@ from worker.store import LeadStore
 KEY = "forwarding-suppression-key"
 T0 = datetime.now(tz=UTC) - timedelta(days=2)
 CONTACT = "7730001"
-
-
-@pytest.fixture
-def conn() -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_url_for_tests(12))
-    connection.flushdb()
-    yield connection
-    connection.flushdb()
-    connection.close()
 
 
 @pytest.fixture

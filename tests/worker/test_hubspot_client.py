@@ -34,26 +34,6 @@ ROOT = Path(__file__).resolve().parents[2]
 NOW_S = 1_790_000_000.0
 
 
-@pytest.fixture
-def conn() -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(REDIS_URL)
-    connection.flushdb()
-    yield connection
-    connection.flushdb()
-    connection.close()
-
-
-@pytest.fixture
-def server() -> Iterator[FakeHubSpotServer]:
-    with FakeHubSpotServer() as running:
-        yield running
-
-
-@pytest.fixture
-def fake(server: FakeHubSpotServer) -> FakeHubSpot:
-    return server.fake
-
-
 def client(server: FakeHubSpotServer, conn: redis.Redis, **options: Any) -> HubSpotClient:
     limiter = RateLimiter(conn, limit=1000, window_s=1.0, key="pruner:ratelimit:unit", margin_s=0)
     options.setdefault("backoff_base_s", 0.01)

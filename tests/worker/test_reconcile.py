@@ -5,9 +5,6 @@ The fake HubSpot over real HTTP, the real Redis (DB 12 of the test Redis).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import redis
 
 from rules.events import format_ms as iso
@@ -15,7 +12,6 @@ from rules.hubspot_history import Mapped, engagement_record_events
 from rules.hubspot_map import HubSpotMapping
 from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
 from tests.fakes.portal import CONNECTED, NO_ANSWER
-from tests.helpers import redis_url_for_tests
 from worker.crm.hubspot_backfill import HubSpotHistory
 from worker.crm.hubspot_client import HubSpotClient
 from worker.decide import Decider
@@ -28,21 +24,6 @@ NOW_MS = 1_790_000_000_000  # the run's clock: nothing here depends on today
 MIN = 60_000
 P = default_policy()
 MAPPING = HubSpotMapping()
-
-
-@pytest.fixture
-def conn() -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_url_for_tests(12))
-    connection.flushdb()
-    yield connection
-    connection.flushdb()
-    connection.close()
-
-
-@pytest.fixture
-def server() -> Iterator[FakeHubSpotServer]:
-    with FakeHubSpotServer() as running:
-        yield running
 
 
 def call(fake: FakeHubSpot, call_id: str, at_ms: int, modified_ms: int, disposition: str = NO_ANSWER) -> None:
