@@ -14,7 +14,6 @@ from rules.events import format_ms as iso
 from rules.hubspot_map import HubSpotMapping
 from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
 from tests.fakes.portal import CONNECTED, DAY_MS, NO_ANSWER, seed_portal
-from tests.helpers import redis_url_for_tests
 from worker import hubspot_ops
 from worker.backfill import Backfill, Cursors, JsonlSink, NullSink, QueueSink, Window
 from worker.crm.hubspot_backfill import HubSpotHistory, SearchCapError, search_limiter
@@ -23,7 +22,6 @@ from worker.crm.ratelimit import RateLimiter
 from worker.queues import make_queue
 from worker.simulate import read_events
 
-REDIS_URL = redis_url_for_tests(12)
 NOW_MS = 1_790_000_000_000  # the backfill's clock: histories are dated from it, never from today
 WINDOW = Window(NOW_MS - 200 * DAY_MS, NOW_MS)
 MAPPING = HubSpotMapping()
