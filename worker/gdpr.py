@@ -19,6 +19,7 @@ from worker.actions import dead_key, done_key
 from worker.crm.progress import forget_progress
 from worker.keys import ACTIONS_KEY, outbox_key
 from worker.queues import PROCESS_BATCH, PROCESS_BODY, PROCESS_EVENTS, make_queue
+from worker.taskcap import deferred_key
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def _mentions(event: Any, leads: set[tuple[str, str]]) -> bool:
 
 
 def purge_payloads(connection: redis.Redis, leads: Iterable[tuple[str, str]], queue_name: str = "pruner") -> int:
-    """Remove erased leads from queued, scheduled and failed job payloads and the action outbox.
+    """Remove erased leads from queued, scheduled and failed job payloads, the action outbox and deferred tasks.
 
     Returns how many job payloads or outbox entries were rewritten or deleted. A job
     holding only erased leads' events is deleted; others are rewritten without them.
@@ -77,6 +78,14 @@ def purge_payloads(connection: redis.Redis, leads: Iterable[tuple[str, str]], qu
             action = json.loads(entry)
             if (action.get("crm"), action.get("lead_id")) in erased:
                 touched += int(connection.lrem(list_key, 0, entry))  # type: ignore[arg-type]
+                pending.add(str(action.get("id", "")))
+    for crm in {crm for crm, _ in erased}:
+        # Tasks a daily budget held back (worker/taskcap.py): never to be released for an erased lead.
+        waiting: list[bytes] = connection.zrange(deferred_key(crm), 0, -1)  # type: ignore[assignment]
+        for entry in waiting:
+            action = json.loads(entry)
+            if (action.get("crm"), action.get("lead_id")) in erased:
+                touched += int(connection.zrem(deferred_key(crm), entry))
                 pending.add(str(action.get("id", "")))
     for crm in {crm for crm, _ in erased}:
         touched += _purge_action_ids(connection, crm, {lead for c, lead in erased if c == crm}, pending)

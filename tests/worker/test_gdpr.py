@@ -467,3 +467,20 @@ def test_a_restored_record_is_suppressed_again_on_the_channels_it_objected_to() 
     assert [(a["kind"], a["channels"]) for a in result.actions] == [("suppress", ["email"])]  # not "all"
     later = apply(conn, [ev(31, "email_replied", "gd-5")])  # the channels persist with the lead
     assert (store.state("hubspot", "gd-5") or {}).get("suppression_channels") == ["email"] and not later.actions
+
+
+def test_erasure_purges_tasks_a_daily_budget_held_back() -> None:
+    # Guardrail 7's roll-out guard parks tasks for the next day: an erased lead's must not come back.
+    import json
+
+    from worker.keys import outbox_key
+    from worker.taskcap import deferred_key, release_due
+
+    conn = fakeredis.FakeRedis()
+    for lead in ("gd-1", "gd-2"):
+        action = {"id": f"hubspot:{lead}:unresponsive:BREAKUP_DUE@0#1", "kind": "breakup_task", "crm": "hubspot",
+                  "lead_id": lead, "at": "2026-03-02T10:00:00Z"}  # fmt: skip
+        conn.zadd(deferred_key("hubspot"), {json.dumps(action): 1.0})
+    assert gdpr.purge_payloads(conn, [("hubspot", "gd-1")]) == 1
+    assert release_due(conn, "hubspot", 2.0) == 1
+    assert [json.loads(e)["lead_id"] for e in conn.lrange(outbox_key("hubspot"), 0, -1)] == ["gd-2"]
