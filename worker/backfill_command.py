@@ -91,7 +91,7 @@ def cmd_backfill_hubspot(args: argparse.Namespace) -> int:
         client.close()
     progress.close()
     preview = (
-        first_run(sink.leads, policy, int(time.time() * 1000), tally.contact_owner)
+        first_run(sink.leads, policy, int(time.time() * 1000), tally.contact_owner, config.breakup_task_clock)
         if isinstance(sink, PreviewSink)
         else None
     )

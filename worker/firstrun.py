@@ -76,11 +76,15 @@ def first_run(
     policy: Policy,
     now_ms: int,
     owners: Mapping[str, str],
+    task_clock: bool = False,
 ) -> FirstRun:
-    """Decide every lead as a live worker would at `now_ms`; `owners` maps a lead id to its owner id."""
+    """Decide every lead as a live worker would at `now_ms`; `owners` maps a lead id to its owner id.
+
+    `task_clock`: the live workers run with guardrail 7's task clock (PRUNER_BREAKUP_TASK_CLOCK).
+    """
     # A key only so that an erasure in the history is decided rather than refused; the hashes
     # it yields live in this process's memory for the length of the report, never stored.
-    decide = Decider(policy, now_ms, dry_run=True, grace_from_task=True, suppression_key=b"first-run preview")
+    decide = Decider(policy, now_ms, dry_run=True, grace_from_task=task_clock, suppression_key=b"first-run preview")
     out = FirstRun(policy.max_tasks_per_owner_per_day)
     for (crm, lead_id), events in leads.items():
         history = list(events.values())

@@ -67,6 +67,11 @@ RECONCILE_SOURCE = "reconcile"  # the decider's source for what reconciliation a
 HISTORY_SOURCES = frozenset({BACKFILL_SOURCE, UPGRADE_SOURCE, OUTBOX_SOURCE})
 
 
+def task_clock(config: Config) -> bool:
+    """Whether a break-up's grace waits for its task (guardrail 7): opted in, and live (a dry run creates none)."""
+    return config.breakup_task_clock and not config.dry_run
+
+
 def decider(config: Config, now_ms: int, source: str = "events") -> Decider:
     return Decider(
         cached_policy(config.policy_path),
@@ -74,7 +79,7 @@ def decider(config: Config, now_ms: int, source: str = "events") -> Decider:
         dry_run=config.dry_run,
         suppression_key=suppression_key(config),
         source=source,
-        grace_from_task=not config.dry_run,
+        grace_from_task=task_clock(config),
     )
 
 

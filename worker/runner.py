@@ -69,9 +69,7 @@ def run_worker(config: Config, burst: bool = False, connection: redis.Redis | No
             LeadStore(connection).reindex()
         finally:
             connection.delete(REINDEX_LOCK)
-    if config.dry_run:
-        upgrades.forget_breakup_clock(connection)
-    else:
+    if jobs.task_clock(config):
         upgrades.record_existing_breakup_tasks(connection, queue)
     wait_s = 1.0
     lost: Exception | None = None

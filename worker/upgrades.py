@@ -33,9 +33,10 @@ def record_existing_breakup_tasks(connection: redis.Redis, queue: Queue, scan_co
     have no such record and would wait for ever: they keep the grace they had, from the
     decision. Returns how many leads it queued an event for (0 when done before).
 
-    A worker started in dry-run mode clears the marker (`forget_breakup_clock`): break-ups
-    decided in a dry run create no task, so the first live start gives them this grace too.
-    Leads whose log already holds a task for their current break-up are left alone.
+    Runs at the first start of a live worker with the task clock on (PRUNER_BREAKUP_TASK_CLOCK).
+    Leads whose log already holds a task for their current break-up are left alone. Known
+    gaps (issue #14, why the clock is off by default): leads lost before the switch replay
+    into BREAKUP_DUE without a task, and so do leads a dry run had lost.
     """
     if connection.exists(BREAKUP_CLOCK_MARKER) or not connection.set(BREAKUP_CLOCK_LOCK, "1", nx=True, ex=3600):
         return 0
@@ -68,8 +69,3 @@ def record_existing_breakup_tasks(connection: redis.Redis, queue: Queue, scan_co
         return queued
     finally:
         connection.delete(BREAKUP_CLOCK_LOCK)
-
-
-def forget_breakup_clock(connection: redis.Redis) -> None:
-    """A dry run creates no tasks: the next live start must give its break-ups their grace."""
-    connection.delete(BREAKUP_CLOCK_MARKER)

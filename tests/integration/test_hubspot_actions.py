@@ -293,9 +293,10 @@ def test_a_lead_found_silent_months_late_gets_its_break_up_before_it_is_lost(
     def sweep(days: int) -> None:
         when = (datetime.now(tz=UTC) + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
         command = [str(BIN / "pruner"), "sweep", "--now", when, "--commit-future"]
-        subprocess.run(command, cwd=ROOT, env=live_env(server), check=True, capture_output=True, timeout=60)
+        env = live_env(server, PRUNER_BREAKUP_TASK_CLOCK="1")
+        subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=60)
 
-    with running(server, workers=1) as url:
+    with running(server, workers=1, PRUNER_BREAKUP_TASK_CLOCK="1") as url:
         post(url, emails)
         wait_until(lambda: len(hubspot.tasks_for(lead)) == 1, seconds=30)
         wait_until(drained(redis_db), seconds=30)  # the task's breakup_task_created is applied too

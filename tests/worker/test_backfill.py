@@ -262,7 +262,7 @@ def test_a_dry_run_says_the_first_live_run_asks_for_break_ups_not_a_wall_of_loss
     sink = PreviewSink()
     tally = backfill(history(server, conn), sink).run()
     policy = replace(default_policy(), max_tasks_per_owner_per_day=2)
-    preview = first_run(sink.leads, policy, NOW_MS, tally.contact_owner)
+    preview = first_run(sink.leads, policy, NOW_MS, tally.contact_owner, task_clock=True)
     assert sum(preview.states.values()) == len(sink.leads) == len(tally.leads)
     # Replayed as a simulation (grace from the decision), the stale leads are lost already.
     simulated = {lead: evaluate(list(h.values()), policy, NOW_MS) for lead, h in sink.leads.items()}

@@ -10,7 +10,7 @@ from worker.decide import Decider
 from worker.policyfile import default_policy
 from worker.queues import make_queue
 from worker.store import LeadStore
-from worker.upgrades import BREAKUP_CLOCK_MARKER, forget_breakup_clock, record_existing_breakup_tasks
+from worker.upgrades import BREAKUP_CLOCK_MARKER, record_existing_breakup_tasks
 
 P = default_policy()
 DAY = 86_400_000
@@ -45,12 +45,3 @@ def test_leads_in_breakup_due_before_the_task_clock_keep_the_grace_they_had() ->
     # Applying the same upgrade twice (two workers starting together) changes nothing.
     again = store.apply_batch(events, Decider(P, later, grace_from_task=True))
     assert again.added == 0
-
-
-def test_a_dry_run_start_clears_the_marker_so_the_next_live_start_looks_again() -> None:
-    conn = fakeredis.FakeRedis()
-    queue = make_queue(conn)
-    assert record_existing_breakup_tasks(conn, queue) == 0 and conn.exists(BREAKUP_CLOCK_MARKER)
-    LeadStore(conn).apply_batch(silent("DRY"), Decider(P, at(1), dry_run=True))
-    forget_breakup_clock(conn)
-    assert record_existing_breakup_tasks(conn, queue) == 1

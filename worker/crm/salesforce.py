@@ -243,7 +243,10 @@ class SalesforceExecutor:
 
     def task_owners(self, actions: Sequence[Action]) -> dict[str, str]:
         """Who gets each task: {lead: owner id}; leads read once per drain (worker/taskcap.py asks first)."""
-        leads = self._leads({a["lead_id"] for a in actions})
+        # Leads are read by 18-character id (canonical events may carry the 15-character form).
+        full = {a["lead_id"]: to_18(a["lead_id"]) if is_record_id(a["lead_id"]) else a["lead_id"] for a in actions}
+        read = self._leads(set(full.values()))
+        leads = {lead: read[full[lead]] for lead in full if full[lead] in read}
         return self._task_owners([a for a in actions if a["lead_id"] in leads], leads)
 
     def _leads(self, lead_ids: set[str]) -> dict[str, dict[str, Any]]:
