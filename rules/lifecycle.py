@@ -133,9 +133,9 @@ class _Replay:
         """When the break-up's grace began: its task's creation (guardrail 7), or, where no task
         is created (a dry run, a simulation), the break-up decision itself; None: no task yet."""
         r = self.r
-        if r.breakup_task_ms is not None:
-            return r.breakup_task_ms
-        return None if self.grace_from_task else r.entered_ms
+        if not self.grace_from_task:
+            return r.entered_ms  # the task clock off: a recorded task changes nothing
+        return r.breakup_task_ms
 
     def grace_due(self) -> int | None:
         start = self.grace_start()
@@ -307,7 +307,7 @@ class _Replay:
             # Guardrail 7: the grace may not have started, because the task does not exist yet.
             start, due = self.grace_start(), self.grace_due()
             out["breakup_grace"] = {
-                "task_created": r.breakup_task_ms is not None,
+                "task_created": self.grace_from_task and r.breakup_task_ms is not None,
                 "since": format_ms(start) if start is not None else None,
                 "until": format_ms(due) if due is not None else None,
                 "business_days": t.grace_days,
