@@ -220,9 +220,12 @@ def effective(events: Iterable[LoggedEvent]) -> list[LoggedEvent]:
     return plain + list(latest.values()) if latest else plain
 
 
-def fold(events: Iterable[LoggedEvent]) -> LeadCounters:
-    """Compute a lead's counters from its (deduplicated) event set, in any order."""
-    counters = LeadCounters()
+def fold(events: Iterable[LoggedEvent], start: LeadCounters | None = None) -> LeadCounters:
+    """Compute a lead's counters from its (deduplicated) event set, in any order.
+
+    `start`: the counters of the events before these (a log's fold), moved on in place.
+    """
+    counters = start if start is not None else LeadCounters()
     for event in sort_events(events):
         counters.apply(event)
     return counters

@@ -418,6 +418,24 @@ class _Replay:
         return CHECKPOINT_CODEC.encode(self.r)
 
 
+def relist(replay: _Replay, suppressed: bool, channels: Collection[str], at: int, now_ms: int) -> bool:
+    """Bring a fold's running state to today's suppression listing, which may have changed since.
+
+    A replay from the first event would be SUPPRESSED from that event on; the events before
+    the fold are gone, so the listing takes effect from the first event kept (`at`).
+    """
+    r, wanted = replay.r, tuple(sorted(channels))
+    if (r.listed, r.listed_channels) == (suppressed, wanted):
+        return False
+    r.listed, r.listed_channels = suppressed, wanted
+    if suppressed and r.state is not State.SUPPRESSED:
+        replay.advance(min(at, now_ms))
+        replay.move(
+            "suppression_list", State.SUPPRESSED, "do_not_contact", at, {"channels": list(wanted)} if wanted else {}
+        )
+    return True
+
+
 def evaluate(
     history: Iterable[LoggedEvent],
     policy: Policy,
@@ -427,6 +445,8 @@ def evaluate(
     suppressed_channels: Collection[str] = (),
     since: Running | None = None,
     grace_from_task: bool = False,
+    start_from: Running | None = None,
+    fold_at_ms: int | None = None,
 ) -> Evaluation:
     """Replay a lead's event set through `policy` up to `now_ms`; pure and order-independent.
 
@@ -442,8 +462,17 @@ def evaluate(
     `grace_from_task`: a break-up's grace runs from its `breakup_task_created` event, and not
     at all until there is one (guardrail 7: a lead found silent late gets its break-up task
     before it can be lost); without it, from the break-up decision (simulations, dry runs).
+
+    `start_from`: a log's fold (worker/eventlog.py): the running state after its older events,
+    which are gone; `history` is the kept events, all dated after it. Unlike `since`, it may
+    be replayed under another policy or listing: it is all there is of those events.
+    `fold_at_ms`: also hand back the running state after the last instant at or before it
+    (`Evaluation.fold_bytes`), for the store to fold the events up to there away.
     """
     events = sort_events(history)
+    checkpoint: bytes | None = None
+    checkpoint_at: int | None = None
+    fold, fold_at = None, None
     if since is not None:
         if not can_resume(since, now_ms, suppressed, suppressed_channels):
             raise ValueError("this checkpoint cannot be continued at this time or listing")
@@ -452,6 +481,19 @@ def evaluate(
         if since.supersedes(events):
             raise ValueError("a new version of a record the checkpoint holds needs a full replay")
         replay = _Replay(policy, calendar or calendar_for(policy), since, grace_from_task)
+    elif start_from is not None:
+        if events and events[0].occurred_ms <= start_from.at_ms:
+            raise ValueError("an event at or before the fold is past the retention horizon")
+        if start_from.records:
+            # A new version of a record the fold counted cannot replace it (the old version's
+            # counts are inside the fold): past the horizon, like an event dated before it.
+            events = [e for e in events if not (e.data and e.data.get(RECORD_KEY) in start_from.records)]
+        unchanged = encode_checkpoint(start_from)
+        replay = _Replay(policy, calendar or calendar_for(policy), start_from, grace_from_task)
+        first = events[0].occurred_ms if events else start_from.at_ms
+        if not relist(replay, suppressed, suppressed_channels, first, now_ms) and (not events or first > now_ms):
+            # Nothing kept is dated before `now`: the fold itself is where the next replay starts.
+            checkpoint, checkpoint_at = unchanged, start_from.at_ms
     else:
         first = events[0].occurred_ms if events else now_ms
         running = start(first, suppressed, suppressed_channels)
@@ -459,7 +501,6 @@ def evaluate(
         if events and suppressed:
             inputs = {"channels": sorted(suppressed_channels)} if suppressed_channels else {}
             replay.move("suppression_list", State.SUPPRESSED, "do_not_contact", first, inputs)
-    checkpoint, checkpoint_at = None, None
     if since is not None and (not events or events[0].occurred_ms > now_ms):
         # No instant of this batch is at or before `now`: the checkpoint stays where it
         # was, so keep a copy of it before the replay moves `since` on.
@@ -476,6 +517,9 @@ def evaluate(
             # through the same way (events after `now` see time stopped at `now`).
             if ev.occurred_ms <= now_ms and (i + 1 == len(events) or events[i + 1].occurred_ms > now_ms):
                 checkpoint, checkpoint_at = replay.snapshot(ev.occurred_ms), ev.occurred_ms
+            if fold_at_ms is not None and ev.occurred_ms <= min(fold_at_ms, now_ms):
+                if i + 1 == len(events) or events[i + 1].occurred_ms > min(fold_at_ms, now_ms):
+                    fold, fold_at = replay.snapshot(ev.occurred_ms), ev.occurred_ms
     as_of = max(now_ms, events[-1].occurred_ms if events else now_ms)
     replay.advance(now_ms)
     due = replay.next_timer()
@@ -493,4 +537,6 @@ def evaluate(
         replay.progress(),
         since is not None,
         r.decisions_total,
+        fold,
+        fold_at,
     )

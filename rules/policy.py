@@ -33,6 +33,7 @@ RULE_IDS = (
 # `pruner check` accepts must not crash or stall the worker.
 MAX_COUNT = 1000  # touches, follow-ups, attempts, "no"s
 MAX_DAYS = 3650  # ten years
+MIN_HORIZON_DAYS = 30  # retention.horizon_days: a month of lateness at least
 MAX_WEEKS = 520
 MAX_MULTIPLIER = 10
 MAX_FACTOR = 1000
@@ -100,6 +101,9 @@ class Policy:
     # Break-up and check-in tasks created per owner per UTC day; the rest wait for the next
     # days, oldest decision first (guardrail 7's roll-out guard). 0: no limit.
     max_tasks_per_owner_per_day: int = 20
+    # A lead's events older than this many days are folded into a running state (the log
+    # stays bounded); one that arrives that late is counted and ignored. 0: keep everything.
+    retention_horizon_days: int = 180
 
     def deal_outcome(self, stage: str | None, won: bool | None = None) -> str | None:
         """Classify a deal update: "won", "lost", "open", or None when it says nothing about it.
@@ -180,7 +184,9 @@ def parse_policy(text: str, defaults: Policy | None = None) -> Policy:
         raise PolicyError("(file)", f"is not valid YAML: {exc}") from None
     raw = _mapping(raw if raw is not None else {}, "(file)")
     _no_unknown(
-        raw, {"version", "rules", "guardrails", "reengage", "loss_reason_categories", "hubspot", "outcomes"}, ""
+        raw,
+        {"version", "rules", "guardrails", "reengage", "loss_reason_categories", "hubspot", "outcomes", "retention"},
+        "",
     )
     if raw.get("version", 1) != 1:
         raise PolicyError("version", f"must be 1, got {raw.get('version')!r}")
@@ -288,6 +294,15 @@ def parse_policy(text: str, defaults: Policy | None = None) -> Policy:
         raise PolicyError("reengage.after_days", "is required")
     after_days = int(_number(after, "reengage.after_days", 1, MAX_DAYS, True))
 
+    retention = _mapping(raw.get("retention", {}), "retention")
+    _no_unknown(retention, {"horizon_days"}, "retention")
+    horizon = retention.get("horizon_days", defaults.retention_horizon_days if defaults else 180)
+    horizon_days = int(_number(horizon, "retention.horizon_days", 0, MAX_DAYS, True))
+    if 0 < horizon_days < MIN_HORIZON_DAYS:
+        # Redeliveries (the CRMs retry for a day), reconciliation and edits of recent
+        # activities must all land inside the horizon, or they would be ignored.
+        raise PolicyError("retention.horizon_days", f"must be 0 (keep everything) or at least {MIN_HORIZON_DAYS}")
+
     if "loss_reason_categories" in raw:
         cats_raw = _mapping(raw["loss_reason_categories"], "loss_reason_categories")
         cats: dict[str, tuple[str, ...]] = {}
@@ -317,7 +332,7 @@ def parse_policy(text: str, defaults: Policy | None = None) -> Policy:
         raise PolicyError("outcomes", f"a stage cannot be both won and lost: {both}")
     return Policy(
         enabled, params, min_touches, country, quiet, tier_tuple, after_days, cats, hubspot, **stages,
-        max_tasks_per_owner_per_day=cap,
+        max_tasks_per_owner_per_day=cap, retention_horizon_days=horizon_days,
     )  # fmt: skip
 
 

@@ -262,6 +262,10 @@ class Evaluation:
     progress: dict[str, dict[str, Any]] = field(default_factory=dict)
     resumed: bool = False
     decisions_total: int = 0
+    # The running state after the last instant at or before the fold time asked for, packed,
+    # and that instant (`evaluate(fold_at_ms=...)`): what the store keeps of older events.
+    fold_bytes: bytes | None = None
+    fold_at: int | None = None
 
     @property
     def checkpoint(self) -> Running | None:

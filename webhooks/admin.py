@@ -69,7 +69,7 @@ def lead(crm: str, lead_id: str) -> ResponseReturnValue:
     store = svc.store
     if svc.config.suppression_key and is_erased(svc.redis, svc.config.suppression_key.encode(), crm, lead_id):
         return jsonify(crm=crm, lead_id=lead_id, state="SUPPRESSED", erased=True)
-    history = store.history(crm, lead_id)
-    if history is None:
+    log = store.log(crm, lead_id)
+    if log is None:
         raise ApiError(404, "unknown_lead", "no events have been received for this lead")
-    return jsonify(lead_document(crm, lead_id, history, store.state(crm, lead_id), store.checkpoint(crm, lead_id)))
+    return jsonify(lead_document(crm, lead_id, log, store.state(crm, lead_id), store.checkpoint(crm, lead_id)))

@@ -116,6 +116,13 @@ class RedisCollector(Collector):
             ["path"],
         )
         yield self._hash_counter(
+            worker_metrics.RETENTION_KEY,
+            "pruner_retention_events",
+            "Events folded into their lead's running state past the retention horizon (folded), and late events "
+            "ignored for being dated before a lead's fold (past_horizon: above 0, something delivers very late)",
+            ["what"],
+        )
+        yield self._hash_counter(
             worker_metrics.RECONCILED_KEY,
             "pruner_reconciled_events",
             "Events reconciliation read back from the CRM that no webhook had delivered (above 0: webhooks go missing)",

@@ -27,6 +27,7 @@ FORMAT = 1
 # last evaluation's `now`): every batch is then "late", and replays the log.
 NO_CHECKPOINT = 2**62
 NO_STATE = b"\xc0"  # msgpack nil, in place of the running state
+UNKNOWN = -1  # `Stored.oldest` of a checkpoint written before logs were folded
 
 
 class Stored(msgspec.Struct, array_like=True):
@@ -38,6 +39,9 @@ class Stored(msgspec.Struct, array_like=True):
     progress: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     # The lead's row in the loss / conversion aggregates (worker/aggregates.py).
     row: list[str] | None = None
+    # When the oldest event its log keeps happened (None: it keeps none; UNKNOWN: written
+    # before logs were folded): decides, without reading the log, when to fold it.
+    oldest: int | None = UNKNOWN
 
     def events_after(self) -> list[LoggedEvent]:
         """The log's events dated after the checkpoint."""
@@ -59,9 +63,10 @@ def pack(
     tail: list[LoggedEvent],
     progress: dict[str, dict[str, Any]],
     row: list[str] | None = None,
+    oldest: int | None = None,
 ) -> bytes:
     """Pack a checkpoint: `running` as `rules.running.encode_checkpoint` packed it."""
-    blob = Stored(FORMAT, policy, at_ms, msgspec.Raw(running), eventlog.encode(tail), progress, row)
+    blob = Stored(FORMAT, policy, at_ms, msgspec.Raw(running), eventlog.encode(tail), progress, row, oldest)
     return _ENCODER.encode(blob)
 
 

@@ -120,12 +120,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"{args.crm} lead {args.lead_id} was erased on request: SUPPRESSED, nothing else is kept")
         return EXIT_OK
     store = LeadStore(connection)
-    history = store.history(args.crm, args.lead_id)
-    if history is None:
+    log = store.log(args.crm, args.lead_id)
+    if log is None:
         print(f"pruner: no events have been received for {args.crm} lead {args.lead_id}", file=sys.stderr)
         return EXIT_FAILED
     doc = lead_document(
-        args.crm, args.lead_id, history, store.state(args.crm, args.lead_id), store.checkpoint(args.crm, args.lead_id)
+        args.crm, args.lead_id, log, store.state(args.crm, args.lead_id), store.checkpoint(args.crm, args.lead_id)
     )
     if args.format == "json":
         print(json.dumps(doc, indent=2))

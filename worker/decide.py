@@ -15,15 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rules.calendar import Calendar, calendar_for
+import msgspec
+
+from rules.calendar import DAY_MS, Calendar, calendar_for
 from rules.events import EventType, format_ms, parse_rfc3339_ms
 from rules.lifecycle import evaluate
 from rules.policy import Policy
 from rules.running import Evaluation, Running, can_resume, policy_fingerprint
 from rules.states import CONTACT_ACTIONS, ActionKind, Decision, State
-from worker import aggregates, checkpoint, suppression
+from worker import aggregates, checkpoint, eventlog, suppression
 from worker.action import Action
 from worker.errors import ConfigError
+from worker.eventlog import Fold, Log
 from worker.leadview import LeadView, Outcome
 from worker.staterecord import StateRecord
 
@@ -31,6 +34,9 @@ from worker.staterecord import StateRecord
 # `acted` keeps both names of the last 64 decisions acted on, the evaluation's latest
 # (KEPT_DECISIONS) always among them.
 MAX_DECISIONS_KEPT = 10
+# A log is folded once its oldest event is this far past the retention horizon: a rewrite
+# of the log every couple of weeks per lead, not one with every event.
+FOLD_SLACK_MS = 14 * DAY_MS
 MAX_ACTED_KEPT = 128
 
 
@@ -135,6 +141,7 @@ class Decider:
         # run creates none. Part of the fingerprint: a checkpoint is only continued in its mode.
         self.grace_from_task = grace_from_task
         self.fingerprint = policy_fingerprint(policy) + ("/task" if grace_from_task else "")
+        self.horizon_ms = policy.retention_horizon_days * DAY_MS
 
     def _resumable(self, view: LeadView, now: int, listed: bool, channels: tuple[str, ...]) -> Running | None:
         """The lead's checkpoint, when this evaluation may continue it."""
@@ -148,6 +155,38 @@ class Decider:
             return None  # an edited activity the checkpoint already counted: replay, so it counts once
         return running
 
+    @staticmethod
+    def _oldest(view: LeadView, since: Running | None) -> int | None:
+        """When the oldest event the lead's log keeps (this batch's included) happened; UNKNOWN."""
+        stored = view.checkpoint.oldest if view.checkpoint is not None and since is not None else checkpoint.UNKNOWN
+        if stored == checkpoint.UNKNOWN:
+            # The log is read (or about to be, for a replay): the same answer, from the events.
+            return min((e.occurred_ms for e in view.full_history()), default=None)
+        dates = [e.occurred_ms for e in view.history]
+        return min(dates + ([stored] if stored is not None else []), default=None)
+
+    def _fold_at(self, oldest: int | None, now: int) -> int | None:
+        """The time up to which to fold the log now (None: not yet).
+
+        Only once its oldest event is FOLD_SLACK past the horizon, so that a lead's log is
+        rewritten about once a fortnight, not with every event. Both evaluation paths ask
+        the same question of the same events, so they fold alike.
+        """
+        if self.horizon_ms == 0 or oldest is None or oldest >= now - self.horizon_ms - FOLD_SLACK_MS:
+            return None
+        return now - self.horizon_ms
+
+    @staticmethod
+    def _fold(log: Log, running: bytes, at_ms: int) -> tuple[bytes, int | None, int]:
+        """The log with its events up to `at_ms` folded into `running`; its oldest kept event; how many went."""
+        gone = [e for e in log.events if e.occurred_ms <= at_ms]
+        kept = [e for e in log.events if e.occurred_ms > at_ms]
+        before = log.fold.events if log.fold is not None else 0
+        emails = sorted(Log(log.fold, gone).emails())
+        fold = Fold(at_ms, msgspec.Raw(running), before + len(gone), emails)
+        oldest = min((e.occurred_ms for e in kept), default=None)
+        return eventlog.write(Log(fold, kept)), oldest, len(gone)
+
     def __call__(self, view: LeadView) -> Outcome:
         if any(e.type is EventType.ERASURE_REQUESTED for e in view.history):
             return self.erase(view)
@@ -158,12 +197,19 @@ class Decider:
         listed = view.listed or bool(prev.get("suppression_list"))
         listed_channels = view.listed_channels if view.listed else tuple(prev.get("suppression_channels", ()))
         since = self._resumable(view, now, listed, listed_channels)
-        told = since.decisions_total if since is not None else -1
-        if since is not None:
-            history, path = view.history, "checkpoint"
+        oldest = self._oldest(view, since)
+        fold_at = self._fold_at(oldest, now)
+        told = since.decisions_total if since is not None and fold_at is None else -1
+        log = None
+        if told >= 0:
+            history, path, start_from, since_arg = view.history, "checkpoint", None, since
         else:
-            history = view.full_history()
-            path = "replay" if view.checkpoint is not None or len(history) > view.added else "new"
+            log = view.full_log()
+            history, since_arg = log.events, None
+            start_from = log.fold.state() if log.fold is not None else None
+            path = (
+                "replay" if view.checkpoint is not None or len(history) > view.added or log.fold is not None else "new"
+            )
         ev = evaluate(
             history,
             self.policy,
@@ -171,25 +217,41 @@ class Decider:
             self.calendar,
             suppressed=listed,
             suppressed_channels=listed_channels,
-            since=since,
+            since=since_arg,
             grace_from_task=self.grace_from_task,
+            start_from=start_from,
+            fold_at_ms=fold_at,
         )
+        rewritten, folded = None, 0
+        if log is not None and ev.fold_bytes is not None and ev.fold_at is not None:
+            rewritten, oldest, folded = self._fold(log, ev.fold_bytes, ev.fold_at)
         row = aggregates.row_of(ev.state.value, ev.loss_reason, ev.counters, aggregates.lost_from(ev.decisions))
         if ev.checkpoint_bytes is not None and ev.checkpoint_at is not None:
             tail = [e for e in history if e.occurred_ms > ev.checkpoint_at]
-            packed = checkpoint.pack(self.fingerprint, ev.checkpoint_at, ev.checkpoint_bytes, tail, ev.progress, row)
+            packed = checkpoint.pack(
+                self.fingerprint, ev.checkpoint_at, ev.checkpoint_bytes, tail, ev.progress, row, oldest
+            )
         else:
             # Nothing to continue from yet, but the lead counts in the aggregates all the same.
             packed = checkpoint.pack(
-                self.fingerprint, checkpoint.NO_CHECKPOINT, checkpoint.NO_STATE, [], ev.progress, row
+                self.fingerprint, checkpoint.NO_CHECKPOINT, checkpoint.NO_STATE, [], ev.progress, row, oldest
             )
+
+        def outcome(
+            state: StateRecord | None, actions: list[Action], new: list[tuple[str, str, str | None]]
+        ) -> Outcome:
+            due = ev.next_due_ms if state is not None else None
+            return Outcome(
+                state, due, actions, new, checkpoint=packed, path=path, row=row, log=rewritten, folded=folded
+            )
+
         if told == ev.decisions_total and prev.get("decisions_total") == told and "decisions" in prev:
             # The live case: no decision since the checkpoint, whose decisions the state record
             # shows and has acted on already. Nothing new to act on or to re-render.
             state: StateRecord = {**prev}
             state["as_of_ms"], state["next_due"] = now, format_ms(ev.next_due_ms) if ev.next_due_ms else None
             state["state"], state["loss_reason"] = ev.state.value, ev.loss_reason
-            return Outcome(state, ev.next_due_ms, [], checkpoint=packed, path=path, row=row)
+            return outcome(state, [], [])
         acted = set(prev.get("acted", []))
         acted |= carried_over(prev, ev, acted)
         actions = actions_for(view, ev, acted, self.dry_run)
@@ -205,7 +267,7 @@ class Decider:
         acted_list = ([key for key in prev.get("acted", []) if key not in latest] + names)[-MAX_ACTED_KEPT:]
         new = [(d.rule, d.to.value, d.reason) for d, _ in fresh]
         if not ev.decisions and ev.next_due_ms is None and not listed:
-            return Outcome(None, None, actions, new_decisions=new, checkpoint=packed, path=path, row=row)
+            return outcome(None, actions, new)
         state = StateRecord(
             state=ev.state.value,
             loss_reason=ev.loss_reason,
@@ -219,7 +281,7 @@ class Decider:
             state["suppression_list"] = True
             if listed_channels:
                 state["suppression_channels"] = list(listed_channels)
-        return Outcome(state, ev.next_due_ms, actions, new_decisions=new, checkpoint=packed, path=path, row=row)
+        return outcome(state, actions, new)
 
     def erase(self, view: LeadView) -> Outcome:
         """Forget the lead: keep keyed hashes of its id and emails, and an audit record."""
@@ -229,10 +291,8 @@ class Decider:
             raise ConfigError("PRUNER_SUPPRESSION_KEY is not set: an erasure cannot be recorded safely")
         key = self.suppression_key
         hashes = [suppression.lead_hash(key, view.crm, view.lead_id)]
-        for event in view.full_history():
-            email = event.data.get("email") if event.type is EventType.LEAD_PROFILE else None
-            if email:
-                hashes.append(suppression.email_hash(key, email))
+        for email in view.full_log().emails():
+            hashes.append(suppression.email_hash(key, email))
         hashes = sorted(set(hashes))
         lead = suppression.lead_hash(key, view.crm, view.lead_id)
         emails = sorted({h for h in hashes if h != lead})

@@ -8,6 +8,10 @@ memory budget is per tracked lead, and most leads only ever see a few touches.
 
 The event key is a keyed-free BLAKE2b digest of `crm \\0 event id`: the dedup key
 that lets a redelivered event be recognised, without storing the CRM's id.
+
+A log whose oldest events were folded away (the policy's retention horizon, see
+`Fold`) starts with version byte 2, a 4-byte length and the `Fold`, then the records of
+the events it kept. Version 1 logs (everything ever seen) are read as they are.
 """
 
 from __future__ import annotations
@@ -16,13 +20,72 @@ import hashlib
 import json
 import struct
 from collections.abc import Iterable
+from typing import NamedTuple
 
-from rules.counters import LoggedEvent
-from rules.events import TYPE_CODES, TYPES_BY_CODE, Event
+import msgspec
+
+from rules.counters import LeadCounters, LoggedEvent, fold
+from rules.events import TYPE_CODES, TYPES_BY_CODE, Event, EventType
+from rules.running import Running, decode_running
+from worker.errors import StoreError
 
 VERSION = b"\x01"
+FOLDED = b"\x02"
 _HEADER = struct.Struct("<8sqBH")
+_FOLD_LENGTH = struct.Struct("<I")
 KEY_BYTES = 8
+
+
+class Fold(msgspec.Struct, array_like=True):
+    """What is left of a lead's events older than the retention horizon.
+
+    `running` is the replay's running state right after instant `at_ms` (rules/running.py):
+    replaying the kept events from it is replaying the whole story, so no counter, episode
+    or decision is lost with the events. An event dated at or before `at_ms` that arrives
+    now is past the horizon: counted and ignored (worker/store.py). `emails` are the folded
+    profile events' addresses, which an erasure must still find and suppress.
+    """
+
+    at_ms: int
+    running: msgspec.Raw
+    events: int
+    emails: list[str] = msgspec.field(default_factory=list)
+
+    def state(self) -> Running:
+        """The running state at the fold.
+
+        Its fields are only ever appended, with defaults, so a fold written by an older
+        version still reads; one that does not is refused loudly rather than restarted
+        from nothing (its events are gone).
+        """
+        try:
+            return decode_running(bytes(self.running))
+        except msgspec.DecodeError as exc:
+            raise StoreError(f"a lead's folded history cannot be read by this version: {exc}") from None
+
+
+class Log(NamedTuple):
+    """A decoded log: the fold of its oldest events (None: nothing folded) and the kept events."""
+
+    fold: Fold | None
+    events: list[LoggedEvent]
+
+    def counters(self) -> LeadCounters:
+        """The lead's counters over its whole story, folded part included."""
+        start = self.fold.state().counters if self.fold is not None else None
+        return fold(self.events, start)
+
+    def emails(self) -> set[str]:
+        """Every address the lead's profile events carried, folded ones included."""
+        found = set(self.fold.emails) if self.fold is not None else set()
+        found.update(
+            ev.data["email"] for ev in self.events if ev.type is EventType.LEAD_PROFILE and ev.data.get("email")
+        )
+        return found
+
+
+_FOLD_ENCODER = msgspec.msgpack.Encoder()
+_FOLD_DECODER = msgspec.msgpack.Decoder(Fold)
 
 
 def event_key(crm: str, event_id: str) -> bytes:
@@ -45,13 +108,40 @@ def encode(events: Iterable[LoggedEvent]) -> bytes:
     return b"".join(parts)
 
 
+def _records_start(blob: bytes) -> int:
+    """Where the records begin in a log (after the version byte, and the fold if any)."""
+    if blob[:1] == VERSION:
+        return 1
+    if blob[:1] == FOLDED:
+        (length,) = _FOLD_LENGTH.unpack_from(blob, 1)
+        return 1 + _FOLD_LENGTH.size + length
+    raise ValueError(f"unknown event log version {blob[:1]!r}")
+
+
 def decode(blob: bytes | None) -> list[LoggedEvent]:
-    """Unpack a whole log; an absent key is an empty history."""
+    """Unpack a log's kept events (not its fold); an absent key is an empty history."""
     if not blob:
         return []
-    if blob[:1] != VERSION:
-        raise ValueError(f"unknown event log version {blob[:1]!r}")
-    return decode_records(blob, 1)
+    return decode_records(blob, _records_start(blob))
+
+
+def read(blob: bytes | None) -> Log:
+    """Unpack a whole log: its fold, if any, and its kept events."""
+    if not blob:
+        return Log(None, [])
+    start = _records_start(blob)
+    found = None
+    if blob[:1] == FOLDED:
+        found = _FOLD_DECODER.decode(blob[1 + _FOLD_LENGTH.size : start])
+    return Log(found, decode_records(blob, start))
+
+
+def write(log: Log) -> bytes:
+    """Pack a whole log (a fold and the events kept after it, or events alone)."""
+    if log.fold is None:
+        return VERSION + encode(log.events)
+    packed = _FOLD_ENCODER.encode(log.fold)
+    return FOLDED + _FOLD_LENGTH.pack(len(packed)) + packed + encode(log.events)
 
 
 def decode_records(blob: bytes, pos: int = 0) -> list[LoggedEvent]:
@@ -72,7 +162,7 @@ def keys(blob: bytes | None) -> set[bytes]:
     found: set[bytes] = set()
     if not blob:
         return found
-    pos, end, size = 1, len(blob), _HEADER.size
+    pos, end, size = _records_start(blob), len(blob), _HEADER.size
     while pos < end:
         key, _, _, length = _HEADER.unpack_from(blob, pos)
         found.add(key)

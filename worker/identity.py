@@ -8,14 +8,13 @@ of events so that an erasure committed meanwhile is never undone. `LeadStore.mer
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from typing import Any
 
+import msgspec
 import redis
 from redis.client import Pipeline
 
 from rules.counters import LoggedEvent
-from rules.events import EventType
 from worker import aggregates, eventlog, leadindex
 from worker.checkpoint import unpack
 from worker.keys import (
@@ -40,10 +39,6 @@ def _rows(conn: Any, ck_keys: list[str]) -> list[list[str] | None]:
         stored = unpack(raw)
         out.append(stored.row if stored is not None else None)
     return out
-
-
-def _emails(history: Iterable[LoggedEvent]) -> set[str]:
-    return {ev.data["email"] for ev in history if ev.type is EventType.LEAD_PROFILE and ev.data.get("email")}
 
 
 def merge(
@@ -78,7 +73,7 @@ def merge(
             # their ids are dropped from now on like the survivor's. The erasing
             # outcome tells the caller to purge their queued payloads.
             logs: list[bytes | None] = pipe.mget([lead_key(crm, m) for m in merged])  # type: ignore[assignment]
-            emails = _emails(ev for blob in logs if blob is not None for ev in eventlog.decode(blob))
+            emails = {e for blob in logs if blob is not None for e in eventlog.read(blob).emails()}
             pipe.multi()
             for lead in merged:
                 pipe.delete(lead_key(crm, lead), state_key(crm, lead), checkpoint_key(crm, lead))
@@ -97,12 +92,22 @@ def merge(
             return LeadUpdate(crm, into, [], 0, 0, outcome, away)
         values: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
         blobs = values[: 1 + len(merged)]
+        # The survivor's fold stays its fold; a merged record's own fold (its events past the
+        # horizon) cannot be joined to it and is dropped, and so are its kept events dated
+        # before the survivor's fold: past the horizon for the merged lead (eventlog.Fold).
+        survivor_log = eventlog.read(blobs[0])
+        fold = survivor_log.fold
+        if fold is not None:
+            # An erasure of the survivor must still find the merged records' folded addresses.
+            merged_emails = {e for blob in blobs[1:] for e in eventlog.read(blob).emails()}
+            fold = msgspec.structs.replace(fold, emails=sorted(set(fold.emails) | merged_emails))
         union: dict[bytes, LoggedEvent] = {}
         for blob in blobs:
             for ev in eventlog.decode(blob):
-                union.setdefault(ev.key, ev)
+                if fold is None or ev.occurred_ms > fold.at_ms:
+                    union.setdefault(ev.key, ev)
         remap = {m: into for m in [*merged, *chained] if aliases.get(m) != into}
-        if len(union) == len(eventlog.decode(blobs[0])) and not any(blobs[1:]):
+        if len(union) == len(survivor_log.events) and not any(blobs[1:]):
             # Nothing to fold (a redelivery, or records Pruner never saw): still
             # remember where their later events belong.
             if remap:
@@ -123,7 +128,7 @@ def merge(
         told = list(dict.fromkeys(a for s in states[1:] + states[:1] for a in s.get("acted", [])))
         if told:
             prev = {**(prev or {}), "acted": told}
-        outcome = decide(LeadView(crm, into, history, prev, len(history), listed))
+        outcome = decide(LeadView(crm, into, history, prev, len(history), listed, fold=fold))
         pipe.multi()
         for lead in merged:
             pipe.delete(lead_key(crm, lead), state_key(crm, lead), checkpoint_key(crm, lead))
@@ -144,9 +149,10 @@ def merge(
             queue_erasure(pipe, key, survivor, outcome, gone)
             leadindex.queue_update(pipe, survivor, indexed[into], None)
         else:
-            pipe.set(lead_key(crm, into), eventlog.append(None, history))
+            pipe.set(lead_key(crm, into), outcome.log or eventlog.write(eventlog.Log(fold, history)))
             queue_outcome(pipe, survivor, outcome)
-            entry = leadindex.entry_for(outcome.state, history, None, history)
+            start = fold.state().counters if fold is not None else None
+            entry = leadindex.entry_for(outcome.state, history, None, history, start)
             leadindex.queue_update(pipe, survivor, indexed[into], entry)
             if remap:
                 pipe.hset(merged_key(crm), mapping=remap)  # type: ignore[arg-type]
@@ -172,7 +178,7 @@ def forget(connection: redis.Redis, suppression_key: bytes | None, crm: str, lea
         pipe.watch(state_key(crm, lead_id), merged_key(crm), lead_key(crm, lead_id), checkpoint_key(crm, lead_id))
         (row,) = _rows(pipe, [checkpoint_key(crm, lead_id)])
         blob = pipe.get(lead_key(crm, lead_id))
-        emails = _emails(eventlog.decode(blob) if blob is not None else [])  # type: ignore[arg-type]
+        emails = eventlog.read(blob).emails()  # type: ignore[arg-type]
         raw = pipe.get(state_key(crm, lead_id))
         state = json.loads(raw) if raw is not None else {}
         [entry] = leadindex.read(pipe, [(crm, lead_id)])

@@ -136,6 +136,7 @@ def _process(batch: list[Event], source: str, ops: list[HubSpotOp] | None) -> di
         # own records (a task created, an upgrade), would only hide how late a webhook is.
         None if source in HISTORY_SOURCES else max((e.occurred_ms for e in batch), default=None),
         result.paths,
+        result.retention,
     )
     log.info(
         "batch applied source=%s events=%d leads=%d added=%d duplicates=%d actions=%d erased=%d dropped=%d",
@@ -166,7 +167,7 @@ def run_sweep(connection: redis.Redis, config: Config, now_ms: int) -> dict[str,
             evaluated += len(due)
             actions += len(result.actions)
             request_drains(connection, config, result.actions)
-            record_batch(connection, result.new_decisions, (), None, None, result.paths)
+            record_batch(connection, result.new_decisions, (), None, None, result.paths, result.retention)
         log.info("sweep done due=%d actions=%d", evaluated, actions)
         return {"due": evaluated, "actions": actions}
     finally:

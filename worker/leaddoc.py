@@ -9,9 +9,9 @@ from typing import Any
 
 import redis
 
-from rules.counters import LoggedEvent, fold
 from rules.events import format_ms
 from worker.checkpoint import Stored
+from worker.eventlog import Log
 from worker.staterecord import StateRecord
 from worker.suppression import SUPPRESSED_KEY, lead_hash
 
@@ -22,14 +22,16 @@ def is_erased(connection: redis.Redis, key: bytes, crm: str, lead_id: str) -> bo
 
 
 def lead_document(
-    crm: str, lead_id: str, history: list[LoggedEvent], state: StateRecord | None, checkpoint: Stored | None = None
+    crm: str, lead_id: str, log: Log, state: StateRecord | None, checkpoint: Stored | None = None
 ) -> dict[str, Any]:
     """Build the docs/http.md `/leads/<crm>/<lead_id>` answer (also printed by `pruner explain --format json`).
 
     `progress`: how far the lead is from each count-based rule, as its last evaluation
-    counted (empty for a lead not evaluated since the upgrade to checkpoints).
+    counted (empty for a lead not evaluated since the upgrade to checkpoints). The counters
+    cover the whole story, the log's fold included.
     """
-    counters = fold(history)
+    counters = log.counters()
+    folded = log.fold.events if log.fold is not None else 0
     state = state or {}
     return {
         "crm": crm,
@@ -39,7 +41,9 @@ def lead_document(
         "counters": counters.public(),
         "decisions": state.get("decisions", []),
         "next_due": state.get("next_due"),
-        "events": len(history),
+        "events": folded + len(log.events),
+        # Of those, how many are past the retention horizon: counted in, no longer kept one by one.
+        "events_folded": folded,
         "last_event_at": format_ms(counters.last_event_ms) if counters.last_event_ms is not None else None,
         "profile": {"source": counters.source, "segment": counters.segment, "priority": counters.priority},
         "progress": checkpoint.progress if checkpoint is not None else {},

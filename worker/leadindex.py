@@ -39,7 +39,7 @@ from typing import Any
 
 import redis
 
-from rules.counters import LoggedEvent, fold
+from rules.counters import LeadCounters, LoggedEvent, fold
 from rules.errors import PrunerError, SchemaError
 from rules.events import EventType, format_ms, parse_rfc3339_ms
 from rules.states import outcome_of
@@ -135,21 +135,24 @@ def entry_for(
     history: Sequence[LoggedEvent],
     old: Entry | None = None,
     new: Iterable[LoggedEvent] = (),
+    folded: LeadCounters | None = None,
 ) -> Entry | None:
     """Compute a lead's entry from its state record and event log (None: not listed).
 
     The profile (source, segment, priority) and deal stage come from folding the log, which is
     only done when `old` is missing or a new event can change them: most batches re-use the
     old entry's, and a lead without a state record is only folded when a deal update arrives.
+
+    `folded`: the counters of the log's fold (events past the retention horizon, gone).
     """
     new = list(new)
-    if state is None and (old is None or not history):
+    if state is None and (old is None or not (history or folded is not None)):
         if not any(ev.type is EventType.DEAL_UPDATED for ev in new):
             return None  # being worked, never decided on: not listed (see the module's docstring)
     record = state or {}
     decisions = record.get("decisions") or []
     if old is None or any(ev.type in PROFILE_TYPES for ev in new):
-        c = fold(history)
+        c = fold(history, folded)
         profile = (c.source, c.deal_stage, c.segment, c.priority)
     else:
         profile = (old.source, old.deal_stage, old.segment, old.priority)

@@ -13,21 +13,23 @@ from typing import Any
 from rules.counters import LoggedEvent
 from worker.action import Action
 from worker.checkpoint import Stored
+from worker.eventlog import Fold, Log
 from worker.keys import Lead
 from worker.staterecord import StateRecord
 
 
-def _no_more_history() -> list[LoggedEvent]:
-    return []
+def _no_more_history() -> Log:
+    return Log(None, [])
 
 
 @dataclass(frozen=True)
 class LeadView:
     """What a decider sees of one lead inside the transaction.
 
-    `history` is the whole event set when `checkpoint` is None; otherwise only the events
-    dated after the checkpoint, and `earlier()` reads the rest (the whole set) should
-    the decider find it cannot continue the checkpoint.
+    `history` is the whole event set kept (`fold` holds what is left of older events) when
+    `checkpoint` is None; otherwise only the events dated after the checkpoint, and
+    `everything()` reads the rest (the whole log) should the decider find it cannot
+    continue the checkpoint, or should fold the log.
     """
 
     crm: str
@@ -40,11 +42,16 @@ class LeadView:
     # The channels a restored record objected to (empty: all of them).
     listed_channels: tuple[str, ...] = ()
     checkpoint: Stored | None = None
-    everything: Callable[[], list[LoggedEvent]] = _no_more_history
+    everything: Callable[[], Log] = _no_more_history
+    fold: Fold | None = None
+
+    def full_log(self) -> Log:
+        """The lead's whole log with this batch's events (read when only the tail is at hand)."""
+        return Log(self.fold, self.history) if self.checkpoint is None else self.everything()
 
     def full_history(self) -> list[LoggedEvent]:
-        """The lead's whole event set (reads the log when only the tail is at hand)."""
-        return self.history if self.checkpoint is None else self.everything()
+        """The lead's kept events (those older than its fold are gone)."""
+        return self.full_log().events
 
 
 @dataclass
@@ -66,6 +73,9 @@ class Outcome:
     path: str | None = None
     # The lead's row in the aggregates, kept in `checkpoint` (None: not counted).
     row: list[str] | None = None
+    # The whole log, rewritten: its oldest events folded away (worker/eventlog.py `Fold`).
+    log: bytes | None = None
+    folded: int = 0
 
 
 # What the store calls to decide a lead (worker.decide.Decider is the one the workers pass).
@@ -84,6 +94,8 @@ class LeadUpdate:
     outcome: Outcome | None
     # Ids merged into this lead earlier (or in this merge): an erasure covers them too.
     aliases: tuple[str, ...] = ()
+    # Events dated at or before the lead's fold: past the retention horizon, ignored.
+    past_horizon: int = 0
 
 
 @dataclass(frozen=True)
@@ -117,6 +129,12 @@ class BatchResult:
     @property
     def new_decisions(self) -> list[tuple[str, str, str | None]]:
         return [d for u in self.leads if u.outcome for d in u.outcome.new_decisions]
+
+    @property
+    def retention(self) -> dict[str, int]:
+        """Events folded away by this batch, and events ignored as past the retention horizon."""
+        folded = sum(u.outcome.folded for u in self.leads if u.outcome is not None)
+        return {"folded": folded, "past_horizon": sum(u.past_horizon for u in self.leads)}
 
     @property
     def paths(self) -> dict[str, int]:

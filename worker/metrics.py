@@ -22,6 +22,8 @@ DAILY_PREFIX = "pruner:metrics:daily:"  # per UTC day: field "to|reason" -> deci
 # field "checkpoint" (continued from the lead's checkpoint), "replay" (its whole log: a late
 # event, a lead written before checkpoints, a policy change) or "new" -> lead evaluations
 EVALUATIONS_KEY = "pruner:metrics:evaluations"
+# Events folded away past the retention horizon, and late ones ignored for being past it.
+RETENTION_KEY = "pruner:metrics:retention"
 RECONCILED_KEY = "pruner:metrics:reconciled"  # field: object type -> events reconciliation added (worker/reconcile.py)
 
 
@@ -32,6 +34,7 @@ def record_batch(
     enqueued_at: float | None,
     newest_event_ms: int | None,
     evaluations: Mapping[str, int] | None = None,
+    retention: Mapping[str, int] | None = None,
 ) -> None:
     """Count a processed batch's new decisions, events and evaluations by path; remember its lag."""
     now = time.time()
@@ -48,6 +51,9 @@ def record_batch(
             pipe.hincrby(EVENTS_KEY, field, n)
         for path, n in (evaluations or {}).items():
             pipe.hincrby(EVALUATIONS_KEY, path, n)
+        for what, n in (retention or {}).items():
+            if n:
+                pipe.hincrby(RETENTION_KEY, what, n)
         lag: dict[str, float] = {"at": now}
         if enqueued_at is not None:
             lag["queue_seconds"] = max(0.0, now - enqueued_at)

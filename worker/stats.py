@@ -19,7 +19,6 @@ from typing import Any
 
 import redis
 
-from rules.counters import fold
 from worker import eventlog
 from worker.aggregates import (
     AGGREGATES_KEY,
@@ -129,7 +128,7 @@ def scan(connection: redis.Redis, progress: Callable[[int], None] | None = None,
         for blob, raw_state in zip(logs, states, strict=True):
             if blob is None:
                 continue
-            counters = fold(eventlog.decode(blob))
+            counters = eventlog.read(blob).counters()
             record = json.loads(raw_state) if raw_state else {}
             lost = next((d for d in reversed(record.get("decisions", [])) if d.get("to") == "LOST"), None)
             row = row_of(record.get("state", "ACTIVE"), record.get("loss_reason"), counters, lost and lost["from"])

@@ -42,6 +42,7 @@ from rules.events import Event, EventType
 from worker import aggregates, eventlog, identity, leadindex, suppression
 from worker.action import Action
 from worker.checkpoint import Stored, unpack
+from worker.eventlog import Fold, Log
 from worker.keys import (
     ACTIONS_KEY,
     DUE_KEY,
@@ -97,6 +98,8 @@ class _Read:
     # Dedup keys: of the log when read, else of the checkpoint's tail.
     present: set[bytes]
     log_exists: bool
+    # What is left of the log's events past the retention horizon, when the log was read.
+    fold: Fold | None = None
 
     @property
     def signature(self) -> tuple[Any, ...]:
@@ -148,7 +151,8 @@ class LeadStore:
         )
         # After a conflict the batch is read again, but a lead whose data read the same as
         # before keeps its decision: a conflict on one lead re-decides that lead, not the batch.
-        memo: dict[Lead, tuple[tuple[Any, ...], list[LoggedEvent], list[LoggedEvent], Outcome | None]] = {}
+        memo: dict[Lead, tuple[tuple[Any, ...], list[LoggedEvent], list[LoggedEvent], Outcome | None, int]] = {}
+        past: dict[Lead, int] = {}
         conflicts = redecided = 0
 
         def apply_once(pipe: Pipeline) -> BatchResult:
@@ -182,10 +186,15 @@ class LeadStore:
                     forgotten.get(lead),
                 )
                 if lead in memo and memo[lead][0] == sig:
-                    _, history, new, outcome = memo[lead]
+                    _, history, new, outcome, past[lead] = memo[lead]
                 else:
                     redecided += lead in memo
                     new = [ev for k, ev in fresh[lead].items() if k not in read.present]
+                    if read.fold is not None:
+                        # Dated at or before the fold: past the horizon, the story they belong
+                        # to is folded already. Counted and ignored (eventlog.Fold).
+                        past[lead] = sum(ev.occurred_ms <= read.fold.at_ms for ev in new)
+                        new = [ev for ev in new if ev.occurred_ms > read.fold.at_ms]
                     stored = read.checkpoint
                     if stored is not None and any(ev.occurred_ms <= stored.at_ms for ev in new):
                         stored = None  # a late event: the replay starts over from the log
@@ -204,17 +213,20 @@ class LeadStore:
                             lead in listed,
                             listed.get(lead, ()),
                             stored,
-                            self._loader(pipe, lead, new, read.log),
+                            self._loader(pipe, lead, new, read),
+                            read.fold,
                         )
                         outcome = decide(view)
-                    memo[lead] = (sig, history, new, outcome)
+                    memo[lead] = (sig, history, new, outcome, past.get(lead, 0))
                 entry = None
                 if outcome is not None and not outcome.erase:
                     entry = self._index_entry(pipe, lead, read, indexed[i], history, new, outcome)
                 writes.append((lead, read, new, outcome, entry))
-                dups = counts.get(lead, 0) - len(new)
+                dups = counts.get(lead, 0) - len(new) - past.get(lead, 0)
                 merged_in = tuple(aliases.get(lead, ())) if outcome is not None and outcome.erase else ()
-                updates.append(LeadUpdate(lead[0], lead[1], history, len(new), dups, outcome, merged_in))
+                updates.append(
+                    LeadUpdate(lead[0], lead[1], history, len(new), dups, outcome, merged_in, past.get(lead, 0))
+                )
             pipe.multi()
             for i, (lead, read, new, outcome, entry) in enumerate(writes):
                 old_row = read.checkpoint.row if read.checkpoint is not None else None
@@ -226,7 +238,11 @@ class LeadStore:
                     leadindex.queue_update(pipe, lead, indexed[i], None)
                     created -= read.log_exists
                     continue
-                if new:
+                if outcome is not None and outcome.log is not None:
+                    # The decider folded the log's oldest events away: the log is rewritten whole.
+                    pipe.set(lead_key(*lead), outcome.log)
+                    created += not read.log_exists
+                elif new:
                     # APPEND: the log is never read back for a live batch.
                     records = eventlog.encode(new)
                     pipe.append(lead_key(*lead), records if read.log_exists else eventlog.VERSION + records)
@@ -268,9 +284,12 @@ class LeadStore:
         listed_now = outcome.state is not None or old is not None
         listed_now = listed_now or any(ev.type is EventType.DEAL_UPDATED for ev in new)
         folds = old is None or any(ev.type in leadindex.PROFILE_TYPES for ev in new)
+        folded = read.fold
         if read.log is None and listed_now and folds:
-            history = self._loader(pipe, lead, new, None)()
-        return leadindex.entry_for(outcome.state, history, old, new)
+            whole = self._loader(pipe, lead, new, read)()
+            history, folded = whole.events, whole.fold
+        start = folded.state().counters if folded is not None else None
+        return leadindex.entry_for(outcome.state, history, old, new, start)
 
     @staticmethod
     def _keys(leads: list[Lead], deciding: bool) -> list[str]:
@@ -328,23 +347,24 @@ class LeadStore:
         if late:
             blobs: list[bytes | None] = pipe.mget([lead_key(*leads[i]) for i in late])
             for i, blob in zip(late, blobs, strict=True):
-                log = eventlog.decode(blob)
+                whole = eventlog.read(blob)
                 # The checkpoint stays usable if the old events turn out to be redeliveries.
-                keys = {ev.key for ev in log}
-                reads[i] = _Read(states[i], raw_cks[i], blob, stored[i], log, keys, blob is not None)
+                keys = {ev.key for ev in whole.events}
+                reads[i] = _Read(
+                    states[i], raw_cks[i], blob, stored[i], whole.events, keys, blob is not None, whole.fold
+                )
         return [r for r in reads if r is not None]
 
     @staticmethod
-    def _loader(
-        pipe: Any, lead: Lead, new: list[LoggedEvent], log: list[LoggedEvent] | None
-    ) -> Callable[[], list[LoggedEvent]]:
-        """Read a lead's whole event set (the log, watched already, and this batch's new events)."""
+    def _loader(pipe: Any, lead: Lead, new: list[LoggedEvent], read: _Read) -> Callable[[], Log]:
+        """Read a lead's whole log (watched already), with this batch's new events."""
 
-        def load() -> list[LoggedEvent]:
-            if log is not None:
-                return log + new
+        def load() -> Log:
+            if read.log is not None:
+                return Log(read.fold, read.log + new)
             blob: bytes | None = pipe.get(lead_key(*lead))
-            return eventlog.decode(blob) + new
+            whole = eventlog.read(blob)
+            return Log(whole.fold, whole.events + new)
 
         return load
 
@@ -430,9 +450,11 @@ class LeadStore:
                 pipe.multi()
                 for i, lead in enumerate(leads):
                     blob, raw_state = values[i], values[len(leads) + i]
-                    history = eventlog.decode(blob) if blob is not None else []
+                    whole = eventlog.read(blob)
                     state = json.loads(raw_state) if raw_state else None
-                    leadindex.queue_update(pipe, lead, old[i], leadindex.entry_for(state, history, None, history))
+                    start = whole.fold.state().counters if whole.fold is not None else None
+                    entry = leadindex.entry_for(state, whole.events, None, whole.events, start)
+                    leadindex.queue_update(pipe, lead, old[i], entry)
                 pipe.execute()
 
             optimistic(self.redis, f"indexing {len(leads)} leads", index_batch)
@@ -454,9 +476,14 @@ class LeadStore:
         return done
 
     def history(self, crm: str, lead_id: str) -> list[LoggedEvent] | None:
-        """Return a lead's event log, or None when the lead is unknown."""
-        blob = self.redis.get(lead_key(crm, lead_id))
-        return None if blob is None else eventlog.decode(blob)  # type: ignore[arg-type]
+        """Return the events a lead's log keeps, or None when the lead is unknown."""
+        whole = self.log(crm, lead_id)
+        return None if whole is None else whole.events
+
+    def log(self, crm: str, lead_id: str) -> Log | None:
+        """Return a lead's whole log (its fold and kept events), or None when the lead is unknown."""
+        blob: bytes | None = self.redis.get(lead_key(crm, lead_id))  # type: ignore[assignment]
+        return None if blob is None else eventlog.read(blob)
 
     def checkpoint(self, crm: str, lead_id: str) -> Stored | None:
         """Return a lead's checkpoint (None: unknown lead, or not evaluated since the upgrade)."""
@@ -472,8 +499,8 @@ class LeadStore:
         """Say what `decide` would make of each lead, writing nothing (a sweep's dry run)."""
         out = []
         for crm, lead_id in leads:
-            history = self.history(crm, lead_id) or []
-            view = LeadView(crm, lead_id, history, self.state(crm, lead_id), 0)
+            whole = self.log(crm, lead_id) or Log(None, [])
+            view = LeadView(crm, lead_id, whole.events, self.state(crm, lead_id), 0, fold=whole.fold)
             out.append(((crm, lead_id), decide(view)))
         return out
 
