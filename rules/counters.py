@@ -54,6 +54,10 @@ def is_follow_up(etype: EventType, data: Mapping[str, Any], first_touch: bool) -
     return etype is EventType.CALL_ATTEMPTED and not first_touch
 
 
+# `LeadCounters.call_attempts_by_week` keeps the latest weeks with calls only.
+CALL_WEEKS_KEPT = 13
+
+
 class LeadCounters(msgspec.Struct, array_like=True):
     """Everything docs/lifecycle.md asks to count for one lead.
 
@@ -85,7 +89,8 @@ class LeadCounters(msgspec.Struct, array_like=True):
     last_touch_ms: int | None = None
     last_reply_ms: int | None = None
     last_event_ms: int | None = None
-    # Calendar week (rules/calendar.py `week_index`, as the cadence rule counts) -> call attempts.
+    # Calendar week (rules/calendar.py `week_index`, as the cadence rule counts) -> call attempts,
+    # for the latest CALL_WEEKS_KEPT weeks with calls.
     call_attempts_by_week: dict[int, int] = msgspec.field(default_factory=dict)
     proposal_sent_ms: int | None = None
     proposal_expires_ms: int | None = None
@@ -117,7 +122,13 @@ class LeadCounters(msgspec.Struct, array_like=True):
             elif etype is EventType.CALL_ATTEMPTED:
                 self.call_attempts += 1
                 week = week_index(at)
-                self.call_attempts_by_week[week] = self.call_attempts_by_week.get(week, 0) + 1
+                by_week = self.call_attempts_by_week
+                by_week[week] = by_week.get(week, 0) + 1
+                if len(by_week) > CALL_WEEKS_KEPT:
+                    # A quarter of weeks is what anyone reads; a lead called for years would
+                    # otherwise carry every week in its checkpoint. Events come in time order.
+                    for old in sorted(by_week)[:-CALL_WEEKS_KEPT]:
+                        del by_week[old]
             else:
                 self.connected_calls += 1
         if etype in RESPONSES:

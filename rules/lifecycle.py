@@ -34,6 +34,7 @@ from rules.events import RECORD_KEY, EventType, format_ms
 from rules.policy import Policy
 from rules.running import (
     CHECKPOINT_CODEC,
+    FULL_DECISIONS,
     KEPT_DECISIONS,
     Episode,
     Evaluation,
@@ -41,6 +42,7 @@ from rules.running import (
     can_resume,
     encode_checkpoint,
     start,
+    summary,
     thresholds,
 )
 from rules.states import Decision, State, covered_channels
@@ -59,8 +61,10 @@ class _Replay:
         r = self.r
         r.decisions.append(decision)
         r.decisions_total += 1
-        if len(r.decisions) >= 2 * KEPT_DECISIONS:
-            del r.decisions[:-KEPT_DECISIONS]  # amortised: a long story stays O(1) per move
+        if len(r.decisions) > FULL_DECISIONS:
+            r.decisions[-FULL_DECISIONS - 1] = summary(r.decisions[-FULL_DECISIONS - 1])
+        if len(r.decisions) > KEPT_DECISIONS:
+            del r.decisions[0]
 
     def move(self, rule: str, to: State, reason: str | None, at: int, inputs: dict[str, Any]) -> None:
         r = self.r

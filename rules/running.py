@@ -109,11 +109,24 @@ class Running(msgspec.Struct, array_like=True):
 
 
 # What an evaluation keeps of its decisions: an action is only ever wanted for the last
-# two (the current one and the loss it follows), and the state record shows the last 10
+# two (the current one and the loss it follows), and the state record shows these 10
 # (`worker.decide` remembers the names of more, as acted on). Older ones are only
 # counted (`decisions_total`): a checkpoint, decoded for every event of a lead, stays
 # small however long the story.
-KEPT_DECISIONS = 12
+KEPT_DECISIONS = 10
+# ...and only the latest few with the inputs their rule compared (what an action's task text
+# and `explain` quote); older ones are summaries: rule, states, reason, time, name.
+FULL_DECISIONS = 3
+
+
+def summary(decision: Decision) -> Decision:
+    """A decision without its inputs, but the channels a suppression covered (read by erasures)."""
+    if not decision.inputs:
+        return decision
+    kept = {"channels": decision.inputs["channels"]} if "channels" in decision.inputs else {}
+    return msgspec.structs.replace(decision, inputs=kept)
+
+
 CHECKPOINT_CODEC = msgspec.msgpack.Encoder()
 
 
@@ -124,9 +137,10 @@ def _schema(*types: type[msgspec.Struct]) -> str:
 
 # Bumped when the replay changes meaning without a field name changing (2: the WON state; 3:
 # calls counted by calendar week number, not ISO week string; 4: the break-up grace runs from
-# the task's creation), so that checkpoints computed by the previous rules are replayed from the
+# the task's creation; 5: older decisions kept as summaries, call weeks kept for a quarter),
+# so that checkpoints computed by the previous rules are replayed from the
 # log once, not continued.
-ENGINE_VERSION = 4
+ENGINE_VERSION = 5
 # Changes whenever a running-state field is added, removed or renamed.
 CHECKPOINT_SCHEMA = _schema(Running, LeadCounters, Episode, Decision)
 

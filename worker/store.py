@@ -203,7 +203,7 @@ class LeadStore:
                     else:
                         history = (read.log or []) + new
                     outcome = None
-                    if decide is not None and (history or read.raw_state is not None):
+                    if decide is not None and (new or read.raw_state is not None or past.get(lead, 0)):
                         prev = json.loads(read.raw_state) if read.raw_state else None
                         view = LeadView(
                             *lead,
