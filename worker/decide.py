@@ -31,13 +31,14 @@ from worker.leadview import LeadView, Outcome
 from worker.staterecord import StateRecord
 
 # The state record shows the latest decisions with their inputs (and counts them all);
-# `acted` keeps both names of the last 64 decisions acted on, the evaluation's latest
-# (KEPT_DECISIONS) always among them.
+# `acted` keeps both names of the last 20 decisions acted on, the evaluation's latest
+# (KEPT_DECISIONS) always among them: only those can still call for an action. (It kept 64
+# until 2026-12; a state record then grew to ~5 KB on a long story.)
 MAX_DECISIONS_KEPT = 10
+MAX_ACTED_KEPT = 40
 # A log is folded once its oldest event is this far past the retention horizon: a rewrite
 # of the log every couple of weeks per lead, not one with every event.
 FOLD_SLACK_MS = 14 * DAY_MS
-MAX_ACTED_KEPT = 128
 
 
 def identities(decisions: Sequence[Decision]) -> list[str]:
