@@ -109,11 +109,11 @@ class Running(msgspec.Struct, array_like=True):
 
 
 # What an evaluation keeps of its decisions: an action is only ever wanted for the last
-# two (the current one and the loss it follows), and the state record shows these 10
+# two (the current one and the loss it follows), and the state record shows these 5
 # (`worker.decide` remembers the names of more, as acted on). Older ones are only
 # counted (`decisions_total`): a checkpoint, decoded for every event of a lead, stays
 # small however long the story.
-KEPT_DECISIONS = 10
+KEPT_DECISIONS = 5
 # ...and only the latest few with the inputs their rule compared (what an action's task text
 # and `explain` quote); older ones are summaries: rule, states, reason, time, name.
 FULL_DECISIONS = 3

@@ -157,7 +157,7 @@ def entry_for(
     else:
         profile = (old.source, old.deal_stage, old.segment, old.priority)
     if decisions:
-        changed = max(_ms(d.get("at")) for d in decisions)
+        changed = _ms(decisions[-1].get("at"))  # the replay records decisions in time order
     elif old is not None:
         changed = old.changed_ms
     else:
