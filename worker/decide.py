@@ -32,11 +32,11 @@ from worker.staterecord import StateRecord
 
 # The state record shows the latest 5 decisions (and counts them all; it showed 10 until
 # 2026-12, which doubled what every batch of a decided lead reads and writes);
-# `acted` keeps both names of the last 20 decisions acted on, the evaluation's latest
+# `acted` keeps both names of the last 10 decisions acted on, the evaluation's latest
 # (KEPT_DECISIONS) always among them: only those can still call for an action. (It kept 64
 # until 2026-12; a state record then grew to ~5 KB on a long story.)
 MAX_DECISIONS_KEPT = 5
-MAX_ACTED_KEPT = 40
+MAX_ACTED_KEPT = 20
 # A log is folded once its oldest event is this far past the retention horizon: a rewrite
 # of the log every couple of weeks per lead, not one with every event.
 FOLD_SLACK_MS = 14 * DAY_MS

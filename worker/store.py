@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import redis
 from redis.client import Pipeline
 
@@ -204,7 +205,7 @@ class LeadStore:
                         history = (read.log or []) + new
                     outcome = None
                     if decide is not None and (new or read.raw_state is not None or past.get(lead, 0)):
-                        prev = json.loads(read.raw_state) if read.raw_state else None
+                        prev = msgspec.json.decode(read.raw_state) if read.raw_state else None
                         view = LeadView(
                             *lead,
                             history,

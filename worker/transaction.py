@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+import msgspec
 import redis
 from redis.client import Pipeline
 
@@ -33,6 +34,7 @@ from worker.leadview import Outcome
 from worker.suppression import AUDIT_KEY, SUPPRESSED_KEY, lead_hash
 
 T = TypeVar("T")
+_STATE_ENCODER = msgspec.json.Encoder()
 MAX_ATTEMPTS = 50
 
 
@@ -104,7 +106,9 @@ def queue_outcome(pipe: Any, lead: Lead, outcome: Outcome, had_state: bool = Tru
     if outcome.state is None:
         pipe.delete(skey)
     else:
-        pipe.set(skey, json.dumps(outcome.state, separators=(",", ":")))
+        # msgspec's encoder: the compact JSON json.dumps wrote, several times faster (every
+        # batch of a decided lead rewrites its state record).
+        pipe.set(skey, _STATE_ENCODER.encode(outcome.state))
     member = due_member(*lead)
     if outcome.due_ms is None:
         pipe.zrem(DUE_KEY, member)
