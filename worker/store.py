@@ -59,7 +59,7 @@ from worker.keys import (
 from worker.leadview import BatchResult, Decide, LeadUpdate, LeadView, Outcome
 from worker.staterecord import StateRecord
 from worker.suppression import SUPPRESSED_KEY, lead_hash
-from worker.transaction import optimistic, queue_erasure, queue_outcome
+from worker.transaction import Writes, optimistic, queue_erasure, queue_outcome
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class LeadStore:
             indexed = leadindex.read(pipe, leads) if decide is not None else []
             created = 0  # leads whose log this batch creates, less those it erases
             updates = []
-            writes: list[tuple[Lead, _Read, list[LoggedEvent], Outcome | None, Any]] = []
+            decided: list[tuple[Lead, _Read, list[LoggedEvent], Outcome | None, Any]] = []
             for i, (lead, read) in enumerate(zip(leads, reads, strict=True)):
                 sig = (
                     read.signature,
@@ -222,14 +222,15 @@ class LeadStore:
                 entry = None
                 if outcome is not None and not outcome.erase:
                     entry = self._index_entry(pipe, lead, read, indexed[i], history, new, outcome)
-                writes.append((lead, read, new, outcome, entry))
+                decided.append((lead, read, new, outcome, entry))
                 dups = counts.get(lead, 0) - len(new) - past.get(lead, 0)
                 merged_in = tuple(aliases.get(lead, ())) if outcome is not None and outcome.erase else ()
                 updates.append(
                     LeadUpdate(lead[0], lead[1], history, len(new), dups, outcome, merged_in, past.get(lead, 0))
                 )
             pipe.multi()
-            for i, (lead, read, new, outcome, entry) in enumerate(writes):
+            writes = Writes()
+            for i, (lead, read, new, outcome, entry) in enumerate(decided):
                 old_row = read.checkpoint.row if read.checkpoint is not None else None
                 if outcome is not None and outcome.erase:
                     queue_erasure(
@@ -241,7 +242,7 @@ class LeadStore:
                     continue
                 if outcome is not None and outcome.log is not None:
                     # The decider folded the log's oldest events away: the log is rewritten whole.
-                    pipe.set(lead_key(*lead), outcome.log)
+                    writes.sets[lead_key(*lead)] = outcome.log
                     created += not read.log_exists
                 elif new:
                     # APPEND: the log is never read back for a live batch.
@@ -249,7 +250,7 @@ class LeadStore:
                     pipe.append(lead_key(*lead), records if read.log_exists else eventlog.VERSION + records)
                     created += not read.log_exists
                 if outcome is not None:
-                    queue_outcome(pipe, lead, outcome, read.raw_state is not None)
+                    queue_outcome(pipe, lead, outcome, read.raw_state is not None, writes)
                     aggregates.queue_delta(pipe, old_row, outcome.row if outcome.checkpoint else None)
                     leadindex.queue_update(pipe, lead, indexed[i], entry)
                 elif new:
@@ -257,6 +258,7 @@ class LeadStore:
                     pipe.delete(checkpoint_key(*lead))
                     aggregates.queue_delta(pipe, old_row, None)
             leadindex.queue_tracked(pipe, created)
+            writes.flush(pipe)
             pipe.execute()
             return BatchResult(updates, dropped, conflicts, redecided)
 

@@ -91,29 +91,57 @@ def queue_erasure(
         pipe.rpush(AUDIT_KEY, json.dumps(outcome.audit, separators=(",", ":")))
 
 
-def queue_outcome(pipe: Any, lead: Lead, outcome: Outcome, had_state: bool = True) -> None:
-    """Queue a decided outcome: checkpoint, state record, due time, recorded and outbound actions."""
+class Writes:
+    """A transaction's plain writes, sent as one MSET, DEL, ZADD and ZREM for all its leads.
+
+    A batch of 100 decided leads would otherwise send 400 commands inside MULTI, and at
+    ~30 µs of client time each that was most of a live batch's cost. `flush` before EXEC.
+    """
+
+    def __init__(self) -> None:
+        self.sets: dict[str, bytes] = {}
+        self.deletes: list[str] = []
+        self.due: dict[str, int] = {}
+        self.not_due: list[str] = []
+
+    def flush(self, pipe: Any) -> None:
+        if self.sets:
+            pipe.mset(self.sets)
+        if self.deletes:
+            pipe.delete(*self.deletes)
+        if self.due:
+            pipe.zadd(DUE_KEY, self.due)
+        if self.not_due:
+            pipe.zrem(DUE_KEY, *self.not_due)
+
+
+def queue_outcome(
+    pipe: Any, lead: Lead, outcome: Outcome, had_state: bool = True, writes: Writes | None = None
+) -> None:
+    """Queue a decided outcome: checkpoint, state record, due time, recorded and outbound actions.
+
+    With `writes`, its key writes join the transaction's (flushed by the caller).
+    """
+    batch = writes if writes is not None else Writes()
     skey = state_key(*lead)
     if outcome.checkpoint is not None:
-        pipe.set(checkpoint_key(*lead), outcome.checkpoint)
+        batch.sets[checkpoint_key(*lead)] = outcome.checkpoint
     else:
         # No checkpoint (every event dated after `now`): an older one would miss them.
-        pipe.delete(checkpoint_key(*lead))
-    if outcome.state is None and not had_state and not outcome.actions:
-        # The common case (an ACTIVE lead without decisions, before and after): a due
-        # entry only ever exists beside a state record, so there is nothing to write.
-        return
-    if outcome.state is None:
-        pipe.delete(skey)
-    else:
-        # msgspec's encoder: the compact JSON json.dumps wrote, several times faster (every
-        # batch of a decided lead rewrites its state record).
-        pipe.set(skey, _STATE_ENCODER.encode(outcome.state))
-    member = due_member(*lead)
-    if outcome.due_ms is None:
-        pipe.zrem(DUE_KEY, member)
-    else:
-        pipe.zadd(DUE_KEY, {member: outcome.due_ms})
+        batch.deletes.append(checkpoint_key(*lead))
+    if outcome.state is not None or had_state or outcome.actions:
+        # (Not the common case, an ACTIVE lead without decisions before and after: a due
+        # entry only ever exists beside a state record, so there is nothing more to write.)
+        if outcome.state is None:
+            batch.deletes.append(skey)
+        else:
+            # msgspec's encoder: the compact JSON json.dumps wrote, several times faster.
+            batch.sets[skey] = _STATE_ENCODER.encode(outcome.state)
+        member = due_member(*lead)
+        if outcome.due_ms is None:
+            batch.not_due.append(member)
+        else:
+            batch.due[member] = outcome.due_ms
     if outcome.actions:
         encoded = [json.dumps(a, separators=(",", ":")) for a in outcome.actions]
         pipe.rpush(ACTIONS_KEY, *encoded)
@@ -121,3 +149,5 @@ def queue_outcome(pipe: Any, lead: Lead, outcome: Outcome, had_state: bool = Tru
         live = [e for a, e in zip(outcome.actions, encoded, strict=True) if not a.get("dry_run")]
         if live:
             pipe.rpush(outbox_key(lead[0]), *live)
+    if writes is None:
+        batch.flush(pipe)
