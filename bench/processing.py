@@ -13,17 +13,27 @@
 Reports events/s, no-op jobs/s and their ratio: how many events a worker applies in the time RQ
 needs to run one empty job (target >= 30).
 
+`--history N` first gives every lead N events spread over the past year (applied and decided
+as the worker does, not timed): leads with a past, as after a backfill or months of use.
+`--order live` stamps the queued events as webhooks arrive: each batch a few minutes after the
+one before, one event in 20 up to an hour late (a retry). `--order random` (the default, and
+the first version of this benchmark) stamps every event at random within the last two days,
+so a lead's events arrive out of order and almost every one is late: the full-replay path.
+
     .venv/bin/python -m bench.processing [--batches 200] [--leads 2000] [--noop-jobs 1000]
+    .venv/bin/python -m bench.processing --leads 333 --history 60 --order live
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import redis
@@ -38,6 +48,7 @@ from bench.common import (
     bench_db,
     child_env,
     flush_bench_db,
+    iso,
     lead_ids,
     load_note,
     stop,
@@ -122,12 +133,21 @@ def drain(conn: redis.Redis, queue: Queue, jobs: int, log: Path, poll: float, ti
     return Drain(jobs, last - first, time.perf_counter() - started, done + failed, failed)
 
 
-def fill_events(queue: Queue, batches: int, events: int, leads: int) -> int:
+LATE_EVERY = 20  # --order live: one event in 20 is a retry, up to an hour late
+
+
+def fill_events(queue: Queue, batches: int, events: int, leads: int, order: str = "random") -> int:
     """Queue `batches` validated batches; return the number of events."""
     builder = BatchBuilder(lead_ids(leads), events, seed=11)
     now_ms = int(time.time() * 1000)
+    start = datetime.now(tz=UTC) - timedelta(minutes=3 * batches + 60)
     total = 0
-    for _ in range(batches):
+    for k in range(batches):
+        if order == "live":
+            # Batch k: the three minutes after batch k-1's, and a few retries from the hour before.
+            at = start + timedelta(minutes=3 * k)
+            builder.stamps = [iso(at + timedelta(seconds=s)) for s in range(0, 180, 2)]
+            builder.stamps += [iso(at - timedelta(minutes=m)) for m in range(1, 61, 12)]
         body = builder.body()
         count = fast_count(body, now_ms)
         if count is None:
@@ -143,15 +163,44 @@ def fill_noop(queue: Queue, jobs: int) -> None:
         queue.enqueue(NOOP, result_ttl=0, retry=RETRY, job_timeout=JOB_TIMEOUT)
 
 
+def preload(conn: redis.Redis, leads: int, per_lead: int) -> int:
+    """Give every lead `per_lead` events over the past year, decided as the worker decides; return how many."""
+    from bench.common import EVENT_MIX
+    from rules.events import Crm, Event, EventType
+    from worker.config import Config
+    from worker.jobs import decider
+    from worker.store import LeadStore
+
+    rng = random.Random(5)
+    kinds = [(EventType(t), d) for t, d, _ in EVENT_MIX]
+    weights = [w for _, _, w in EVENT_MIX]
+    store = LeadStore(conn)
+    now = datetime.now(tz=UTC)
+    decide = decider(Config.from_env(child_env()), int(now.timestamp() * 1000))
+    ids = lead_ids(leads)
+    step = timedelta(days=365) / per_lead
+    first = now - timedelta(days=366)
+    for k in range(per_lead):
+        batch = []
+        for i, (crm, lead) in enumerate(ids):
+            etype, data = rng.choices(kinds, weights=weights)[0]
+            at = int((first + step * k + timedelta(seconds=i)).timestamp() * 1000)
+            batch.append(Event(f"pre-{k}-{i}", etype, Crm(crm), lead, at, dict(data)))
+        for lo in range(0, len(batch), 1000):
+            store.apply_batch(batch[lo : lo + 1000], decide)
+    return leads * per_lead
+
+
 def stored_events(conn: redis.Redis) -> int:
-    """Count the events in every lead log of DB 13 (header scan, as eventlog.keys does)."""
+    """Count the events of every lead log of DB 13, folded ones included (eventlog.read)."""
     from worker import eventlog
 
     total = 0
     keys = list(conn.scan_iter(match=f"{PREFIX}*", count=1000))
     for start in range(0, len(keys), 1000):
         for blob in conn.mget(keys[start : start + 1000]):
-            total += len(eventlog.keys(blob))  # type: ignore[arg-type]
+            whole = eventlog.read(blob)
+            total += len(whole.events) + (whole.fold.events if whole.fold is not None else 0)
     return total
 
 
@@ -170,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leads", type=int, default=2000, help="leads the events are spread over (2000: ~10 per lead)")
     p.add_argument("--noop-jobs", type=int, default=1000, help="no-op jobs for the baseline (1000)")
     p.add_argument("--poll-ms", type=float, default=5.0, help="Redis polling interval while draining (5 ms)")
+    p.add_argument("--history", type=int, default=0, help="events every lead holds before the timed run (0)")
+    p.add_argument("--order", choices=("random", "live"), default="random", help="how queued events are dated")
     return p
 
 
@@ -181,11 +232,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"before: {load_note()}")
     with bench_db() as conn, tempfile.TemporaryDirectory(prefix="pruner-bench-") as tmp:
         queue = make_queue(conn)
-        print(f"-- queueing {args.batches} batches x {args.events} events over {args.leads} leads ...", flush=True)
+        preloaded: list[int] = [0]
+        if args.history:
+            print(f"-- giving each of {args.leads} leads {args.history} events over the past year ...", flush=True)
+            timed("preloaded", lambda: preloaded.append(preload(conn, args.leads, args.history)))
+        print(f"-- queueing {args.batches} batches x {args.events} events over {args.leads} leads,"
+              f" dated {args.order} ...", flush=True)  # fmt: skip
         events: list[int] = []
-        timed("queued", lambda: events.append(fill_events(queue, args.batches, args.events, args.leads)))
+        timed("queued", lambda: events.append(fill_events(queue, args.batches, args.events, args.leads, args.order)))
         work = drain(conn, queue, args.batches, Path(tmp) / "events.log", poll)
-        stored = stored_events(conn)
+        stored = stored_events(conn) - preloaded[-1]
         total_events = events[0]
         flush_bench_db(conn)
         print(f"-- queueing {args.noop_jobs} no-op jobs ...", flush=True)

@@ -236,8 +236,8 @@ class LeadStore:
                     queue_erasure(
                         pipe, self.suppression_key, lead, outcome, aliases.get(lead, []), forgotten.get(lead, [])
                     )
-                    aggregates.queue_delta(pipe, old_row, None)
-                    leadindex.queue_update(pipe, lead, indexed[i], None)
+                    aggregates.queue_delta(writes, old_row, None)
+                    leadindex.queue_update(writes, lead, indexed[i], None)
                     created -= read.log_exists
                     continue
                 if outcome is not None and outcome.log is not None:
@@ -251,12 +251,12 @@ class LeadStore:
                     created += not read.log_exists
                 if outcome is not None:
                     queue_outcome(pipe, lead, outcome, read.raw_state is not None, writes)
-                    aggregates.queue_delta(pipe, old_row, outcome.row if outcome.checkpoint else None)
-                    leadindex.queue_update(pipe, lead, indexed[i], entry)
+                    aggregates.queue_delta(writes, old_row, outcome.row if outcome.checkpoint else None)
+                    leadindex.queue_update(writes, lead, indexed[i], entry)
                 elif new:
                     # No decider: the checkpoint would miss these events (and its row goes with it).
                     pipe.delete(checkpoint_key(*lead))
-                    aggregates.queue_delta(pipe, old_row, None)
+                    aggregates.queue_delta(writes, old_row, None)
             leadindex.queue_tracked(pipe, created)
             writes.flush(pipe)
             pipe.execute()
