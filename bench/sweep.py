@@ -1,12 +1,15 @@
 """Benchmark the time-based sweep: 1,000 due leads among 1,000,000 tracked.
 
-.venv/bin/python -m bench.sweep [--tracked 1000000] [--due 1000]
+.venv/bin/python -m bench.sweep [--tracked 1000000] [--due 1000] [--history 1000]
 
 Every tracked lead has an event log and a due time; only `--due` of them are due
 (BREAKUP_DUE past their grace). The sweep must cost what the due leads cost, not
 what all leads cost. Baseline, same run: a full SCAN over the lead keys, which is
 what a sweep without a due-time index would at least have to do.
 Target (issue 3): < 1 s. Uses Redis DB 13 only.
+
+`--history N` (issue #13): each due lead holds N events, not 13: a year of touches and replies
+before its 13 silent ones, so the sweep's cost with long histories shows.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.sweep")
     p.add_argument("--tracked", type=int, default=1_000_000)
     p.add_argument("--due", type=int, default=1000)
+    p.add_argument("--history", type=int, default=13, help="events each due lead holds (13)")
     args = p.parse_args(argv)
     conn = bench_redis()
     flush_bench_db(conn)
@@ -46,6 +50,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             for i in range(args.due)
             for n in range(13)
         ]
+        earlier = max(0, args.history - 13)
+        step = 365 * DAY // max(1, earlier)
+        for i in range(args.due):
+            # A year of touches, every fifth answered, before the silence.
+            past = [
+                Event(f"p{i}-{n}", EventType.EMAIL_REPLIED if n % 5 == 4 else EventType.EMAIL_SENT,
+                      Crm.HUBSPOT, f"due-{i}", T0 - 365 * DAY + n * step, {})
+                for n in range(earlier)
+            ]  # fmt: skip
+            for start in range(0, len(past), 1000):
+                store.apply_batch(past[start : start + 1000], Decider(policy, T0))
         for start in range(0, len(due_events), 13 * 100):
             store.apply_batch(due_events[start : start + 13 * 100], Decider(policy, T0 + DAY))
         # The rest: one touch each, due (as far as the index knows) a year from now.
