@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import msgspec
 
 from rules.calendar import DAY_MS, Calendar, calendar_for
+from rules.counters import effective
 from rules.events import EventType, format_ms, parse_rfc3339_ms
 from rules.lifecycle import evaluate
 from rules.policy import Policy
@@ -178,6 +179,32 @@ class Decider:
             return None
         return now - self.horizon_ms
 
+    def _refold(
+        self, log: Log, fold_at: int, now: int, listed: bool, channels: tuple[str, ...]
+    ) -> tuple[bytes | None, int | None] | None:
+        """The running state a replay of `log` would fold at `fold_at`, replaying only what it folds.
+
+        The checkpoint carries the lead on; the fold needs the events up to `fold_at` alone,
+        from the previous fold: the same steps, so the same bytes, as the full replay's (the
+        versions in force are chosen over the whole log first, as that replay chooses them).
+        """
+        older = [e for e in effective(log.events) if e.occurred_ms <= fold_at]
+        if not older:
+            return None
+        start_from = log.fold.state() if log.fold is not None else None
+        ev = evaluate(
+            older,
+            self.policy,
+            now,
+            self.calendar,
+            suppressed=listed,
+            suppressed_channels=channels,
+            grace_from_task=self.grace_from_task,
+            start_from=start_from,
+            fold_at_ms=fold_at,
+        )
+        return ev.fold_bytes, ev.fold_at
+
     @staticmethod
     def _fold(log: Log, running: bytes, at_ms: int) -> tuple[bytes, int | None, int]:
         """The log with its events up to `at_ms` folded into `running`; its oldest kept event; how many went."""
@@ -201,9 +228,9 @@ class Decider:
         since = self._resumable(view, now, listed, listed_channels)
         oldest = self._oldest(view, since)
         fold_at = self._fold_at(oldest, now)
-        told = since.decisions_total if since is not None and fold_at is None else -1
+        told = since.decisions_total if since is not None else -1
         log = None
-        if told >= 0:
+        if since is not None:
             history, path, start_from, since_arg = view.history, "checkpoint", None, since
         else:
             log = view.full_log()
@@ -222,11 +249,15 @@ class Decider:
             since=since_arg,
             grace_from_task=self.grace_from_task,
             start_from=start_from,
-            fold_at_ms=fold_at,
+            fold_at_ms=fold_at if since is None else None,
         )
         rewritten, folded = None, 0
-        if log is not None and ev.fold_bytes is not None and ev.fold_at is not None:
-            rewritten, oldest, folded = self._fold(log, ev.fold_bytes, ev.fold_at)
+        fold = (ev.fold_bytes, ev.fold_at) if since is None else None
+        if fold_at is not None and since is not None:
+            log = view.full_log()
+            fold = self._refold(log, fold_at, now, listed, listed_channels)
+        if log is not None and fold is not None and fold[0] is not None and fold[1] is not None:
+            rewritten, oldest, folded = self._fold(log, fold[0], fold[1])
         row = aggregates.row_of(ev.state.value, ev.loss_reason, ev.counters, aggregates.lost_from(ev.decisions))
         if ev.checkpoint_bytes is not None and ev.checkpoint_at is not None:
             tail = [e for e in history if e.occurred_ms > ev.checkpoint_at]

@@ -238,3 +238,17 @@ def test_the_horizon_is_a_policy_setting_of_at_least_a_month() -> None:
         parse_policy("retention: {horizon_days: 7}", defaults)
     with pytest.raises(PolicyError, match="retention"):
         parse_policy("retention: {days: 90}", defaults)
+
+
+def test_a_live_lead_folds_without_replaying_what_it_keeps() -> None:
+    """The checkpoint carries a live lead on; a fold replays only the events it folds away."""
+    store = LeadStore(fakeredis.FakeRedis())
+    paths: dict[str, int] = {}
+    folded = 0
+    for event in touches(300):
+        result = store.apply_batch([event], Decider(FOLDING, event.occurred_ms + 3_600_000))
+        for path, n in result.paths.items():
+            paths[path] = paths.get(path, 0) + n
+        folded += result.retention["folded"]
+    assert folded > 200
+    assert paths == {"new": 1, "checkpoint": 299}
