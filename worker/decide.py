@@ -162,6 +162,8 @@ class Decider:
     def _oldest(view: LeadView, since: Running | None) -> int | None:
         """When the oldest event the lead's log keeps (this batch's included) happened; UNKNOWN."""
         stored = view.checkpoint.oldest if view.checkpoint is not None and since is not None else checkpoint.UNKNOWN
+        if stored == checkpoint.UNKNOWN and since is not None and not view.added:
+            return checkpoint.UNKNOWN  # nothing to fold without new events: not worth reading the log
         if stored == checkpoint.UNKNOWN:
             # The log is read (or about to be, for a replay): the same answer, from the events.
             return min((e.occurred_ms for e in view.full_history()), default=None)
@@ -175,7 +177,9 @@ class Decider:
         rewritten about once a fortnight, not with every event. Both evaluation paths ask
         the same question of the same events, so they fold alike.
         """
-        if self.horizon_ms == 0 or oldest is None or oldest >= now - self.horizon_ms - FOLD_SLACK_MS:
+        if self.horizon_ms == 0 or oldest is None or oldest == checkpoint.UNKNOWN:
+            return None
+        if oldest >= now - self.horizon_ms - FOLD_SLACK_MS:
             return None
         return now - self.horizon_ms
 
@@ -227,7 +231,9 @@ class Decider:
         listed_channels = view.listed_channels if view.listed else tuple(prev.get("suppression_channels", ()))
         since = self._resumable(view, now, listed, listed_channels)
         oldest = self._oldest(view, since)
-        fold_at = self._fold_at(oldest, now)
+        # Only a batch that adds events folds: a log grows with them alone, and a sweep (or a
+        # batch of redeliveries) then never reads and rewrites a whole log.
+        fold_at = self._fold_at(oldest, now) if view.added else None
         told = since.decisions_total if since is not None else -1
         log = None
         if since is not None:
