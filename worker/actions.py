@@ -70,25 +70,45 @@ def lock_key(crm: str) -> str:
     return f"pruner:drain:{crm}:lock"
 
 
-def _cancelled(connection: redis.Redis, actions: list[Action]) -> tuple[set[str], set[str]]:
-    """Return ids of actions the lead's state now forbids: (suppressed, won).
+# The state a contact task was queued for: it is moot once the lead has left it.
+TASK_STATE = {ActionKind.BREAKUP_TASK.value: "BREAKUP_DUE", ActionKind.REENGAGE_TASK.value: "REENGAGE_DUE"}
+
+
+def _cancelled(connection: redis.Redis, actions: list[Action]) -> tuple[set[str], set[str], set[str]]:
+    """Return ids of actions the lead's state now forbids: (suppressed, won, moot).
 
     A SUPPRESSED lead gets no contact action (a break-up or check-in task); a WON lead, a
     customer now, gets none either, and is not marked lost: whatever was queued before the
-    deal was won is dropped here, at the last moment, like a do-not-contact's.
+    deal was won is dropped here, at the last moment, like a do-not-contact's. A task is moot
+    when its lead has left the state it was queued for (it replied, or its grace ran out while
+    the task waited for its owner's daily budget), or has come back to ACTIVE since its
+    decision and found its way to that state again (a newer task is queued for that).
     """
     relevant = [a for a in actions if a["kind"] in CONTACT_KINDS or a["kind"] == MARK_LOST]
     if not relevant:
-        return set(), set()
+        return set(), set(), set()
     raw: list[bytes | None] = connection.mget([state_key(a["crm"], a["lead_id"]) for a in relevant])  # type: ignore[assignment]
-    suppressed, won = set(), set()
+    suppressed, won, moot = set(), set(), set()
     for action, blob in zip(relevant, raw, strict=True):
-        state = json.loads(blob).get("state") if blob is not None else None
+        record = json.loads(blob) if blob is not None else {}
+        state = record.get("state")
         if state == "SUPPRESSED" and action["kind"] in CONTACT_KINDS:
             suppressed.add(action["id"])
         elif state == "WON":
             won.add(action["id"])
-    return suppressed, won
+        elif blob is not None and action["kind"] in TASK_STATE and _moot(action, record):
+            moot.add(action["id"])
+    return suppressed, won, moot
+
+
+def _moot(action: Action, record: dict[str, Any]) -> bool:
+    if record.get("state") != TASK_STATE[action["kind"]]:
+        return True
+    if "at" not in action:
+        return False  # written before actions carried their decision's time
+    decided = parse_rfc3339_ms(action["at"], "action.at")
+    returns = (d for d in record.get("decisions") or [] if d.get("to") == "ACTIVE")
+    return any(parse_rfc3339_ms(d.get("at"), "state.decisions.at") > decided for d in returns)
 
 
 def _stateless(connection: redis.Redis, actions: list[Action]) -> set[str]:
@@ -203,10 +223,12 @@ def _drain_batch(
     done_flags = connection.smismember(done_key(crm), [a["id"] for a in actions])
     todo = [a for a, done in zip(actions, done_flags, strict=True) if not done]
     counts["skipped_done"] += len(actions) - len(todo)
-    suppressed, won = _cancelled(connection, todo)
+    suppressed, won, moot = _cancelled(connection, todo)
     counts["skipped_suppressed"] += len(suppressed)
     counts["skipped_won"] += len(won)
-    suppressed |= won  # recorded as handled alike: never to be sent
+    if moot:
+        counts["skipped_moot"] = counts.get("skipped_moot", 0) + len(moot)
+    suppressed |= won | moot  # recorded as handled alike: never to be sent
     todo = [a for a in todo if a["id"] not in suppressed]
     owners, waiting = _over_budget(todo, executor, cap)
     if waiting:

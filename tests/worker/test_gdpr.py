@@ -268,7 +268,8 @@ def test_a_drain_racing_an_erasure_keeps_no_record_of_the_erased_lead() -> None:
 
     conn = fakeredis.FakeRedis()
     for lead in ("gd-1", "keep-1"):
-        conn.set(state_key("hubspot", lead), json.dumps({"state": "LOST"}))
+        # BREAKUP_DUE: a LOST lead's break-up task would be dropped as moot before any call.
+        conn.set(state_key("hubspot", lead), json.dumps({"state": "BREAKUP_DUE"}))
         for kind in ("mark_lost", "breakup_task"):
             action = {"id": f"hubspot:{lead}:{kind}", "kind": kind, "crm": "hubspot", "lead_id": lead}
             conn.rpush(outbox_key("hubspot"), json.dumps(action))

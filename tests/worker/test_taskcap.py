@@ -104,3 +104,26 @@ def test_no_budget_and_executors_that_cannot_name_owners_send_everything() -> No
         chosen: Any = executor or Plain()
         counts = drain(conn, "hubspot", lambda c=chosen: c, cap=TaskCap(conn, "hubspot", cap, lambda: DAY0.timestamp()))
         assert counts["executed"] == 2 and "deferred" not in counts
+
+
+def test_a_deferred_task_whose_lead_replied_or_was_lost_meanwhile_is_dropped_as_moot() -> None:
+    """A parked break-up task is only created while its lead still waits for it (review finding 5)."""
+    conn = fakeredis.FakeRedis()
+    for i in range(4):
+        queue_task(conn, f"L{i}", DAY0 - timedelta(days=10 - i))
+    owners = {f"L{i}": "ann" for i in range(4)}
+    today = DAY0.timestamp()
+    drain(conn, "hubspot", lambda: OwnedExecutor(owners), cap=TaskCap(conn, "hubspot", 1, lambda: today))
+    replied = format_ms(int((DAY0 - timedelta(days=1)).timestamp() * 1000))
+    came_back = {"state": "ACTIVE", "decisions": [{"to": "ACTIVE", "at": replied}]}
+    conn.set(state_key("hubspot", "L1"), json.dumps(came_back))
+    conn.set(state_key("hubspot", "L2"), json.dumps({"state": "LOST"}))  # its grace ran out while it waited
+    # L3 replied, then went silent again: BREAKUP_DUE by a newer decision, with a task of its own queued.
+    again = [{"to": "ACTIVE", "at": replied}, {"to": "BREAKUP_DUE", "at": replied}]
+    conn.set(state_key("hubspot", "L3"), json.dumps({"state": "BREAKUP_DUE", "decisions": again}))
+    tomorrow = today + 86_400
+    release_due(conn, "hubspot", tomorrow)
+    executor = OwnedExecutor(owners)
+    counts = drain(conn, "hubspot", lambda: executor, cap=TaskCap(conn, "hubspot", 5, lambda: tomorrow))
+    assert executor.created == [] and counts["skipped_moot"] == 3
+    assert deferred_count(conn, "hubspot") == 0
