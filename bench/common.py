@@ -27,6 +27,7 @@ from typing import IO, Any
 
 import redis
 
+from rules.events import Crm, Event, EventType
 from webhooks.signatures import sign
 
 BENCH_DB = 13
@@ -48,6 +49,22 @@ EVENT_MIX: tuple[tuple[str, dict[str, Any], int], ...] = (
     ("time_logged", {"minutes": 15}, 4),
     ("email_bounced", {"hard": False}, 2),
 )
+
+
+def year_of_events(
+    leads: Sequence[tuple[str, str]], per_lead: int, end: datetime, rng: random.Random, tag: str
+) -> Iterator[list[Event]]:
+    """`per_lead` rounds of one EVENT_MIX event for every lead, spread over the year before `end`, oldest first."""
+    kinds = [(EventType(t), d) for t, d, _ in EVENT_MIX]
+    weights = [w for _, _, w in EVENT_MIX]
+    start, step = end - timedelta(days=365), timedelta(days=365) / per_lead
+    for k in range(per_lead):
+        out = []
+        for i, (crm, lead) in enumerate(leads):
+            etype, data = rng.choices(kinds, weights=weights)[0]
+            at = int((start + step * k + timedelta(seconds=i)).timestamp() * 1000)
+            out.append(Event(f"{tag}{k}-{i}", etype, Crm(crm), lead, at, dict(data)))
+        yield out
 
 
 def bench_redis() -> redis.Redis:

@@ -36,7 +36,17 @@ from typing import Any
 
 import redis
 
-from bench.common import REDIS_URL, SENTINEL_KEY, bench_db, bench_redis, child_env, flush_bench_db, lead_ids, load_note
+from bench.common import (
+    REDIS_URL,
+    SENTINEL_KEY,
+    bench_db,
+    bench_redis,
+    child_env,
+    flush_bench_db,
+    lead_ids,
+    load_note,
+    year_of_events,
+)
 from rules.events import Crm, Event, EventType
 from worker.keys import ACTIONS_KEY, DUE_KEY, STATE_PREFIX, lead_key
 from worker.store import LeadStore
@@ -127,11 +137,7 @@ def history_run(leads: Sequence[tuple[str, str]], sizes: Sequence[int], batch: i
     """Bytes per lead when each lead holds N events spread over a year, decided as the worker does."""
     import random
 
-    from bench.common import EVENT_MIX
-
     rng = random.Random(7)
-    kinds = [(EventType(t), d) for t, d, _ in EVENT_MIX]
-    weights = [w for _, _, w in EVENT_MIX]
     end = datetime.now(tz=UTC) - timedelta(days=1)
     print(f"{'events/lead':>11} {'bytes/lead':>10} {'log B':>7} {'checkpoint B':>12} {'state B':>8} {'target':>8}")
     with bench_db() as conn:
@@ -139,14 +145,7 @@ def history_run(leads: Sequence[tuple[str, str]], sizes: Sequence[int], batch: i
         for size in sizes:
             flush_bench_db(conn)
             before = used_memory()
-            start = end - timedelta(days=365)
-            step = timedelta(days=365) / size
-            for k in range(size):
-                events = []
-                for i, (crm, lead_id) in enumerate(leads):
-                    etype, data = rng.choices(kinds, weights=weights)[0]
-                    at = int((start + step * k + timedelta(seconds=i)).timestamp() * 1000)
-                    events.append(Event(f"h{k}-{i}", etype, Crm(crm), lead_id, at, dict(data)))
+            for events in year_of_events(leads, size, end, rng, "h"):
                 apply_all(store, iter(events), batch, True)
             per_lead = (used_memory() - before) / len(leads)
             sample = leads[: min(200, len(leads))]

@@ -52,6 +52,7 @@ from bench.common import (
     lead_ids,
     load_note,
     stop,
+    year_of_events,
 )
 from bench.jobs import NOOP
 from rules.fastparse import fast_count
@@ -165,27 +166,14 @@ def fill_noop(queue: Queue, jobs: int) -> None:
 
 def preload(conn: redis.Redis, leads: int, per_lead: int) -> int:
     """Give every lead `per_lead` events over the past year, decided as the worker decides; return how many."""
-    from bench.common import EVENT_MIX
-    from rules.events import Crm, Event, EventType
     from worker.config import Config
     from worker.jobs import decider
     from worker.store import LeadStore
 
-    rng = random.Random(5)
-    kinds = [(EventType(t), d) for t, d, _ in EVENT_MIX]
-    weights = [w for _, _, w in EVENT_MIX]
     store = LeadStore(conn)
     now = datetime.now(tz=UTC)
     decide = decider(Config.from_env(child_env()), int(now.timestamp() * 1000))
-    ids = lead_ids(leads)
-    step = timedelta(days=365) / per_lead
-    first = now - timedelta(days=366)
-    for k in range(per_lead):
-        batch = []
-        for i, (crm, lead) in enumerate(ids):
-            etype, data = rng.choices(kinds, weights=weights)[0]
-            at = int((first + step * k + timedelta(seconds=i)).timestamp() * 1000)
-            batch.append(Event(f"pre-{k}-{i}", etype, Crm(crm), lead, at, dict(data)))
+    for batch in year_of_events(lead_ids(leads), per_lead, now - timedelta(days=1), random.Random(5), "pre-"):
         for lo in range(0, len(batch), 1000):
             store.apply_batch(batch[lo : lo + 1000], decide)
     return leads * per_lead

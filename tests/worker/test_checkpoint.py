@@ -47,10 +47,10 @@ KINDS: list[tuple[str, dict[str, Any]]] = [
 event_st = st.tuples(st.integers(0, len(KINDS) - 1), st.integers(0, 60 * 24 * 40), st.sampled_from(["A", "B"]))
 
 
-def build(raw: list[tuple[int, int, str]]) -> list[Event]:
+def build(raw: list[tuple[int, int, str]], kinds: list[tuple[str, dict[str, Any]]] = KINDS) -> list[Event]:
     out = []
     for n, (kind, minute, lead) in enumerate(raw):
-        etype, data = KINDS[kind]
+        etype, data = kinds[kind]
         out.append(Event(f"e{n}", EventType(etype), Crm.HUBSPOT, lead, at(0) + minute * 60_000, dict(data)))
     return out
 

@@ -22,6 +22,7 @@ from rules.events import Crm, Event, EventType
 from rules.policy import parse_policy
 from tests.rules_helpers import at
 from tests.worker.test_checkpoint import KINDS as CHECKPOINT_KINDS
+from tests.worker.test_checkpoint import build as build_from
 from tests.worker.test_checkpoint import deliveries, dump
 from worker import eventlog
 from worker.checkpoint import UNKNOWN, pack, unpack
@@ -45,11 +46,7 @@ event_st = st.tuples(st.integers(0, len(PLAIN) - 1), st.integers(0, SPAN_MINUTES
 
 
 def build(raw: list[tuple[int, int, str]]) -> list[Event]:
-    out = []
-    for n, (kind, minute, lead) in enumerate(raw):
-        etype, data = PLAIN[kind]
-        out.append(Event(f"e{n}", EventType(etype), Crm.HUBSPOT, lead, at(0) + minute * 60_000, dict(data)))
-    return out
+    return build_from(raw, PLAIN)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -106,7 +103,7 @@ def test_folding_decides_what_keeping_every_event_decides_when_nothing_arrives_p
     end = max(e.occurred_ms for e in build(raw)) + 200 * DAY
     for conn, policy in ((folding, FOLDING), (keeping, KEEPING)):
         store = LeadStore(conn)
-        store.reevaluate(["hubspot:A", "hubspot:B"] and [("hubspot", "A"), ("hubspot", "B")], Decider(policy, end))
+        store.reevaluate([("hubspot", "A"), ("hubspot", "B")], Decider(policy, end))
     assert decided(folding) == decided(keeping)
 
 
