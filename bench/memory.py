@@ -160,6 +160,17 @@ def history_run(leads: Sequence[tuple[str, str]], sizes: Sequence[int], batch: i
                 f"{sizes_of['state']:>8.0f} {verdict}",
                 flush=True,
             )
+            print("            by key family (MEMORY USAGE per lead): " + families(conn, len(leads)), flush=True)
+
+
+def families(conn: redis.Redis, leads: int) -> str:
+    """MEMORY USAGE summed per key family (`pruner:<family>:...`), per lead: where the bytes are."""
+    totals: dict[str, int] = {}
+    for key in conn.scan_iter(match="pruner:*", count=1000):
+        family = ":".join(key.decode().split(":")[:2])
+        totals[family] = totals.get(family, 0) + int(conn.memory_usage(key, samples=0) or 0)
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{name} {total / leads:,.0f}" for name, total in ranked)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
