@@ -432,7 +432,11 @@ def relist(replay: _Replay, suppressed: bool, channels: Collection[str], at: int
     if (r.listed, r.listed_channels) == (suppressed, wanted):
         return False
     r.listed, r.listed_channels = suppressed, wanted
-    if suppressed and r.state is not State.SUPPRESSED:
+    if suppressed and r.state is State.SUPPRESSED:
+        # Suppressed already, on fewer channels maybe: the CRM must hear of the others.
+        replay.advance(min(at, now_ms))
+        replay.widen_suppression(wanted or ["all"], at)
+    elif suppressed:
         replay.advance(min(at, now_ms))
         replay.move(
             "suppression_list", State.SUPPRESSED, "do_not_contact", at, {"channels": list(wanted)} if wanted else {}

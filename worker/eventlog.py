@@ -25,7 +25,7 @@ from typing import NamedTuple
 import msgspec
 
 from rules.counters import LeadCounters, LoggedEvent, fold
-from rules.events import TYPE_CODES, TYPES_BY_CODE, Event, EventType
+from rules.events import RECORD_KEY, TYPE_CODES, TYPES_BY_CODE, Event, EventType
 from rules.running import Running, decode_running
 from worker.errors import StoreError
 
@@ -71,9 +71,13 @@ class Log(NamedTuple):
     events: list[LoggedEvent]
 
     def counters(self) -> LeadCounters:
-        """The lead's counters over its whole story, folded part included."""
-        start = self.fold.state().counters if self.fold is not None else None
-        return fold(self.events, start)
+        """The lead's counters over its whole story, folded part included (as the replay counts them)."""
+        if self.fold is None:
+            return fold(self.events)
+        running = self.fold.state()
+        # A new version of a record the fold counted is past the horizon (rules/lifecycle.py).
+        events = [e for e in self.events if not (e.data and e.data.get(RECORD_KEY) in running.records)]
+        return fold(events, running.counters)
 
     def emails(self) -> set[str]:
         """Every address the lead's profile events carried, folded ones included."""

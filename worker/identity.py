@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import msgspec
 import redis
 from redis.client import Pipeline
 
 from rules.counters import LoggedEvent
+from rules.events import EventType
+from rules.states import State
 from worker import aggregates, eventlog, leadindex
 from worker.checkpoint import unpack
+from worker.eventlog import Log
 from worker.keys import (
     DUE_KEY,
     FORGOTTEN_TTL_S,
@@ -38,6 +40,40 @@ def _rows(conn: Any, ck_keys: list[str]) -> list[list[str] | None]:
     for raw in conn.mget(ck_keys):
         stored = unpack(raw)
         out.append(stored.row if stored is not None else None)
+    return out
+
+
+def _carried(crm: str, merged: list[str], blobs: list[bytes | None], fold_at: int | None) -> list[LoggedEvent]:
+    """The merged records' events for the survivor, with what a fold would lose carried over.
+
+    The survivor's fold stays its fold: a merged record's own fold cannot be joined to it,
+    and its kept events dated before the survivor's fold are past the horizon there. Their
+    counts are lost to the merge; what must not be is carried as events dated just after the
+    folds: an objection (a suppressed record's channels, or a `do_not_contact`), an erasure
+    request, and every email address, which an erasure of the survivor must still find.
+    """
+    out: list[LoggedEvent] = []
+    after = fold_at + 1 if fold_at is not None else None
+    for lead, blob in zip(merged, blobs, strict=True):
+        log = eventlog.read(blob)
+        for ev in log.events:
+            if after is None or ev.occurred_ms >= after:
+                out.append(ev)
+            elif ev.type in (EventType.DO_NOT_CONTACT, EventType.ERASURE_REQUESTED):
+                out.append(ev._replace(occurred_ms=after))
+        if log.fold is None and after is None:
+            continue
+        at = max(log.fold.at_ms if log.fold is not None else 0, after or 0)
+        lost = [e for e in log.events if after is not None and e.occurred_ms < after]
+        emails = (set(log.fold.emails) if log.fold is not None else set()) | Log(None, lost).emails()
+        for email in sorted(emails):
+            key = eventlog.event_key(crm, f"pruner-merge:{lead}:email:{email}")
+            out.append(LoggedEvent(at, EventType.LEAD_PROFILE, key, {"email": email}))
+        running = log.fold.state() if log.fold is not None else None
+        if running is not None and running.state is State.SUPPRESSED:
+            channels = sorted(running.dnc_channels) or ["all"]
+            key = eventlog.event_key(crm, f"pruner-merge:{lead}:do_not_contact")
+            out.append(LoggedEvent(at, EventType.DO_NOT_CONTACT, key, {"channels": channels}))
     return out
 
 
@@ -92,20 +128,11 @@ def merge(
             return LeadUpdate(crm, into, [], 0, 0, outcome, away)
         values: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
         blobs = values[: 1 + len(merged)]
-        # The survivor's fold stays its fold; a merged record's own fold (its events past the
-        # horizon) cannot be joined to it and is dropped, and so are its kept events dated
-        # before the survivor's fold: past the horizon for the merged lead (eventlog.Fold).
         survivor_log = eventlog.read(blobs[0])
         fold = survivor_log.fold
-        if fold is not None:
-            # An erasure of the survivor must still find the merged records' folded addresses.
-            merged_emails = {e for blob in blobs[1:] for e in eventlog.read(blob).emails()}
-            fold = msgspec.structs.replace(fold, emails=sorted(set(fold.emails) | merged_emails))
-        union: dict[bytes, LoggedEvent] = {}
-        for blob in blobs:
-            for ev in eventlog.decode(blob):
-                if fold is None or ev.occurred_ms > fold.at_ms:
-                    union.setdefault(ev.key, ev)
+        union: dict[bytes, LoggedEvent] = {ev.key: ev for ev in survivor_log.events}
+        for ev in _carried(crm, merged, blobs[1:], fold.at_ms if fold is not None else None):
+            union.setdefault(ev.key, ev)
         remap = {m: into for m in [*merged, *chained] if aliases.get(m) != into}
         if len(union) == len(survivor_log.events) and not any(blobs[1:]):
             # Nothing to fold (a redelivery, or records Pruner never saw): still

@@ -85,6 +85,28 @@ return out
 """
 
 
+# Kept even when dated before a lead's fold, moved to just after it: an objection or an
+# erasure request is never lost to the retention horizon (only ever more suppression; a
+# late re-consent is not moved, since it could then undo a later objection).
+_NEVER_PAST = frozenset({EventType.DO_NOT_CONTACT, EventType.ERASURE_REQUESTED})
+
+
+def _past_horizon(new: list[LoggedEvent], fold_at: int) -> tuple[list[LoggedEvent], int]:
+    """The events of `new` to apply, and how many are past the horizon (dated at or before the fold).
+
+    Those are counted and ignored: the story they belong in is folded already (eventlog.Fold).
+    """
+    kept, past = [], 0
+    for ev in new:
+        if ev.occurred_ms > fold_at:
+            kept.append(ev)
+        elif ev.type in _NEVER_PAST:
+            kept.append(ev._replace(occurred_ms=fold_at + 1))
+        else:
+            past += 1
+    return kept, past
+
+
 @dataclass(frozen=True)
 class _Read:
     """What a transaction read of one lead: its state, and its checkpoint or its log."""
@@ -192,10 +214,7 @@ class LeadStore:
                     redecided += lead in memo
                     new = [ev for k, ev in fresh[lead].items() if k not in read.present]
                     if read.fold is not None:
-                        # Dated at or before the fold: past the horizon, the story they belong
-                        # to is folded already. Counted and ignored (eventlog.Fold).
-                        past[lead] = sum(ev.occurred_ms <= read.fold.at_ms for ev in new)
-                        new = [ev for ev in new if ev.occurred_ms > read.fold.at_ms]
+                        new, past[lead] = _past_horizon(new, read.fold.at_ms)
                     stored = read.checkpoint
                     if stored is not None and any(ev.occurred_ms <= stored.at_ms for ev in new):
                         stored = None  # a late event: the replay starts over from the log
@@ -221,7 +240,10 @@ class LeadStore:
                     memo[lead] = (sig, history, new, outcome, past.get(lead, 0))
                 entry = None
                 if outcome is not None and not outcome.erase:
-                    entry = self._index_entry(pipe, lead, read, indexed[i], history, new, outcome)
+                    ck = read.checkpoint
+                    # `history` is only the checkpoint's tail and this batch when it was continued.
+                    partial = ck is not None and all(ev.occurred_ms > ck.at_ms for ev in new)
+                    entry = self._index_entry(pipe, lead, read, indexed[i], history, new, outcome, partial)
                 decided.append((lead, read, new, outcome, entry))
                 dups = counts.get(lead, 0) - len(new) - past.get(lead, 0)
                 merged_in = tuple(aliases.get(lead, ())) if outcome is not None and outcome.erase else ()
@@ -277,6 +299,7 @@ class LeadStore:
         history: list[LoggedEvent],
         new: list[LoggedEvent],
         outcome: Outcome,
+        partial: bool,
     ) -> Any:
         """The lead's list-index entry after this outcome (worker/leadindex.py).
 
@@ -288,7 +311,7 @@ class LeadStore:
         listed_now = listed_now or any(ev.type is EventType.DEAL_UPDATED for ev in new)
         folds = old is None or any(ev.type in leadindex.PROFILE_TYPES for ev in new)
         folded = read.fold
-        if read.log is None and listed_now and folds:
+        if partial and listed_now and folds:
             whole = self._loader(pipe, lead, new, read)()
             history, folded = whole.events, whole.fold
         start = folded.state().counters if folded is not None else None

@@ -8,6 +8,7 @@ arrives now is counted as past the horizon and ignored.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import replace
 from typing import Any
@@ -18,8 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rules.errors import PolicyError
-from rules.events import Crm, Event, EventType
+from rules.events import Crm, Event, EventType, versioned
 from rules.policy import parse_policy
+from rules.running import decode_running
+from rules.states import covered_channels
 from tests.rules_helpers import at
 from tests.worker.test_checkpoint import KINDS as CHECKPOINT_KINDS
 from tests.worker.test_checkpoint import build as build_from
@@ -27,7 +30,7 @@ from tests.worker.test_checkpoint import deliveries, dump
 from worker import eventlog
 from worker.checkpoint import UNKNOWN, pack, unpack
 from worker.decide import FOLD_SLACK_MS, Decider
-from worker.keys import CHECKPOINT_PREFIX, DUE_KEY, checkpoint_key, lead_key, state_key
+from worker.keys import ACTIONS_KEY, CHECKPOINT_PREFIX, DUE_KEY, checkpoint_key, lead_key, state_key
 from worker.leaddoc import lead_document
 from worker.policyfile import default_policy
 from worker.store import LeadStore
@@ -249,3 +252,109 @@ def test_a_live_lead_folds_without_replaying_what_it_keeps() -> None:
         folded += result.retention["folded"]
     assert folded > 200
     assert paths == {"new": 1, "checkpoint": 299}
+
+
+# --- found by a second reader: what a fold must not lose --------------------------------
+
+
+def feed_keyed(store: LeadStore, events: list[Event], policy: Any = FOLDING) -> None:
+    for e in events:
+        store.apply_batch([e], Decider(policy, e.occurred_ms + 3_600_000, suppression_key=KEY))
+
+
+def test_a_merge_into_a_survivor_without_a_fold_keeps_the_merged_records_folded_emails() -> None:
+    conn = fakeredis.FakeRedis()
+    store = LeadStore(conn, KEY)
+    feed_keyed(store, [Event("mp", EventType.LEAD_PROFILE, Crm.HUBSPOT, "M", at(0), {"email": "m@example.com"})])
+    feed_keyed(store, touches(120, "M")[1:])
+    merged = store.log("hubspot", "M")
+    assert merged is not None and merged.fold is not None and merged.fold.emails == ["m@example.com"]
+    feed_keyed(store, [Event("s1", EventType.EMAIL_SENT, Crm.HUBSPOT, "S", at(178), {})])
+    store.merge("hubspot", "S", ["M"], Decider(FOLDING, at(181), suppression_key=KEY))
+    survivor = store.log("hubspot", "S")
+    assert survivor is not None and "m@example.com" in survivor.emails()
+    erase = Event("x", EventType.ERASURE_REQUESTED, Crm.HUBSPOT, "S", at(182), {})
+    store.apply_batch([erase], Decider(FOLDING, at(182) + 1, suppression_key=KEY))
+    assert conn.sismember(SUPPRESSED_KEY, email_hash(KEY, "m@example.com"))
+
+
+@pytest.mark.parametrize("policy", [KEEPING, FOLDING], ids=["keeping", "folding"])
+@pytest.mark.parametrize("where", ["before the survivor's fold", "in the merged record's fold"])
+def test_a_merge_keeps_the_merged_records_objection(policy: Any, where: str) -> None:
+    store = LeadStore(fakeredis.FakeRedis(), KEY)
+    dnc = Event("m-dnc", EventType.DO_NOT_CONTACT, Crm.HUBSPOT, "M", at(0), {"channels": ["all"]})
+    feed_keyed(store, [dnc], policy)
+    if where == "before the survivor's fold":
+        feed_keyed(store, touches(125, "S"), policy)
+    else:  # the merged record lived on and folded its objection; the survivor is young
+        replies = [e._replace(lead_id="M", id="m" + e.id) for e in touches(125) if e.type is EventType.EMAIL_REPLIED]
+        feed_keyed(store, replies, policy)
+        feed_keyed(store, [Event("s1", EventType.EMAIL_SENT, Crm.HUBSPOT, "S", at(185), {})], policy)
+    store.merge("hubspot", "S", ["M"], Decider(policy, at(190), suppression_key=KEY))
+    assert (store.state("hubspot", "S") or {}).get("state") == "SUPPRESSED"
+
+
+@pytest.mark.parametrize("policy", [KEEPING, FOLDING], ids=["keeping", "folding"])
+def test_a_wider_suppression_listing_after_the_fold_is_told_to_the_crm(policy: Any) -> None:
+    conn = fakeredis.FakeRedis()
+    store = LeadStore(conn, KEY)
+    events = [Event("dnc", EventType.DO_NOT_CONTACT, Crm.HUBSPOT, "L", at(0), {"channels": ["email"]})]
+    events += [e for e in touches(150)[1:] if e.type is not EventType.EMAIL_REPLIED]
+    feed_keyed(store, events, policy)
+    conn.sadd(SUPPRESSED_KEY, email_hash(KEY, "p@example.com"))  # the person was erased under another record
+    t = events[-1].occurred_ms + 2 * 3_600_000
+    feed_keyed(store, [Event("prof", EventType.LEAD_PROFILE, Crm.HUBSPOT, "L", t, {"email": "p@example.com"})], policy)
+    actions = [json.loads(a) for a in conn.lrange(ACTIONS_KEY, 0, -1)]
+    # The CRM is told email first, then every channel (["all"], or ["all", "email"]: the same opt-outs).
+    told = [covered_channels(a["channels"]) for a in actions if a["kind"] == "suppress"]
+    assert told == [{"email"}, {"email", "phone"}]
+
+
+@pytest.mark.parametrize("kind", [EventType.ERASURE_REQUESTED, EventType.DO_NOT_CONTACT])
+def test_an_objection_or_erasure_dated_before_the_fold_is_applied_not_ignored(kind: EventType) -> None:
+    conn = fakeredis.FakeRedis()
+    store = LeadStore(conn, KEY)
+    events = touches(150)
+    feed_keyed(store, events)
+    whole = store.log("hubspot", "L")
+    assert whole is not None and whole.fold is not None
+    late = Event("late", kind, Crm.HUBSPOT, "L", whole.fold.at_ms - 1, {})
+    result = store.apply_batch([late], Decider(FOLDING, events[-1].occurred_ms + 7_200_000, suppression_key=KEY))
+    assert result.retention["past_horizon"] == 0
+    if kind is EventType.ERASURE_REQUESTED:
+        assert result.erased == [("hubspot", "L")] and conn.get(lead_key("hubspot", "L")) is None
+    else:
+        assert (store.state("hubspot", "L") or {}).get("state") == "SUPPRESSED"
+
+
+def test_explain_counts_what_the_replay_counts_after_a_folded_record_gets_a_new_version() -> None:
+    store = LeadStore(fakeredis.FakeRedis())
+    first = Event("c1", EventType.CALL_ATTEMPTED, Crm.HUBSPOT, "L", at(0) + 1000, versioned("call-1", at(0)))
+    events = [first] + [e for e in touches(80) if e.type is EventType.EMAIL_SENT]
+    feed(store, events)
+    t = events[-1].occurred_ms + 3_600_000
+    edited = Event("c1b", EventType.CALL_CONNECTED, Crm.HUBSPOT, "L", t, versioned("call-1", t))
+    store.apply_batch([edited], Decider(FOLDING, t + 1))
+    ck = store.checkpoint("hubspot", "L")
+    assert ck is not None
+    whole = store.log("hubspot", "L")
+    assert whole is not None
+    replayed = decode_running(bytes(ck.running)).counters
+    doc = lead_document("hubspot", "L", whole, store.state("hubspot", "L"), ck)
+    assert doc["counters"]["connected_calls"] == replayed.connected_calls == 0
+
+
+def test_a_redelivered_profile_does_not_lose_the_listed_source() -> None:
+    """The list index folds the whole log when the checkpoint was continued, log read or not."""
+    from worker import leadindex
+
+    store = LeadStore(fakeredis.FakeRedis())
+    profile = Event("p", EventType.LEAD_PROFILE, Crm.HUBSPOT, "L", at(0), {"source": "ADS"})
+    dnc = Event("n", EventType.DO_NOT_CONTACT, Crm.HUBSPOT, "L", at(0) + 1, {"channels": ["email"]})
+    deal = Event("d1", EventType.DEAL_UPDATED, Crm.HUBSPOT, "L", at(1), {"deal_id": "d", "stage": "qualifiedtobuy"})
+    for e in (profile, dnc, deal):
+        store.apply_batch([e], Decider(KEEPING, e.occurred_ms + 60_000))
+    again = Event("d2", EventType.DEAL_UPDATED, Crm.HUBSPOT, "L", at(2), {"deal_id": "d", "stage": "presentation"})
+    store.apply_batch([profile, again], Decider(KEEPING, at(2) + 60_000))  # the profile redelivered
+    [entry] = leadindex.read(store.redis, [("hubspot", "L")])
+    assert entry is not None and entry.source == "ADS"
