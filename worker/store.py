@@ -213,6 +213,7 @@ class LeadStore:
                 else:
                     redecided += lead in memo
                     new = [ev for k, ev in fresh[lead].items() if k not in read.present]
+                    past[lead] = 0  # (not what an earlier attempt of this transaction found)
                     if read.fold is not None:
                         new, past[lead] = _past_horizon(new, read.fold.at_ms)
                     stored = read.checkpoint
