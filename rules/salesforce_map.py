@@ -257,6 +257,11 @@ def _time_ms(value: str | None) -> int | None:
     return at if _EARLIEST_MS <= at <= _LATEST_MS else None
 
 
+def record_time_ms(value: str | None) -> int | None:
+    """Epoch ms of a Salesforce dateTime or date as the API writes it; None when absent or not a real time."""
+    return _time_ms(value)
+
+
 def _lead_id(value: str | None) -> str | None:
     value = _text(value)
     if value is None or not is_record_id(value) or not value.startswith(LEAD_PREFIX):
