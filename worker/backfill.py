@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import IO, Any, Generic, Protocol, TypeVar
 
 import redis
 from rq import Queue
@@ -230,23 +230,31 @@ class ProgressLine:
             print(file=self.stream)
 
 
-class Run:
+HistoryT = TypeVar("HistoryT")
+MappingT = TypeVar("MappingT")
+
+
+class Run(Generic[HistoryT, MappingT]):
     """One backfill run of any CRM: read each object type from its cursor, map, send to the sink, move the cursor.
 
-    A CRM's run says which object types it reads (`object_types`) and how (`read`); this class
-    owns the order, the cursors, the sink and the tally.
+    A CRM's run says which object types it reads (`object_types`) and how (`read`), with its
+    reader (`history`) and its mapping; this class owns the order, the cursors, the sink and the tally.
     """
 
     object_types: tuple[str, ...] = ()
 
     def __init__(
         self,
+        history: HistoryT,
         sink: Sink,
         window: Window,
+        mapping: MappingT,
         cursors: Cursors | None = None,
         clock: Callable[[], float] = time.time,
         progress: ProgressFn | None = None,
     ) -> None:
+        self.history = history
+        self.mapping = mapping
         self.sink = sink
         self.window = window
         self.cursors = cursors
@@ -291,24 +299,10 @@ class Run:
             self.progress(object_type, self.tally.records[object_type], self._events, left)
 
 
-class Backfill(Run):
+class Backfill(Run[HubSpotHistory, HubSpotMapping]):
     """A HubSpot backfill: contacts and deals with their property history, then engagements."""
 
     object_types = OBJECT_TYPES
-
-    def __init__(
-        self,
-        history: HubSpotHistory,
-        sink: Sink,
-        window: Window,
-        mapping: HubSpotMapping,
-        cursors: Cursors | None = None,
-        clock: Callable[[], float] = time.time,
-        progress: ProgressFn | None = None,
-    ) -> None:
-        super().__init__(sink, window, cursors, clock, progress)
-        self.history = history
-        self.mapping = mapping
 
     def read(self, object_type: str, cursor: dict[str, Any]) -> None:
         if object_type == "contacts":
@@ -362,7 +356,7 @@ class Backfill(Run):
             self.cursors.save(object_type, {"done": True})
 
 
-class SalesforceBackfill(Run):
+class SalesforceBackfill(Run[SalesforceHistory, SalesforceMapping]):
     """A Salesforce backfill: each sObject the mapping knows, read by SOQL and mapped like its outbound messages.
 
     Leads, Opportunities and Individuals hold facts in force whatever their age (an opt-out,
@@ -373,20 +367,6 @@ class SalesforceBackfill(Run):
     """
 
     object_types = SALESFORCE_TYPES
-
-    def __init__(
-        self,
-        history: SalesforceHistory,
-        sink: Sink,
-        window: Window,
-        mapping: SalesforceMapping,
-        cursors: Cursors | None = None,
-        clock: Callable[[], float] = time.time,
-        progress: ProgressFn | None = None,
-    ) -> None:
-        super().__init__(sink, window, cursors, clock, progress)
-        self.history = history
-        self.mapping = mapping
 
     def read(self, object_type: str, cursor: dict[str, Any]) -> None:
         fields = self._fields(object_type)

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 from rules.events import format_ms
 from rules.explain import plural
@@ -89,7 +90,7 @@ def _backfill(args: argparse.Namespace, crm: str) -> int:
         queue = make_queue(connection, config.queue_name)
         sink = QueueSink(queue)
     progress = ProgressLine()
-    run: Run
+    run: Run[Any, Any]
     if isinstance(client, HubSpotClient):
         run = Backfill(HubSpotHistory(client, search_limiter(connection)), sink, window, policy.hubspot, cursors,
                        progress=progress)  # fmt: skip

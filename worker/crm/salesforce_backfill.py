@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import requests
-
 from rules.salesforce_map import record_time_ms
+from worker.crm.http import body_of
 from worker.crm.salesforce_client import SalesforceClient, SalesforceQueryError, describe, errors_of
 
 TIME_FIELD = "SystemModstamp"
@@ -62,14 +61,6 @@ def window_query(sobject: str, fields: Sequence[str], from_ms: int | None, until
     return f"SELECT {columns} FROM {sobject} WHERE {' AND '.join(where)} ORDER BY {TIME_FIELD} ASC"
 
 
-def _body(response: requests.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 class SalesforceHistory:
     """The reads a Salesforce backfill makes, over the API client every worker uses."""
 
@@ -84,7 +75,7 @@ class SalesforceHistory:
             return None
         if response.status_code != 200:
             raise SalesforceQueryError(f"Salesforce refused to describe {sobject}: {describe(response)}")
-        fields = _body(response).get("fields") or []
+        fields = body_of(response).get("fields") or []
         return {str(f["name"]) for f in fields if isinstance(f, dict) and f.get("name")}
 
     def read(
@@ -104,7 +95,7 @@ class SalesforceHistory:
         while True:
             if response.status_code != 200:
                 raise SalesforceQueryError(f"Salesforce refused to read {sobject}: {describe(response)}")
-            body = _body(response)
+            body = body_of(response)
             records = [r for r in body.get("records") or [] if isinstance(r, dict) and r.get("Id")]
             read += len(records)
             fresh = []
