@@ -124,6 +124,13 @@ def test_backfill_simulates_like_it_runs_live_and_a_later_webhook_counts_nothing
     assert sum(tally["records"].values()) == len(made)
     assert len(fake.api_calls(method="GET", path="query/")) >= 1  # paged through nextRecordsUrl
 
+    preview = pruner(env, "backfill", "salesforce", *window, "--dry-run", "--format", "json")
+    assert preview.returncode == 0, preview.stderr
+    dry = json.loads(preview.stdout)
+    assert dry["leads"] == tally["leads"] and sum(dry["first_run"]["states"].values()) == tally["leads"]
+    unset = pruner(base_env(), "backfill", "salesforce", *window)
+    assert unset.returncode == 3 and "SALESFORCE_INSTANCE_URL" in unset.stderr
+
     web, url = start_web(env)
     worker = start_worker(env)
     try:
