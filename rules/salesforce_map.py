@@ -45,10 +45,21 @@ record's latest values. So:
   `sf:{EventId}:meeting_booked`, `sf:{EventId}:meeting_rescheduled:{StartDateTime}`);
 - states are keyed by record and value (`sf:{LeadId}:do_not_contact:email`,
   `sf:{IndividualId}:erasure_requested`): repeating a fact does not repeat the event;
-- occurrences on a Lead or Opportunity are keyed by the notification
-  (`sf:{NotificationId}:not_interested`, `…:reopened`, `…:lead_profile`,
-  `…:deal_updated`): the outbound rule for them should fire on the change ("created, and
-  any time it's edited to subsequently meet criteria"), not on every edit.
+- occurrences on a Lead or Opportunity are keyed by the record and the version it was
+  read at, its `LastModifiedDate` (else `SystemModstamp`) in epoch ms
+  (`sf:{LeadId}:not_interested:{ms}`, `sf:{LeadId}:reopened:{ms}` when the marker is a plain
+  `true`, `sf:{LeadId}:lead_profile:{ms}`, `sf:{OpportunityId}:deal_updated:{ms}`, and
+  `sf:{EventId}:meeting_rescheduled:{ms}` when the Event has no start time): a re-sent
+  notification carries the same version, and a backfill reading the record by SOQL
+  (rules/salesforce_history.py) finds the same one, so all three give one id. The outbound
+  rule for them should fire on the change ("created, and any time it's edited to
+  subsequently meet criteria"), not on every edit, and should send `LastModifiedDate`: a
+  message without either time falls back to the notification id (`sf:{NotificationId}:…`,
+  the ids used before versions were), which no backfill can rebuild.
+
+One function per sObject maps a record's field values (as text, the way a SOAP message
+carries them), whoever read it: `map_notifications` for outbound messages, `map_records`
+for records read through the REST API. `record_fields` names the fields each one reads.
 
 Times: the record's own timestamps (`CompletedDateTime`, `CreatedDate`, `ActivityDate`,
 `EndDateTime`, `LastModifiedDate`, per kind) when present, parseable and inside Salesforce's
@@ -73,6 +84,10 @@ _ID = re.compile(r"[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?")
 _SUFFIX_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _SOBJECT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")
+# A record version's time: LastModifiedDate first, as it moves only on an edit, while
+# SystemModstamp also moves on system updates (a recalculation) that change none of the
+# fields mapped here, which would make a later read of the same values look like a new version.
+VERSION_FIELDS = ("LastModifiedDate", "SystemModstamp")
 # Salesforce's own dateTime range. A value outside it is no real record time, and one
 # before year 1 in UTC (`0001-01-01T00:00:00+01:00`) cannot even be formatted.
 _EARLIEST_MS = to_ms(datetime(1700, 1, 1, tzinfo=UTC))
@@ -211,6 +226,8 @@ class MapResult:
 
     events: list[Event] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)
+    # Event id -> the record a versioned event is a version of (what its canonical JSON names).
+    versions: dict[str, str] = field(default_factory=dict)
 
 
 def _true(value: str | None) -> bool:
@@ -240,6 +257,11 @@ def _time_ms(value: str | None) -> int | None:
     return at if _EARLIEST_MS <= at <= _LATEST_MS else None
 
 
+def record_time_ms(value: str | None) -> int | None:
+    """Epoch ms of a Salesforce dateTime or date as the API writes it; None when absent or not a real time."""
+    return _time_ms(value)
+
+
 def _lead_id(value: str | None) -> str | None:
     value = _text(value)
     if value is None or not is_record_id(value) or not value.startswith(LEAD_PREFIX):
@@ -260,6 +282,15 @@ class _Builder:
             if at is not None:
                 return min(at, self.now_ms)
         return self.now_ms
+
+    def add_keyed(
+        self, event_id: str | None, etype: EventType, lead_id: str, at_ms: int, data: dict[str, Any] | None = None
+    ) -> None:
+        """`add`, or count the event as skipped when the record gave nothing to key it on."""
+        if event_id is None:
+            self.result.skipped["no_version_to_key_on"] += 1
+        else:
+            self.add(event_id, etype, lead_id, at_ms, data)
 
     def add(
         self,
@@ -285,6 +316,8 @@ class _Builder:
                 modified = at_ms if modified_ms is None else modified_ms
                 raw["version"] = {"record": version_of, "modified_at": format_ms(modified)}
             self.result.events.append(parse_event(raw, event_id, self.now_ms))
+            if version_of is not None:
+                self.result.versions[event_id] = version_of
         except (SchemaError, ValueError, OverflowError, OSError):
             # A value Salesforce allows but the canonical schema does not (e.g. a negative
             # amount), or a time `format_ms` cannot write (`_time_ms` keeps those out; this is
@@ -293,8 +326,24 @@ class _Builder:
             self.result.skipped["invalid_value"] += 1
 
 
-def _map_lead(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
-    f = n.fields
+def _modified_ms(f: Mapping[str, str | None]) -> int | None:
+    """The record version's time, the same whoever read the record (not clamped to the receive time)."""
+    for name in VERSION_FIELDS:
+        at = _time_ms(f.get(name))
+        if at is not None:
+            return at
+    return None
+
+
+def _occurrence_id(record: str | None, kind: str, f: Mapping[str, str | None], delivery: str | None) -> str | None:
+    """`sf:{record}:{kind}:{version ms}`; without a version, the notification's own id as before (or None)."""
+    modified = _modified_ms(f)
+    if record is not None and modified is not None:
+        return f"sf:{record}:{kind}:{modified}"
+    return f"sf:{delivery}:{kind}" if delivery is not None else None
+
+
+def _map_lead(f: Mapping[str, str | None], delivery: str | None, m: SalesforceMapping, b: _Builder) -> None:
     lead = _lead_id(f.get("Id"))
     if lead is None:
         b.result.skipped["lead_without_id"] += 1
@@ -307,7 +356,7 @@ def _map_lead(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
         )
     status = _text(f.get("Status"))
     if status in m.not_interested_statuses:
-        b.add(f"sf:{n.id}:not_interested", EventType.NOT_INTERESTED, lead, at)
+        b.add_keyed(_occurrence_id(lead, "not_interested", f, delivery), EventType.NOT_INTERESTED, lead, at)
     marker = _text(f.get(m.reopened_field))
     if status in m.open_statuses and marker is not None:
         reopened_at = _time_ms(marker)
@@ -315,21 +364,20 @@ def _map_lead(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
             # A reopen time identifies the reopen itself: re-sent or later edits don't repeat it.
             b.add(f"sf:{lead}:reopened:{reopened_at}", EventType.REOPENED, lead, min(reopened_at, b.now_ms))
         elif _true(marker):
-            b.add(f"sf:{n.id}:reopened", EventType.REOPENED, lead, at)
+            b.add_keyed(_occurrence_id(lead, "reopened", f, delivery), EventType.REOPENED, lead, at)
     profile: dict[str, Any] = {
         key: value for key, name in m.profile_fields.items() if (value := _text(f.get(name))) is not None
     }
     if _true(f.get("IsConverted")):
         profile["converted"] = True  # the lead became a contact/account: a customer (WON)
     if profile:
-        b.add(f"sf:{n.id}:lead_profile", EventType.LEAD_PROFILE, lead, at, profile)
+        b.add_keyed(_occurrence_id(lead, "lead_profile", f, delivery), EventType.LEAD_PROFILE, lead, at, profile)
 
 
-def _map_task(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
-    f = n.fields
-    task_id, lead = _text(f.get("Id")) or n.id, _lead_id(f.get("WhoId"))
-    if lead is None:
-        b.result.skipped["task_not_on_a_lead"] += 1
+def _map_task(f: Mapping[str, str | None], delivery: str | None, m: SalesforceMapping, b: _Builder) -> None:
+    task_id, lead = _text(f.get("Id")) or delivery, _lead_id(f.get("WhoId"))
+    if lead is None or task_id is None:
+        b.result.skipped["task_not_on_a_lead" if lead is None else "task_without_id"] += 1
         return
     if _text(f.get("IsClosed")) is not None and not _true(f.get("IsClosed")):
         b.result.skipped["task_not_done"] += 1
@@ -392,11 +440,10 @@ def _map_call(
         b.add(f"sf:{task_id}:not_interested", EventType.NOT_INTERESTED, lead, at)
 
 
-def _map_event(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
-    f = n.fields
-    meeting, lead = _text(f.get("Id")) or n.id, _lead_id(f.get("WhoId"))
-    if lead is None:
-        b.result.skipped["event_not_on_a_lead"] += 1
+def _map_event(f: Mapping[str, str | None], delivery: str | None, m: SalesforceMapping, b: _Builder) -> None:
+    meeting, lead = _text(f.get("Id")) or delivery, _lead_id(f.get("WhoId"))
+    if lead is None or meeting is None:
+        b.result.skipped["event_not_on_a_lead" if lead is None else "event_without_id"] += 1
         return
     data = {"meeting_id": meeting}
     b.add(f"sf:{meeting}:meeting_booked", EventType.MEETING_BOOKED, lead, b.first_time(f, ("CreatedDate",)), data)
@@ -406,7 +453,9 @@ def _map_event(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
             moved["first_meeting"] = _true(f.get(m.first_meeting_field))
         # One reschedule per new start time: unrelated edits keep the same start.
         start = _time_ms(f.get("StartDateTime"))
-        key = f"sf:{meeting}:meeting_rescheduled:{start if start is not None else n.id}"
+        # Without a start time, the version of the record (or, lacking that, the notification) says which move.
+        which = start if start is not None else _modified_ms(f)
+        key = f"sf:{meeting}:meeting_rescheduled:{which if which is not None else delivery}"
         b.add(key, EventType.MEETING_RESCHEDULED, lead, b.first_time(f, ("LastModifiedDate",)), moved)
     end = _time_ms(f.get("EndDateTime"))
     if end is None or end > b.now_ms or _true(f.get(m.cancelled_field)):
@@ -419,8 +468,7 @@ def _map_event(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
         b.add(f"sf:{meeting}:meeting_held", EventType.MEETING_HELD, lead, end, data, *outcome)
 
 
-def _map_opportunity(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
-    f = n.fields
+def _map_opportunity(f: Mapping[str, str | None], delivery: str | None, m: SalesforceMapping, b: _Builder) -> None:
     lead = _lead_id(f.get(m.opportunity_lead_field))
     if lead is None:
         b.result.skipped["opportunity_without_lead"] += 1
@@ -440,16 +488,15 @@ def _map_opportunity(n: Notification, m: SalesforceMapping, b: _Builder) -> None
         except ValueError:
             b.result.skipped["invalid_value"] += 1
     at = b.first_time(f, ("LastModifiedDate", "CreatedDate"))
-    b.add(f"sf:{n.id}:deal_updated", EventType.DEAL_UPDATED, lead, at, data)
+    b.add_keyed(_occurrence_id(deal, "deal_updated", f, delivery), EventType.DEAL_UPDATED, lead, at, data)
 
 
-def _map_individual(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
-    f = n.fields
+def _map_individual(f: Mapping[str, str | None], delivery: str | None, m: SalesforceMapping, b: _Builder) -> None:
     lead = _lead_id(f.get(m.individual_lead_field))
-    if lead is None:
-        b.result.skipped["individual_without_lead"] += 1
+    record = _text(f.get("Id")) or delivery
+    if lead is None or record is None:
+        b.result.skipped["individual_without_lead" if lead is None else "individual_without_id"] += 1
         return
-    record = _text(f.get("Id")) or n.id
     at = b.first_time(f, ("LastModifiedDate", "CreatedDate"))
     if _true(f.get("ShouldForget")):
         b.add(f"sf:{record}:{lead}:erasure_requested", EventType.ERASURE_REQUESTED, lead, at)
@@ -458,32 +505,58 @@ def _map_individual(n: Notification, m: SalesforceMapping, b: _Builder) -> None:
         b.add(f"sf:{record}:{lead}:do_not_contact:all", EventType.DO_NOT_CONTACT, lead, at, {"channels": channels})
 
 
-_MAPPERS: dict[str, Callable[[Notification, SalesforceMapping, _Builder], None]] = {
+_MAPPERS: dict[str, Callable[[Mapping[str, str | None], str | None, SalesforceMapping, _Builder], None]] = {
     "Lead": _map_lead,
     "Task": _map_task,
     "Event": _map_event,
     "Opportunity": _map_opportunity,
     "Individual": _map_individual,
 }
+SOBJECTS = tuple(_MAPPERS)
+
+
+def record_fields(sobject: str, m: SalesforceMapping) -> tuple[str, ...]:
+    """The fields the mapping of `sobject` reads, with the mapping's names: what a SOQL read must select."""
+    common = ("Id", "CreatedDate", *VERSION_FIELDS)
+    by_type: dict[str, tuple[str, ...]] = {
+        "Lead": ("HasOptedOutOfEmail", "DoNotCall", "Status", m.reopened_field, *m.profile_fields.values(),
+                 "IsConverted"),
+        "Task": ("WhoId", "IsClosed", "TaskSubtype", "CompletedDateTime", "ActivityDate", m.inbound_email_field,
+                 "Subject", m.call_type_field, "CallDisposition", "CallDurationInSeconds"),
+        "Event": ("WhoId", m.rescheduled_field, m.first_meeting_field, "StartDateTime", "EndDateTime",
+                  m.cancelled_field, m.no_show_field),
+        "Opportunity": (m.opportunity_lead_field, "StageName", "IsWon", "Amount"),
+        "Individual": (m.individual_lead_field, "ShouldForget", "HasOptedOutSolicit"),
+    }  # fmt: skip
+    return tuple(dict.fromkeys((*common, *by_type[sobject])))
+
+
+def map_records(
+    records: Iterable[tuple[str, Mapping[str, str | None], str | None]],
+    now_ms: int,
+    mapping: SalesforceMapping | None = None,
+) -> MapResult:
+    """Map (sObject type, field values as text, notification id or None) to canonical events; count the skipped."""
+    mapping = mapping or SalesforceMapping()
+    result = MapResult()
+    builder = _Builder(now_ms, result)
+    for sobject, values, delivery in records:
+        mapper = _MAPPERS.get(sobject)
+        if mapper is None:
+            # The type comes from the sender's xsi:type and ends up in a log line: an sObject
+            # API name is kept, anything else (an email address, say) is not repeated.
+            name = sobject if _SOBJECT_NAME.fullmatch(sobject) else "invalid"
+            result.skipped[f"unknown_sobject:{name}"] += 1
+            continue
+        before = len(result.events) + sum(result.skipped.values())
+        mapper(values, delivery, mapping, builder)
+        if len(result.events) + sum(result.skipped.values()) == before:
+            result.skipped["nothing_to_map"] += 1
+    return result
 
 
 def map_notifications(
     notifications: Iterable[Notification], now_ms: int, mapping: SalesforceMapping | None = None
 ) -> MapResult:
     """Map one outbound message's notifications to canonical events; count what is skipped."""
-    mapping = mapping or SalesforceMapping()
-    result = MapResult()
-    builder = _Builder(now_ms, result)
-    for notification in notifications:
-        mapper = _MAPPERS.get(notification.sobject)
-        if mapper is None:
-            # The type comes from the sender's xsi:type and ends up in a log line: an sObject
-            # API name is kept, anything else (an email address, say) is not repeated.
-            name = notification.sobject if _SOBJECT_NAME.fullmatch(notification.sobject) else "invalid"
-            result.skipped[f"unknown_sobject:{name}"] += 1
-            continue
-        before = len(result.events) + sum(result.skipped.values())
-        mapper(notification, mapping, builder)
-        if len(result.events) + sum(result.skipped.values()) == before:
-            result.skipped["nothing_to_map"] += 1
-    return result
+    return map_records(((n.sobject, n.fields, n.id) for n in notifications), now_ms, mapping)

@@ -1,8 +1,11 @@
-"""`pruner backfill hubspot`: a portal's existing history, as canonical events (issue #14).
+"""`pruner backfill hubspot|salesforce`: a CRM's existing history, as canonical events (issue #14).
 
-Reads contacts and deals with their property history, and calls, emails and meetings with
-their contacts (worker/crm/hubspot_backfill.py), maps them with the webhook mapping
-(rules/hubspot_history.py), and sends the events to one of three sinks:
+HubSpot (`Backfill`): reads contacts and deals with their property history, and calls, emails
+and meetings with their contacts (worker/crm/hubspot_backfill.py), and maps them with the
+webhook mapping (rules/hubspot_history.py). Salesforce (`SalesforceBackfill`): reads Leads,
+Opportunities, Individuals, Tasks and Events by SOQL (worker/crm/salesforce_backfill.py) and
+maps them with the Outbound Message mapping (rules/salesforce_history.py). Both (`Run`) send
+the events to one of three sinks:
 
 - `QueueSink`: the live pipeline, as the webhooks do: RQ jobs of at most 1,000 events
   (worker/queues.py `enqueue_events`), applied and deduplicated by the workers;
@@ -11,7 +14,7 @@ their contacts (worker/crm/hubspot_backfill.py), maps them with the webhook mapp
   instead (worker/firstrun.py `PreviewSink`) to say what the first live run would do.
 
 Resumable: after each page's events are queued or written (and flushed to disk), the object
-type's cursor moves on in Redis (`pruner:backfill:hubspot:<run>`, a hash, one field per object
+type's cursor moves on in Redis (`pruner:backfill:<crm>:<run>`, a hash, one field per object
 type; the run is the window and the destination). Stopped midway, the same command continues
 from the cursors; the page that was being read when it stopped is read again, and its events,
 having the same ids, count once. A finished run deletes its cursors.
@@ -27,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import IO, Any, Generic, Protocol, TypeVar
 
 import redis
 from rq import Queue
@@ -41,7 +44,10 @@ from rules.hubspot_history import (
     engagement_record_events,
 )
 from rules.hubspot_map import ENGAGEMENT_PROPERTIES, HubSpotMapping, Versioned, contact_properties
+from rules.salesforce_history import OWNER_FIELD, record_events
+from rules.salesforce_map import SalesforceMapping, record_fields, to_18
 from worker.crm.hubspot_backfill import HubSpotHistory
+from worker.crm.salesforce_backfill import SalesforceHistory
 from worker.queues import enqueue_events
 
 CRM = "hubspot"
@@ -50,6 +56,9 @@ CURSOR_TTL_S = 30 * 86_400  # an abandoned run's cursors go away on their own
 LIST_TYPES = ("contacts", "deals")
 SEARCH_TYPES = ("calls", "emails", "meetings")
 OBJECT_TYPES = LIST_TYPES + SEARCH_TYPES
+# Salesforce: the facts first (as HubSpot's contacts and deals), then the activities.
+SALESFORCE_TYPES = ("Lead", "Opportunity", "Individual", "Task", "Event")
+SALESFORCE_STATE_TYPES = frozenset({"Lead", "Opportunity", "Individual"})  # read whatever their age
 
 
 @dataclass(frozen=True)
@@ -221,34 +230,49 @@ class ProgressLine:
             print(file=self.stream)
 
 
-class Backfill:
-    """One backfill run: read each object type from its cursor, map, send to the sink, move the cursor."""
+HistoryT = TypeVar("HistoryT")
+MappingT = TypeVar("MappingT")
+
+
+class Run(Generic[HistoryT, MappingT]):
+    """One backfill run of any CRM: read each object type from its cursor, map, send to the sink, move the cursor.
+
+    A CRM's run says which object types it reads (`object_types`) and how (`read`), with its
+    reader (`history`) and its mapping; this class owns the order, the cursors, the sink and the tally.
+    """
+
+    object_types: tuple[str, ...] = ()
 
     def __init__(
         self,
-        history: HubSpotHistory,
+        history: HistoryT,
         sink: Sink,
         window: Window,
-        mapping: HubSpotMapping,
+        mapping: MappingT,
         cursors: Cursors | None = None,
         clock: Callable[[], float] = time.time,
         progress: ProgressFn | None = None,
     ) -> None:
         self.history = history
+        self.mapping = mapping
         self.sink = sink
         self.window = window
-        self.mapping = mapping
         self.cursors = cursors
         self.now_ms = int(clock() * 1000)
         self.progress = progress
         self.tally = Tally()
         self._events = 0
 
-    def run(self, object_types: Sequence[str] = OBJECT_TYPES) -> Tally:
+    def run(self, object_types: Sequence[str] | None = None) -> Tally:
         """Read every object type (continuing from the cursors); delete the cursors when all are done."""
         saved = self.cursors.load() if self.cursors is not None else {}
         try:
-            self._run(object_types, saved)
+            for object_type in object_types or self.object_types:
+                cursor = saved.get(object_type) or {}
+                if cursor:
+                    self.tally.resumed.append(object_type)
+                if not cursor.get("done"):
+                    self.read(object_type, cursor)
         finally:
             # Also when interrupted: the file is closed, events held back are queued. What the
             # cursors do not cover yet is read again on resume, under the same ids.
@@ -257,19 +281,9 @@ class Backfill:
             self.cursors.clear()
         return self.tally
 
-    def _run(self, object_types: Sequence[str], saved: dict[str, dict[str, Any]]) -> None:
-        for object_type in object_types:
-            cursor = saved.get(object_type) or {}
-            if cursor:
-                self.tally.resumed.append(object_type)
-            if cursor.get("done"):
-                continue
-            if object_type == "contacts":
-                self._contacts(cursor.get("after"))
-            elif object_type == "deals":
-                self._deals(cursor.get("after"))
-            else:
-                self._engagements(object_type, int(cursor.get("from_ms", self.window.since_ms)))
+    def read(self, object_type: str, cursor: dict[str, Any]) -> None:
+        """Read one object type from `cursor` (empty: from the start), `_emit` each page, save the cursor done."""
+        raise NotImplementedError
 
     def _emit(self, object_type: str, records: int, out: Mapped, cursor: dict[str, Any], left: int | None) -> None:
         self.sink.write(out.events)
@@ -283,6 +297,20 @@ class Backfill:
         self._events += len(out.events)
         if self.progress is not None:
             self.progress(object_type, self.tally.records[object_type], self._events, left)
+
+
+class Backfill(Run[HubSpotHistory, HubSpotMapping]):
+    """A HubSpot backfill: contacts and deals with their property history, then engagements."""
+
+    object_types = OBJECT_TYPES
+
+    def read(self, object_type: str, cursor: dict[str, Any]) -> None:
+        if object_type == "contacts":
+            self._contacts(cursor.get("after"))
+        elif object_type == "deals":
+            self._deals(cursor.get("after"))
+        else:
+            self._engagements(object_type, int(cursor.get("from_ms", self.window.since_ms)))
 
     def _contacts(self, after: str | None) -> None:
         names = contact_properties(self.mapping)
@@ -326,3 +354,54 @@ class Backfill:
             self._emit(object_type, len(page.records), out, {"from_ms": page.resume_ms}, page.left)
         if self.cursors is not None:
             self.cursors.save(object_type, {"done": True})
+
+
+class SalesforceBackfill(Run[SalesforceHistory, SalesforceMapping]):
+    """A Salesforce backfill: each sObject the mapping knows, read by SOQL and mapped like its outbound messages.
+
+    Leads, Opportunities and Individuals hold facts in force whatever their age (an opt-out,
+    a won deal), so every one last changed before `until` is read, as HubSpot's contacts are
+    read whatever the window; Tasks and Events are activities, read when they changed inside
+    the window. A field the org lacks is left out of the query (and counted); an object the
+    org lacks, or lacking the field that links it to a lead, is skipped (and counted).
+    """
+
+    object_types = SALESFORCE_TYPES
+
+    def read(self, object_type: str, cursor: dict[str, Any]) -> None:
+        fields = self._fields(object_type)
+        if fields is not None:
+            start = None if object_type in SALESFORCE_STATE_TYPES else self.window.since_ms
+            from_ms = cursor.get("from_ms", start)
+            pages = self.history.read(object_type, fields, from_ms, self.window.until_ms, cursor.get("seen", ()))
+            for page in pages:
+                out = Mapped()
+                record_events(object_type, page.records, self.now_ms, self.mapping, out)
+                if object_type == "Lead":
+                    for record in page.records:
+                        owner = record.get(OWNER_FIELD)
+                        self.tally.owners[str(owner) if owner else "none"] += 1
+                        if owner:
+                            self.tally.contact_owner[to_18(str(record["Id"]))] = str(owner)
+                self._emit(object_type, len(page.records), out, page.resume, page.left)
+        if self.cursors is not None:
+            self.cursors.save(object_type, {"done": True})
+
+    def _fields(self, sobject: str) -> list[str] | None:
+        """The mapping's fields of `sobject` that the org has; None when there is nothing to read."""
+        described = self.history.describe(sobject)
+        if described is None:
+            self.tally.ignored[f"{sobject}:not_in_org"] += 1
+            return None
+        m = self.mapping
+        links = {"Task": "WhoId", "Event": "WhoId", "Opportunity": m.opportunity_lead_field,
+                 "Individual": m.individual_lead_field}  # fmt: skip
+        link = links.get(sobject)
+        if link is not None and link not in described:
+            self.tally.ignored[f"{sobject}:no_field:{link}"] += 1  # no record of it can name its lead
+            return None
+        wanted = [*record_fields(sobject, m), *([OWNER_FIELD] if sobject == "Lead" else [])]
+        for name in wanted:
+            if name not in described:
+                self.tally.ignored[f"{sobject}:no_field:{name}"] += 1
+        return [name for name in wanted if name in described]

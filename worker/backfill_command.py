@@ -1,7 +1,7 @@
-"""`pruner backfill hubspot`: read a portal's existing history into the pipeline, a file, or a report.
+"""`pruner backfill hubspot|salesforce`: read a CRM's existing history into the pipeline, a file, or a report.
 
-The argument handling and the report; the reading and mapping are worker/backfill.py and
-worker/crm/hubspot_backfill.py (docs/backfill.md).
+The argument handling and the report; the reading and mapping are worker/backfill.py,
+worker/crm/hubspot_backfill.py and worker/crm/salesforce_backfill.py (docs/backfill.md).
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 from rules.events import format_ms
 from rules.explain import plural
-from worker.backfill import Backfill, Cursors, JsonlSink, ProgressLine, QueueSink, Sink, Window
+from worker.backfill import Backfill, Cursors, JsonlSink, ProgressLine, QueueSink, Run, SalesforceBackfill, Sink, Window
 from worker.cliargs import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -27,20 +28,30 @@ from worker.cliargs import (
 )
 from worker.crm.base import CrmError
 from worker.crm.hubspot_backfill import HubSpotHistory, search_limiter
-from worker.crm.hubspot_client import build_client
+from worker.crm.hubspot_client import HubSpotClient, build_client
+from worker.crm.salesforce import build_client as build_salesforce_client
+from worker.crm.salesforce_backfill import SalesforceHistory
+from worker.crm.salesforce_client import SalesforceClient
 from worker.errors import ConfigError
 from worker.firstrun import FirstRun, PreviewSink, first_run
 from worker.queues import connect, make_queue
 
 
 def cmd_backfill_hubspot(args: argparse.Namespace) -> int:
+    return _backfill(args, "hubspot")
+
+
+def cmd_backfill_salesforce(args: argparse.Namespace) -> int:
+    return _backfill(args, "salesforce")
+
+
+def _backfill(args: argparse.Namespace, crm: str) -> int:
     if args.dry_run and args.out:
         print("pruner: --dry-run writes nothing; leave out --out (or --dry-run)", file=sys.stderr)
         return EXIT_USAGE
     logs_to_stderr()  # stdout is the report (--format json is read by scripts); retries are logged meanwhile
     config = config_or_exit()
     policy = policy_or_exit(config.policy_path)
-    mapping = policy.hubspot
     since = date_flag_ms(args.since, "--since")
     until = date_flag_ms(args.until, "--until") if args.until else int(time.time() * 1000)
     try:
@@ -49,10 +60,14 @@ def cmd_backfill_hubspot(args: argparse.Namespace) -> int:
         print(f"pruner: {exc}", file=sys.stderr)
         return EXIT_USAGE
     connection = connect(config.redis_url, timeout=30)
+    client: HubSpotClient | SalesforceClient
     try:
-        # A live portal keeps working meanwhile: the backfill leaves the callbacks their share.
-        client = build_client(config, connection, config.backfill_rate_share)
-    except ConfigError as exc:
+        # A live CRM keeps working meanwhile: the backfill leaves the workers their share of the budget.
+        if crm == "hubspot":
+            client = build_client(config, connection, config.backfill_rate_share)
+        else:
+            client = build_salesforce_client(config, connection, config.backfill_rate_share)
+    except (ConfigError, CrmError) as exc:  # CrmError: Salesforce refused the configured login
         print(f"pruner: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     cursors: Cursors | None = None
@@ -60,7 +75,7 @@ def cmd_backfill_hubspot(args: argparse.Namespace) -> int:
     if args.dry_run:
         sink = PreviewSink()
     elif args.out:
-        cursors = Cursors(connection, window, "out:" + os.path.abspath(args.out))
+        cursors = Cursors(connection, window, "out:" + os.path.abspath(args.out), crm)
         resuming = bool(cursors.load())
         if resuming and not os.path.exists(args.out):
             cursors.clear()  # the file the cursors continue is gone: start over
@@ -71,12 +86,17 @@ def cmd_backfill_hubspot(args: argparse.Namespace) -> int:
             print(f"pruner: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
     else:
-        cursors = Cursors(connection, window, "live")
+        cursors = Cursors(connection, window, "live", crm)
         queue = make_queue(connection, config.queue_name)
         sink = QueueSink(queue)
     progress = ProgressLine()
-    run = Backfill(HubSpotHistory(client, search_limiter(connection)), sink, window, mapping, cursors,
-                   progress=progress)  # fmt: skip
+    run: Run[Any, Any]
+    if isinstance(client, HubSpotClient):
+        run = Backfill(HubSpotHistory(client, search_limiter(connection)), sink, window, policy.hubspot, cursors,
+                       progress=progress)  # fmt: skip
+    else:
+        run = SalesforceBackfill(SalesforceHistory(client), sink, window, config.salesforce_mapping, cursors,
+                                 progress=progress)  # fmt: skip
     try:
         tally = run.run()
     except KeyboardInterrupt:
@@ -99,7 +119,7 @@ def cmd_backfill_hubspot(args: argparse.Namespace) -> int:
         print(json.dumps({**tally.to_json(), **({"first_run": preview.to_json()} if preview else {})}, indent=2))
         return EXIT_OK
     read = ", ".join(f"{n:,} {kind}" for kind, n in tally.records.items())
-    print(f"backfill hubspot {format_ms(window.since_ms)} .. {format_ms(window.until_ms)}: read {read or 'nothing'}")
+    print(f"backfill {crm} {format_ms(window.since_ms)} .. {format_ms(window.until_ms)}: read {read or 'nothing'}")
     if tally.resumed:
         print(f"  continued from the cursors of: {', '.join(tally.resumed)}")
     by_type = ", ".join(f"{kind} {n:,}" for kind, n in sorted(tally.events.items()))
@@ -107,7 +127,11 @@ def cmd_backfill_hubspot(args: argparse.Namespace) -> int:
           (f": {by_type}" if by_type else ""))  # fmt: skip
     owners = ", ".join(f"{owner} {n:,}" for owner, n in tally.owners.most_common(10))
     if owners:
-        print(f"  contacts per owner: {owners}")
+        print(f"  {'contacts' if crm == 'hubspot' else 'leads'} per owner: {owners}")
+    skipped = ", ".join(f"{reason} {n:,}" for reason, n in tally.ignored.most_common(10))
+    if skipped and crm == "salesforce":
+        # Fields and objects the org lacks show here: an admin can add them, or map others.
+        print(f"  not mapped: {skipped}")
     if preview is not None:
         _print_first_run(preview)
         print("  dry run: nothing was written or queued")

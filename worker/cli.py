@@ -18,7 +18,7 @@ from rules.events import format_ms
 from rules.explain import plural, progress, sentence
 from rules.hubspot_map import wanted_subscriptions
 from worker import leadlist, simulate, stats
-from worker.backfill_command import cmd_backfill_hubspot
+from worker.backfill_command import cmd_backfill_hubspot, cmd_backfill_salesforce
 from worker.cliargs import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -334,6 +334,27 @@ HELP: dict[str, tuple[str, str, list[str], list[str]]] = {
             _POLICY + " (the portal's property names)",
         ],
     ),
+    "backfill salesforce": (
+        "read a Salesforce org's history: into the pipeline, a JSONL file, or counts only",
+        "Read Leads, Opportunities and Individuals last changed before --until, and Tasks and Events "
+        "(archived ones too) changed between --since and --until, by SOQL over the REST API, and map each "
+        "record with the Outbound Message mapping, so a record and its notification give the same event ids: "
+        "events go to the workers like webhook batches, or with --out to a canonical JSONL file for "
+        "`pruner simulate`; --dry-run writes nothing and prints counts. Fields and objects the org lacks are "
+        "left out and counted. Interrupted, the same command continues where it stopped; run again after it "
+        "finished, it adds nothing.",
+        [
+            "pruner backfill salesforce --since 2026-09-01 --dry-run",
+            "pruner backfill salesforce --since 2026-09-01 --out history.jsonl && pruner simulate history.jsonl",
+            "pruner backfill salesforce --since 2026-09-01T00:00:00Z --until 2026-12-01T00:00:00Z",
+        ],
+        [
+            _REDIS + " (the rate limiter, the cursors, the queue)",
+            "SALESFORCE_INSTANCE_URL, SALESFORCE_ACCESS_TOKEN (or the login variables), SALESFORCE_API_VERSION",
+            "SALESFORCE_RATE_LIMIT, PRUNER_BACKFILL_RATE_SHARE, SALESFORCE_MAPPING (the org's field names)",
+            _POLICY,
+        ],
+    ),
     "clock": (
         "enqueue the sweep every minute (RQ cron scheduler)",
         "Enqueue the sweep every minute and the dashboard's stats every 5 minutes (RQ's cron scheduler). "
@@ -428,13 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
     backfill = sub.add_parser("backfill", help="read a CRM's existing history (resumable)").add_subparsers(
         dest="backfill", required=True
     )
-    p = _add_command(backfill, "backfill hubspot")
-    p.add_argument("--since", required=True, help="from this date (2026-09-01) or RFC 3339 time")
-    p.add_argument("--until", help="up to this date or time, excluded (default: now)")
-    p.add_argument("--out", help="write canonical JSONL here (for pruner simulate) instead of queueing")
-    p.add_argument("--dry-run", action="store_true", help="write and queue nothing; print counts")
-    p.add_argument("--format", choices=["text", "json"], default="text", help="of the summary")
-    p.set_defaults(func=cmd_backfill_hubspot)
+    for crm, command in (("hubspot", cmd_backfill_hubspot), ("salesforce", cmd_backfill_salesforce)):
+        p = _add_command(backfill, f"backfill {crm}")
+        p.add_argument("--since", required=True, help="from this date (2026-09-01) or RFC 3339 time")
+        p.add_argument("--until", help="up to this date or time, excluded (default: now)")
+        p.add_argument("--out", help="write canonical JSONL here (for pruner simulate) instead of queueing")
+        p.add_argument("--dry-run", action="store_true", help="write and queue nothing; print counts")
+        p.add_argument("--format", choices=["text", "json"], default="text", help="of the summary")
+        p.set_defaults(func=command)
     return parser
 
 

@@ -9,11 +9,22 @@ control routes `POST /_fake/reset`, `GET /_fake/calls`, `GET|POST /_fake/config`
 `GET|POST /_fake/records`.
 
 Under `/services/data/v{version}/` it serves what the Pruner adapter uses:
-`sobjects/{type}` POST, `sobjects/{type}/{id}` GET/PATCH/DELETE, `composite/sobjects`
-PATCH/POST (≤ 200 records, `allOrNone`), `query?q=` with a small SOQL subset
-(`SELECT f, … FROM T [WHERE cond AND …] [LIMIT n]`, conditions `=`, `!=`, `IN (…)`,
-`LIKE '…%'`; pages of `page_size` with `nextRecordsUrl`). Every API call needs the Bearer
-token (401 `INVALID_SESSION_ID` otherwise) and answers `Sforce-Limit-Info`.
+`sobjects/{type}` POST, `sobjects/{type}/describe` GET (the type's standard fields, Pruner's
+custom fields and any field a stored record has, less `missing_fields`),
+`sobjects/{type}/{id}` GET/PATCH/DELETE, `composite/sobjects` PATCH/POST (≤ 200 records,
+`allOrNone`), `query?q=` and `queryAll?q=` with a small SOQL subset (`SELECT f, … FROM T
+[WHERE cond AND …] [ORDER BY f [ASC]] [LIMIT n]`, conditions `=`, `!=`, `IN (…)`, `LIKE '…%'`,
+and `>=`, `>`, `<=`, `<` against unquoted dateTime literals such as `2026-09-01T00:00:00Z`;
+anything else is 400 `MALFORMED_QUERY`). Answers are pages of at most `page_size` records
+(and of `batchSize` in `Sforce-Query-Options`, 200 to 2,000) with `totalSize`, `done` and
+`nextRecordsUrl`. `query` hides deleted records and archived activities (a Task or Event with
+`IsArchived` true); `queryAll` returns them, deleted ones with `IsDeleted` true. Types in
+`absent_sobjects` do not exist in the org (404 to describe, `INVALID_TYPE` to a query).
+Every API call needs the Bearer token (401 `INVALID_SESSION_ID` otherwise) and answers
+`Sforce-Limit-Info`.
+
+A record added without `LastModifiedDate` gets the current time; `SystemModstamp` follows
+`LastModifiedDate` unless given, and both move on every update.
 
 Failure injection (`configure`): `limit_next` / `limit_rate` → 403 `REQUEST_LIMIT_EXCEEDED`;
 `error_next` / `error_rate` → `error_status` (500); `error_after_write_next` → the next N
@@ -56,12 +67,29 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "retry_after": None,
     "fail_records": {},
     "missing_fields": [],
+    "absent_sobjects": [],
     "page_size": 2000,
     "api_limit": 15000,
 }
-_TOKEN = re.compile(r"\s*(?:(?P<str>'(?:[^'\\]|\\.)*')|(?P<op>!=|=|\(|\)|,)|(?P<word>[A-Za-z0-9_.:%-]+))")
+_TOKEN = re.compile(r"\s*(?:(?P<str>'(?:[^'\\]|\\.)*')|(?P<op>!=|>=|<=|=|>|<|\(|\)|,)|(?P<word>[A-Za-z0-9_.:%-]+))")
+_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})")
+_COMPARISONS = (">=", ">", "<=", "<")
+# What describe lists besides the fields of stored records: the standard fields the mapping reads,
+# and Pruner's custom fields (an org where the admin created them; `missing_fields` removes some).
+_AUDIT = ["Id", "CreatedDate", "LastModifiedDate", "SystemModstamp", "IsDeleted"]
+DESCRIBED: dict[str, list[str]] = {
+    "Lead": [*_AUDIT, "OwnerId", "Status", "HasOptedOutOfEmail", "DoNotCall", "LeadSource", "Industry", "Rating",
+             "Email", "IsConverted", "Pruner_Reopened__c"],
+    "Task": [*_AUDIT, "WhoId", "OwnerId", "IsClosed", "Status", "TaskSubtype", "CompletedDateTime", "ActivityDate",
+             "Subject", "CallType", "CallDisposition", "CallDurationInSeconds", "IsArchived", "Pruner_Inbound__c"],
+    "Event": [*_AUDIT, "WhoId", "StartDateTime", "EndDateTime", "IsArchived", "Pruner_Rescheduled__c",
+              "Pruner_First_Meeting__c", "Pruner_Cancelled__c", "Pruner_No_Show__c"],
+    "Opportunity": [*_AUDIT, "StageName", "IsWon", "IsClosed", "Amount", "Pruner_Lead_Id__c"],
+    "Individual": [*_AUDIT, "ShouldForget", "HasOptedOutSolicit", "Pruner_Lead_Id__c"],
+}  # fmt: skip
 _SOQL = re.compile(
-    r"^\s*SELECT\s+(?P<fields>.+?)\s+FROM\s+(?P<obj>\w+)(?:\s+WHERE\s+(?P<where>.+?))?(?:\s+LIMIT\s+(?P<limit>\d+))?\s*$",
+    r"^\s*SELECT\s+(?P<fields>.+?)\s+FROM\s+(?P<obj>\w+)(?:\s+WHERE\s+(?P<where>.+?))?"
+    r"(?:\s+ORDER\s+BY\s+(?P<order>\w+)(?:\s+ASC)?)?(?:\s+LIMIT\s+(?P<limit>\d+))?\s*$",
     re.IGNORECASE | re.DOTALL,
 )
 
@@ -97,6 +125,7 @@ class FakeSalesforce:
         self.lock = threading.RLock()
         self.random = random.Random(seed)
         self.records: dict[str, dict[str, dict[str, Any]]] = {}
+        self.deleted: dict[str, dict[str, dict[str, Any]]] = {}  # the recycle bin: what queryAll still sees
         self.calls: list[dict[str, Any]] = []
         self.config: dict[str, Any] = copy.deepcopy(DEFAULT_CONFIG)
         self.api_usage = 0
@@ -126,6 +155,7 @@ class FakeSalesforce:
         """Forget records, calls and injected failures."""
         with self.lock:
             self.records.clear()
+            self.deleted.clear()
             self.calls.clear()
             self.config = copy.deepcopy(DEFAULT_CONFIG)
             self._pages.clear()
@@ -149,7 +179,8 @@ class FakeSalesforce:
         with self.lock:
             record_id = to_18(record_id) if record_id else self.new_id(sobject)
             stamp = _now()
-            record = {"CreatedDate": stamp, **fields, "Id": record_id, "LastModifiedDate": stamp}
+            record = {"CreatedDate": stamp, "LastModifiedDate": stamp, **fields, "Id": record_id}
+            record.setdefault("SystemModstamp", record["LastModifiedDate"])
             self.records.setdefault(sobject, {})[record_id] = record
             return record_id
 
@@ -208,7 +239,7 @@ class FakeSalesforce:
             return {"id": record_id, "success": False, "errors": [refusal]}
         record = self.records[sobject][record_id]
         record.update(fields)
-        record["LastModifiedDate"] = _now()
+        record["LastModifiedDate"] = record["SystemModstamp"] = _now()
         return {"id": record_id, "success": True, "errors": []}
 
     def _create(self, sobject: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -229,24 +260,37 @@ class FakeSalesforce:
 
     # -- SOQL --------------------------------------------------------------------------
 
-    def query(self, soql: str) -> list[dict[str, Any]]:
-        """Run the SOQL subset; raise SoqlError outside it."""
+    def query(self, soql: str, all_rows: bool = False) -> list[dict[str, Any]]:
+        """Run the SOQL subset (`all_rows`: as queryAll); raise SoqlError outside it."""
         match = _SOQL.match(soql)
         if match is None:
-            raise SoqlError("MALFORMED_QUERY", "the fake understands SELECT … FROM … [WHERE …] [LIMIT n]")
+            raise SoqlError("MALFORMED_QUERY", "the fake understands SELECT … FROM … [WHERE …] [ORDER BY f] [LIMIT n]")
         sobject = match.group("obj")
+        if sobject in self.config["absent_sobjects"]:
+            raise SoqlError("INVALID_TYPE", f"sObject type '{sobject}' is not supported.")
         fields = [f.strip() for f in match.group("fields").split(",")]
         conditions = _parse_where(match.group("where") or "")
         for name in fields + [c[0] for c in conditions]:
             if name in self.config["missing_fields"]:
                 raise SoqlError("INVALID_FIELD", f"No such column '{name}' on entity '{sobject}'")
-        rows = []
-        for record in self.records.get(sobject, {}).values():
-            full = self._computed(sobject, record)
+        stored = [(r, False) for r in self.records.get(sobject, {}).values()]
+        if all_rows:
+            stored += [(r, True) for r in self.deleted.get(sobject, {}).values()]
+        found = []
+        for record, deleted in stored:
+            full = {"IsDeleted": deleted, **self._computed(sobject, record)}
+            if not all_rows and (deleted or full.get("IsArchived")):
+                continue  # query leaves out the recycle bin and archived activities; queryAll does not
             if all(_holds(full, condition) for condition in conditions):
-                row: dict[str, Any] = {"attributes": {"type": sobject, "url": f"/sobjects/{sobject}/{full['Id']}"}}
-                row.update({f: full.get(f) for f in fields})
-                rows.append(row)
+                found.append(full)
+        if match.group("order"):
+            order = match.group("order")
+            found.sort(key=lambda r: _sortable(r.get(order)))
+        rows = []
+        for full in found:
+            row: dict[str, Any] = {"attributes": {"type": sobject, "url": f"/sobjects/{sobject}/{full['Id']}"}}
+            row.update({f: full.get(f) for f in fields})
+            rows.append(row)
         if match.group("limit"):
             rows = rows[: int(match.group("limit"))]
         return rows
@@ -288,10 +332,12 @@ class FakeSalesforce:
             if not result["success"]:
                 return _error(400, result["errors"][0]["statusCode"], result["errors"][0]["message"])
             return jsonify(result), 201
+        if parts[:1] == ["sobjects"] and len(parts) == 3 and parts[2] == "describe" and method == "GET":
+            return self._describe(parts[1])
         if parts[:1] == ["sobjects"] and len(parts) == 3:
             return self._one(method, parts[1], parts[2], body)
-        if parts[:1] == ["query"] and method == "GET":
-            return self._query(parts[1] if len(parts) > 1 else None)
+        if parts[:1] in (["query"], ["queryAll"]) and method == "GET":
+            return self._query(parts[1] if len(parts) > 1 else None, all_rows=parts[0] == "queryAll")
         return _error(404, "NOT_FOUND", "The requested resource does not exist")
 
     def _one(self, method: str, sobject: str, record_id: str, body: Any) -> tuple[Response, int]:
@@ -306,7 +352,7 @@ class FakeSalesforce:
         if record is None:
             return _error(404, "NOT_FOUND", "The requested resource does not exist")
         if method == "DELETE":
-            del self.records[sobject][to_18(record_id)]
+            self.deleted.setdefault(sobject, {})[to_18(record_id)] = self.records[sobject].pop(to_18(record_id))
             return Response(status=204), 204
         return jsonify({"attributes": {"type": sobject}, **self._computed(sobject, record)}), 200
 
@@ -333,17 +379,29 @@ class FakeSalesforce:
             results = [{"id": r.get("id"), "success": False, "errors": r["errors"] or [rolled]} for r in results]
         return jsonify(results), 200
 
-    def _query(self, locator: str | None) -> tuple[Response, int]:
+    def _describe(self, sobject: str) -> tuple[Response, int]:
+        if sobject in self.config["absent_sobjects"]:
+            return _error(404, "NOT_FOUND", "The requested resource does not exist")
+        names = dict.fromkeys(DESCRIBED.get(sobject, ["Id"]))
+        for record in self.records.get(sobject, {}).values():
+            names.update(dict.fromkeys(record))
+        fields = [{"name": n} for n in names if n not in self.config["missing_fields"]]
+        return jsonify({"name": sobject, "fields": fields}), 200
+
+    def _query(self, locator: str | None, all_rows: bool = False) -> tuple[Response, int]:
         if locator is not None:
             rows = self._pages.pop(locator, None)
             if rows is None:
                 return _error(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
         else:
             try:
-                rows = self.query(request.args.get("q", ""))
+                rows = self.query(request.args.get("q", ""), all_rows)
             except SoqlError as exc:
                 return _error(400, exc.code, str(exc))
         size = int(self.config["page_size"])
+        batch = re.search(r"batchSize=(\d+)", request.headers.get("Sforce-Query-Options", ""))
+        if batch:
+            size = min(size, max(200, min(2000, int(batch.group(1)))))
         page, rest = rows[:size], rows[size:]
         answer: dict[str, Any] = {"totalSize": len(rows), "done": not rest, "records": page}
         if rest:
@@ -428,6 +486,8 @@ def _parse_where(where: str) -> list[tuple[str, str, Any]]:
         kind, text = token
         if kind == "str":
             return re.sub(r"\\(.)", r"\1", text[1:-1])
+        if _DATETIME.fullmatch(text):
+            return text  # compared as a time by _holds
         lowered = text.lower()
         literals: dict[str, Any] = {"true": True, "false": False, "null": None}
         if lowered in literals:
@@ -441,7 +501,7 @@ def _parse_where(where: str) -> list[tuple[str, str, Any]]:
         name = tokens[i][1]
         op = tokens[i + 1][1].upper()
         if op == "IN":
-            if tokens[i + 2][1] != "(":
+            if i + 2 >= len(tokens) or tokens[i + 2][1] != "(":
                 raise SoqlError("MALFORMED_QUERY", "IN needs a list")
             j, items = i + 3, []
             while tokens[j][1] != ")":
@@ -451,8 +511,10 @@ def _parse_where(where: str) -> list[tuple[str, str, Any]]:
             conditions.append((name, "IN", items))
             i = j + 1
         else:
-            if op not in ("=", "!=", "LIKE"):
+            if op not in ("=", "!=", "LIKE", *_COMPARISONS):
                 raise SoqlError("MALFORMED_QUERY", f"operator {op!r} is not supported by the fake")
+            if op in _COMPARISONS and not _DATETIME.fullmatch(tokens[i + 2][1]):
+                raise SoqlError("MALFORMED_QUERY", f"the fake compares {op} with dateTime literals only")
             conditions.append((name, op, value(tokens[i + 2])))
             i += 3
         if i < len(tokens):
@@ -469,8 +531,28 @@ def _norm(name: str, value: Any) -> Any:
     return value
 
 
+def _time_ms(value: Any) -> int | None:
+    if not isinstance(value, str) or not _DATETIME.fullmatch(value):
+        return None
+    text = value.replace("Z", "+00:00")
+    if text[-3] != ":":
+        text = text[:-2] + ":" + text[-2:]  # `+0000` as the REST API writes it
+    return int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+def _sortable(value: Any) -> tuple[int, Any]:
+    at = _time_ms(value)
+    return (0, at) if at is not None else (1, str(value))
+
+
 def _holds(record: dict[str, Any], condition: tuple[str, str, Any]) -> bool:
     name, op, expected = condition
+    if op in _COMPARISONS:
+        actual_ms, expected_ms = _time_ms(record.get(name)), _time_ms(expected)
+        if actual_ms is None or expected_ms is None:
+            return False  # null compares as nothing, as in SOQL
+        return {">=": actual_ms >= expected_ms, ">": actual_ms > expected_ms, "<=": actual_ms <= expected_ms,
+                "<": actual_ms < expected_ms}[op]  # fmt: skip
     actual = _norm(name, record.get(name))
     if op == "IN":
         return actual in {_norm(name, v) for v in expected}

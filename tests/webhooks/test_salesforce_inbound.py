@@ -18,7 +18,16 @@ from werkzeug.exceptions import BadRequest
 
 from rules.errors import SchemaError
 from rules.events import EventType, format_ms
-from rules.salesforce_map import MapResult, Notification, SalesforceMapping, _Builder, map_notifications, to_18
+from rules.salesforce_map import (
+    MapResult,
+    Notification,
+    SalesforceMapping,
+    _Builder,
+    map_notifications,
+    map_records,
+    record_fields,
+    to_18,
+)
 from tests.fakes.salesforce import outbound_message
 from webhooks import create_app
 from webhooks import salesforce as salesforce_view
@@ -693,3 +702,77 @@ def test_any_outbound_message_gets_an_ack_or_a_fault_never_a_500(
     linked = {"Id": LEAD, "WhoId": LEAD, "Pruner_Lead_Id__c": LEAD, "TaskSubtype": "Call", "ShouldForget": True}
     response = post(sf_client, outbound_message(ORG, [note(sobject, {**linked, **fields})]))
     assert response.status_code in (200, 400), response.get_data(as_text=True)[:300]
+
+
+# -- event ids a backfill can rebuild -----------------------------------------------------
+
+
+def test_occurrences_are_keyed_on_the_record_version_not_the_notification() -> None:
+    edited = NOW - timedelta(hours=2)
+    edited_ms = int(edited.timestamp() * 1000)
+    lead = {"Id": LEAD, "Status": "Closed - Not Interested", "LeadSource": "Web", "LastModifiedDate": stamp(edited)}
+    opp = sf_id("006")
+    deal = {"Id": opp, "StageName": "Negotiation", "Pruner_Lead_Id__c": LEAD, "LastModifiedDate": stamp(edited)}
+    reopened = {
+        "Id": LEAD,
+        "Status": "Working - Contacted",
+        "Pruner_Reopened__c": True,
+        "SystemModstamp": stamp(edited),
+    }
+    first = mapped(note("Lead", lead), note("Opportunity", deal), note("Lead", reopened))
+    assert [e.id for e in first.events] == [
+        f"sf:{LEAD}:not_interested:{edited_ms}",
+        f"sf:{LEAD}:lead_profile:{edited_ms}",
+        f"sf:{opp}:deal_updated:{edited_ms}",
+        f"sf:{LEAD}:reopened:{edited_ms}",  # SystemModstamp when the message has no LastModifiedDate
+    ]
+    # The same version in another notification (re-sent, or read by a backfill): the same events.
+    again = mapped(note("Lead", lead), note("Opportunity", deal), note("Lead", reopened))
+    assert again.events == first.events
+    # A later edit is a new version.
+    later = mapped(note("Lead", {**lead, "LastModifiedDate": stamp(NOW)}))
+    assert {e.id for e in later.events}.isdisjoint(e.id for e in first.events)
+
+
+def test_last_modified_date_wins_over_system_modstamp() -> None:
+    # SystemModstamp also moves on system updates that change no mapped field: it only stands in.
+    fields = {"Id": LEAD, "LeadSource": "Web", "LastModifiedDate": stamp(NOW - timedelta(hours=1))}
+    one = mapped(note("Lead", fields)).events[0]
+    two = mapped(note("Lead", {**fields, "SystemModstamp": stamp(NOW)})).events[0]
+    assert one.id == two.id
+
+
+def test_a_message_without_the_record_version_keeps_the_notification_id() -> None:
+    notification = sf_id("04l")
+    result = mapped(note("Lead", {"Id": LEAD, "Status": "Closed - Not Interested"}, notification))
+    assert [e.id for e in result.events] == [f"sf:{notification}:not_interested"]
+    moved = note("Event", {"Id": sf_id("00U"), "WhoId": LEAD, "Pruner_Rescheduled__c": True}, notification)
+    assert mapped(moved).events[1].id == f"sf:{moved[2]['Id']}:meeting_rescheduled:{notification}"
+    edited = NOW - timedelta(minutes=5)
+    dated = (notification, moved[1], {**moved[2], "LastModifiedDate": stamp(edited)})
+    rescheduled = f"sf:{moved[2]['Id']}:meeting_rescheduled:{int(edited.timestamp() * 1000)}"
+    assert mapped(dated).events[1].id == rescheduled
+
+
+class _Reads(dict[str, Any]):
+    """Field values that remember which names the mapping asked for."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        super().__init__(values)
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+@pytest.mark.parametrize("sobject", ["Lead", "Task", "Event", "Opportunity", "Individual"])
+def test_record_fields_names_every_field_the_mapping_reads(sobject: str) -> None:
+    custom = SalesforceMapping.from_dict({"reopened_field": "Reopen__c", "call_type_field": "Dir__c"})
+    everything = {"Id": sf_id("00T"), "WhoId": LEAD, "Pruner_Lead_Id__c": LEAD, "IsClosed": "true",
+                  "Status": "Working - Contacted", "Reopen__c": "true", "TaskSubtype": "Call",
+                  "Pruner_Rescheduled__c": "true", "EndDateTime": stamp(NOW - timedelta(hours=1))}  # fmt: skip
+    for subtype in ("Call", "Email"):
+        values = _Reads({**everything, "TaskSubtype": subtype})
+        map_records([(sobject, values, None)], NOW_MS, custom)
+        assert values.asked <= set(record_fields(sobject, custom)), values.asked - set(record_fields(sobject, custom))

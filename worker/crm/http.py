@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
@@ -66,6 +66,15 @@ def chunked(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
     """`items` in slices of at most `size`: a CRM's per-request record limit."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def body_of(response: requests.Response) -> dict[str, Any]:
+    """A response's JSON object; {} when the body is not JSON or not an object (an error page, a list)."""
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def retry_after_s(value: str | None, now: Callable[[], float] = time.time) -> float | None:

@@ -26,6 +26,7 @@ import redis
 import requests
 
 from rules.hubspot_map import epoch_ms
+from worker.crm.http import body_of
 from worker.crm.hubspot_client import HubSpotClient
 from worker.crm.hubspot_responses import HubSpotApiError
 from worker.crm.ratelimit import RateLimiter
@@ -64,17 +65,9 @@ class SearchCapError(HubSpotApiError):
     """More records share one `hs_timestamp` millisecond than a search can page through."""
 
 
-def _json(response: requests.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 def _refused(response: requests.Response, what: str) -> HubSpotApiError:
     # HubSpot's `category` says what kind of refusal; its message may quote values, so it stays out.
-    category = _json(response).get("category") or "no category"
+    category = body_of(response).get("category") or "no category"
     return HubSpotApiError(response.status_code, f"HubSpot refused to {what} (HTTP {response.status_code}, {category})")
 
 
@@ -105,7 +98,7 @@ class HubSpotHistory:
         response = self.client.request("GET", f"/crm/v3/objects/{object_type}", params=params)
         if not response.ok:
             raise _refused(response, f"list {object_type}")
-        body = _json(response)
+        body = body_of(response)
         return Page([r for r in body.get("results", []) if isinstance(r, dict) and r.get("id")], _next(body))
 
     def search_page(
@@ -148,7 +141,7 @@ class HubSpotHistory:
             return None
         if not response.ok:
             raise _refused(response, f"search {object_type}")
-        answer = _json(response)
+        answer = body_of(response)
         records = [r for r in answer.get("results", []) if isinstance(r, dict) and r.get("id")]
         total = answer.get("total")
         return Page(records, _next(answer), int(total) if isinstance(total, int) else None)

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import requests
 
 from worker.crm.base import CrmError
-from worker.crm.http import retry_after_s
+from worker.crm.http import body_of, retry_after_s
 from worker.logs import redact
 
 
@@ -49,14 +49,6 @@ def not_found(object_type: str, object_id: str) -> RecordError:
 def q(segment: str) -> str:
     # Lead ids come from webhooks: quote every path segment so none can climb the URL.
     return quote(str(segment), safe="")
-
-
-def body_of(response: requests.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def message_of(response: requests.Response) -> str:

@@ -86,16 +86,27 @@ TaskTextsFor = Callable[[Sequence[Mapping[str, Any]]], Mapping[str, TaskText]]
 
 def build_executor(config: Config, connection: redis.Redis) -> SalesforceExecutor:
     """Build the executor from the configuration; raise ConfigError when it cannot call Salesforce."""
+    client = build_client(config, connection)
+    return SalesforceExecutor(client, config.salesforce, texts=TaskTexts(connection, reengage_months(config)))
+
+
+def build_client(config: Config, connection: redis.Redis, share_percent: int = 100) -> SalesforceClient:
+    """Build the API client (shared rate limit, call metrics, login on a 401); raise ConfigError if it cannot be.
+
+    `share_percent` below 100 (a backfill) takes request slots only while the shared window
+    holds fewer than that share of the limit: the workers, with the whole limit, still find
+    the rest of the window free.
+    """
     if not config.salesforce_instance_url:
-        raise ConfigError("SALESFORCE_INSTANCE_URL is not set, so Salesforce callbacks cannot be made")
+        raise ConfigError("SALESFORCE_INSTANCE_URL is not set, so Pruner cannot call Salesforce")
     login = config.salesforce_login
     token = config.salesforce_access_token
     if not token:
         if login is None:
             raise ConfigError(
                 "neither SALESFORCE_ACCESS_TOKEN nor login credentials (SALESFORCE_USERNAME + SALESFORCE_PASSWORD, "
-                "or SALESFORCE_CONSUMER_KEY with a secret or private key) are set, so Salesforce callbacks "
-                "cannot be made"
+                "or SALESFORCE_CONSUMER_KEY with a secret or private key) are set, so Pruner "
+                "cannot call Salesforce"
             )
         token = login()
     url = urlsplit(config.salesforce_instance_url)
@@ -106,7 +117,7 @@ def build_executor(config: Config, connection: redis.Redis) -> SalesforceExecuto
     settings = config.salesforce
     limiter = RateLimiter(
         connection,
-        settings.rate_limit,
+        max(1, settings.rate_limit * share_percent // 100),
         settings.rate_window_s,
         key=RATE_KEY,
         margin_s=min(0.5, settings.rate_window_s * 0.05),
@@ -116,7 +127,7 @@ def build_executor(config: Config, connection: redis.Redis) -> SalesforceExecuto
     client.on_response = lambda method, path, status: count_crm_call(
         connection, "salesforce", f"{method} {endpoint_template(path)}", status
     )
-    return SalesforceExecutor(client, settings, texts=TaskTexts(connection, reengage_months(config)))
+    return client
 
 
 def _record_error(result: Mapping[str, Any]) -> str:
