@@ -388,20 +388,29 @@ class SalesforceBackfill(Run[SalesforceHistory, SalesforceMapping]):
             self.cursors.save(object_type, {"done": True})
 
     def _fields(self, sobject: str) -> list[str] | None:
-        """The mapping's fields of `sobject` that the org has; None when there is nothing to read."""
-        described = self.history.describe(sobject)
-        if described is None:
-            self.tally.ignored[f"{sobject}:not_in_org"] += 1
-            return None
-        m = self.mapping
-        links = {"Task": "WhoId", "Event": "WhoId", "Opportunity": m.opportunity_lead_field,
-                 "Individual": m.individual_lead_field}  # fmt: skip
-        link = links.get(sobject)
-        if link is not None and link not in described:
-            self.tally.ignored[f"{sobject}:no_field:{link}"] += 1  # no record of it can name its lead
-            return None
-        wanted = [*record_fields(sobject, m), *([OWNER_FIELD] if sobject == "Lead" else [])]
-        for name in wanted:
-            if name not in described:
-                self.tally.ignored[f"{sobject}:no_field:{name}"] += 1
-        return [name for name in wanted if name in described]
+        extra = [OWNER_FIELD] if sobject == "Lead" else []
+        return readable_fields(self.history, sobject, self.mapping, self.tally.ignored, extra)
+
+
+def readable_fields(
+    history: SalesforceHistory, sobject: str, m: SalesforceMapping, ignored: Counter[str], extra: Sequence[str] = ()
+) -> list[str] | None:
+    """The mapping's fields of `sobject` (and `extra`) that the org has; None when there is nothing to read.
+
+    What the org lacks is counted in `ignored`: a SOQL query naming a missing field is refused whole.
+    """
+    described = history.describe(sobject)
+    if described is None:
+        ignored[f"{sobject}:not_in_org"] += 1
+        return None
+    links = {"Task": "WhoId", "Event": "WhoId", "Opportunity": m.opportunity_lead_field,
+             "Individual": m.individual_lead_field}  # fmt: skip
+    link = links.get(sobject)
+    if link is not None and link not in described:
+        ignored[f"{sobject}:no_field:{link}"] += 1  # no record of it can name its lead
+        return None
+    wanted = [*record_fields(sobject, m), *extra]
+    for name in wanted:
+        if name not in described:
+            ignored[f"{sobject}:no_field:{name}"] += 1
+    return [name for name in wanted if name in described]

@@ -24,6 +24,8 @@ from worker.config import Config
 from worker.crm import executor_for
 from worker.crm.hubspot_backfill import HubSpotHistory, search_limiter
 from worker.crm.hubspot_client import build_client
+from worker.crm.salesforce import build_client as build_salesforce_client
+from worker.crm.salesforce_backfill import SalesforceHistory
 from worker.decide import Decider
 from worker.gdpr import purge_payloads
 from worker.locks import release
@@ -31,7 +33,7 @@ from worker.metrics import record_batch
 from worker.policyfile import cached_policy
 from worker.queues import JOB_TIMEOUT, RETRY, events_job, make_queue
 from worker.reaper import reap, rescue
-from worker.reconcile import reconcile_hubspot
+from worker.reconcile import reconcile_hubspot, reconcile_salesforce
 from worker.stats import migrate, store_stats_snapshot
 from worker.store import LeadStore
 from worker.taskcap import TaskCap, release_due
@@ -301,34 +303,43 @@ RECONCILE_LOCK = "pruner:reconcile:lock"
 
 
 def reconcile() -> dict[str, int]:
-    """RQ job (the clock, every PRUNER_RECONCILE_MINUTES): read back the engagements HubSpot changed lately.
+    """RQ job (the clock, every PRUNER_RECONCILE_MINUTES): read back what the CRMs changed lately.
 
-    worker/reconcile.py. One run at a time; it takes the backfill's share of the rate limit,
-    so callbacks keep theirs.
+    worker/reconcile.py: HubSpot's engagements, Salesforce's records, for each CRM configured.
+    One run at a time; it takes the backfill's share of the rate limit, so callbacks keep theirs.
     """
     config = _config()
     connection = _connection()
-    if not config.hubspot_access_token:
+    crms = [
+        crm
+        for crm, on in (("hubspot", config.hubspot_access_token), ("salesforce", config.salesforce_instance_url))
+        if on
+    ]
+    if not crms:
         return {"skipped": 1}
     token = uuid.uuid4().hex
     if not connection.set(RECONCILE_LOCK, token, nx=True, ex=max(60, config.reconcile_minutes * 60)):
         return {"skipped": 1}
     try:
-        client = build_client(config, connection, config.backfill_rate_share)
-        try:
+        records = recovered = 0
+        for crm in crms:
             now_ms = int(time.time() * 1000)
-            result = reconcile_hubspot(
-                connection,
-                HubSpotHistory(client, search_limiter(connection)),
-                LeadStore(connection, suppression_key(config)),
-                decider(config, now_ms, RECONCILE_SOURCE),
-                cached_policy(config.policy_path).hubspot,
-                now_ms,
-            )
-        finally:
-            client.close()
-        _after_apply(connection, config, result.erased, result.actions)
-        return {"records": result.records, "recovered": sum(result.added.values())}
+            store = LeadStore(connection, suppression_key(config))
+            decide = decider(config, now_ms, RECONCILE_SOURCE)
+            if crm == "hubspot":
+                with build_client(config, connection, config.backfill_rate_share) as client:
+                    history = HubSpotHistory(client, search_limiter(connection))
+                    mapping = cached_policy(config.policy_path).hubspot
+                    result = reconcile_hubspot(connection, history, store, decide, mapping, now_ms)
+            else:
+                with build_salesforce_client(config, connection, config.backfill_rate_share) as sf_client:
+                    sf_history = SalesforceHistory(sf_client)
+                    mapping_sf = config.salesforce_mapping
+                    result = reconcile_salesforce(connection, sf_history, store, decide, mapping_sf, now_ms)
+            _after_apply(connection, config, result.erased, result.actions)
+            records += result.records
+            recovered += sum(result.added.values())
+        return {"records": records, "recovered": recovered}
     finally:
         release(connection, RECONCILE_LOCK, token)
 

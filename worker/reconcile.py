@@ -9,13 +9,19 @@ slack for HubSpot's search index), maps them with the webhooks' own code and eve
 delivered is a duplicate and changes nothing; what they missed is added, and counted:
 `pruner_reconciled_events_total` above zero means webhooks are missing something.
 
-Contacts and deals are not reconciled yet: their changes need the property history of
-each changed record (issue #14).
+Salesforce likewise (`reconcile_salesforce`): every Lead, Task, Event, Opportunity and
+Individual whose `SystemModstamp` falls since the last run, read by SOQL as the backfill reads
+them and mapped by the Outbound Message mapping, whose event ids are the record and its
+`LastModifiedDate`: an outbound message delivered for that version is the same event.
+
+HubSpot contacts and deals are not reconciled yet: their changes need the property history of
+each changed record, and their webhook event ids cannot be rebuilt from it (issue #14).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 import redis
@@ -23,8 +29,12 @@ import redis
 from rules.events import MAX_EVENTS_PER_BATCH, Event, format_ms
 from rules.hubspot_history import Mapped, engagement_record_events
 from rules.hubspot_map import ENGAGEMENT_PROPERTIES, HubSpotMapping
+from rules.salesforce_history import record_events
+from rules.salesforce_map import SOBJECTS, SalesforceMapping
 from worker.action import Action
+from worker.backfill import readable_fields
 from worker.crm.hubspot_backfill import HubSpotHistory
+from worker.crm.salesforce_backfill import SalesforceHistory
 from worker.keys import Lead
 from worker.leadview import Decide
 from worker.metrics import RECONCILED_KEY
@@ -33,6 +43,7 @@ from worker.store import LeadStore
 log = logging.getLogger(__name__)
 
 CURSOR_KEY = "pruner:reconcile:hubspot"  # epoch ms up to which changes were read
+SALESFORCE_CURSOR_KEY = "pruner:reconcile:salesforce"
 MODIFIED = "hs_lastmodifieddate"
 ENGAGEMENTS = ("calls", "emails", "meetings")
 OVERLAP_MS = 5 * 60_000  # read again: a change indexed late, or a run that died before its cursor moved
@@ -59,34 +70,77 @@ def reconcile_hubspot(
     now_ms: int,
 ) -> Reconciled:
     """Read the engagements changed since the cursor, apply them, move the cursor; count what was new."""
-    raw = connection.get(CURSOR_KEY)
-    until = now_ms - INDEX_SLACK_MS
-    since = int(raw) - OVERLAP_MS if raw else until - FIRST_LOOK_BACK_MS
-    out = Reconciled(since, until)
-    if since >= until:
+    out = _window(connection, CURSOR_KEY, now_ms)
+    if out.since_ms >= out.until_ms:
         return out
     for object_type in ENGAGEMENTS:
-        for page in history.search_window(object_type, ENGAGEMENT_PROPERTIES[object_type], since, until, by=MODIFIED):
+        pages = history.search_window(
+            object_type, ENGAGEMENT_PROPERTIES[object_type], out.since_ms, out.until_ms, by=MODIFIED
+        )
+        for page in pages:
             contacts = history.contacts_of(object_type, [str(r["id"]) for r in page.records])
             mapped = Mapped()
             for record in page.records:
                 engagement_record_events(object_type, record, contacts[str(record["id"])], mapping, mapped)
             out.records += len(page.records)
-            events: list[Event] = [item.event for item in mapped.events]
-            for start in range(0, len(events), MAX_EVENTS_PER_BATCH):
-                result = store.apply_batch(events[start : start + MAX_EVENTS_PER_BATCH], decide)
-                out.added[object_type] = out.added.get(object_type, 0) + result.added
-                out.erased += result.erased
-                out.actions += result.actions
+            _apply(store, decide, mapped, object_type, out)
+    return _finish(connection, CURSOR_KEY, out)
+
+
+def reconcile_salesforce(
+    connection: redis.Redis,
+    history: SalesforceHistory,
+    store: LeadStore,
+    decide: Decide,
+    mapping: SalesforceMapping,
+    now_ms: int,
+) -> Reconciled:
+    """Read the records Salesforce changed since the cursor, apply them, move the cursor; count what was new."""
+    out = _window(connection, SALESFORCE_CURSOR_KEY, now_ms)
+    if out.since_ms >= out.until_ms:
+        return out
+    ignored: Counter[str] = Counter()  # fields or objects this org lacks: the backfill reports them
+    for sobject in SOBJECTS:
+        fields = readable_fields(history, sobject, mapping, ignored)
+        if fields is None:
+            continue
+        for page in history.read(sobject, fields, out.since_ms, out.until_ms):
+            mapped = Mapped()
+            record_events(sobject, page.records, now_ms, mapping, mapped)
+            out.records += len(page.records)
+            _apply(store, decide, mapped, sobject, out)
+    return _finish(connection, SALESFORCE_CURSOR_KEY, out)
+
+
+def _window(connection: redis.Redis, cursor_key: str, now_ms: int) -> Reconciled:
+    """The window to read: from the cursor (less the overlap; the last hour the first time) to now, less the slack."""
+    raw = connection.get(cursor_key)
+    until = now_ms - INDEX_SLACK_MS
+    since = int(raw) - OVERLAP_MS if raw else until - FIRST_LOOK_BACK_MS
+    return Reconciled(since, until)
+
+
+def _apply(store: LeadStore, decide: Decide, mapped: Mapped, label: str, out: Reconciled) -> None:
+    """Apply one page's events like any batch; count the ones no webhook had delivered under `label`."""
+    events: list[Event] = [item.event for item in mapped.events]
+    for start in range(0, len(events), MAX_EVENTS_PER_BATCH):
+        result = store.apply_batch(events[start : start + MAX_EVENTS_PER_BATCH], decide)
+        out.added[label] = out.added.get(label, 0) + result.added
+        out.erased += result.erased
+        out.actions += result.actions
+
+
+def _finish(connection: redis.Redis, cursor_key: str, out: Reconciled) -> Reconciled:
+    """Move the cursor and count what was recovered, in one transaction; warn when something was."""
     with connection.pipeline(transaction=True) as pipe:
-        pipe.set(CURSOR_KEY, until)
-        for object_type, n in out.added.items():
+        pipe.set(cursor_key, out.until_ms)
+        for label, n in out.added.items():
             if n:
-                pipe.hincrby(RECONCILED_KEY, object_type, n)
+                pipe.hincrby(RECONCILED_KEY, label, n)
         pipe.execute()
     recovered = sum(out.added.values())
     if recovered:
         # Not an error of Pruner's, but worth an operator's look: webhooks are not all arriving.
         log.warning("reconciliation %s..%s recovered %d events the webhooks had not delivered",
-                    format_ms(since), format_ms(until), recovered)  # fmt: skip
+                    format_ms(out.since_ms), format_ms(out.until_ms), recovered)  # fmt: skip
     return out

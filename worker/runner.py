@@ -156,7 +156,7 @@ def run_clock(config: Config, connection: redis.Redis | None = None) -> None:
     watch_options: dict[str, Any] = {"interval": WATCH_INTERVAL_SECONDS, "job_timeout": 60, "result_ttl": 0}
     watch_job = scheduler.register(jobs.watchdog, config.queue_name, **watch_options)
     watch_job.__class__ = JsonCronJob  # requeues jobs of dead workers; drains outboxes a dead drain left
-    if config.reconcile_minutes and config.hubspot_access_token:
+    if config.reconcile_minutes and (config.hubspot_access_token or config.salesforce_instance_url):
         interval = config.reconcile_minutes * 60
         reconcile_options: dict[str, Any] = {"interval": interval, "job_timeout": interval, "result_ttl": 0}
         reconcile_job = scheduler.register(jobs.reconcile, config.queue_name, **reconcile_options)

@@ -254,3 +254,34 @@ def test_the_fake_refuses_queries_outside_its_subset_as_salesforce_does(sf: tupl
     answer = requests.get(f"{url}/services/data/v59.0/query", params={"q": soql},
                           headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)  # fmt: skip
     assert answer.status_code == 400 and answer.json()[0]["errorCode"] == "MALFORMED_QUERY"
+
+
+def test_reconciliation_recovers_the_records_whose_outbound_messages_never_came(
+    sf: tuple[FakeSalesforce, str], conn: redis.Redis
+) -> None:
+    """What an outbound message delivered is a duplicate; the rest is added and counted (issue #14)."""
+    from worker.decide import Decider
+    from worker.metrics import RECONCILED_KEY
+    from worker.policyfile import default_policy
+    from worker.reconcile import SALESFORCE_CURSOR_KEY, reconcile_salesforce
+    from worker.store import LeadStore
+
+    fake, url = sf
+    ids = seed(fake)
+    store, decide = LeadStore(conn), Decider(default_policy(), NOW_MS)
+    # The lead's and the call's outbound messages came; the rest were lost (a rule switched off).
+    delivered = as_notifications(fake, [("Lead", ids["lead"]), ("Task", ids["call"])])
+    store.apply_batch(delivered, decide)
+    conn.set(SALESFORCE_CURSOR_KEY, NOW_MS - 20 * DAY_MS)  # the last run, before the records changed
+    result = reconcile_salesforce(conn, history(url), store, decide, SalesforceMapping(), NOW_MS)
+    assert result.records == 7
+    kinds = {"reopened": "Lead", "email": "Task", "meeting": "Event", "deal": "Opportunity", "individual": "Individual"}
+    missed = as_notifications(fake, [(sobject, ids[k]) for k, sobject in kinds.items()])
+    assert sum(result.added.values()) == len(missed) == 7
+    assert result.added == {"Lead": 1, "Task": 1, "Event": 3, "Opportunity": 1, "Individual": 1}
+    counted = {k.decode(): int(v) for k, v in conn.hgetall(RECONCILED_KEY).items()}
+    assert counted == {k: n for k, n in result.added.items() if n}
+    assert int(conn.get(SALESFORCE_CURSOR_KEY) or 0) == result.until_ms
+    # The next run reads the same records again (its overlap) and finds nothing new.
+    again = reconcile_salesforce(conn, history(url), store, decide, SalesforceMapping(), NOW_MS + 60_000)
+    assert sum(again.added.values()) == 0
