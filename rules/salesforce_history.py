@@ -20,7 +20,8 @@ from typing import Any
 
 from rules.hubspot_history import Mapped
 from rules.hubspot_map import Versioned
-from rules.salesforce_map import SalesforceMapping, map_records
+from rules.salesforce_fields import SalesforceMapping
+from rules.salesforce_map import map_records
 
 OWNER_FIELD = "OwnerId"  # read on leads for the dry run's count per owner; no event carries it
 

@@ -72,16 +72,16 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from rules.errors import SchemaError
 from rules.events import Event, EventType, format_ms, parse_event, parse_rfc3339_ms, to_ms
+from rules.salesforce_fields import SalesforceMapping
+from rules.salesforce_ids import is_record_id, to_18
 
 LEAD_PREFIX = "00Q"
-_ID = re.compile(r"[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?")
-_SUFFIX_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _SOBJECT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")
 # A record version's time: LastModifiedDate first, as it moves only on an edit, while
@@ -92,51 +92,6 @@ VERSION_FIELDS = ("LastModifiedDate", "SystemModstamp")
 # before year 1 in UTC (`0001-01-01T00:00:00+01:00`) cannot even be formatted.
 _EARLIEST_MS = to_ms(datetime(1700, 1, 1, tzinfo=UTC))
 _LATEST_MS = to_ms(datetime(4000, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC))
-# Free-text values in most orgs: `SalesforceMapping.from_dict` lowers them, the mapping compares lowered.
-_LOWERED_SETTINGS = frozenset(
-    {
-        "connected_dispositions",
-        "not_interested_dispositions",
-        "reply_subject_prefixes",
-        "inbound_call_types",
-        "internal_call_types",
-    }
-)
-
-
-def to_18(record_id: str) -> str:
-    """Return the case-insensitive 18-character form of a Salesforce id (15 or 18 chars in)."""
-    if len(record_id) != 15:
-        return record_id
-    suffix = ""
-    for start in range(0, 15, 5):
-        chunk = record_id[start : start + 5]
-        bits = sum(1 << i for i, char in enumerate(chunk) if "A" <= char <= "Z")
-        suffix += _SUFFIX_CHARS[bits]
-    return record_id + suffix
-
-
-def to_15(record_id: str) -> str:
-    """Return the case-sensitive 15-character form of a Salesforce id.
-
-    An 18-character id's suffix spells the case of the first 15 characters, so an id pasted
-    in the wrong case (18-character ids are meant to be case-insensitive) is restored.
-    """
-    if len(record_id) != 18:
-        return record_id
-    out = []
-    for group, start in enumerate(range(0, 15, 5)):
-        bits = _SUFFIX_CHARS.find(record_id[15 + group].upper())
-        if bits < 0:
-            return record_id[:15]  # not a checksum: keep what was given
-        chunk = record_id[start : start + 5]
-        out += [c.upper() if bits >> i & 1 else c.lower() for i, c in enumerate(chunk)]
-    return "".join(out)
-
-
-def is_record_id(value: object) -> bool:
-    """Say whether `value` looks like a Salesforce record id (15 or 18 alphanumerics)."""
-    return isinstance(value, str) and _ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -146,78 +101,6 @@ class Notification:
     id: str
     sobject: str
     fields: Mapping[str, str | None]
-
-
-@dataclass(frozen=True)
-class SalesforceMapping:
-    """Field names and picklist values the mapping reads; every one can be overridden."""
-
-    open_statuses: frozenset[str] = frozenset({"Open - Not Contacted", "Working - Contacted"})
-    reopened_field: str = "Pruner_Reopened__c"
-    not_interested_statuses: frozenset[str] = frozenset({"Closed - Not Interested"})
-    profile_fields: Mapping[str, str] = field(
-        default_factory=lambda: {"source": "LeadSource", "segment": "Industry", "priority": "Rating", "email": "Email"}
-    )
-    # Compared case-insensitively: dispositions are free-text picklists in most orgs.
-    connected_dispositions: frozenset[str] = frozenset(
-        {
-            "connected",
-            "spoke",
-            "spoke with contact",
-            "conversation",
-            "meeting booked",
-            "meeting scheduled",
-            "interested",
-        }
-    )
-    not_interested_dispositions: frozenset[str] = frozenset({"not interested"})
-    connected_min_seconds: int = 60
-    call_subtypes: frozenset[str] = frozenset({"Call"})
-    call_type_field: str = "CallType"
-    # Compared case-insensitively, like dispositions: CTI packages write their own values.
-    inbound_call_types: frozenset[str] = frozenset({"inbound"})
-    internal_call_types: frozenset[str] = frozenset({"internal"})
-    email_subtypes: frozenset[str] = frozenset({"Email", "ListEmail"})
-    inbound_email_field: str = "Pruner_Inbound__c"
-    reply_subject_prefixes: tuple[str, ...] = ("re:",)
-    rescheduled_field: str = "Pruner_Rescheduled__c"
-    first_meeting_field: str = "Pruner_First_Meeting__c"
-    cancelled_field: str = "Pruner_Cancelled__c"
-    no_show_field: str = "Pruner_No_Show__c"
-    opportunity_lead_field: str = "Pruner_Lead_Id__c"
-    individual_lead_field: str = "Pruner_Lead_Id__c"
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> SalesforceMapping:
-        """Build a mapping from overrides (e.g. decoded JSON); raise SchemaError naming a bad key."""
-        known = {f.name: f for f in fields(cls)}
-        default = cls()
-        values: dict[str, Any] = {}
-        for key, value in raw.items():
-            if key not in known:
-                raise SchemaError(key, f"is not a Salesforce mapping setting (allowed: {', '.join(known)})")
-            current = getattr(default, key)
-            if isinstance(current, frozenset | tuple):
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise SchemaError(key, f"must be a list of strings, got {value!r:.80}")
-                lowered = key in _LOWERED_SETTINGS
-                items = [v.lower() for v in value] if lowered else list(value)
-                values[key] = tuple(items) if isinstance(current, tuple) else frozenset(items)
-            elif isinstance(current, int):
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise SchemaError(key, f"must be a non-negative integer, got {value!r:.80}")
-                values[key] = value
-            elif isinstance(current, str):
-                if not isinstance(value, str) or not value.strip():
-                    raise SchemaError(key, f"must be a non-empty string, got {value!r:.80}")
-                values[key] = value.strip()
-            else:  # profile_fields
-                if not isinstance(value, dict) or not set(value) <= set(default.profile_fields):
-                    raise SchemaError(
-                        key, f"must map some of {sorted(default.profile_fields)} to fields, got {value!r:.80}"
-                    )
-                values[key] = {**default.profile_fields, **value}
-        return cls(**values)
 
 
 @dataclass

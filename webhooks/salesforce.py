@@ -29,7 +29,8 @@ from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
 
-from rules.salesforce_map import Notification, is_record_id, map_notifications, to_15
+from rules.salesforce_ids import is_record_id, to_15
+from rules.salesforce_map import Notification, map_notifications
 from webhooks.errors import QueueUnavailable, WebhookError
 from webhooks.services import MAX_BODY_BYTES, admission, services
 from worker.queues import enqueue_events

@@ -44,8 +44,10 @@ from rules.hubspot_history import (
     engagement_record_events,
 )
 from rules.hubspot_map import ENGAGEMENT_PROPERTIES, HubSpotMapping, Versioned, contact_properties
+from rules.salesforce_fields import SalesforceMapping
 from rules.salesforce_history import OWNER_FIELD, record_events
-from rules.salesforce_map import SalesforceMapping, record_fields, to_18
+from rules.salesforce_ids import to_18
+from rules.salesforce_map import record_fields
 from worker.crm.hubspot_backfill import HubSpotHistory
 from worker.crm.salesforce_backfill import SalesforceHistory
 from worker.queues import enqueue_events

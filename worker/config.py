@@ -17,7 +17,8 @@ import redis
 from limits import parse_many
 
 from rules.errors import SchemaError
-from rules.salesforce_map import SalesforceMapping, is_record_id
+from rules.salesforce_fields import SalesforceMapping
+from rules.salesforce_ids import is_record_id
 from worker.crm.ratelimit import DEFAULT_LIMIT, DEFAULT_WINDOW_S, parse_rate
 from worker.crm.settings import HubSpotSettings, SalesforceSettings, credentials_login
 from worker.errors import ConfigError

@@ -177,3 +177,26 @@ def keys(blob: bytes | None) -> set[bytes]:
 def append(blob: bytes | None, fresh: Iterable[LoggedEvent]) -> bytes:
     """Return `blob` with `fresh` records appended (order inside a log does not matter)."""
     return (blob or VERSION) + encode(fresh)
+
+
+# Kept even when dated before a lead's fold, moved to just after it: an objection or an
+# erasure request is never lost to the retention horizon (only ever more suppression; a
+# late re-consent is not moved, since it could then undo a later objection).
+_NEVER_PAST = frozenset({EventType.DO_NOT_CONTACT, EventType.ERASURE_REQUESTED})
+
+
+def past_horizon(new: list[LoggedEvent], fold_at: int) -> tuple[list[LoggedEvent], int]:
+    """The events of `new` to apply to a log folded at `fold_at`, and how many are past the horizon.
+
+    Those (dated at or before the fold) are counted and ignored: the story they belong in is
+    folded already (`Fold`).
+    """
+    kept, past = [], 0
+    for ev in new:
+        if ev.occurred_ms > fold_at:
+            kept.append(ev)
+        elif ev.type in _NEVER_PAST:
+            kept.append(ev._replace(occurred_ms=fold_at + 1))
+        else:
+            past += 1
+    return kept, past

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import redis
@@ -29,8 +30,9 @@ import redis
 from rules.events import MAX_EVENTS_PER_BATCH, Event, format_ms
 from rules.hubspot_history import Mapped, engagement_record_events
 from rules.hubspot_map import ENGAGEMENT_PROPERTIES, HubSpotMapping
+from rules.salesforce_fields import SalesforceMapping
 from rules.salesforce_history import record_events
-from rules.salesforce_map import SOBJECTS, SalesforceMapping
+from rules.salesforce_map import SOBJECTS
 from worker.action import Action
 from worker.backfill import readable_fields
 from worker.crm.hubspot_backfill import HubSpotHistory
@@ -70,21 +72,18 @@ def reconcile_hubspot(
     now_ms: int,
 ) -> Reconciled:
     """Read the engagements changed since the cursor, apply them, move the cursor; count what was new."""
-    out = _window(connection, CURSOR_KEY, now_ms)
-    if out.since_ms >= out.until_ms:
-        return out
-    for object_type in ENGAGEMENTS:
-        pages = history.search_window(
-            object_type, ENGAGEMENT_PROPERTIES[object_type], out.since_ms, out.until_ms, by=MODIFIED
-        )
-        for page in pages:
-            contacts = history.contacts_of(object_type, [str(r["id"]) for r in page.records])
-            mapped = Mapped()
-            for record in page.records:
-                engagement_record_events(object_type, record, contacts[str(record["id"])], mapping, mapped)
-            out.records += len(page.records)
-            _apply(store, decide, mapped, object_type, out)
-    return _finish(connection, CURSOR_KEY, out)
+
+    def pages(since: int, until: int) -> Iterator[tuple[str, int, Mapped]]:
+        for object_type in ENGAGEMENTS:
+            properties = ENGAGEMENT_PROPERTIES[object_type]
+            for page in history.search_window(object_type, properties, since, until, by=MODIFIED):
+                contacts = history.contacts_of(object_type, [str(r["id"]) for r in page.records])
+                mapped = Mapped()
+                for record in page.records:
+                    engagement_record_events(object_type, record, contacts[str(record["id"])], mapping, mapped)
+                yield object_type, len(page.records), mapped
+
+    return _reconcile(connection, CURSOR_KEY, now_ms, store, decide, pages)
 
 
 def reconcile_salesforce(
@@ -96,20 +95,37 @@ def reconcile_salesforce(
     now_ms: int,
 ) -> Reconciled:
     """Read the records Salesforce changed since the cursor, apply them, move the cursor; count what was new."""
-    out = _window(connection, SALESFORCE_CURSOR_KEY, now_ms)
+
+    def pages(since: int, until: int) -> Iterator[tuple[str, int, Mapped]]:
+        ignored: Counter[str] = Counter()  # fields or objects this org lacks: the backfill reports them
+        for sobject in SOBJECTS:
+            fields = readable_fields(history, sobject, mapping, ignored)
+            if fields is None:
+                continue
+            for page in history.read(sobject, fields, since, until):
+                mapped = Mapped()
+                record_events(sobject, page.records, now_ms, mapping, mapped)
+                yield sobject, len(page.records), mapped
+
+    return _reconcile(connection, SALESFORCE_CURSOR_KEY, now_ms, store, decide, pages)
+
+
+def _reconcile(
+    connection: redis.Redis,
+    cursor_key: str,
+    now_ms: int,
+    store: LeadStore,
+    decide: Decide,
+    pages: Callable[[int, int], Iterator[tuple[str, int, Mapped]]],
+) -> Reconciled:
+    """One CRM's run: the window from its cursor, each page of (object type, records read, events) applied."""
+    out = _window(connection, cursor_key, now_ms)
     if out.since_ms >= out.until_ms:
         return out
-    ignored: Counter[str] = Counter()  # fields or objects this org lacks: the backfill reports them
-    for sobject in SOBJECTS:
-        fields = readable_fields(history, sobject, mapping, ignored)
-        if fields is None:
-            continue
-        for page in history.read(sobject, fields, out.since_ms, out.until_ms):
-            mapped = Mapped()
-            record_events(sobject, page.records, now_ms, mapping, mapped)
-            out.records += len(page.records)
-            _apply(store, decide, mapped, sobject, out)
-    return _finish(connection, SALESFORCE_CURSOR_KEY, out)
+    for label, records, mapped in pages(out.since_ms, out.until_ms):
+        out.records += records
+        _apply(store, decide, mapped, label, out)
+    return _finish(connection, cursor_key, out)
 
 
 def _window(connection: redis.Redis, cursor_key: str, now_ms: int) -> Reconciled:

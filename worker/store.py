@@ -40,14 +40,13 @@ from redis.client import Pipeline
 
 from rules.counters import LoggedEvent
 from rules.events import Event, EventType
-from worker import aggregates, eventlog, identity, leadindex, suppression
+from worker import aggregates, eventlog, identity, leadindex, reindex, suppression
 from worker.action import Action
 from worker.checkpoint import Stored, unpack
 from worker.eventlog import Fold, Log
 from worker.keys import (
     ACTIONS_KEY,
     DUE_KEY,
-    PREFIX,
     Lead,
     checkpoint_key,
     forgotten_key,
@@ -83,28 +82,6 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
-
-
-# Kept even when dated before a lead's fold, moved to just after it: an objection or an
-# erasure request is never lost to the retention horizon (only ever more suppression; a
-# late re-consent is not moved, since it could then undo a later objection).
-_NEVER_PAST = frozenset({EventType.DO_NOT_CONTACT, EventType.ERASURE_REQUESTED})
-
-
-def _past_horizon(new: list[LoggedEvent], fold_at: int) -> tuple[list[LoggedEvent], int]:
-    """The events of `new` to apply, and how many are past the horizon (dated at or before the fold).
-
-    Those are counted and ignored: the story they belong in is folded already (eventlog.Fold).
-    """
-    kept, past = [], 0
-    for ev in new:
-        if ev.occurred_ms > fold_at:
-            kept.append(ev)
-        elif ev.type in _NEVER_PAST:
-            kept.append(ev._replace(occurred_ms=fold_at + 1))
-        else:
-            past += 1
-    return kept, past
 
 
 @dataclass(frozen=True)
@@ -215,7 +192,7 @@ class LeadStore:
                     new = [ev for k, ev in fresh[lead].items() if k not in read.present]
                     past[lead] = 0  # (not what an earlier attempt of this transaction found)
                     if read.fold is not None:
-                        new, past[lead] = _past_horizon(new, read.fold.at_ms)
+                        new, past[lead] = eventlog.past_horizon(new, read.fold.at_ms)
                     stored = read.checkpoint
                     if stored is not None and any(ev.occurred_ms <= stored.at_ms for ev in new):
                         stored = None  # a late event: the replay starts over from the log
@@ -456,51 +433,8 @@ class LeadStore:
         return identity.forget(self.redis, self.suppression_key, crm, lead_id)
 
     def reindex(self, batch: int = 500) -> int:
-        """Write the list index entry of every stored lead (a store from before the index); return how many.
-
-        Idempotent and safe beside live workers: each batch of leads is read and written in
-        one optimistic transaction on their keys, like a batch of events. Marks the index
-        complete at the end, so the dashboard and `GET /leads` trust it from then on.
-        """
-        done = 0
-        names: list[bytes] = []
-
-        def flush() -> None:
-            nonlocal done
-            leads = [parse_due_member(n[len(PREFIX) :]) for n in names]
-            keys = [lead_key(*lead) for lead in leads] + [state_key(*lead) for lead in leads]
-
-            def index_batch(pipe: Pipeline) -> None:
-                pipe.watch(*keys)
-                values: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
-                old = leadindex.read(pipe, leads)
-                pipe.multi()
-                for i, lead in enumerate(leads):
-                    blob, raw_state = values[i], values[len(leads) + i]
-                    whole = eventlog.read(blob)
-                    state = json.loads(raw_state) if raw_state else None
-                    start = whole.fold.state().counters if whole.fold is not None else None
-                    entry = leadindex.entry_for(state, whole.events, None, whole.events, start)
-                    leadindex.queue_update(pipe, lead, old[i], entry)
-                pipe.execute()
-
-            optimistic(self.redis, f"indexing {len(leads)} leads", index_batch)
-            done += len(leads)
-            names.clear()
-
-        for name in self.redis.scan_iter(f"{PREFIX}*", count=batch):
-            names.append(name)
-            if len(names) >= batch:
-                flush()
-        if names:
-            flush()
-        # The count of leads too (a store from before the index never kept it). A lead created
-        # or deleted by a worker during the scan may be off by one here: this runs once.
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(leadindex.TRACKED_KEY, done)
-            pipe.set(leadindex.INDEXED_KEY, str(done))
-            pipe.execute()
-        return done
+        """Write the list index entry of every stored lead (a store from before the index): worker/reindex.py."""
+        return reindex.reindex(self.redis, batch)
 
     def history(self, crm: str, lead_id: str) -> list[LoggedEvent] | None:
         """Return the events a lead's log keeps, or None when the lead is unknown."""

@@ -51,7 +51,7 @@ from xml.sax.saxutils import escape
 from flask import Flask, Response, jsonify, request
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from rules.salesforce_map import to_18
+from rules.salesforce_ids import to_18
 
 PREFIXES = {"Lead": "00Q", "Opportunity": "006", "Task": "00T", "Individual": "0PK", "Event": "00U", "Contact": "003"}
 QUOTE = '"'

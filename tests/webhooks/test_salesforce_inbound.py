@@ -18,16 +18,9 @@ from werkzeug.exceptions import BadRequest
 
 from rules.errors import SchemaError
 from rules.events import EventType, format_ms
-from rules.salesforce_map import (
-    MapResult,
-    Notification,
-    SalesforceMapping,
-    _Builder,
-    map_notifications,
-    map_records,
-    record_fields,
-    to_18,
-)
+from rules.salesforce_fields import SalesforceMapping
+from rules.salesforce_ids import to_18
+from rules.salesforce_map import MapResult, Notification, _Builder, map_notifications, map_records, record_fields
 from tests.fakes.salesforce import outbound_message
 from webhooks import create_app
 from webhooks import salesforce as salesforce_view

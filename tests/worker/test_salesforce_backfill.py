@@ -13,7 +13,8 @@ import requests
 
 from rules.events import Event
 from rules.hubspot_map import Versioned
-from rules.salesforce_map import SalesforceMapping, map_notifications
+from rules.salesforce_fields import SalesforceMapping
+from rules.salesforce_map import map_notifications
 from tests.fakes.portal import DAY_MS
 from tests.fakes.salesforce import FakeSalesforce, outbound_message
 from webhooks.salesforce import parse_message

@@ -51,7 +51,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from rules.salesforce_map import is_record_id, to_18
+from rules.salesforce_ids import is_record_id, to_18
 from rules.states import ALL_CHANNELS, ActionKind, covered_channels
 from rules.tasktext import TaskText
 from worker.action import Action, action_digest

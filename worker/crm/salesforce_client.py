@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from rules.salesforce_map import is_record_id
+from rules.salesforce_ids import is_record_id
 from worker.crm.base import CrmError
 from worker.crm.http import TRANSPORT_ERRORS, CrmHttpClient, Retryable, RetryPolicy, retry_after_s
 from worker.crm.ratelimit import RateLimiter

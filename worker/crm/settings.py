@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from rules.salesforce_map import is_record_id
+from rules.salesforce_ids import is_record_id
 from worker.crm.base import CrmError
 from worker.crm.ratelimit import parse_rate
 from worker.errors import ConfigError
