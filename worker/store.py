@@ -177,6 +177,8 @@ class LeadStore:
             created = 0  # leads whose log this batch creates, less those it erases
             updates = []
             decided: list[tuple[Lead, _Read, list[LoggedEvent], Outcome | None, Any]] = []
+            # Each lead's log, read at most once per attempt (by the decider or the list index).
+            loaders: dict[Lead, Callable[[], Log]] = {}
             for i, (lead, read) in enumerate(zip(leads, reads, strict=True)):
                 sig = (
                     read.signature,
@@ -211,7 +213,7 @@ class LeadStore:
                             lead in listed,
                             listed.get(lead, ()),
                             stored,
-                            self._loader(pipe, lead, new, read),
+                            loaders.setdefault(lead, self._loader(pipe, lead, new, read)),
                             read.fold,
                         )
                         outcome = decide(view)
@@ -221,7 +223,8 @@ class LeadStore:
                     ck = read.checkpoint
                     # `history` is only the checkpoint's tail and this batch when it was continued.
                     partial = ck is not None and all(ev.occurred_ms > ck.at_ms for ev in new)
-                    entry = self._index_entry(pipe, lead, read, indexed[i], history, new, outcome, partial)
+                    load = loaders.setdefault(lead, self._loader(pipe, lead, new, read))
+                    entry = self._index_entry(read, indexed[i], history, new, outcome, partial, load)
                 decided.append((lead, read, new, outcome, entry))
                 dups = counts.get(lead, 0) - len(new) - past.get(lead, 0)
                 merged_in = tuple(aliases.get(lead, ())) if outcome is not None and outcome.erase else ()
@@ -268,16 +271,15 @@ class LeadStore:
 
         return optimistic(self.redis, f"on {len(batch)} leads", apply_once, conflicted)
 
+    @staticmethod
     def _index_entry(
-        self,
-        pipe: Any,
-        lead: Lead,
         read: _Read,
         old: Any,
         history: list[LoggedEvent],
         new: list[LoggedEvent],
         outcome: Outcome,
         partial: bool,
+        load: Callable[[], Log],
     ) -> Any:
         """The lead's list-index entry after this outcome (worker/leadindex.py).
 
@@ -290,7 +292,7 @@ class LeadStore:
         folds = old is None or any(ev.type in leadindex.PROFILE_TYPES for ev in new)
         folded = read.fold
         if partial and listed_now and folds:
-            whole = self._loader(pipe, lead, new, read)()
+            whole = load()
             history, folded = whole.events, whole.fold
         start = folded.state().counters if folded is not None else None
         return leadindex.entry_for(outcome.state, history, old, new, start)
@@ -361,14 +363,14 @@ class LeadStore:
 
     @staticmethod
     def _loader(pipe: Any, lead: Lead, new: list[LoggedEvent], read: _Read) -> Callable[[], Log]:
-        """Read a lead's whole log (watched already), with this batch's new events."""
+        """Read a lead's whole log (watched already), with this batch's new events; once, however often called."""
+        loaded: list[Log] = []
 
         def load() -> Log:
-            if read.log is not None:
-                return Log(read.fold, read.log + new)
-            blob: bytes | None = pipe.get(lead_key(*lead))
-            whole = eventlog.read(blob)
-            return Log(whole.fold, whole.events + new)
+            if not loaded:
+                whole = Log(read.fold, read.log) if read.log is not None else eventlog.read(pipe.get(lead_key(*lead)))
+                loaded.append(Log(whole.fold, whole.events + new))
+            return loaded[0]
 
         return load
 
