@@ -101,7 +101,8 @@ DATA_FIELDS: dict[EventType, dict[str, tuple[str, bool]]] = {
     EventType.ERASURE_REQUESTED: {},
     EventType.REOPENED: {},
     EventType.CONSENT_GIVEN: {},
-    EventType.BREAKUP_TASK_CREATED: {},
+    # `decision_at`: the time of the break-up decision the task was created for (worker/actions.py).
+    EventType.BREAKUP_TASK_CREATED: {"decision_at": (_TIME, False)},
 }
 
 _EVENT_KEYS = ("id", "type", "crm", "lead_id", "occurred_at", "data", "version")

@@ -14,7 +14,7 @@ from typing import Any
 
 from rules.calendar import DAY_MS, Calendar, week_index
 from rules.counters import RESPONSES, TOUCHES, LoggedEvent, is_follow_up
-from rules.events import RECORD_KEY, EventType, format_ms
+from rules.events import RECORD_KEY, EventType, format_ms, parse_rfc3339_ms
 from rules.policy import Policy
 from rules.running import (
     CHECKPOINT_CODEC,
@@ -50,7 +50,9 @@ class Replay:
         r = self.r
         self.record(Decision(rule, r.state, to, reason, at, inputs, r.name(rule, to, inputs)))
         r.state, r.reason, r.entered_ms = to, reason, at
-        r.breakup_task_ms = None  # a task belongs to the break-up it was created for
+        # A task belongs to the break-up it was created for: this one's may exist already.
+        r.breakup_task_ms = at if to is State.BREAKUP_DUE and r.task_early_ms is not None else None
+        r.task_early_ms = None  # one break-up per episode: after this move, no other can use it
         if to is State.ACTIVE:
             r.episode = Episode(at)
         elif to is State.SUPPRESSED:
@@ -300,6 +302,33 @@ class Replay:
 
     # -- events ------------------------------------------------------------------------
 
+    def task_created(self, at: int, decision_at: str | None) -> None:
+        """A break-up task exists in the CRM since `at`: start the grace of the break-up it is for.
+
+        The drain names that break-up by its decision's time (`decision_at`). BREAKUP_DUE is
+        entered only from ACTIVE, so an episode (the stretch since the lead last returned to
+        ACTIVE) holds one break-up at most: a task whose decision lies in this episode is this
+        episode's break-up's, even when late events have moved that decision since, to before
+        or after the task's creation. A task decided before this episode began is an earlier
+        break-up's (the lead replied since) and changes nothing; so does a repeat.
+
+        A task without `decision_at` (recorded before tasks named their break-up, or sent by
+        tooling outside Pruner) starts the grace of the break-up the lead is in, if it came
+        after that break-up.
+        """
+        r = self.r
+        if decision_at is None:
+            if r.state is State.BREAKUP_DUE and r.breakup_task_ms is None and at >= r.entered_ms:
+                r.breakup_task_ms = at
+            return
+        if parse_rfc3339_ms(decision_at, "data.decision_at") < r.episode.start_ms:
+            return
+        if r.state is State.BREAKUP_DUE:
+            if r.breakup_task_ms is None:
+                r.breakup_task_ms = max(at, r.entered_ms)
+        elif r.state is State.ACTIVE and r.task_early_ms is None:
+            r.task_early_ms = at
+
     def advance(self, until: int) -> None:
         """Fire time-based rules due up to `until`, at their own due times."""
         if self.r.state is State.ACTIVE and self.r.counters.proposal_expires_ms is None:
@@ -316,10 +345,7 @@ class Replay:
         c, at, etype = r.counters, ev.occurred_ms, ev.type
         if etype is EventType.BREAKUP_TASK_CREATED:
             r.events += 1
-            # The first task after entering BREAKUP_DUE starts the grace; one for an earlier
-            # break-up (a reply came in between) or a repeat changes nothing.
-            if r.state is State.BREAKUP_DUE and r.breakup_task_ms is None and at >= r.entered_ms:
-                r.breakup_task_ms = at
+            self.task_created(at, ev.data.get("decision_at") if ev.data else None)
             return
         if ev.data and RECORD_KEY in ev.data:
             r.records.add(ev.data[RECORD_KEY])

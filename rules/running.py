@@ -82,6 +82,10 @@ class Running(msgspec.Struct, array_like=True):
     # When the current break-up's task was created in the CRM (guardrail 7: its grace runs
     # from then); None until a `breakup_task_created` after entering BREAKUP_DUE.
     breakup_task_ms: int | None = None
+    # A task created for this episode's break-up, seen while the lead is still ACTIVE: late
+    # events moved that break-up past its task's creation. The break-up, when it comes,
+    # starts its grace at once (the task exists) instead of waiting for one that never will.
+    task_early_ms: int | None = None
 
     def supersedes(self, history: Iterable[LoggedEvent]) -> bool:
         """Whether some event of `history` is another version of a record already folded in."""
@@ -137,10 +141,11 @@ def _schema(*types: type[msgspec.Struct]) -> str:
 
 # Bumped when the replay changes meaning without a field name changing (2: the WON state; 3:
 # calls counted by calendar week number, not ISO week string; 4: the break-up grace runs from
-# the task's creation; 5: older decisions kept as summaries, call weeks kept for a quarter),
+# the task's creation; 5: older decisions kept as summaries, call weeks kept for a quarter;
+# 6: a task names the break-up it was created for, by its decision's time),
 # so that checkpoints computed by the previous rules are replayed from the
 # log once, not continued.
-ENGINE_VERSION = 5
+ENGINE_VERSION = 6
 # Changes whenever a running-state field is added, removed or renamed.
 CHECKPOINT_SCHEMA = _schema(Running, LeadCounters, Episode, Decision)
 

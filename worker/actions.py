@@ -128,8 +128,9 @@ def task_created(action: Action, now_ms: int) -> Event:
     """
     decided = parse_rfc3339_ms(action["at"], "action.at")
     at = max(now_ms, decided + 1)
+    data = {"decision_at": action["at"]}  # the break-up it is for, wherever late events move it
     return Event(
-        f"pruner-task:{action['id']}", EventType.BREAKUP_TASK_CREATED, Crm(action["crm"]), action["lead_id"], at, {}
+        f"pruner-task:{action['id']}", EventType.BREAKUP_TASK_CREATED, Crm(action["crm"]), action["lead_id"], at, data
     )
 
 

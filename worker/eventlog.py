@@ -181,8 +181,10 @@ def append(blob: bytes | None, fresh: Iterable[LoggedEvent]) -> bytes:
 
 # Kept even when dated before a lead's fold, moved to just after it: an objection or an
 # erasure request is never lost to the retention horizon (only ever more suppression; a
-# late re-consent is not moved, since it could then undo a later objection).
-_NEVER_PAST = frozenset({EventType.DO_NOT_CONTACT, EventType.ERASURE_REQUESTED})
+# late re-consent is not moved, since it could then undo a later objection). Nor is a
+# break-up task's record (worker/upgrades.py dates one at its old decision): a lead folded
+# while waiting for it would wait for good; its grace starts at the fold instead.
+_NEVER_PAST = frozenset({EventType.DO_NOT_CONTACT, EventType.ERASURE_REQUESTED, EventType.BREAKUP_TASK_CREATED})
 
 
 def past_horizon(new: list[LoggedEvent], fold_at: int) -> tuple[list[LoggedEvent], int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from rules.calendar import calendar_for
+from rules.events import format_ms
 from rules.lifecycle import evaluate
 from rules.states import State
 from tests.rules_helpers import History, at
@@ -89,3 +90,43 @@ def test_explain_says_whether_the_grace_has_started() -> None:
     [line] = [line for line in progress(running.progress) if line.startswith("breakup_grace")]
     assert "from the break-up task" in line and "until" in line
     assert "breakup_grace" not in evaluate(h.events, P, at(60), grace_from_task=True).progress  # LOST by then
+
+
+def moved_break_up() -> tuple[History, int]:
+    """A break-up (13th email) whose task is created 30 s later, naming that decision."""
+    h = History().touches(12, at(0, -20), step_ms=60_000).touches(3, at(0, -10), step_ms=60_000)
+    [decision] = evaluate(h.events, P, at(0, -9), grace_from_task=True).decisions
+    assert decision.rule == "unresponsive" and decision.at_ms == at(0, -10)
+    h.add("breakup_task_created", decision.at_ms + 30_000, decision_at=format_ms(decision.at_ms))
+    return h, decision.at_ms
+
+
+def test_a_break_up_that_late_events_move_past_its_task_still_starts_its_grace() -> None:
+    h, first = moved_break_up()
+    assert evaluate(h.events, P, at(30), grace_from_task=True).state is State.LOST
+    # A reply dated before the break-up arrives late: silence restarts, and the same break-up
+    # (same episode, same name) now fires two emails later, after its task was created.
+    h.add("email_replied", at(0, -15))
+    ev = evaluate(h.events, P, at(1), grace_from_task=True)
+    [moved] = ev.decisions
+    assert moved.at_ms > first + 30_000 and moved.name == "unresponsive:BREAKUP_DUE@0#1"
+    # The task exists: the grace runs from the moved decision (before, the lead waited for good).
+    assert ev.next_due_ms == seven_business_days(moved.at_ms)
+    lost = evaluate(h.events, P, at(30), grace_from_task=True)
+    assert (lost.state, lost.decisions[-1].at_ms) == (State.LOST, seven_business_days(moved.at_ms))
+    for seed in range(10):
+        shuffled = list(h.events)
+        random.Random(seed).shuffle(shuffled)
+        assert evaluate(shuffled, P, at(30), grace_from_task=True).decisions == lost.decisions
+
+
+def test_a_task_named_for_an_earlier_episode_does_not_start_a_later_break_ups_grace() -> None:
+    h, first = moved_break_up()
+    # The lead replied after its break-up (a new episode), went silent again, and the first
+    # break-up's task was only created after the reply (the owner's daily budget held it).
+    h.events.pop()
+    h.add("email_replied", first + 60_000).touches(4, at(3))
+    h.add("breakup_task_created", at(2), decision_at=format_ms(first))
+    ev = evaluate(h.events, P, at(60), grace_from_task=True)
+    assert ev.state is State.BREAKUP_DUE and ev.decisions[-1].name == "unresponsive:BREAKUP_DUE@1#1"
+    assert ev.next_due_ms is None  # waiting for its own task

@@ -55,6 +55,10 @@ KINDS = [
     ("email_sent", versioned("email-1", at(1))),
     # The CRM confirming a break-up task (guardrail 7): the grace starts there, when it is on.
     ("breakup_task_created", {}),
+    # ...and tasks naming the break-up they were created for (the drain's), whichever episode
+    # that decision falls in and whether it fires before or after the task.
+    ("breakup_task_created", {"decision_at": format_ms(at(2))}),
+    ("breakup_task_created", {"decision_at": format_ms(at(10))}),
 ]
 
 event_st = st.tuples(st.integers(0, len(KINDS) - 1), st.integers(0, 60 * 24 * 40))
