@@ -205,8 +205,8 @@ class Config:
     # workers' callbacks and engagement fetches running meanwhile (PRUNER_BACKFILL_RATE_SHARE).
     backfill_rate_share: int = 80
     # Guardrail 7's task clock: a break-up's grace runs from its task's creation in the CRM
-    # (PRUNER_BREAKUP_TASK_CLOCK). Off by default until its upgrade path is safe (issue #14).
-    breakup_task_clock: bool = False
+    # (PRUNER_BREAKUP_TASK_CLOCK; 0 turns it off: the grace runs from the decision).
+    breakup_task_clock: bool = True
     # Minutes between reconciliation runs (worker/reconcile.py); 0 turns it off (PRUNER_RECONCILE_MINUTES).
     reconcile_minutes: int = 15
     salesforce: SalesforceSettings = field(default_factory=lambda: _salesforce_settings({}))
@@ -258,7 +258,7 @@ class Config:
             hubspot_rate_limit=_rate(env, "HUBSPOT_RATE_LIMIT"),
             backfill_rate_share=_int(env, "PRUNER_BACKFILL_RATE_SHARE", 80, 1, 100),
             reconcile_minutes=_int(env, "PRUNER_RECONCILE_MINUTES", 15, 0, 24 * 60),
-            breakup_task_clock=_flag(env, "PRUNER_BREAKUP_TASK_CLOCK", False),
+            breakup_task_clock=_flag(env, "PRUNER_BREAKUP_TASK_CLOCK", True),
             salesforce=_salesforce_settings(env),
             salesforce_mapping=salesforce_mapping(env),
             salesforce_login=_salesforce_login(env),

@@ -70,7 +70,7 @@ HISTORY_SOURCES = frozenset({BACKFILL_SOURCE, UPGRADE_SOURCE, OUTBOX_SOURCE})
 
 
 def task_clock(config: Config) -> bool:
-    """Whether a break-up's grace waits for its task (guardrail 7): opted in, and live (a dry run creates none)."""
+    """Whether a break-up's grace waits for its task (guardrail 7): on (the default), and live (a dry run creates none)."""
     return config.breakup_task_clock and not config.dry_run
 
 

@@ -69,7 +69,9 @@ def run_worker(config: Config, burst: bool = False, connection: redis.Redis | No
             LeadStore(connection).reindex()
         finally:
             connection.delete(REINDEX_LOCK)
-    if jobs.task_clock(config):
+    if config.dry_run:
+        upgrades.note_dry_run(connection)  # its break-ups get no task: the next live start records them
+    elif jobs.task_clock(config):
         upgrades.record_existing_breakup_tasks(connection, queue)
     wait_s = 1.0
     lost: Exception | None = None

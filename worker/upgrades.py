@@ -13,59 +13,106 @@ from typing import Any
 import redis
 from rq import Queue
 
+from rules.counters import LoggedEvent
 from rules.events import MAX_EVENTS_PER_BATCH, Crm, Event, EventType, parse_rfc3339_ms
+from rules.states import ActionKind
 from worker import eventlog
-from worker.keys import STATE_PREFIX, lead_key, parse_due_member
+from worker.keys import STATE_PREFIX, lead_key, outbox_key, parse_due_member
 from worker.queues import enqueue_events
+from worker.taskcap import deferred_key
 
 log = logging.getLogger(__name__)
 
 SOURCE = "upgrade"  # the `source` of the batches an upgrade queues
-BREAKUP_CLOCK_MARKER = "pruner:upgraded:breakup_task_clock"
+# 2: every break-up a state record keeps, not only a lead's current one (the first version of
+# this upgrade handled leads still in BREAKUP_DUE only, and stranded those lost before).
+BREAKUP_CLOCK_MARKER = "pruner:upgraded:breakup_task_clock:2"
 BREAKUP_CLOCK_LOCK = "pruner:upgrading:breakup_task_clock"
+# Set by every dry-run worker at start: break-ups a dry run decided have no task, so the next
+# live start gives them their record (a dry run creates no task, so it records none).
+DRY_RUN_MARK = "pruner:breakup_task_clock:dry_run"
+BREAKUP_TASK = ActionKind.BREAKUP_TASK.value
+
+
+def note_dry_run(connection: redis.Redis) -> None:
+    """Say that a dry run decides on this store: the next live start runs the upgrade again."""
+    connection.set(DRY_RUN_MARK, "1")
 
 
 def record_existing_breakup_tasks(connection: redis.Redis, queue: Queue, scan_count: int = 500) -> int:
-    """Give every lead already in BREAKUP_DUE a `breakup_task_created` at its decision's time.
+    """Give every break-up decided without a task record one, dated at its decision.
 
-    Since guardrail 7 a live break-up's grace runs from its task's creation, recorded by the
-    outbox drain. Leads that entered BREAKUP_DUE under an earlier version (or in a dry run)
-    have no such record and would wait for ever: they keep the grace they had, from the
-    decision. Returns how many leads it queued an event for (0 when done before).
+    With guardrail 7's task clock a live break-up's grace runs from its task's creation, which
+    the outbox drain records (`breakup_task_created`, naming the decision). Break-ups decided
+    by an earlier version, or by a dry run, have no such record, and a replay would leave
+    them waiting in BREAKUP_DUE for good: a lead lost long ago would come back to BREAKUP_DUE
+    with no task to wait for (its break-up was acted on, so none is sent again). Each gets a
+    record at its decision's own time, so its grace runs as it did, from the decision.
 
-    Runs at the first start of a live worker with the task clock on (PRUNER_BREAKUP_TASK_CLOCK).
-    Leads whose log already holds a task for their current break-up are left alone. Known
-    gaps (issue #14, why the clock is off by default): leads lost before the switch replay
-    into BREAKUP_DUE without a task, and so do leads a dry run had lost.
+    Runs at the first live start (and again after a dry run) of a worker with the task clock
+    on, once (a marker), beside live workers (it only queues events, applied like any other
+    batch). Left alone: a break-up whose task is recorded in the lead's log, and one whose
+    task is on its way (in the outbox, or held back by the owner's daily budget), which the
+    drain records when the CRM confirms it. A state record keeps a lead's last 5 decisions:
+    an older break-up, an episode or more back, keeps no record and replays as waiting
+    until the lead's next reply, which it had already had. Returns how many break-ups it
+    queued a record for (0 when there was nothing to do).
     """
-    if connection.exists(BREAKUP_CLOCK_MARKER) or not connection.set(BREAKUP_CLOCK_LOCK, "1", nx=True, ex=3600):
+    due = not connection.exists(BREAKUP_CLOCK_MARKER) or connection.exists(DRY_RUN_MARK)
+    if not due or not connection.set(BREAKUP_CLOCK_LOCK, "1", nx=True, ex=3600):
         return 0
     try:
+        on_the_way = _queued_tasks(connection)
         pending: list[list[Any]] = []
         queued = 0
         for key in connection.scan_iter(f"{STATE_PREFIX}*", count=scan_count):
             raw = connection.get(key)
-            state = json.loads(raw) if raw else {}
-            decisions = state.get("decisions") or []
-            if state.get("state") != "BREAKUP_DUE" or not decisions:
-                continue
+            decisions = (json.loads(raw) if raw else {}).get("decisions") or []
             crm, lead_id = parse_due_member(key[len(STATE_PREFIX) :])
-            # Just after the decision: at its instant the replay has not entered BREAKUP_DUE yet.
-            at = parse_rfc3339_ms(decisions[-1]["at"], "state.decisions.at") + 1
+            breakups = [
+                d for d in decisions if d.get("to") == "BREAKUP_DUE" and (crm, lead_id, d["at"]) not in on_the_way
+            ]
+            if not breakups:
+                continue
             log_blob: bytes | None = connection.get(lead_key(crm, lead_id))  # type: ignore[assignment]
-            if any(e.type is EventType.BREAKUP_TASK_CREATED and e.occurred_ms >= at for e in eventlog.decode(log_blob)):
-                continue  # its task was recorded: its grace runs from there
-            event_id = f"pruner-task-upgrade:{crm}:{lead_id}:{at}"  # the same on a second run
-            pending.append(Event(event_id, EventType.BREAKUP_TASK_CREATED, Crm(crm), lead_id, at, {}).to_wire())
-            if len(pending) == MAX_EVENTS_PER_BATCH:
-                enqueue_events(queue, pending, source=SOURCE)
-                queued, pending = queued + len(pending), []
+            tasks = [e for e in eventlog.decode(log_blob) if e.type is EventType.BREAKUP_TASK_CREATED]
+            for decision in breakups:
+                at = parse_rfc3339_ms(decision["at"], "state.decisions.at")
+                if any(_records(task, at) for task in tasks):
+                    continue
+                event_id = f"pruner-task-upgrade:{crm}:{lead_id}:{decision['at']}"  # the same on a second run
+                data = {"decision_at": decision["at"]}
+                pending.append(Event(event_id, EventType.BREAKUP_TASK_CREATED, Crm(crm), lead_id, at, data).to_wire())
+                if len(pending) == MAX_EVENTS_PER_BATCH:
+                    enqueue_events(queue, pending, source=SOURCE)
+                    queued, pending = queued + len(pending), []
         if pending:
             enqueue_events(queue, pending, source=SOURCE)
             queued += len(pending)
         connection.set(BREAKUP_CLOCK_MARKER, "1")
+        connection.delete(DRY_RUN_MARK)
         if queued:
-            log.info("upgrade: %d leads in BREAKUP_DUE keep the grace they had (from their decision)", queued)
+            log.info("upgrade: %d break-ups decided without a task keep the grace they had (from the decision)", queued)
         return queued
     finally:
         connection.delete(BREAKUP_CLOCK_LOCK)
+
+
+def _records(task: LoggedEvent, decided_ms: int) -> bool:
+    """Whether a logged task record is the one of the break-up decided at `decided_ms`."""
+    named = task.data.get("decision_at") if task.data else None
+    if named is None:
+        return task.occurred_ms >= decided_ms  # recorded before tasks named their break-up
+    return parse_rfc3339_ms(named, "data.decision_at") == decided_ms
+
+
+def _queued_tasks(connection: redis.Redis) -> set[tuple[str, str, str]]:
+    """The break-up tasks waiting in an outbox or held back by a daily budget, as (crm, lead id,
+    decision time): the drain records those itself."""
+    found: set[tuple[str, str, str]] = set()
+    for crm in Crm:
+        raw: list[bytes] = connection.lrange(outbox_key(crm.value), 0, -1)  # type: ignore[assignment]
+        raw += connection.zrange(deferred_key(crm.value), 0, -1)  # type: ignore[operator]
+        actions = (json.loads(entry) for entry in raw)
+        found.update((a["crm"], a["lead_id"], a.get("at")) for a in actions if a["kind"] == BREAKUP_TASK)
+    return found

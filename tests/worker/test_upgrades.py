@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fakeredis
+from rq import Queue
 
 from rules.events import Crm, Event, EventType
 from tests.rules_helpers import at
@@ -10,7 +11,7 @@ from worker.decide import Decider
 from worker.policyfile import default_policy
 from worker.queues import make_queue
 from worker.store import LeadStore
-from worker.upgrades import BREAKUP_CLOCK_MARKER, record_existing_breakup_tasks
+from worker.upgrades import BREAKUP_CLOCK_MARKER, note_dry_run, record_existing_breakup_tasks
 
 P = default_policy()
 DAY = 86_400_000
@@ -30,6 +31,7 @@ def test_leads_in_breakup_due_before_the_task_clock_keep_the_grace_they_had() ->
     store.apply_batch(silent("NEW"), Decider(P, at(1), grace_from_task=True))
     task = Event("t", EventType.BREAKUP_TASK_CREATED, Crm.HUBSPOT, "NEW", at(2), {})
     store.apply_batch([task], Decider(P, at(2), grace_from_task=True))
+    conn.delete("pruner:outbox:hubspot")  # drained: OLD's by a version that recorded no task
     queue = make_queue(conn)
 
     assert record_existing_breakup_tasks(conn, queue) == 1  # OLD only: NEW has its task
@@ -45,3 +47,54 @@ def test_leads_in_breakup_due_before_the_task_clock_keep_the_grace_they_had() ->
     # Applying the same upgrade twice (two workers starting together) changes nothing.
     again = store.apply_batch(events, Decider(P, later, grace_from_task=True))
     assert again.added == 0
+
+
+def queued(queue: Queue) -> list[Event]:
+    return [Event.from_wire(w) for job in queue.jobs for w in job.args[0]]
+
+
+def test_leads_lost_before_the_task_clock_stay_lost_as_they_were() -> None:
+    """Review finding 1: a lead lost by its grace before the switch came back to BREAKUP_DUE for good."""
+    conn = fakeredis.FakeRedis()
+    store = LeadStore(conn)
+    store.apply_batch(silent("GONE"), Decider(P, at(1)))
+    store.reevaluate(store.due(at(40), 10), Decider(P, at(40)))  # lost by its grace, then due a check-in
+    conn.delete("pruner:outbox:hubspot")  # drained by a version that recorded no task
+    before = store.state("hubspot", "GONE") or {}
+    assert [d["rule"] for d in before["decisions"]] == ["unresponsive", "breakup_grace"]
+
+    queue = make_queue(conn)
+    assert record_existing_breakup_tasks(conn, queue) == 1
+    [task] = queued(queue)
+    assert task.occurred_ms == at(0) + 12 * 60_000 and task.data == {"decision_at": before["decisions"][0]["at"]}
+    store.apply_batch([task], Decider(P, at(41), grace_from_task=True))
+    after = store.state("hubspot", "GONE") or {}
+    # The same decisions, at the same times, under the same names: nothing is sent again.
+    assert (after["state"], after["decisions"]) == (before["state"], before["decisions"])
+
+    # Without the upgrade's record, the task clock would leave it waiting for a task never sent.
+    other = LeadStore(fakeredis.FakeRedis())
+    other.apply_batch(silent("GONE"), Decider(P, at(41), grace_from_task=True))
+    assert (other.state("hubspot", "GONE") or {})["state"] == "BREAKUP_DUE"
+
+
+def test_a_dry_run_since_the_upgrade_runs_it_again_and_tasks_on_their_way_are_left_to_the_drain() -> None:
+    """Review finding 3: break-ups a dry run decided (no task is ever created for them)."""
+    conn = fakeredis.FakeRedis()
+    store = LeadStore(conn)
+    queue = make_queue(conn)
+    assert record_existing_breakup_tasks(conn, queue) == 0 and conn.exists(BREAKUP_CLOCK_MARKER)
+    assert record_existing_breakup_tasks(conn, queue) == 0  # done: a second start does nothing
+
+    note_dry_run(conn)  # a dry-run worker started, and decided break-ups
+    store.apply_batch(silent("DRY"), Decider(P, at(1), dry_run=True))
+    # ...while a live break-up waits in the outbox for its drain, which records its task.
+    store.apply_batch(silent("LIVE"), Decider(P, at(1), grace_from_task=True))
+    assert conn.llen("pruner:outbox:hubspot") == 1
+
+    assert record_existing_breakup_tasks(conn, queue) == 1
+    assert [e.lead_id for e in queued(queue)] == ["DRY"]
+    assert record_existing_breakup_tasks(conn, queue) == 0  # the dry-run mark is cleared
+    store.apply_batch(queued(queue), Decider(P, at(30), grace_from_task=True))
+    assert (store.state("hubspot", "DRY") or {})["state"] == "LOST"
+    assert (store.state("hubspot", "LIVE") or {})["state"] == "BREAKUP_DUE"  # waits for its task
