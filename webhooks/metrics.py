@@ -123,6 +123,13 @@ class RedisCollector(Collector):
             ["what"],
         )
         yield self._hash_counter(
+            worker_metrics.REFUSED_KEY,
+            "pruner_actions_refused",
+            "CRM actions the CRM refused for good, kept in pruner:dead:{crm} (a refused break-up task leaves its "
+            "lead waiting in BREAKUP_DUE)",
+            ["crm", "kind"],
+        )
+        yield self._hash_counter(
             worker_metrics.RECONCILED_KEY,
             "pruner_reconciled_events",
             "Events reconciliation read back from the CRM that no webhook had delivered (above 0: webhooks go missing)",

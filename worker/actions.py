@@ -33,6 +33,7 @@ from worker.crm.base import ActionOutcome, Executor
 from worker.crm.progress import forget_progress
 from worker.keys import outbox_key, state_key
 from worker.locks import Heartbeat, release
+from worker.metrics import REFUSED_KEY
 from worker.suppression import SUPPRESSED_KEY, lead_hash
 from worker.taskcap import TASK_KINDS, TaskCap
 
@@ -257,9 +258,12 @@ def _drain_batch(
         if ids:
             pipe.sadd(done_key(crm), *ids)
             pipe.expire(done_key(crm), DONE_TTL_S)
+        kinds = {a["id"]: a["kind"] for a in todo}
         for outcome in (o for o in dead if o.action_id not in gone):
             entry = {"id": outcome.action_id, "detail": outcome.detail[:500], "at": int(time.time())}
             pipe.rpush(dead_key(crm), json.dumps(entry))
+            # Counted for the alert: a refused break-up task leaves its lead waiting in BREAKUP_DUE.
+            pipe.hincrby(REFUSED_KEY, f"{crm}|{kinds.get(outcome.action_id, 'unknown')}", 1)
         # Remove exactly the entries handled, not the first len(raw): an erasure's purge
         # may have removed some meanwhile, and trimming by count would then drop
         # actions queued since, unseen.

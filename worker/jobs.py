@@ -70,7 +70,10 @@ HISTORY_SOURCES = frozenset({BACKFILL_SOURCE, UPGRADE_SOURCE, OUTBOX_SOURCE})
 
 
 def task_clock(config: Config) -> bool:
-    """Whether a break-up's grace waits for its task (guardrail 7): on (the default), and live (a dry run creates none)."""
+    """Whether a break-up's grace waits for its task (guardrail 7): on (the default), and live.
+
+    A dry run creates no task: its break-ups run their grace from the decision.
+    """
     return config.breakup_task_clock and not config.dry_run
 
 

@@ -25,6 +25,8 @@ DAILY_PREFIX = "pruner:metrics:daily:"  # per UTC day: field "to|reason" -> deci
 EVALUATIONS_KEY = "pruner:metrics:evaluations"
 # Events folded away past the retention horizon, and late ones ignored for being past it.
 RETENTION_KEY = "pruner:metrics:retention"
+# field "crm|kind" -> actions the CRM refused for good (worker/actions.py: they wait in pruner:dead:{crm})
+REFUSED_KEY = "pruner:metrics:refused"
 RECONCILED_KEY = "pruner:metrics:reconciled"  # field: object type -> events reconciliation added (worker/reconcile.py)
 
 

@@ -112,7 +112,7 @@ def _queued_tasks(connection: redis.Redis) -> set[tuple[str, str, str]]:
     found: set[tuple[str, str, str]] = set()
     for crm in Crm:
         raw: list[bytes] = connection.lrange(outbox_key(crm.value), 0, -1)  # type: ignore[assignment]
-        raw += connection.zrange(deferred_key(crm.value), 0, -1)  # type: ignore[operator]
+        raw += connection.zrange(deferred_key(crm.value), 0, -1)  # type: ignore[arg-type]
         actions = (json.loads(entry) for entry in raw)
         found.update((a["crm"], a["lead_id"], a.get("at")) for a in actions if a["kind"] == BREAKUP_TASK)
     return found

@@ -83,3 +83,9 @@ def test_metrics_show_what_reconciliation_recovered(client: FlaskClient, fake_re
     fake_redis.hincrby(worker_metrics.RECONCILED_KEY, "calls", 4)  # what worker/reconcile.py writes
     text = client.get("/metrics").get_data(as_text=True)
     assert 'pruner_reconciled_events_total{object="calls"} 4.0' in text
+
+
+def test_metrics_show_the_actions_a_crm_refused(client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
+    fake_redis.hincrby(worker_metrics.REFUSED_KEY, "hubspot|breakup_task", 2)  # what the drain writes
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'pruner_actions_refused_total{crm="hubspot",kind="breakup_task"} 2.0' in text

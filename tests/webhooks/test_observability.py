@@ -37,6 +37,8 @@ def exported_names(client: FlaskClient, conn: fakeredis.FakeRedis) -> set[str]:
     decisions = [("unresponsive", "BREAKUP_DUE", "no_response")]
     worker_metrics.record_batch(conn, decisions, [("events", "email_sent")], 0, 0)
     worker_metrics.count_crm_call(conn, "hubspot", "/crm/v3/objects/tasks", 429)
+    conn.hincrby(worker_metrics.REFUSED_KEY, "hubspot|breakup_task", 1)  # what the drain writes
+    conn.hincrby(worker_metrics.RECONCILED_KEY, "calls", 1)  # what reconciliation writes
     response = client.get("/metrics")
     assert response.status_code == 200
     names = set()
@@ -70,8 +72,8 @@ def test_the_alerts_cover_what_an_operator_must_hear_about() -> None:
     assert 'registry="failed"' in joined
     assert "pruner_queue_lag_seconds" in joined
     assert 'status="429"' in joined
-    # No reconciliation metric exists yet: the placeholder says which one it awaits.
-    assert "pruner_reconciliation_recovered_total" in ALERTS.read_text()
+    assert "pruner_reconciled_events_total" in joined  # webhooks go missing
+    assert "pruner_actions_refused_total" in joined  # a refused break-up task leaves its lead waiting
 
 
 def test_promtool_accepts_the_rules_and_their_unit_tests_pass() -> None:

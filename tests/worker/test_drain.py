@@ -7,9 +7,10 @@ from typing import Any
 
 import fakeredis
 
-from worker.actions import LOCK_TTL_MS, drain, lock_key, pending_key, watch
+from worker.actions import LOCK_TTL_MS, dead_key, drain, lock_key, pending_key, watch
 from worker.crm.base import ActionOutcome
 from worker.keys import outbox_key, state_key
+from worker.metrics import REFUSED_KEY
 
 
 def queue(conn: fakeredis.FakeRedis, lead: str) -> None:
@@ -118,7 +119,13 @@ def test_a_break_up_task_the_crm_confirmed_is_queued_as_an_event_of_its_lead() -
         "pruner-task:hubspot:T1:unresponsive:BREAKUP_DUE@0#1",
     )
     assert event.occurred_ms > parse_rfc3339_ms("2026-03-01T10:00:00Z", "at")  # never at or before the decision
+    assert event.data == {"decision_at": "2026-03-01T10:00:00Z"}  # the break-up it is for
     assert conn.llen(outbox_key("hubspot")) == 0
+    # T2's refusal waits with its reason, and is counted for the alert (its lead waits for a task).
+    assert [json.loads(e)["id"] for e in conn.lrange(dead_key("hubspot"), 0, -1)] == [
+        "hubspot:T2:unresponsive:BREAKUP_DUE@0#1"
+    ]
+    assert conn.hgetall(REFUSED_KEY) == {b"hubspot|breakup_task": b"1"}
 
 
 def test_a_task_confirmed_before_its_decisions_time_is_dated_just_after_it() -> None:
