@@ -293,10 +293,9 @@ def test_a_lead_found_silent_months_late_gets_its_break_up_before_it_is_lost(
     def sweep(days: int) -> None:
         when = (datetime.now(tz=UTC) + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
         command = [str(BIN / "pruner"), "sweep", "--now", when, "--commit-future"]
-        env = live_env(server, PRUNER_BREAKUP_TASK_CLOCK="1")
-        subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=60)
+        subprocess.run(command, cwd=ROOT, env=live_env(server), check=True, capture_output=True, timeout=60)
 
-    with running(server, workers=1, PRUNER_BREAKUP_TASK_CLOCK="1") as url:
+    with running(server, workers=1) as url:  # the task clock is on by default
         post(url, emails)
         wait_until(lambda: len(hubspot.tasks_for(lead)) == 1, seconds=30)
         wait_until(drained(redis_db), seconds=30)  # the task's breakup_task_created is applied too
@@ -310,6 +309,31 @@ def test_a_lead_found_silent_months_late_gets_its_break_up_before_it_is_lost(
         wait_until(lambda: is_lost_in_hubspot(hubspot, lead), seconds=30)
         assert_all_done(redis_db)
     assert len(hubspot.tasks_for(lead)) == 1
+
+
+def test_leads_lost_before_the_task_clock_was_switched_on_stay_lost_and_nothing_is_sent_again(
+    redis_db: redis.Redis, server: FakeHubSpotServer, hubspot: FakeHubSpot
+) -> None:
+    # Review finding 1, through real processes: a store written with the clock off (as every
+    # version before this one ran), then the first start of workers with it on.
+    lead = "7151"
+    seed(hubspot, [lead])
+    long_ago = datetime.now(tz=UTC) - timedelta(days=90)
+    with running(server, workers=1, PRUNER_BREAKUP_TASK_CLOCK="0") as url:
+        post(url, [event("email_sent", lead, at=long_ago + timedelta(minutes=i)) for i in range(15)])
+        wait_until(lambda: is_lost_in_hubspot(hubspot, lead), seconds=30)  # lost by a grace from the decision
+        assert_all_done(redis_db)
+        before = get_lead(url, lead).json()["decisions"]
+    sent = [c for c in hubspot.api_calls() if c["method"] != "GET"]
+    with running(server, workers=1) as url:
+        wait_until(drained(redis_db), seconds=30)  # the upgrade's task records are applied
+        post(url, [event("email_sent", lead, at=datetime.now(tz=UTC))])  # the lead is evaluated again
+        wait_until(drained(redis_db), seconds=30)
+        # Without the upgrade it came back to BREAKUP_DUE, waiting for a task never to be sent.
+        assert lead_state(url, lead) == "LOST"
+        assert get_lead(url, lead).json()["decisions"] == before
+        assert_all_done(redis_db)
+    assert [c for c in hubspot.api_calls() if c["method"] != "GET"] == sent and hubspot.tasks_for(lead) == []
 
 
 def test_an_owner_gets_at_most_the_daily_budget_of_tasks_the_rest_wait(
