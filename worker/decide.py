@@ -84,6 +84,13 @@ def carried_over(prev: StateRecord, ev: Evaluation, acted: set[str]) -> set[str]
     return {current.name, current.key}
 
 
+def _remember(before: Sequence[str], names: list[str]) -> list[str]:
+    """`names` last (the current decision's are never trimmed away), after those remembered
+    from before: older than the evaluation keeps, still known."""
+    latest = set(names)
+    return ([key for key in before if key not in latest] + names)[-MAX_ACTED_KEPT:]
+
+
 def actions_for(view: LeadView, ev: Evaluation, acted: set[str], dry_run: bool) -> list[Action]:
     """Return the CRM actions this evaluation newly implies for the lead."""
     if not ev.decisions:
@@ -284,14 +291,25 @@ class Decider:
                 state, due, actions, new, checkpoint=packed, path=path, row=row, log=rewritten, folded=folded
             )
 
-        if told == ev.decisions_total and prev.get("decisions_total") == told and "decisions" in prev:
+        going_live = not self.dry_run and bool(prev.get("dry_acted"))  # what a dry run decided is still to send
+        if (
+            told == ev.decisions_total
+            and prev.get("decisions_total") == told
+            and "decisions" in prev
+            and not going_live
+        ):
             # The live case: no decision since the checkpoint, whose decisions the state record
             # shows and has acted on already. Nothing new to act on or to re-render.
             state: StateRecord = {**prev}
             state["as_of_ms"], state["next_due"] = now, format_ms(ev.next_due_ms) if ev.next_due_ms else None
             state["state"], state["loss_reason"] = ev.state.value, ev.loss_reason
             return outcome(state, [], [])
-        acted = set(prev.get("acted", []))
+        # A dry run acts on nothing for real: what it "acted" on is remembered apart, so that
+        # it does not log the same would-be action twice, and a live worker sends it after all
+        # (the lead's current decision: a break-up a dry run decided gets its task at go-live).
+        live_acted = prev.get("acted", [])
+        dry_acted = prev.get("dry_acted", []) if self.dry_run else []
+        acted = set(live_acted) | set(dry_acted)
         acted |= carried_over(prev, ev, acted)
         actions = actions_for(view, ev, acted, self.dry_run)
         # Only the latest decisions can still call for an action (the current one, and the
@@ -299,11 +317,12 @@ class Decider:
         # neither grows with a long story nor loses what the current decision needs.
         recent = [(d, d.name) for d in ev.decisions]
         fresh = [(d, name) for d, name in recent if not _was_acted(d, name, acted)]
-        # The latest decisions' names come last (so the current one is never trimmed away),
-        # after those remembered from before: older than the evaluation keeps, still known.
         names = [key for d, name in recent for key in (name, d.key)]
-        latest = set(names)
-        acted_list = ([key for key in prev.get("acted", []) if key not in latest] + names)[-MAX_ACTED_KEPT:]
+        if self.dry_run:
+            acted_list = list(live_acted)  # a dry run never adds to what was really acted on
+            dry_list = _remember(dry_acted, [key for key in names if key not in set(live_acted)])
+        else:
+            acted_list, dry_list = _remember(live_acted, names), []
         new = [(d.rule, d.to.value, d.reason) for d, _ in fresh]
         if not ev.decisions and ev.next_due_ms is None and not listed:
             return outcome(None, actions, new)
@@ -316,6 +335,8 @@ class Decider:
             as_of_ms=now,
             next_due=format_ms(ev.next_due_ms) if ev.next_due_ms else None,
         )
+        if dry_list:
+            state["dry_acted"] = dry_list
         if listed:
             state["suppression_list"] = True
             if listed_channels:

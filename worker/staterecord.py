@@ -16,6 +16,8 @@ class StateRecord(TypedDict, total=False):
     decisions: list[dict[str, Any]]  # the latest (rules.states.Decision.to_json), oldest first
     decisions_total: int
     acted: list[str]  # both names of the decisions already acted on (worker/decide.py)
+    # ...and of those a dry run "acted" on, sending nothing: a live worker acts on them for real.
+    dry_acted: list[str]
     as_of_ms: int  # the `now` of the evaluation that wrote it
     next_due: str | None  # RFC 3339: when the sweep looks at the lead again
     suppression_list: bool  # the person was on the suppression list when first seen

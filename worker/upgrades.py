@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -17,7 +19,7 @@ from rules.counters import LoggedEvent
 from rules.events import MAX_EVENTS_PER_BATCH, Crm, Event, EventType, parse_rfc3339_ms
 from rules.states import ActionKind
 from worker import eventlog
-from worker.keys import STATE_PREFIX, lead_key, outbox_key, parse_due_member
+from worker.keys import DUE_KEY, STATE_PREFIX, due_member, lead_key, outbox_key, parse_due_member
 from worker.queues import enqueue_events
 from worker.taskcap import deferred_key
 
@@ -28,19 +30,22 @@ SOURCE = "upgrade"  # the `source` of the batches an upgrade queues
 # this upgrade handled leads still in BREAKUP_DUE only, and stranded those lost before).
 BREAKUP_CLOCK_MARKER = "pruner:upgraded:breakup_task_clock:2"
 BREAKUP_CLOCK_LOCK = "pruner:upgrading:breakup_task_clock"
-# Set by every dry-run worker at start: break-ups a dry run decided have no task, so the next
-# live start gives them their record (a dry run creates no task, so it records none).
+# Set by every dry-run worker at start: the next live start makes every lead a dry run
+# decided due at once, so that its current decision is acted on for real (worker/decide.py).
 DRY_RUN_MARK = "pruner:breakup_task_clock:dry_run"
 BREAKUP_TASK = ActionKind.BREAKUP_TASK.value
 
 
 def note_dry_run(connection: redis.Redis) -> None:
-    """Say that a dry run decides on this store: the next live start runs the upgrade again."""
+    """Say that a dry run decides on this store: the next live start goes through it again."""
     connection.set(DRY_RUN_MARK, "1")
 
 
-def record_existing_breakup_tasks(connection: redis.Redis, queue: Queue, scan_count: int = 500) -> int:
-    """Give every break-up decided without a task record one, dated at its decision.
+def record_existing_breakup_tasks(
+    connection: redis.Redis, queue: Queue, scan_count: int = 500, now: Callable[[], float] = time.time
+) -> int:
+    """Give every break-up decided without a task record one, dated at its decision; and make
+    the leads a dry run decided due at once.
 
     With guardrail 7's task clock a live break-up's grace runs from its task's creation, which
     the outbox drain records (`breakup_task_created`, naming the decision). Break-ups decided
@@ -51,11 +56,14 @@ def record_existing_breakup_tasks(connection: redis.Redis, queue: Queue, scan_co
 
     Runs at the first live start (and again after a dry run) of a worker with the task clock
     on, once (a marker), beside live workers (it only queues events, applied like any other
-    batch). Left alone: a break-up whose task is recorded in the lead's log, and one whose
-    task is on its way (in the outbox, or held back by the owner's daily budget), which the
-    drain records when the CRM confirms it. A state record keeps a lead's last 5 decisions:
-    an older break-up, an episode or more back, keeps no record and replays as waiting
-    until the lead's next reply, which it had already had. Returns how many break-ups it
+    batch). Left alone: a break-up whose task is recorded in the lead's log, one whose task
+    is on its way (in the outbox, or held back by the owner's daily budget), which the drain
+    records when the CRM confirms it, and one a dry run decided: a dry run sent nothing, so
+    its leads are made due now, and the sweep acts on their current decisions for real (a
+    break-up's task is created, and its grace runs from then). Break-ups a dry run of a
+    version before `dry_acted` decided cannot be told apart from live ones. A state record
+    keeps a lead's last 5 decisions: an older break-up, an episode or more back, keeps no
+    record and replays as waiting until the lead's next reply, which it had already had. Returns how many break-ups it
     queued a record for (0 when there was nothing to do).
     """
     due = not connection.exists(BREAKUP_CLOCK_MARKER) or connection.exists(DRY_RUN_MARK)
@@ -65,12 +73,20 @@ def record_existing_breakup_tasks(connection: redis.Redis, queue: Queue, scan_co
         on_the_way = _queued_tasks(connection)
         pending: list[list[Any]] = []
         queued = 0
+        going_live: dict[str, int] = {}
         for key in connection.scan_iter(f"{STATE_PREFIX}*", count=scan_count):
             raw = connection.get(key)
-            decisions = (json.loads(raw) if raw else {}).get("decisions") or []
+            record = json.loads(raw) if raw else {}
             crm, lead_id = parse_due_member(key[len(STATE_PREFIX) :])
+            dry = set(record.get("dry_acted") or [])
+            if dry:
+                going_live[due_member(crm, lead_id)] = int(now() * 1000)
             breakups = [
-                d for d in decisions if d.get("to") == "BREAKUP_DUE" and (crm, lead_id, d["at"]) not in on_the_way
+                d
+                for d in record.get("decisions") or []
+                if d.get("to") == "BREAKUP_DUE"
+                and (crm, lead_id, d["at"]) not in on_the_way
+                and f"{d.get('rule')}:BREAKUP_DUE:{parse_rfc3339_ms(d['at'], 'state.decisions.at')}" not in dry
             ]
             if not breakups:
                 continue
@@ -89,6 +105,9 @@ def record_existing_breakup_tasks(connection: redis.Redis, queue: Queue, scan_co
         if pending:
             enqueue_events(queue, pending, source=SOURCE)
             queued += len(pending)
+        if going_live:
+            connection.zadd(DUE_KEY, going_live)
+            log.info("going live: %d leads a dry run decided are due now", len(going_live))
         connection.set(BREAKUP_CLOCK_MARKER, "1")
         connection.delete(DRY_RUN_MARK)
         if queued:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import fakeredis
 from rq import Queue
 
 from rules.events import Crm, Event, EventType
 from tests.rules_helpers import at
 from worker.decide import Decider
+from worker.keys import DUE_KEY
 from worker.policyfile import default_policy
 from worker.queues import make_queue
 from worker.store import LeadStore
@@ -78,23 +82,38 @@ def test_leads_lost_before_the_task_clock_stay_lost_as_they_were() -> None:
     assert (other.state("hubspot", "GONE") or {})["state"] == "BREAKUP_DUE"
 
 
-def test_a_dry_run_since_the_upgrade_runs_it_again_and_tasks_on_their_way_are_left_to_the_drain() -> None:
-    """Review finding 3: break-ups a dry run decided (no task is ever created for them)."""
+def test_going_live_after_a_dry_run_acts_on_what_the_dry_run_decided() -> None:
+    """Review finding 3: a dry run's break-ups were never sent, and its leads waited or were lost without one."""
     conn = fakeredis.FakeRedis()
     store = LeadStore(conn)
     queue = make_queue(conn)
     assert record_existing_breakup_tasks(conn, queue) == 0 and conn.exists(BREAKUP_CLOCK_MARKER)
     assert record_existing_breakup_tasks(conn, queue) == 0  # done: a second start does nothing
 
-    note_dry_run(conn)  # a dry-run worker started, and decided break-ups
+    note_dry_run(conn)  # a dry-run worker started: its break-up runs its grace from the decision
     store.apply_batch(silent("DRY"), Decider(P, at(1), dry_run=True))
+    store.reevaluate(store.due(at(40), 10), Decider(P, at(40), dry_run=True))
+    dry = store.state("hubspot", "DRY") or {}
+    assert dry["state"] == "LOST" and dry["acted"] == [] and dry["dry_acted"]
     # ...while a live break-up waits in the outbox for its drain, which records its task.
     store.apply_batch(silent("LIVE"), Decider(P, at(1), grace_from_task=True))
-    assert conn.llen("pruner:outbox:hubspot") == 1
+    assert [a["lead_id"] for a in outbox(conn)] == ["LIVE"]
 
-    assert record_existing_breakup_tasks(conn, queue) == 1
-    assert [e.lead_id for e in queued(queue)] == ["DRY"]
+    # The first live start: no task record for either; the dry run's lead is due at once.
+    assert record_existing_breakup_tasks(conn, queue, now=lambda: at(41) / 1000) == 0
+    assert queue.jobs == [] and conn.zscore(DUE_KEY, "hubspot:DRY") == at(41)
+    store.reevaluate(store.due(at(41), 10), Decider(P, at(41), grace_from_task=True))
+    # Live, the break-up the dry run only pretended to send is sent, and the lead waits for it.
+    live = store.state("hubspot", "DRY") or {}
+    assert live["state"] == "BREAKUP_DUE" and "dry_acted" not in live
+    assert [(a["lead_id"], a["kind"], a["dry_run"]) for a in outbox(conn)] == [
+        ("LIVE", "breakup_task", False),
+        ("DRY", "breakup_task", False),
+    ]
+    store.reevaluate([("hubspot", "DRY")], Decider(P, at(42), grace_from_task=True))
+    assert len(outbox(conn)) == 2  # sent once
     assert record_existing_breakup_tasks(conn, queue) == 0  # the dry-run mark is cleared
-    store.apply_batch(queued(queue), Decider(P, at(30), grace_from_task=True))
-    assert (store.state("hubspot", "DRY") or {})["state"] == "LOST"
-    assert (store.state("hubspot", "LIVE") or {})["state"] == "BREAKUP_DUE"  # waits for its task
+
+
+def outbox(conn: fakeredis.FakeRedis) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in conn.lrange("pruner:outbox:hubspot", 0, -1)]
