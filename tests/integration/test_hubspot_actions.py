@@ -41,6 +41,7 @@ from worker.keys import outbox_key
 from worker.metrics import RECONCILED_KEY
 from worker.store import LeadStore
 from worker.taskcap import CAP_PREFIX, deferred_key, release_due
+from worker.upgrades import BREAKUP_CLOCK_MARKER, DRY_RUN_MARK
 
 pytestmark = pytest.mark.integration
 RATE = (10, 10.0)  # HUBSPOT_RATE_LIMIT for the workers, and the fake's own limit
@@ -61,12 +62,14 @@ def hubspot(server: FakeHubSpotServer) -> FakeHubSpot:
 def live_env(server: FakeHubSpotServer, **extra_env: str) -> dict[str, str]:
     """The environment of a live deployment (not a dry run) whose HubSpot is the fake."""
     return base_env(
-        PRUNER_DRY_RUN="0",
-        HUBSPOT_ACCESS_TOKEN=TOKEN,
-        HUBSPOT_API_BASE=server.url,
-        HUBSPOT_RATE_LIMIT=f"{RATE[0]}/{RATE[1]:g}",
-        PRUNER_SUPPRESSION_KEY="integration-suppression-key",
-        **extra_env,
+        **{
+            "PRUNER_DRY_RUN": "0",
+            "HUBSPOT_ACCESS_TOKEN": TOKEN,
+            "HUBSPOT_API_BASE": server.url,
+            "HUBSPOT_RATE_LIMIT": f"{RATE[0]}/{RATE[1]:g}",
+            "PRUNER_SUPPRESSION_KEY": "integration-suppression-key",
+            **extra_env,  # a test may override any of these (a dry run first)
+        }
     )
 
 
@@ -334,6 +337,32 @@ def test_leads_lost_before_the_task_clock_was_switched_on_stay_lost_and_nothing_
         assert get_lead(url, lead).json()["decisions"] == before
         assert_all_done(redis_db)
     assert [c for c in hubspot.api_calls() if c["method"] != "GET"] == sent and hubspot.tasks_for(lead) == []
+
+
+def test_going_live_after_a_dry_run_sends_the_break_up_the_dry_run_only_showed(
+    redis_db: redis.Redis, server: FakeHubSpotServer, hubspot: FakeHubSpot
+) -> None:
+    # Review finding 3: the README says to start with a dry run. Its break-ups were never sent
+    # once live, and its leads stayed lost without one.
+    lead = "7161"
+    seed(hubspot, [lead])
+    long_ago = datetime.now(tz=UTC) - timedelta(days=90)
+    with running(server, workers=1, PRUNER_DRY_RUN="1") as url:
+        post(url, [event("email_sent", lead, at=long_ago + timedelta(minutes=i)) for i in range(15)])
+        wait_until(drained(redis_db), seconds=30)
+        assert lead_state(url, lead) == "LOST"  # in a dry run the grace runs from the decision
+    assert [c for c in hubspot.api_calls() if c["method"] != "GET"] == []
+    with running(server, workers=1) as url:
+        # The first live worker makes the dry run's leads due; the next sweep acts for real.
+        wait_until(lambda: not redis_db.exists(DRY_RUN_MARK) and bool(redis_db.exists(BREAKUP_CLOCK_MARKER)))
+        command = [str(BIN / "pruner"), "sweep"]
+        subprocess.run(command, cwd=ROOT, env=live_env(server), check=True, capture_output=True, timeout=60)
+        wait_until(lambda: len(hubspot.tasks_for(lead)) == 1, seconds=30)
+        wait_until(drained(redis_db), seconds=30)
+        assert lead_state(url, lead) == "BREAKUP_DUE"  # its grace runs from the task just created
+        assert not is_lost_in_hubspot(hubspot, lead)
+        assert_all_done(redis_db)
+    assert len(hubspot.tasks_for(lead)) == 1
 
 
 def test_an_owner_gets_at_most_the_daily_budget_of_tasks_the_rest_wait(
