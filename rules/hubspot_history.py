@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rules.events import Event
+from rules.events import Event, EventType
 from rules.hubspot_map import (
     DealOp,
     HubSpotBatch,
@@ -39,6 +39,7 @@ from rules.hubspot_map import (
     engagement_versions,
     epoch_ms,
     property_change_id,
+    said_no_record,
 )
 
 OWNER_PROPERTY = "hubspot_owner_id"  # read for the dry run's count per owner; no event carries it
@@ -102,7 +103,11 @@ def contact_events(
             contact_change(
                 batch, contact_id, name, value, at, now_ms, m, property_change_id("contact", contact_id, name, at)
             )
-    out.add(batch.events)
+    # A "no" is a version of a record (`said_no_record`): the canonical JSON form names it.
+    said_no = EventType.NOT_INTERESTED
+    out.events += [
+        Versioned(e, said_no_record(contact_id, e.occurred_ms) if e.type is said_no else None) for e in batch.events
+    ]
     out.ignored.update(batch.ignored)
 
 

@@ -181,6 +181,19 @@ def property_change_id(object_type: str, object_id: str, name: str, at: int) -> 
     return f"hs:{object_type}:{object_id}:{name}:{at}"
 
 
+# A "no" (a not-interested lead status) is counted, so it gets a second guard besides its id: it is
+# a version of the record "the contact said no in this 10-minute slot" (rules/events.py
+# `versioned`), of which one counts. Should a portal's `occurredAt` and version `timestamp` ever
+# differ, the webhook and the read-back still count once unless a slot boundary falls between
+# them; two "no"s of one contact within one slot count once too.
+SAID_NO_SLOT_MS = 10 * 60_000
+
+
+def said_no_record(contact_id: str, at: int) -> str:
+    """The record a contact's "no" at `at` is a version of (see SAID_NO_SLOT_MS)."""
+    return f"hs:contact:{contact_id}:said_no:{at // SAID_NO_SLOT_MS}"
+
+
 def dedup_id(raw: dict[str, Any]) -> str:
     """HubSpot's eventId is not unique: key on (portal, subscription, event, time, object)."""
     return "hs:{}:{}:{}:{}:{}".format(
@@ -315,7 +328,7 @@ def contact_change(
         if value.upper() in m.open_lead_statuses:
             add(EventType.REOPENED)
         elif value.upper() in m.not_interested_lead_statuses:
-            add(EventType.NOT_INTERESTED)
+            add(EventType.NOT_INTERESTED, versioned(said_no_record(contact_id, at), at))
         else:
             out.ignored[f"property:{name}"] += 1
     elif name in m.reply_properties:

@@ -49,6 +49,15 @@ def test_a_not_interested_status_is_counted_only_where_the_portal_names_it() -> 
     assert [(e.id, e.type) for e in events] == [(f"hs:contact:42:hs_lead_status:{at}", EventType.NOT_INTERESTED)]
 
 
+def test_a_backfilled_no_names_its_record_so_its_canonical_form_reads_back() -> None:
+    said_no = HubSpotMapping(not_interested_lead_statuses=frozenset({"NOT_INTERESTED"}))
+    out = Mapped()
+    contact_events(record(hs_lead_status=[("NOT_INTERESTED", NOW_MS - DAY)]), 0, NOW_MS, NOW_MS, said_no, out)
+    [item] = out.events
+    assert item.event.type is EventType.NOT_INTERESTED and item.record is not None
+    assert parse_event(to_canonical(item.event, item.record), "e", 2**62) == item.event
+
+
 def test_without_history_the_current_value_is_dated_by_the_last_update() -> None:
     r = {"id": "1", "properties": {"industry": "A"}, "updatedAt": format_ms(4 * DAY)}
     assert versions(r, "industry", 0, 10 * DAY) == [("A", 4 * DAY)]

@@ -11,6 +11,7 @@ import redis
 from rules.counters import LeadCounters, fold
 from rules.events import format_ms as iso
 from rules.hubspot_map import HubSpotMapping, parse_hubspot_batch
+from rules.lifecycle import evaluate
 from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
 from worker.crm.hubspot_backfill import HubSpotHistory
 from worker.crm.hubspot_client import HubSpotClient
@@ -99,6 +100,27 @@ def test_a_change_the_webhook_delivered_is_a_duplicate_in_either_order(
     assert run(server, conn, NOW_MS) == {"contacts": 1}
     assert webhook(conn, "611", "hs_lead_status", "NOT_INTERESTED", at, event_id=77) == 0
     assert counters(conn, "611") == once
+
+
+def test_a_no_whose_webhook_time_differs_from_the_version_time_still_counts_once(
+    server: FakeHubSpotServer, conn: redis.Redis
+) -> None:
+    # Should occurredAt ever differ from the version's timestamp, the ids differ; the "no" is a
+    # version of one record (its 10-minute slot), of which one counts, in either order.
+    at = NOW_MS - 30 * MIN + 1_000
+    said_no(server.fake, "651", at)
+    assert webhook(conn, "651", "hs_lead_status", "NOT_INTERESTED", at + 250) == 1
+    assert run(server, conn, NOW_MS) == {"contacts": 1}  # a second event, stored...
+    events = LeadStore(conn).history("hubspot", "651") or []
+    assert len(events) == 2
+    assert counters(conn, "651").not_interested == 1  # ...that does not count twice
+    assert evaluate(events, P, NOW_MS).counters.not_interested == 1  # nor in the replay
+
+    conn.flushdb()
+    assert run(server, conn, NOW_MS) == {"contacts": 1}
+    assert webhook(conn, "651", "hs_lead_status", "NOT_INTERESTED", at - 250, event_id=3) == 1
+    events = LeadStore(conn).history("hubspot", "651") or []
+    assert evaluate(events, P, NOW_MS).counters.not_interested == 1
 
 
 def test_a_deal_won_whose_webhook_never_came_makes_its_contact_won(
