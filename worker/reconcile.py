@@ -22,7 +22,8 @@ change on (record, property, `occurredAt`), the backfill on (record, property, t
 `timestamp`): the same id, so a delivered change is a duplicate here (docs/crm.md).
 The search for them has no upper bound: a record changed again since the window closed still
 shows, so a change inside the window is read even when a later one moved the record's
-modification date past it.
+modification date past it. Every search here pages by time, not offset (`keyset`): a record
+changed during the run is read twice rather than pushing another out of sight.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def reconcile_hubspot(
     def pages(since: int, until: int) -> Iterator[tuple[str, int, Mapped]]:
         for object_type in ENGAGEMENTS:
             properties = ENGAGEMENT_PROPERTIES[object_type]
-            for page in history.search_window(object_type, properties, since, until, by=MODIFIED):
+            for page in history.search_window(object_type, properties, since, until, by=MODIFIED, keyset=True):
                 contacts = history.contacts_of(object_type, [str(r["id"]) for r in page.records])
                 mapped = Mapped()
                 for record in page.records:
@@ -105,7 +106,7 @@ def _record_pages(
     """Contacts or deals changed since `since`, read back with their history; the changes in [since, until) mapped."""
     by = RECORD_MODIFIED[object_type]
     names = contact_properties(mapping) if object_type == "contacts" else sorted(mapping.deal_properties)
-    for page in history.search_window(object_type, [], since, now_ms + OPEN_END_MS, by=by):
+    for page in history.search_window(object_type, [], since, now_ms + OPEN_END_MS, by=by, keyset=True):
         ids = [str(r["id"]) for r in page.records]
         records = history.read_history(object_type, ids, names, names)
         mapped = Mapped()

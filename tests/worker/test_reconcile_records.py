@@ -178,7 +178,29 @@ def test_more_changed_contacts_than_a_search_can_page_through_are_all_read(
     for n in range(450):
         said_no(fake, str(70_000 + n), NOW_MS - 50 * MIN + n * 1000)
     assert run(server, conn, NOW_MS) == {"contacts": 450}
-    # The first query ran into the cap (HubSpot's 400 past it); a new one started where it got to.
-    searches = [c["status"] for c in fake.api_calls("POST", "/crm/v3/objects/contacts/search")]
-    assert searches == [200, 200, 400, 200]
-    assert sum(counters(conn, str(70_000 + n)).not_interested for n in range(450)) == 450
+    # Each page is a new query from the last modification time seen: never near the cap.
+    searches = fake.api_calls("POST", "/crm/v3/objects/contacts/search")
+    assert [c["status"] for c in searches] == [200, 200, 200]
+    assert all("after" not in c["body"] for c in searches)
+    assert all(counters(conn, str(70_000 + n)).not_interested == 1 for n in range(450))
+
+
+class BusyPortal(FakeHubSpot):
+    """A rep edits a contact of the first page while reconciliation pages through the search."""
+
+    def _search(self, otype: str) -> tuple[dict[str, object], int]:
+        answer = super()._search(otype)
+        if otype == "contacts" and len(self.api_calls("POST", "/contacts/search")) == 0:
+            self.set_history("contacts", "70010", "industry", [("RETAIL", iso(NOW_MS - 2 * MIN))])
+        return answer
+
+
+def test_a_record_changed_while_the_search_pages_pushes_none_of_the_others_out_of_sight(conn: redis.Redis) -> None:
+    # 70010 moves to the end of the order after the first page: by offsets, 70200 would slide
+    # back across the page boundary and never be read.
+    with FakeHubSpotServer(BusyPortal()) as server:
+        for n in range(450):
+            said_no(server.fake, str(70_000 + n), NOW_MS - 50 * MIN + n * 1000)
+        run(server, conn, NOW_MS)
+    assert [n for n in range(450) if counters(conn, str(70_000 + n)).not_interested != 1] == []
+    assert counters(conn, "70010").segment == "RETAIL"  # read again, with its new change

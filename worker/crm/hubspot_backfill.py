@@ -169,9 +169,21 @@ class HubSpotHistory:
         return Page(records, _next(answer), int(total) if isinstance(total, int) else None)
 
     def search_window(
-        self, object_type: str, properties: Sequence[str], from_ms: int, until_ms: int, by: str = TIME_PROPERTY
+        self,
+        object_type: str,
+        properties: Sequence[str],
+        from_ms: int,
+        until_ms: int,
+        by: str = TIME_PROPERTY,
+        keyset: bool = False,
     ) -> Iterator[SearchPage]:
-        """Every `object_type` record with `from_ms` <= `by` < `until_ms`, a page at a time, oldest first."""
+        """Every `object_type` record with `from_ms` <= `by` < `until_ms`, a page at a time, oldest first.
+
+        `keyset`: each page is a new query from the last `by` seen rather than the next offset
+        (the same number of requests). For a modification date: a record changed while we page
+        moves later in the order, and with offsets the records behind it would each move up one
+        place, one of them across the page boundary unseen. Changed records are read again instead.
+        """
         wanted = list(dict.fromkeys([*properties, by]))
         start, after, read, last_ms = from_ms, None, 0, from_ms
         at_last: set[str] = set()  # ids seen with hs_timestamp == last_ms: a new query from last_ms reads them again
@@ -197,7 +209,11 @@ class HubSpotHistory:
             yield SearchPage(fresh, last_ms, left if page.after else 0)
             if not page.after or not page.records:
                 return
-            after = page.after
+            if keyset and last_ms > start:
+                start, after, read = last_ms, None, 0
+                skip = set(at_last)
+            else:
+                after = page.after
 
     def _split(self, object_type: str, start: int, last_ms: int, by: str) -> int:
         if last_ms <= start:
