@@ -204,3 +204,23 @@ def test_a_record_changed_while_the_search_pages_pushes_none_of_the_others_out_o
         run(server, conn, NOW_MS)
     assert [n for n in range(450) if counters(conn, str(70_000 + n)).not_interested != 1] == []
     assert counters(conn, "70010").segment == "RETAIL"  # read again, with its new change
+
+
+class DeletingPortal(FakeHubSpot):
+    """A contact is deleted between the search that found it and the read of its history."""
+
+    def _search(self, otype: str) -> tuple[dict[str, object], int]:
+        answer = super()._search(otype)
+        if otype == "contacts":
+            self.delete("contacts", "661")
+        return answer
+
+
+def test_a_contact_deleted_before_its_history_is_read_leaves_the_others_read(conn: redis.Redis) -> None:
+    with FakeHubSpotServer(DeletingPortal()) as server:
+        said_no(server.fake, "661", NOW_MS - 30 * MIN)
+        said_no(server.fake, "662", NOW_MS - 29 * MIN)
+        assert run(server, conn, NOW_MS) == {"contacts": 1}
+        [read] = server.fake.api_calls("POST", "/contacts/batch/read")
+    assert read["status"] == 207  # HubSpot's answer naming the id it no longer has
+    assert counters(conn, "662").not_interested == 1
