@@ -5,19 +5,18 @@ A backfill reads what webhooks would have said: each contact's and deal's proper
 goes through the webhook mapping (rules/hubspot_map.py: `contact_change`, `deal_change` and
 `deal_events`, `engagement_versions`), so it means what the webhook would have meant.
 
-Event ids:
-- engagements keep the webhook path's ids exactly (`hs:calls:<call>:<contact>`, versioned by
-  the record's last modification): a backfilled call and the webhook for that call count once,
-  in either order;
+Event ids are the webhook path's, so a record read here and the webhook for the same change
+count once, in either order:
+- engagements: `hs:calls:<call>:<contact>`, versioned by the record's last modification;
 - replies are keyed on the reply time, as the webhook keys them;
-- other property versions have no webhook event id to match (HubSpot's ids are the webhook
-  delivery's own), so they are keyed on (record, property, time of the version): a second
-  backfill finds the same ids and adds nothing. Those events set a state (do-not-contact, a
-  profile field, a deal's stage) rather than count, so a webhook delivering the same change
-  under its own id changes no counter.
+- contact and deal property versions: (record, property, time of the version),
+  `hs:contact:<id>:<property>:<ms>` (`property_change_id`), which the webhook path builds from
+  the notification's `occurredAt` (docs/crm.md: what that rests on). A second backfill, or a
+  reconciliation reading the same version, finds the same ids and adds nothing.
 
-Which versions: the value in force at `since` (what the lead was when the window opens), and
-every change in [since, until).
+Which versions: every change in [since, until), and for a backfill (`prior`) also the value in
+force at `since` (what the lead was when the window opens). Reconciliation leaves that one out:
+it was a change of an earlier window, not something a webhook missed lately.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rules.events import Event
+from rules.events import Event, EventType
 from rules.hubspot_map import (
     DealOp,
     HubSpotBatch,
@@ -39,6 +38,8 @@ from rules.hubspot_map import (
     deal_events,
     engagement_versions,
     epoch_ms,
+    property_change_id,
+    said_no_record,
 )
 
 OWNER_PROPERTY = "hubspot_owner_id"  # read for the dry run's count per owner; no event carries it
@@ -55,8 +56,10 @@ class Mapped:
         self.events.extend(Versioned(e, None) for e in events)
 
 
-def versions(record: Mapping[str, Any], name: str, since_ms: int, until_ms: int) -> list[tuple[str, int]]:
-    """(value, epoch ms) of property `name`: the one in force at `since_ms`, then each change before `until_ms`.
+def versions(
+    record: Mapping[str, Any], name: str, since_ms: int, until_ms: int, prior: bool = True
+) -> list[tuple[str, int]]:
+    """(value, epoch ms) of `name`: the value in force at `since_ms` (`prior`), then each change before `until_ms`.
 
     Read from `propertiesWithHistory`; a record read without history gives its current value,
     dated by its last update.
@@ -78,31 +81,49 @@ def versions(record: Mapping[str, Any], name: str, since_ms: int, until_ms: int)
     found.sort(key=lambda pair: pair[1])
     before = [pair for pair in found if pair[1] < since_ms]
     inside = [pair for pair in found if since_ms <= pair[1] < until_ms]
-    return before[-1:] + inside
+    return (before[-1:] if prior else []) + inside
 
 
 def contact_events(
-    record: Mapping[str, Any], since_ms: int, until_ms: int, now_ms: int, m: HubSpotMapping, out: Mapped
+    record: Mapping[str, Any],
+    since_ms: int,
+    until_ms: int,
+    now_ms: int,
+    m: HubSpotMapping,
+    out: Mapped,
+    prior: bool = True,
 ) -> None:
     """Map one contact (with `propertiesWithHistory`) through the webhook's property mapping."""
     contact_id = str(record["id"])
     batch = HubSpotBatch()
     for name in contact_properties(m):
-        for value, at in versions(record, name, since_ms, until_ms):
+        for value, at in versions(record, name, since_ms, until_ms, prior):
             if value.strip() == "":
                 continue  # a property cleared: the webhook mapping has nothing to say about it either
-            contact_change(batch, contact_id, name, value, at, now_ms, m, f"hs:contact:{contact_id}:{name}:{at}")
-    out.add(batch.events)
+            contact_change(
+                batch, contact_id, name, value, at, now_ms, m, property_change_id("contact", contact_id, name, at)
+            )
+    # A "no" is a version of a record (`said_no_record`): the canonical JSON form names it.
+    said_no = EventType.NOT_INTERESTED
+    out.events += [
+        Versioned(e, said_no_record(contact_id, e.occurred_ms) if e.type is said_no else None) for e in batch.events
+    ]
     out.ignored.update(batch.ignored)
 
 
 def deal_history_events(
-    record: Mapping[str, Any], contact_ids: list[str], since_ms: int, until_ms: int, m: HubSpotMapping, out: Mapped
+    record: Mapping[str, Any],
+    contact_ids: list[str],
+    since_ms: int,
+    until_ms: int,
+    m: HubSpotMapping,
+    out: Mapped,
+    prior: bool = True,
 ) -> None:
     """Map one deal's stage and amount history: one `deal_updated` per version and associated contact."""
     deal_id = str(record["id"])
     for name in sorted(m.deal_properties):
-        for value, at in versions(record, name, since_ms, until_ms):
+        for value, at in versions(record, name, since_ms, until_ms, prior):
             data = deal_change(deal_id, name, value, m)
             if isinstance(data, str):
                 out.ignored[data] += 1
@@ -111,7 +132,7 @@ def deal_history_events(
                 "op": "deal",
                 "crm": "hubspot",
                 "deal_id": deal_id,
-                "id": f"hs:deal:{deal_id}:{name}:{at}",
+                "id": property_change_id("deal", deal_id, name, at),
                 "at": at,
                 "data": data,
             }

@@ -50,6 +50,10 @@ class HubSpotMapping:
     # A rep setting hs_lead_status to one of these reopens the lead (NEW and
     # ATTEMPTED_TO_CONTACT are left out: automation sets them, not a rep's decision).
     open_lead_statuses: frozenset[str] = frozenset({"OPEN", "IN_PROGRESS", "OPEN_DEAL", "CONNECTED"})
+    # hs_lead_status values meaning the lead said no (`not_interested`, counted per episode by
+    # `repeated_no`). HubSpot ships no such option: portals add their own, so none by default.
+    # UNQUALIFIED stays out of it: Pruner sets it itself when it marks a lead lost.
+    not_interested_lead_statuses: frozenset[str] = frozenset()
     lead_status_property: str = "hs_lead_status"
     optout_property: str = "hs_email_optout"
     # Properties holding the time of the lead's last reply.
@@ -167,6 +171,29 @@ def _field(raw: dict[str, Any], name: str, where: str, kinds: tuple[type, ...]) 
     return value
 
 
+def property_change_id(object_type: str, object_id: str, name: str, at: int) -> str:
+    """The id of a contact's or deal's property set to a value at `at` (epoch ms).
+
+    The webhook path builds it from `occurredAt`, the backfill and reconciliation
+    (rules/hubspot_history.py) from the version's `timestamp` in `propertiesWithHistory`: one
+    change seen both ways is one event (docs/crm.md says what this rests on).
+    """
+    return f"hs:{object_type}:{object_id}:{name}:{at}"
+
+
+# A "no" (a not-interested lead status) is counted, so it gets a second guard besides its id: it is
+# a version of the record "the contact said no in this 10-minute slot" (rules/events.py
+# `versioned`), of which one counts. Should a portal's `occurredAt` and version `timestamp` ever
+# differ, the webhook and the read-back still count once unless a slot boundary falls between
+# them; two "no"s of one contact within one slot count once too.
+SAID_NO_SLOT_MS = 10 * 60_000
+
+
+def said_no_record(contact_id: str, at: int) -> str:
+    """The record a contact's "no" at `at` is a version of (see SAID_NO_SLOT_MS)."""
+    return f"hs:contact:{contact_id}:said_no:{at // SAID_NO_SLOT_MS}"
+
+
 def dedup_id(raw: dict[str, Any]) -> str:
     """HubSpot's eventId is not unique: key on (portal, subscription, event, time, object)."""
     return "hs:{}:{}:{}:{}:{}".format(
@@ -230,7 +257,9 @@ def _map_one(
         if not isinstance(name, str) or value is None or value == REDACTED:
             out.ignored["contact.propertyChange:unusable"] += 1
             return
-        contact_change(out, object_id, name, str(value), at, now_ms, m, dedup_id(raw))
+        contact_change(
+            out, object_id, name, str(value), at, now_ms, m, property_change_id("contact", object_id, name, at)
+        )
     elif kind == "contact.privacyDeletion":
         out.events.append(_event(raw, EventType.ERASURE_REQUESTED, object_id, at))
     elif kind == "contact.deletion":
@@ -260,9 +289,8 @@ def _map_one(
         if isinstance(data, str):
             out.ignored[data] += 1
             return
-        out.ops.append(
-            {"op": "deal", "crm": "hubspot", "deal_id": object_id, "id": dedup_id(raw), "at": at, "data": data}
-        )
+        event_id = property_change_id("deal", object_id, str(name), at)
+        out.ops.append({"op": "deal", "crm": "hubspot", "deal_id": object_id, "id": event_id, "at": at, "data": data})
     elif kind == "object.creation" and str(raw.get("objectTypeId")) in ENGAGEMENT_TYPES:
         object_type = ENGAGEMENT_TYPES[str(raw.get("objectTypeId"))]
         out.ops.append(
@@ -299,6 +327,8 @@ def contact_change(
     elif name == m.lead_status_property:
         if value.upper() in m.open_lead_statuses:
             add(EventType.REOPENED)
+        elif value.upper() in m.not_interested_lead_statuses:
+            add(EventType.NOT_INTERESTED, versioned(said_no_record(contact_id, at), at))
         else:
             out.ignored[f"property:{name}"] += 1
     elif name in m.reply_properties:

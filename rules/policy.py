@@ -368,10 +368,14 @@ def _hubspot(value: object, base: HubSpotMapping) -> HubSpotMapping:
                         f"{where}.{prop}", f"must be one of {sorted(_PROFILE_FIELDS)}, got {target!r:.40}"
                     )
             changes[key] = dict(props)
-        elif key == "open_lead_statuses":
+        elif key in ("open_lead_statuses", "not_interested_lead_statuses"):
             changes[key] = frozenset(v.upper() for v in _words(item, where))
         elif key == "customer_lifecycle_stages":
             changes[key] = frozenset(v.strip().lower() for v in _words(item, where))
         else:
             changes[key] = _words(item, where)
-    return replace(base, **changes)
+    mapping = replace(base, **changes)
+    both = mapping.open_lead_statuses & mapping.not_interested_lead_statuses
+    if both:
+        raise PolicyError("hubspot.not_interested_lead_statuses", f"cannot also be open statuses: {sorted(both)}")
+    return mapping

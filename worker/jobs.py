@@ -308,7 +308,7 @@ RECONCILE_LOCK = "pruner:reconcile:lock"
 def reconcile() -> dict[str, int]:
     """RQ job (the clock, every PRUNER_RECONCILE_MINUTES): read back what the CRMs changed lately.
 
-    worker/reconcile.py: HubSpot's engagements, Salesforce's records, for each CRM configured.
+    worker/reconcile.py: HubSpot's contacts, deals and engagements, Salesforce's records, for each CRM configured.
     One run at a time; it takes the backfill's share of the rate limit, so callbacks keep theirs.
     """
     config = _config()

@@ -1,4 +1,4 @@
-"""Continuous reconciliation: the engagements HubSpot changed lately, read back in case a webhook never came.
+"""Continuous reconciliation: what the CRMs changed lately, read back in case a webhook never came.
 
 Webhooks get lost: an outage longer than HubSpot's retries, a subscription someone turned off,
 a portal setting. Every `PRUNER_RECONCILE_MINUTES` (default 15; 0: off) the clock queues
@@ -14,8 +14,16 @@ Individual whose `SystemModstamp` falls since the last run, read by SOQL as the 
 them and mapped by the Outbound Message mapping, whose event ids are the record and its
 `LastModifiedDate`: an outbound message delivered for that version is the same event.
 
-HubSpot contacts and deals are not reconciled yet: their changes need the property history of
-each changed record, and their webhook event ids cannot be rebuilt from it (issue #14).
+HubSpot contacts and deals too: those whose `lastmodifieddate` (contacts) or
+`hs_lastmodifieddate` (deals) falls since the last run are read back by id with the history of
+the properties the mapping reads, a deal with its contacts, and each property change since the
+last run goes through the backfill's mapping (rules/hubspot_history.py). A webhook keys such a
+change on (record, property, `occurredAt`), the backfill on (record, property, the version's
+`timestamp`): the same id, so a delivered change is a duplicate here (docs/crm.md).
+The search for them has no upper bound: a record changed again since the window closed still
+shows, so a change inside the window is read even when a later one moved the record's
+modification date past it. Every search here pages by time, not offset (`keyset`): a record
+changed during the run is read twice rather than pushing another out of sight.
 """
 
 from __future__ import annotations
@@ -28,8 +36,8 @@ from dataclasses import dataclass, field
 import redis
 
 from rules.events import MAX_EVENTS_PER_BATCH, Event, format_ms
-from rules.hubspot_history import Mapped, engagement_record_events
-from rules.hubspot_map import ENGAGEMENT_PROPERTIES, HubSpotMapping
+from rules.hubspot_history import Mapped, contact_events, deal_history_events, engagement_record_events
+from rules.hubspot_map import ENGAGEMENT_PROPERTIES, HubSpotMapping, contact_properties
 from rules.salesforce_fields import SalesforceMapping
 from rules.salesforce_history import record_events
 from rules.salesforce_map import SOBJECTS
@@ -48,6 +56,10 @@ CURSOR_KEY = "pruner:reconcile:hubspot"  # epoch ms up to which changes were rea
 SALESFORCE_CURSOR_KEY = "pruner:reconcile:salesforce"
 MODIFIED = "hs_lastmodifieddate"
 ENGAGEMENTS = ("calls", "emails", "meetings")
+# HubSpot's modification date property per record type: contacts have their own name for it.
+RECORD_MODIFIED = {"contacts": "lastmodifieddate", "deals": MODIFIED}
+# How far past now the contact and deal search reaches (no upper bound, in effect; see the docstring).
+OPEN_END_MS = 24 * 60 * 60_000
 OVERLAP_MS = 5 * 60_000  # read again: a change indexed late, or a run that died before its cursor moved
 INDEX_SLACK_MS = 60_000  # HubSpot's search sees a change a little after it is made
 FIRST_LOOK_BACK_MS = 60 * 60_000  # the first run, without a cursor: the last hour
@@ -76,14 +88,36 @@ def reconcile_hubspot(
     def pages(since: int, until: int) -> Iterator[tuple[str, int, Mapped]]:
         for object_type in ENGAGEMENTS:
             properties = ENGAGEMENT_PROPERTIES[object_type]
-            for page in history.search_window(object_type, properties, since, until, by=MODIFIED):
+            for page in history.search_window(object_type, properties, since, until, by=MODIFIED, keyset=True):
                 contacts = history.contacts_of(object_type, [str(r["id"]) for r in page.records])
                 mapped = Mapped()
                 for record in page.records:
                     engagement_record_events(object_type, record, contacts[str(record["id"])], mapping, mapped)
                 yield object_type, len(page.records), mapped
+        for object_type in RECORD_MODIFIED:
+            yield from _record_pages(history, object_type, since, until, mapping, now_ms)
 
     return _reconcile(connection, CURSOR_KEY, now_ms, store, decide, pages)
+
+
+def _record_pages(
+    history: HubSpotHistory, object_type: str, since: int, until: int, mapping: HubSpotMapping, now_ms: int
+) -> Iterator[tuple[str, int, Mapped]]:
+    """Contacts or deals changed since `since`, read back with their history; the changes in [since, until) mapped."""
+    by = RECORD_MODIFIED[object_type]
+    names = contact_properties(mapping) if object_type == "contacts" else sorted(mapping.deal_properties)
+    for page in history.search_window(object_type, [], since, now_ms + OPEN_END_MS, by=by, keyset=True):
+        ids = [str(r["id"]) for r in page.records]
+        records = history.read_history(object_type, ids, names, names)
+        mapped = Mapped()
+        if object_type == "contacts":
+            for record in records:
+                contact_events(record, since, until, now_ms, mapping, mapped, prior=False)
+        else:
+            contacts = history.contacts_of("deals", [str(r["id"]) for r in records])
+            for record in records:
+                deal_history_events(record, contacts[str(record["id"])], since, until, mapping, mapped, prior=False)
+        yield object_type, len(records), mapped
 
 
 def reconcile_salesforce(

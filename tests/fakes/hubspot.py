@@ -32,7 +32,12 @@ past it is a 400, though `paging.next` pointed there. Search has its own per-sec
 
 `GET /crm/v3/objects/{type}` lists every record in id order, paged with an opaque `after`
 (≤ 100 per page, ≤ 50 with `propertiesWithHistory`, whose versions come newest first, as
-HubSpot sends them).
+HubSpot sends them). `POST /crm/v3/objects/{type}/batch/read` takes `{"inputs": [{"id"}],
+"properties": [...], "propertiesWithHistory"?: [...]}` (≤ 100 inputs) and answers
+`{"status": "COMPLETE", "results": [...]}`, 207 with `errors` naming ids it does not have.
+
+A contact's `lastmodifieddate`, and a deal's `hs_lastmodifieddate` (HubSpot's names), is the
+time of its latest property version unless set explicitly; `updatedAt` says the same.
 """
 
 from __future__ import annotations
@@ -82,6 +87,8 @@ ASSOCIATION_TYPES = {
     ("meetings", "contacts"): 200,
     ("contacts", "meetings"): 199,
 }
+# The property holding a record's last modification time (contacts have their own name for it).
+MODIFIED = {"contacts": "lastmodifieddate", "deals": "hs_lastmodifieddate"}
 SEARCH_CAP = 10_000  # results one search query can page through (HubSpot's documented limit)
 LIST_LIMIT, HISTORY_LIMIT = 100, 50  # records per list page, without and with propertiesWithHistory
 TASK_STATUSES = {"NOT_STARTED", "IN_PROGRESS", "WAITING", "COMPLETED", "DEFERRED"}
@@ -540,10 +547,30 @@ class FakeHubSpot:
             return f'Property values were not valid: {owner} was not one of the allowed options for "hubspot_owner_id"'
         return None
 
-    def _view(self, otype: str, oid: str, wanted: list[str] | None) -> dict[str, Any]:
+    def _props(self, otype: str, oid: str) -> dict[str, str]:
+        """A record's properties, with its modification time as HubSpot keeps it: its latest version's. Lock held."""
         props = self.objects[otype][oid]
+        name = MODIFIED.get(otype)
+        stamps = [at for versions in self.history.get((otype, oid), {}).values() for _, at in versions]
+        if name is None or name in props or not stamps:
+            return props
+        return {**props, name: max(stamps, key=_sort_key)}
+
+    def _view(self, otype: str, oid: str, wanted: list[str] | None, history: list[str] | None = None) -> dict[str, Any]:
+        props = self._props(otype, oid)
         shown = props if wanted is None else {k: props.get(k) for k in [*wanted, "hs_object_id"]}
-        return {"id": oid, "properties": shown, "createdAt": _now_iso(), "updatedAt": _now_iso(), "archived": False}
+        updated = props.get(MODIFIED.get(otype, "hs_lastmodifieddate")) or _now_iso()
+        view = {"id": oid, "properties": shown, "createdAt": _now_iso(), "updatedAt": updated, "archived": False}
+        if history:
+            kept = self.history.get((otype, oid), {})
+            view["propertiesWithHistory"] = {
+                name: [
+                    {"value": value, "timestamp": at, "sourceType": "CRM_UI", "sourceId": "userId:1"}
+                    for value, at in reversed(kept.get(name, []))
+                ]
+                for name in history
+            }
+        return view
 
     def _get(self, otype: str, oid: str) -> Reply:
         otype = ALIASES.get(otype, otype)
@@ -642,9 +669,10 @@ class FakeHubSpot:
         if isinstance(inputs, tuple):
             return inputs
         wanted = [str(p) for p in (body or {}).get("properties", [])]
+        history = [str(p) for p in (body or {}).get("propertiesWithHistory") or []]
         with self.lock:
             ids = [str(i.get("id")) for i in inputs]
-            results = [self._view(otype, i, wanted) for i in dict.fromkeys(ids) if i in self.objects[otype]]
+            results = [self._view(otype, i, wanted, history) for i in dict.fromkeys(ids) if i in self.objects[otype]]
             missing = [i for i in ids if i not in self.objects[otype]]
         out: dict[str, Any] = {"status": "COMPLETE", "results": results}
         if missing:
@@ -778,9 +806,10 @@ class FakeHubSpot:
         with self.lock:
             now = time.monotonic()
             hits = []
-            for oid, props in self.objects[otype].items():
+            for oid in self.objects[otype]:
                 if now - self.created.get((otype, oid), 0.0) < self.options.search_lag_s:
                     continue  # not indexed yet
+                props = self._props(otype, oid)
                 verdicts = [[self._filter_matches(props, f) for f in grp.get("filters") or []] for grp in groups]
                 problems = [v for grp in verdicts for v in grp if isinstance(v, str)]
                 if problems:
@@ -789,8 +818,7 @@ class FakeHubSpot:
                     hits.append(oid)
             for order in sorts:
                 prop, descending = str(order.get("propertyName")), order.get("direction") == "DESCENDING"
-                values = self.objects[otype]
-                hits.sort(key=lambda oid: _sort_key(values[oid].get(prop)), reverse=descending)
+                hits.sort(key=lambda oid: _sort_key(self._props(otype, oid).get(prop)), reverse=descending)
             results = [self._view(otype, oid, wanted) for oid in hits[start : start + limit]]
         out: dict[str, Any] = {"total": len(hits), "results": results}
         if start + limit < len(hits):
@@ -817,19 +845,7 @@ class FakeHubSpot:
                 # An opaque token to the client; here, the id of the last record sent.
                 start = next((i for i, oid in enumerate(ids) if _sort_key(oid) > _sort_key(after)), len(ids))
             page = ids[start : start + limit]
-            results = []
-            for oid in page:
-                view = self._view(otype, oid, wanted)
-                if with_history:
-                    kept = self.history.get((otype, oid), {})
-                    view["propertiesWithHistory"] = {
-                        name: [
-                            {"value": value, "timestamp": at, "sourceType": "CRM_UI", "sourceId": "userId:1"}
-                            for value, at in reversed(kept.get(name, []))
-                        ]
-                        for name in with_history
-                    }
-                results.append(view)
+            results = [self._view(otype, oid, wanted, with_history) for oid in page]
         body: dict[str, Any] = {"results": results}
         if start + limit < len(ids):
             body["paging"] = {"next": {"after": page[-1], "link": f"?after={page[-1]}"}}

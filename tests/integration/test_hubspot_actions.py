@@ -390,16 +390,27 @@ def test_an_owner_gets_at_most_the_daily_budget_of_tasks_the_rest_wait(
 def test_reconciliation_recovers_engagements_whose_webhooks_never_came(
     redis_db: redis.Redis, server: FakeHubSpotServer, hubspot: FakeHubSpot
 ) -> None:
-    # Three calls logged in HubSpot in the last half hour; their webhooks were lost (never sent).
+    # Three calls logged in HubSpot in the last half hour, the contact's opt-out and its deal won:
+    # their webhooks were lost (never sent).
     lead = "7301"
     seed(hubspot, [lead])
+
+    def ago(minutes: int) -> str:
+        return (datetime.now(tz=UTC) - timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
     for n in range(3):
-        at = datetime.now(tz=UTC) - timedelta(minutes=30 - n)
-        stamp = at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
-        hubspot.add_engagement("calls", f"lost-{n}", [lead], hs_timestamp=stamp, hs_call_direction="OUTBOUND",
-                               hs_call_disposition=NO_ANSWER, hs_lastmodifieddate=stamp)  # fmt: skip
+        hubspot.add_engagement("calls", f"lost-{n}", [lead], hs_timestamp=ago(30 - n), hs_call_direction="OUTBOUND",
+                               hs_call_disposition=NO_ANSWER, hs_lastmodifieddate=ago(30 - n))  # fmt: skip
+    # What the contact and the deal were two days ago (a backfill's business), then the changes.
+    hubspot.set_history("contacts", lead, "email", [(f"person{lead}@example.com", ago(2880))])
+    hubspot.set_history("contacts", lead, "hs_lead_status", [("OPEN", ago(2880))])
+    hubspot.set_history("contacts", lead, "hs_email_optout", [("false", ago(2880)), ("true", ago(20))])
+    hubspot.set_history(
+        "deals", f"deal-{lead}", "dealstage", [("appointmentscheduled", ago(2880)), ("closedwon", ago(25))]
+    )
     with running(server, workers=1, PRUNER_RECONCILE_MINUTES="1"):
         # The clock's first reconciliation runs as it starts: within one interval in any case.
-        wait_until(lambda: redis_db.hget(RECONCILED_KEY, "calls") == b"3", seconds=70)
+        recovered = {b"calls": b"3", b"contacts": b"1", b"deals": b"1"}
+        wait_until(lambda: redis_db.hgetall(RECONCILED_KEY) == recovered, seconds=70)
         history = LeadStore(redis_db).history("hubspot", lead) or []
-        assert [e.type.value for e in history] == ["call_attempted"] * 3
+        assert sorted(e.type.value for e in history) == ["call_attempted"] * 3 + ["deal_updated", "do_not_contact"]

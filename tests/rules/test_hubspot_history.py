@@ -33,6 +33,31 @@ def test_versions_keep_the_value_in_force_at_since_and_the_changes_before_until(
     assert versions(r, "missing", 0, 11 * DAY) == []
 
 
+def test_without_prior_only_the_changes_inside_the_window_are_kept() -> None:
+    r = record(industry=[("A", 1 * DAY), ("B", 2 * DAY), ("C", 5 * DAY), ("D", 9 * DAY)])
+    assert versions(r, "industry", 3 * DAY, 9 * DAY, prior=False) == [("C", 5 * DAY)]
+    assert versions(r, "industry", 10 * DAY, 11 * DAY, prior=False) == []
+
+
+def test_a_not_interested_status_is_counted_only_where_the_portal_names_it() -> None:
+    at = NOW_MS - DAY
+    hook = [{"subscriptionType": "contact.propertyChange", "objectId": 42, "occurredAt": at, "eventId": 1,
+             "propertyName": "hs_lead_status", "propertyValue": "not_interested"}]  # fmt: skip
+    assert parse_hubspot_batch(hook, NOW_MS, M).events == []  # HubSpot ships no such status
+    said_no = HubSpotMapping(not_interested_lead_statuses=frozenset({"NOT_INTERESTED"}))
+    events = parse_hubspot_batch(hook, NOW_MS, said_no).events
+    assert [(e.id, e.type) for e in events] == [(f"hs:contact:42:hs_lead_status:{at}", EventType.NOT_INTERESTED)]
+
+
+def test_a_backfilled_no_names_its_record_so_its_canonical_form_reads_back() -> None:
+    said_no = HubSpotMapping(not_interested_lead_statuses=frozenset({"NOT_INTERESTED"}))
+    out = Mapped()
+    contact_events(record(hs_lead_status=[("NOT_INTERESTED", NOW_MS - DAY)]), 0, NOW_MS, NOW_MS, said_no, out)
+    [item] = out.events
+    assert item.event.type is EventType.NOT_INTERESTED and item.record is not None
+    assert parse_event(to_canonical(item.event, item.record), "e", 2**62) == item.event
+
+
 def test_without_history_the_current_value_is_dated_by_the_last_update() -> None:
     r = {"id": "1", "properties": {"industry": "A"}, "updatedAt": format_ms(4 * DAY)}
     assert versions(r, "industry", 0, 10 * DAY) == [("A", 4 * DAY)]
@@ -55,8 +80,9 @@ def test_a_contact_version_means_what_the_webhook_for_that_change_means() -> Non
     backfilled = [v.event for v in out.events]
     shape = lambda events: sorted((e.type, e.lead_id, e.occurred_ms, tuple(sorted(e.data.items()))) for e in events)  # noqa: E731
     assert shape(backfilled) == shape(webhook)
-    # The reply has one id both ways; the others are keyed on the version, stable across backfills.
-    assert {e.id for e in backfilled} & {e.id for e in webhook} == {f"hs:reply:42:{at - 5}"}
+    # One id both ways: the reply on its time, the others on (contact, property, occurredAt = version time).
+    assert sorted(e.id for e in backfilled) == sorted(e.id for e in webhook)
+    assert f"hs:contact:42:hs_lead_status:{at}" in {e.id for e in webhook}
 
 
 def test_an_undated_engagement_is_counted_as_ignored() -> None:

@@ -288,6 +288,7 @@ def test_portal_specific_names_come_from_the_policy() -> None:
         ("hubspot:\n  optout_propety: x\n", "hubspot.optout_propety is not a known key"),
         ("hubspot:\n  profile_properties: {industry: sector}\n", "hubspot.profile_properties.industry must be one of"),
         ("hubspot:\n  open_lead_statuses: OPEN\n", "hubspot.open_lead_statuses must be a list"),
+        ("hubspot:\n  not_interested_lead_statuses: [open]\n", "hubspot.not_interested_lead_statuses cannot also"),
     ],
 )
 def test_bad_hubspot_policy_keys_are_named(text: str, message: str) -> None:

@@ -14,6 +14,9 @@ or HubSpot's interval header, 5xx, timeouts). Nothing here retries by itself.
   never skipped). Search requests have their own budget (HubSpot allows ~4 per second), kept
   in Redis like the portal's.
 - Contact associations: `POST /crm/v4/associations/{type}/contacts/batch/read`, 100 ids a request.
+- Known records with their history (reconciliation): `POST /crm/v3/objects/{type}/batch/read`
+  with `propertiesWithHistory`, 50 ids a request (HubSpot takes 100 inputs; 50 is what it lets
+  a list page carry with history, and what it allows a batch with history is not documented).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from worker.crm.ratelimit import RateLimiter
 SEARCH_CAP = 10_000  # results one search query can page through
 SEARCH_PAGE = 200  # search results per request (HubSpot's maximum)
 LIST_PAGE = 100  # list results per request (HubSpot's maximum)
-HISTORY_PAGE = 50  # list results per request with propertiesWithHistory
+HISTORY_PAGE = 50  # list results (and batch read ids) per request with propertiesWithHistory
 TIME_PROPERTY = "hs_timestamp"  # when an engagement happened
 SEARCH_RATE = (4, 1.0)  # search requests per second, for the whole portal
 SEARCH_KEY = "pruner:ratelimit:hubspot:search"
@@ -101,6 +104,25 @@ class HubSpotHistory:
         body = body_of(response)
         return Page([r for r in body.get("results", []) if isinstance(r, dict) and r.get("id")], _next(body))
 
+    def read_history(
+        self, object_type: str, ids: Sequence[str], properties: Sequence[str], history: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """The records `ids` with `properties` and the history of `history`; ids HubSpot no longer has are left out."""
+        found: list[dict[str, Any]] = []
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), HISTORY_PAGE):
+            body = {
+                "inputs": [{"id": i} for i in unique[start : start + HISTORY_PAGE]],
+                "properties": list(properties),
+                "propertiesWithHistory": list(history),
+            }
+            response = self.client.request("POST", f"/crm/v3/objects/{object_type}/batch/read", json=body)
+            # 207: some ids are gone (deleted or merged since they changed); the others are read.
+            if not response.ok:
+                raise _refused(response, f"read {object_type}")
+            found += [r for r in body_of(response).get("results", []) if isinstance(r, dict) and r.get("id")]
+        return found
+
     def search_page(
         self,
         object_type: str,
@@ -147,9 +169,21 @@ class HubSpotHistory:
         return Page(records, _next(answer), int(total) if isinstance(total, int) else None)
 
     def search_window(
-        self, object_type: str, properties: Sequence[str], from_ms: int, until_ms: int, by: str = TIME_PROPERTY
+        self,
+        object_type: str,
+        properties: Sequence[str],
+        from_ms: int,
+        until_ms: int,
+        by: str = TIME_PROPERTY,
+        keyset: bool = False,
     ) -> Iterator[SearchPage]:
-        """Every `object_type` record with `from_ms` <= `by` < `until_ms`, a page at a time, oldest first."""
+        """Every `object_type` record with `from_ms` <= `by` < `until_ms`, a page at a time, oldest first.
+
+        `keyset`: each page is a new query from the last `by` seen rather than the next offset
+        (the same number of requests). For a modification date: a record changed while we page
+        moves later in the order, and with offsets the records behind it would each move up one
+        place, one of them across the page boundary unseen. Changed records are read again instead.
+        """
         wanted = list(dict.fromkeys([*properties, by]))
         start, after, read, last_ms = from_ms, None, 0, from_ms
         at_last: set[str] = set()  # ids seen with hs_timestamp == last_ms: a new query from last_ms reads them again
@@ -175,7 +209,11 @@ class HubSpotHistory:
             yield SearchPage(fresh, last_ms, left if page.after else 0)
             if not page.after or not page.records:
                 return
-            after = page.after
+            if keyset and last_ms > start:
+                start, after, read = last_ms, None, 0
+                skip = set(at_last)
+            else:
+                after = page.after
 
     def _split(self, object_type: str, start: int, last_ms: int, by: str) -> int:
         if last_ms <= start:
