@@ -70,9 +70,9 @@ def run_worker(config: Config, burst: bool = False, connection: redis.Redis | No
         finally:
             connection.delete(REINDEX_LOCK)
     if config.dry_run:
-        upgrades.note_dry_run(connection)  # its break-ups get no task: the next live start records them
-    elif jobs.task_clock(config):
-        upgrades.record_existing_breakup_tasks(connection, queue)
+        upgrades.note_dry_run(connection)  # it sends nothing: the next live start acts on what it decided
+    else:
+        upgrades.record_existing_breakup_tasks(connection, queue, task_clock=jobs.task_clock(config))
     wait_s = 1.0
     lost: Exception | None = None
     while True:

@@ -42,31 +42,38 @@ def note_dry_run(connection: redis.Redis) -> None:
 
 
 def record_existing_breakup_tasks(
-    connection: redis.Redis, queue: Queue, scan_count: int = 500, now: Callable[[], float] = time.time
+    connection: redis.Redis,
+    queue: Queue,
+    scan_count: int = 500,
+    now: Callable[[], float] = time.time,
+    task_clock: bool = True,
 ) -> int:
-    """Give every break-up decided without a task record one, dated at its decision; and make
-    the leads a dry run decided due at once.
+    """Give every break-up decided live without a task record one, dated at its decision; and
+    make the leads a dry run decided due at once.
 
     With guardrail 7's task clock a live break-up's grace runs from its task's creation, which
     the outbox drain records (`breakup_task_created`, naming the decision). Break-ups decided
-    by an earlier version, or by a dry run, have no such record, and a replay would leave
-    them waiting in BREAKUP_DUE for good: a lead lost long ago would come back to BREAKUP_DUE
-    with no task to wait for (its break-up was acted on, so none is sent again). Each gets a
-    record at its decision's own time, so its grace runs as it did, from the decision.
+    before the clock was on have no such record, and a replay would leave them waiting in
+    BREAKUP_DUE for good: a lead lost long ago would come back to BREAKUP_DUE with no task to
+    wait for (its break-up was acted on, so none is sent again). Each gets a record at its
+    decision's own time, so its grace runs as it did, from the decision.
 
-    Runs at the first live start (and again after a dry run) of a worker with the task clock
-    on, once (a marker), beside live workers (it only queues events, applied like any other
-    batch). Left alone: a break-up whose task is recorded in the lead's log, one whose task
-    is on its way (in the outbox, or held back by the owner's daily budget), which the drain
-    records when the CRM confirms it, and one a dry run decided: a dry run sent nothing, so
-    its leads are made due now, and the sweep acts on their current decisions for real (a
-    break-up's task is created, and its grace runs from then). Break-ups a dry run of a
-    version before `dry_acted` decided cannot be told apart from live ones. A state record
-    keeps a lead's last 5 decisions: an older break-up, an episode or more back, keeps no
-    record and replays as waiting until the lead's next reply, which it had already had. Returns how many break-ups it
-    queued a record for (0 when there was nothing to do).
+    Left alone: a break-up whose task is recorded in the lead's log; one whose task is on its
+    way (in the outbox, or held back by the owner's daily budget), which the drain records
+    when the CRM confirms it; and one a dry run decided (`dry_acted`). A dry run sent
+    nothing, so its leads are made due now and the sweep acts on their current decisions for
+    real: a break-up's task is created, and its grace runs from then. (Break-ups decided by
+    the dry run of a version before `dry_acted` cannot be told from live ones.) A state
+    record keeps a lead's last 5 decisions: an older break-up, an episode or more back, keeps
+    no record and replays as waiting until the lead's next reply, which it had already had.
+
+    Runs at the first live start of a worker with the task clock on, and again at the first
+    live start after a dry run (marker keys), beside live workers: it only queues events,
+    applied like any other batch, and moves due times. Returns how many break-ups it queued a
+    record for (0 when there was nothing to do). With the task clock off (`task_clock`) it
+    only makes a dry run's leads due.
     """
-    due = not connection.exists(BREAKUP_CLOCK_MARKER) or connection.exists(DRY_RUN_MARK)
+    due = (task_clock and not connection.exists(BREAKUP_CLOCK_MARKER)) or connection.exists(DRY_RUN_MARK)
     if not due or not connection.set(BREAKUP_CLOCK_LOCK, "1", nx=True, ex=3600):
         return 0
     try:
@@ -74,13 +81,14 @@ def record_existing_breakup_tasks(
         pending: list[list[Any]] = []
         queued = 0
         going_live: dict[str, int] = {}
+        now_ms = int(now() * 1000)
         for key in connection.scan_iter(f"{STATE_PREFIX}*", count=scan_count):
             raw = connection.get(key)
             record = json.loads(raw) if raw else {}
             crm, lead_id = parse_due_member(key[len(STATE_PREFIX) :])
             dry = set(record.get("dry_acted") or [])
             if dry:
-                going_live[due_member(crm, lead_id)] = int(now() * 1000)
+                going_live[due_member(crm, lead_id)] = now_ms
             breakups = [
                 d
                 for d in record.get("decisions") or []
@@ -88,7 +96,7 @@ def record_existing_breakup_tasks(
                 and (crm, lead_id, d["at"]) not in on_the_way
                 and f"{d.get('rule')}:BREAKUP_DUE:{parse_rfc3339_ms(d['at'], 'state.decisions.at')}" not in dry
             ]
-            if not breakups:
+            if not breakups or not task_clock:
                 continue
             log_blob: bytes | None = connection.get(lead_key(crm, lead_id))  # type: ignore[assignment]
             tasks = [e for e in eventlog.decode(log_blob) if e.type is EventType.BREAKUP_TASK_CREATED]
@@ -108,7 +116,8 @@ def record_existing_breakup_tasks(
         if going_live:
             connection.zadd(DUE_KEY, going_live)
             log.info("going live: %d leads a dry run decided are due now", len(going_live))
-        connection.set(BREAKUP_CLOCK_MARKER, "1")
+        if task_clock:
+            connection.set(BREAKUP_CLOCK_MARKER, "1")
         connection.delete(DRY_RUN_MARK)
         if queued:
             log.info("upgrade: %d break-ups decided without a task keep the grace they had (from the decision)", queued)

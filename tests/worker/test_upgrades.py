@@ -117,3 +117,18 @@ def test_going_live_after_a_dry_run_acts_on_what_the_dry_run_decided() -> None:
 
 def outbox(conn: fakeredis.FakeRedis) -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in conn.lrange("pruner:outbox:hubspot", 0, -1)]
+
+
+def test_with_the_task_clock_off_going_live_still_acts_on_a_dry_runs_decisions() -> None:
+    conn = fakeredis.FakeRedis()
+    store = LeadStore(conn)
+    queue = make_queue(conn)
+    note_dry_run(conn)
+    store.apply_batch(silent("DRY"), Decider(P, at(1), dry_run=True))
+    conn.delete("pruner:outbox:hubspot")  # drained by a version that recorded no task
+    store.apply_batch(silent("OLD"), Decider(P, at(1)))
+    assert record_existing_breakup_tasks(conn, queue, now=lambda: at(2) / 1000, task_clock=False) == 0
+    assert queue.jobs == [] and not conn.exists(BREAKUP_CLOCK_MARKER)  # the clock's upgrade waits for the clock
+    assert conn.zscore(DUE_KEY, "hubspot:DRY") == at(2)
+    store.reevaluate(store.due(at(2), 10), Decider(P, at(2)))
+    assert [(a["lead_id"], a["kind"]) for a in outbox(conn)] == [("DRY", "breakup_task")]
