@@ -125,8 +125,8 @@ def test_with_the_task_clock_off_going_live_still_acts_on_a_dry_runs_decisions()
     queue = make_queue(conn)
     note_dry_run(conn)
     store.apply_batch(silent("DRY"), Decider(P, at(1), dry_run=True))
-    conn.delete("pruner:outbox:hubspot")  # drained by a version that recorded no task
     store.apply_batch(silent("OLD"), Decider(P, at(1)))
+    conn.delete("pruner:outbox:hubspot")  # OLD's task: drained by a version that recorded none
     assert record_existing_breakup_tasks(conn, queue, now=lambda: at(2) / 1000, task_clock=False) == 0
     assert queue.jobs == [] and not conn.exists(BREAKUP_CLOCK_MARKER)  # the clock's upgrade waits for the clock
     assert conn.zscore(DUE_KEY, "hubspot:DRY") == at(2)
