@@ -34,6 +34,7 @@ from typing import IO, Any, Generic, Protocol, TypeVar
 
 import redis
 from rq import Queue
+from rq.job import Job, JobStatus
 
 from rules.events import MAX_EVENTS_PER_BATCH, format_ms, to_canonical
 from rules.hubspot_history import (
@@ -159,6 +160,7 @@ class QueueSink:
         self.sleep = sleep
         self.pending: list[list[Any]] = []
         self.jobs = 0
+        self.job_ids: list[str] = []
         self.waited_s = 0.0
 
     def write(self, events: Sequence[Versioned]) -> None:
@@ -169,12 +171,28 @@ class QueueSink:
             while self.queue.count >= self.max_queued:
                 self.sleep(0.5)  # the workers are busy: let them (and the webhooks) catch up
                 self.waited_s += 0.5
-            enqueue_events(self.queue, self.pending[start : start + self.job_events], SOURCE)
+            self.job_ids.append(enqueue_events(self.queue, self.pending[start : start + self.job_events], SOURCE))
             self.jobs += 1
         self.pending = []
 
     def close(self) -> None:
         self.commit()
+
+    def wait_applied(self, tell: Callable[[int], None] = lambda left: None) -> int:
+        """Wait until the workers have run every job this sink queued; return how many failed.
+
+        A job is deleted once it succeeds (result_ttl=0); a failed one stays, in the failed
+        registry, for `pruner replay --failed`.
+        """
+        left = list(self.job_ids)
+        while True:
+            jobs = Job.fetch_many(left, connection=self.queue.connection, serializer=self.queue.serializer)
+            failed = [job for job in jobs if job is not None and job.get_status() == JobStatus.FAILED]
+            left = [job.id for job in jobs if job is not None and job.get_status() != JobStatus.FAILED]
+            if not left:
+                return len(failed)
+            tell(len(left))
+            self.sleep(0.5)
 
 
 @dataclass

@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any
 
+import redis
+
 from rules.events import format_ms
 from rules.explain import plural
 from worker.backfill import Backfill, Cursors, JsonlSink, ProgressLine, QueueSink, Run, SalesforceBackfill, Sink, Window
@@ -34,6 +36,7 @@ from worker.crm.salesforce_backfill import SalesforceHistory
 from worker.crm.salesforce_client import SalesforceClient
 from worker.errors import ConfigError
 from worker.firstrun import FirstRun, PreviewSink, first_run
+from worker.held import release_held
 from worker.queues import connect, make_queue
 
 
@@ -110,13 +113,26 @@ def _backfill(args: argparse.Namespace, crm: str) -> int:
     finally:
         client.close()
     progress.close()
+    released: dict[str, int] = {}
+    if isinstance(sink, QueueSink):
+        try:
+            released = _release(connection, sink)
+        except KeyboardInterrupt:
+            print("pruner: interrupted; run the same command again: it ends by releasing what it held", file=sys.stderr)
+            return EXIT_FAILED
+        if released.get("failed"):
+            print(f"pruner: {plural(released['failed'], 'backfill job')} failed: fix the cause, run "
+                  "`pruner replay --failed`, then the same command again (it reads nothing twice and ends by "
+                  "releasing the decisions it held)", file=sys.stderr)  # fmt: skip
+            return EXIT_FAILED
     preview = (
         first_run(sink.leads, policy, int(time.time() * 1000), tally.contact_owner, config.breakup_task_clock)
         if isinstance(sink, PreviewSink)
         else None
     )
     if args.format == "json":
-        print(json.dumps({**tally.to_json(), **({"first_run": preview.to_json()} if preview else {})}, indent=2))
+        extra = {"first_run": preview.to_json()} if preview else released
+        print(json.dumps({**tally.to_json(), **extra}, indent=2))
         return EXIT_OK
     read = ", ".join(f"{n:,} {kind}" for kind, n in tally.records.items())
     print(f"backfill {crm} {format_ms(window.since_ms)} .. {format_ms(window.until_ms)}: read {read or 'nothing'}")
@@ -139,8 +155,31 @@ def _backfill(args: argparse.Namespace, crm: str) -> int:
         print(f"  written to {args.out}")
     else:
         print(f"  queued in {plural(sink.jobs if isinstance(sink, QueueSink) else 0, 'job')} "
-              f"on queue {config.queue_name!r}")  # fmt: skip
+              f"on queue {config.queue_name!r}, and applied")  # fmt: skip
+        print(f"  decisions held until the whole history was in: {plural(released.get('released', 0), 'lead')}; "
+              "the clock's next sweep acts on them")  # fmt: skip
     return EXIT_OK
+
+
+def _release(connection: redis.Redis, sink: QueueSink) -> dict[str, int]:
+    """Wait for the workers to apply what the backfill queued, then release what they held.
+
+    Until the last batch is applied a lead's history is partial (one object type is read
+    after another), so the workers decide without acting (worker/held.py). Returns
+    {"released": leads made due} or, when some job failed, {"failed": jobs}: then nothing is
+    released, since those leads' histories are still partial.
+    """
+
+    def tell(left: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\rwaiting for the workers to apply {plural(left, 'job')}   ", end="", file=sys.stderr)
+
+    failed = sink.wait_applied(tell)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    if failed:
+        return {"failed": failed}
+    return {"released": release_held(connection, int(time.time() * 1000))}
 
 
 def _print_first_run(preview: FirstRun) -> None:

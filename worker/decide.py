@@ -316,7 +316,9 @@ class Decider:
         # loss a check-in follows): `acted` is rebuilt from them, both names of each, so it
         # neither grows with a long story nor loses what the current decision needs.
         recent = [(d, d.name) for d in ev.decisions]
-        fresh = [(d, name) for d, name in recent if not _was_acted(d, name, acted)]
+        # New decisions (counted in the metrics): not one a dry run or a backfill already held.
+        seen = acted | set(prev.get("dry_acted", []))
+        fresh = [(d, name) for d, name in recent if not _was_acted(d, name, seen)]
         names = [key for d, name in recent for key in (name, d.key)]
         if self.dry_run:
             acted_list = list(live_acted)  # a dry run never adds to what was really acted on

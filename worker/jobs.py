@@ -78,10 +78,12 @@ def task_clock(config: Config) -> bool:
 
 
 def decider(config: Config, now_ms: int, source: str = "events") -> Decider:
+    # A live backfill's batches decide on partial histories (it reads one object type after
+    # another): their decisions are held, sending nothing, until it ends (worker/held.py).
     return Decider(
         cached_policy(config.policy_path),
         now_ms,
-        dry_run=config.dry_run,
+        dry_run=config.dry_run or source == BACKFILL_SOURCE,
         suppression_key=suppression_key(config),
         source=source,
         grace_from_task=task_clock(config),

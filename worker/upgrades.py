@@ -19,7 +19,8 @@ from rules.counters import LoggedEvent
 from rules.events import MAX_EVENTS_PER_BATCH, Crm, Event, EventType, parse_rfc3339_ms
 from rules.states import ActionKind
 from worker import eventlog
-from worker.keys import DUE_KEY, STATE_PREFIX, due_member, lead_key, outbox_key, parse_due_member
+from worker.held import release_held
+from worker.keys import STATE_PREFIX, lead_key, outbox_key, parse_due_member
 from worker.queues import enqueue_events
 from worker.taskcap import deferred_key
 
@@ -80,15 +81,11 @@ def record_existing_breakup_tasks(
         on_the_way = _queued_tasks(connection)
         pending: list[list[Any]] = []
         queued = 0
-        going_live: dict[str, int] = {}
-        now_ms = int(now() * 1000)
         for key in connection.scan_iter(f"{STATE_PREFIX}*", count=scan_count):
             raw = connection.get(key)
             record = json.loads(raw) if raw else {}
             crm, lead_id = parse_due_member(key[len(STATE_PREFIX) :])
             dry = set(record.get("dry_acted") or [])
-            if dry:
-                going_live[due_member(crm, lead_id)] = now_ms
             breakups = [
                 d
                 for d in record.get("decisions") or []
@@ -113,9 +110,9 @@ def record_existing_breakup_tasks(
         if pending:
             enqueue_events(queue, pending, source=SOURCE)
             queued += len(pending)
-        if going_live:
-            connection.zadd(DUE_KEY, going_live)
-            log.info("going live: %d leads a dry run decided are due now", len(going_live))
+        if connection.exists(DRY_RUN_MARK):
+            released = release_held(connection, int(now() * 1000), scan_count)
+            log.info("going live: %d leads a dry run decided are due now", released)
         if task_clock:
             connection.set(BREAKUP_CLOCK_MARKER, "1")
         connection.delete(DRY_RUN_MARK)
