@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from rules.salesforce_fields import SalesforceMapping
 from rules.salesforce_history import csv_records
 from tests.fakes.portal import DAY_MS
 from tests.fakes.salesforce import FakeSalesforce
-from tests.worker.test_salesforce_backfill import (  # noqa: F401 (sf: the fake org fixture)
+from tests.worker.test_salesforce_backfill import (
     NOW_MS,
     TOKEN,
     WINDOW,
@@ -23,12 +24,19 @@ from tests.worker.test_salesforce_backfill import (  # noqa: F401 (sf: the fake 
     history,
     read_jsonl,
     seed,
-    sf,
 )
 from worker.backfill import BulkChoice, Cursors, JsonlSink, NullSink, SalesforceBackfill
 from worker.crm.salesforce_bulk import BulkHistory, SalesforceBulkJobError
 
 API = "/services/data/v59.0"
+
+
+@pytest.fixture
+def org() -> Iterator[tuple[FakeSalesforce, str]]:
+    """The fake org over HTTP (the token the shared `history` client sends)."""
+    fake = FakeSalesforce(token=TOKEN)
+    yield fake, fake.start()
+    fake.stop()
 
 
 def bulk_backfill(
@@ -72,9 +80,9 @@ def test_csv_cells_become_the_text_values_the_mapping_reads() -> None:
         csv_records('"00T000000000003AAA","true"\n', columns)
 
 
-def test_bulk_and_rest_reads_give_the_same_events(sf: tuple[FakeSalesforce, str], tmp_path: Path) -> None:
+def test_bulk_and_rest_reads_give_the_same_events(org: tuple[FakeSalesforce, str], tmp_path: Path) -> None:
     """Every field type the mapping reads (booleans, numbers, dates, dateTimes, nulls, markers), every sObject."""
-    fake, url = sf
+    fake, url = org
     ids = seed(fake)
     fake.add("Task", dated(NOW_MS - 3 * DAY_MS, WhoId=ids["lead"], TaskSubtype="Call", Status="Completed",
                            CallDurationInSeconds=61, CallType=None, ActivityDate="2026-09-01"))  # fmt: skip
@@ -91,8 +99,8 @@ def test_bulk_and_rest_reads_give_the_same_events(sf: tuple[FakeSalesforce, str]
     assert all("ORDER BY" not in c["json"]["query"] and c["json"]["contentType"] == "CSV" for c in creates)
 
 
-def test_results_are_paged_by_locator_and_windowed(sf: tuple[FakeSalesforce, str], tmp_path: Path) -> None:
-    fake, url = sf
+def test_results_are_paged_by_locator_and_windowed(org: tuple[FakeSalesforce, str], tmp_path: Path) -> None:
+    fake, url = org
     inside = calls_for(fake, 7)
     lead = fake.get("Task", inside[0])["WhoId"]  # type: ignore[index]
     fake.add("Task", dated(NOW_MS + DAY_MS, WhoId=lead, TaskSubtype="Call", Status="Completed"))  # after --until
@@ -103,16 +111,17 @@ def test_results_are_paged_by_locator_and_windowed(sf: tuple[FakeSalesforce, str
     assert tally.records["Task"] == 7
     results = job_calls(fake, "GET", "/results")
     assert len(results) == 3  # 3 + 3 + 1: the server's smaller sets win over maxRecords=5
-    pages = [requests.get(f"{url}{API}/{c['path']}", params=p, headers={"Authorization": f"Bearer {TOKEN}"},
-                          timeout=5) for c, p in zip(results, [{}, {"locator": "Mw"}, {"locator": "Ng"}], strict=True)]  # fmt: skip
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    locators: list[dict[str, str]] = [{}, {"locator": "Mw"}, {"locator": "Ng"}]
+    pages = [requests.get(f"{url}{API}/{results[0]['path']}", params=p, headers=auth, timeout=5) for p in locators]
     assert [p.headers["Sforce-NumberOfRecords"] for p in pages] == ["3", "3", "1"]
     assert [p.headers["Sforce-Locator"] for p in pages] == ["Mw", "Ng", "null"]  # a locator reads the same set again
 
 
 def test_a_failed_job_stops_the_run_clearly_and_the_next_run_makes_a_new_one(
-    sf: tuple[FakeSalesforce, str], conn: redis.Redis, tmp_path: Path
+    org: tuple[FakeSalesforce, str], conn: redis.Redis, tmp_path: Path
 ) -> None:
-    fake, url = sf
+    fake, url = org
     inside = calls_for(fake, 4)
     fake.configure(bulk_fail_next=1, bulk_polls=1)
     naps: list[float] = []
@@ -125,8 +134,8 @@ def test_a_failed_job_stops_the_run_clearly_and_the_next_run_makes_a_new_one(
     assert {e.id.split(":")[1] for e in read_jsonl(out)} == set(inside)
 
 
-def test_a_job_that_never_finishes_stops_the_run_and_polls_back_off(sf: tuple[FakeSalesforce, str]) -> None:
-    fake, url = sf
+def test_a_job_that_never_finishes_stops_the_run_and_polls_back_off(org: tuple[FakeSalesforce, str]) -> None:
+    fake, url = org
     calls_for(fake, 1)
     fake.configure(bulk_polls=1000)
     now = [0.0]
@@ -143,9 +152,9 @@ def test_a_job_that_never_finishes_stops_the_run_and_polls_back_off(sf: tuple[Fa
 
 
 def test_an_interrupted_bulk_read_continues_from_its_locator(
-    sf: tuple[FakeSalesforce, str], conn: redis.Redis, tmp_path: Path
+    org: tuple[FakeSalesforce, str], conn: redis.Redis, tmp_path: Path
 ) -> None:
-    fake, url = sf
+    fake, url = org
     calls_for(fake, 10)
     fake.configure(bulk_page_size=3)
     whole = tmp_path / "whole.jsonl"
@@ -168,9 +177,9 @@ def test_an_interrupted_bulk_read_continues_from_its_locator(
 
 
 def test_a_deleted_job_is_made_again_on_resume(
-    sf: tuple[FakeSalesforce, str], conn: redis.Redis, tmp_path: Path
+    org: tuple[FakeSalesforce, str], conn: redis.Redis, tmp_path: Path
 ) -> None:
-    fake, url = sf
+    fake, url = org
     inside = calls_for(fake, 5)
     fake.configure(bulk_page_size=2)
     path = tmp_path / "resumed.jsonl"
@@ -184,8 +193,8 @@ def test_a_deleted_job_is_made_again_on_resume(
     assert {e.id.split(":")[1] for e in read_jsonl(path)} == set(inside)
 
 
-def test_auto_uses_bulk_from_the_threshold_after_counting(sf: tuple[FakeSalesforce, str]) -> None:
-    fake, url = sf
+def test_auto_uses_bulk_from_the_threshold_after_counting(org: tuple[FakeSalesforce, str]) -> None:
+    fake, url = org
     calls_for(fake, 6)
     tally = bulk_backfill(url, NullSink(), mode="auto", above=6).run(["Lead", "Task"])
     assert tally.bulk == ["Task"] and tally.records == {"Lead": 1, "Task": 6}
@@ -196,8 +205,8 @@ def test_auto_uses_bulk_from_the_threshold_after_counting(sf: tuple[FakeSalesfor
     assert job_calls(fake, "POST") == [] and not any("COUNT()" in (c["query"] or "") for c in fake.calls)
 
 
-def test_the_fake_refuses_what_bulk_query_jobs_do_not_support(sf: tuple[FakeSalesforce, str]) -> None:
-    fake, url = sf
+def test_the_fake_refuses_what_bulk_query_jobs_do_not_support(org: tuple[FakeSalesforce, str]) -> None:
+    fake, url = org
     calls_for(fake, 1)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     for soql in ("SELECT COUNT() FROM Task", "SELECT Id FROM Task ORDER BY SystemModstamp ASC"):
