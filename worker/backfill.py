@@ -3,7 +3,8 @@
 HubSpot (`Backfill`): reads contacts and deals with their property history, and calls, emails
 and meetings with their contacts (worker/crm/hubspot_backfill.py), and maps them with the
 webhook mapping (rules/hubspot_history.py). Salesforce (`SalesforceBackfill`): reads Leads,
-Opportunities, Individuals, Tasks and Events by SOQL (worker/crm/salesforce_backfill.py) and
+Opportunities, Individuals, Tasks and Events by SOQL (worker/crm/salesforce_backfill.py; large
+objects by Bulk API 2.0 query jobs, worker/crm/salesforce_bulk.py, as `BulkChoice` says) and
 maps them with the Outbound Message mapping (rules/salesforce_history.py). Both (`Run`) send
 the events to one of three sinks:
 
