@@ -27,6 +27,7 @@ from tests.worker.test_salesforce_backfill import (
 )
 from worker.backfill import BulkChoice, Cursors, JsonlSink, NullSink, SalesforceBackfill
 from worker.crm.salesforce_bulk import BulkHistory, SalesforceBulkJobError
+from worker.crm.salesforce_client import SalesforceQueryError
 
 API = "/services/data/v59.0"
 
@@ -221,3 +222,45 @@ def test_the_fake_refuses_what_bulk_query_jobs_do_not_support(org: tuple[FakeSal
     assert requests.get(f"{url}{API}/jobs/query/{job['id']}", headers=auth, timeout=5).json()["state"] == "JobComplete"
     other = requests.get(f"{url}/services/data/v60.0/jobs/query/{job['id']}/results", headers=auth, timeout=5)
     assert other.status_code == 409  # another API version than the job's
+
+
+def test_rate_limits_and_server_errors_on_bulk_calls_are_retried_under_the_shared_policy(
+    org: tuple[FakeSalesforce, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, url = org
+    inside = calls_for(fake, 5)
+    fake.configure(bulk_page_size=2, retry_after=0)
+    handle, failed = fake.bulk.handle, []
+
+    def then_limited(method: str, parts: list[str], body: Any, version: str) -> tuple[Any, int]:
+        answer = handle(method, parts, body, version)
+        if method == "POST":  # the job exists: its status reads are refused twice
+            fake.configure(limit_next=2)
+        elif parts[-1:] == ["results"] and not failed:  # the first set read: the next one fails once
+            failed.append(True)
+            fake.configure(error_next=1)
+        return answer
+
+    monkeypatch.setattr(fake.bulk, "handle", then_limited)
+    tally = bulk_backfill(url, NullSink()).run(["Task"])
+    assert tally.records["Task"] == len(inside)
+    statuses = [(c["path"].rsplit("/", 1)[-1][:3], c["status"]) for c in job_calls(fake, "GET")]
+    assert statuses == [("750", 403), ("750", 403), ("750", 200), ("res", 200), ("res", 500), ("res", 200),
+                        ("res", 200)]  # fmt: skip
+
+
+def test_a_result_set_shorter_than_its_header_says_stops_the_run(
+    org: tuple[FakeSalesforce, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, url = org
+    calls_for(fake, 3)
+    answer = fake.bulk._results
+
+    def short(job: dict[str, Any], version: str) -> tuple[Any, int]:
+        response, status = answer(job, version)
+        response.headers["Sforce-NumberOfRecords"] = "4"  # as if the transfer had lost a row
+        return response, status
+
+    monkeypatch.setattr(fake.bulk, "_results", short)
+    with pytest.raises(SalesforceQueryError, match="held 3 records where Sforce-NumberOfRecords said 4"):
+        bulk_backfill(url, NullSink()).run(["Task"])
