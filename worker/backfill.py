@@ -375,6 +375,10 @@ class BulkChoice:
     mode: str = "auto"  # auto | always | never
     above: int = BULK_ABOVE
 
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "always", "never"):
+            raise ValueError(f"bulk mode must be auto, always or never, got {self.mode!r}")
+
 
 class SalesforceBackfill(Run[SalesforceHistory, SalesforceMapping]):
     """A Salesforce backfill: each sObject the mapping knows, read by SOQL and mapped like its outbound messages.

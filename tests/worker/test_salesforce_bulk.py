@@ -264,3 +264,9 @@ def test_a_result_set_shorter_than_its_header_says_stops_the_run(
     monkeypatch.setattr(fake.bulk, "_results", short)
     with pytest.raises(SalesforceQueryError, match="held 3 records where Sforce-NumberOfRecords said 4"):
         bulk_backfill(url, NullSink()).run(["Task"])
+
+
+def test_a_bulk_mode_is_auto_always_or_never() -> None:
+    assert BulkChoice().mode == "auto" and BulkChoice().above == 10_000
+    with pytest.raises(ValueError, match="auto, always or never"):
+        BulkChoice("sometimes")
