@@ -144,7 +144,12 @@ class BulkHistory:
         response = self.client.request("POST", "jobs/query", json=body)
         info = body_of(response)
         if response.status_code not in (200, 201) or not info.get("id"):
-            raise SalesforceQueryError(f"Salesforce refused a Bulk API query job on {sobject}: {describe(response)}")
+            # 404: no such resource before API 47.0, the first with Bulk API 2.0 query jobs.
+            hint = " (query jobs need SALESFORCE_API_VERSION 47.0 or later; or --bulk never)" \
+                if response.status_code == 404 else ""  # fmt: skip
+            raise SalesforceQueryError(
+                f"Salesforce refused a Bulk API query job on {sobject}: {describe(response)}{hint}"
+            )
         self.jobs_created += 1
         log.info("salesforce bulk query job created for %s", sobject)
         return info
