@@ -91,7 +91,6 @@ class BulkHistory:
         self.sleep = sleep
         self.clock = clock
         self.max_wait_s = max_wait_s
-        self.jobs_created = 0
 
     def read(
         self,
@@ -120,11 +119,9 @@ class BulkHistory:
         while True:
             records, locator = self._results(str(job["id"]), locator, columns)
             read += len(records)
-            fresh = [
-                r
-                for r in records
-                if in_window(record_time_ms(r.get(TIME_FIELD)), str(r.get("Id")), from_ms, until_ms, skip)  # fmt: skip
-            ]
+            # The job's SOQL window has whole-second edges, as the REST reader's: the exact window here.
+            fresh = [r for r in records if in_window(record_time_ms(r.get(TIME_FIELD)), str(r.get("Id")), from_ms,
+                                                     until_ms, skip)]  # fmt: skip
             done = locator is None
             cursor = {"from_ms": from_ms, "seen": skip, "bulk": {"id": job["id"], "locator": locator, "read": read}}
             yield QueryPage(fresh, cursor, 0 if done else max(0, total - read))
@@ -150,7 +147,6 @@ class BulkHistory:
             raise SalesforceQueryError(
                 f"Salesforce refused a Bulk API query job on {sobject}: {describe(response)}{hint}"
             )
-        self.jobs_created += 1
         log.info("salesforce bulk query job created for %s", sobject)
         return info
 
