@@ -270,3 +270,18 @@ def test_a_bulk_mode_is_auto_always_or_never() -> None:
     assert BulkChoice().mode == "auto" and BulkChoice().above == 10_000
     with pytest.raises(ValueError, match="auto, always or never"):
         BulkChoice("sometimes")
+
+
+def test_a_continued_job_is_read_by_its_own_columns_when_the_orgs_fields_changed(
+    org: tuple[FakeSalesforce, str], conn: redis.Redis, tmp_path: Path
+) -> None:
+    fake, url = org
+    inside = calls_for(fake, 5)
+    fake.configure(bulk_page_size=2)
+    path = tmp_path / "resumed.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        bulk_backfill(url, StopAfter(path, 3), conn=conn).run(["Task"])  # created, 2 read, stopped
+    fake.configure(missing_fields=["CallDisposition"])  # an admin removed a field meanwhile
+    tally = bulk_backfill(url, StopAfter(path, 0), conn=conn).run(["Task"])
+    assert tally.ignored["Task:no_field:CallDisposition"] == 1 and len(job_calls(fake, "POST")) == 1
+    assert {e.id.split(":")[1] for e in read_jsonl(path)} == set(inside)

@@ -103,17 +103,20 @@ class BulkHistory:
     ) -> Iterator[QueryPage]:
         """Every `sobject` record with `from_ms` <= SystemModstamp < `until_ms`, a result set at a time.
 
-        `job`: a cursor's `{"id", "locator", "read"}` to continue that job; `seen`: ids already read
-        at `from_ms` by a REST read that stopped there (kept in each page's cursor, not given again).
+        `job`: a cursor's `{"id", "locator", "read", "columns"}` to continue that job; `seen`: ids
+        already read at `from_ms` by a REST read that stopped there (kept in each page's cursor, not
+        given again).
         """
         skip = sorted(set(seen))
-        columns = query_columns(fields)
         info = self._existing(job) if job else None
         if info is None or job is None:
             info = self._create(sobject, window_query(sobject, fields, from_ms, until_ms, ordered=False))
-            job = {"id": info["id"], "locator": None, "read": 0}
+            # The job's columns go in the cursor: a continued run reads its results by them, even if
+            # the org's fields (and so the run's query) have changed since.
+            job = {"id": info["id"], "locator": None, "read": 0, "columns": query_columns(fields)}
             # The job is in the cursor before anything is read: a stop now never costs a second job.
             yield QueryPage([], {"from_ms": from_ms, "seen": skip, "bulk": dict(job)}, None)
+        columns = list(job.get("columns") or query_columns(fields))
         total = self._wait(str(job["id"]), info)
         locator, read = job.get("locator"), int(job.get("read") or 0)
         while True:
@@ -123,7 +126,7 @@ class BulkHistory:
             fresh = [r for r in records if in_window(record_time_ms(r.get(TIME_FIELD)), str(r.get("Id")), from_ms,
                                                      until_ms, skip)]  # fmt: skip
             done = locator is None
-            cursor = {"from_ms": from_ms, "seen": skip, "bulk": {"id": job["id"], "locator": locator, "read": read}}
+            cursor = {"from_ms": from_ms, "seen": skip, "bulk": {**job, "locator": locator, "read": read}}
             yield QueryPage(fresh, cursor, 0 if done else max(0, total - read))
             if done:
                 return
