@@ -177,15 +177,23 @@ def test_an_interrupted_bulk_read_continues_from_its_locator(
     assert sorted(e.id for e in resumed) == sorted(e.id for e in read_jsonl(whole))
 
 
-def test_a_deleted_job_is_made_again_on_resume(
-    org: tuple[FakeSalesforce, str], conn: redis.Redis, tmp_path: Path
-) -> None:
-    fake, url = org
+def stopped_after_the_first_set(
+    fake: FakeSalesforce, url: str, conn: redis.Redis, tmp_path: Path
+) -> tuple[list[str], Path]:
+    """Five calls read by a job in sets of 2, stopped at the second set: (their ids, the JSONL so far)."""
     inside = calls_for(fake, 5)
     fake.configure(bulk_page_size=2)
     path = tmp_path / "resumed.jsonl"
     with pytest.raises(KeyboardInterrupt):
         bulk_backfill(url, StopAfter(path, 3), conn=conn).run(["Task"])  # created, 2 read, stopped
+    return inside, path
+
+
+def test_a_deleted_job_is_made_again_on_resume(
+    org: tuple[FakeSalesforce, str], conn: redis.Redis, tmp_path: Path
+) -> None:
+    fake, url = org
+    inside, path = stopped_after_the_first_set(fake, url, conn, tmp_path)
     [job] = list(fake.bulk.jobs)
     deleted = requests.delete(f"{url}{API}/jobs/query/{job}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
     assert deleted.status_code == 204  # as Salesforce deletes a finished job after 7 days
@@ -276,11 +284,7 @@ def test_a_continued_job_is_read_by_its_own_columns_when_the_orgs_fields_changed
     org: tuple[FakeSalesforce, str], conn: redis.Redis, tmp_path: Path
 ) -> None:
     fake, url = org
-    inside = calls_for(fake, 5)
-    fake.configure(bulk_page_size=2)
-    path = tmp_path / "resumed.jsonl"
-    with pytest.raises(KeyboardInterrupt):
-        bulk_backfill(url, StopAfter(path, 3), conn=conn).run(["Task"])  # created, 2 read, stopped
+    inside, path = stopped_after_the_first_set(fake, url, conn, tmp_path)
     fake.configure(missing_fields=["CallDisposition"])  # an admin removed a field meanwhile
     tally = bulk_backfill(url, StopAfter(path, 0), conn=conn).run(["Task"])
     assert tally.ignored["Task:no_field:CallDisposition"] == 1 and len(job_calls(fake, "POST")) == 1
