@@ -1,5 +1,8 @@
 """The reads `pruner backfill salesforce` makes: SOQL over the REST API, windowed on `SystemModstamp`.
 
+(Objects with many records are read by Bulk API 2.0 query jobs instead, worker/crm/salesforce_bulk.py,
+over the same window, columns and in-window filter, defined here; `count` decides, `--bulk auto`.)
+
 Every request goes through the `SalesforceClient` the workers use (the org's request budget
 shared through Redis, the retry policy of worker/crm/http.py). Nothing here retries by itself.
 
