@@ -22,6 +22,7 @@ PrunerError                          catch this to catch anything Pruner raises 
         ├── HubSpotAuthError         the access token is refused
         ├── SalesforceAuthError      the session or login is refused
         └── SalesforceQueryError     a SOQL query failed
+            └── SalesforceBulkJobError  a Bulk API 2.0 query job failed, was aborted or never finished
 
 Exceptions used only for retry control flow never reach a caller: `Retryable` (worker/crm/http.py)
 is turned into `TransientCrmError` by the CRM clients' shared retry policy, and `_Slow`

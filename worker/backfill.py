@@ -3,7 +3,8 @@
 HubSpot (`Backfill`): reads contacts and deals with their property history, and calls, emails
 and meetings with their contacts (worker/crm/hubspot_backfill.py), and maps them with the
 webhook mapping (rules/hubspot_history.py). Salesforce (`SalesforceBackfill`): reads Leads,
-Opportunities, Individuals, Tasks and Events by SOQL (worker/crm/salesforce_backfill.py) and
+Opportunities, Individuals, Tasks and Events by SOQL (worker/crm/salesforce_backfill.py; large
+objects by Bulk API 2.0 query jobs, worker/crm/salesforce_bulk.py, as `BulkChoice` says) and
 maps them with the Outbound Message mapping (rules/salesforce_history.py). Both (`Run`) send
 the events to one of three sinks:
 
@@ -51,6 +52,7 @@ from rules.salesforce_ids import to_18
 from rules.salesforce_map import record_fields
 from worker.crm.hubspot_backfill import HubSpotHistory
 from worker.crm.salesforce_backfill import SalesforceHistory
+from worker.crm.salesforce_bulk import BulkHistory
 from worker.queues import enqueue_events
 
 CRM = "hubspot"
@@ -62,6 +64,7 @@ OBJECT_TYPES = LIST_TYPES + SEARCH_TYPES
 # Salesforce: the facts first (as HubSpot's contacts and deals), then the activities.
 SALESFORCE_TYPES = ("Lead", "Opportunity", "Individual", "Task", "Event")
 SALESFORCE_STATE_TYPES = frozenset({"Lead", "Opportunity", "Individual"})  # read whatever their age
+BULK_ABOVE = 10_000  # records in an object's window from which `--bulk auto` reads it by a Bulk API job
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,7 @@ class Tally:
     owners: Counter[str] = field(default_factory=Counter)  # contacts per owner id
     ignored: Counter[str] = field(default_factory=Counter)
     resumed: list[str] = field(default_factory=list)  # object types continued from a cursor
+    bulk: list[str] = field(default_factory=list)  # object types read by a Bulk API 2.0 job (Salesforce)
     # Contact id -> owner id (ids only), for the dry run's tasks per owner (worker/firstrun.py).
     contact_owner: dict[str, str] = field(default_factory=dict)
 
@@ -217,6 +221,7 @@ class Tally:
             "contacts_per_owner": dict(self.owners.most_common()),
             "ignored": dict(self.ignored.most_common()),
             "resumed": self.resumed,
+            **({"bulk": self.bulk} if self.bulk else {}),
         }
 
 
@@ -376,6 +381,23 @@ class Backfill(Run[HubSpotHistory, HubSpotMapping]):
             self.cursors.save(object_type, {"done": True})
 
 
+@dataclass(frozen=True)
+class BulkChoice:
+    """When a Salesforce backfill reads an object by a Bulk API 2.0 job rather than by REST SOQL pages.
+
+    `auto` counts each object's window first (`SELECT COUNT()`, one request) and takes Bulk from
+    `above` records: below it, a few REST pages cost fewer requests than a job's create, status
+    reads and result sets, and give their records at once.
+    """
+
+    mode: str = "auto"  # auto | always | never
+    above: int = BULK_ABOVE
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "always", "never"):
+            raise ValueError(f"bulk mode must be auto, always or never, got {self.mode!r}")
+
+
 class SalesforceBackfill(Run[SalesforceHistory, SalesforceMapping]):
     """A Salesforce backfill: each sObject the mapping knows, read by SOQL and mapped like its outbound messages.
 
@@ -388,12 +410,24 @@ class SalesforceBackfill(Run[SalesforceHistory, SalesforceMapping]):
 
     object_types = SALESFORCE_TYPES
 
+    def __init__(
+        self, *args: Any, bulk: BulkHistory | None = None, bulk_choice: BulkChoice | None = None, **kwargs: Any
+    ) -> None:
+        """`Run`'s arguments; `bulk`: the Bulk API 2.0 reader (None: REST only), used as `bulk_choice` says."""
+        super().__init__(*args, **kwargs)
+        self.bulk = bulk
+        self.bulk_choice = bulk_choice or BulkChoice()
+
     def read(self, object_type: str, cursor: dict[str, Any]) -> None:
         fields = self._fields(object_type)
         if fields is not None:
             start = None if object_type in SALESFORCE_STATE_TYPES else self.window.since_ms
-            from_ms = cursor.get("from_ms", start)
-            pages = self.history.read(object_type, fields, from_ms, self.window.until_ms, cursor.get("seen", ()))
+            from_ms, until_ms, seen = cursor.get("from_ms", start), self.window.until_ms, cursor.get("seen", ())
+            if self.bulk is not None and self._bulk_for(object_type, cursor, from_ms):
+                self.tally.bulk.append(object_type)
+                pages = self.bulk.read(object_type, fields, from_ms, until_ms, seen, cursor.get("bulk"))
+            else:
+                pages = self.history.read(object_type, fields, from_ms, until_ms, seen)
             for page in pages:
                 out = Mapped()
                 record_events(object_type, page.records, self.now_ms, self.mapping, out)
@@ -406,6 +440,17 @@ class SalesforceBackfill(Run[SalesforceHistory, SalesforceMapping]):
                 self._emit(object_type, len(page.records), out, page.resume, page.left)
         if self.cursors is not None:
             self.cursors.save(object_type, {"done": True})
+
+    def _bulk_for(self, sobject: str, cursor: dict[str, Any], from_ms: int | None) -> bool:
+        """Whether to read `sobject` by a Bulk API 2.0 job: `--bulk always`, or `auto` and a large count."""
+        choice = self.bulk_choice
+        if choice.mode == "never":
+            return False
+        if "bulk" in cursor or choice.mode == "always":
+            return True  # a stopped bulk read goes on with its job (unless told never)
+        if cursor.get("seen"):
+            return False  # a stopped REST read goes on where it got to, without counting again
+        return self.history.count(sobject, from_ms, self.window.until_ms) >= choice.above
 
     def _fields(self, sobject: str) -> list[str] | None:
         extra = [OWNER_FIELD] if sobject == "Lead" else []

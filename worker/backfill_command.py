@@ -17,7 +17,18 @@ import redis
 
 from rules.events import format_ms
 from rules.explain import plural
-from worker.backfill import Backfill, Cursors, JsonlSink, ProgressLine, QueueSink, Run, SalesforceBackfill, Sink, Window
+from worker.backfill import (
+    Backfill,
+    BulkChoice,
+    Cursors,
+    JsonlSink,
+    ProgressLine,
+    QueueSink,
+    Run,
+    SalesforceBackfill,
+    Sink,
+    Window,
+)
 from worker.cliargs import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -33,6 +44,7 @@ from worker.crm.hubspot_backfill import HubSpotHistory, search_limiter
 from worker.crm.hubspot_client import HubSpotClient, build_client
 from worker.crm.salesforce import build_client as build_salesforce_client
 from worker.crm.salesforce_backfill import SalesforceHistory
+from worker.crm.salesforce_bulk import BulkHistory
 from worker.crm.salesforce_client import SalesforceClient
 from worker.errors import ConfigError
 from worker.firstrun import FirstRun, PreviewSink, first_run
@@ -98,8 +110,9 @@ def _backfill(args: argparse.Namespace, crm: str) -> int:
         run = Backfill(HubSpotHistory(client, search_limiter(connection)), sink, window, policy.hubspot, cursors,
                        progress=progress)  # fmt: skip
     else:
+        bulk = BulkHistory(client) if args.bulk != "never" else None
         run = SalesforceBackfill(SalesforceHistory(client), sink, window, config.salesforce_mapping, cursors,
-                                 progress=progress)  # fmt: skip
+                                 progress=progress, bulk=bulk, bulk_choice=BulkChoice(args.bulk))  # fmt: skip
     try:
         tally = run.run()
     except KeyboardInterrupt:
@@ -138,6 +151,8 @@ def _backfill(args: argparse.Namespace, crm: str) -> int:
     print(f"backfill {crm} {format_ms(window.since_ms)} .. {format_ms(window.until_ms)}: read {read or 'nothing'}")
     if tally.resumed:
         print(f"  continued from the cursors of: {', '.join(tally.resumed)}")
+    if tally.bulk:
+        print(f"  read by Bulk API 2.0 query jobs: {', '.join(tally.bulk)}")
     by_type = ", ".join(f"{kind} {n:,}" for kind, n in sorted(tally.events.items()))
     print(f"  {sum(tally.events.values()):,} events for {plural(len(tally.leads), 'lead')}" +
           (f": {by_type}" if by_type else ""))  # fmt: skip

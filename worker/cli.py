@@ -341,10 +341,12 @@ HELP: dict[str, tuple[str, str, list[str], list[str]]] = {
         "record with the Outbound Message mapping, so a record and its notification give the same event ids: "
         "events go to the workers like webhook batches, or with --out to a canonical JSONL file for "
         "`pruner simulate`; --dry-run writes nothing and prints counts. Fields and objects the org lacks are "
-        "left out and counted. Interrupted, the same command continues where it stopped; run again after it "
-        "finished, it adds nothing.",
+        "left out and counted. An object with 10,000 records or more in the window is read by a Bulk API 2.0 "
+        "query job instead of REST pages (--bulk always|never to choose). Interrupted, the same command "
+        "continues where it stopped; run again after it finished, it adds nothing.",
         [
             "pruner backfill salesforce --since 2026-09-01 --dry-run",
+            "pruner backfill salesforce --since 2024-01-01 --bulk always --out history.jsonl",
             "pruner backfill salesforce --since 2026-09-01 --out history.jsonl && pruner simulate history.jsonl",
             "pruner backfill salesforce --since 2026-09-01T00:00:00Z --until 2026-12-01T00:00:00Z",
         ],
@@ -456,6 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", help="write canonical JSONL here (for pruner simulate) instead of queueing")
         p.add_argument("--dry-run", action="store_true", help="write and queue nothing; print counts")
         p.add_argument("--format", choices=["text", "json"], default="text", help="of the summary")
+        if crm == "salesforce":
+            p.add_argument(
+                "--bulk",
+                choices=["auto", "always", "never"],
+                default="auto",
+                help="read objects by Bulk API 2.0 query jobs: auto from 10,000 records in an object's window "
+                "(a SELECT COUNT() first), always, or never (REST SOQL pages only)",
+            )
         p.set_defaults(func=command)
     return parser
 

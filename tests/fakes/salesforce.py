@@ -18,7 +18,10 @@ and `>=`, `>`, `<=`, `<` against unquoted dateTime literals such as `2026-09-01T
 anything else is 400 `MALFORMED_QUERY`). Answers are pages of at most `page_size` records
 (and of `batchSize` in `Sforce-Query-Options`, 200 to 2,000) with `totalSize`, `done` and
 `nextRecordsUrl`. `query` hides deleted records and archived activities (a Task or Event with
-`IsArchived` true); `queryAll` returns them, deleted ones with `IsDeleted` true. Types in
+`IsArchived` true); `queryAll` returns them, deleted ones with `IsDeleted` true. `SELECT COUNT()
+FROM …` answers `totalSize` and no records (not with ORDER BY). Bulk API 2.0 query jobs
+(`jobs/query…`) are tests/fakes/salesforce_bulk.py (`bulk_polls`, `bulk_fail_next`,
+`bulk_page_size` in `configure`). Types in
 `absent_sobjects` do not exist in the org (404 to describe, `INVALID_TYPE` to a query).
 Every API call needs the Bearer token (401 `INVALID_SESSION_ID` otherwise) and answers
 `Sforce-Limit-Info`.
@@ -70,10 +73,14 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "absent_sobjects": [],
     "page_size": 2000,
     "api_limit": 15000,
+    "bulk_polls": 0,
+    "bulk_fail_next": 0,
+    "bulk_page_size": 10000,
 }
 _TOKEN = re.compile(r"\s*(?:(?P<str>'(?:[^'\\]|\\.)*')|(?P<op>!=|>=|<=|=|>|<|\(|\)|,)|(?P<word>[A-Za-z0-9_.:%-]+))")
 _DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})")
 _COMPARISONS = (">=", ">", "<=", "<")
+_COUNT = re.compile(r"^\s*SELECT\s+COUNT\(\)\s+FROM", re.IGNORECASE)
 # What describe lists besides the fields of stored records: the standard fields the mapping reads,
 # and Pruner's custom fields (an org where the admin created them; `missing_fields` removes some).
 _AUDIT = ["Id", "CreatedDate", "LastModifiedDate", "SystemModstamp", "IsDeleted"]
@@ -133,6 +140,10 @@ class FakeSalesforce:
         self._pages: dict[str, list[dict[str, Any]]] = {}
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
+        # Imported here: the bulk module uses this one's SOQL subset and errors.
+        from tests.fakes.salesforce_bulk import BulkJobs
+
+        self.bulk = BulkJobs(self)
         self.app = self._build_app()
 
     # -- test-side helpers -------------------------------------------------------------
@@ -159,6 +170,7 @@ class FakeSalesforce:
             self.calls.clear()
             self.config = copy.deepcopy(DEFAULT_CONFIG)
             self._pages.clear()
+            self.bulk.reset()
             self.api_usage = 0
 
     def configure(self, **settings: Any) -> None:
@@ -338,6 +350,8 @@ class FakeSalesforce:
             return self._one(method, parts[1], parts[2], body)
         if parts[:1] in (["query"], ["queryAll"]) and method == "GET":
             return self._query(parts[1] if len(parts) > 1 else None, all_rows=parts[0] == "queryAll")
+        if parts[:2] == ["jobs", "query"]:
+            return self.bulk.handle(method, parts[2:], body, request.path.split("/")[3])
         return _error(404, "NOT_FOUND", "The requested resource does not exist")
 
     def _one(self, method: str, sobject: str, record_id: str, body: Any) -> tuple[Response, int]:
@@ -394,10 +408,16 @@ class FakeSalesforce:
             if rows is None:
                 return _error(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
         else:
+            soql = request.args.get("q", "")
+            counting = _COUNT.match(soql)
             try:
-                rows = self.query(request.args.get("q", ""), all_rows)
+                rows = self.query(_COUNT.sub("SELECT Id FROM", soql, count=1) if counting else soql, all_rows)
             except SoqlError as exc:
                 return _error(400, exc.code, str(exc))
+            if counting:
+                if re.search(r"\bORDER\s+BY\b", soql, re.IGNORECASE):
+                    return _error(400, "MALFORMED_QUERY", "COUNT() cannot be used with ORDER BY")
+                return jsonify({"totalSize": len(rows), "done": True, "records": []}), 200
         size = int(self.config["page_size"])
         batch = re.search(r"batchSize=(\d+)", request.headers.get("Sforce-Query-Options", ""))
         if batch:

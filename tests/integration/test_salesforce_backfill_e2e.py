@@ -3,7 +3,9 @@
 A small org (leads with calls, emails, a meeting, a deal, opt-outs) is read into a JSONL file,
 which `pruner simulate` turns into states; a live backfill must reach the same states in
 `/leads`; an outbound message for the same records afterwards, and a second backfill, change no
-counter. The fake pages queries 20 records at a time, so `nextRecordsUrl` is followed.
+counter. The fake pages queries 20 records at a time, so `nextRecordsUrl` is followed. The same
+org read by Bulk API 2.0 query jobs (`--bulk always`, result sets of 50) writes the same JSONL,
+and a live backfill by jobs afterwards moves no counter either.
 """
 
 from __future__ import annotations
@@ -124,6 +126,18 @@ def test_backfill_simulates_like_it_runs_live_and_a_later_webhook_counts_nothing
     assert sum(tally["records"].values()) == len(made)
     assert len(fake.api_calls(method="GET", path="query/")) >= 1  # paged through nextRecordsUrl
 
+    # The same org through Bulk API 2.0 query jobs (CSV result sets paged by locator): the same file.
+    fake.configure(bulk_page_size=50)
+    bulk_out = tmp_path / "bulk.jsonl"
+    by_bulk = pruner(env, "backfill", "salesforce", *window, "--bulk", "always", "--out", str(bulk_out),
+                     "--format", "json")  # fmt: skip
+    assert by_bulk.returncode == 0, by_bulk.stderr
+    bulk_tally = json.loads(by_bulk.stdout)
+    assert bulk_tally["bulk"] == ["Lead", "Opportunity", "Individual", "Task", "Event"]
+    assert bulk_tally["records"] == tally["records"] and bulk_tally["events"] == tally["events"]
+    assert sorted(bulk_out.read_text().splitlines()) == sorted(out.read_text().splitlines())
+    assert len(fake.api_calls(method="GET", path="jobs/query/")) > 10  # status reads, then several result sets
+
     preview = pruner(env, "backfill", "salesforce", *window, "--dry-run", "--format", "json")
     assert preview.returncode == 0, preview.stderr
     dry = json.loads(preview.stdout)
@@ -160,6 +174,13 @@ def test_backfill_simulates_like_it_runs_live_and_a_later_webhook_counts_nothing
 
         again = pruner(env, "backfill", "salesforce", *window)
         assert again.returncode == 0, again.stderr
+        wait_until(drained(redis_db), 30)
+        assert lead_docs(url, sorted(expected)) == docs
+
+        # A live backfill by Bulk API 2.0 jobs afterwards: the same event ids, so no counter moves either.
+        by_jobs = pruner(env, "backfill", "salesforce", *window, "--bulk", "always")
+        assert by_jobs.returncode == 0, by_jobs.stderr
+        assert "read by Bulk API 2.0 query jobs: Lead, Opportunity, Individual, Task, Event" in by_jobs.stdout
         wait_until(drained(redis_db), 30)
         assert lead_docs(url, sorted(expected)) == docs
     finally:

@@ -1,5 +1,8 @@
 """The reads `pruner backfill salesforce` makes: SOQL over the REST API, windowed on `SystemModstamp`.
 
+(Objects with many records are read by Bulk API 2.0 query jobs instead, worker/crm/salesforce_bulk.py,
+over the same window, columns and in-window filter, defined here; `count` decides, `--bulk auto`.)
+
 Every request goes through the `SalesforceClient` the workers use (the org's request budget
 shared through Redis, the retry policy of worker/crm/http.py). Nothing here retries by itself.
 
@@ -21,7 +24,7 @@ shared through Redis, the retry policy of worker/crm/http.py). Nothing here retr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -49,16 +52,36 @@ def soql_time(ms: int) -> str:
     return datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def window_query(sobject: str, fields: Sequence[str], from_ms: int | None, until_ms: int) -> str:
-    """The SOQL of one object type's window: `from_ms` (None: no lower edge) to `until_ms`, oldest change first."""
+def window_where(sobject: str, from_ms: int | None, until_ms: int) -> str:
+    """The WHERE conditions of one object type's window: `from_ms` (None: no lower edge) to `until_ms`."""
     where = []
     if from_ms is not None:
         where.append(f"{TIME_FIELD} >= {soql_time(from_ms)}")  # floored to the second: rows before from_ms dropped
     where.append(f"{TIME_FIELD} < {soql_time(until_ms + 999)}")  # ceiled to the second
     if sobject in ARCHIVED_TYPES:
         where.append("IsDeleted = false")
-    columns = ", ".join(dict.fromkeys([*fields, TIME_FIELD]))
-    return f"SELECT {columns} FROM {sobject} WHERE {' AND '.join(where)} ORDER BY {TIME_FIELD} ASC"
+    return " AND ".join(where)
+
+
+def query_columns(fields: Sequence[str]) -> list[str]:
+    """The columns a window query selects: the fields asked for, and the time the window is on."""
+    return list(dict.fromkeys([*fields, TIME_FIELD]))
+
+
+def window_query(sobject: str, fields: Sequence[str], from_ms: int | None, until_ms: int, ordered: bool = True) -> str:
+    """The SOQL of one object type's window, oldest change first unless `ordered` is False (Bulk API 2.0)."""
+    soql = f"SELECT {', '.join(query_columns(fields))} FROM {sobject} WHERE {window_where(sobject, from_ms, until_ms)}"
+    return f"{soql} ORDER BY {TIME_FIELD} ASC" if ordered else soql
+
+
+def in_window(stamp: int | None, record_id: str, from_ms: int | None, until_ms: int, seen: Container[str]) -> bool:
+    """Whether a record changed at `stamp` belongs to the exact window (the query's edges are whole seconds).
+
+    `seen`: ids already read at `from_ms` by a run that stopped there, not given again.
+    """
+    if stamp is None or stamp >= until_ms or (from_ms is not None and stamp < from_ms):
+        return False
+    return not (stamp == from_ms and record_id in seen)
 
 
 class SalesforceHistory:
@@ -77,6 +100,20 @@ class SalesforceHistory:
             raise SalesforceQueryError(f"Salesforce refused to describe {sobject}: {describe(response)}")
         fields = body_of(response).get("fields") or []
         return {str(f["name"]) for f in fields if isinstance(f, dict) and f.get("name")}
+
+    def count(self, sobject: str, from_ms: int | None, until_ms: int) -> int:
+        """How many `sobject` records a window read would return (`SELECT COUNT()`: one request, no records).
+
+        COUNT() answers in `totalSize` with no records (SOQL reference, "COUNT() and
+        COUNT(fieldName)"), and cannot be combined with ORDER BY, so the window has none.
+        """
+        resource = "queryAll" if sobject in ARCHIVED_TYPES else "query"
+        soql = f"SELECT COUNT() FROM {sobject} WHERE {window_where(sobject, from_ms, until_ms)}"
+        response = self.client.request("GET", resource, params={"q": soql})
+        if response.status_code != 200:
+            raise SalesforceQueryError(f"Salesforce refused to count {sobject}: {describe(response)}")
+        total = body_of(response).get("totalSize")
+        return total if isinstance(total, int) else 0
 
     def read(
         self, sobject: str, fields: Sequence[str], from_ms: int | None, until_ms: int, seen: Iterable[str] = ()
@@ -101,9 +138,7 @@ class SalesforceHistory:
             fresh = []
             for record in records:
                 stamp = record_time_ms(record.get(TIME_FIELD))
-                if stamp is None or stamp >= until_ms or (from_ms is not None and stamp < from_ms):
-                    continue
-                if stamp == from_ms and record["Id"] in skip:
+                if stamp is None or not in_window(stamp, str(record["Id"]), from_ms, until_ms, skip):
                     continue
                 if last_ms is None or stamp > last_ms:
                     last_ms, at_last = stamp, set()
