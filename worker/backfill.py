@@ -346,10 +346,9 @@ class Backfill(Run[HubSpotHistory, HubSpotMapping]):
                 return
 
     def _engagements(self, object_type: str, from_ms: int) -> None:
-        pages = self.history.search_window(object_type, ENGAGEMENT_PROPERTIES[object_type], from_ms,
-                                           self.window.until_ms)  # fmt: skip
-        for page in pages:
-            contacts = self.history.contacts_of(object_type, [str(r["id"]) for r in page.records])
+        pages = self.history.search_with_contacts(object_type, ENGAGEMENT_PROPERTIES[object_type], from_ms,
+                                                  self.window.until_ms)  # fmt: skip
+        for page, contacts in pages:
             out = Mapped()
             for record in page.records:
                 engagement_record_events(object_type, record, contacts[str(record["id"])], self.mapping, out)

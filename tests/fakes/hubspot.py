@@ -14,9 +14,10 @@ Use it in a thread (`FakeHubSpotServer`) or as a process (`python -m tests.fakes
     GET  /_fake/state     contacts, deals, tasks (with their contacts), unsubscribed emails, GDPR-deleted contacts
 
 It is strict where HubSpot is strict and a sloppy client would get away with it:
-Bearer token, ≤ 100 inputs per batch, no id twice in one batch, string property values,
-required task properties and association types. Faults happen before any write, as a
-real 429/503 would: a refused request changed nothing; except script entries with
+Bearer token, ≤ 100 inputs per batch (≤ 1,000 to an association batch read), no id twice
+in one batch, string property values, required task properties and association types.
+Faults happen before any write, as a real 429/503 would: a refused request changed
+nothing; except script entries with
 `"after_write": true`, which carry the request out and then lose or delay the answer.
 
 `POST /crm/v3/objects/{type}/search` supports `filterGroups` (≤ 5, ORed; ≤ 6 filters
@@ -83,6 +84,8 @@ ASSOCIATION_TYPES = {
     ("contacts", "meetings"): 199,
 }
 SEARCH_CAP = 10_000  # results one search query can page through (HubSpot's documented limit)
+# HubSpot's association batch reads take up to 1,000 ids (developer changelog, 2025-02-10), objects' 100.
+ASSOCIATION_BATCH_LIMIT = 1_000
 LIST_LIMIT, HISTORY_LIMIT = 100, 50  # records per list page, without and with propertiesWithHistory
 TASK_STATUSES = {"NOT_STARTED", "IN_PROGRESS", "WAITING", "COMPLETED", "DEFERRED"}
 TASK_PRIORITIES = {"NONE", "LOW", "MEDIUM", "HIGH"}
@@ -579,12 +582,12 @@ class FakeHubSpot:
             self._versions(otype, oid, body["properties"])
             return self._view(otype, oid, None), 200
 
-    def _batch_inputs(self, body: dict[str, Any] | None) -> list[dict[str, Any]] | Reply:
+    def _batch_inputs(self, body: dict[str, Any] | None, limit: int = 100) -> list[dict[str, Any]] | Reply:
         if body is None or not isinstance(body.get("inputs"), list):
             return _error(400, "Invalid input JSON: inputs is required")
         inputs: list[dict[str, Any]] = body["inputs"]
-        if len(inputs) > 100:
-            return _error(400, f"Batch size of {len(inputs)} exceeds the limit of 100")
+        if len(inputs) > limit:
+            return _error(400, f"Batch size of {len(inputs)} exceeds the limit of {limit}")
         return inputs
 
     def _batch_update(self, otype: str) -> Reply:
@@ -866,7 +869,7 @@ class FakeHubSpot:
 
     def _batch_associations(self, from_type: str, to_type: str) -> Reply:
         from_type, to_type = ALIASES.get(from_type, from_type), ALIASES.get(to_type, to_type)
-        inputs = self._batch_inputs(self._json())
+        inputs = self._batch_inputs(self._json(), ASSOCIATION_BATCH_LIMIT)
         if isinstance(inputs, tuple):
             return inputs
         with self.lock:

@@ -14,13 +14,20 @@ or HubSpot's interval header, 5xx, timeouts). Nothing here retries by itself.
   never skipped). Search requests have their own budget (HubSpot allows ~4 per second), kept
   in Redis like the portal's.
 - Contact associations: `POST /crm/v4/associations/{type}/contacts/batch/read`, 100 ids a request.
+  `search_with_contacts` reads a page's associations on a background thread while the next
+  search waits for its slot: each search waits on the search budget, and a reader that sat in
+  that wait with nothing else to send left the portal's budget idle (bench.backfill: 0.79 of
+  the ceiling the limits allow).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 import redis
 import requests
@@ -41,6 +48,11 @@ SEARCH_KEY = "pruner:ratelimit:hubspot:search"
 # Slack on the one-second search window: requests reach HubSpot with some milliseconds of jitter,
 # and a search refused with 429 costs a second's wait.
 SEARCH_MARGIN_S = 0.05
+# Pages whose association reads may be in flight while the next search is sent: enough to keep
+# the portal budget busy through a wait for a search slot, few enough to hold little in memory.
+AHEAD = 3
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -186,12 +198,70 @@ class HubSpotHistory:
             )
         return last_ms
 
+    def search_with_contacts(
+        self,
+        object_type: str,
+        properties: Sequence[str],
+        from_ms: int,
+        until_ms: int,
+        by: str = TIME_PROPERTY,
+        ahead: int = AHEAD,
+    ) -> Iterator[tuple[SearchPage, dict[str, list[str]]]]:
+        """`search_window`'s pages, in order, each with {record id: contact ids}.
+
+        A page's associations are read in the background while the next search is sent; at
+        most `ahead` pages wait for theirs. Pages come out in search order, so a caller moving a
+        cursor after each one moves it as without the overlap.
+        """
+        pending: deque[tuple[SearchPage, Background[dict[str, list[str]]]]] = deque()
+        for page in self.search_window(object_type, properties, from_ms, until_ms, by):
+            ids = [str(r["id"]) for r in page.records]
+            pending.append((page, Background(partial(self.contacts_of, object_type, ids))))
+            while pending and (len(pending) > ahead or pending[0][1].done()):
+                first, contacts = pending.popleft()
+                yield first, contacts.result()
+        while pending:
+            first, contacts = pending.popleft()
+            yield first, contacts.result()
+
     def contacts_of(self, object_type: str, ids: Sequence[str]) -> dict[str, list[str]]:
         """{record id: associated contact ids} (v4 associations, batch read)."""
         if not ids:
             return {}
         found = self.client.batch_associated_ids(object_type, list(ids), "contacts")
         return {i: sorted(set(found.get(i, []))) for i in ids}
+
+
+class Background(Generic[T]):
+    """`fn()` on a daemon thread; `result()` waits for it and returns its value or raises what it raised.
+
+    A daemon thread, not an executor's: a Ctrl-C must not wait for a read that is itself waiting
+    on the rate limit or backing off (the reads left behind are re-done on resume).
+    """
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self._fn = fn
+        self._done = threading.Event()
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        threading.Thread(target=self._run, name="backfill-read", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller of result, which raises it)
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self) -> T:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]  # set when no error
 
 
 def _ms(record: dict[str, Any], by: str = TIME_PROPERTY) -> int | None:
