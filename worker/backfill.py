@@ -125,6 +125,8 @@ class JsonlSink:
 
     def __init__(self, path: str, append: bool) -> None:
         self.path = path
+        if append:
+            drop_torn_line(path)
         self.stream: IO[str] = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115 (closed by close)
 
     def write(self, events: Sequence[Versioned]) -> None:
@@ -137,6 +139,29 @@ class JsonlSink:
 
     def close(self) -> None:
         self.stream.close()
+
+
+def drop_torn_line(path: str, block: int = 65_536) -> None:
+    """Cut the file back to its last complete line.
+
+    A run killed outright (no handler runs: SIGKILL, a lost machine) can leave the page it was
+    writing half on disk, its last line cut short; appended to, that line would run into the
+    next and `simulate` would refuse the file. Whole lines after the last commit may stay: the
+    resumed run reads their page again, and the same ids count once.
+    """
+    with open(path, "rb+") as stream:
+        end = stream.seek(0, os.SEEK_END)
+        cut = end
+        while cut > 0:
+            start = max(0, cut - block)
+            stream.seek(start)
+            newline = stream.read(cut - start).rfind(b"\n")
+            if newline >= 0:
+                cut = start + newline + 1
+                break
+            cut = start
+        if cut < end:
+            stream.truncate(cut)
 
 
 class QueueSink:

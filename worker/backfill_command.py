@@ -92,8 +92,8 @@ def _backfill(args: argparse.Namespace, crm: str) -> int:
     progress = ProgressLine()
     run: Run[Any, Any]
     if isinstance(client, HubSpotClient):
-        run = Backfill(HubSpotHistory(client, search_limiter(connection)), sink, window, policy.hubspot, cursors,
-                       progress=progress)  # fmt: skip
+        history = HubSpotHistory(client, search_limiter(connection, config.hubspot_search_rate_limit))
+        run = Backfill(history, sink, window, policy.hubspot, cursors, progress=progress)
     else:
         run = SalesforceBackfill(SalesforceHistory(client), sink, window, config.salesforce_mapping, cursors,
                                  progress=progress)  # fmt: skip

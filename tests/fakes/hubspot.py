@@ -197,6 +197,9 @@ class FakeHubSpot:
             self.rng = random.Random()
             self.objects: dict[str, dict[str, dict[str, str]]] = {t: {} for t in TYPES}
             self.associations: set[tuple[str, str, str, str]] = set()
+            # (from type, from id, to type) -> to ids: `associated` without scanning every association
+            # (a portal of 10,000+ engagements is read 200 records a page).
+            self.linked: dict[tuple[str, str, str], set[str]] = {}
             self.unsubscribed: list[str] = []
             self.gdpr_deleted: list[str] = []  # contact ids, in the order their GDPR deletes arrived
             self.calls: list[dict[str, Any]] = []
@@ -284,10 +287,15 @@ class FakeHubSpot:
             self.objects[object_type].pop(object_id, None)
             self.associations = {a for a in self.associations if (a[0], a[1]) != (object_type, object_id)}
             self.associations = {a for a in self.associations if (a[2], a[3]) != (object_type, object_id)}
+            self.linked = {}
+            for a in self.associations:
+                self.linked.setdefault((a[0], a[1], a[2]), set()).add(a[3])
 
     def _associate(self, from_type: str, from_id: str, to_type: str, to_id: str) -> None:
         self.associations.add((from_type, from_id, to_type, to_id))
         self.associations.add((to_type, to_id, from_type, from_id))
+        self.linked.setdefault((from_type, from_id, to_type), set()).add(to_id)
+        self.linked.setdefault((to_type, to_id, from_type), set()).add(from_id)
 
     def contact(self, contact_id: str) -> dict[str, str]:
         with self.lock:
@@ -299,7 +307,7 @@ class FakeHubSpot:
 
     def associated(self, from_type: str, from_id: str, to_type: str) -> list[str]:
         with self.lock:
-            return sorted(t for f, i, tt, t in self.associations if (f, i, tt) == (from_type, from_id, to_type))
+            return sorted(self.linked.get((from_type, from_id, to_type), ()))
 
     def tasks_for(self, contact_id: str) -> list[dict[str, str]]:
         with self.lock:

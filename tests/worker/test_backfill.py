@@ -17,7 +17,7 @@ from rules.hubspot_map import HubSpotMapping
 from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
 from tests.fakes.portal import CONNECTED, DAY_MS, NO_ANSWER, seed_portal
 from worker import hubspot_ops
-from worker.backfill import Backfill, Cursors, JsonlSink, NullSink, QueueSink, Window
+from worker.backfill import Backfill, Cursors, JsonlSink, NullSink, QueueSink, Window, drop_torn_line
 from worker.crm.hubspot_backfill import HubSpotHistory, SearchCapError, SearchPage, search_limiter
 from worker.crm.hubspot_client import HubSpotClient
 from worker.crm.hubspot_responses import HubSpotApiError
@@ -397,3 +397,31 @@ def test_association_reads_take_1000_ids_a_request(
         refused = c.request("POST", "/crm/v4/associations/calls/contacts/batch/read",
                             json={"inputs": [{"id": str(n)} for n in range(1_001)]})  # fmt: skip
     assert refused.status_code == 400  # HubSpot's limit, which the fake keeps
+
+
+@pytest.mark.parametrize("block", [4, 65_536])
+def test_a_resumed_file_loses_the_line_a_killed_run_left_half_written(tmp_path: Path, block: int) -> None:
+    whole, torn = '{"id": "a"}\n{"id": "b"}\n', '{"id": "c", "ty'
+    path = tmp_path / "out.jsonl"
+    path.write_text(whole + torn)
+    drop_torn_line(str(path), block)
+    assert path.read_text() == whole
+    drop_torn_line(str(path), block)  # nothing torn: nothing cut
+    assert path.read_text() == whole
+    path.write_text(torn)
+    drop_torn_line(str(path), block)
+    assert path.read_text() == ""
+
+
+def test_a_backfill_resumed_after_a_kill_mid_page_writes_a_file_simulate_reads(
+    server: FakeHubSpotServer, fake: FakeHubSpot, conn: redis.Redis, tmp_path: Path
+) -> None:
+    seed_portal(fake, NOW_MS, contacts=5)
+    out = tmp_path / "h.jsonl"
+    backfill(history(server, conn), JsonlSink(str(out), append=False)).run(["contacts"])
+    whole = read_jsonl(out)
+    with open(out, "a", encoding="utf-8") as stream:
+        stream.write('{"id": "hs:calls:1:10001", "type": "call_atte')  # where the kill cut the next page short
+    backfill(history(server, conn), JsonlSink(str(out), append=True)).run(["calls"])
+    events = read_jsonl(out)
+    assert events[: len(whole)] == whole and any(e.type.value.startswith("call") for e in events)

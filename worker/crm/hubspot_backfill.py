@@ -43,7 +43,7 @@ SEARCH_PAGE = 200  # search results per request (HubSpot's maximum)
 LIST_PAGE = 100  # list results per request (HubSpot's maximum)
 HISTORY_PAGE = 50  # list results per request with propertiesWithHistory
 TIME_PROPERTY = "hs_timestamp"  # when an engagement happened
-SEARCH_RATE = (4, 1.0)  # search requests per second, for the whole portal
+SEARCH_RATE = (4, 1.0)  # search requests per second, for the whole portal (HUBSPOT_SEARCH_RATE_LIMIT)
 SEARCH_KEY = "pruner:ratelimit:hubspot:search"
 # Slack on the one-second search window: requests reach HubSpot with some milliseconds of jitter,
 # and a search refused with 429 costs a second's wait.
