@@ -1,15 +1,14 @@
 """`pruner backfill hubspot` end to end: real `pruner` processes, gunicorn, an RQ worker, the fake HubSpot over HTTP.
 
-A fake portal of 300 contacts with realistic histories (tests/fakes/portal.py) is read into a
-JSONL file, which `pruner simulate` turns into states; a live backfill must reach the same
-states in `/leads`; webhooks for engagements already backfilled, and a second backfill, change
-no counter; a backfill interrupted midway continues from its cursors. The fake answers 429
-past its rate limits and caps searches at 1,000 results, so both are met on the way.
+Under rate limits (`seed_portal`: 300 contacts, 4,400 engagements; the fake answers 429 past
+its limits and caps a search at 1,000 results): every record is read, and a backfill stopped
+with Ctrl-C continues from its cursors into the same JSONL file.
 
 At full scale (`seed_outcomes`: 300 contacts, over 10,000 calls, so that HubSpot's real cap of
 10,000 results a search splits the calls' window; no rate limits, to stay quick), each contact
-was built to end in a known state, and the backfill must reach exactly those: killed midway
-and resumed into a file for `simulate`, and live (not a dry run) into `/leads`.
+was built to end in a known state, and the backfill must reach exactly those: killed outright
+midway and resumed into a file for `simulate`, and live (not a dry run) into `/leads`; webhooks
+for engagements already backfilled, and a second backfill, change no lead and write nothing.
 """
 
 from __future__ import annotations
@@ -100,59 +99,19 @@ def writes(fake: FakeHubSpot) -> list[dict[str, Any]]:
     return [c for c in fake.api_calls() if c["method"] in ("PATCH", "DELETE") or c["path"].endswith("/batch/update")]
 
 
-def test_backfill_to_jsonl_and_live_agree_and_nothing_counts_twice(
+def test_an_interrupted_backfill_continues_from_its_cursors(
     redis_db: redis.Redis, portal: tuple[FakeHubSpotServer, Portal, int], tmp_path: Path
 ) -> None:
     server, seeded, now_ms = portal
     env = env_for(server)
-    out = tmp_path / "history.jsonl"
-    done = pruner(env, "backfill", "hubspot", *window(now_ms), "--out", str(out), "--format", "json")
+    whole = tmp_path / "whole.jsonl"
+    done = pruner(env, "backfill", "hubspot", *window(now_ms), "--out", str(whole), "--format", "json")
     assert done.returncode == 0, done.stderr
     tally = json.loads(done.stdout)
     assert tally["records"]["contacts"] == CONTACTS and tally["leads"] == CONTACTS
     assert sum(tally["records"][k] for k in ("calls", "emails", "meetings")) == seeded.engagement_count
     assert any(c["status"] == 429 for c in server.fake.api_calls())  # met, waited out, nothing lost
-
-    web, url = start_web(env)
-    worker = start_worker(env)
-    try:
-        wait_http(f"{url}/healthz")
-        live = pruner(env, "backfill", "hubspot", *window(now_ms))
-        assert live.returncode == 0, live.stderr
-        assert "queued in" in live.stdout
-        wait_until(drained(redis_db), 120)
-        report = simulated(env, out, int(time.time() * 1000))
-        expected = {key.split(":", 1)[1]: value for key, value in report["leads_final"].items()}
-        assert len(expected) == CONTACTS and len(set(v["state"] for v in expected.values())) >= 4
-        docs = lead_docs(url, sorted(expected))
-        states = {lead: (d["state"], d["loss_reason"]) for lead, d in docs.items()}
-        assert states == {lead: (v["state"], v["loss_reason"]) for lead, v in expected.items()}
-
-        # The webhooks of engagements already backfilled: fetched, mapped to the same ids, not counted again.
-        calls = seeded.engagements["calls"][:20]
-        hooks = [hs_event("object.creation", int(c), 900 + n, objectTypeId="0-48") for n, c in enumerate(calls)]
-        assert post_signed(url, hooks).status_code == 204
-        wait_until(drained(redis_db), 60)
-        assert lead_docs(url, sorted(expected)) == docs
-
-        # A second backfill: every event a duplicate, no counter moves, nothing written to HubSpot.
-        again = pruner(env, "backfill", "hubspot", *window(now_ms))
-        assert again.returncode == 0, again.stderr
-        wait_until(drained(redis_db), 120)
-        assert lead_docs(url, sorted(expected)) == docs
-        assert writes(server.fake) == []
-    finally:
-        stop(web)
-        stop(worker)
-
-
-def test_an_interrupted_backfill_continues_from_its_cursors(
-    redis_db: redis.Redis, portal: tuple[FakeHubSpotServer, Portal, int], tmp_path: Path
-) -> None:
-    server, _, now_ms = portal
-    env = env_for(server)
-    whole = tmp_path / "whole.jsonl"
-    assert pruner(env, "backfill", "hubspot", *window(now_ms), "--out", str(whole)).returncode == 0
+    assert len(search_starts(server.fake, "calls")) >= 2  # the fake's cap of 1,000 split the calls' window
 
     server.fake.configure(rate_limit=2, window_s=1.0)  # slow enough to be stopped midway
     path = tmp_path / "resumed.jsonl"

@@ -365,7 +365,7 @@ class Overlapping(HubSpotHistory):
 
 def test_a_pages_associations_are_read_while_the_next_search_is_sent_and_pages_come_out_in_order() -> None:
     hs = Overlapping(6)
-    out = list(hs.search_with_contacts("calls", [], 0, 1))
+    out = list(hs.search_with_contacts("calls", [], 0, 1, batch=1))  # one page a read
     assert [(p.records[0]["id"], c) for p, c in out] == [(str(n), {str(n): [f"c{n}"]}) for n in range(6)]
     assert [p.resume_ms for p, _ in out] == list(range(6))
     assert hs.overlapped == [True] * 6  # each association read saw the next search (or the end) begin
@@ -373,16 +373,28 @@ def test_a_pages_associations_are_read_while_the_next_search_is_sent_and_pages_c
 
 def test_without_reading_ahead_each_association_read_comes_before_the_next_search() -> None:
     hs = Overlapping(3, wait_s=0.2)
-    assert len(list(hs.search_with_contacts("calls", [], 0, 1, ahead=0))) == 3
+    assert len(list(hs.search_with_contacts("calls", [], 0, 1, ahead=0, batch=1))) == 3
     assert hs.overlapped == [False] * 3  # what the overlap test above tells apart
 
 
 def test_an_association_read_that_fails_fails_the_search_at_its_page() -> None:
     hs = Overlapping(5, fail_at=2)
-    pages = hs.search_with_contacts("calls", [], 0, 1)
+    pages = hs.search_with_contacts("calls", [], 0, 1, batch=1)
     assert [next(pages)[0].resume_ms, next(pages)[0].resume_ms] == [0, 1]
     with pytest.raises(HubSpotApiError, match="refused"):
         next(pages)
+
+
+def test_five_search_pages_share_one_association_read_and_come_out_in_order(
+    server: FakeHubSpotServer, fake: FakeHubSpot, conn: redis.Redis
+) -> None:
+    for n in range(2_300):  # 12 pages of 200 (the last of 100): reads of 1,000, 1,000 and 300 ids
+        fake.add_engagement("calls", str(n + 1), [str(n % 7)], hs_timestamp=iso(WINDOW.since_ms + n * 1000))
+    out = list(history(server, conn).search_with_contacts("calls", [], WINDOW.since_ms, WINDOW.until_ms))
+    assert [r["id"] for page, _ in out for r in page.records] == [str(n + 1) for n in range(2_300)]
+    assert all(contacts == {str(r["id"]): [str((int(r["id"]) - 1) % 7)] for r in page.records}
+               for page, contacts in out)  # fmt: skip
+    assert [len(c["body"]["inputs"]) for c in fake.api_calls("POST", "/batch/read")] == [1_000, 1_000, 300]
 
 
 def test_association_reads_take_1000_ids_a_request(

@@ -13,11 +13,11 @@ or HubSpot's interval header, 5xx, timeouts). Nothing here retries by itself.
   and a new query starts there (`GTE`, so records sharing that millisecond are read again,
   never skipped). Search requests have their own budget (HubSpot allows ~4 per second), kept
   in Redis like the portal's.
-- Contact associations: `POST /crm/v4/associations/{type}/contacts/batch/read`, 100 ids a request.
-  `search_with_contacts` reads a page's associations on a background thread while the next
-  search waits for its slot: each search waits on the search budget, and a reader that sat in
-  that wait with nothing else to send left the portal's budget idle (bench.backfill: 0.79 of
-  the ceiling the limits allow).
+- Contact associations: `POST /crm/v4/associations/{type}/contacts/batch/read`, up to 1,000 ids a request.
+  `search_with_contacts` reads the associations of up to five search pages at once, on a
+  background thread while the next searches wait for their slots: with a read per page, and
+  the reader waiting on each, the portal budget became a second bottleneck beside the search
+  budget (bench.backfill: 0.79 of the ceiling the limits allow).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from rules.hubspot_map import epoch_ms
 from worker.crm.http import body_of
 from worker.crm.hubspot_client import HubSpotClient
 from worker.crm.hubspot_responses import HubSpotApiError
+from worker.crm.hubspot_tasks import ASSOCIATION_BATCH_LIMIT
 from worker.crm.ratelimit import RateLimiter
 
 SEARCH_CAP = 10_000  # results one search query can page through
@@ -48,9 +49,9 @@ SEARCH_KEY = "pruner:ratelimit:hubspot:search"
 # Slack on the one-second search window: requests reach HubSpot with some milliseconds of jitter,
 # and a search refused with 429 costs a second's wait.
 SEARCH_MARGIN_S = 0.05
-# Pages whose association reads may be in flight while the next search is sent: enough to keep
-# the portal budget busy through a wait for a search slot, few enough to hold little in memory.
-AHEAD = 3
+# Groups of pages whose association read may be in flight while the next searches are sent:
+# enough to keep the searches going, few enough to hold little in memory (2,000 records or so).
+AHEAD = 2
 
 T = TypeVar("T")
 
@@ -206,23 +207,39 @@ class HubSpotHistory:
         until_ms: int,
         by: str = TIME_PROPERTY,
         ahead: int = AHEAD,
+        batch: int = ASSOCIATION_BATCH_LIMIT,
     ) -> Iterator[tuple[SearchPage, dict[str, list[str]]]]:
         """`search_window`'s pages, in order, each with {record id: contact ids}.
 
-        A page's associations are read in the background while the next search is sent; at
-        most `ahead` pages wait for theirs. Pages come out in search order, so a caller moving a
+        Consecutive pages share one association read of up to `batch` ids (five pages of 200):
+        a read per page made the portal budget a second bottleneck beside the search budget.
+        Each group's read runs in the background while the next searches are sent; at most
+        `ahead` groups wait for theirs. Pages come out in search order, so a caller moving a
         cursor after each one moves it as without the overlap.
         """
-        pending: deque[tuple[SearchPage, Background[dict[str, list[str]]]]] = deque()
+        pending: deque[tuple[list[SearchPage], Background[dict[str, list[str]]]]] = deque()
+        group: list[SearchPage] = []
+
+        def read(pages: list[SearchPage]) -> None:
+            ids = [str(r["id"]) for page in pages for r in page.records]
+            pending.append((pages, Background(partial(self.contacts_of, object_type, ids))))
+
+        def ready(finished: bool) -> Iterator[tuple[SearchPage, dict[str, list[str]]]]:
+            while pending and (finished or len(pending) > ahead or pending[0][1].done()):
+                pages, job = pending.popleft()
+                contacts = job.result()
+                for page in pages:
+                    yield page, {str(r["id"]): contacts[str(r["id"])] for r in page.records}
+
         for page in self.search_window(object_type, properties, from_ms, until_ms, by):
-            ids = [str(r["id"]) for r in page.records]
-            pending.append((page, Background(partial(self.contacts_of, object_type, ids))))
-            while pending and (len(pending) > ahead or pending[0][1].done()):
-                first, contacts = pending.popleft()
-                yield first, contacts.result()
-        while pending:
-            first, contacts = pending.popleft()
-            yield first, contacts.result()
+            group.append(page)
+            if sum(len(p.records) for p in group) + SEARCH_PAGE > batch:
+                read(group)
+                group = []
+            yield from ready(False)
+        if group:
+            read(group)
+        yield from ready(True)
 
     def contacts_of(self, object_type: str, ids: Sequence[str]) -> dict[str, list[str]]:
         """{record id: associated contact ids} (v4 associations, batch read)."""
