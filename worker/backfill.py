@@ -8,7 +8,9 @@ maps them with the Outbound Message mapping (rules/salesforce_history.py). Both 
 the events to one of three sinks:
 
 - `QueueSink`: the live pipeline, as the webhooks do: RQ jobs of at most 1,000 events
-  (worker/queues.py `enqueue_events`), applied and deduplicated by the workers;
+  (worker/queues.py `enqueue_events`), applied and deduplicated by the workers. `pruner
+  backfill` without `--out` does not queue pages as they are read: it spools them and queues
+  each lead's events together once everything is read (worker/backfill_spool.py `SpoolSink`);
 - `JsonlSink`: canonical JSONL that `pruner simulate` reads;
 - `NullSink`: nothing (counts only); `pruner backfill --dry-run` keeps the events in memory
   instead (worker/firstrun.py `PreviewSink`) to say what the first live run would do.
@@ -191,12 +193,16 @@ class QueueSink:
 
     def commit(self) -> None:
         for start in range(0, len(self.pending), self.job_events):
-            while self.queue.count >= self.max_queued:
-                self.sleep(0.5)  # the workers are busy: let them (and the webhooks) catch up
-                self.waited_s += 0.5
-            enqueue_events(self.queue, self.pending[start : start + self.job_events], SOURCE)
-            self.jobs += 1
+            self.enqueue(self.pending[start : start + self.job_events])
         self.pending = []
+
+    def enqueue(self, wires: list[list[Any]]) -> None:
+        """Queue one job of events (wire form), once fewer than `max_queued` jobs wait."""
+        while self.queue.count >= self.max_queued:
+            self.sleep(0.5)  # the workers are busy: let them (and the webhooks) catch up
+            self.waited_s += 0.5
+        enqueue_events(self.queue, wires, SOURCE)
+        self.jobs += 1
 
     def close(self) -> None:
         self.commit()

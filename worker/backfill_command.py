@@ -15,7 +15,8 @@ from typing import Any
 
 from rules.events import format_ms
 from rules.explain import plural
-from worker.backfill import Backfill, Cursors, JsonlSink, ProgressLine, QueueSink, Run, SalesforceBackfill, Sink, Window
+from worker.backfill import Backfill, Cursors, JsonlSink, ProgressLine, Run, SalesforceBackfill, Sink, Window
+from worker.backfill_spool import SpoolSink, spool_path
 from worker.cliargs import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -86,9 +87,14 @@ def _backfill(args: argparse.Namespace, crm: str) -> int:
             print(f"pruner: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
     else:
+        # Spooled, and queued lead by lead once all is read: the workers decide on whole histories.
         cursors = Cursors(connection, window, "live", crm)
-        queue = make_queue(connection, config.queue_name)
-        sink = QueueSink(queue)
+        spool = spool_path(cursors.key)
+        resuming = bool(cursors.load())
+        if resuming and not os.path.exists(spool):
+            cursors.clear()  # the spool the cursors continue is gone (another machine): start over
+            resuming = False
+        sink = SpoolSink(spool, resuming, make_queue(connection, config.queue_name))
     progress = ProgressLine()
     run: Run[Any, Any]
     if isinstance(client, HubSpotClient):
@@ -99,6 +105,8 @@ def _backfill(args: argparse.Namespace, crm: str) -> int:
                                  progress=progress)  # fmt: skip
     try:
         tally = run.run()
+        if isinstance(sink, SpoolSink):
+            sink.finish()
     except KeyboardInterrupt:
         progress.close()
         print("pruner: interrupted; run the same command again to continue where it stopped", file=sys.stderr)
@@ -138,7 +146,7 @@ def _backfill(args: argparse.Namespace, crm: str) -> int:
     elif args.out:
         print(f"  written to {args.out}")
     else:
-        print(f"  queued in {plural(sink.jobs if isinstance(sink, QueueSink) else 0, 'job')} "
+        print(f"  queued in {plural(sink.jobs if isinstance(sink, SpoolSink) else 0, 'job')} "
               f"on queue {config.queue_name!r}")  # fmt: skip
     return EXIT_OK
 
