@@ -9,7 +9,9 @@ maps them with the Outbound Message mapping (rules/salesforce_history.py). Both 
 the events to one of three sinks:
 
 - `QueueSink`: the live pipeline, as the webhooks do: RQ jobs of at most 1,000 events
-  (worker/queues.py `enqueue_events`), applied and deduplicated by the workers;
+  (worker/queues.py `enqueue_events`), applied and deduplicated by the workers. `pruner
+  backfill` without `--out` does not queue pages as they are read: it spools them and queues
+  each lead's events together once everything is read (worker/backfill_spool.py `SpoolSink`);
 - `JsonlSink`: canonical JSONL that `pruner simulate` reads;
 - `NullSink`: nothing (counts only); `pruner backfill --dry-run` keeps the events in memory
   instead (worker/firstrun.py `PreviewSink`) to say what the first live run would do.
@@ -129,6 +131,8 @@ class JsonlSink:
 
     def __init__(self, path: str, append: bool) -> None:
         self.path = path
+        if append:
+            drop_torn_line(path)
         self.stream: IO[str] = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115 (closed by close)
 
     def write(self, events: Sequence[Versioned]) -> None:
@@ -141,6 +145,29 @@ class JsonlSink:
 
     def close(self) -> None:
         self.stream.close()
+
+
+def drop_torn_line(path: str, block: int = 65_536) -> None:
+    """Cut the file back to its last complete line.
+
+    A run killed outright (no handler runs: SIGKILL, a lost machine) can leave the page it was
+    writing half on disk, its last line cut short; appended to, that line would run into the
+    next and `simulate` would refuse the file. Whole lines after the last commit may stay: the
+    resumed run reads their page again, and the same ids count once.
+    """
+    with open(path, "rb+") as stream:
+        end = stream.seek(0, os.SEEK_END)
+        cut = end
+        while cut > 0:
+            start = max(0, cut - block)
+            stream.seek(start)
+            newline = stream.read(cut - start).rfind(b"\n")
+            if newline >= 0:
+                cut = start + newline + 1
+                break
+            cut = start
+        if cut < end:
+            stream.truncate(cut)
 
 
 class QueueSink:
@@ -171,12 +198,16 @@ class QueueSink:
 
     def commit(self) -> None:
         for start in range(0, len(self.pending), self.job_events):
-            while self.queue.count >= self.max_queued:
-                self.sleep(0.5)  # the workers are busy: let them (and the webhooks) catch up
-                self.waited_s += 0.5
-            self.job_ids.append(enqueue_events(self.queue, self.pending[start : start + self.job_events], SOURCE))
-            self.jobs += 1
+            self.enqueue(self.pending[start : start + self.job_events])
         self.pending = []
+
+    def enqueue(self, wires: list[list[Any]]) -> None:
+        """Queue one job of events (wire form), once fewer than `max_queued` jobs wait."""
+        while self.queue.count >= self.max_queued:
+            self.sleep(0.5)  # the workers are busy: let them (and the webhooks) catch up
+            self.waited_s += 0.5
+        self.job_ids.append(enqueue_events(self.queue, wires, SOURCE))
+        self.jobs += 1
 
     def close(self) -> None:
         self.commit()
@@ -369,10 +400,9 @@ class Backfill(Run[HubSpotHistory, HubSpotMapping]):
                 return
 
     def _engagements(self, object_type: str, from_ms: int) -> None:
-        pages = self.history.search_window(object_type, ENGAGEMENT_PROPERTIES[object_type], from_ms,
-                                           self.window.until_ms)  # fmt: skip
-        for page in pages:
-            contacts = self.history.contacts_of(object_type, [str(r["id"]) for r in page.records])
+        pages = self.history.search_with_contacts(object_type, ENGAGEMENT_PROPERTIES[object_type], from_ms,
+                                                  self.window.until_ms)  # fmt: skip
+        for page, contacts in pages:
             out = Mapped()
             for record in page.records:
                 engagement_record_events(object_type, record, contacts[str(record["id"])], self.mapping, out)

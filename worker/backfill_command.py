@@ -29,6 +29,7 @@ from worker.backfill import (
     Sink,
     Window,
 )
+from worker.backfill_spool import SpoolSink, spool_path
 from worker.cliargs import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -101,20 +102,27 @@ def _backfill(args: argparse.Namespace, crm: str) -> int:
             print(f"pruner: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
     else:
+        # Spooled, and queued lead by lead once all is read: the workers decide on whole histories.
         cursors = Cursors(connection, window, "live", crm)
-        queue = make_queue(connection, config.queue_name)
-        sink = QueueSink(queue)
+        spool = spool_path(cursors.key)
+        resuming = bool(cursors.load())
+        if resuming and not os.path.exists(spool):
+            cursors.clear()  # the spool the cursors continue is gone (another machine): start over
+            resuming = False
+        sink = SpoolSink(spool, resuming, make_queue(connection, config.queue_name))
     progress = ProgressLine()
     run: Run[Any, Any]
     if isinstance(client, HubSpotClient):
-        run = Backfill(HubSpotHistory(client, search_limiter(connection)), sink, window, policy.hubspot, cursors,
-                       progress=progress)  # fmt: skip
+        history = HubSpotHistory(client, search_limiter(connection, config.hubspot_search_rate_limit))
+        run = Backfill(history, sink, window, policy.hubspot, cursors, progress=progress)
     else:
         bulk = BulkHistory(client) if args.bulk != "never" else None
         run = SalesforceBackfill(SalesforceHistory(client), sink, window, config.salesforce_mapping, cursors,
                                  progress=progress, bulk=bulk, bulk_choice=BulkChoice(args.bulk))  # fmt: skip
     try:
         tally = run.run()
+        if isinstance(sink, SpoolSink):
+            sink.finish()
     except KeyboardInterrupt:
         progress.close()
         print("pruner: interrupted; run the same command again to continue where it stopped", file=sys.stderr)
@@ -127,9 +135,9 @@ def _backfill(args: argparse.Namespace, crm: str) -> int:
         client.close()
     progress.close()
     released: dict[str, int] = {}
-    if isinstance(sink, QueueSink):
+    if isinstance(sink, SpoolSink):
         try:
-            released = _release(connection, sink)
+            released = _release(connection, sink.queued)
         except KeyboardInterrupt:
             print("pruner: interrupted; run the same command again: it ends by releasing what it held", file=sys.stderr)
             return EXIT_FAILED
@@ -169,18 +177,20 @@ def _backfill(args: argparse.Namespace, crm: str) -> int:
     elif args.out:
         print(f"  written to {args.out}")
     else:
-        print(f"  queued in {plural(sink.jobs if isinstance(sink, QueueSink) else 0, 'job')} "
-              f"on queue {config.queue_name!r}, and applied")  # fmt: skip
+        print(f"  queued in {plural(sink.jobs if isinstance(sink, SpoolSink) else 0, 'job')} "
+              f"on queue {config.queue_name!r}, lead by lead, and applied")  # fmt: skip
         print(f"  decisions held until the whole history was in: {plural(released.get('released', 0), 'lead')}; "
-              "the clock's next sweep acts on them")  # fmt: skip
+              "the next sweep acts on them")  # fmt: skip
     return EXIT_OK
 
 
 def _release(connection: redis.Redis, sink: QueueSink) -> dict[str, int]:
     """Wait for the workers to apply what the backfill queued, then release what they held.
 
-    Until the last batch is applied a lead's history is partial (one object type is read
-    after another), so the workers decide without acting (worker/held.py). Returns
+    The spool queues each lead's events together, but a lead with more than a job's worth
+    fills consecutive jobs, which two workers may apply in either order; and a backfill's
+    batches may meet the lead's webhooks. So the workers decide without acting until the
+    last batch is applied (worker/held.py). Returns
     {"released": leads made due} or, when some job failed, {"failed": jobs}: then nothing is
     released, since those leads' histories are still partial.
     """
@@ -194,7 +204,11 @@ def _release(connection: redis.Redis, sink: QueueSink) -> dict[str, int]:
         print(file=sys.stderr)
     if failed:
         return {"failed": failed}
-    return {"released": release_held(connection, int(time.time() * 1000))}
+    released = release_held(connection, int(time.time() * 1000))
+    if released:
+        # The sweep that acts on them now, rather than at the clock's next minute.
+        sink.queue.enqueue("worker.jobs.sweep", result_ttl=0, description="sweep: after a backfill")
+    return {"released": released}
 
 
 def _print_first_run(preview: FirstRun) -> None:

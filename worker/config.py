@@ -19,6 +19,7 @@ from limits import parse_many
 from rules.errors import SchemaError
 from rules.salesforce_fields import SalesforceMapping
 from rules.salesforce_ids import is_record_id
+from worker.crm.hubspot_backfill import SEARCH_RATE
 from worker.crm.ratelimit import DEFAULT_LIMIT, DEFAULT_WINDOW_S, parse_rate
 from worker.crm.settings import HubSpotSettings, SalesforceSettings, credentials_login
 from worker.errors import ConfigError
@@ -201,6 +202,9 @@ class Config:
     # deploy (web, worker, `pruner check`) instead of the first callback.
     hubspot: HubSpotSettings = field(default_factory=lambda: _hubspot_settings({}))
     hubspot_rate_limit: tuple[int, float] = (DEFAULT_LIMIT, DEFAULT_WINDOW_S)
+    # HubSpot's separate budget for search requests, per portal (HUBSPOT_SEARCH_RATE_LIMIT): the
+    # backfill's and reconciliation's engagement searches.
+    hubspot_search_rate_limit: tuple[int, float] = SEARCH_RATE
     # The share (percent) of HUBSPOT_RATE_LIMIT a backfill may take: the rest stays for the
     # workers' callbacks and engagement fetches running meanwhile (PRUNER_BACKFILL_RATE_SHARE).
     backfill_rate_share: int = 80
@@ -256,6 +260,7 @@ class Config:
             inbound_rate_limit_storage=_inbound_rate_limit_storage(env, redis_url),
             hubspot=_hubspot_settings(env),
             hubspot_rate_limit=_rate(env, "HUBSPOT_RATE_LIMIT"),
+            hubspot_search_rate_limit=_rate(env, "HUBSPOT_SEARCH_RATE_LIMIT", SEARCH_RATE),
             backfill_rate_share=_int(env, "PRUNER_BACKFILL_RATE_SHARE", 80, 1, 100),
             reconcile_minutes=_int(env, "PRUNER_RECONCILE_MINUTES", 15, 0, 24 * 60),
             breakup_task_clock=_flag(env, "PRUNER_BREAKUP_TASK_CLOCK", True),
@@ -313,9 +318,11 @@ def _inbound_rate_limit_storage(env: Mapping[str, str], redis_url: str) -> str:
     raise ConfigError(f"PRUNER_INBOUND_RATE_LIMIT_STORAGE must be memory or redis, got {raw!r}")
 
 
-def _rate(env: Mapping[str, str], name: str) -> tuple[int, float]:
+def _rate(
+    env: Mapping[str, str], name: str, default: tuple[int, float] = (DEFAULT_LIMIT, DEFAULT_WINDOW_S)
+) -> tuple[int, float]:
     raw = env.get(name, "").strip()
-    return parse_rate(raw, name) if raw else (DEFAULT_LIMIT, DEFAULT_WINDOW_S)
+    return parse_rate(raw, name) if raw else default
 
 
 def salesforce_mapping(env: Mapping[str, str]) -> SalesforceMapping:

@@ -333,7 +333,7 @@ def reconcile() -> dict[str, int]:
             decide = decider(config, now_ms, RECONCILE_SOURCE)
             if crm == "hubspot":
                 with build_client(config, connection, config.backfill_rate_share) as client:
-                    history = HubSpotHistory(client, search_limiter(connection))
+                    history = HubSpotHistory(client, search_limiter(connection, config.hubspot_search_rate_limit))
                     mapping = cached_policy(config.policy_path).hubspot
                     result = reconcile_hubspot(connection, history, store, decide, mapping, now_ms)
             else:

@@ -88,8 +88,9 @@ def reconcile_hubspot(
     def pages(since: int, until: int) -> Iterator[tuple[str, int, Mapped]]:
         for object_type in ENGAGEMENTS:
             properties = ENGAGEMENT_PROPERTIES[object_type]
-            for page in history.search_window(object_type, properties, since, until, by=MODIFIED, keyset=True):
-                contacts = history.contacts_of(object_type, [str(r["id"]) for r in page.records])
+            for page, contacts in history.search_with_contacts(
+                object_type, properties, since, until, by=MODIFIED, keyset=True
+            ):
                 mapped = Mapped()
                 for record in page.records:
                     engagement_record_events(object_type, record, contacts[str(record["id"])], mapping, mapped)

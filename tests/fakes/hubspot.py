@@ -14,9 +14,10 @@ Use it in a thread (`FakeHubSpotServer`) or as a process (`python -m tests.fakes
     GET  /_fake/state     contacts, deals, tasks (with their contacts), unsubscribed emails, GDPR-deleted contacts
 
 It is strict where HubSpot is strict and a sloppy client would get away with it:
-Bearer token, ≤ 100 inputs per batch, no id twice in one batch, string property values,
-required task properties and association types. Faults happen before any write, as a
-real 429/503 would: a refused request changed nothing; except script entries with
+Bearer token, ≤ 100 inputs per batch (≤ 1,000 to an association batch read), no id twice
+in one batch, string property values, required task properties and association types.
+Faults happen before any write, as a real 429/503 would: a refused request changed
+nothing; except script entries with
 `"after_write": true`, which carry the request out and then lose or delay the answer.
 
 `POST /crm/v3/objects/{type}/search` supports `filterGroups` (≤ 5, ORed; ≤ 6 filters
@@ -90,6 +91,8 @@ ASSOCIATION_TYPES = {
 # The property holding a record's last modification time (contacts have their own name for it).
 MODIFIED = {"contacts": "lastmodifieddate", "deals": "hs_lastmodifieddate"}
 SEARCH_CAP = 10_000  # results one search query can page through (HubSpot's documented limit)
+# HubSpot's association batch reads take up to 1,000 ids (developer changelog, 2025-02-10), objects' 100.
+ASSOCIATION_BATCH_LIMIT = 1_000
 LIST_LIMIT, HISTORY_LIMIT = 100, 50  # records per list page, without and with propertiesWithHistory
 TASK_STATUSES = {"NOT_STARTED", "IN_PROGRESS", "WAITING", "COMPLETED", "DEFERRED"}
 TASK_PRIORITIES = {"NONE", "LOW", "MEDIUM", "HIGH"}
@@ -201,6 +204,9 @@ class FakeHubSpot:
             self.rng = random.Random()
             self.objects: dict[str, dict[str, dict[str, str]]] = {t: {} for t in TYPES}
             self.associations: set[tuple[str, str, str, str]] = set()
+            # (from type, from id, to type) -> to ids: `associated` without scanning every association
+            # (a portal of 10,000+ engagements is read 200 records a page).
+            self.linked: dict[tuple[str, str, str], set[str]] = {}
             self.unsubscribed: list[str] = []
             self.gdpr_deleted: list[str] = []  # contact ids, in the order their GDPR deletes arrived
             self.calls: list[dict[str, Any]] = []
@@ -288,10 +294,15 @@ class FakeHubSpot:
             self.objects[object_type].pop(object_id, None)
             self.associations = {a for a in self.associations if (a[0], a[1]) != (object_type, object_id)}
             self.associations = {a for a in self.associations if (a[2], a[3]) != (object_type, object_id)}
+            self.linked = {}
+            for a in self.associations:
+                self.linked.setdefault((a[0], a[1], a[2]), set()).add(a[3])
 
     def _associate(self, from_type: str, from_id: str, to_type: str, to_id: str) -> None:
         self.associations.add((from_type, from_id, to_type, to_id))
         self.associations.add((to_type, to_id, from_type, from_id))
+        self.linked.setdefault((from_type, from_id, to_type), set()).add(to_id)
+        self.linked.setdefault((to_type, to_id, from_type), set()).add(from_id)
 
     def contact(self, contact_id: str) -> dict[str, str]:
         with self.lock:
@@ -303,7 +314,7 @@ class FakeHubSpot:
 
     def associated(self, from_type: str, from_id: str, to_type: str) -> list[str]:
         with self.lock:
-            return sorted(t for f, i, tt, t in self.associations if (f, i, tt) == (from_type, from_id, to_type))
+            return sorted(self.linked.get((from_type, from_id, to_type), ()))
 
     def tasks_for(self, contact_id: str) -> list[dict[str, str]]:
         with self.lock:
@@ -606,12 +617,12 @@ class FakeHubSpot:
             self._versions(otype, oid, body["properties"])
             return self._view(otype, oid, None), 200
 
-    def _batch_inputs(self, body: dict[str, Any] | None) -> list[dict[str, Any]] | Reply:
+    def _batch_inputs(self, body: dict[str, Any] | None, limit: int = 100) -> list[dict[str, Any]] | Reply:
         if body is None or not isinstance(body.get("inputs"), list):
             return _error(400, "Invalid input JSON: inputs is required")
         inputs: list[dict[str, Any]] = body["inputs"]
-        if len(inputs) > 100:
-            return _error(400, f"Batch size of {len(inputs)} exceeds the limit of 100")
+        if len(inputs) > limit:
+            return _error(400, f"Batch size of {len(inputs)} exceeds the limit of {limit}")
         return inputs
 
     def _batch_update(self, otype: str) -> Reply:
@@ -882,7 +893,7 @@ class FakeHubSpot:
 
     def _batch_associations(self, from_type: str, to_type: str) -> Reply:
         from_type, to_type = ALIASES.get(from_type, from_type), ALIASES.get(to_type, to_type)
-        inputs = self._batch_inputs(self._json())
+        inputs = self._batch_inputs(self._json(), ASSOCIATION_BATCH_LIMIT)
         if isinstance(inputs, tuple):
             return inputs
         with self.lock:

@@ -1,18 +1,24 @@
 """`pruner backfill hubspot` end to end: real `pruner` processes, gunicorn, an RQ worker, the fake HubSpot over HTTP.
 
-A fake portal of 300 contacts with realistic histories (tests/fakes/portal.py) is read into a
-JSONL file, which `pruner simulate` turns into states; a live backfill must reach the same
-states in `/leads`; webhooks for engagements already backfilled, and a second backfill, change
-no counter; a backfill interrupted midway continues from its cursors. The fake answers 429
-past its rate limits and caps searches at 1,000 results, so both are met on the way.
+Under rate limits (`seed_portal`: 300 contacts, 4,400 engagements; the fake answers 429 past
+its limits and caps a search at 1,000 results): every record is read, and a backfill stopped
+with Ctrl-C continues from its cursors into the same JSONL file.
+
+At full scale (`seed_outcomes`: 300 contacts, over 10,000 calls, so that HubSpot's real cap of
+10,000 results a search splits the calls' window; no rate limits, to stay quick), each contact
+was built to end in a known state, and the backfill must reach exactly those: killed outright
+midway and resumed into a file for `simulate`, and live (not a dry run) into `/leads`; webhooks
+for engagements already backfilled, and a second backfill, change no lead and write nothing.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +28,7 @@ import redis
 
 from rules.events import format_ms
 from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
-from tests.fakes.portal import DAY_MS, Portal, seed_portal
+from tests.fakes.portal import DAY_MS, OutcomePortal, Portal, seed_outcomes, seed_portal
 from tests.integration.support import (
     BIN,
     ROOT,
@@ -36,6 +42,7 @@ from tests.integration.support import (
     wait_until,
 )
 from tests.integration.test_hubspot_inbound_e2e import SECRET, hs_event, post_signed
+from worker.crm.hubspot_backfill import SEARCH_CAP
 
 pytestmark = pytest.mark.integration
 CONTACTS = 300
@@ -52,13 +59,13 @@ def portal() -> Iterator[tuple[FakeHubSpotServer, Portal, int]]:
 
 
 def env_for(server: FakeHubSpotServer, **extra: str) -> dict[str, str]:
-    return base_env(
-        HUBSPOT_ACCESS_TOKEN=TOKEN,
-        HUBSPOT_API_BASE=server.url,
-        HUBSPOT_RATE_LIMIT="200/1",  # more than the fake allows: its 429s must be honoured
-        HUBSPOT_CLIENT_SECRET=SECRET,
-        **extra,
-    )
+    settings = {
+        "HUBSPOT_ACCESS_TOKEN": TOKEN,
+        "HUBSPOT_API_BASE": server.url,
+        "HUBSPOT_RATE_LIMIT": "200/1",  # more than the fake allows: its 429s must be honoured
+        "HUBSPOT_CLIENT_SECRET": SECRET,
+    }
+    return base_env(**{**settings, **extra})
 
 
 def pruner(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -92,59 +99,19 @@ def writes(fake: FakeHubSpot) -> list[dict[str, Any]]:
     return [c for c in fake.api_calls() if c["method"] in ("PATCH", "DELETE") or c["path"].endswith("/batch/update")]
 
 
-def test_backfill_to_jsonl_and_live_agree_and_nothing_counts_twice(
+def test_an_interrupted_backfill_continues_from_its_cursors(
     redis_db: redis.Redis, portal: tuple[FakeHubSpotServer, Portal, int], tmp_path: Path
 ) -> None:
     server, seeded, now_ms = portal
     env = env_for(server)
-    out = tmp_path / "history.jsonl"
-    done = pruner(env, "backfill", "hubspot", *window(now_ms), "--out", str(out), "--format", "json")
+    whole = tmp_path / "whole.jsonl"
+    done = pruner(env, "backfill", "hubspot", *window(now_ms), "--out", str(whole), "--format", "json")
     assert done.returncode == 0, done.stderr
     tally = json.loads(done.stdout)
     assert tally["records"]["contacts"] == CONTACTS and tally["leads"] == CONTACTS
     assert sum(tally["records"][k] for k in ("calls", "emails", "meetings")) == seeded.engagement_count
     assert any(c["status"] == 429 for c in server.fake.api_calls())  # met, waited out, nothing lost
-
-    web, url = start_web(env)
-    worker = start_worker(env)
-    try:
-        wait_http(f"{url}/healthz")
-        live = pruner(env, "backfill", "hubspot", *window(now_ms))
-        assert live.returncode == 0, live.stderr
-        assert "queued in" in live.stdout
-        wait_until(drained(redis_db), 120)
-        report = simulated(env, out, int(time.time() * 1000))
-        expected = {key.split(":", 1)[1]: value for key, value in report["leads_final"].items()}
-        assert len(expected) == CONTACTS and len(set(v["state"] for v in expected.values())) >= 4
-        docs = lead_docs(url, sorted(expected))
-        states = {lead: (d["state"], d["loss_reason"]) for lead, d in docs.items()}
-        assert states == {lead: (v["state"], v["loss_reason"]) for lead, v in expected.items()}
-
-        # The webhooks of engagements already backfilled: fetched, mapped to the same ids, not counted again.
-        calls = seeded.engagements["calls"][:20]
-        hooks = [hs_event("object.creation", int(c), 900 + n, objectTypeId="0-48") for n, c in enumerate(calls)]
-        assert post_signed(url, hooks).status_code == 204
-        wait_until(drained(redis_db), 60)
-        assert lead_docs(url, sorted(expected)) == docs
-
-        # A second backfill: every event a duplicate, no counter moves, nothing written to HubSpot.
-        again = pruner(env, "backfill", "hubspot", *window(now_ms))
-        assert again.returncode == 0, again.stderr
-        wait_until(drained(redis_db), 120)
-        assert lead_docs(url, sorted(expected)) == docs
-        assert writes(server.fake) == []
-    finally:
-        stop(web)
-        stop(worker)
-
-
-def test_an_interrupted_backfill_continues_from_its_cursors(
-    redis_db: redis.Redis, portal: tuple[FakeHubSpotServer, Portal, int], tmp_path: Path
-) -> None:
-    server, _, now_ms = portal
-    env = env_for(server)
-    whole = tmp_path / "whole.jsonl"
-    assert pruner(env, "backfill", "hubspot", *window(now_ms), "--out", str(whole)).returncode == 0
+    assert len(search_starts(server.fake, "calls")) >= 2  # the fake's cap of 1,000 split the calls' window
 
     server.fake.configure(rate_limit=2, window_s=1.0)  # slow enough to be stopped midway
     path = tmp_path / "resumed.jsonl"
@@ -172,3 +139,133 @@ def test_an_interrupted_backfill_continues_from_its_cursors(
     assert not redis_db.exists(key)
     as_of = now_ms + DAY_MS
     assert simulated(env, path, as_of)["leads_final"] == simulated(env, whole, as_of)["leads_final"]
+
+
+@pytest.fixture
+def large_portal() -> Iterator[tuple[FakeHubSpotServer, OutcomePortal, int]]:
+    now_ms = int(time.time() * 1000)  # the worker decides on the wall clock: the histories are dated from it
+    with FakeHubSpotServer() as server:
+        yield server, seed_outcomes(server.fake, now_ms, contacts=CONTACTS), now_ms
+
+
+def calls_cursor(conn: redis.Redis) -> dict[str, Any] | None:
+    for key in conn.scan_iter("pruner:backfill:hubspot:*"):
+        raw = conn.hget(key, "calls")
+        if raw:
+            cursor: dict[str, Any] = json.loads(raw)
+            return cursor
+    return None
+
+
+def search_starts(fake: FakeHubSpot, object_type: str) -> list[int]:
+    """The lower bound of each new query (no `after`) the backfill sent for `object_type`, in order."""
+    return [
+        int(f["value"])
+        for c in fake.api_calls("POST", f"/crm/v3/objects/{object_type}/search")
+        if c["status"] == 200 and not c["body"].get("after")
+        for f in c["body"]["filterGroups"][0]["filters"]
+        if f["operator"] == "GTE"
+    ]
+
+
+def test_a_portal_past_the_search_cap_backfills_into_the_states_its_histories_were_built_for(
+    redis_db: redis.Redis, large_portal: tuple[FakeHubSpotServer, OutcomePortal, int], tmp_path: Path
+) -> None:
+    server, seeded, now_ms = large_portal
+    fake = server.fake
+    assert len(seeded.engagements["calls"]) > SEARCH_CAP  # more than one search query can page through
+    # No rate limits at this scale (the tests above meet them), HubSpot's search limit lifted too.
+    env = env_for(server, HUBSPOT_RATE_LIMIT="100000/1", HUBSPOT_SEARCH_RATE_LIMIT="100000/1")
+
+    # Killed outright (no handler runs) once it is reading calls, then run again: it continues.
+    out = tmp_path / "history.jsonl"
+    args = [str(BIN / "pruner"), "backfill", "hubspot", *window(now_ms), "--out", str(out), "--format", "json"]
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: calls_cursor(redis_db) is not None, 60)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    cursor = calls_cursor(redis_db)
+    assert cursor is not None and "from_ms" in cursor
+    fake.calls.clear()
+    done = pruner(env, "backfill", "hubspot", *window(now_ms), "--out", str(out), "--format", "json")
+    assert done.returncode == 0, done.stderr
+    assert {"contacts", "deals", "calls"} <= set(json.loads(done.stdout)["resumed"])
+    assert not fake.api_calls("GET", "/crm/v3/objects/contacts")  # done before the kill: not read again
+    assert search_starts(fake, "calls")[0] == cursor["from_ms"]  # the calls continue where the cursor says
+
+    # Nothing lost: every engagement of the portal is in the file, under its own id or (a reply) its time.
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    ids = {e["id"] for e in events}
+    engaged = {i.split(":")[2] for i in ids if i.split(":")[1] in ("calls", "emails", "meetings")}
+    replied = {(e["lead_id"], e["occurred_at"]) for e in events if e["type"] == "email_replied"}
+    for object_type, records in seeded.engagements.items():
+        for eid in records:
+            if eid in seeded.replies:
+                contact, at = seeded.replies[eid]
+                assert (contact, format_ms(at)) in replied, eid
+            else:
+                assert eid in engaged, (object_type, eid)
+
+    # The states each contact's history was built for (tests/fakes/portal.py OUTCOMES), not Pruner's own say.
+    expected = seeded.expected
+    assert len(Counter(state for state, _ in expected.values())) == 5
+    report = simulated(env, out, int(time.time() * 1000))
+    simulated_states = {k.split(":", 1)[1]: (v["state"], v["loss_reason"]) for k, v in report["leads_final"].items()}
+    assert simulated_states == expected
+
+    live_env = {**env, "PRUNER_DRY_RUN": "0"}  # the CRM is written to: tasks, lost marks
+    web, url = start_web(live_env)
+    worker = start_worker(live_env)
+    try:
+        wait_http(f"{url}/healthz")
+        fake.calls.clear()
+        live = pruner(live_env, "backfill", "hubspot", *window(now_ms))
+        assert live.returncode == 0, live.stderr
+        # The calls' window was split: a second query began where the first had got to, and no page went past the cap.
+        assert len(search_starts(fake, "calls")) >= 2
+        assert all(c["status"] == 200 for c in fake.api_calls(contains="/search"))
+        wait_until(drained(redis_db), 120)
+        docs = lead_docs(url, sorted(expected))
+        assert {lead: (d["state"], d["loss_reason"]) for lead, d in docs.items()} == expected
+        # Every event of the file, once; and the record of each break-up task created (docs/lifecycle.md guardrail 7).
+        tasked = Counter(c for task in fake.state()["tasks"].values() for c in task["contacts"])
+        assert tasked and set(tasked) >= {lead for lead, (state, _) in expected.items() if state == "BREAKUP_DUE"}
+        per_lead = Counter(lead for _, lead in {(e["id"], e["lead_id"]) for e in events}) + tasked
+        assert {lead: d["events"] for lead, d in docs.items()} == per_lead
+        written = writes(fake)
+        assert written  # lost marks and do-not-contact flags went to HubSpot
+
+        # Webhooks for calls already backfilled, then a second backfill: no counter moves, nothing written.
+        calls = random.Random(14).sample(seeded.engagements["calls"], 60)
+        hooks = [hs_event("object.creation", int(c), 5_000 + n, objectTypeId="0-48") for n, c in enumerate(calls)]
+        assert post_signed(url, hooks).status_code == 204
+        wait_until(drained(redis_db), 60)
+        assert lead_docs(url, sorted(expected)) == docs
+        again = pruner(live_env, "backfill", "hubspot", *window(now_ms))
+        assert again.returncode == 0, again.stderr
+        wait_until(drained(redis_db), 120)
+        assert lead_docs(url, sorted(expected)) == docs
+        assert (
+            writes(fake) == written
+            and Counter(c for task in fake.state()["tasks"].values() for c in task["contacts"]) == tasked
+        )
+    finally:
+        stop(web)
+        stop(worker)
+    # Only what each lead's whole history decides reached HubSpot: queued object type after object
+    # type, a lead whose reply is an email was decided on its calls alone and marked lost (78 of
+    # these 300) before the reply arrived. A live backfill now queues each lead's events together.
+    assert {lead for lead in lost_marked(written) if expected[lead][0] != "LOST"} == set()
+    assert {lead for lead in tasked if expected[lead][0] != "BREAKUP_DUE"} == set()
+
+
+def lost_marked(written: list[dict[str, Any]]) -> set[str]:
+    """Contacts a batch update set to the lost lead status (worker/crm/hubspot.py `mark_lost`)."""
+    return {
+        str(item["id"])
+        for call in written
+        for item in call["body"].get("inputs", [])
+        if (item.get("properties") or {}).get("hs_lead_status") == "UNQUALIFIED"
+    }

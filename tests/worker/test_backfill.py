@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,10 @@ from rules.hubspot_map import HubSpotMapping
 from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
 from tests.fakes.portal import CONNECTED, DAY_MS, NO_ANSWER, seed_portal
 from worker import hubspot_ops
-from worker.backfill import Backfill, Cursors, JsonlSink, NullSink, QueueSink, Window
-from worker.crm.hubspot_backfill import HubSpotHistory, SearchCapError, search_limiter
+from worker.backfill import Backfill, Cursors, JsonlSink, NullSink, QueueSink, Window, drop_torn_line
+from worker.crm.hubspot_backfill import HubSpotHistory, SearchCapError, SearchPage, search_limiter
 from worker.crm.hubspot_client import HubSpotClient
+from worker.crm.hubspot_responses import HubSpotApiError
 from worker.crm.ratelimit import RateLimiter
 from worker.queues import make_queue
 from worker.simulate import read_events
@@ -336,3 +339,101 @@ def test_a_live_backfill_waits_while_the_queue_is_full(conn: redis.Redis) -> Non
     sink.commit()
     assert sink.jobs == 5 and len(naps) == 1  # three jobs queued, then one wait, then two more
     assert queue.count == 2
+
+
+class Overlapping(HubSpotHistory):
+    """Pages of one record each; an association read notes whether the next search was sent while it ran."""
+
+    def __init__(self, pages: int, fail_at: int | None = None, wait_s: float = 2.0) -> None:
+        self.pages, self.fail_at, self.wait_s = pages, fail_at, wait_s
+        self.searched = [threading.Event() for _ in range(pages + 1)]
+        self.overlapped: list[bool] = []
+
+    def search_window(self, *args: Any, **kwargs: Any) -> Iterator[SearchPage]:
+        for n in range(self.pages):
+            self.searched[n].set()
+            yield SearchPage([{"id": str(n)}], n, self.pages - n - 1)
+        self.searched[self.pages].set()
+
+    def contacts_of(self, object_type: str, ids: Sequence[str]) -> dict[str, list[str]]:
+        n = int(ids[0])
+        if n == self.fail_at:
+            raise HubSpotApiError(500, "refused")
+        self.overlapped.append(self.searched[n + 1].wait(timeout=self.wait_s))
+        return {i: [f"c{i}"] for i in ids}
+
+
+def test_a_pages_associations_are_read_while_the_next_search_is_sent_and_pages_come_out_in_order() -> None:
+    hs = Overlapping(6)
+    out = list(hs.search_with_contacts("calls", [], 0, 1, batch=1))  # one page a read
+    assert [(p.records[0]["id"], c) for p, c in out] == [(str(n), {str(n): [f"c{n}"]}) for n in range(6)]
+    assert [p.resume_ms for p, _ in out] == list(range(6))
+    assert hs.overlapped == [True] * 6  # each association read saw the next search (or the end) begin
+
+
+def test_without_reading_ahead_each_association_read_comes_before_the_next_search() -> None:
+    hs = Overlapping(3, wait_s=0.2)
+    assert len(list(hs.search_with_contacts("calls", [], 0, 1, ahead=0, batch=1))) == 3
+    assert hs.overlapped == [False] * 3  # what the overlap test above tells apart
+
+
+def test_an_association_read_that_fails_fails_the_search_at_its_page() -> None:
+    hs = Overlapping(5, fail_at=2)
+    pages = hs.search_with_contacts("calls", [], 0, 1, batch=1)
+    assert [next(pages)[0].resume_ms, next(pages)[0].resume_ms] == [0, 1]
+    with pytest.raises(HubSpotApiError, match="refused"):
+        next(pages)
+
+
+def test_five_search_pages_share_one_association_read_and_come_out_in_order(
+    server: FakeHubSpotServer, fake: FakeHubSpot, conn: redis.Redis
+) -> None:
+    for n in range(2_300):  # 12 pages of 200 (the last of 100): reads of 1,000, 1,000 and 300 ids
+        fake.add_engagement("calls", str(n + 1), [str(n % 7)], hs_timestamp=iso(WINDOW.since_ms + n * 1000))
+    out = list(history(server, conn).search_with_contacts("calls", [], WINDOW.since_ms, WINDOW.until_ms))
+    assert [r["id"] for page, _ in out for r in page.records] == [str(n + 1) for n in range(2_300)]
+    assert all(contacts == {str(r["id"]): [str((int(r["id"]) - 1) % 7)] for r in page.records}
+               for page, contacts in out)  # fmt: skip
+    assert [len(c["body"]["inputs"]) for c in fake.api_calls("POST", "/batch/read")] == [1_000, 1_000, 300]
+
+
+def test_association_reads_take_1000_ids_a_request(
+    server: FakeHubSpotServer, fake: FakeHubSpot, conn: redis.Redis
+) -> None:
+    for n in range(1_500):
+        fake.add_engagement("calls", str(n + 1), [str(n % 7)], hs_timestamp=iso(WINDOW.since_ms + n))
+    found = history(server, conn).contacts_of("calls", [str(n + 1) for n in range(1_500)])
+    assert all(found[str(n + 1)] == [str(n % 7)] for n in range(1_500))
+    assert [len(c["body"]["inputs"]) for c in fake.api_calls("POST", "/batch/read")] == [1_000, 500]
+    with client(server, conn) as c:
+        refused = c.request("POST", "/crm/v4/associations/calls/contacts/batch/read",
+                            json={"inputs": [{"id": str(n)} for n in range(1_001)]})  # fmt: skip
+    assert refused.status_code == 400  # HubSpot's limit, which the fake keeps
+
+
+@pytest.mark.parametrize("block", [4, 65_536])
+def test_a_resumed_file_loses_the_line_a_killed_run_left_half_written(tmp_path: Path, block: int) -> None:
+    whole, torn = '{"id": "a"}\n{"id": "b"}\n', '{"id": "c", "ty'
+    path = tmp_path / "out.jsonl"
+    path.write_text(whole + torn)
+    drop_torn_line(str(path), block)
+    assert path.read_text() == whole
+    drop_torn_line(str(path), block)  # nothing torn: nothing cut
+    assert path.read_text() == whole
+    path.write_text(torn)
+    drop_torn_line(str(path), block)
+    assert path.read_text() == ""
+
+
+def test_a_backfill_resumed_after_a_kill_mid_page_writes_a_file_simulate_reads(
+    server: FakeHubSpotServer, fake: FakeHubSpot, conn: redis.Redis, tmp_path: Path
+) -> None:
+    seed_portal(fake, NOW_MS, contacts=5)
+    out = tmp_path / "h.jsonl"
+    backfill(history(server, conn), JsonlSink(str(out), append=False)).run(["contacts"])
+    whole = read_jsonl(out)
+    with open(out, "a", encoding="utf-8") as stream:
+        stream.write('{"id": "hs:calls:1:10001", "type": "call_atte')  # where the kill cut the next page short
+    backfill(history(server, conn), JsonlSink(str(out), append=True)).run(["calls"])
+    events = read_jsonl(out)
+    assert events[: len(whole)] == whole and any(e.type.value.startswith("call") for e in events)

@@ -133,3 +133,10 @@ def test_salesforce_callbacks_are_on_with_login_credentials(login: dict[str, str
     assert Config.from_env({**url, **login}).enabled()["salesforce callbacks"] is True
     assert Config.from_env(url).enabled()["salesforce callbacks"] is False
     assert Config.from_env(login).enabled()["salesforce callbacks"] is False
+
+
+def test_the_hubspot_search_budget_defaults_to_hubspots_limit_and_is_checked() -> None:
+    assert Config.from_env({}).hubspot_search_rate_limit == (4, 1.0)
+    assert Config.from_env({"HUBSPOT_SEARCH_RATE_LIMIT": "5/1"}).hubspot_search_rate_limit == (5, 1.0)
+    with pytest.raises(ConfigError, match="HUBSPOT_SEARCH_RATE_LIMIT"):
+        Config.from_env({"HUBSPOT_SEARCH_RATE_LIMIT": "fast"})

@@ -32,7 +32,7 @@ from worker.crm.hubspot_responses import (
     not_found,
     q,
 )
-from worker.crm.hubspot_tasks import BATCH_LIMIT, TaskCreation, TaskResults
+from worker.crm.hubspot_tasks import ASSOCIATION_BATCH_LIMIT, BATCH_LIMIT, TaskCreation, TaskResults
 from worker.crm.ratelimit import DEFAULT_MARGIN_S, RateLimiter
 from worker.errors import ConfigError
 from worker.metrics import count_crm_call, endpoint_template
@@ -205,7 +205,7 @@ class HubSpotClient(CrmHttpClient):
         pending: list[dict[str, str]] = [{"id": i} for i in dict.fromkeys(ids)]
         while pending:
             follow: list[dict[str, str]] = []
-            for chunk in chunked(pending, BATCH_LIMIT):
+            for chunk in chunked(pending, ASSOCIATION_BATCH_LIMIT):
                 response = self.request(
                     "POST",
                     f"/crm/v4/associations/{q(from_type)}/{q(to_type)}/batch/read",

@@ -21,6 +21,9 @@ if TYPE_CHECKING:  # annotations only: the client creates its tasks through this
     from worker.crm.hubspot_client import HubSpotClient
 
 BATCH_LIMIT = 100  # records per batch request (HubSpot's limit)
+# Ids per association batch read (v3 and v4 `…/batch/read`): HubSpot caps it at 1,000, not at the
+# objects' 100 (developer changelog, "Batch Read Limit for HubSpot Associations API", 2025-02-10).
+ASSOCIATION_BATCH_LIMIT = 1_000
 TASK_TO_CONTACT = 204  # HUBSPOT_DEFINED association type: task -> contact
 SEARCH_GROUPS = 5  # filterGroups per search request: HubSpot's limit (they are ORed)
 TaskResults = Callable[[Mapping[str, "RecordError | None"]], None]

@@ -1,0 +1,101 @@
+"""A live backfill's events, held in a local file until every object type is read, then queued lead by lead.
+
+Queued as they were read, object type after object type, the events reached the workers a
+part of each lead's history at a time, and the workers decided on each part at once: a lead
+whose reply is an email was seen first with its calls alone, long silent, and marked lost in
+the CRM (or given a break-up task) before its reply arrived; the lost status stayed. So a
+live backfill writes its events to a spool file (`JsonlSink`, under the same cursors as an
+`--out` file: an interrupted run continues it), and only once everything is read queues
+them, each lead's events together in one job, oldest first (a lead with more events than a
+job holds fills consecutive jobs, in time order). The workers then decide on whole histories.
+
+The spool is read in shards of leads (`read_events`' sharding), so that grouping holds about
+`SHARD_BYTES` of events in memory at a time, whatever the portal's size. It holds what the
+events hold (email addresses among them) and is deleted once queued.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rq import Queue
+
+from rules.events import MAX_EVENTS_PER_BATCH, Event
+from rules.hubspot_map import Versioned
+from worker.backfill import JsonlSink, QueueSink
+from worker.simulate import read_events
+
+SHARD_BYTES = 32 * 1024 * 1024  # of spool grouped in memory at a time: ~100,000 events of ~300 bytes a line
+
+
+def spool_path(cursors_key: str, directory: str | None = None) -> str:
+    """Where a live run (identified by its cursors' key) keeps its spool."""
+    run = cursors_key.rsplit(":", 2)
+    return os.path.join(directory or tempfile.gettempdir(), f"pruner-backfill-{run[-2]}-{run[-1]}.jsonl")
+
+
+class SpoolSink:
+    """Writes events to the spool as they are read; `finish` queues them, lead by lead, once all are read."""
+
+    def __init__(
+        self,
+        path: str,
+        append: bool,
+        queue: Queue,
+        job_events: int = MAX_EVENTS_PER_BATCH,
+        max_queued: int = 10,
+        sleep: Callable[[float], None] = time.sleep,
+        shard_bytes: int = SHARD_BYTES,
+    ) -> None:
+        self.path = path
+        self.spool = JsonlSink(path, append)
+        self.queued = QueueSink(queue, job_events, max_queued, sleep)
+        self.job_events = job_events
+        self.shard_bytes = shard_bytes
+
+    @property
+    def jobs(self) -> int:
+        return self.queued.jobs
+
+    def write(self, events: Sequence[Versioned]) -> None:
+        self.spool.write(events)
+
+    def commit(self) -> None:
+        self.spool.commit()
+
+    def close(self) -> None:
+        self.spool.close()
+
+    def finish(self) -> int:
+        """Queue every spooled event, each lead's together and oldest first; delete the spool; return jobs queued.
+
+        Interrupted here, the run is read again from the start (its cursors are gone): the events
+        queued already are duplicates to the workers.
+        """
+        self.spool.close()
+        shards = os.path.getsize(self.path) // self.shard_bytes + 1
+        for shard in range(shards):
+            leads: dict[tuple[str, str], dict[str, Event]] = defaultdict(dict)
+            with open(self.path, "rb") as stream:
+                for event in read_events(stream, shard, shards):
+                    leads[(event.crm.value, event.lead_id)][event.id] = event  # a page read twice: once
+            job: list[list[Any]] = []
+            for key in sorted(leads):
+                history = sorted(leads[key].values(), key=lambda e: (e.occurred_ms, e.id))
+                if job and len(job) + len(history) > self.job_events:
+                    self.queued.enqueue(job)
+                    job = []
+                for start in range(0, len(history), self.job_events):
+                    job += [e.to_wire() for e in history[start : start + self.job_events]]
+                    if len(job) >= self.job_events:
+                        self.queued.enqueue(job)
+                        job = []
+            if job:
+                self.queued.enqueue(job)
+        os.remove(self.path)
+        return self.queued.jobs
