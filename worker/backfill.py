@@ -219,12 +219,17 @@ class QueueSink:
         registry, for `pruner replay --failed`.
         """
         left = list(self.job_ids)
+        failed = JobStatus.FAILED.value.encode()
         while True:
-            jobs = Job.fetch_many(left, connection=self.queue.connection, serializer=self.queue.serializer)
-            failed = [job for job in jobs if job is not None and job.get_status() == JobStatus.FAILED]
-            left = [job.id for job in jobs if job is not None and job.get_status() != JobStatus.FAILED]
+            # The status field alone: a job can be deleted between two reads of a whole job.
+            with self.queue.connection.pipeline(transaction=False) as pipe:
+                for job_id in left:
+                    pipe.hget(Job.key_for(job_id), "status")
+                statuses: list[bytes | None] = pipe.execute()
+            refused = sum(1 for status in statuses if status == failed)
+            left = [job_id for job_id, status in zip(left, statuses, strict=True) if status not in (None, failed)]
             if not left:
-                return len(failed)
+                return refused
             tell(len(left))
             self.sleep(0.5)
 
