@@ -143,8 +143,8 @@ def _backfill(args: argparse.Namespace, crm: str) -> int:
             return EXIT_FAILED
         if released.get("failed"):
             print(f"pruner: {plural(released['failed'], 'backfill job')} failed: fix the cause, run "
-                  "`pruner replay --failed`, then the same command again (it reads nothing twice and ends by "
-                  "releasing the decisions it held)", file=sys.stderr)  # fmt: skip
+                  "`pruner replay --failed`, then the same command again (what it reads again counts once, and it "
+                  "ends by releasing the decisions it held)", file=sys.stderr)  # fmt: skip
             return EXIT_FAILED
     preview = (
         first_run(sink.leads, policy, int(time.time() * 1000), tally.contact_owner, config.breakup_task_clock)
