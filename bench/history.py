@@ -33,6 +33,7 @@ from rules.events import Crm, Event, EventType
 from worker.decide import Decider
 from worker.keys import CHECKPOINT_PREFIX
 from worker.policyfile import default_policy
+from worker.runner import settle_heap
 from worker.store import LeadStore
 
 SIZES = (1, 10, 100, 1_000, 5_000)
@@ -144,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.perf_counter()
         groups = {size: preload(store, feed, size, now_ms - 365 * DAY_MS, live_ms, now_ms) for size in args.sizes}
         print(f"-- preloaded {LEADS} leads per size in {time.perf_counter() - started:.1f} s", flush=True)
+        settle_heap()  # as `pruner worker` does before its first job
         rates: dict[str, list[float]] = {"fresh": []}
         rates.update({str(size): [] for size in args.sizes})
         replays: dict[str, list[float]] = {str(size): [] for size in args.sizes}

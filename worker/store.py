@@ -250,10 +250,10 @@ class LeadStore:
                 elif new:
                     # APPEND: the log is never read back for a live batch.
                     records = eventlog.encode(new)
-                    pipe.append(lead_key(*lead), records if read.log_exists else eventlog.VERSION + records)
+                    writes.append(lead_key(*lead), records if read.log_exists else eventlog.VERSION + records)
                     created += not read.log_exists
                 if outcome is not None:
-                    queue_outcome(pipe, lead, outcome, read.raw_state is not None, writes)
+                    queue_outcome(pipe, lead, outcome, read.raw_state is not None, writes, read.raw_state)
                     aggregates.queue_delta(writes, old_row, outcome.row if outcome.checkpoint else None)
                     leadindex.queue_update(writes, lead, indexed[i], entry)
                 elif new:
