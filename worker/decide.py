@@ -295,11 +295,23 @@ class Decider:
             )
 
         def outcome(
-            state: StateRecord | None, actions: list[Action], new: list[tuple[str, str, str | None]]
+            state: StateRecord | None,
+            actions: list[Action],
+            new: list[tuple[str, str, str | None]],
+            unchanged: bool = False,
         ) -> Outcome:
             due = ev.next_due_ms if state is not None else None
             return Outcome(
-                state, due, actions, new, checkpoint=packed, path=path, row=row, log=rewritten, folded=folded
+                state,
+                due,
+                actions,
+                new,
+                checkpoint=packed,
+                path=path,
+                row=row,
+                log=rewritten,
+                folded=folded,
+                unchanged=unchanged,
             )
 
         if told == ev.decisions_total and prev.get("decisions_total") == told and "decisions" in prev:
@@ -308,8 +320,9 @@ class Decider:
             state: StateRecord = {**prev}
             state["next_due"] = format_ms(ev.next_due_ms) if ev.next_due_ms else None
             state["state"], state["loss_reason"] = ev.state.value, ev.loss_reason
-            if state != prev:
-                state["as_of_ms"] = now
+            if state == prev:
+                return outcome(prev, [], [], unchanged=True)
+            state["as_of_ms"] = now
             return outcome(state, [], [])
         acted = set(prev.get("acted", []))
         acted |= carried_over(prev, ev, acted)

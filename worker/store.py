@@ -287,6 +287,8 @@ class LeadStore:
         first time or a profile event arrives; a batch that continued the checkpoint holds only
         the events after it, so the log is read then (rare: most batches re-use the entry).
         """
+        if outcome.unchanged and old is not None and not any(ev.type in leadindex.PROFILE_TYPES for ev in new):
+            return old  # the same state record and no profile event: the same entry
         listed_now = outcome.state is not None or old is not None
         listed_now = listed_now or any(ev.type is EventType.DEAL_UPDATED for ev in new)
         folds = old is None or any(ev.type in leadindex.PROFILE_TYPES for ev in new)

@@ -199,7 +199,7 @@ def queue_outcome(
         # entry only ever exists beside a state record, so there is nothing more to write.)
         if outcome.state is None:
             batch.deletes.append(skey)
-        else:
+        elif not outcome.unchanged:
             # msgspec's encoder: the compact JSON json.dumps wrote, several times faster.
             record = _STATE_ENCODER.encode(outcome.state)
             if record != old_state:  # (a live batch that changed nothing: the same bytes)
