@@ -286,12 +286,19 @@ class Decider:
         if ev.checkpoint_bytes is not None and ev.checkpoint_at is not None:
             tail = [e for e in history if e.occurred_ms > ev.checkpoint_at]
             packed = checkpoint.pack(
-                self.fingerprint, ev.checkpoint_at, ev.checkpoint_bytes, tail, ev.progress, row, oldest
+                self.fingerprint, ev.checkpoint_at, ev.checkpoint_bytes, tail, ev.progress, row, oldest, ev.next_due_ms
             )
         else:
             # Nothing to continue from yet, but the lead counts in the aggregates all the same.
             packed = checkpoint.pack(
-                self.fingerprint, checkpoint.NO_CHECKPOINT, checkpoint.NO_STATE, [], ev.progress, row, oldest
+                self.fingerprint,
+                checkpoint.NO_CHECKPOINT,
+                checkpoint.NO_STATE,
+                [],
+                ev.progress,
+                row,
+                oldest,
+                ev.next_due_ms,
             )
 
         def outcome(
@@ -317,8 +324,10 @@ class Decider:
         if told == ev.decisions_total and prev.get("decisions_total") == told and "decisions" in prev:
             # The live case: no decision since the checkpoint, whose decisions the state record
             # shows and has acted on already. Nothing new to act on or to re-render.
+            # Without a decision, neither the state nor the loss reason can have moved; the due
+            # time, which moves with every touch, is kept in the checkpoint (written anyway).
             state: StateRecord = {**prev}
-            state["next_due"] = format_ms(ev.next_due_ms) if ev.next_due_ms else None
+            state.pop("next_due", None)  # (written there until 2026-12-05)
             state["state"], state["loss_reason"] = ev.state.value, ev.loss_reason
             if state == prev:
                 return outcome(prev, [], [], unchanged=True)
@@ -347,7 +356,6 @@ class Decider:
             decisions_total=ev.decisions_total,
             acted=acted_list,
             as_of_ms=now,
-            next_due=format_ms(ev.next_due_ms) if ev.next_due_ms else None,
         )
         if listed:
             state["suppression_list"] = True
