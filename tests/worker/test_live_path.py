@@ -9,11 +9,12 @@ and checkpoints written before keep working.
 from __future__ import annotations
 
 import json
+import struct
 
 import fakeredis
 import msgspec
 
-from rules.events import Crm, Event, EventType, format_ms
+from rules.events import TYPE_CODES, Crm, Event, EventType, format_ms
 from tests.rules_helpers import at
 from worker import eventlog
 from worker.checkpoint import UNKNOWN, unpack
@@ -126,3 +127,13 @@ def test_writes_append_to_each_key_in_one_script() -> None:
         writes.flush(pipe)
         pipe.execute()
     assert [conn.get(k) for k in ("k1", "k2", "k3")] == [b"axyxy", b"xy", b"xy"]
+
+
+def test_log_records_read_back_their_data_whatever_wrote_it() -> None:
+    """msgspec reads the records json.dumps wrote; what it refuses (NaN) is read as before."""
+    logged = eventlog.to_logged(ev(1, "time_logged", "A", at(1), minutes=15, note="café"))
+    nan = json.dumps({"minutes": float("nan")}).encode()
+    odd = struct.pack("<8sqBH", b"k" * 8, at(2), TYPE_CODES[EventType.TIME_LOGGED], len(nan)) + nan
+    back = eventlog.decode_records(eventlog.encode([logged]) + odd)
+    assert back[0].data == {"minutes": 15, "note": "café"}
+    assert back[1].data["minutes"] != back[1].data["minutes"]  # NaN
