@@ -4,8 +4,9 @@ Leads are preloaded with 1, 10, 100, 1,000 and 5,000 events each (spread over th
 year, applied and decided, so each holds its checkpoint as a live lead would). Then, in
 interleaved rounds, one live, in-order 100-event batch per size (one new event for each of
 100 leads of that size) goes through the code a worker runs for a batch:
-`LeadStore.apply_batch` with a `Decider` (dry run), on the real Redis. The baseline of
-the same run is a batch of 100 events for 100 leads never seen before ("fresh").
+`LeadStore.apply_batch` with a `Decider` (dry run), on the real Redis, after the preload's
+heap is frozen as `pruner worker` freezes its start-up heap (worker.runner.settle_heap). The
+baseline of the same run is a batch of 100 events for 100 leads never seen before ("fresh").
 
 Also: one lead fed 1,000 single-event batches, against the same kind of 1,000 events fed
 one per lead to 1,000 leads (issue target: within 2x); two processes applying batches to

@@ -57,9 +57,9 @@ def settle_heap() -> None:
 
     A batch keeps every lead's decoded checkpoint alive until its transaction ends: the
     collections those allocations trigger each walked the whole heap of imported modules
-    (RQ, redis, the rules' tables), about 20 us per lead with a history (profiled with
-    bench.history; docs in README "Benchmarks"). Frozen objects are never collected, so this
-    runs after start-up only, when nothing but long-lived objects exist.
+    (RQ, redis, the rules' tables): about 20 us per lead with a history, profiled with
+    bench.history's leads. Frozen objects are never collected, so this runs once, after
+    start-up, when nothing but long-lived objects exist.
     """
     gc.collect()
     gc.freeze()
