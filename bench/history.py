@@ -4,9 +4,8 @@ Leads are preloaded with 1, 10, 100, 1,000 and 5,000 events each (spread over th
 year, applied and decided, so each holds its checkpoint as a live lead would). Then, in
 interleaved rounds, one live, in-order 100-event batch per size (one new event for each of
 100 leads of that size) goes through the code a worker runs for a batch:
-`LeadStore.apply_batch` with a `Decider` (dry run), on the real Redis, after the preload's
-heap is frozen as `pruner worker` freezes its start-up heap (worker.runner.settle_heap). The
-baseline of the same run is a batch of 100 events for 100 leads never seen before ("fresh").
+`LeadStore.apply_batch` with a `Decider` (dry run), on the real Redis. The baseline of
+the same run is a batch of 100 events for 100 leads never seen before ("fresh").
 
 Also: one lead fed 1,000 single-event batches, against the same kind of 1,000 events fed
 one per lead to 1,000 leads (issue target: within 2x); two processes applying batches to
@@ -34,7 +33,6 @@ from rules.events import Crm, Event, EventType
 from worker.decide import Decider
 from worker.keys import CHECKPOINT_PREFIX
 from worker.policyfile import default_policy
-from worker.runner import settle_heap
 from worker.store import LeadStore
 
 SIZES = (1, 10, 100, 1_000, 5_000)
@@ -146,7 +144,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.perf_counter()
         groups = {size: preload(store, feed, size, now_ms - 365 * DAY_MS, live_ms, now_ms) for size in args.sizes}
         print(f"-- preloaded {LEADS} leads per size in {time.perf_counter() - started:.1f} s", flush=True)
-        settle_heap()  # as `pruner worker` does before its first job
         rates: dict[str, list[float]] = {"fresh": []}
         rates.update({str(size): [] for size in args.sizes})
         replays: dict[str, list[float]] = {str(size): [] for size in args.sizes}

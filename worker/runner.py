@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import gc
 import logging
 import os
 import signal
@@ -52,19 +51,6 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def settle_heap() -> None:
-    """Hide what start-up loaded from the garbage collector (gc.freeze), once, before the first job.
-
-    A batch keeps every lead's decoded checkpoint alive until its transaction ends: the
-    collections those allocations trigger each walked the whole heap of imported modules
-    (RQ, redis, the rules' tables): about 20 us per lead with a history, profiled with
-    bench.history's leads. Frozen objects are never collected, so this runs once, after
-    start-up, when nothing but long-lived objects exist.
-    """
-    gc.collect()
-    gc.freeze()
-
-
 def run_worker(config: Config, burst: bool = False, connection: redis.Redis | None = None) -> bool:
     """Run an RQ worker on Pruner's queue until stopped (SIGTERM: finish the job, then exit)."""
     if not burst:  # a burst worker runs the scheduler inline and forks nothing
@@ -85,7 +71,6 @@ def run_worker(config: Config, burst: bool = False, connection: redis.Redis | No
             connection.delete(REINDEX_LOCK)
     if jobs.task_clock(config):
         upgrades.record_existing_breakup_tasks(connection, queue)
-    settle_heap()
     wait_s = 1.0
     lost: Exception | None = None
     while True:
