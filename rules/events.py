@@ -188,8 +188,12 @@ def _epoch_day(ymd: str) -> int | None:
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
+@lru_cache(maxsize=8192)
 def format_ms(ms: int) -> str:
-    """Format epoch milliseconds as RFC 3339 UTC (`2026-11-20T10:00:00Z`)."""
+    """Format epoch milliseconds as RFC 3339 UTC (`2026-11-20T10:00:00Z`).
+
+    Cached: a lead's due time and decision times are formatted again with each of its batches.
+    """
     stamp = datetime.fromtimestamp(ms / 1000, tz=UTC)
     if ms % 1000:
         return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")

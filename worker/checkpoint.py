@@ -4,8 +4,9 @@ One msgpack array: format version, the digest of the policy it was computed unde
 checkpoint time, the replay's running state (rules/lifecycle.py `Running`, kept as raw
 bytes so that a record of another shape is replayed rather than misread), the events after
 the checkpoint time (events dated after the evaluation's `now`, usually none: eventlog
-records), and the rules' progress as the last evaluation computed it (read by `explain`
-and `/leads`).
+records), the rules' progress as the last evaluation computed it and the lead's next due
+time (both read by `explain` and `/leads`), its row in the aggregates, and when the oldest
+event its log keeps happened.
 
 Invariant the store keeps: the tail holds exactly the log's events dated after `at_ms`.
 So a batch whose events are all later than `at_ms` needs neither the log nor a replay of
@@ -42,6 +43,9 @@ class Stored(msgspec.Struct, array_like=True):
     # When the oldest event its log keeps happened (None: it keeps none; UNKNOWN: written
     # before logs were folded): decides, without reading the log, when to fold it.
     oldest: int | None = UNKNOWN
+    # When the sweep looks at the lead again (None: never; UNKNOWN: written before 2026-12-05,
+    # when the state record held it as `next_due`): `/leads/<crm>/<id>` and `explain` show it.
+    due: int | None = UNKNOWN
 
     def events_after(self) -> list[LoggedEvent]:
         """The log's events dated after the checkpoint."""
@@ -64,9 +68,10 @@ def pack(
     progress: dict[str, dict[str, Any]],
     row: list[str] | None = None,
     oldest: int | None = None,
+    due: int | None = None,
 ) -> bytes:
     """Pack a checkpoint: `running` as `rules.running.encode_checkpoint` packed it."""
-    blob = Stored(FORMAT, policy, at_ms, msgspec.Raw(running), eventlog.encode(tail), progress, row, oldest)
+    blob = Stored(FORMAT, policy, at_ms, msgspec.Raw(running), eventlog.encode(tail), progress, row, oldest, due)
     return _ENCODER.encode(blob)
 
 

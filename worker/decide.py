@@ -128,6 +128,24 @@ def actions_for(view: LeadView, ev: Evaluation, acted: set[str], dry_run: bool) 
     return out
 
 
+def _as_of_kept(state: StateRecord, prev: StateRecord) -> StateRecord:
+    """`state`, with the previous `as_of_ms` when nothing else in it changed.
+
+    `as_of_ms` is the `now` of the evaluation that last changed the record: what a later
+    `now` decided (a sweep run ahead of the clock) is never undone by an earlier one, and a
+    live batch that changes nothing leaves the record's bytes as they were, so the store
+    need not write them again (most batches of a decided lead: ~1.3 KB less per lead).
+    """
+    if "as_of_ms" not in prev:
+        return state
+    kept: StateRecord = {**state, "as_of_ms": prev["as_of_ms"]}
+    # As JSON: the stored record was decoded from it (lists, not tuples).
+    return kept if msgspec.json.decode(_RECORD.encode(kept)) == prev else state
+
+
+_RECORD = msgspec.json.Encoder()
+
+
 class Decider:
     """Evaluate a lead with one policy at one `now`; used by batches and sweeps alike."""
 
@@ -231,8 +249,8 @@ class Decider:
         if any(e.type is EventType.ERASURE_REQUESTED for e in view.history):
             return self.erase(view)
         prev = view.state or {}
-        # Time only moves forward for a lead: a sweep run with `--now` in the future
-        # is not undone by a batch processed at wall-clock time afterwards.
+        # Time only moves forward for a lead: what a sweep run with `--now` in the future
+        # decided is not undone by a batch processed at wall-clock time afterwards.
         now = max(self.now_ms, int(prev.get("as_of_ms", 0)))
         listed = view.listed or bool(prev.get("suppression_list"))
         listed_channels = view.listed_channels if view.listed else tuple(prev.get("suppression_channels", ()))
@@ -275,20 +293,39 @@ class Decider:
         if ev.checkpoint_bytes is not None and ev.checkpoint_at is not None:
             tail = [e for e in history if e.occurred_ms > ev.checkpoint_at]
             packed = checkpoint.pack(
-                self.fingerprint, ev.checkpoint_at, ev.checkpoint_bytes, tail, ev.progress, row, oldest
+                self.fingerprint, ev.checkpoint_at, ev.checkpoint_bytes, tail, ev.progress, row, oldest, ev.next_due_ms
             )
         else:
             # Nothing to continue from yet, but the lead counts in the aggregates all the same.
             packed = checkpoint.pack(
-                self.fingerprint, checkpoint.NO_CHECKPOINT, checkpoint.NO_STATE, [], ev.progress, row, oldest
+                self.fingerprint,
+                checkpoint.NO_CHECKPOINT,
+                checkpoint.NO_STATE,
+                [],
+                ev.progress,
+                row,
+                oldest,
+                ev.next_due_ms,
             )
 
         def outcome(
-            state: StateRecord | None, actions: list[Action], new: list[tuple[str, str, str | None]]
+            state: StateRecord | None,
+            actions: list[Action],
+            new: list[tuple[str, str, str | None]],
+            unchanged: bool = False,
         ) -> Outcome:
             due = ev.next_due_ms if state is not None else None
             return Outcome(
-                state, due, actions, new, checkpoint=packed, path=path, row=row, log=rewritten, folded=folded
+                state,
+                due,
+                actions,
+                new,
+                checkpoint=packed,
+                path=path,
+                row=row,
+                log=rewritten,
+                folded=folded,
+                unchanged=unchanged,
             )
 
         going_live = not self.dry_run and bool(prev.get("dry_acted"))  # what a dry run decided is still to send
@@ -300,9 +337,14 @@ class Decider:
         ):
             # The live case: no decision since the checkpoint, whose decisions the state record
             # shows and has acted on already. Nothing new to act on or to re-render.
+            # Without a decision, neither the state nor the loss reason can have moved; the due
+            # time, which moves with every touch, is kept in the checkpoint (written anyway).
             state: StateRecord = {**prev}
-            state["as_of_ms"], state["next_due"] = now, format_ms(ev.next_due_ms) if ev.next_due_ms else None
+            state.pop("next_due", None)  # (written there until 2026-12-05)
             state["state"], state["loss_reason"] = ev.state.value, ev.loss_reason
+            if state == prev:
+                return outcome(prev, [], [], unchanged=True)
+            state["as_of_ms"] = now
             return outcome(state, [], [])
         # A dry run acts on nothing for real: what it "acted" on is remembered apart, so that
         # it does not log the same would-be action twice, and a live worker sends it after all
@@ -335,7 +377,6 @@ class Decider:
             decisions_total=ev.decisions_total,
             acted=acted_list,
             as_of_ms=now,
-            next_due=format_ms(ev.next_due_ms) if ev.next_due_ms else None,
         )
         if dry_list:
             state["dry_acted"] = dry_list
@@ -343,7 +384,7 @@ class Decider:
             state["suppression_list"] = True
             if listed_channels:
                 state["suppression_channels"] = list(listed_channels)
-        return outcome(state, actions, new)
+        return outcome(_as_of_kept(state, prev), actions, new)
 
     def erase(self, view: LeadView) -> Outcome:
         """Forget the lead: keep keyed hashes of its id and emails, and an audit record."""

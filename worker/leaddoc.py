@@ -10,7 +10,7 @@ from typing import Any
 import redis
 
 from rules.events import format_ms
-from worker.checkpoint import Stored
+from worker.checkpoint import UNKNOWN, Stored
 from worker.eventlog import Log
 from worker.staterecord import StateRecord
 from worker.suppression import SUPPRESSED_KEY, lead_hash
@@ -40,7 +40,7 @@ def lead_document(
         "loss_reason": state.get("loss_reason"),
         "counters": counters.public(),
         "decisions": state.get("decisions", []),
-        "next_due": state.get("next_due"),
+        "next_due": _next_due(state, checkpoint),
         "events": folded + len(log.events),
         # Of those, how many are past the retention horizon: counted in, no longer kept one by one.
         "events_folded": folded,
@@ -48,3 +48,10 @@ def lead_document(
         "profile": {"source": counters.source, "segment": counters.segment, "priority": counters.priority},
         "progress": checkpoint.progress if checkpoint is not None else {},
     }
+
+
+def _next_due(state: StateRecord, checkpoint: Stored | None) -> str | None:
+    """The lead's next due time: its checkpoint's, or the state record's when written before 2026-12-05."""
+    if checkpoint is None or checkpoint.due == UNKNOWN:
+        return state.get("next_due")
+    return format_ms(checkpoint.due) if checkpoint.due is not None else None

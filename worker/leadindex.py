@@ -35,8 +35,10 @@ import binascii
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
+import msgspec
 import redis
 
 from rules.counters import LeadCounters, LoggedEvent, fold
@@ -126,7 +128,8 @@ class Entry:
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Entry:
-        state, reason, rules, source, stage, changed, segment, priority = json.loads(raw)
+        # msgspec: every batch of a listed lead decodes its entry (json.loads took ~3 us of it).
+        state, reason, rules, source, stage, changed, segment, priority = msgspec.json.decode(raw)
         return cls(state, reason, tuple(rules), source, stage, int(changed), segment, priority)
 
 
@@ -170,6 +173,16 @@ def entry_for(
 
 
 def _ms(value: object) -> int:
+    return _parsed_ms(value) if isinstance(value, str) else _parse_ms(value)
+
+
+@lru_cache(maxsize=4096)
+def _parsed_ms(value: str) -> int:
+    # A listed lead's latest decision is the same one batch after batch: parsed once.
+    return _parse_ms(value)
+
+
+def _parse_ms(value: object) -> int:
     try:
         return parse_rfc3339_ms(value, "decision time")
     except SchemaError:

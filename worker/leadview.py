@@ -76,6 +76,8 @@ class Outcome:
     # The whole log, rewritten: its oldest events folded away (worker/eventlog.py `Fold`).
     log: bytes | None = None
     folded: int = 0
+    # `state` is the lead's state record as read, unchanged: nothing to write, nothing to re-index.
+    unchanged: bool = False
 
 
 # What the store calls to decide a lead (worker.decide.Decider is the one the workers pass).

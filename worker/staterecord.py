@@ -19,6 +19,8 @@ class StateRecord(TypedDict, total=False):
     # ...and of those a dry run "acted" on, sending nothing: a live worker acts on them for real.
     dry_acted: list[str]
     as_of_ms: int  # the `now` of the evaluation that wrote it
-    next_due: str | None  # RFC 3339: when the sweep looks at the lead again
+    # RFC 3339: when the sweep looks at the lead again. Written until 2026-12-05; now in the
+    # checkpoint (`Stored.due`), so that a batch that moves only the due time leaves this record be.
+    next_due: str | None
     suppression_list: bool  # the person was on the suppression list when first seen
     suppression_channels: list[str]

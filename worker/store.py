@@ -250,10 +250,10 @@ class LeadStore:
                 elif new:
                     # APPEND: the log is never read back for a live batch.
                     records = eventlog.encode(new)
-                    pipe.append(lead_key(*lead), records if read.log_exists else eventlog.VERSION + records)
+                    writes.append(lead_key(*lead), records if read.log_exists else eventlog.VERSION + records)
                     created += not read.log_exists
                 if outcome is not None:
-                    queue_outcome(pipe, lead, outcome, read.raw_state is not None, writes)
+                    queue_outcome(pipe, lead, outcome, read.raw_state is not None, writes, read.raw_state)
                     aggregates.queue_delta(writes, old_row, outcome.row if outcome.checkpoint else None)
                     leadindex.queue_update(writes, lead, indexed[i], entry)
                 elif new:
@@ -287,6 +287,8 @@ class LeadStore:
         first time or a profile event arrives; a batch that continued the checkpoint holds only
         the events after it, so the log is read then (rare: most batches re-use the entry).
         """
+        if outcome.unchanged and old is not None and not any(ev.type in leadindex.PROFILE_TYPES for ev in new):
+            return old  # the same state record and no profile event: the same entry
         listed_now = outcome.state is not None or old is not None
         listed_now = listed_now or any(ev.type is EventType.DEAL_UPDATED for ev in new)
         folds = old is None or any(ev.type in leadindex.PROFILE_TYPES for ev in new)

@@ -91,11 +91,20 @@ def queue_erasure(
         pipe.rpush(AUDIT_KEY, json.dumps(outcome.audit, separators=(",", ":")))
 
 
+# APPEND to each of KEYS its ARGV: a batch's ~100 log appends as one command (see `Writes`).
+_APPEND_ALL = """
+for i, key in ipairs(KEYS) do
+  redis.call('APPEND', key, ARGV[i])
+end
+return #KEYS
+"""
+
+
 class Writes:
     """A transaction's writes to shared keys, gathered and sent as one command per key at the end.
 
-    A batch of 100 decided leads would otherwise queue some 350 commands inside MULTI (its
-    state, checkpoint, due time, list-index and aggregate updates), and at ~30 µs of client
+    A batch of 100 decided leads would otherwise queue some 450 commands inside MULTI (its
+    log appends, state, checkpoint, due time, list-index and aggregate updates), and at ~30 µs of client
     time each that was most of a live batch's cost. It answers the few pipeline methods the
     outcome, list-index and aggregate writers call; `flush` sends them before EXEC. Within one
     transaction no (key, member) is both added and removed, so the order of the commands does
@@ -113,6 +122,8 @@ class Writes:
         self.increments: dict[tuple[str, str], int] = {}
         # Lists appended to, in the order the leads were written (the actions record, outboxes).
         self.pushes: dict[str, list[str]] = {}
+        # Strings appended to (the leads' event logs): one script for all of them.
+        self.appends: dict[str, bytes] = {}
 
     def zadd(self, key: str, mapping: dict[str, int]) -> None:
         self.zadds.setdefault(key, {}).update(mapping)
@@ -132,7 +143,14 @@ class Writes:
     def hincrby(self, key: str, field: str, n: int) -> None:
         self.increments[key, field] = self.increments.get((key, field), 0) + n
 
+    def append(self, key: str, value: bytes) -> None:
+        self.appends[key] = self.appends.get(key, b"") + value
+
     def flush(self, pipe: Any) -> None:
+        if len(self.appends) == 1:
+            pipe.append(*next(iter(self.appends.items())))
+        elif self.appends:
+            pipe.eval(_APPEND_ALL, len(self.appends), *self.appends, *self.appends.values())
         if self.sets:
             pipe.mset(self.sets)
         if self.deletes:
@@ -157,11 +175,17 @@ class Writes:
 
 
 def queue_outcome(
-    pipe: Any, lead: Lead, outcome: Outcome, had_state: bool = True, writes: Writes | None = None
+    pipe: Any,
+    lead: Lead,
+    outcome: Outcome,
+    had_state: bool = True,
+    writes: Writes | None = None,
+    old_state: bytes | None = None,
 ) -> None:
     """Queue a decided outcome: checkpoint, state record, due time, recorded and outbound actions.
 
-    With `writes`, its key writes join the transaction's (flushed by the caller).
+    With `writes`, its key writes join the transaction's (flushed by the caller). `old_state`:
+    the state record's bytes as read (watched) in this transaction, not written again if equal.
     """
     batch = writes if writes is not None else Writes()
     skey = state_key(*lead)
@@ -175,9 +199,11 @@ def queue_outcome(
         # entry only ever exists beside a state record, so there is nothing more to write.)
         if outcome.state is None:
             batch.deletes.append(skey)
-        else:
+        elif not outcome.unchanged:
             # msgspec's encoder: the compact JSON json.dumps wrote, several times faster.
-            batch.sets[skey] = _STATE_ENCODER.encode(outcome.state)
+            record = _STATE_ENCODER.encode(outcome.state)
+            if record != old_state:  # (a live batch that changed nothing: the same bytes)
+                batch.sets[skey] = record
         member = due_member(*lead)
         if outcome.due_ms is None:
             batch.zrem(DUE_KEY, member)
