@@ -351,7 +351,10 @@ class Decider:
         # (the lead's current decision: a break-up a dry run decided gets its task at go-live).
         live_acted = prev.get("acted", [])
         dry_acted = prev.get("dry_acted", []) if self.dry_run else []
-        acted = set(live_acted) | set(dry_acted)
+        # A decision re-told under new names (late events renumbered and moved it) that was
+        # acted on for real stays acted on for real, whoever re-tells it: a held batch too.
+        retold = carried_over(prev, ev, set(live_acted))
+        acted = set(live_acted) | set(dry_acted) | retold
         acted |= carried_over(prev, ev, acted)
         actions = actions_for(view, ev, acted, self.dry_run)
         # Only the latest decisions can still call for an action (the current one, and the
@@ -363,8 +366,9 @@ class Decider:
         fresh = [(d, name) for d, name in recent if not _was_acted(d, name, seen)]
         names = [key for d, name in recent for key in (name, d.key)]
         if self.dry_run:
-            acted_list = list(live_acted)  # a dry run never adds to what was really acted on
-            dry_list = _remember(dry_acted, [key for key in names if key not in set(live_acted)])
+            # A dry run adds to what was really acted on only the new names of what was.
+            acted_list = _remember(live_acted, [key for key in names if key in retold]) if retold else list(live_acted)
+            dry_list = _remember(dry_acted, [key for key in names if key not in set(acted_list)])
         else:
             acted_list, dry_list = _remember(live_acted, names), []
         new = [(d.rule, d.to.value, d.reason) for d, _ in fresh]
