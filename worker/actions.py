@@ -52,6 +52,7 @@ BREAKUP_TASK = ActionKind.BREAKUP_TASK.value
 # (worker/queues.py `events_job`, bound to the queue by the job that drains).
 QueueEvents = Callable[[list[list[Any]]], list[tuple[str | bytes, ...]]]
 DONE_TTL_S = 14 * 86_400
+OUTBOX_SOURCE = "outbox"  # the source of the breakup_task_created batches the drain queues
 
 
 def done_key(crm: str) -> str:

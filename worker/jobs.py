@@ -17,7 +17,7 @@ from rules.fastparse import parse_decoded
 from rules.hubspot_map import HubSpotOp
 from worker import hubspot_ops, leadindex
 from worker.action import Action
-from worker.actions import drain, pending_key, queue_erasure_forwards, watch
+from worker.actions import OUTBOX_SOURCE, drain, pending_key, queue_erasure_forwards, watch
 from worker.aggregates import COMPLETE_KEY
 from worker.backfill import SOURCE as BACKFILL_SOURCE
 from worker.config import Config
@@ -63,7 +63,6 @@ def suppression_key(config: Config) -> bytes | None:
     return config.suppression_key.encode() if config.suppression_key else None
 
 
-OUTBOX_SOURCE = "outbox"  # breakup_task_created events the drain records (worker/actions.py)
 RECONCILE_SOURCE = "reconcile"  # the decider's source for what reconciliation applies
 # Batches that are not webhooks: history read back, or Pruner's own records.
 HISTORY_SOURCES = frozenset({BACKFILL_SOURCE, UPGRADE_SOURCE, OUTBOX_SOURCE})

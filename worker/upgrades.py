@@ -14,14 +14,17 @@ from typing import Any
 
 import redis
 from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
 
 from rules.counters import LoggedEvent
 from rules.events import MAX_EVENTS_PER_BATCH, Crm, Event, EventType, parse_rfc3339_ms
 from rules.states import ActionKind
 from worker import eventlog
+from worker.actions import OUTBOX_SOURCE, dead_key
 from worker.held import release_held
 from worker.keys import STATE_PREFIX, lead_key, outbox_key, parse_due_member
-from worker.queues import enqueue_events
+from worker.queues import PROCESS_EVENTS, enqueue_events
 from worker.taskcap import deferred_key
 
 log = logging.getLogger(__name__)
@@ -59,68 +62,111 @@ def record_existing_breakup_tasks(
     wait for (its break-up was acted on, so none is sent again). Each gets a record at its
     decision's own time, so its grace runs as it did, from the decision.
 
-    Left alone: a break-up whose task is recorded in the lead's log; one whose task is on its
-    way (in the outbox, or held back by the owner's daily budget), which the drain records
-    when the CRM confirms it; and one a dry run decided (`dry_acted`). A dry run sent
+    Left alone: a break-up whose task is recorded in the lead's log, or in a job still to be
+    applied; one whose task is on its way (in the outbox, or held back by the owner's daily
+    budget), which the drain records when the CRM confirms it; a lead whose break-up task the
+    CRM refused (`pruner:dead:{crm}`: it waits in BREAKUP_DUE, and the refusal is alerted on);
+    and a break-up a dry run decided (`dry_acted`). A dry run sent
     nothing, so its leads are made due now and the sweep acts on their current decisions for
     real: a break-up's task is created, and its grace runs from then. (Break-ups decided by
     the dry run of a version before `dry_acted` cannot be told from live ones.) A state
     record keeps a lead's last 5 decisions: an older break-up, an episode or more back, keeps
     no record and replays as waiting until the lead's next reply, which it had already had.
 
-    Runs at the first live start of a worker with the task clock on, and again at the first
-    live start after a dry run (marker keys), beside live workers: it only queues events,
-    applied like any other batch, and moves due times. Returns how many break-ups it queued a
+    The records are written once, at the first live start of a worker with the task clock on;
+    the first live start after a dry run only releases the dry run's leads (marker keys). It
+    runs beside live workers: it only queues events, applied like any other batch, and moves
+    due times. Returns how many break-ups it queued a
     record for (0 when there was nothing to do). With the task clock off (`task_clock`) it
     only makes a dry run's leads due.
     """
-    due = (task_clock and not connection.exists(BREAKUP_CLOCK_MARKER)) or connection.exists(DRY_RUN_MARK)
-    if not due or not connection.set(BREAKUP_CLOCK_LOCK, "1", nx=True, ex=3600):
+    records_due = task_clock and not connection.exists(BREAKUP_CLOCK_MARKER)
+    release_due = bool(connection.exists(DRY_RUN_MARK))
+    if not (records_due or release_due) or not connection.set(BREAKUP_CLOCK_LOCK, "1", nx=True, ex=3600):
         return 0
     try:
-        on_the_way = _queued_tasks(connection)
-        pending: list[list[Any]] = []
-        queued = 0
-        for key in connection.scan_iter(f"{STATE_PREFIX}*", count=scan_count):
-            raw = connection.get(key)
-            record = json.loads(raw) if raw else {}
-            crm, lead_id = parse_due_member(key[len(STATE_PREFIX) :])
-            dry = set(record.get("dry_acted") or [])
-            breakups = [
-                d
-                for d in record.get("decisions") or []
-                if d.get("to") == "BREAKUP_DUE"
-                and (crm, lead_id, d["at"]) not in on_the_way
-                and f"{d.get('rule')}:BREAKUP_DUE:{parse_rfc3339_ms(d['at'], 'state.decisions.at')}" not in dry
-            ]
-            if not breakups or not task_clock:
-                continue
-            log_blob: bytes | None = connection.get(lead_key(crm, lead_id))  # type: ignore[assignment]
-            tasks = [e for e in eventlog.decode(log_blob) if e.type is EventType.BREAKUP_TASK_CREATED]
-            for decision in breakups:
-                at = parse_rfc3339_ms(decision["at"], "state.decisions.at")
-                if any(_records(task, at) for task in tasks):
-                    continue
-                event_id = f"pruner-task-upgrade:{crm}:{lead_id}:{decision['at']}"  # the same on a second run
-                data = {"decision_at": decision["at"]}
-                pending.append(Event(event_id, EventType.BREAKUP_TASK_CREATED, Crm(crm), lead_id, at, data).to_wire())
-                if len(pending) == MAX_EVENTS_PER_BATCH:
-                    enqueue_events(queue, pending, source=SOURCE)
-                    queued, pending = queued + len(pending), []
-        if pending:
-            enqueue_events(queue, pending, source=SOURCE)
-            queued += len(pending)
-        if connection.exists(DRY_RUN_MARK):
+        queued = _record_breakups(connection, queue, scan_count) if records_due else 0
+        if release_due:
+            # Only the dry run's leads: the scan for break-ups without a record is the clock's
+            # one-time upgrade, never repeated (it would fake a refused task's record).
             released = release_held(connection, int(now() * 1000), scan_count)
             log.info("going live: %d leads a dry run decided are due now", released)
         if task_clock:
             connection.set(BREAKUP_CLOCK_MARKER, "1")
         connection.delete(DRY_RUN_MARK)
-        if queued:
-            log.info("upgrade: %d break-ups decided without a task keep the grace they had (from the decision)", queued)
         return queued
     finally:
         connection.delete(BREAKUP_CLOCK_LOCK)
+
+
+def _record_breakups(connection: redis.Redis, queue: Queue, scan_count: int) -> int:
+    """The clock's one-time upgrade: queue a task record for each break-up decided without one."""
+    on_the_way = _queued_tasks(connection)
+    # Leads whose task the drain recorded but whose record is still in a queued job, or whose
+    # task the CRM refused (it waits in BREAKUP_DUE, documented: faking its record would lose
+    # it without a break-up).
+    skipped = _recording(connection, queue) | _refused(connection)
+    pending: list[list[Any]] = []
+    queued = 0
+    for key in connection.scan_iter(f"{STATE_PREFIX}*", count=scan_count):
+        crm, lead_id = parse_due_member(key[len(STATE_PREFIX) :])
+        if (crm, lead_id) in skipped:
+            continue
+        raw = connection.get(key)
+        record = json.loads(raw) if raw else {}
+        dry = set(record.get("dry_acted") or [])
+        breakups = [
+            d
+            for d in record.get("decisions") or []
+            if d.get("to") == "BREAKUP_DUE"
+            and (crm, lead_id, d["at"]) not in on_the_way
+            and f"{d.get('rule')}:BREAKUP_DUE:{parse_rfc3339_ms(d['at'], 'state.decisions.at')}" not in dry
+        ]
+        if not breakups:
+            continue
+        log_blob: bytes | None = connection.get(lead_key(crm, lead_id))  # type: ignore[assignment]
+        tasks = [e for e in eventlog.decode(log_blob) if e.type is EventType.BREAKUP_TASK_CREATED]
+        for decision in breakups:
+            at = parse_rfc3339_ms(decision["at"], "state.decisions.at")
+            if any(_records(task, at) for task in tasks):
+                continue
+            event_id = f"pruner-task-upgrade:{crm}:{lead_id}:{decision['at']}"  # the same on a second run
+            data = {"decision_at": decision["at"]}
+            pending.append(Event(event_id, EventType.BREAKUP_TASK_CREATED, Crm(crm), lead_id, at, data).to_wire())
+            if len(pending) == MAX_EVENTS_PER_BATCH:
+                enqueue_events(queue, pending, source=SOURCE)
+                queued, pending = queued + len(pending), []
+    if pending:
+        enqueue_events(queue, pending, source=SOURCE)
+        queued += len(pending)
+    if queued:
+        log.info("upgrade: %d break-ups decided without a task keep the grace they had (from the decision)", queued)
+    return queued
+
+
+def _recording(connection: redis.Redis, queue: Queue) -> set[tuple[str, str]]:
+    """Leads named by the drain's task records still waiting in a job (queued or being applied)."""
+    ids = [*queue.get_job_ids(), *queue.started_job_registry.get_job_ids()]
+    found: set[tuple[str, str]] = set()
+    for job in Job.fetch_many(ids, connection=connection, serializer=JSONSerializer):
+        if job is None or job.func_name != PROCESS_EVENTS or job.kwargs.get("source") != OUTBOX_SOURCE:
+            continue
+        found.update((str(wire[2]), str(wire[3])) for wire in job.args[0])
+    return found
+
+
+def _refused(connection: redis.Redis) -> set[tuple[str, str]]:
+    """Leads with a break-up task the CRM refused for good (`pruner:dead:{crm}`)."""
+    found: set[tuple[str, str]] = set()
+    for crm in Crm:
+        raw: list[bytes] = connection.lrange(dead_key(crm.value), 0, -1)  # type: ignore[assignment]
+        for entry in raw:
+            action_id = str(json.loads(entry).get("id", ""))  # crm:lead:rule:STATE@episode#rank
+            _, _, rest = action_id.partition(":")
+            lead_id, _, name = rest.partition(":")
+            if ":BREAKUP_DUE@" in f":{name}":
+                found.add((crm.value, lead_id))
+    return found
 
 
 def _records(task: LoggedEvent, decided_ms: int) -> bool:
