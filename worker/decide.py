@@ -158,6 +158,7 @@ class Decider:
         suppression_key: bytes | None = None,
         source: str = "events",
         grace_from_task: bool = False,
+        release_by_ms: int | None = None,
     ) -> None:
         self.policy = policy
         self.now_ms = now_ms
@@ -170,6 +171,10 @@ class Decider:
         self.grace_from_task = grace_from_task
         self.fingerprint = policy_fingerprint(policy) + ("/task" if grace_from_task else "")
         self.horizon_ms = policy.retention_horizon_days * DAY_MS
+        # Holding decisions (a dry run that stands for a live backfill, worker/held.py): a lead
+        # with held decisions is due by then at the latest, so that it is acted on for real
+        # even if nothing releases it (the backfill command was killed before its release).
+        self.release_by_ms = release_by_ms
 
     def _resumable(self, view: LeadView, now: int, listed: bool, channels: tuple[str, ...]) -> Running | None:
         """The lead's checkpoint, when this evaluation may continue it."""
@@ -315,6 +320,8 @@ class Decider:
             unchanged: bool = False,
         ) -> Outcome:
             due = ev.next_due_ms if state is not None else None
+            if state is not None and state.get("dry_acted") and self.release_by_ms is not None:
+                due = min(due, self.release_by_ms) if due is not None else self.release_by_ms
             return Outcome(
                 state,
                 due,

@@ -68,6 +68,13 @@ RECONCILE_SOURCE = "reconcile"  # the decider's source for what reconciliation a
 HISTORY_SOURCES = frozenset({BACKFILL_SOURCE, UPGRADE_SOURCE, OUTBOX_SOURCE})
 
 
+# A backfill's held decisions are acted on by the sweep this long after, at the latest, should
+# the command never release them (killed after its jobs were applied): it releases them itself
+# once its last job is applied, and the spool queues each lead's events together, so a lead's
+# whole history is in well before.
+HELD_FOR_MS = 60 * 60_000
+
+
 def task_clock(config: Config) -> bool:
     """Whether a break-up's grace waits for its task (guardrail 7): on (the default), and live.
 
@@ -83,6 +90,7 @@ def decider(config: Config, now_ms: int, source: str = "events") -> Decider:
         cached_policy(config.policy_path),
         now_ms,
         dry_run=config.dry_run or source == BACKFILL_SOURCE,
+        release_by_ms=now_ms + HELD_FOR_MS if source == BACKFILL_SOURCE and not config.dry_run else None,
         suppression_key=suppression_key(config),
         source=source,
         grace_from_task=task_clock(config),

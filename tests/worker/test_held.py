@@ -59,3 +59,19 @@ def test_webhooks_are_decided_live_while_a_backfill_runs() -> None:
     store = LeadStore(conn)
     store.apply_batch(emails("HOT"), jobs.decider(LIVE, at(1), "events"))
     assert [a["kind"] for a in outbox(conn)] == ["breakup_task"]
+
+
+def test_held_decisions_are_acted_on_within_the_hour_if_nothing_releases_them() -> None:
+    """A backfill command killed after its jobs were applied (found by a second reader): its held
+    break-up had no due time, and nothing would ever have created its task."""
+    conn = fakeredis.FakeRedis()
+    store = LeadStore(conn)
+    now = at(60)
+    store.apply_batch(emails("B"), jobs.decider(LIVE, now, BACKFILL_SOURCE))
+    assert outbox(conn) == [] and conn.zscore(DUE_KEY, "hubspot:B") == now + jobs.HELD_FOR_MS
+    store.reevaluate(store.due(now + jobs.HELD_FOR_MS - 1, 10), jobs.decider(LIVE, now + jobs.HELD_FOR_MS - 1))
+    assert outbox(conn) == []
+    later = now + jobs.HELD_FOR_MS
+    store.reevaluate(store.due(later, 10), jobs.decider(LIVE, later))
+    assert [(a["lead_id"], a["kind"]) for a in outbox(conn)] == [("B", "breakup_task")]
+    assert conn.zscore(DUE_KEY, "hubspot:B") is None  # waiting for its task, nothing held
