@@ -22,6 +22,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from rq import Queue
 
+from rules.events import Crm
 from worker import metrics as worker_metrics
 from worker import queuehealth, redisinfo
 
@@ -128,21 +129,26 @@ class RedisCollector(Collector):
             "CRM actions the CRM refused for good, kept in pruner:dead:{crm} (a refused break-up task leaves its "
             "lead waiting in BREAKUP_DUE)",
             ["crm", "kind"],
+            known=[(crm.value, kind) for crm in Crm for kind in worker_metrics.REFUSED_KINDS],
         )
         yield self._hash_counter(
             worker_metrics.RECONCILED_KEY,
             "pruner_reconciled_events",
             "Events reconciliation read back from the CRM that no webhook had delivered (above 0: webhooks go missing)",
             ["object"],
+            known=[(name,) for name in worker_metrics.RECONCILED_OBJECTS],
         )
 
-    def _hash_counter(self, key: str, name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
+    def _hash_counter(
+        self, key: str, name: str, doc: str, labels: list[str], known: Iterable[tuple[str, ...]] = ()
+    ) -> CounterMetricFamily:
+        """A counter per hash field ("a|b" for labels a, b); `known` label values start at 0."""
         family = CounterMetricFamily(name, doc, labels=labels)
         raw: dict[bytes, bytes] = self.connection.hgetall(key)  # type: ignore[assignment]
-        for field, value in raw.items():
-            parts = field.decode().split("|")
+        counts = {tuple(field.decode().split("|")): float(value) for field, value in raw.items()}
+        for parts in [*(k for k in known if k not in counts), *counts]:
             if len(parts) == len(labels):
-                family.add_metric(parts, float(value))
+                family.add_metric(list(parts), counts.get(parts, 0.0))
         return family
 
 

@@ -27,6 +27,13 @@ EVALUATIONS_KEY = "pruner:metrics:evaluations"
 RETENTION_KEY = "pruner:metrics:retention"
 # field "crm|kind" -> actions the CRM refused for good (worker/actions.py: they wait in pruner:dead:{crm})
 REFUSED_KEY = "pruner:metrics:refused"
+# The labels of those two exported at 0 before their first count: Prometheus's increase() sees
+# no rise in a series born at 1, so an alert on the first refusal or recovery would stay silent.
+REFUSED_KINDS = ("breakup_task", "reengage_task", "mark_lost", "suppress", "forward_erasure")
+RECONCILED_OBJECTS = (
+    *("contacts", "deals", "calls", "emails", "meetings"),  # HubSpot (worker/reconcile.py)
+    *("Lead", "Task", "Event", "Opportunity", "Individual"),  # Salesforce (rules/salesforce_map.SOBJECTS)
+)
 RECONCILED_KEY = "pruner:metrics:reconciled"  # field: object type -> events reconciliation added (worker/reconcile.py)
 
 

@@ -79,7 +79,7 @@ def test_refusals_are_timed_and_counted_under_the_route_named(client: FlaskClien
 
 
 def test_metrics_show_what_reconciliation_recovered(client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
-    assert 'pruner_reconciled_events_total{object="calls"}' not in client.get("/metrics").get_data(as_text=True)
+    assert 'pruner_reconciled_events_total{object="calls"} 0.0' in client.get("/metrics").get_data(as_text=True)
     fake_redis.hincrby(worker_metrics.RECONCILED_KEY, "calls", 4)  # what worker/reconcile.py writes
     text = client.get("/metrics").get_data(as_text=True)
     assert 'pruner_reconciled_events_total{object="calls"} 4.0' in text
@@ -89,3 +89,23 @@ def test_metrics_show_the_actions_a_crm_refused(client: FlaskClient, fake_redis:
     fake_redis.hincrby(worker_metrics.REFUSED_KEY, "hubspot|breakup_task", 2)  # what the drain writes
     text = client.get("/metrics").get_data(as_text=True)
     assert 'pruner_actions_refused_total{crm="hubspot",kind="breakup_task"} 2.0' in text
+
+
+def test_refusals_and_recoveries_are_exported_at_zero_before_the_first(client: FlaskClient) -> None:
+    """A series born at 1 shows no increase() to Prometheus: the alert on the first one would stay
+    silent (found by a second reader). Every label they can take starts at 0."""
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'pruner_actions_refused_total{crm="hubspot",kind="breakup_task"} 0.0' in text
+    assert 'pruner_actions_refused_total{crm="salesforce",kind="mark_lost"} 0.0' in text
+    assert 'pruner_reconciled_events_total{object="contacts"} 0.0' in text
+    assert 'pruner_reconciled_events_total{object="Opportunity"} 0.0' in text
+
+
+def test_the_labels_exported_at_zero_are_the_ones_counted() -> None:
+    from rules.salesforce_map import SOBJECTS
+    from rules.states import ActionKind
+    from worker.actions import FORWARD_ERASURE
+    from worker.reconcile import ENGAGEMENTS, RECORD_MODIFIED
+
+    assert set(worker_metrics.RECONCILED_OBJECTS) == {*ENGAGEMENTS, *RECORD_MODIFIED, *SOBJECTS}
+    assert set(worker_metrics.REFUSED_KINDS) == {*(kind.value for kind in ActionKind), FORWARD_ERASURE}
