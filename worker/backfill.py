@@ -25,9 +25,11 @@ having the same ids, count once. A finished run deletes its cursors.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 import sys
 import time
 from collections import Counter
@@ -127,13 +129,24 @@ class NullSink:
 
 
 class JsonlSink:
-    """Canonical events, one JSON object a line, as `pruner simulate` reads them."""
+    """Canonical events, one JSON object a line, as `pruner simulate` reads them.
 
-    def __init__(self, path: str, append: bool) -> None:
+    The file holds personal data (email addresses in `lead_profile`), so it is created readable
+    by its owner alone, and never through a symbolic link. `exclusive`: the file must not exist
+    yet (a live run's spool, in a shared temporary directory where another user could have
+    planted one); when resuming, it must be a regular file of ours.
+    """
+
+    def __init__(self, path: str, append: bool, exclusive: bool = False) -> None:
         self.path = path
         if append:
+            check_own(path)
             drop_torn_line(path)
-        self.stream: IO[str] = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115 (closed by close)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else os.O_TRUNC)
+        if exclusive and not append:
+            flags |= os.O_EXCL
+        fd = os.open(path, flags, 0o600)
+        self.stream: IO[str] = os.fdopen(fd, "a" if append else "w", encoding="utf-8")
 
     def write(self, events: Sequence[Versioned]) -> None:
         for item in events:
@@ -145,6 +158,13 @@ class JsonlSink:
 
     def close(self) -> None:
         self.stream.close()
+
+
+def check_own(path: str) -> None:
+    """Refuse to continue a file that is a link, or someone else's: it may not be what we wrote."""
+    found = os.lstat(path)
+    if not stat.S_ISREG(found.st_mode) or found.st_uid != os.getuid():
+        raise OSError(errno.EPERM, "not a regular file of this user", path)
 
 
 def drop_torn_line(path: str, block: int = 65_536) -> None:

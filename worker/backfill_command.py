@@ -109,7 +109,11 @@ def _backfill(args: argparse.Namespace, crm: str) -> int:
         if resuming and not os.path.exists(spool):
             cursors.clear()  # the spool the cursors continue is gone (another machine): start over
             resuming = False
-        sink = SpoolSink(spool, resuming, make_queue(connection, config.queue_name))
+        try:
+            sink = SpoolSink(spool, resuming, make_queue(connection, config.queue_name))
+        except OSError as exc:
+            print(f"pruner: cannot write the spool {spool}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
     progress = ProgressLine()
     run: Run[Any, Any]
     if isinstance(client, HubSpotClient):

@@ -27,7 +27,7 @@ from rq import Queue
 
 from rules.events import MAX_EVENTS_PER_BATCH, Event
 from rules.hubspot_map import Versioned
-from worker.backfill import JsonlSink, QueueSink
+from worker.backfill import JsonlSink, QueueSink, check_own
 from worker.simulate import read_events
 
 SHARD_BYTES = 32 * 1024 * 1024  # of spool grouped in memory at a time: ~100,000 events of ~300 bytes a line
@@ -53,7 +53,10 @@ class SpoolSink:
         shard_bytes: int = SHARD_BYTES,
     ) -> None:
         self.path = path
-        self.spool = JsonlSink(path, append)
+        if not append and os.path.lexists(path):
+            check_own(path)  # refused if it is not ours: someone else planted it
+            os.remove(path)  # an earlier run's, left by a kill: it holds personal data
+        self.spool = JsonlSink(path, append, exclusive=True)
         self.queued = QueueSink(queue, job_events, max_queued, sleep)
         self.job_events = job_events
         self.shard_bytes = shard_bytes
