@@ -283,6 +283,12 @@ def test_a_drain_killed_after_hubspot_unsubscribed_never_unsubscribes_again(
     assert recovered < 60, f"the dead drain held the outbox for {recovered:.0f} s"
 
 
+def silent_for_months(lead: str) -> list[dict[str, Any]]:
+    """Fifteen unanswered emails three months ago: a break-up long due (a backfill, an outage)."""
+    long_ago = datetime.now(tz=UTC) - timedelta(days=90)
+    return [event("email_sent", lead, at=long_ago + timedelta(minutes=i)) for i in range(15)]
+
+
 def test_a_lead_found_silent_months_late_gets_its_break_up_before_it_is_lost(
     redis_db: redis.Redis, server: FakeHubSpotServer, hubspot: FakeHubSpot
 ) -> None:
@@ -290,8 +296,7 @@ def test_a_lead_found_silent_months_late_gets_its_break_up_before_it_is_lost(
     # a break-up task now, and LOST only 7 business days after HubSpot has the task.
     lead = "7101"
     seed(hubspot, [lead])
-    long_ago = datetime.now(tz=UTC) - timedelta(days=90)
-    emails = [event("email_sent", lead, at=long_ago + timedelta(minutes=i)) for i in range(15)]
+    emails = silent_for_months(lead)
 
     def sweep(days: int) -> None:
         when = (datetime.now(tz=UTC) + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -321,9 +326,8 @@ def test_leads_lost_before_the_task_clock_was_switched_on_stay_lost_and_nothing_
     # version before this one ran), then the first start of workers with it on.
     lead = "7151"
     seed(hubspot, [lead])
-    long_ago = datetime.now(tz=UTC) - timedelta(days=90)
     with running(server, workers=1, PRUNER_BREAKUP_TASK_CLOCK="0") as url:
-        post(url, [event("email_sent", lead, at=long_ago + timedelta(minutes=i)) for i in range(15)])
+        post(url, silent_for_months(lead))
         wait_until(lambda: is_lost_in_hubspot(hubspot, lead), seconds=30)  # lost by a grace from the decision
         assert_all_done(redis_db)
         before = get_lead(url, lead).json()["decisions"]
@@ -346,9 +350,8 @@ def test_going_live_after_a_dry_run_sends_the_break_up_the_dry_run_only_showed(
     # once live, and its leads stayed lost without one.
     lead = "7161"
     seed(hubspot, [lead])
-    long_ago = datetime.now(tz=UTC) - timedelta(days=90)
     with running(server, workers=1, PRUNER_DRY_RUN="1") as url:
-        post(url, [event("email_sent", lead, at=long_ago + timedelta(minutes=i)) for i in range(15)])
+        post(url, silent_for_months(lead))
         wait_until(drained(redis_db), seconds=30)
         assert lead_state(url, lead) == "LOST"  # in a dry run the grace runs from the decision
     assert [c for c in hubspot.api_calls() if c["method"] != "GET"] == []
