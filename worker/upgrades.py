@@ -146,7 +146,8 @@ def _record_breakups(connection: redis.Redis, queue: Queue, scan_count: int) -> 
 
 def _recording(connection: redis.Redis, queue: Queue) -> set[tuple[str, str]]:
     """Leads named by the drain's task records still waiting in a job (queued or being applied)."""
-    ids = [*queue.get_job_ids(), *queue.started_job_registry.get_job_ids()]
+    # cleanup=False: reading, not RQ's registry maintenance (worker/reaper.py handles dead workers' jobs).
+    ids = [*queue.get_job_ids(), *queue.started_job_registry.get_job_ids(cleanup=False)]
     found: set[tuple[str, str]] = set()
     for job in Job.fetch_many(ids, connection=connection, serializer=JSONSerializer):
         if job is None or job.func_name != PROCESS_EVENTS or job.kwargs.get("source") != OUTBOX_SOURCE:
