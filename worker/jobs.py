@@ -38,6 +38,7 @@ from worker.stats import migrate, store_stats_snapshot
 from worker.store import LeadStore
 from worker.taskcap import TaskCap, release_due
 from worker.upgrades import SOURCE as UPGRADE_SOURCE
+from worker.upgrades import note_dry_run, release_after_dry_run
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,13 @@ def _forward_erasures(connection: redis.Redis, config: Config, batch: list[Event
 
 
 def request_drains(connection: redis.Redis, config: Config, actions: list[Action]) -> None:
-    """Enqueue one outbox drain per CRM that got live actions (at most one pending per CRM)."""
+    """Enqueue one outbox drain per CRM that got live actions (at most one pending per CRM).
+
+    A dry run's actions go nowhere, but mark the store: live workers act on them for real once
+    they run (worker/upgrades.py, and the watchdog for dry-run workers outliving a go-live).
+    """
+    if config.dry_run and actions:
+        note_dry_run(connection)
     for crm in sorted({a["crm"] for a in actions if not a.get("dry_run")}):
         # The mark says "a drain is queued for what is in the outbox now"; a drain deletes it as
         # it reads. Its expiry bounds how long a lost drain job can hold new ones back.
@@ -292,13 +299,15 @@ def watchdog() -> dict[str, int]:
     reaped = reap(connection, queue) + rescue(connection, queue)
     # Tasks held back by an owner's daily budget go back to the outbox once their day comes.
     released = sum(release_due(connection, crm.value, time.time()) for crm in Crm)
+    # Dry-run workers still deciding after the live ones started (a rolling deploy): theirs too.
+    held = 0 if config.dry_run else release_after_dry_run(connection, int(time.time() * 1000))
     idle = watch(connection, [crm.value for crm in Crm])
     for crm in idle:
         connection.set(pending_key(crm), "1", ex=PENDING_TTL_S)
         _enqueue_drain(connection, config, crm)
     if idle:
         log.info("watchdog queued drains for %s", ",".join(idle))
-    return {"drains": len(idle), "reaped": len(reaped), "released": released}
+    return {"drains": len(idle), "reaped": len(reaped), "released": released, "held_released": held}
 
 
 def forget_lead(crm: str, lead_id: str) -> dict[str, int]:

@@ -41,8 +41,20 @@ BREAKUP_TASK = ActionKind.BREAKUP_TASK.value
 
 
 def note_dry_run(connection: redis.Redis) -> None:
-    """Say that a dry run decides on this store: the next live start goes through it again."""
+    """Say that a dry run decides on this store: live workers act on what it decided."""
     connection.set(DRY_RUN_MARK, "1")
+
+
+def release_after_dry_run(connection: redis.Redis, now_ms: int, scan_count: int = 500) -> int:
+    """If a dry run decided since the last look, make its leads due now (worker/held.py); return how many.
+
+    The mark is taken before the scan: one set by a dry-run batch meanwhile stays for next time.
+    """
+    if not connection.getdel(DRY_RUN_MARK):
+        return 0
+    released = release_held(connection, now_ms, scan_count)
+    log.info("going live: %d leads a dry run decided are due now", released)
+    return released
 
 
 def record_existing_breakup_tasks(
@@ -86,14 +98,11 @@ def record_existing_breakup_tasks(
         return 0
     try:
         queued = _record_breakups(connection, queue, scan_count) if records_due else 0
-        if release_due:
-            # Only the dry run's leads: the scan for break-ups without a record is the clock's
-            # one-time upgrade, never repeated (it would fake a refused task's record).
-            released = release_held(connection, int(now() * 1000), scan_count)
-            log.info("going live: %d leads a dry run decided are due now", released)
+        # Only the dry run's leads: the scan for break-ups without a record is the clock's
+        # one-time upgrade, never repeated (it would fake a refused task's record).
+        release_after_dry_run(connection, int(now() * 1000), scan_count)
         if task_clock:
             connection.set(BREAKUP_CLOCK_MARKER, "1")
-        connection.delete(DRY_RUN_MARK)
         return queued
     finally:
         connection.delete(BREAKUP_CLOCK_LOCK)

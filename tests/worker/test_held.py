@@ -75,3 +75,15 @@ def test_held_decisions_are_acted_on_within_the_hour_if_nothing_releases_them() 
     store.reevaluate(store.due(later, 10), jobs.decider(LIVE, later))
     assert [(a["lead_id"], a["kind"]) for a in outbox(conn)] == [("B", "breakup_task")]
     assert conn.zscore(DUE_KEY, "hubspot:B") is None  # waiting for its task, nothing held
+
+
+def test_a_dry_runs_actions_mark_the_store_for_the_live_workers() -> None:
+    from worker.upgrades import DRY_RUN_MARK
+
+    conn = fakeredis.FakeRedis()
+    dry = Config.from_env({"REDIS_URL": "redis://localhost:6379/0", "PRUNER_DRY_RUN": "1"})
+    action: Any = {"id": "hubspot:L:x", "kind": "breakup_task", "crm": "hubspot", "lead_id": "L", "dry_run": True}
+    jobs.request_drains(conn, LIVE, [{**action, "dry_run": True}])  # a live backfill's held action
+    assert not conn.exists(DRY_RUN_MARK)
+    jobs.request_drains(conn, dry, [action])
+    assert conn.exists(DRY_RUN_MARK)

@@ -15,7 +15,7 @@ from worker.keys import DUE_KEY
 from worker.policyfile import default_policy
 from worker.queues import make_queue
 from worker.store import LeadStore
-from worker.upgrades import BREAKUP_CLOCK_MARKER, note_dry_run, record_existing_breakup_tasks
+from worker.upgrades import BREAKUP_CLOCK_MARKER, note_dry_run, record_existing_breakup_tasks, release_after_dry_run
 
 P = default_policy()
 DAY = 86_400_000
@@ -132,3 +132,16 @@ def test_with_the_task_clock_off_going_live_still_acts_on_a_dry_runs_decisions()
     assert conn.zscore(DUE_KEY, "hubspot:DRY") == at(2)
     store.reevaluate(store.due(at(2), 10), Decider(P, at(2)))
     assert [(a["lead_id"], a["kind"]) for a in outbox(conn)] == [("DRY", "breakup_task")]
+
+
+def test_a_dry_run_worker_deciding_after_the_live_start_is_released_by_the_watchdog() -> None:
+    """Dry-run workers outliving a go-live (a rolling deploy): what they decide after the live
+    start is marked, and the next look releases it (found by a second reader)."""
+    conn = fakeredis.FakeRedis()
+    store = LeadStore(conn)
+    assert record_existing_breakup_tasks(conn, make_queue(conn)) == 0  # the live start
+    store.apply_batch(silent("LATE"), Decider(P, at(1), dry_run=True))  # a dry-run worker, still running
+    assert release_after_dry_run(conn, at(2)) == 0  # nothing marked it
+    note_dry_run(conn)  # what request_drains does for a dry run's actions
+    assert release_after_dry_run(conn, at(2)) == 1 and conn.zscore(DUE_KEY, "hubspot:LATE") == at(2)
+    assert release_after_dry_run(conn, at(3)) == 0  # taken once
