@@ -29,7 +29,8 @@ from bench.common import bench_db, load_note
 from rules.hubspot_map import HubSpotMapping
 from tests.fakes.hubspot import TOKEN, FakeHubSpotServer
 from tests.fakes.portal import seed_portal
-from worker.backfill import Backfill, NullSink, Window
+from worker.backfill import Backfill, Window
+from worker.backfill_sinks import NullSink
 from worker.crm.hubspot_backfill import HubSpotHistory, search_limiter
 from worker.crm.hubspot_client import HubSpotClient
 from worker.crm.ratelimit import RateLimiter

@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 
 from rules.salesforce_fields import SalesforceMapping
 from tests.fakes.salesforce import FakeSalesforce
-from worker.backfill import BulkChoice, NullSink, SalesforceBackfill, Window
+from worker.backfill import BulkChoice, SalesforceBackfill, Window
+from worker.backfill_sinks import NullSink
 from worker.crm.salesforce_backfill import SalesforceHistory
 from worker.crm.salesforce_bulk import BulkHistory
 from worker.crm.salesforce_client import SalesforceClient

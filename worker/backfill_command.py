@@ -17,18 +17,8 @@ import redis
 
 from rules.events import format_ms
 from rules.explain import plural
-from worker.backfill import (
-    Backfill,
-    BulkChoice,
-    Cursors,
-    JsonlSink,
-    ProgressLine,
-    QueueSink,
-    Run,
-    SalesforceBackfill,
-    Sink,
-    Window,
-)
+from worker.backfill import Backfill, BulkChoice, Cursors, ProgressLine, Run, SalesforceBackfill, Window
+from worker.backfill_sinks import JsonlSink, QueueSink, Sink
 from worker.backfill_spool import SpoolSink, spool_path
 from worker.cliargs import (
     EXIT_CONFIG,

@@ -27,7 +27,7 @@ from rq import Queue
 
 from rules.events import MAX_EVENTS_PER_BATCH, Event
 from rules.hubspot_map import Versioned
-from worker.backfill import JsonlSink, QueueSink, check_own
+from worker.backfill_sinks import JsonlSink, QueueSink, check_own
 from worker.simulate import read_events
 
 SHARD_BYTES = 32 * 1024 * 1024  # of spool grouped in memory at a time: ~100,000 events of ~300 bytes a line

@@ -19,7 +19,7 @@ from worker import hubspot_ops, leadindex
 from worker.action import Action
 from worker.actions import OUTBOX_SOURCE, drain, pending_key, queue_erasure_forwards, watch
 from worker.aggregates import COMPLETE_KEY
-from worker.backfill import SOURCE as BACKFILL_SOURCE
+from worker.backfill_sinks import SOURCE as BACKFILL_SOURCE
 from worker.config import Config
 from worker.crm import executor_for
 from worker.crm.hubspot_backfill import HubSpotHistory, search_limiter

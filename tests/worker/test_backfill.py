@@ -17,7 +17,8 @@ from rules.hubspot_map import HubSpotMapping
 from tests.fakes.hubspot import TOKEN, FakeHubSpot, FakeHubSpotServer
 from tests.fakes.portal import CONNECTED, DAY_MS, NO_ANSWER, seed_portal
 from worker import hubspot_ops
-from worker.backfill import Backfill, Cursors, JsonlSink, NullSink, QueueSink, Window, drop_torn_line
+from worker.backfill import Backfill, Cursors, Window
+from worker.backfill_sinks import JsonlSink, NullSink, QueueSink, drop_torn_line
 from worker.crm.hubspot_backfill import HubSpotHistory, SearchCapError, SearchPage, search_limiter
 from worker.crm.hubspot_client import HubSpotClient
 from worker.crm.hubspot_responses import HubSpotApiError

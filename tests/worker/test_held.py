@@ -10,7 +10,7 @@ import fakeredis
 from rules.events import Crm, Event, EventType
 from tests.rules_helpers import at
 from worker import jobs
-from worker.backfill import SOURCE as BACKFILL_SOURCE
+from worker.backfill_sinks import SOURCE as BACKFILL_SOURCE
 from worker.config import Config
 from worker.held import release_held
 from worker.keys import DUE_KEY

@@ -18,7 +18,8 @@ from rules.salesforce_map import map_notifications
 from tests.fakes.portal import DAY_MS
 from tests.fakes.salesforce import FakeSalesforce, outbound_message
 from webhooks.salesforce import parse_message
-from worker.backfill import Cursors, JsonlSink, NullSink, SalesforceBackfill, Window
+from worker.backfill import Cursors, SalesforceBackfill, Window
+from worker.backfill_sinks import JsonlSink, NullSink
 from worker.crm.salesforce_backfill import SalesforceHistory, window_query
 from worker.crm.salesforce_client import SalesforceClient
 from worker.crm.settings import SalesforceSettings

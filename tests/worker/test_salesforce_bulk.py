@@ -25,7 +25,8 @@ from tests.worker.test_salesforce_backfill import (
     read_jsonl,
     seed,
 )
-from worker.backfill import BulkChoice, Cursors, JsonlSink, NullSink, SalesforceBackfill
+from worker.backfill import BulkChoice, Cursors, SalesforceBackfill
+from worker.backfill_sinks import JsonlSink, NullSink
 from worker.crm.salesforce_bulk import BulkHistory, SalesforceBulkJobError
 from worker.crm.salesforce_client import SalesforceQueryError
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import fakeredis
 import pytest
 
-from worker.backfill import JsonlSink
+from worker.backfill_sinks import JsonlSink
 from worker.backfill_spool import SpoolSink, spool_path
 from worker.queues import make_queue
 
