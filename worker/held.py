@@ -19,7 +19,7 @@ import json
 
 import redis
 
-from worker.keys import DUE_KEY, STATE_PREFIX, due_member, parse_due_member
+from worker.keys import DUE_KEY, STATE_PREFIX
 
 CHUNK = 1_000
 
@@ -33,7 +33,7 @@ def release_held(connection: redis.Redis, now_ms: int, scan_count: int = 500) ->
         if raw is None or b'"dry_acted"' not in raw:
             continue  # the common case, without decoding the record
         if json.loads(raw).get("dry_acted"):
-            due[due_member(*parse_due_member(key[len(STATE_PREFIX) :]))] = now_ms
+            due[key[len(STATE_PREFIX) :].decode()] = now_ms  # `crm:lead id`, the due set's member too
         if len(due) >= CHUNK:
             connection.zadd(DUE_KEY, due)
             released, due = released + len(due), {}
