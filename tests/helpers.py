@@ -98,3 +98,20 @@ def require_tool(command: str, package: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def plain(value: bytes) -> bytes:
+    """A stored string with what compression hides put back: a packed record, a log's packed fold.
+
+    For tests that look for personal data in every byte of Redis: compressed, an email would
+    not be found even where it is kept.
+    """
+    from worker import compression, eventlog
+
+    if compression.is_packed(value):
+        return compression.unpack(value)
+    if value[:1] == eventlog.FOLDED:
+        log = eventlog.read(value)
+        assert log.fold is not None
+        return value + eventlog.fold_bytes(log.fold)
+    return value

@@ -21,13 +21,14 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis
 
 from rules.events import Crm, Event, EventType, parse_rfc3339_ms
 from rules.states import CONTACT_ACTIONS, ActionKind
+from worker import staterecord
 from worker.action import Action
 from worker.crm.base import ActionOutcome, Executor
 from worker.crm.progress import forget_progress
@@ -92,7 +93,7 @@ def _cancelled(connection: redis.Redis, actions: list[Action]) -> tuple[set[str]
     raw: list[bytes | None] = connection.mget([state_key(a["crm"], a["lead_id"]) for a in relevant])  # type: ignore[assignment]
     suppressed, won, moot = set(), set(), set()
     for action, blob in zip(relevant, raw, strict=True):
-        record = json.loads(blob) if blob is not None else {}
+        record = staterecord.decode(blob) if blob is not None else {}
         state = record.get("state")
         if state == "SUPPRESSED" and action["kind"] in CONTACT_KINDS:
             suppressed.add(action["id"])
@@ -103,7 +104,7 @@ def _cancelled(connection: redis.Redis, actions: list[Action]) -> tuple[set[str]
     return suppressed, won, moot
 
 
-def _moot(action: Action, record: dict[str, Any]) -> bool:
+def _moot(action: Action, record: Mapping[str, Any]) -> bool:
     if record.get("state") != TASK_STATE[action["kind"]]:
         return True
     if "at" not in action:

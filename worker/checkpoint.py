@@ -1,6 +1,7 @@
 """A lead's checkpoint as stored next to its event log (`pruner:ck:{crm}:{lead_id}`).
 
-One msgpack array: format version, the digest of the policy it was computed under, the
+One msgpack array, compressed (worker/compression.py; a checkpoint written before that is read
+as it is): format version, the digest of the policy it was computed under, the
 checkpoint time, the replay's running state (rules/lifecycle.py `Running`, kept as raw
 bytes so that a record of another shape is replayed rather than misread), the events after
 the checkpoint time (events dated after the evaluation's `now`, usually none: eventlog
@@ -21,7 +22,7 @@ import msgspec
 
 from rules.counters import LoggedEvent
 from rules.running import Running, decode_checkpoint
-from worker import eventlog
+from worker import compression, eventlog
 
 FORMAT = 1
 # `at_ms` of a record holding no running state (every event of the lead dated after the
@@ -72,7 +73,7 @@ def pack(
 ) -> bytes:
     """Pack a checkpoint: `running` as `rules.running.encode_checkpoint` packed it."""
     blob = Stored(FORMAT, policy, at_ms, msgspec.Raw(running), eventlog.encode(tail), progress, row, oldest, due)
-    return _ENCODER.encode(blob)
+    return compression.pack(_ENCODER.encode(blob))
 
 
 def unpack(blob: bytes | None) -> Stored | None:
@@ -80,7 +81,7 @@ def unpack(blob: bytes | None) -> Stored | None:
     if not blob:
         return None
     try:
-        stored = _DECODER.decode(blob)
+        stored = _DECODER.decode(compression.unpack(blob))
     except msgspec.DecodeError:
         return None
     return stored if stored.format == FORMAT else None

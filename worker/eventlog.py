@@ -10,7 +10,8 @@ The event key is a keyed-free BLAKE2b digest of `crm \\0 event id`: the dedup ke
 that lets a redelivered event be recognised, without storing the CRM's id.
 
 A log whose oldest events were folded away (the policy's retention horizon, see
-`Fold`) starts with version byte 2, a 4-byte length and the `Fold`, then the records of
+`Fold`) starts with version byte 2, a 4-byte length and the `Fold` (msgpack, compressed by
+worker/compression.py since 2026-12-06; read as it is when written before), then the records of
 the events it kept. Version 1 logs (everything ever seen) are read as they are.
 """
 
@@ -27,6 +28,7 @@ import msgspec
 from rules.counters import LeadCounters, LoggedEvent, fold
 from rules.events import RECORD_KEY, TYPE_CODES, TYPES_BY_CODE, Event, EventType
 from rules.running import Running, decode_running
+from worker import compression
 from worker.errors import StoreError
 
 VERSION = b"\x01"
@@ -136,7 +138,7 @@ def read(blob: bytes | None) -> Log:
     start = _records_start(blob)
     found = None
     if blob[:1] == FOLDED:
-        found = _FOLD_DECODER.decode(blob[1 + _FOLD_LENGTH.size : start])
+        found = _FOLD_DECODER.decode(compression.unpack(blob[1 + _FOLD_LENGTH.size : start]))
     return Log(found, decode_records(blob, start))
 
 
@@ -144,8 +146,13 @@ def write(log: Log) -> bytes:
     """Pack a whole log (a fold and the events kept after it, or events alone)."""
     if log.fold is None:
         return VERSION + encode(log.events)
-    packed = _FOLD_ENCODER.encode(log.fold)
+    packed = compression.pack(fold_bytes(log.fold))
     return FOLDED + _FOLD_LENGTH.pack(len(packed)) + packed + encode(log.events)
+
+
+def fold_bytes(found: Fold) -> bytes:
+    """A fold, msgpack-packed (`write` stores it compressed)."""
+    return _FOLD_ENCODER.encode(found)
 
 
 def decode_records(blob: bytes, pos: int = 0) -> list[LoggedEvent]:

@@ -15,10 +15,9 @@ so that the clock's next sweep (every minute) is that evaluation:
 
 from __future__ import annotations
 
-import json
-
 import redis
 
+from worker import staterecord
 from worker.keys import DUE_KEY, STATE_PREFIX
 
 CHUNK = 1_000
@@ -30,9 +29,7 @@ def release_held(connection: redis.Redis, now_ms: int, scan_count: int = 500) ->
     released = 0
     for key in connection.scan_iter(f"{STATE_PREFIX}*", count=scan_count):
         raw = connection.get(key)
-        if raw is None or b'"dry_acted"' not in raw:
-            continue  # the common case, without decoding the record
-        if json.loads(raw).get("dry_acted"):
+        if raw is not None and staterecord.decode(raw).get("dry_acted"):
             due[key[len(STATE_PREFIX) :].decode()] = now_ms  # `crm:lead id`, the due set's member too
         if len(due) >= CHUNK:
             connection.zadd(DUE_KEY, due)

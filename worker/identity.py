@@ -7,7 +7,6 @@ of events so that an erasure committed meanwhile is never undone. `LeadStore.mer
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import redis
@@ -16,7 +15,7 @@ from redis.client import Pipeline
 from rules.counters import LoggedEvent
 from rules.events import EventType
 from rules.states import State
-from worker import aggregates, eventlog, leadindex
+from worker import aggregates, eventlog, leadindex, staterecord
 from worker.checkpoint import unpack
 from worker.eventlog import Log
 from worker.keys import (
@@ -144,10 +143,10 @@ def merge(
             return None
         history = list(union.values())
         raw_state = values[1 + len(merged)]
-        prev = json.loads(raw_state) if raw_state else None
+        prev = staterecord.decode_or_none(raw_state)
         # A merged record recognised as an erased person (its email on the
         # suppression list) keeps the survivor suppressed: the flag lives in states.
-        states = [json.loads(s) for s in values[1 + len(merged) :] if s]
+        states = [staterecord.decode(s) for s in values[1 + len(merged) :] if s]
         listed = any(s.get("suppression_list") for s in states)
         # What a merged record was told (its acted decisions), the survivor was told
         # too: the CRM merged the records, and the same story re-told on the survivor
@@ -207,7 +206,7 @@ def forget(connection: redis.Redis, suppression_key: bytes | None, crm: str, lea
         blob = pipe.get(lead_key(crm, lead_id))
         emails = eventlog.read(blob).emails()  # type: ignore[arg-type]
         raw = pipe.get(state_key(crm, lead_id))
-        state = json.loads(raw) if raw is not None else {}
+        state = staterecord.decode(raw) if raw is not None else {}
         [entry] = leadindex.read(pipe, [(crm, lead_id)])
         suppressed = state.get("state") == "SUPPRESSED"
         raw_table: dict[bytes, bytes] = pipe.hgetall(merged_key(crm))  # type: ignore[assignment]

@@ -6,12 +6,10 @@ once, which the batch path never does.
 
 from __future__ import annotations
 
-import json
-
 import redis
 from redis.client import Pipeline
 
-from worker import eventlog, leadindex
+from worker import eventlog, leadindex, staterecord
 from worker.keys import PREFIX, lead_key, parse_due_member, state_key
 from worker.transaction import optimistic
 
@@ -39,7 +37,7 @@ def reindex(connection: redis.Redis, batch: int = 500) -> int:
             for i, lead in enumerate(leads):
                 blob, raw_state = values[i], values[len(leads) + i]
                 whole = eventlog.read(blob)
-                state = json.loads(raw_state) if raw_state else None
+                state = staterecord.decode_or_none(raw_state)
                 start = whole.fold.state().counters if whole.fold is not None else None
                 entry = leadindex.entry_for(state, whole.events, None, whole.events, start)
                 leadindex.queue_update(pipe, lead, old[i], entry)

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from worker import eventlog
+from worker import eventlog, staterecord
 from worker.aggregates import (
     AGGREGATES_KEY,
     COMPLETE_KEY,
@@ -129,7 +129,7 @@ def scan(connection: redis.Redis, progress: Callable[[int], None] | None = None,
             if blob is None:
                 continue
             counters = eventlog.read(blob).counters()
-            record = json.loads(raw_state) if raw_state else {}
+            record = staterecord.decode(raw_state) if raw_state else {}
             lost = next((d for d in reversed(record.get("decisions", [])) if d.get("to") == "LOST"), None)
             row = row_of(record.get("state", "ACTIVE"), record.get("loss_reason"), counters, lost and lost["from"])
             add_row(stats, row)

@@ -34,13 +34,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import redis
 from redis.client import Pipeline
 
 from rules.counters import LoggedEvent
 from rules.events import Event, EventType
-from worker import aggregates, eventlog, identity, leadindex, reindex, suppression
+from worker import aggregates, eventlog, identity, leadindex, reindex, staterecord, suppression
 from worker.action import Action
 from worker.checkpoint import Stored, unpack
 from worker.eventlog import Fold, Log
@@ -204,7 +203,7 @@ class LeadStore:
                         history = (read.log or []) + new
                     outcome = None
                     if decide is not None and (new or read.raw_state is not None or past.get(lead, 0)):
-                        prev = msgspec.json.decode(read.raw_state) if read.raw_state else None
+                        prev = staterecord.decode_or_none(read.raw_state)
                         view = LeadView(
                             *lead,
                             history,
@@ -458,7 +457,7 @@ class LeadStore:
     def state(self, crm: str, lead_id: str) -> StateRecord | None:
         """Return a lead's stored state record (None: ACTIVE without decisions, or unknown)."""
         raw = self.redis.get(state_key(crm, lead_id))
-        return None if raw is None else json.loads(raw)
+        return staterecord.decode_or_none(raw)
 
     def preview(self, leads: Iterable[Lead], decide: Decide) -> list[tuple[Lead, Outcome]]:
         """Say what `decide` would make of each lead, writing nothing (a sweep's dry run)."""

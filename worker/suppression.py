@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from typing import Any
 
 from rules.counters import LoggedEvent
@@ -50,7 +51,7 @@ def objection_hash(key: bytes, crm: str, lead_id: str, channel: str | None = Non
 OBJECTION_CHANNELS = ("email", "phone")
 
 
-def objection_hashes(key: bytes, crm: str, lead_id: str, state: dict[str, Any]) -> list[str]:
+def objection_hashes(key: bytes, crm: str, lead_id: str, state: Mapping[str, Any]) -> list[str]:
     """Keyed hashes recording what a suppressed lead objected to: every channel, or some."""
     channels: set[str] = set()
     for decision in state.get("decisions", []):

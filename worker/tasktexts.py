@@ -8,7 +8,6 @@ task, so a rep reads the same sentence in HubSpot and Salesforce. One MGET per c
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from rules.tasktext import REENGAGE, TaskText, task_text
+from worker import staterecord
 from worker.keys import state_key
 from worker.policyfile import cached_policy
 
@@ -75,7 +75,7 @@ class TaskTexts:
         )
         out = {}
         for action, blob in zip(actions, raw, strict=True):
-            state = json.loads(blob) if blob else None
+            state = staterecord.decode_or_none(blob)
             out[action["id"]] = text_for(action, state if isinstance(state, dict) else None, self.default_months)
         return out
 

@@ -12,10 +12,10 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-import msgspec
 import redis
 from redis.client import Pipeline
 
+from worker import staterecord
 from worker.errors import StoreError
 from worker.keys import (
     ACTIONS_KEPT,
@@ -34,7 +34,6 @@ from worker.leadview import Outcome
 from worker.suppression import AUDIT_KEY, SUPPRESSED_KEY, lead_hash
 
 T = TypeVar("T")
-_STATE_ENCODER = msgspec.json.Encoder()
 MAX_ATTEMPTS = 50
 
 
@@ -201,7 +200,7 @@ def queue_outcome(
             batch.deletes.append(skey)
         elif not outcome.unchanged:
             # msgspec's encoder: the compact JSON json.dumps wrote, several times faster.
-            record = _STATE_ENCODER.encode(outcome.state)
+            record = staterecord.encode(outcome.state)
             if record != old_state:  # (a live batch that changed nothing: the same bytes)
                 batch.sets[skey] = record
         member = due_member(*lead)

@@ -20,7 +20,7 @@ from rq.serializers import JSONSerializer
 from rules.counters import LoggedEvent
 from rules.events import MAX_EVENTS_PER_BATCH, Crm, Event, EventType, parse_rfc3339_ms
 from rules.states import ActionKind
-from worker import eventlog
+from worker import eventlog, staterecord
 from worker.actions import OUTBOX_SOURCE, dead_key
 from worker.held import release_held
 from worker.keys import STATE_PREFIX, lead_key, outbox_key, parse_due_member
@@ -122,7 +122,7 @@ def _record_breakups(connection: redis.Redis, queue: Queue, scan_count: int) -> 
         if (crm, lead_id) in skipped:
             continue
         raw = connection.get(key)
-        record = json.loads(raw) if raw else {}
+        record = staterecord.decode(raw) if raw else {}
         dry = set(record.get("dry_acted") or [])
         breakups = [
             d

@@ -10,7 +10,7 @@ import pytest
 import redis
 import requests
 
-from tests.helpers import batch_body, event, signed_headers
+from tests.helpers import batch_body, event, plain, signed_headers
 from tests.integration.support import (
     LOG_DIR,
     REDIS_URL,
@@ -38,7 +38,7 @@ def dump(conn: redis.Redis) -> bytes:
         out.append(k)
         kind = conn.type(k)
         if kind == b"string":
-            out.append(conn.get(k) or b"")  # type: ignore[arg-type]
+            out.append(plain(conn.get(k) or b""))  # type: ignore[arg-type]
         elif kind == b"list":
             out.extend(conn.lrange(k, 0, -1))  # type: ignore[arg-type]
         elif kind == b"set":

@@ -28,7 +28,7 @@ from tests.rules_helpers import at
 from tests.worker.test_checkpoint import KINDS as CHECKPOINT_KINDS
 from tests.worker.test_checkpoint import build as build_from
 from tests.worker.test_checkpoint import deliveries, dump
-from worker import eventlog
+from worker import compression, eventlog
 from worker.checkpoint import UNKNOWN, pack, unpack
 from worker.decide import FOLD_SLACK_MS, Decider
 from worker.keys import ACTIONS_KEY, CHECKPOINT_PREFIX, DUE_KEY, checkpoint_key, lead_key, state_key
@@ -202,7 +202,9 @@ def test_a_store_from_before_folding_is_folded_on_first_touch() -> None:
     stored = unpack(old)
     assert stored is not None
     # As a writer from before folding: the record's first 7 fields, without `oldest` (nor `due`).
-    conn.set(checkpoint_key("hubspot", "L"), msgspec.msgpack.encode(msgspec.msgpack.decode(old)[:7]))
+    conn.set(
+        checkpoint_key("hubspot", "L"), msgspec.msgpack.encode(msgspec.msgpack.decode(compression.unpack(old))[:7])
+    )
     assert unpack(conn.get(checkpoint_key("hubspot", "L"))) is not None
     assert unpack(conn.get(checkpoint_key("hubspot", "L"))).oldest == UNKNOWN  # type: ignore[union-attr]
     result = store.apply_batch([events[150]], Decider(FOLDING, events[150].occurred_ms + 3_600_000))

@@ -11,7 +11,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from rules.events import Crm, Event, EventType
-from tests.helpers import ADMIN_TOKEN, SECRET
+from tests.helpers import ADMIN_TOKEN, SECRET, plain
 from tests.rules_helpers import T0, ms
 from webhooks import create_app
 from worker import gdpr, leadindex, store, suppression
@@ -52,7 +52,7 @@ def all_bytes(conn: fakeredis.FakeRedis) -> bytes:
         out.append(k)
         kind = conn.type(k)
         if kind == b"string":
-            out.append(conn.get(k) or b"")
+            out.append(plain(conn.get(k) or b""))
         elif kind == b"list":
             out.extend(conn.lrange(k, 0, -1))
         elif kind == b"set":

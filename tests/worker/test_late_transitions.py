@@ -8,6 +8,7 @@ import fakeredis
 
 from rules.events import Crm, Event, EventType
 from tests.rules_helpers import at
+from worker import compression
 from worker.decide import Decider
 from worker.keys import state_key
 from worker.policyfile import default_policy
@@ -66,7 +67,7 @@ def test_a_state_record_written_by_an_older_version_converts_without_re_sending(
     conn = fakeredis.FakeRedis()
     store = LeadStore(conn)
     store.apply_batch([ev("r6", "meeting_rescheduled", 6), ev("r7", "meeting_rescheduled", 7)], Decider(P, NOW))
-    record = json.loads(conn.get(state_key("hubspot", "L1")) or b"{}")
+    record = json.loads(compression.unpack(conn.get(state_key("hubspot", "L1")) or b"{}"))
     record["acted"] = [k for k in record["acted"] if "@" not in k]  # drop the identity names
     for key in [*conn.scan_iter("pruner:ck:*")]:
         conn.delete(key)

@@ -16,7 +16,7 @@ import msgspec
 
 from rules.events import TYPE_CODES, Crm, Event, EventType, format_ms
 from tests.rules_helpers import at
-from worker import eventlog
+from worker import compression, eventlog
 from worker.checkpoint import UNKNOWN, unpack
 from worker.decide import Decider
 from worker.keys import DUE_KEY, checkpoint_key, due_member, lead_key, state_key
@@ -49,8 +49,8 @@ def test_a_live_batch_that_decides_nothing_leaves_the_state_record_as_it_was() -
     store = LeadStore(conn)
     store.apply_batch([e for lead in ("A", "B") for e in unanswered(lead)], Decider(P, at(15)))
     before = {lead: conn.get(state_key("hubspot", lead)) for lead in ("A", "B")}
-    assert [json.loads(v or b"{}").get("state") for v in before.values()] == ["BREAKUP_DUE"] * 2
-    assert "next_due" not in json.loads(before["A"] or b"{}")
+    assert [json.loads(compression.unpack(v or b"{}")).get("state") for v in before.values()] == ["BREAKUP_DUE"] * 2
+    assert "next_due" not in json.loads(compression.unpack(before["A"] or b"{}"))
 
     touch = [ev(200, "call_attempted", lead, at(15, hours=2)) for lead in ("A", "B")]
     result = store.apply_batch(touch, Decider(P, at(16)))
@@ -75,7 +75,7 @@ def test_a_decision_rewrites_the_state_record() -> None:
     )
     assert result.paths == {"checkpoint": 1}
     assert result.leads[0].outcome is not None and not result.leads[0].outcome.unchanged
-    after = json.loads(conn.get(state_key("hubspot", "A")) or b"{}")
+    after = json.loads(compression.unpack(conn.get(state_key("hubspot", "A")) or b"{}"))
     assert conn.get(state_key("hubspot", "A")) != before and after["state"] == "LOST"
     assert after["as_of_ms"] == at(16)
 
@@ -99,18 +99,18 @@ def test_records_written_before_keep_their_due_time_until_rewritten() -> None:
     conn = fakeredis.FakeRedis()
     store = LeadStore(conn)
     store.apply_batch(unanswered("A"), Decider(P, at(15)))
-    record = json.loads(conn.get(state_key("hubspot", "A")) or b"{}")
+    record = json.loads(compression.unpack(conn.get(state_key("hubspot", "A")) or b"{}"))
     due = int(conn.zscore(DUE_KEY, due_member("hubspot", "A")) or 0)
     record["next_due"] = format_ms(due)
     conn.set(state_key("hubspot", "A"), json.dumps(record, separators=(",", ":")))
-    fields = msgspec.msgpack.decode(conn.get(checkpoint_key("hubspot", "A")) or b"")
+    fields = msgspec.msgpack.decode(compression.unpack(conn.get(checkpoint_key("hubspot", "A")) or b""))
     conn.set(checkpoint_key("hubspot", "A"), msgspec.msgpack.encode(fields[:8]))  # no `due`
     assert (unpack(conn.get(checkpoint_key("hubspot", "A"))) or fields).due == UNKNOWN  # type: ignore[union-attr]
     assert doc(store, "A")["next_due"] == format_ms(due)
 
     result = store.apply_batch([ev(200, "call_attempted", "A", at(15, hours=2))], Decider(P, at(16)))
     assert result.paths == {"checkpoint": 1}
-    rewritten = json.loads(conn.get(state_key("hubspot", "A")) or b"{}")
+    rewritten = json.loads(compression.unpack(conn.get(state_key("hubspot", "A")) or b"{}"))
     assert "next_due" not in rewritten and rewritten["as_of_ms"] == at(16)
     assert doc(store, "A")["next_due"] == format_ms(due)  # now from the checkpoint
 
