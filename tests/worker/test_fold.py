@@ -308,7 +308,7 @@ def test_a_wider_suppression_listing_after_the_fold_is_told_to_the_crm(policy: A
     conn.sadd(SUPPRESSED_KEY, email_hash(KEY, "p@example.com"))  # the person was erased under another record
     t = events[-1].occurred_ms + 2 * 3_600_000
     feed_keyed(store, [Event("prof", EventType.LEAD_PROFILE, Crm.HUBSPOT, "L", t, {"email": "p@example.com"})], policy)
-    actions = [json.loads(a) for a in conn.lrange(ACTIONS_KEY, 0, -1)]
+    actions = [json.loads(compression.unpack(a)) for a in conn.lrange(ACTIONS_KEY, 0, -1)]
     # The CRM is told email first, then every channel (["all"], or ["all", "email"]: the same opt-outs).
     told = [covered_channels(a["channels"]) for a in actions if a["kind"] == "suppress"]
     assert told == [{"email"}, {"email", "phone"}]
