@@ -54,7 +54,7 @@ def leads() -> ResponseReturnValue:
     return jsonify(
         leads=[row.public() for row in found.rows],
         next_cursor=found.next_cursor,
-        # False until `pruner leads --backfill` (or the clock) indexed leads stored before the index.
+        # False until every stored lead is indexed: a store from before the index, or an upgrade rebuilding it.
         index_complete=leadindex.is_complete(svc.redis),
     )
 

@@ -11,7 +11,7 @@ that lets a redelivered event be recognised, without storing the CRM's id.
 
 A log whose oldest events were folded away (the policy's retention horizon, see
 `Fold`) starts with version byte 2, a 4-byte length and the `Fold` (msgpack, compressed by
-worker/compression.py since 2026-12-06; read as it is when written before), then the records of
+worker/compression.py since 2026-12-05; read as it is when written before), then the records of
 the events it kept. Version 1 logs (everything ever seen) are read as they are.
 """
 

@@ -15,7 +15,7 @@ from rq import get_current_job
 from rules.events import Crm, Event, EventType, format_ms
 from rules.fastparse import parse_decoded
 from rules.hubspot_map import HubSpotOp
-from worker import hubspot_ops, leadindex
+from worker import hubspot_ops, reindex
 from worker.action import Action
 from worker.actions import OUTBOX_SOURCE, drain, pending_key, queue_erasure_forwards, watch
 from worker.aggregates import COMPLETE_KEY
@@ -375,9 +375,9 @@ def refresh_stats() -> dict[str, int]:
     if not connection.set(STATS_LOCK, "1", nx=True, ex=STATS_INTERVAL_SECONDS * 2):
         return {"skipped": 1}
     try:
-        if not leadindex.is_complete(connection):
-            # A store written before the list index: this job scans every lead anyway.
-            LeadStore(connection).reindex()
+        # A store written before the list index, or indexed by an earlier version (when no
+        # worker has done it yet: this job scans every lead anyway).
+        reindex.ensure_index(connection)
         migrated = 0
         if not connection.exists(COMPLETE_KEY):
             # Once, after the upgrade: count the leads written before the aggregates in them.

@@ -4,25 +4,39 @@ Listing leads must not scan every lead, so each listed lead has one small index 
 written in the same Redis transaction as its state record (worker/store.py calls
 `queue_update` with the entry it read before MULTI and the one it computed):
 
-    leads:entries                 hash {crm}:{lead_id} -> compact JSON entry (state, reason, rules,
-                                  source, segment, priority, deal stage, changed time; no personal data)
-    leads:by:all                  sorted set {crm}:{lead_id} -> changed time (ms)
-    leads:by:{dimension}:{value}  the same, one per state, loss reason, rule, source and outcome
-                                  (won/lost/open/suppressed)
-    leads:values:{reason|rule}    the loss reasons and rule names ever seen, for the dashboard
-    leads:tracked                 how many leads have an event log (listed or not)
-    leads:indexed                 set once every lead written before the index existed is in it
+    leads:v2:entries                hash {c}{lead_id} -> entry (msgpack: state, changed time, rules, loss
+                                    reason, source, deal stage, segment, priority; no personal data)
+    leads:v2:by:state:{state}       sorted set {c}{lead_id} -> changed time (ms), one per state
+    leads:v2:by:rules:{a,b,...}     the same, one per combination of rules that decided (a lead's
+                                    rules, sorted, comma-joined: each lead is in one of them)
+    leads:v2:by:reason:{reason}     the same, one per loss reason (leads that have one)
+    leads:v2:by:source:{source}     the same, one per source (leads that have one)
+    leads:v2:values:{reason|rules}  the loss reasons and rule combinations ever seen
+    leads:v2:indexed                set once every stored lead is in the index (worker/reindex.py)
+    leads:tracked                   how many leads have an event log (listed or not)
 
-Listed are the leads a rule has decided on (they have a state record) and won leads: the
-ones an operator looks for. A lead that is merely being worked (ACTIVE, never decided on,
-no won deal: most leads) costs the index nothing but its share of `leads:tracked`; it is
-listed from its first decision on. Memory is why: an index entry and its sorted-set
-memberships cost several hundred bytes, more than the lead's own event log.
+{c} is the CRM's letter (h, s). Listed are the leads a rule has decided on (they have a state
+record) and won leads: the ones an operator looks for. A lead that is merely being worked
+(ACTIVE, never decided on, no won deal: most leads) costs the index nothing but its share of
+`leads:tracked`; it is listed from its first decision on.
 
-A page reads one sorted set newest first (the smallest one among the filters asked, found
-with ZCARD) and checks the other filters (crm, segment, priority, stage too) against the
-entries: a page with one filter costs O(page); with several, the scan is bounded and the
-cursor carries on where it stopped. The dashboard's counts are ZCARD/ZCOUNT on the same sets.
+Memory is why the index is shaped so (issue #13): a sorted-set membership costs ~100-130 B
+and a hash field ~80-190 B, so a listed lead is in at most four sets (its state, its rules,
+its loss reason, its source) and its entry stores known words (states, rule names, loss
+reasons) as one-byte codes: ~300-400 B a listed lead. The index of the versions before had a
+set for every lead, one per outcome and one per rule, and JSON entries: ~1 KB. Its keys
+(`leads:entries`, `leads:by:*`, `leads:values:*`, `leads:indexed`) are deleted once, by the
+first worker to start (worker/reindex.py), which then indexes every lead anew.
+
+A page reads newest first the sets of the filter that holds the fewest leads (ZCARD): the
+one set of a state, a loss reason or a source; the state sets of an outcome (two at most),
+or all six when nothing is filtered; the combinations that hold a rule. Several sets are
+merged on the way, by time then member, both descending, which is the order one sorted set
+holding them all would have: the cursor (a time and how many leads at that time were seen)
+means the same whichever sets a page reads. The other filters (crm, segment, priority,
+stage too) are checked against the entries: a page with one filter costs O(page); with
+several, the scan is bounded and the cursor carries on where it stopped. The dashboard's
+counts are sums of ZCARD/ZCOUNT over the same sets.
 
 "changed" is the time of the lead's latest decision (the decision's own time, which is
 event time), or of its first event for a won lead no rule has decided on.
@@ -32,10 +46,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-from collections.abc import Iterable, Mapping, Sequence
+import heapq
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import islice
 from typing import Any
 
 import msgspec
@@ -46,23 +61,40 @@ from rules.errors import PrunerError, SchemaError
 from rules.events import EventType, format_ms, parse_rfc3339_ms
 from rules.states import outcome_of
 
-ENTRIES_KEY = "pruner:leads:entries"
-ALL_KEY = "pruner:leads:by:all"
-BY_PREFIX = "pruner:leads:by:"
-VALUES_PREFIX = "pruner:leads:values:"
-INDEXED_KEY = "pruner:leads:indexed"
+PREFIX = "pruner:leads:v2:"
+ENTRIES_KEY = PREFIX + "entries"
+BY_PREFIX = PREFIX + "by:"
+VALUES_PREFIX = PREFIX + "values:"
+INDEXED_KEY = PREFIX + "indexed"
 TRACKED_KEY = "pruner:leads:tracked"
+# The index of the versions before (one set for every lead, per outcome, per rule; JSON entries
+# under "{crm}:{lead_id}"): nothing reads it, worker/reindex.py deletes it once.
+LEGACY_INDEXED_KEY = "pruner:leads:indexed"
+LEGACY_ENTRIES_KEY = "pruner:leads:entries"
+LEGACY_PATTERNS = ("pruner:leads:by:*", "pruner:leads:values:*")
 DIMENSIONS = ("crm", "state", "reason", "rule", "source", "segment", "priority", "stage", "outcome")
-# The dimensions with a sorted set per value; the others are checked against the entries.
-SORTED = ("state", "reason", "rule", "source", "outcome")
-# The dimensions whose values are remembered for the dashboard: the policy's own words (rule
-# names, loss reasons), never CRM free text, so nothing of an erased lead can linger there.
-VOCABULARIES = ("reason", "rule")
+# The dimensions whose values are remembered: the policy's own words (rule names, loss reasons),
+# never CRM free text, so nothing of an erased lead can linger there. "rules": the combinations.
+VOCABULARIES = ("reason", "rules")
 FIXED_VALUES = {
     "crm": ("hubspot", "salesforce"),
     "state": ("ACTIVE", "BREAKUP_DUE", "LOST", "REENGAGE_DUE", "WON", "SUPPRESSED"),
     "outcome": ("open", "won", "lost", "suppressed"),
 }
+# A member is the CRM's letter and the lead id (a new CRM needs a letter of its own here).
+CRM_LETTERS = {"hubspot": "h", "salesforce": "s"}
+_CRM_OF_LETTER = {letter: crm for crm, letter in CRM_LETTERS.items()}
+# Words an entry stores as their position here (one byte): states, rule names, loss reasons.
+# Append only: a stored code keeps its meaning. Any other word is stored as it is.
+WORDS = (
+    *FIXED_VALUES["state"],
+    *("repeated_no", "decisive_no", "pushed_back", "unresponsive", "effort_exceeds_value", "proposal_expired"),
+    *("call_cadence_exhausted", "breakup_grace", "reengage", "reply_resets", "consent_given", "do_not_contact"),
+    *("erasure_requested", "reopened", "converted", "deal_won", "deal_opened"),
+    *("not_interested", "no_response", "deprioritized", "budget", "competitor", "timing", "no_need"),
+    *("authority", "other"),
+)
+_CODES = {word: i for i, word in enumerate(WORDS)}
 # Events that can change an entry's source or deal stage; any other new event leaves them be.
 PROFILE_TYPES = frozenset({EventType.LEAD_PROFILE, EventType.DEAL_UPDATED})
 MAX_LIMIT = 500
@@ -73,11 +105,34 @@ Lead = tuple[str, str]
 
 
 def by_key(dimension: str, value: str) -> str:
+    """The sorted set of one state, loss reason, source or rule combination ("rules", "a,b")."""
     return f"{BY_PREFIX}{dimension}:{value}"
 
 
 def member(crm: str, lead_id: str) -> str:
-    return f"{crm}:{lead_id}"
+    return CRM_LETTERS[crm] + lead_id
+
+
+def lead_of(name: bytes | str) -> Lead:
+    """The (crm, lead id) of a member made by `member`."""
+    text = name.decode() if isinstance(name, bytes) else name
+    return _CRM_OF_LETTER[text[0]], text[1:]
+
+
+def combination(rules: Iterable[str]) -> str:
+    """The name of the set of leads decided by exactly these rules ("" for none)."""
+    return ",".join(sorted(rules))
+
+
+def _code(word: str | None) -> int | str | None:
+    return _CODES.get(word, word) if word is not None else None
+
+
+def _word(stored: Any) -> Any:
+    return WORDS[stored] if isinstance(stored, int) else stored
+
+
+_PAD: list[Any] = [None] * 8
 
 
 @dataclass(frozen=True)
@@ -98,7 +153,7 @@ class Entry:
         return outcome_of(self.state)
 
     def values(self, crm: str) -> dict[str, set[str]]:
-        """The index sets this entry belongs to, per dimension."""
+        """The values this entry has, per dimension (what filters match)."""
         return {
             "crm": {crm},
             "state": {self.state},
@@ -111,26 +166,38 @@ class Entry:
             "outcome": {self.outcome},
         }
 
-    def encode(self) -> str:
-        return json.dumps(
-            [
-                self.state,
-                self.loss_reason,
-                list(self.rules),
-                self.source,
-                self.deal_stage,
-                self.changed_ms,
-                self.segment,
-                self.priority,
-            ],
-            separators=(",", ":"),
-        )
+    def sets(self) -> set[str]:
+        """The index's sorted sets this entry is in."""
+        keys = {by_key("state", self.state)}
+        if self.rules:
+            keys.add(by_key("rules", combination(self.rules)))
+        if self.loss_reason:
+            keys.add(by_key("reason", self.loss_reason))
+        if self.source:
+            keys.add(by_key("source", self.source))
+        return keys
+
+    def encode(self) -> bytes:
+        """msgpack, known words as codes, missing fields at the end left out (~20-40 bytes)."""
+        fields: list[Any] = [
+            _code(self.state),
+            self.changed_ms,
+            [_code(rule) for rule in self.rules],
+            _code(self.loss_reason),
+            self.source,
+            self.deal_stage,
+            self.segment,
+            self.priority,
+        ]
+        while fields[-1] is None:
+            fields.pop()
+        return msgspec.msgpack.encode(fields)
 
     @classmethod
-    def decode(cls, raw: bytes | str) -> Entry:
-        # msgspec: every batch of a listed lead decodes its entry (json.loads took ~3 us of it).
-        state, reason, rules, source, stage, changed, segment, priority = msgspec.json.decode(raw)
-        return cls(state, reason, tuple(rules), source, stage, int(changed), segment, priority)
+    def decode(cls, raw: bytes) -> Entry:
+        stored: list[Any] = msgspec.msgpack.decode(raw)
+        state, changed, rules, reason, source, stage, segment, priority = stored + _PAD[len(stored) :]
+        return cls(_word(state), _word(reason), tuple(map(_word, rules)), source, stage, changed, segment, priority)
 
 
 def entry_for(
@@ -200,29 +267,27 @@ def read(connection: Any, leads: Sequence[Lead]) -> list[Entry | None]:
 def queue_update(pipe: Any, lead: Lead, old: Entry | None, new: Entry | None) -> None:
     """Queue the writes that move a lead's index entry from `old` to `new` (None: remove it).
 
-    Nothing is written when the entry did not change, which is what most batches see.
+    Nothing is written when the entry did not change, which is what most batches see; a set
+    the lead stays in at the same time is left alone.
     """
     if old == new:
         return
-    crm, _ = lead
     name = member(*lead)
-    before = old.values(crm) if old else {d: set() for d in DIMENSIONS}
-    after = new.values(crm) if new else {d: set() for d in DIMENSIONS}
-    for dim in SORTED:
-        for value in before[dim] - after[dim]:
-            pipe.zrem(by_key(dim, value), name)
+    before = old.sets() if old else set()
+    after = new.sets() if new else set()
+    for key in sorted(before - after):
+        pipe.zrem(key, name)
     if new is None:
-        pipe.zrem(ALL_KEY, name)
         pipe.hdel(ENTRIES_KEY, name)
         return
     pipe.hset(ENTRIES_KEY, name, new.encode())
-    score = {name: new.changed_ms}
-    pipe.zadd(ALL_KEY, score)
-    for dim in SORTED:
-        for value in after[dim]:
-            pipe.zadd(by_key(dim, value), score)
-        if dim in VOCABULARIES and after[dim] - before[dim]:
-            pipe.sadd(VALUES_PREFIX + dim, *(after[dim] - before[dim]))
+    moved = old is None or old.changed_ms != new.changed_ms
+    for key in sorted(after if moved else after - before):
+        pipe.zadd(key, {name: new.changed_ms})
+    if new.loss_reason and (old is None or old.loss_reason != new.loss_reason):
+        pipe.sadd(VALUES_PREFIX + "reason", new.loss_reason)
+    if new.rules and (old is None or old.rules != new.rules):
+        pipe.sadd(VALUES_PREFIX + "rules", combination(new.rules))
 
 
 # --- reading pages ---------------------------------------------------------------------
@@ -243,9 +308,6 @@ class Filters:
     outcome: str | None = None
     since_ms: int | None = None
     until_ms: int | None = None
-
-    def sets(self) -> list[str]:
-        return [by_key(dim, value) for dim in SORTED if (value := getattr(self, dim)) is not None]
 
     def matches(self, crm: str, entry: Entry) -> bool:
         have = entry.values(crm)
@@ -293,33 +355,133 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
         raise ValueError("not a cursor this server made") from None
 
 
+STATE_SETS = tuple(by_key("state", state) for state in FIXED_VALUES["state"])
+
+
+def _outcome_sets(outcome: str) -> list[str]:
+    return [by_key("state", state) for state in FIXED_VALUES["state"] if outcome_of(state) == outcome]
+
+
+def _combinations(connection: redis.Redis) -> list[str]:
+    return sorted(v.decode() for v in connection.smembers(VALUES_PREFIX + "rules"))  # type: ignore[union-attr]
+
+
+def _rule_sets(combinations: Iterable[str], rule: str) -> list[str]:
+    return [by_key("rules", c) for c in combinations if rule in c.split(",")]
+
+
+def _driving(connection: redis.Redis, filters: Filters) -> tuple[list[str], list[int]]:
+    """The sets a page reads (those of the filter holding the fewest leads) and their sizes; none: no lead matches."""
+    groups: list[list[str]] = []
+    if filters.state is not None:
+        groups.append([by_key("state", filters.state)])
+    if filters.outcome is not None:
+        groups.append(_outcome_sets(filters.outcome))
+    for dim in ("reason", "source"):
+        if (value := getattr(filters, dim)) is not None:
+            groups.append([by_key(dim, value)])
+    if filters.rule is not None:
+        groups.append(_rule_sets(_combinations(connection), filters.rule))
+    if not groups:
+        groups.append(list(STATE_SETS))
+    if not all(groups):
+        return [], []  # an outcome or a rule no lead has
+    with connection.pipeline(transaction=False) as pipe:
+        for group in groups:
+            for key in group:
+                pipe.zcard(key)
+        found: list[int] = pipe.execute()
+    sized: list[tuple[int, list[tuple[str, int]]]] = []
+    for group in groups:
+        sizes, found = found[: len(group)], found[len(group) :]
+        sized.append((sum(sizes), [(k, n) for k, n in zip(group, sizes, strict=True) if n]))
+    _, chosen = min(sized, key=lambda t: t[0])
+    return [k for k, _ in chosen], [n for _, n in chosen]
+
+
+Scored = tuple[bytes, float]
+
+
+def _newest_first(
+    connection: redis.Redis,
+    keys: Sequence[str],
+    sizes: Sequence[int],
+    high: int | str,
+    low: int | str,
+    skip: int,
+    chunk: int,
+) -> Iterator[Scored]:
+    """The members of the sorted sets `keys` (none in two of them) from `high` down to `low`, as
+    one set holding them all would give them (by score, then member, both descending), the first
+    `skip` left out. Each set is read a batch at a time, the first batches in one round trip, sized
+    by each set's share of the leads."""
+    if len(keys) == 1:
+        yield from _read_down(connection, keys[0], high, low, skip, chunk, chunk, None)
+        return
+    want, total = skip + chunk, sum(sizes)
+    firsts = [min(want, want * size // total + 8) for size in sizes]
+    with connection.pipeline(transaction=False) as pipe:
+        for key, n in zip(keys, firsts, strict=True):
+            pipe.zrevrangebyscore(key, high, low, start=0, num=n, withscores=True)
+        batches: list[list[Scored]] = pipe.execute()
+    streams = [
+        _read_down(connection, key, high, low, 0, n, chunk, batch)
+        for key, n, batch in zip(keys, firsts, batches, strict=True)
+    ]
+    yield from islice(heapq.merge(*streams, key=_position, reverse=True), skip, None)
+
+
+def _position(item: Scored) -> tuple[float, bytes]:
+    return item[1], item[0]
+
+
+def _read_down(
+    connection: redis.Redis,
+    key: str,
+    high: int | str,
+    low: int | str,
+    skip: int,
+    size: int,
+    chunk: int,
+    batch: list[Scored] | None,
+) -> Iterator[Scored]:
+    """One set's members from `high` down (the first `skip` at `high` left out): `size` of them,
+    then at least a page's `chunk` and twice as many each time; `batch`: the first, already read.
+    (A set that outran its share of a page is the one the page is reading: a round trip each
+    for the rest of it would cost more than the members read ahead.)"""
+    while True:
+        if batch is None:
+            batch = connection.zrevrangebyscore(  # type: ignore[assignment]
+                key, high, low, start=skip, num=size, withscores=True
+            )
+            assert batch is not None
+        yield from batch
+        if len(batch) < size:
+            return
+        for _, score in batch:  # the position after this batch, counted as the page's cursor is
+            at = int(score)
+            skip = skip + 1 if at == high else 1
+            high = at
+        batch, size = None, min(max(size * 2, chunk), MAX_LIMIT)
+
+
 def page(connection: redis.Redis, filters: Filters, limit: int, cursor: str | None = None) -> Page:
     """Return up to `limit` leads matching `filters`, newest change first, and the cursor after them."""
-    sets = filters.sets()
-    if sets:
-        sizes: list[int] = []
-        with connection.pipeline(transaction=False) as pipe:
-            for key in sets:
-                pipe.zcard(key)
-            sizes = pipe.execute()
-        driving = sets[sizes.index(min(sizes))]
-        if min(sizes) == 0:
-            return Page()
-    else:
-        driving = ALL_KEY
+    keys, sizes = _driving(connection, filters)
+    if not keys:
+        return Page()
     top, seen = decode_cursor(cursor) if cursor else (filters.until_ms, 0)
-    high: float | str = "+inf" if top is None else top
-    low: float | str = "-inf" if filters.since_ms is None else filters.since_ms
+    high: int | str = "+inf" if top is None else top
+    low: int | str = "-inf" if filters.since_ms is None else filters.since_ms
     out = Page()
     checked = 0
     chunk = min(max(limit * 2, 50), MAX_LIMIT)
+    stream = _newest_first(connection, keys, sizes, high, low, seen, chunk)
     while True:
-        raw: list[tuple[bytes, float]] = connection.zrevrangebyscore(  # type: ignore[assignment]
-            driving, high, low, start=seen, num=chunk, withscores=True
-        )
+        raw = list(islice(stream, chunk))
         if not raw:
             return out
-        entries = connection.hmget(ENTRIES_KEY, [m for m, _ in raw])
+        entries: list[bytes | None] = connection.hmget(ENTRIES_KEY, [m for m, _ in raw])  # type: ignore[assignment]
         for (name, score), blob in zip(raw, entries, strict=True):
             at = int(score)
             # Position after this lead: ties at one time are told apart by how many were seen.
@@ -328,7 +490,7 @@ def page(connection: redis.Redis, filters: Filters, limit: int, cursor: str | No
             checked += 1
             if blob is None:
                 continue  # erased or forgotten between the two reads
-            crm, _, lead_id = name.decode().partition(":")
+            crm, lead_id = lead_of(name)
             entry = Entry.decode(blob)
             if filters.matches(crm, entry):
                 out.rows.append(Row(crm, lead_id, entry))
@@ -342,35 +504,58 @@ def page(connection: redis.Redis, filters: Filters, limit: int, cursor: str | No
             return out
 
 
+def _value_sets(connection: redis.Redis, dimension: str) -> dict[str, list[str]]:
+    """The sets holding the leads of each value of `dimension` (none: not counted, checked on entries)."""
+    if dimension == "state":
+        return {state: [by_key("state", state)] for state in FIXED_VALUES["state"]}
+    if dimension == "outcome":
+        return {outcome: _outcome_sets(outcome) for outcome in FIXED_VALUES["outcome"]}
+    if dimension == "rule":
+        combinations = _combinations(connection)
+        rules = sorted({rule for c in combinations for rule in c.split(",")})
+        return {rule: _rule_sets(combinations, rule) for rule in rules}
+    if dimension == "reason":
+        reasons = sorted(v.decode() for v in connection.smembers(VALUES_PREFIX + "reason"))  # type: ignore[union-attr]
+        return {reason: [by_key("reason", reason)] for reason in reasons}
+    return {}
+
+
 def counts(connection: redis.Redis, dimension: str, since_ms: int | None = None) -> dict[str, int]:
     """Return how many listed leads have each value of `dimension` (changed since `since_ms`)."""
-    if dimension in FIXED_VALUES:
-        values = list(FIXED_VALUES[dimension])
-    else:
-        values = sorted(v.decode() for v in connection.smembers(VALUES_PREFIX + dimension))  # type: ignore[union-attr]
-    with connection.pipeline(transaction=False) as pipe:
-        for value in values:
-            if since_ms is None:
-                pipe.zcard(by_key(dimension, value))
-            else:
-                pipe.zcount(by_key(dimension, value), since_ms, "+inf")
-        found: list[int] = pipe.execute()
-    return {v: n for v, n in zip(values, found, strict=True) if n}
+    return _count(connection, _value_sets(connection, dimension), [(None if since_ms is None else since_ms, None)])[0]
 
 
 def per_day(
     connection: redis.Redis, dimension: str, values: Sequence[str], days: Sequence[tuple[str, int, int]]
 ) -> list[tuple[str, dict[str, int]]]:
     """Count leads per day and value, by changed time; `days` are (label, start ms, end ms)."""
+    known = _value_sets(connection, dimension)
+    sets = {value: known.get(value, []) for value in values}
+    found = _count(connection, sets, [(start, end) for _, start, end in days])
+    return [(label, row) for (label, _, _), row in zip(days, found, strict=True)]
+
+
+def _count(
+    connection: redis.Redis, sets: Mapping[str, Sequence[str]], spans: Sequence[tuple[int | None, int | None]]
+) -> list[dict[str, int]]:
+    """Per span [start, end), the leads of each value in `sets` (one pipeline); values with none left out."""
     with connection.pipeline(transaction=False) as pipe:
-        for _, start, end in days:
-            for value in values:
-                pipe.zcount(by_key(dimension, value), start, f"({end}")
+        for start, end in spans:
+            for keys in sets.values():
+                for key in keys:
+                    if start is None and end is None:
+                        pipe.zcard(key)
+                    else:
+                        pipe.zcount(key, "-inf" if start is None else start, "+inf" if end is None else f"({end}")
         found: list[int] = pipe.execute()
-    out: list[tuple[str, dict[str, int]]] = []
-    for i, (label, _, _) in enumerate(days):
-        row = found[i * len(values) : (i + 1) * len(values)]
-        out.append((label, {v: n for v, n in zip(values, row, strict=True) if n}))
+    out: list[dict[str, int]] = []
+    for _ in spans:
+        row: dict[str, int] = {}
+        for value, keys in sets.items():
+            n, found = sum(found[: len(keys)]), found[len(keys) :]
+            if n:
+                row[value] = n
+        out.append(row)
     return out
 
 

@@ -13,11 +13,10 @@ import json
 import sys
 from typing import Any
 
-from worker import leadindex
-from worker.cliargs import EXIT_OK, EXIT_USAGE
+from worker import leadindex, reindex
+from worker.cliargs import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from worker.config import Config
 from worker.queues import connect
-from worker.store import LeadStore
 
 COLUMNS = ("crm", "lead_id", "state", "loss_reason", "changed_at", "rules")
 EPILOG = """\
@@ -66,7 +65,10 @@ def add_command(sub: Any, config: Any) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     connection = connect(config.redis_url, timeout=30)
     if args.backfill:
-        count = LeadStore(connection).reindex()
+        count = reindex.ensure_index(connection, force=True)
+        if count is None:
+            print("pruner leads: another process is indexing the store now: try again once it is done", file=sys.stderr)
+            return EXIT_FAILED
         print(f"indexed the {count} stored leads (listed: decided on or won); the index is complete")
         return EXIT_OK
     params = {name: getattr(args, name) for name in leadindex.QUERY_PARAMETERS if getattr(args, name) is not None}

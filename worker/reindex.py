@@ -1,4 +1,5 @@
-"""Rebuilding the list index of a store written before it (`pruner reindex`, and the first worker's start).
+"""Rebuilding the list index of a store written before it, or before its present shape
+(`pruner leads --backfill`, the first worker's start, the stats job).
 
 Apart from worker/store.py, which only delegates here: it reads every lead's log and state
 once, which the batch path never does.
@@ -12,6 +13,57 @@ from redis.client import Pipeline
 from worker import eventlog, leadindex, staterecord
 from worker.keys import PREFIX, lead_key, parse_due_member, state_key
 from worker.transaction import optimistic
+
+# One process builds the index at a time (the first worker to start, the stats job, `--backfill`).
+REINDEX_LOCK = "pruner:leads:reindex-lock"
+
+
+def ensure_index(connection: redis.Redis, force: bool = False) -> int | None:
+    """Index every stored lead if the index is incomplete, or an earlier version's is there (or `force`).
+
+    Returns how many leads were indexed; None when there was nothing to do, or another process
+    holds the lock (it is doing it). An earlier version's index (issue #13: a set for every
+    lead, per outcome, per rule) is deleted first, and so is anything of this version's index
+    (written before a rollback, it may be stale): the store is then indexed anew from its logs
+    and state records, and `is_complete` says no until that is done.
+    """
+    legacy = _legacy(connection)
+    if not (force or legacy or not leadindex.is_complete(connection)):
+        return None
+    if not connection.set(REINDEX_LOCK, "1", nx=True, ex=3600):
+        return None
+    try:
+        if legacy:
+            drop_index(connection)
+        return reindex(connection)
+    finally:
+        connection.delete(REINDEX_LOCK)
+
+
+def _legacy(connection: redis.Redis) -> bool:
+    return bool(connection.exists(leadindex.LEGACY_INDEXED_KEY, leadindex.LEGACY_ENTRIES_KEY))
+
+
+def drop_index(connection: redis.Redis, scan_count: int = 1000) -> int:
+    """Delete the list index, this version's and the earlier one's (not the count of leads); return how many keys.
+
+    The earlier version's marker goes last: a process stopped half-way leaves it, and the next
+    start does this again.
+    """
+    connection.delete(leadindex.INDEXED_KEY)
+    dropped = 0
+    for pattern in (leadindex.PREFIX + "*", *leadindex.LEGACY_PATTERNS):
+        batch: list[bytes] = []
+        for key in connection.scan_iter(match=pattern, count=scan_count):
+            batch.append(key)
+            if len(batch) >= 500:
+                dropped += int(connection.unlink(*batch))
+                batch.clear()
+        if batch:
+            dropped += int(connection.unlink(*batch))
+    dropped += int(connection.unlink(leadindex.LEGACY_ENTRIES_KEY))
+    dropped += int(connection.delete(leadindex.LEGACY_INDEXED_KEY))
+    return dropped
 
 
 def reindex(connection: redis.Redis, batch: int = 500) -> int:

@@ -15,11 +15,10 @@ from rq.cron import CronJob, CronScheduler
 from rq.job import Job
 from rq.worker import SimpleWorker
 
-from worker import jobs, leadindex, upgrades
+from worker import jobs, reindex, upgrades
 from worker.config import Config
 from worker.queues import connect, make_queue
 from worker.reaper import Liveness
-from worker.store import LeadStore
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,6 @@ SWEEP_INTERVAL_SECONDS = 60
 # (a SimpleWorker sets it to the job timeout + 60 s, so a slow live job is never taken
 # for dead), so this bounds how late its events arrive. One worker at a time does it.
 MAINTENANCE_SECONDS = 60
-REINDEX_LOCK = "pruner:leads:reindex-lock"
 # The watchdog requeues the jobs of workers dead for 15 s (worker/reaper.py) and queues a drain
 # for outboxes whose drain died (its lock expires in 15 s: worker/actions.py).
 WATCH_INTERVAL_SECONDS = 15
@@ -62,13 +60,10 @@ def run_worker(config: Config, burst: bool = False, connection: redis.Redis | No
     # whole 100-event batch takes to apply. RQ's warm shutdown still lets the
     # current batch finish on SIGTERM, and a killed worker's batch is retried (Retry)
     # by the next registry maintenance.
-    if not leadindex.is_complete(connection) and connection.set(REINDEX_LOCK, "1", nx=True, ex=3600):
-        # Leads stored before the list index existed (or a brand-new store, where this takes
-        # a millisecond): one worker indexes them before it starts, the others start at once.
-        try:
-            LeadStore(connection).reindex()
-        finally:
-            connection.delete(REINDEX_LOCK)
+    # Leads stored before the list index existed, or indexed by an earlier version (or a
+    # brand-new store, where this takes a millisecond): one worker indexes them before it
+    # starts, the others start at once.
+    reindex.ensure_index(connection)
     if config.dry_run:
         upgrades.note_dry_run(connection)  # it sends nothing: the next live start acts on what it decided
     else:

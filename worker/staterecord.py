@@ -41,7 +41,7 @@ def encode(record: StateRecord | dict[str, Any]) -> bytes:
 
 
 def decode(raw: bytes | str) -> StateRecord:
-    """A stored record, compressed or (written before 2026-12-06) plain JSON."""
+    """A stored record, compressed or (written before 2026-12-05) plain JSON."""
     if isinstance(raw, str):
         raw = raw.encode()
     return msgspec.json.decode(compression.unpack(raw))

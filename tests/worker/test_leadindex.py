@@ -120,9 +120,11 @@ def test_a_change_moves_the_lead_between_lists_and_an_erasure_takes_it_off_every
     # A's reason is gone with its loss; the rule that once decided still finds it.
     assert ids(leadindex.page(s.redis, Filters(reason="not_interested"), 10)) == ["b"]
     assert ids(leadindex.page(s.redis, Filters(rule="repeated_no"), 10)) == ["a", "b"]
+    b = leadindex.member("hubspot", "b")
+    assert s.redis.hget(leadindex.ENTRIES_KEY, b) is not None  # the name the checks below look for
     s.apply_batch([ev("erasure_requested", "b", 7)], decide())
-    members = [key for key in s.redis.scan_iter("pruner:leads:by:*") if s.redis.zscore(key, "hubspot:b") is not None]
-    assert members == [] and s.redis.hget(leadindex.ENTRIES_KEY, "hubspot:b") is None
+    members = [key for key in s.redis.scan_iter(f"{leadindex.BY_PREFIX}*") if s.redis.zscore(key, b) is not None]
+    assert members == [] and s.redis.hget(leadindex.ENTRIES_KEY, b) is None
     assert ids(leadindex.page(s.redis, Filters(), 10)) == ["a"]
 
 
@@ -153,10 +155,12 @@ def test_a_won_lead_is_listed_as_won_and_as_open_once_its_deal_reopens() -> None
 def test_an_unchanged_lead_writes_nothing_to_the_index() -> None:
     s = store()
     s.apply_batch(said_no("a", 2), decide())
-    before = s.redis.hget(leadindex.ENTRIES_KEY, "hubspot:a")
-    s.redis.delete(leadindex.ALL_KEY)  # a write would put it back
+    a, lost = leadindex.member("hubspot", "a"), leadindex.by_key("state", "LOST")
+    before = s.redis.hget(leadindex.ENTRIES_KEY, a)
+    assert before is not None and s.redis.zscore(lost, a) is not None
+    s.redis.delete(lost)  # a write would put it back
     s.apply_batch([ev("email_sent", "a", 5)], decide())
-    assert s.redis.hget(leadindex.ENTRIES_KEY, "hubspot:a") == before and s.redis.zcard(leadindex.ALL_KEY) == 0
+    assert s.redis.hget(leadindex.ENTRIES_KEY, a) == before and s.redis.zcard(lost) == 0
 
 
 def test_a_store_from_before_the_index_lists_after_the_backfill() -> None:
@@ -268,7 +272,9 @@ def consistent(s: LeadStore) -> None:
     """The index agrees with the store: counts, entries and every sorted set."""
     logs = {k.decode()[len("pruner:lead:") :] for k in s.redis.scan_iter("pruner:lead:*")}
     assert leadindex.tracked(s.redis) == len(logs)
-    entries = {k.decode(): Entry.decode(v) for k, v in s.redis.hgetall(leadindex.ENTRIES_KEY).items()}
+    entries = {
+        ":".join(leadindex.lead_of(k)): Entry.decode(v) for k, v in s.redis.hgetall(leadindex.ENTRIES_KEY).items()
+    }
     assert set(entries) <= logs
     for name in logs:
         crm, _, lead_id = name.partition(":")
@@ -279,14 +285,17 @@ def consistent(s: LeadStore) -> None:
         assert entries.get(name) == expected, name
     members: dict[str, set[str]] = {}
     for key in s.redis.scan_iter(f"{leadindex.BY_PREFIX}*"):
-        for member in s.redis.zrange(key, 0, -1):
-            members.setdefault(member.decode(), set()).add(key.decode())
+        for member, score in s.redis.zrange(key, 0, -1, withscores=True):
+            name = ":".join(leadindex.lead_of(member))
+            assert score == entries[name].changed_ms, (name, key)
+            members.setdefault(name, set()).add(key.decode())
     for name, keys in members.items():
-        crm = name.partition(":")[0]
         entry = entries[name]
-        want = {leadindex.ALL_KEY} | {
-            leadindex.by_key(dim, v) for dim in leadindex.SORTED for v in entry.values(crm)[dim]
-        }
+        # Its state, its combination of rules, its loss reason and its source: no other set.
+        want = {leadindex.by_key("state", entry.state)}
+        want |= {leadindex.by_key("rules", ",".join(sorted(entry.rules)))} if entry.rules else set()
+        want |= {leadindex.by_key("reason", entry.loss_reason)} if entry.loss_reason else set()
+        want |= {leadindex.by_key("source", entry.source)} if entry.source else set()
         assert keys == want, name
     assert set(members) == set(entries)
 
