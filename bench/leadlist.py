@@ -21,8 +21,9 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from bench.common import bench_redis, flush_bench_db
-from worker import leadindex
-from worker.leadindex import Entry, Filters
+from worker import leadindex, leadquery
+from worker.leadindex import Entry
+from worker.leadquery import Filters
 
 T0 = 1_772_442_000_000  # 2 March 2026
 RULES = ("unresponsive", "repeated_no", "decisive_no", "breakup_grace")
@@ -62,11 +63,11 @@ def median_ms(run: Callable[[], object], repeat: int = 20) -> float:
     return statistics.median(times)
 
 
-def deep_page(conn: object, filters: Filters, limit: int, pages: int) -> list[leadindex.Row]:
+def deep_page(conn: object, filters: Filters, limit: int, pages: int) -> list[leadquery.Row]:
     cursor = None
-    rows: list[leadindex.Row] = []
+    rows: list[leadquery.Row] = []
     for _ in range(pages):
-        found = leadindex.page(conn, filters, limit, cursor)  # type: ignore[arg-type]
+        found = leadquery.page(conn, filters, limit, cursor)  # type: ignore[arg-type]
         rows, cursor = found.rows, found.next_cursor
     return rows
 
@@ -85,21 +86,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         for count in args.leads:
             flush_bench_db(conn)
             fill(conn, count)
-            first = median_ms(lambda: leadindex.page(conn, lost, args.limit))
+            first = median_ms(lambda: leadquery.page(conn, lost, args.limit))
             twentieth = median_ms(lambda: deep_page(conn, lost, args.limit, 20), repeat=5) / 20
-            three = median_ms(lambda: leadindex.page(conn, combined, args.limit))
-            tiles = median_ms(lambda: (leadindex.counts(conn, "outcome"), leadindex.counts(conn, "reason")))
+            three = median_ms(lambda: leadquery.page(conn, combined, args.limit))
+            tiles = median_ms(lambda: (leadquery.counts(conn, "outcome"), leadquery.counts(conn, "reason")))
             started = time.perf_counter()
             scanned = sum(1 for _ in conn.hscan_iter(leadindex.ENTRIES_KEY, count=10_000))
             scan_ms = (time.perf_counter() - started) * 1000
-            page = leadindex.page(conn, combined, args.limit)
+            page = leadquery.page(conn, combined, args.limit)
             print(
                 f"{count:>8,} leads: first LOST page {first:.2f} ms, a page 20 deep {twentieth:.2f} ms/page, "
                 f"3 filters {three:.2f} ms ({len(page.rows)} rows), dashboard counts {tiles:.2f} ms; "
                 f"baseline HSCAN of {scanned:,} entries {scan_ms:.0f} ms"
             )
             deep = {name: median_ms(partial(deep_page, conn, f, args.limit, 20), repeat=5) / 20 for name, f in wide}
-            mixed = median_ms(lambda: leadindex.page(conn, lost_by_rule, args.limit))
+            mixed = median_ms(lambda: leadquery.page(conn, lost_by_rule, args.limit))
             print(
                 f"{'':>15}pages 20 deep: every lead {deep['all']:.2f} ms/page, outcome lost {deep['lost']:.2f}, "
                 f"rule breakup_grace {deep['rule']:.2f}; outcome lost + rule reengage {mixed:.2f} ms"

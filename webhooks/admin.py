@@ -13,7 +13,7 @@ from rules.events import Crm
 from webhooks.auth import bearer_ok
 from webhooks.errors import ApiError
 from webhooks.services import services
-from worker import leadindex
+from worker import leadindex, leadquery
 from worker.leaddoc import is_erased, lead_document
 
 bp = Blueprint("admin", __name__)
@@ -46,11 +46,11 @@ def leads() -> ResponseReturnValue:
     if repeated is not None:
         raise ApiError(400, "bad_parameter", f"{repeated:.60} is given more than once; give each parameter once")
     try:
-        query = leadindex.parse_query(request.args.to_dict())
-    except leadindex.QueryError as exc:
+        query = leadquery.parse_query(request.args.to_dict())
+    except leadquery.QueryError as exc:
         raise ApiError(400, "bad_parameter", str(exc)) from None
     svc = services(current_app._get_current_object())  # type: ignore[attr-defined]
-    found = leadindex.page(svc.redis, query.filters, query.limit, query.cursor)
+    found = leadquery.page(svc.redis, query.filters, query.limit, query.cursor)
     return jsonify(
         leads=[row.public() for row in found.rows],
         next_cursor=found.next_cursor,

@@ -55,7 +55,7 @@ from webhooks.dashboard_data import (
 from webhooks.labels import label as words
 from webhooks.labels import titled
 from webhooks.services import error, services
-from worker import leadindex
+from worker import leadindex, leadquery
 from worker.stats import DIMENSIONS
 
 bp = Blueprint("dashboard", __name__)
@@ -204,11 +204,11 @@ def lead_list() -> ResponseReturnValue:
     svc = services(current_app._get_current_object())  # type: ignore[attr-defined]
     params = request.args.to_dict()
     try:
-        query = leadindex.parse_query(params)
-    except leadindex.QueryError as exc:
+        query = leadquery.parse_query(params)
+    except leadquery.QueryError as exc:
         body = render_template("dashboard_leads.html", problem=str(exc), rows=[], filters=[], more=None, indexed=True)
         return _secured(Response(body, status=400, mimetype="text/html"))
-    found = leadindex.page(svc.redis, query.filters, query.limit, query.cursor)
+    found = leadquery.page(svc.redis, query.filters, query.limit, query.cursor)
     shown = [
         (name, value, titled(value)) for name, value in params.items() if value and name not in ("cursor", "limit")
     ]
@@ -252,8 +252,8 @@ def build_page(
     since_ms = (int(now * 1000) // DAY_MS - (days - 1)) * DAY_MS
     since = iso_day(since_ms)
     if indexed:
-        outcomes: dict[str, Any] = leadindex.counts(connection, "outcome")
-        states = leadindex.counts(connection, "state")
+        outcomes: dict[str, Any] = leadquery.counts(connection, "outcome")
+        states = leadquery.counts(connection, "state")
         leads = int(live_total or 0)
         # Leads no rule has decided on are not listed, only counted: they are all open.
         closed = sum(int(outcomes.get(o, 0)) for o in ("won", "lost", "suppressed"))
@@ -349,7 +349,7 @@ def build_page(
         }
     )
     if indexed:
-        reason_counts = leadindex.counts(connection, "reason", since_ms)
+        reason_counts = leadquery.counts(connection, "reason", since_ms)
         loss_rows = [(reason, {reason: n}) for reason, n in reason_counts.items()]
         loss_note = f"Why leads were marked lost, by their latest decision in the last {days} days."
     else:

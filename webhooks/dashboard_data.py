@@ -16,7 +16,7 @@ import redis
 from rq import Queue
 
 from webhooks.charts import MAX_ROWS, OTHER_COLOR, PALETTE, STATE_COLORS
-from worker import leadindex, queuehealth
+from worker import leadquery, queuehealth
 from worker import metrics as worker_metrics
 from worker.stats import DIMENSIONS, STATS_SNAPSHOT_KEY, collect, store_stats_snapshot
 
@@ -169,7 +169,7 @@ def decision_days(connection: redis.Redis, now: float, days: int) -> list[tuple[
     spans = [(iso_day(first + i * DAY_MS)[:10], first + i * DAY_MS, first + (i + 1) * DAY_MS) for i in range(days)]
     # ACTIVE is left out: most ACTIVE leads were never decided on (their time is their first event's).
     decided = [state for state in STATE_COLORS if state != "ACTIVE"]
-    return leadindex.per_day(connection, "state", decided, spans)
+    return leadquery.per_day(connection, "state", decided, spans)
 
 
 def _snapshot_author(connection: redis.Redis) -> str | None:

@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from worker import leadindex, reindex
+from worker import leadindex, leadquery, reindex
 from worker.cliargs import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from worker.config import Config
 from worker.queues import connect
@@ -43,7 +43,7 @@ def add_command(sub: Any, config: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--state", help=f"one of {', '.join(leadindex.STATES)}")
+    p.add_argument("--state", help=f"one of {', '.join(leadquery.STATES)}")
     p.add_argument("--reason", help="loss reason, e.g. no_response, competitor, not_interested")
     p.add_argument("--rule", help="leads a rule decided on, e.g. unresponsive, breakup_grace")
     p.add_argument("--crm", help="hubspot or salesforce")
@@ -51,10 +51,10 @@ def add_command(sub: Any, config: Any) -> None:
     p.add_argument("--segment", help="the lead's segment (lead_profile)")
     p.add_argument("--priority", help="the lead's priority (lead_profile)")
     p.add_argument("--stage", help="the deal stage, e.g. closedwon")
-    p.add_argument("--outcome", help=f"one of {', '.join(leadindex.OUTCOMES)}")
+    p.add_argument("--outcome", help=f"one of {', '.join(leadquery.OUTCOMES)}")
     p.add_argument("--since", help="changed at or after this RFC 3339 time")
     p.add_argument("--until", help="changed before this RFC 3339 time")
-    p.add_argument("--limit", default=str(leadindex.DEFAULT_LIMIT), help="leads per page (1-500, default 50)")
+    p.add_argument("--limit", default=str(leadquery.DEFAULT_LIMIT), help="leads per page (1-500, default 50)")
     p.add_argument("--cursor", help="continue after the page that printed this cursor")
     p.add_argument("--all", action="store_true", help="follow the cursor to the last page")
     p.add_argument("--format", choices=["text", "json", "csv"], default="text")
@@ -71,16 +71,16 @@ def run(args: argparse.Namespace, config: Config) -> int:
             return EXIT_FAILED
         print(f"indexed the {count} stored leads (listed: decided on or won); the index is complete")
         return EXIT_OK
-    params = {name: getattr(args, name) for name in leadindex.QUERY_PARAMETERS if getattr(args, name) is not None}
+    params = {name: getattr(args, name) for name in leadquery.QUERY_PARAMETERS if getattr(args, name) is not None}
     try:
-        query = leadindex.parse_query(params)
-    except leadindex.QueryError as exc:
+        query = leadquery.parse_query(params)
+    except leadquery.QueryError as exc:
         print(f"pruner leads: --{exc.parameter}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     rows: list[dict[str, Any]] = []
     cursor = query.cursor
     while True:
-        found = leadindex.page(connection, query.filters, query.limit, cursor)
+        found = leadquery.page(connection, query.filters, query.limit, cursor)
         rows += [row.public() for row in found.rows]
         cursor = found.next_cursor
         if not (args.all and cursor):

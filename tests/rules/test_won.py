@@ -128,13 +128,13 @@ def won_and_converted_store():  # type: ignore[no-untyped-def]
 
 
 def test_won_leads_count_as_conversions_in_the_stats_and_the_lead_list() -> None:
-    from worker import leadindex
-    from worker.leadindex import Filters
+    from worker import leadquery
+    from worker.leadquery import Filters
     from worker.stats import collect
 
     store = won_and_converted_store()
-    assert leadindex.counts(store.redis, "outcome") == {"won": 2, "lost": 1}
-    listed = leadindex.page(store.redis, Filters(state="WON"), 10)
+    assert leadquery.counts(store.redis, "outcome") == {"won": 2, "lost": 1}
+    listed = leadquery.page(store.redis, Filters(state="WON"), 10)
     assert sorted(row.lead_id for row in listed.rows) == ["00Q000000000001", "won-1"]
     assert collect(store.redis).to_json()["outcomes"] == {"won": 2, "lost": 1}
 

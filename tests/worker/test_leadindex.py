@@ -14,10 +14,11 @@ from flask.testing import FlaskClient
 from rules.events import Event, format_ms, parse_event
 from tests.helpers import ADMIN_TOKEN, SECRET, event
 from webhooks import create_app
-from worker import leadindex
+from worker import leadindex, leadquery
 from worker.config import Config
 from worker.decide import Decider
-from worker.leadindex import Entry, Filters, QueryError, parse_query
+from worker.leadindex import Entry
+from worker.leadquery import Filters, QueryError, parse_query
 from worker.policyfile import default_policy
 from worker.store import LeadStore
 
@@ -48,7 +49,7 @@ def said_no(lead: str, days: float, source: str = "webinar") -> list[Event]:
     ]
 
 
-def ids(page: leadindex.Page) -> list[str]:
+def ids(page: leadquery.Page) -> list[str]:
     return [row.lead_id for row in page.rows]
 
 
@@ -57,7 +58,7 @@ def everything(s: LeadStore, filters: Filters, limit: int) -> list[str]:
     out: list[str] = []
     cursor = None
     for _ in range(100):
-        page = leadindex.page(s.redis, filters, limit, cursor)
+        page = leadquery.page(s.redis, filters, limit, cursor)
         assert len(page.rows) <= limit
         out += ids(page)
         cursor = page.next_cursor
@@ -71,7 +72,7 @@ def test_lists_by_state_reason_rule_and_source_newest_decision_first() -> None:
     batch = said_no("a", 2) + said_no("b", 4, source="referral") + said_no("c", 3)
     batch += [ev("decision_no", "d", 5, reason="We went with a competitor"), ev("email_sent", "e", 1)]
     s.apply_batch(batch, decide())
-    lost = leadindex.page(s.redis, Filters(state="LOST"), 10)
+    lost = leadquery.page(s.redis, Filters(state="LOST"), 10)
     # By the decision's own time (event time), not the order they were processed in.
     assert ids(lost) == ["d", "b", "c", "a"] and lost.next_cursor is None
     assert lost.rows[0].public() == {
@@ -82,19 +83,19 @@ def test_lists_by_state_reason_rule_and_source_newest_decision_first() -> None:
         "changed_at": format_ms(int((T0 + timedelta(days=5)).timestamp() * 1000)),
         "rules": ["decisive_no"],
     }
-    assert ids(leadindex.page(s.redis, Filters(reason="not_interested"), 10)) == ["b", "c", "a"]
-    assert ids(leadindex.page(s.redis, Filters(rule="repeated_no", source="webinar"), 10)) == ["c", "a"]
+    assert ids(leadquery.page(s.redis, Filters(reason="not_interested"), 10)) == ["b", "c", "a"]
+    assert ids(leadquery.page(s.redis, Filters(rule="repeated_no", source="webinar"), 10)) == ["c", "a"]
     # "e" is only being worked: counted, not listed (no rule decided on it).
-    assert ids(leadindex.page(s.redis, Filters(state="ACTIVE"), 10)) == []
+    assert ids(leadquery.page(s.redis, Filters(state="ACTIVE"), 10)) == []
     assert leadindex.tracked(s.redis) == 5
-    assert ids(leadindex.page(s.redis, Filters(crm="salesforce"), 10)) == []
+    assert ids(leadquery.page(s.redis, Filters(crm="salesforce"), 10)) == []
     since = int((T0 + timedelta(days=3)).timestamp() * 1000)
-    assert ids(leadindex.page(s.redis, Filters(state="LOST", since_ms=since), 10)) == ["d", "b", "c"]
+    assert ids(leadquery.page(s.redis, Filters(state="LOST", since_ms=since), 10)) == ["d", "b", "c"]
     day = 86_400_000
-    assert ids(leadindex.page(s.redis, Filters(state="LOST", since_ms=since, until_ms=since + day - 1), 10)) == ["c"]
-    assert ids(leadindex.page(s.redis, Filters(state="LOST", since_ms=since, until_ms=since + day), 10)) == ["b", "c"]
-    assert leadindex.counts(s.redis, "reason") == {"competitor": 1, "not_interested": 3}
-    assert leadindex.counts(s.redis, "state", since_ms=since) == {"LOST": 3}
+    assert ids(leadquery.page(s.redis, Filters(state="LOST", since_ms=since, until_ms=since + day - 1), 10)) == ["c"]
+    assert ids(leadquery.page(s.redis, Filters(state="LOST", since_ms=since, until_ms=since + day), 10)) == ["b", "c"]
+    assert leadquery.counts(s.redis, "reason") == {"competitor": 1, "not_interested": 3}
+    assert leadquery.counts(s.redis, "state", since_ms=since) == {"LOST": 3}
 
 
 def test_pages_end_to_end_without_gaps_or_repeats_even_when_changes_tie() -> None:
@@ -115,17 +116,17 @@ def test_a_change_moves_the_lead_between_lists_and_an_erasure_takes_it_off_every
     s = store()
     s.apply_batch(said_no("a", 2) + said_no("b", 3), decide())
     s.apply_batch([ev("email_replied", "a", 6)], decide())
-    assert ids(leadindex.page(s.redis, Filters(state="LOST"), 10)) == ["b"]
-    assert ids(leadindex.page(s.redis, Filters(state="ACTIVE"), 10)) == ["a"]
+    assert ids(leadquery.page(s.redis, Filters(state="LOST"), 10)) == ["b"]
+    assert ids(leadquery.page(s.redis, Filters(state="ACTIVE"), 10)) == ["a"]
     # A's reason is gone with its loss; the rule that once decided still finds it.
-    assert ids(leadindex.page(s.redis, Filters(reason="not_interested"), 10)) == ["b"]
-    assert ids(leadindex.page(s.redis, Filters(rule="repeated_no"), 10)) == ["a", "b"]
+    assert ids(leadquery.page(s.redis, Filters(reason="not_interested"), 10)) == ["b"]
+    assert ids(leadquery.page(s.redis, Filters(rule="repeated_no"), 10)) == ["a", "b"]
     b = leadindex.member("hubspot", "b")
     assert s.redis.hget(leadindex.ENTRIES_KEY, b) is not None  # the name the checks below look for
     s.apply_batch([ev("erasure_requested", "b", 7)], decide())
     members = [key for key in s.redis.scan_iter(f"{leadindex.BY_PREFIX}*") if s.redis.zscore(key, b) is not None]
     assert members == [] and s.redis.hget(leadindex.ENTRIES_KEY, b) is None
-    assert ids(leadindex.page(s.redis, Filters(), 10)) == ["a"]
+    assert ids(leadquery.page(s.redis, Filters(), 10)) == ["a"]
 
 
 def test_merge_forget_and_erasure_take_the_gone_records_off_the_lists_and_the_count() -> None:
@@ -133,23 +134,23 @@ def test_merge_forget_and_erasure_take_the_gone_records_off_the_lists_and_the_co
     s.apply_batch(said_no("a", 2) + said_no("b", 3) + said_no("c", 4) + [ev("email_sent", "d", 1)], decide())
     assert leadindex.tracked(s.redis) == 4
     s.merge("hubspot", "a", ["b"], decide())
-    assert ids(leadindex.page(s.redis, Filters(), 10)) == ["c", "a"] and leadindex.tracked(s.redis) == 3
+    assert ids(leadquery.page(s.redis, Filters(), 10)) == ["c", "a"] and leadindex.tracked(s.redis) == 3
     s.forget("hubspot", "c")
-    assert ids(leadindex.page(s.redis, Filters(), 10)) == ["a"] and leadindex.tracked(s.redis) == 2
+    assert ids(leadquery.page(s.redis, Filters(), 10)) == ["a"] and leadindex.tracked(s.redis) == 2
     assert s.redis.zcard(leadindex.by_key("state", "LOST")) == 1
     s.apply_batch([ev("erasure_requested", "a", 8), ev("erasure_requested", "d", 8)], decide())
-    assert ids(leadindex.page(s.redis, Filters(), 10)) == [] and leadindex.tracked(s.redis) == 0
+    assert ids(leadquery.page(s.redis, Filters(), 10)) == [] and leadindex.tracked(s.redis) == 0
     assert s.redis.zcard(leadindex.by_key("state", "LOST")) == 0
 
 
 def test_a_won_lead_is_listed_as_won_and_as_open_once_its_deal_reopens() -> None:
     s = store()
     s.apply_batch([ev("email_sent", "w", 1), ev("deal_updated", "w", 2, stage="closedwon")], decide())
-    assert ids(leadindex.page(s.redis, Filters(outcome="won"), 10)) == ["w"]
-    assert ids(leadindex.page(s.redis, Filters(state="WON"), 10)) == ["w"]
+    assert ids(leadquery.page(s.redis, Filters(outcome="won"), 10)) == ["w"]
+    assert ids(leadquery.page(s.redis, Filters(state="WON"), 10)) == ["w"]
     s.apply_batch([ev("deal_updated", "w", 3, stage="contractsent")], decide())  # reopened in the CRM
-    assert ids(leadindex.page(s.redis, Filters(outcome="won"), 10)) == []
-    assert ids(leadindex.page(s.redis, Filters(state="ACTIVE", outcome="open"), 10)) == ["w"]
+    assert ids(leadquery.page(s.redis, Filters(outcome="won"), 10)) == []
+    assert ids(leadquery.page(s.redis, Filters(state="ACTIVE", outcome="open"), 10)) == ["w"]
 
 
 def test_an_unchanged_lead_writes_nothing_to_the_index() -> None:
@@ -168,13 +169,13 @@ def test_a_store_from_before_the_index_lists_after_the_backfill() -> None:
     s.apply_batch(said_no("a", 2) + [ev("email_sent", "b", 1), ev("deal_updated", "b", 2, stage="closedwon")], decide())
     for key in [*s.redis.scan_iter("pruner:leads:*")]:
         s.redis.delete(key)
-    assert ids(leadindex.page(s.redis, Filters(), 10)) == [] and not leadindex.is_complete(s.redis)
+    assert ids(leadquery.page(s.redis, Filters(), 10)) == [] and not leadindex.is_complete(s.redis)
     assert s.reindex(batch=1) == 2
     assert leadindex.is_complete(s.redis)
-    assert sorted(ids(leadindex.page(s.redis, Filters(), 10))) == ["a", "b"]  # both changed at day 2
-    assert ids(leadindex.page(s.redis, Filters(outcome="won"), 10)) == ["b"]
+    assert sorted(ids(leadquery.page(s.redis, Filters(), 10))) == ["a", "b"]  # both changed at day 2
+    assert ids(leadquery.page(s.redis, Filters(outcome="won"), 10)) == ["b"]
     assert s.reindex() == 2  # again: nothing changes
-    assert leadindex.counts(s.redis, "outcome") == {"lost": 1, "won": 1}
+    assert leadquery.counts(s.redis, "outcome") == {"lost": 1, "won": 1}
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,9 @@ import fakeredis
 import pytest
 import redis
 
-from worker import leadindex
-from worker.leadindex import Entry, Filters, Lead
+from worker import leadindex, leadquery
+from worker.leadindex import Entry, Lead
+from worker.leadquery import Filters
 
 STATES = leadindex.FIXED_VALUES["state"]
 RULES = ("unresponsive", "breakup_grace", "reply_resets", "repeated_no", "pushed_back")
@@ -84,7 +85,7 @@ def followed(db: redis.Redis, filters: Filters, limit: int) -> list[Lead]:
     out: list[Lead] = []
     cursor = None
     for _ in range(1000):
-        page = leadindex.page(db, filters, limit, cursor)
+        page = leadquery.page(db, filters, limit, cursor)
         assert len(page.rows) <= limit
         out += [(row.crm, row.lead_id) for row in page.rows]
         cursor = page.next_cursor
@@ -146,10 +147,10 @@ def test_a_page_starts_inside_a_tie_that_spans_several_sets(db: redis.Redis) -> 
     ]
     assert [lead for _, lead in followed(db, Filters(rule="unresponsive"), 1)] == ["t7", "t5", "t3", "t1"]
     # A cursor is a time and a count: the second page of every lead starts two into the tie.
-    first = leadindex.page(db, Filters(), 3)
+    first = leadquery.page(db, Filters(), 3)
     assert [row.lead_id for row in first.rows] == ["later", "t8", "t7"] and first.next_cursor
-    assert leadindex.decode_cursor(first.next_cursor) == (T0, 2)
-    second = leadindex.page(db, Filters(), 3, first.next_cursor)
+    assert leadquery.decode_cursor(first.next_cursor) == (T0, 2)
+    second = leadquery.page(db, Filters(), 3, first.next_cursor)
     assert [row.lead_id for row in second.rows] == ["t6", "t5", "t4"]
 
 
@@ -194,13 +195,13 @@ def test_counts_per_outcome_rule_state_and_reason_are_sums_over_the_sets(db: red
         return out
 
     for dimension in ("outcome", "state", "rule", "reason"):
-        assert leadindex.counts(db, dimension) == brute(dimension), dimension
-        assert leadindex.counts(db, dimension, since_ms=since) == brute(dimension, since), dimension
+        assert leadquery.counts(db, dimension) == brute(dimension), dimension
+        assert leadquery.counts(db, dimension, since_ms=since) == brute(dimension, since), dimension
     # Checked against the entries, never counted.
-    assert leadindex.counts(db, "source") == {} and leadindex.counts(db, "crm") == {}
+    assert leadquery.counts(db, "source") == {} and leadquery.counts(db, "crm") == {}
     days = [(f"day{k}", T0 + k * DAY, T0 + (k + 1) * DAY) for k in range(4)]
     for dimension, values in (("state", STATES), ("outcome", ("lost", "open")), ("rule", RULES)):
-        found = leadindex.per_day(db, dimension, list(values), days)
+        found = leadquery.per_day(db, dimension, list(values), days)
         for label, start, end in days:
             row: dict[str, int] = {}
             for lead, e in index.items():

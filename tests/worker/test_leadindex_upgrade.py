@@ -16,9 +16,10 @@ import redis
 
 from rules.events import Event, parse_event
 from tests.helpers import event
-from worker import leadindex, reindex
+from worker import leadindex, leadquery, reindex
 from worker.decide import Decider
-from worker.leadindex import Entry, Filters
+from worker.leadindex import Entry
+from worker.leadquery import Filters
 from worker.policyfile import default_policy
 from worker.store import LeadStore
 
@@ -56,8 +57,8 @@ QUERIES = [
 
 
 def answers(conn: redis.Redis) -> dict[str, Any]:
-    pages = {str(f): [(r.crm, r.lead_id, r.entry) for r in leadindex.page(conn, f, 50).rows] for f in QUERIES}
-    counts = {d: leadindex.counts(conn, d) for d in ("outcome", "state", "reason", "rule")}
+    pages = {str(f): [(r.crm, r.lead_id, r.entry) for r in leadquery.page(conn, f, 50).rows] for f in QUERIES}
+    counts = {d: leadquery.counts(conn, d) for d in ("outcome", "state", "reason", "rule")}
     return {
         "pages": pages,
         "counts": counts,
@@ -99,7 +100,7 @@ def test_the_earlier_index_is_deleted_once_and_the_lists_answer_as_before() -> N
     as_the_earlier_version_wrote_it(s.redis)
     assert "pruner:leads:by:all" in legacy_keys(s.redis) and "pruner:leads:by:outcome:lost" in legacy_keys(s.redis)
     # Until the first worker starts, the lists say they are incomplete; nothing reads the old sets.
-    assert not leadindex.is_complete(s.redis) and leadindex.page(s.redis, Filters(), 50).rows == []
+    assert not leadindex.is_complete(s.redis) and leadquery.page(s.redis, Filters(), 50).rows == []
     assert reindex.ensure_index(s.redis) == 5
     assert legacy_keys(s.redis) == [] and answers(s.redis) == before
     assert reindex.ensure_index(s.redis) is None  # once
@@ -113,7 +114,7 @@ def test_batches_applied_before_the_first_worker_starts_are_kept_by_the_rebuild(
     s.forget("hubspot", "c")
     assert reindex.ensure_index(s.redis) == 4
     assert legacy_keys(s.redis) == []
-    rows = leadindex.page(s.redis, Filters(), 50).rows
+    rows = leadquery.page(s.redis, Filters(), 50).rows
     assert [(r.lead_id, r.entry.state) for r in rows] == [("d", "LOST"), ("a", "ACTIVE"), ("b", "ACTIVE"), ("w", "WON")]
 
 
@@ -130,7 +131,7 @@ def test_after_a_rollback_the_next_upgrade_drops_what_the_earlier_version_left_s
     assert reindex.ensure_index(s.redis) == 4
     assert legacy_keys(s.redis) == [] and leadindex.is_complete(s.redis)
     assert s.redis.hget(leadindex.ENTRIES_KEY, leadindex.member("hubspot", "c")) is None
-    assert [r.lead_id for r in leadindex.page(s.redis, Filters(outcome="lost"), 50).rows] == ["a"]
+    assert [r.lead_id for r in leadquery.page(s.redis, Filters(outcome="lost"), 50).rows] == ["a"]
 
 
 def test_one_process_rebuilds_at_a_time() -> None:
