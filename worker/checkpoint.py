@@ -23,6 +23,7 @@ import msgspec
 from rules.counters import LoggedEvent
 from rules.running import Running, decode_checkpoint
 from worker import compression, eventlog
+from worker.errors import StoreError
 
 FORMAT = 1
 # `at_ms` of a record holding no running state (every event of the lead dated after the
@@ -77,11 +78,16 @@ def pack(
 
 
 def unpack(blob: bytes | None) -> Stored | None:
-    """Read a stored checkpoint; None when absent or of another format (a full replay then)."""
+    """Read a stored checkpoint; None when absent, of another format or damaged (a full replay then).
+
+    A checkpoint is derived from the log, so one that cannot be read costs a replay, never the
+    batch: unlike a damaged log or state record (the events, the actions already sent), which
+    fail the job loudly rather than be guessed at.
+    """
     if not blob:
         return None
     try:
         stored = _DECODER.decode(compression.unpack(blob))
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, StoreError):
         return None
     return stored if stored.format == FORMAT else None

@@ -76,3 +76,17 @@ def test_the_store_writes_state_and_checkpoint_packed_and_reads_them() -> None:
     assert compression.is_packed(raw_state) and compression.is_packed(raw_ck)
     assert (store.state(crm, lead) or {})["state"] == "LOST"
     assert unpack(raw_ck) is not None
+
+
+def test_a_damaged_checkpoint_costs_a_replay_not_the_batch() -> None:
+    conn = fakeredis.FakeRedis()
+    store = LeadStore(conn)
+    events = [Event(f"d{i}", EventType.NOT_INTERESTED, Crm.HUBSPOT, "D", at(1, hours=i), {}) for i in range(2)]
+    store.apply_batch(events[:1], Decider(default_policy(), at(2)))
+    key = checkpoint_key("hubspot", "D")
+    conn.set(key, (conn.get(key) or b"")[:-4])  # torn
+    assert unpack(conn.get(key)) is None
+    result = store.apply_batch(events[1:], Decider(default_policy(), at(2)))
+    assert result.paths == {"replay": 1}
+    assert (store.state("hubspot", "D") or {})["state"] == "LOST"
+    assert unpack(conn.get(key)) is not None  # written anew
