@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fakeredis
+import pytest
 import redis
 
 from rules.events import Event, parse_event
@@ -143,3 +144,32 @@ def test_one_process_rebuilds_at_a_time() -> None:
     assert reindex.ensure_index(s.redis) == 5 and s.redis.get(reindex.REINDEX_LOCK) is None
     assert reindex.ensure_index(s.redis, force=True) == 5  # `pruner leads --backfill`
     assert legacy_keys(s.redis) == []
+
+
+def test_a_batch_committed_while_the_rebuild_indexes_its_lead_leaves_no_stale_membership(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Review (issue #13): ensure_index rebuilds the index at every upgrade while the other
+    # workers "start at once". A worker that read a lead's entry (None: dropped) before the
+    # rebuild indexed it, and commits after, moves it from None: the rebuild's set is never
+    # left. Neither transaction touches a key the other watches, so both commit.
+    s = a_store()
+    reindex.drop_index(s.redis)  # what ensure_index does first on an upgraded store
+    original = leadindex.read
+    rebuilt: list[int] = []
+    started: list[bool] = []
+
+    def read_then_rebuild(connection: Any, leads: Any) -> Any:
+        out = original(connection, leads)
+        if not started:  # the first worker's rebuild runs between this worker's read and its EXEC
+            started.append(True)
+            rebuilt.append(reindex.reindex(s.redis))
+        return out
+
+    monkeypatch.setattr(leadindex, "read", read_then_rebuild)
+    s.apply_batch([ev("email_replied", "a", 6)], decide())  # "a": LOST -> ACTIVE
+    monkeypatch.setattr(leadindex, "read", original)
+    assert rebuilt == [5]
+    assert leadquery.counts(s.redis, "state").get("LOST", 0) == 1  # "c" alone
+    rows = [r.lead_id for r in leadquery.page(s.redis, Filters(), 50).rows]
+    assert sorted(rows) == ["a", "b", "c", "w"]  # each lead once
