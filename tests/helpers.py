@@ -111,7 +111,10 @@ def plain(value: bytes) -> bytes:
     if compression.is_packed(value):
         return compression.unpack(value)
     if value[:1] == eventlog.FOLDED:
-        log = eventlog.read(value)
-        assert log.fold is not None
-        return value + eventlog.fold_bytes(log.fold)
+        try:
+            log = eventlog.read(value)
+        except Exception:  # a value of another kind that merely starts with the same byte
+            return value
+        if log.fold is not None:
+            return value + eventlog.fold_bytes(log.fold)
     return value

@@ -93,6 +93,15 @@ def reindex(connection: redis.Redis, batch: int = 500) -> int:
                 start = whole.fold.state().counters if whole.fold is not None else None
                 entry = leadindex.entry_for(state, whole.events, None, whole.events, start)
                 leadindex.queue_update(pipe, lead, old[i], entry)
+                if entry is not None:
+                    # A worker's batch on this lead read its entry before its MULTI (absent, say,
+                    # the index having just been dropped) and would otherwise commit its move from
+                    # that, leaving the membership written here behind. It watches the lead's log
+                    # and state record: writing one back, unchanged, makes it retry on this entry.
+                    if raw_state is not None:
+                        pipe.set(state_key(*lead), raw_state)
+                    elif blob is not None:
+                        pipe.set(lead_key(*lead), blob)
             pipe.execute()
 
         optimistic(connection, f"indexing {len(leads)} leads", index_batch)

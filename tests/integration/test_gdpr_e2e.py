@@ -40,7 +40,7 @@ def dump(conn: redis.Redis) -> bytes:
         if kind == b"string":
             out.append(plain(conn.get(k) or b""))  # type: ignore[arg-type]
         elif kind == b"list":
-            out.extend(conn.lrange(k, 0, -1))  # type: ignore[arg-type]
+            out.extend(plain(e) for e in conn.lrange(k, 0, -1))  # type: ignore[union-attr]
         elif kind == b"set":
             out.extend(conn.smembers(k))  # type: ignore[arg-type]
         elif kind == b"zset":

@@ -54,7 +54,7 @@ def all_bytes(conn: fakeredis.FakeRedis) -> bytes:
         if kind == b"string":
             out.append(plain(conn.get(k) or b""))
         elif kind == b"list":
-            out.extend(conn.lrange(k, 0, -1))
+            out.extend(plain(e) for e in conn.lrange(k, 0, -1))
         elif kind == b"set":
             out.extend(conn.smembers(k))
         elif kind == b"zset":
