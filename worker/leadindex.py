@@ -256,13 +256,15 @@ def read(connection: Any, leads: Sequence[Lead]) -> list[Entry | None]:
     return [Entry.decode(r) if r is not None else None for r in raw]
 
 
-def queue_update(pipe: Any, lead: Lead, old: Entry | None, new: Entry | None) -> None:
+def queue_update(pipe: Any, lead: Lead, old: Entry | None, new: Entry | None, rewrite: bool = False) -> None:
     """Queue the writes that move a lead's index entry from `old` to `new` (None: remove it).
 
     Nothing is written when the entry did not change, which is what most batches see; a set
-    the lead stays in at the same time is left alone.
+    the lead stays in at the same time is left alone. `rewrite` (the rebuild, worker/reindex.py)
+    writes the entry and every set it belongs in all the same: an entry can outlive a set
+    dropped under it (a batch committed while the old index was being deleted).
     """
-    if old == new:
+    if old == new and not rewrite:
         return
     name = member(*lead)
     before = old.sets() if old else set()
@@ -273,12 +275,12 @@ def queue_update(pipe: Any, lead: Lead, old: Entry | None, new: Entry | None) ->
         pipe.hdel(ENTRIES_KEY, name)
         return
     pipe.hset(ENTRIES_KEY, name, new.encode())
-    moved = old is None or old.changed_ms != new.changed_ms
+    moved = rewrite or old is None or old.changed_ms != new.changed_ms
     for key in sorted(after if moved else after - before):
         pipe.zadd(key, {name: new.changed_ms})
-    if new.loss_reason and (old is None or old.loss_reason != new.loss_reason):
+    if new.loss_reason and (rewrite or old is None or old.loss_reason != new.loss_reason):
         pipe.sadd(VALUES_PREFIX + "reason", new.loss_reason)
-    if new.rules and (old is None or old.rules != new.rules):
+    if new.rules and (rewrite or old is None or old.rules != new.rules):
         pipe.sadd(VALUES_PREFIX + "rules", combination(new.rules))
 
 

@@ -92,7 +92,7 @@ def reindex(connection: redis.Redis, batch: int = 500) -> int:
                 state = staterecord.decode_or_none(raw_state)
                 start = whole.fold.state().counters if whole.fold is not None else None
                 entry = leadindex.entry_for(state, whole.events, None, whole.events, start)
-                leadindex.queue_update(pipe, lead, old[i], entry)
+                leadindex.queue_update(pipe, lead, old[i], entry, rewrite=True)
                 if entry is not None:
                     # A worker's batch on this lead read its entry before its MULTI (absent, say,
                     # the index having just been dropped) and would otherwise commit its move from

@@ -173,3 +173,15 @@ def test_a_batch_committed_while_the_rebuild_indexes_its_lead_leaves_no_stale_me
     assert leadquery.counts(s.redis, "state").get("LOST", 0) == 1  # "c" alone
     rows = [r.lead_id for r in leadquery.page(s.redis, Filters(), 50).rows]
     assert sorted(rows) == ["a", "b", "c", "w"]  # each lead once
+
+
+def test_a_rebuild_puts_back_a_set_deleted_under_an_entry_that_survived() -> None:
+    # A batch committed while the old index was being deleted can leave a lead's entry in place
+    # with one of its sets gone; the rebuild then finds the entry unchanged and must still write
+    # the lead's sets, or the lead drops out of its lists for good.
+    s = a_store()
+    before = answers(s.redis)
+    s.redis.delete(leadindex.by_key("state", "LOST"))
+    assert answers(s.redis) != before
+    reindex.reindex(s.redis)
+    assert answers(s.redis) == before
