@@ -1,8 +1,10 @@
 """How `worker/zdict/v1.bin`, the dictionary stored records are compressed with, was built.
 
 Not a benchmark: kept so that the dictionary's origin can be read and checked. It is frozen
-(records name the dictionary that packed them, and every one shipped stays readable), so
-running this again writes a *new* dictionary, which only a new number may ship under.
+(records name the dictionary that packed them, and every one shipped stays readable;
+tests/worker/test_compression.py pins its digest), and zstd's training is not deterministic:
+running this again, even with v1's settings (these defaults), writes a dictionary of the same
+kind and size but other bytes, which could only ship under a new number.
 
 The training records come from histories deliberately unlike the benchmarks' (whose mix is
 bench.common.EVENT_MIX): every event type with every data field, objections with and without
@@ -11,7 +13,7 @@ leads from a few events to a few hundred. They go through the real store and dec
 fakeredis), and the checkpoints, state records and log folds are sampled every few batches,
 so the dictionary sees records at every stage of a lead's story.
 
-    .venv/bin/python -m bench.zdict_train --out worker/zdict/v1.bin [--leads 600] [--size 8192]
+    .venv/bin/python -m bench.zdict_train --out /tmp/v2.bin   # v1: these defaults (300 leads, 32 KB)
 """
 
 from __future__ import annotations
@@ -127,8 +129,8 @@ def samples(leads: int, seed: int) -> list[bytes]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.zdict_train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--leads", type=int, default=600)
-    p.add_argument("--size", type=int, default=8192, help="dictionary bytes (8192)")
+    p.add_argument("--leads", type=int, default=300)
+    p.add_argument("--size", type=int, default=32768, help="dictionary bytes (32768)")
     p.add_argument("--seed", type=int, default=20261205)
     args = p.parse_args(argv)
     corpus = samples(args.leads, args.seed)
