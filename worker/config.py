@@ -213,6 +213,10 @@ class Config:
     breakup_task_clock: bool = True
     # Minutes between reconciliation runs (worker/reconcile.py); 0 turns it off (PRUNER_RECONCILE_MINUTES).
     reconcile_minutes: int = 15
+    # Logs below this many bytes are rewritten at their size rather than APPENDed to, trading
+    # AOF and replication bytes for Redis memory (worker/transaction.py; PRUNER_LOG_COPY_LIMIT,
+    # 0: always APPEND).
+    log_copy_limit: int = 8192
     salesforce: SalesforceSettings = field(default_factory=lambda: _salesforce_settings({}))
     salesforce_mapping: SalesforceMapping = field(default_factory=SalesforceMapping)
     # Logs in with SALESFORCE_USERNAME/PASSWORD, JWT or client credentials; None when none are set.
@@ -264,6 +268,7 @@ class Config:
             backfill_rate_share=_int(env, "PRUNER_BACKFILL_RATE_SHARE", 80, 1, 100),
             reconcile_minutes=_int(env, "PRUNER_RECONCILE_MINUTES", 15, 0, 24 * 60),
             breakup_task_clock=_flag(env, "PRUNER_BREAKUP_TASK_CLOCK", True),
+            log_copy_limit=_int(env, "PRUNER_LOG_COPY_LIMIT", 8192, 0, 1 << 20),
             salesforce=_salesforce_settings(env),
             salesforce_mapping=salesforce_mapping(env),
             salesforce_login=_salesforce_login(env),

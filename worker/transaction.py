@@ -95,7 +95,10 @@ def queue_erasure(
 # twice its new length, below 1 MB) and the slack stays with the key, ~850 B of a 2,700 B log of
 # 200 events (a fifth of a lead's memory); SET stores the value at its size. A copy inside Redis
 # costs little below a few KB, but grows with the log: from APPEND_COPY_LIMIT bytes (~400 events)
-# on, the slack is the price of not copying a lead's whole history for each of its events.
+# on, the slack is the price of not copying a lead's whole history for each of its events. The
+# copy is also what Redis writes to its AOF and replicas (the script's effects): ~20x the bytes
+# of APPENDs for such logs; PRUNER_LOG_COPY_LIMIT=0 goes back to APPEND where disk or
+# replication bandwidth matters more than memory.
 APPEND_COPY_LIMIT = 8192
 _APPEND_ALL = """
 local limit = tonumber(ARGV[#KEYS + 1])
@@ -122,7 +125,8 @@ class Writes:
     not matter.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, copy_limit: int = APPEND_COPY_LIMIT) -> None:
+        self.copy_limit = copy_limit
         self.sets: dict[str, bytes] = {}
         self.deletes: list[str] = []
         self.zadds: dict[str, dict[str, int]] = {}
@@ -159,7 +163,7 @@ class Writes:
 
     def flush(self, pipe: Any) -> None:
         if self.appends:
-            pipe.eval(_APPEND_ALL, len(self.appends), *self.appends, *self.appends.values(), APPEND_COPY_LIMIT)
+            pipe.eval(_APPEND_ALL, len(self.appends), *self.appends, *self.appends.values(), self.copy_limit)
         if self.sets:
             pipe.mset(self.sets)
         if self.deletes:

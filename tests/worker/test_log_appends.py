@@ -58,3 +58,16 @@ def test_the_script_appends_to_absent_small_and_large_logs_alike(conn: redis.Red
         writes.flush(pipe)
         pipe.execute()
     assert conn.mget("log:small", "log:big", "log:new") == [b"abcd", big + b"yz", b"ef"]
+
+
+def test_a_copy_limit_of_zero_appends_as_before(conn: redis.Redis) -> None:
+    from worker.config import Config
+
+    assert Config.from_env({"PRUNER_LOG_COPY_LIMIT": "0"}).log_copy_limit == 0
+    assert Config.from_env({}).log_copy_limit == APPEND_COPY_LIMIT
+    store = LeadStore(conn, log_copy_limit=0)  # AOF and replicas get the appended bytes only
+    for n in range(120):
+        store.apply_batch(events("Z", n, 1))
+    key = lead_key("hubspot", "Z")
+    assert int(conn.memory_usage(key, samples=0) or 0) > int(conn.strlen(key)) * 1.25 + 100
+    assert len(eventlog.decode(conn.get(key))) == 120
