@@ -64,6 +64,11 @@ def suppression_key(config: Config) -> bytes | None:
     return config.suppression_key.encode() if config.suppression_key else None
 
 
+def store_for(connection: redis.Redis, config: Config) -> LeadStore:
+    """The lead store as every job writes to it: the erasure key and the log copy limit of `config`."""
+    return LeadStore(connection, suppression_key(config), config.log_copy_limit)
+
+
 RECONCILE_SOURCE = "reconcile"  # the decider's source for what reconciliation applies
 # Batches that are not webhooks: history read back, or Pruner's own records.
 HISTORY_SOURCES = frozenset({BACKFILL_SOURCE, UPGRADE_SOURCE, OUTBOX_SOURCE})
@@ -122,7 +127,7 @@ _NO_FUTURE_LIMIT = 2**62
 def _process(batch: list[Event], source: str, ops: list[HubSpotOp] | None) -> dict[str, int]:
     config = _config()
     connection = _connection()
-    store = LeadStore(connection, suppression_key(config), config.log_copy_limit)
+    store = store_for(connection, config)
     now_ms = int(time.time() * 1000)
     decide = decider(config, now_ms, source)
     received = len(batch)
@@ -163,7 +168,7 @@ def _process(batch: list[Event], source: str, ops: list[HubSpotOp] | None) -> di
 
 def run_sweep(connection: redis.Redis, config: Config, now_ms: int) -> dict[str, int]:
     """Re-evaluate every lead whose next due time is at or before `now_ms`."""
-    store = LeadStore(connection, suppression_key(config), config.log_copy_limit)
+    store = store_for(connection, config)
     # One sweep at a time: two would do the same work twice (correctly, thanks to WATCH).
     token = uuid.uuid4().hex
     if not connection.set(SWEEP_LOCK, token, nx=True, px=10 * 60 * 1000):
@@ -194,7 +199,7 @@ def preview_sweep(
     connection: redis.Redis, config: Config, now_ms: int
 ) -> list[tuple[tuple[str, str], list[tuple[str, str, str | None]], int]]:
     """Say what a sweep at `now_ms` would decide for each due lead, writing nothing."""
-    store = LeadStore(connection, suppression_key(config), config.log_copy_limit)
+    store = store_for(connection, config)
     decide = decider(config, now_ms)
     due = store.due(now_ms, SWEEP_PREVIEW_LIMIT)
     return [(lead, outcome.new_decisions, len(outcome.actions)) for lead, outcome in store.preview(due, decide)]
@@ -314,7 +319,7 @@ def forget_lead(crm: str, lead_id: str) -> dict[str, int]:
     """RQ job: drop a lead deleted in the CRM (state, history, due time, pending actions)."""
     connection = _connection()
     config = _config()
-    existed = LeadStore(connection, suppression_key(config), config.log_copy_limit).forget(crm, lead_id)
+    existed = store_for(connection, config).forget(crm, lead_id)
     purge_payloads(connection, [(crm, lead_id)], config.queue_name)
     return {"forgotten": int(existed)}
 
@@ -345,7 +350,7 @@ def reconcile() -> dict[str, int]:
         records = recovered = 0
         for crm in crms:
             now_ms = int(time.time() * 1000)
-            store = LeadStore(connection, suppression_key(config), config.log_copy_limit)
+            store = store_for(connection, config)
             decide = decider(config, now_ms, RECONCILE_SOURCE)
             if crm == "hubspot":
                 with build_client(config, connection, config.backfill_rate_share) as client:
@@ -382,7 +387,7 @@ def refresh_stats() -> dict[str, int]:
         if not connection.exists(COMPLETE_KEY):
             # Once, after the upgrade: count the leads written before the aggregates in them.
             config = _config()
-            store = LeadStore(connection, suppression_key(config), config.log_copy_limit)
+            store = store_for(connection, config)
             decide = decider(config, int(time.time() * 1000), source="migration")
             migrated = migrate(connection, lambda leads: store.reevaluate(leads, decide))
         done = {"leads": int(store_stats_snapshot(connection)["stats"]["leads"])}
