@@ -15,7 +15,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from worker import compression
+from worker import actionrecord
 from worker.actions import dead_key, done_key
 from worker.crm.progress import forget_progress
 from worker.keys import ACTIONS_KEY, outbox_key
@@ -76,7 +76,8 @@ def purge_payloads(connection: redis.Redis, leads: Iterable[tuple[str, str]], qu
     for list_key in [ACTIONS_KEY, *{outbox_key(crm) for crm, _ in erased}]:
         raw: list[bytes] = connection.lrange(list_key, 0, -1)  # type: ignore[assignment]
         for entry in raw:
-            action = json.loads(compression.unpack(entry))  # the actions record's are compressed
+            # (An outbox entry is JSON, which the actions record's reader reads too.)
+            action = actionrecord.decode(entry)
             if (action.get("crm"), action.get("lead_id")) in erased:
                 touched += int(connection.lrem(list_key, 0, entry))  # type: ignore[arg-type]
                 pending.add(str(action.get("id", "")))

@@ -28,7 +28,6 @@ nothing is lost, nothing counted or acted on twice.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from redis.client import Pipeline
 
 from rules.counters import LoggedEvent
 from rules.events import Event, EventType
-from worker import aggregates, compression, eventlog, identity, leadindex, reindex, staterecord, suppression
+from worker import actionrecord, aggregates, eventlog, identity, leadindex, reindex, staterecord, suppression
 from worker.action import Action
 from worker.checkpoint import Stored, unpack
 from worker.eventlog import Fold, Log
@@ -479,4 +478,4 @@ class LeadStore:
     def actions(self, start: int = 0, end: int = -1) -> list[Action]:
         """Return recorded CRM actions (the outbox), oldest first."""
         raw: list[bytes] = self.redis.lrange(ACTIONS_KEY, start, end)  # type: ignore[assignment]
-        return [json.loads(compression.unpack(a)) for a in raw]
+        return [actionrecord.decode(a) for a in raw]

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import redis
 from redis.client import Pipeline
 
-from worker import compression, staterecord
+from worker import actionrecord, staterecord
 from worker.errors import StoreError
 from worker.keys import (
     ACTIONS_KEPT,
@@ -223,11 +223,11 @@ def queue_outcome(
         else:
             batch.zadd(DUE_KEY, {member: outcome.due_ms})
     if outcome.actions:
-        encoded = [json.dumps(a, separators=(",", ":")) for a in outcome.actions]
-        # The record of decided actions is compressed (~210 B an entry to ~120); the outbox is not:
-        # its entries are read by the drain, the deferral and the upgrades as JSON.
-        batch.pushes.setdefault(ACTIONS_KEY, []).extend(compression.pack(e.encode()) for e in encoded)
-        live = [e for a, e in zip(outcome.actions, encoded, strict=True) if not a.get("dry_run")]
+        # The record of decided actions keeps compact entries (worker/actionrecord.py, ~40 B
+        # against ~210 as JSON); the outbox does not: its entries are read by the drain, the
+        # deferral and the upgrades as JSON.
+        batch.pushes.setdefault(ACTIONS_KEY, []).extend(actionrecord.encode(a) for a in outcome.actions)
+        live = [json.dumps(a, separators=(",", ":")) for a in outcome.actions if not a.get("dry_run")]
         if live:
             batch.pushes.setdefault(outbox_key(lead[0]), []).extend(live)
     if writes is None:

@@ -8,7 +8,6 @@ arrives now is counted as past the horizon and ignored.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import replace
 from typing import Any
@@ -28,7 +27,7 @@ from tests.rules_helpers import at
 from tests.worker.test_checkpoint import KINDS as CHECKPOINT_KINDS
 from tests.worker.test_checkpoint import build as build_from
 from tests.worker.test_checkpoint import deliveries, dump
-from worker import compression, eventlog
+from worker import actionrecord, compression, eventlog
 from worker.checkpoint import UNKNOWN, pack, unpack
 from worker.decide import FOLD_SLACK_MS, Decider
 from worker.keys import ACTIONS_KEY, CHECKPOINT_PREFIX, DUE_KEY, checkpoint_key, lead_key, state_key
@@ -308,7 +307,7 @@ def test_a_wider_suppression_listing_after_the_fold_is_told_to_the_crm(policy: A
     conn.sadd(SUPPRESSED_KEY, email_hash(KEY, "p@example.com"))  # the person was erased under another record
     t = events[-1].occurred_ms + 2 * 3_600_000
     feed_keyed(store, [Event("prof", EventType.LEAD_PROFILE, Crm.HUBSPOT, "L", t, {"email": "p@example.com"})], policy)
-    actions = [json.loads(compression.unpack(a)) for a in conn.lrange(ACTIONS_KEY, 0, -1)]
+    actions = [actionrecord.decode(a) for a in conn.lrange(ACTIONS_KEY, 0, -1)]
     # The CRM is told email first, then every channel (["all"], or ["all", "email"]: the same opt-outs).
     told = [covered_channels(a["channels"]) for a in actions if a["kind"] == "suppress"]
     assert told == [{"email"}, {"email", "phone"}]

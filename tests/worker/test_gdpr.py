@@ -14,7 +14,7 @@ from rules.events import Crm, Event, EventType
 from tests.helpers import ADMIN_TOKEN, SECRET, plain
 from tests.rules_helpers import T0, ms
 from webhooks import create_app
-from worker import gdpr, leadindex, store, suppression
+from worker import actionrecord, gdpr, leadindex, store, suppression
 from worker.aggregates import AGGREGATES_KEY
 from worker.config import Config
 from worker.decide import Decider
@@ -490,17 +490,18 @@ def test_erasure_purges_tasks_a_daily_budget_held_back() -> None:
 def test_the_dump_finds_an_erased_leads_entry_left_in_the_compressed_actions_record(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Review (issue #13): the actions record's entries are compressed, and all_bytes (like the
-    # e2e dump) reads list entries as they are. An id that is a literal in the frame is still
-    # found, but one the frozen dictionary matches (HubSpot ids are numbers; v1.bin holds many)
-    # is not: `b"<id>" not in all_bytes(conn)` then holds whether or not the erasure purged
-    # the actions record. A purge that forgets it:
+    # Review (issue #13): the actions record's entries were compressed (they are compact msgpack
+    # since, worker/actionrecord.py), and all_bytes (like the e2e dump) reads list entries as
+    # they are. An id that is a literal in the frame is still found, but one the frozen
+    # dictionary matches (HubSpot ids are numbers; v1.bin holds many) was not: `b"<id>" not in
+    # all_bytes(conn)` then held whether or not the erasure purged the actions record. A purge
+    # that forgets it:
     monkeypatch.setattr(gdpr, "ACTIONS_KEY", "pruner:not-the-actions-record")
     lead = "606095702"  # a number the dictionary holds
     conn = fakeredis.FakeRedis()
     apply(conn, [ev(n, "not_interested", lead) for n in (1, 2)])  # LOST: a mark_lost recorded
     apply(conn, [ev(3, "email_sent", "gd-3")])
     apply(conn, [ev(4, "erasure_requested", lead)])
-    left = [store.compression.unpack(e) for e in conn.lrange(store.ACTIONS_KEY, 0, -1)]
-    assert any(lead.encode() in e for e in left)  # the erased lead's action is still there...
+    left = [actionrecord.decode(e) for e in conn.lrange(store.ACTIONS_KEY, 0, -1)]
+    assert any(a["lead_id"] == lead for a in left)  # the erased lead's action is still there...
     assert lead.encode() in all_bytes(conn)  # ...and the dump must see it
