@@ -25,7 +25,9 @@ from rules.running import Running, decode_checkpoint
 from worker import compression, eventlog
 from worker.errors import StoreError
 
-FORMAT = 1
+FORMAT = 2
+# Format 1 (before 2026-12-05): the same, its tail in the log records of then (eventlog).
+_FORMATS = (1, 2)
 # `at_ms` of a record holding no running state (every event of the lead dated after the
 # last evaluation's `now`): every batch is then "late", and replays the log.
 NO_CHECKPOINT = 2**62
@@ -51,7 +53,7 @@ class Stored(msgspec.Struct, array_like=True):
 
     def events_after(self) -> list[LoggedEvent]:
         """The log's events dated after the checkpoint."""
-        return eventlog.decode_records(self.tail)
+        return eventlog.decode_records(self.tail, 0, self.format == FORMAT)
 
     def state(self) -> Running | None:
         """The running state, or None when it was written with other fields."""
@@ -90,4 +92,4 @@ def unpack(blob: bytes | None) -> Stored | None:
         stored = _DECODER.decode(compression.unpack(blob))
     except (msgspec.DecodeError, StoreError):
         return None
-    return stored if stored.format == FORMAT else None
+    return stored if stored.format in _FORMATS else None

@@ -1,18 +1,20 @@
 """The per-lead event log, packed for Redis.
 
-A lead's history is one Redis string: a version byte, then one record per
-distinct event — a fixed header `<8sqBH` (8-byte event key, occurred-at epoch
-ms, type code, data length) followed by the event's `data` as compact JSON.
-About 20 bytes for an event without data, against ~150 for a JSON object: the
-memory budget is per tracked lead, and most leads only ever see a few touches.
+A lead's history is one Redis string: a version byte, then one record per distinct event.
+A record is a fixed header `<8sIhB` (the 8-byte event key; the occurred-at epoch ms as its
+low 32 bits and its high 16, signed; the type code, its top bit set when the event carries
+data), then, for an event with data, a 2-byte length and the `data` as compact JSON. 15 bytes
+for an event without data, against ~150 for a JSON object: the memory budget is per tracked
+lead, and a lead keeps its events of the retention horizon, up to a hundred and more.
 
 The event key is a keyed-free BLAKE2b digest of `crm \\0 event id`: the dedup key
 that lets a redelivered event be recognised, without storing the CRM's id.
 
-A log whose oldest events were folded away (the policy's retention horizon, see
-`Fold`) starts with version byte 2, a 4-byte length and the `Fold` (msgpack, compressed by
-worker/compression.py since 2026-12-05; read as it is when written before), then the records of
-the events it kept. Version 1 logs (everything ever seen) are read as they are.
+Versions: 3, the records alone; 4, a 4-byte length and the `Fold` of the events older than
+the policy's retention horizon (msgpack, compressed by worker/compression.py), then the
+records of the events it kept. Versions 1 and 2 (the same, with the records of before
+2026-12-05: a `<8sqBH` header, 19 bytes) are read as they are, and appended to in their own
+format; a log moves to the current format when it is next written whole (its fold).
 """
 
 from __future__ import annotations
@@ -31,11 +33,20 @@ from rules.running import Running, decode_running
 from worker import compression
 from worker.errors import StoreError
 
-VERSION = b"\x01"
-FOLDED = b"\x02"
-_HEADER = struct.Struct("<8sqBH")
+VERSION = b"\x03"
+FOLDED = b"\x04"
+# The formats of before 2026-12-05: read, and appended to in their own records.
+OLD_VERSION = b"\x01"
+OLD_FOLDED = b"\x02"
+_OLD_HEADER = struct.Struct("<8sqBH")
+_HEADER = struct.Struct("<8sIhB")
+_LENGTH = struct.Struct("<H")
+_HAS_DATA = 0x80
 _FOLD_LENGTH = struct.Struct("<I")
 KEY_BYTES = 8
+# What the 48 bits of a record's time hold: years ~2430 BC to ~6430 AD (events are refused
+# when dated more than a day ahead, and their dates parse from four-digit years).
+_MIN_MS, _MAX_MS = -(2**47), 2**47 - 1
 
 
 class Fold(msgspec.Struct, array_like=True):
@@ -104,21 +115,38 @@ def to_logged(event: Event) -> LoggedEvent:
     return LoggedEvent(event.occurred_ms, event.type, event_key(event.crm, event.id), event.data)
 
 
-def encode(events: Iterable[LoggedEvent]) -> bytes:
-    """Pack events as log records (without the version byte)."""
+def encode(events: Iterable[LoggedEvent], compact: bool = True) -> bytes:
+    """Pack events as log records (without the version byte); `compact=False`: the records of
+    versions 1 and 2, for appending to a log written in them."""
     parts = []
     for ev in events:
         data = json.dumps(ev.data, separators=(",", ":"), sort_keys=True).encode() if ev.data else b""
-        parts.append(_HEADER.pack(ev.key, ev.occurred_ms, TYPE_CODES[ev.type], len(data)))
+        code = TYPE_CODES[ev.type]
+        if not compact:
+            parts.append(_OLD_HEADER.pack(ev.key, ev.occurred_ms, code, len(data)))
+        elif not _MIN_MS <= ev.occurred_ms <= _MAX_MS:
+            raise StoreError(f"an event dated {ev.occurred_ms} ms from 1970 is outside what a log can hold")
+        elif data:
+            at = ev.occurred_ms
+            parts.append(_HEADER.pack(ev.key, at & 0xFFFFFFFF, at >> 32, code | _HAS_DATA))
+            parts.append(_LENGTH.pack(len(data)))
+        else:
+            at = ev.occurred_ms
+            parts.append(_HEADER.pack(ev.key, at & 0xFFFFFFFF, at >> 32, code))
         parts.append(data)
     return b"".join(parts)
 
 
+def is_compact(blob: bytes | None) -> bool:
+    """Whether records appended to this log (None: a log yet to be created) are in the current format."""
+    return not blob or blob[:1] not in (OLD_VERSION, OLD_FOLDED)
+
+
 def _records_start(blob: bytes) -> int:
     """Where the records begin in a log (after the version byte, and the fold if any)."""
-    if blob[:1] == VERSION:
+    if blob[:1] in (VERSION, OLD_VERSION):
         return 1
-    if blob[:1] == FOLDED:
+    if blob[:1] in (FOLDED, OLD_FOLDED):
         (length,) = _FOLD_LENGTH.unpack_from(blob, 1)
         return 1 + _FOLD_LENGTH.size + length
     raise ValueError(f"unknown event log version {blob[:1]!r}")
@@ -128,7 +156,7 @@ def decode(blob: bytes | None) -> list[LoggedEvent]:
     """Unpack a log's kept events (not its fold); an absent key is an empty history."""
     if not blob:
         return []
-    return decode_records(blob, _records_start(blob))
+    return decode_records(blob, _records_start(blob), is_compact(blob))
 
 
 def read(blob: bytes | None) -> Log:
@@ -137,9 +165,9 @@ def read(blob: bytes | None) -> Log:
         return Log(None, [])
     start = _records_start(blob)
     found = None
-    if blob[:1] == FOLDED:
+    if blob[:1] in (FOLDED, OLD_FOLDED):
         found = _FOLD_DECODER.decode(compression.unpack(blob[1 + _FOLD_LENGTH.size : start]))
-    return Log(found, decode_records(blob, start))
+    return Log(found, decode_records(blob, start, is_compact(blob)))
 
 
 def write(log: Log) -> bytes:
@@ -155,12 +183,32 @@ def fold_bytes(found: Fold) -> bytes:
     return _FOLD_ENCODER.encode(found)
 
 
-def decode_records(blob: bytes, pos: int = 0) -> list[LoggedEvent]:
-    """Unpack records (as `encode` packs them) from `pos` on."""
+def decode_records(blob: bytes, pos: int = 0, compact: bool = True) -> list[LoggedEvent]:
+    """Unpack records (as `encode` packs them, `compact` or not) from `pos` on."""
+    if not compact:
+        return _decode_old(blob, pos)
     out = []
-    end, size = len(blob), _HEADER.size
+    end, size, length_size = len(blob), _HEADER.size, _LENGTH.size
     while pos < end:
-        key, at, code, length = _HEADER.unpack_from(blob, pos)
+        key, low, high, tag = _HEADER.unpack_from(blob, pos)
+        pos += size
+        if tag & _HAS_DATA:
+            (length,) = _LENGTH.unpack_from(blob, pos)
+            pos += length_size
+            data = _data(blob[pos : pos + length])
+            pos += length
+            tag &= ~_HAS_DATA
+        else:
+            data = {}
+        out.append(LoggedEvent((high << 32) + low, TYPES_BY_CODE[tag], key, data))
+    return out
+
+
+def _decode_old(blob: bytes, pos: int) -> list[LoggedEvent]:
+    out = []
+    end, size = len(blob), _OLD_HEADER.size
+    while pos < end:
+        key, at, code, length = _OLD_HEADER.unpack_from(blob, pos)
         pos += size
         data = _data(blob[pos : pos + length]) if length else {}
         pos += length
@@ -182,17 +230,27 @@ def keys(blob: bytes | None) -> set[bytes]:
     found: set[bytes] = set()
     if not blob:
         return found
-    pos, end, size = _records_start(blob), len(blob), _HEADER.size
+    pos, end = _records_start(blob), len(blob)
+    if not is_compact(blob):
+        size = _OLD_HEADER.size
+        while pos < end:
+            key, _, _, length = _OLD_HEADER.unpack_from(blob, pos)
+            found.add(key)
+            pos += size + length
+        return found
+    size, length_size = _HEADER.size, _LENGTH.size
     while pos < end:
-        key, _, _, length = _HEADER.unpack_from(blob, pos)
+        key, _, _, tag = _HEADER.unpack_from(blob, pos)
         found.add(key)
-        pos += size + length
+        pos += size
+        if tag & _HAS_DATA:
+            pos += length_size + _LENGTH.unpack_from(blob, pos)[0]
     return found
 
 
 def append(blob: bytes | None, fresh: Iterable[LoggedEvent]) -> bytes:
     """Return `blob` with `fresh` records appended (order inside a log does not matter)."""
-    return (blob or VERSION) + encode(fresh)
+    return (blob or VERSION) + encode(fresh, is_compact(blob))
 
 
 # Kept even when dated before a lead's fold, moved to just after it: an objection or an

@@ -75,11 +75,17 @@ for i, key in ipairs(KEYS) do
         break
       end
     end
+    if string.byte(blob, 1) <= 2 then
+      found = found + 2
+    end
   end
   out[i] = found
 end
 return out
 """
+# The probe's answer for a lead: 1 a key was found, + 2 the log's records are of the format of
+# before 2026-12-05 (eventlog.OLD_VERSION, OLD_FOLDED: what is appended to it must be too).
+_PROBE_HIT, _PROBE_OLD = 1, 2
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,8 @@ class _Read:
     log_exists: bool
     # What is left of the log's events past the retention horizon, when the log was read.
     fold: Fold | None = None
+    # Whether the log's records are in the current format (eventlog.is_compact).
+    compact: bool = True
 
     @property
     def signature(self) -> tuple[Any, ...]:
@@ -250,7 +258,7 @@ class LeadStore:
                     created += not read.log_exists
                 elif new:
                     # APPEND: the log is never read back for a live batch.
-                    records = eventlog.encode(new)
+                    records = eventlog.encode(new, read.compact)
                     writes.append(lead_key(*lead), records if read.log_exists else eventlog.VERSION + records)
                     created += not read.log_exists
                 if outcome is not None:
@@ -345,11 +353,11 @@ class LeadStore:
             if live
             else []
         )
-        clean = {i for i, hit in zip(live, maybe, strict=True) if not hit}
+        clean = {i: not (found & _PROBE_OLD) for i, found in zip(live, maybe, strict=True) if not (found & _PROBE_HIT)}
         for i in range(n):
             ck = stored[i]
             if ck is not None and i in clean:
-                reads.append(_Read(states[i], raw_cks[i], None, ck, None, set(), True))
+                reads.append(_Read(states[i], raw_cks[i], None, ck, None, set(), True, None, clean[i]))
             else:
                 reads.append(None)
                 late.append(i)
@@ -360,7 +368,15 @@ class LeadStore:
                 # The checkpoint stays usable if the old events turn out to be redeliveries.
                 keys = {ev.key for ev in whole.events}
                 reads[i] = _Read(
-                    states[i], raw_cks[i], blob, stored[i], whole.events, keys, blob is not None, whole.fold
+                    states[i],
+                    raw_cks[i],
+                    blob,
+                    stored[i],
+                    whole.events,
+                    keys,
+                    blob is not None,
+                    whole.fold,
+                    eventlog.is_compact(blob),
                 )
         return [r for r in reads if r is not None]
 

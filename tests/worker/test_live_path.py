@@ -133,7 +133,13 @@ def test_log_records_read_back_their_data_whatever_wrote_it() -> None:
     """msgspec reads the records json.dumps wrote; what it refuses (NaN) is read as before."""
     logged = eventlog.to_logged(ev(1, "time_logged", "A", at(1), minutes=15, note="café"))
     nan = json.dumps({"minutes": float("nan")}).encode()
-    odd = struct.pack("<8sqBH", b"k" * 8, at(2), TYPE_CODES[EventType.TIME_LOGGED], len(nan)) + nan
+    code, t = TYPE_CODES[EventType.TIME_LOGGED], at(2)
+    odd = struct.pack("<8sIhBH", b"k" * 8, t & 0xFFFFFFFF, t >> 32, code | 0x80, len(nan)) + nan
     back = eventlog.decode_records(eventlog.encode([logged]) + odd)
     assert back[0].data == {"minutes": 15, "note": "café"}
     assert back[1].data["minutes"] != back[1].data["minutes"]  # NaN
+    # The same in the records of before 2026-12-05.
+    odd = struct.pack("<8sqBH", b"k" * 8, t, code, len(nan)) + nan
+    back = eventlog.decode_records(eventlog.encode([logged], compact=False) + odd, 0, compact=False)
+    assert back[0].data == {"minutes": 15, "note": "café"}
+    assert back[1].data["minutes"] != back[1].data["minutes"]

@@ -37,13 +37,13 @@ def test_a_small_log_grown_one_event_at_a_time_holds_no_slack(conn: redis.Redis)
 
 def test_appends_to_a_log_past_the_limit_keep_every_record(conn: redis.Redis) -> None:
     store = LeadStore(conn)
-    store.apply_batch(events("B", 0, 500))  # ~9.5 KB, past the limit: appended to from now on
+    store.apply_batch(events("B", 0, 600))  # ~9 KB, past the limit: appended to from now on
     key = lead_key("hubspot", "B")
     assert int(conn.strlen(key)) >= APPEND_COPY_LIMIT
-    for n in range(500, 520):
+    for n in range(600, 620):
         store.apply_batch(events("B", n, 1) + events("C", n, 1))
     keys = {ev.key for ev in eventlog.decode(conn.get(key))}
-    assert keys == {eventlog.event_key("hubspot", f"eB-{n}") for n in range(520)}
+    assert keys == {eventlog.event_key("hubspot", f"eB-{n}") for n in range(620)}
     assert len(eventlog.decode(conn.get(lead_key("hubspot", "C")))) == 20
 
 
@@ -66,8 +66,11 @@ def test_a_copy_limit_of_zero_appends_as_before(conn: redis.Redis) -> None:
     assert Config.from_env({"PRUNER_LOG_COPY_LIMIT": "0"}).log_copy_limit == 0
     assert Config.from_env({}).log_copy_limit == APPEND_COPY_LIMIT
     store = LeadStore(conn, log_copy_limit=0)  # AOF and replicas get the appended bytes only
+    key = lead_key("hubspot", "Z")
+    worst = 0.0
     for n in range(120):
         store.apply_batch(events("Z", n, 1))
-    key = lead_key("hubspot", "Z")
-    assert int(conn.memory_usage(key, samples=0) or 0) > int(conn.strlen(key)) * 1.25 + 100
+        # APPEND's slack depends on where the last growth fell: the worst of the run shows it.
+        worst = max(worst, int(conn.memory_usage(key, samples=0) or 0) / (int(conn.strlen(key)) * 1.25 + 100))
+    assert worst > 1
     assert len(eventlog.decode(conn.get(key))) == 120
