@@ -1,0 +1,48 @@
+"""Second reader's findings on the 15-byte log records (review-4): each test fails on c9019fb.
+
+See the commit messages for what each one shows.
+"""
+
+from __future__ import annotations
+
+import fakeredis
+
+from rules.events import Crm, Event, EventType
+from rules.hubspot_map import engagement_events
+from tests.worker.test_checkpoint import P, history_of
+from worker import eventlog
+from worker.decide import Decider
+from worker.keys import lead_key
+from worker.store import LeadStore
+
+# A HubSpot meeting whose hs_timestamp is 9999-12-31 (a typo'd year, an API client's "never"):
+# `engagement_versions` takes hs_timestamp as it is, with no "24 hours ahead" bound.
+FAR_MS = 253_402_214_400_000
+
+
+def test_a_hubspot_engagement_dated_after_year_6429_does_not_fail_its_batch() -> None:
+    events = history_of(3)
+    now = events[-1].occurred_ms
+    record = {"id": "9001", "properties": {"hs_timestamp": "9999-12-31T00:00:00Z", "hs_meeting_outcome": "SCHEDULED"}}
+    fetched = engagement_events("meetings", record, ["L"], now)
+    assert fetched[0].occurred_ms == FAR_MS
+    optout = Event("optout-1", EventType.DO_NOT_CONTACT, Crm.HUBSPOT, "other", now, {"channels": ["email"]})
+    store = LeadStore(fakeredis.FakeRedis())
+    # Before c9019fb the batch was stored (a 64-bit time); now eventlog.encode raises StoreError
+    # and the whole job fails, the other lead's opt-out with it, on every retry.
+    result = store.apply_batch([*events, *fetched, optout], Decider(P, now))
+    assert result.added == len(events) + 2
+
+
+def test_a_log_of_the_previous_format_holding_a_far_future_event_can_still_be_decided() -> None:
+    # A store upgraded in place: the previous version stored such an event in a 19-byte record.
+    events = history_of(4)
+    far = Event("hs:meetings:9001:L", EventType.MEETING_BOOKED, Crm.HUBSPOT, "L", FAR_MS, {"meeting_id": "9001"})
+    conn = fakeredis.FakeRedis()
+    old = [eventlog.to_logged(e) for e in (*events[:2], far)]
+    conn.set(lead_key("hubspot", "L"), eventlog.OLD_VERSION + eventlog.encode(old, compact=False))
+    store = LeadStore(conn)
+    # The checkpoint's tail (and any fold rewrite) packs the event in the new records: StoreError,
+    # for every batch and sweep that touches the lead from now on.
+    result = store.apply_batch(events[2:3], Decider(P, events[2].occurred_ms))
+    assert result.added == 1
