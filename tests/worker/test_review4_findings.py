@@ -9,8 +9,9 @@ import fakeredis
 
 from rules.events import Crm, Event, EventType
 from rules.hubspot_map import engagement_events
+from tests.helpers import plain
 from tests.worker.test_checkpoint import P, history_of
-from worker import eventlog
+from worker import compression, eventlog
 from worker.decide import Decider
 from worker.keys import lead_key
 from worker.store import LeadStore
@@ -46,3 +47,18 @@ def test_a_log_of_the_previous_format_holding_a_far_future_event_can_still_be_de
     # for every batch and sweep that touches the lead from now on.
     result = store.apply_batch(events[2:3], Decider(P, events[2].occurred_ms))
     assert result.added == 1
+
+
+def test_plain_shows_the_emails_of_a_folded_log_of_the_previous_format() -> None:
+    # tests/helpers.plain unpacks the fold of a version-4 log only: a GDPR byte scan over a store
+    # holding version-2 logs (an upgraded store) would not see the emails their compressed folds keep.
+    emails = ["jane.doe@example.com", "jane.doe@example.org", "john.doe@example.com"]
+    import msgspec
+
+    fold = eventlog.Fold(1_000, msgspec.Raw(msgspec.msgpack.encode([1, 2, 3])), 3, emails)
+    kept = [eventlog.LoggedEvent(2_000, EventType.EMAIL_SENT, b"k" * 8, {})]
+    packed = compression.pack(eventlog.fold_bytes(fold))
+    old = eventlog.OLD_FOLDED + len(packed).to_bytes(4, "little") + packed + eventlog.encode(kept, compact=False)
+    assert eventlog.read(old).fold.emails == emails
+    assert not all(e.encode() in old for e in emails)  # compressed: not all visible as they are
+    assert all(e.encode() in plain(old) for e in emails)
