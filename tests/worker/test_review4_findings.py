@@ -62,3 +62,15 @@ def test_plain_shows_the_emails_of_a_folded_log_of_the_previous_format() -> None
     assert eventlog.read(old).fold.emails == emails
     assert not all(e.encode() in old for e in emails)  # compressed: not all visible as they are
     assert all(e.encode() in plain(old) for e in emails)
+
+
+def test_an_empty_log_value_does_not_fail_the_redelivery_probe_for_the_whole_batch() -> None:
+    # `string.byte("", 1)` is nil in Lua, and `nil <= 2` an error: one lead whose log key holds
+    # an empty string fails the probe, so every lead of the batch (here "M") with it.
+    conn = fakeredis.FakeRedis()
+    store = LeadStore(conn)
+    events, others = history_of(4), history_of(4, lead="M")
+    store.apply_batch([*events[:2], *others[:2]], Decider(P, events[1].occurred_ms))
+    conn.set(lead_key("hubspot", "L"), b"")
+    store.apply_batch([events[2], others[2]], Decider(P, others[2].occurred_ms))
+    assert len(eventlog.decode(conn.get(lead_key("hubspot", "M")))) == 3
