@@ -3,9 +3,11 @@
 A lead's history is one Redis string: a version byte, then one record per distinct event.
 A record is a fixed header `<8sIhB` (the 8-byte event key; the occurred-at epoch ms as its
 low 32 bits and its high 16, signed; the type code, its top bit set when the event carries
-data), then, for an event with data, a 2-byte length and the `data` as compact JSON. 15 bytes
-for an event without data, against ~150 for a JSON object: the memory budget is per tracked
-lead, and a lead keeps its events of the retention horizon, up to a hundred and more.
+data), then, for an event with data, a 2-byte length and the `data` as compact JSON. A time
+outside those 48 bits (past year 6429: HubSpot's `hs_timestamp` is taken as it comes) sets
+the type's next bit, and follows the header as 8 bytes. 15 bytes for an event without data,
+against ~150 for a JSON object: the memory budget is per tracked lead, and a lead keeps its
+events of the retention horizon, up to a hundred and more.
 
 The event key is a keyed-free BLAKE2b digest of `crm \\0 event id`: the dedup key
 that lets a redelivered event be recognised, without storing the CRM's id.
@@ -41,11 +43,13 @@ OLD_FOLDED = b"\x02"
 _OLD_HEADER = struct.Struct("<8sqBH")
 _HEADER = struct.Struct("<8sIhB")
 _LENGTH = struct.Struct("<H")
+_WIDE = struct.Struct("<q")
 _HAS_DATA = 0x80
+_WIDE_TIME = 0x40  # (type codes stay below it: tests/worker/test_log_format.py)
+_CODE_BITS = 0x3F
 _FOLD_LENGTH = struct.Struct("<I")
 KEY_BYTES = 8
-# What the 48 bits of a record's time hold: years ~2430 BC to ~6430 AD (events are refused
-# when dated more than a day ahead, and their dates parse from four-digit years).
+# What the 48 bits of a record's time hold: years ~2430 BC to ~6430 AD.
 _MIN_MS, _MAX_MS = -(2**47), 2**47 - 1
 
 
@@ -121,19 +125,21 @@ def encode(events: Iterable[LoggedEvent], compact: bool = True) -> bytes:
     parts = []
     for ev in events:
         data = json.dumps(ev.data, separators=(",", ":"), sort_keys=True).encode() if ev.data else b""
-        code = TYPE_CODES[ev.type]
+        code, at = TYPE_CODES[ev.type], ev.occurred_ms
         if not compact:
-            parts.append(_OLD_HEADER.pack(ev.key, ev.occurred_ms, code, len(data)))
-        elif not _MIN_MS <= ev.occurred_ms <= _MAX_MS:
-            raise StoreError(f"an event dated {ev.occurred_ms} ms from 1970 is outside what a log can hold")
-        elif data:
-            at = ev.occurred_ms
-            parts.append(_HEADER.pack(ev.key, at & 0xFFFFFFFF, at >> 32, code | _HAS_DATA))
-            parts.append(_LENGTH.pack(len(data)))
-        else:
-            at = ev.occurred_ms
+            parts.append(_OLD_HEADER.pack(ev.key, at, code, len(data)))
+            parts.append(data)
+            continue
+        if data:
+            code |= _HAS_DATA
+        if _MIN_MS <= at <= _MAX_MS:
             parts.append(_HEADER.pack(ev.key, at & 0xFFFFFFFF, at >> 32, code))
-        parts.append(data)
+        else:
+            parts.append(_HEADER.pack(ev.key, 0, 0, code | _WIDE_TIME))
+            parts.append(_WIDE.pack(at))
+        if data:
+            parts.append(_LENGTH.pack(len(data)))
+            parts.append(data)
     return b"".join(parts)
 
 
@@ -192,15 +198,18 @@ def decode_records(blob: bytes, pos: int = 0, compact: bool = True) -> list[Logg
     while pos < end:
         key, low, high, tag = _HEADER.unpack_from(blob, pos)
         pos += size
+        at = (high << 32) + low
+        if tag & _WIDE_TIME:
+            (at,) = _WIDE.unpack_from(blob, pos)
+            pos += _WIDE.size
         if tag & _HAS_DATA:
             (length,) = _LENGTH.unpack_from(blob, pos)
             pos += length_size
             data = _data(blob[pos : pos + length])
             pos += length
-            tag &= ~_HAS_DATA
         else:
             data = {}
-        out.append(LoggedEvent((high << 32) + low, TYPES_BY_CODE[tag], key, data))
+        out.append(LoggedEvent(at, TYPES_BY_CODE[tag & _CODE_BITS], key, data))
     return out
 
 
@@ -243,6 +252,8 @@ def keys(blob: bytes | None) -> set[bytes]:
         key, _, _, tag = _HEADER.unpack_from(blob, pos)
         found.add(key)
         pos += size
+        if tag & _WIDE_TIME:
+            pos += _WIDE.size
         if tag & _HAS_DATA:
             pos += length_size + _LENGTH.unpack_from(blob, pos)[0]
     return found

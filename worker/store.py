@@ -2,13 +2,14 @@
 
 Keys (all prefixed `pruner:`):
 
-    lead:{crm}:{lead_id}    the lead's event log (worker/eventlog.py), ~20 B per event
+    lead:{crm}:{lead_id}    the lead's event log (worker/eventlog.py), ~15 B per event
     state:{crm}:{lead_id}   JSON: state, loss reason, decisions, acted decision keys, as-of time
                             (absent while a lead is ACTIVE with no decisions: most leads)
     ck:{crm}:{lead_id}      the replay's checkpoint (worker/checkpoint.py): a batch of events
                             dated after it continues from it instead of replaying the log
     due                     sorted set {crm}:{lead_id} -> next time a time-based rule may fire
-    actions                 list of JSON CRM actions decided, newest last (a bounded record, dry runs too)
+    actions                 list of CRM actions decided, newest last (a bounded record, dry runs too;
+                            compact entries, worker/actionrecord.py)
     outbox:{crm}            JSON CRM actions still to execute (drained by worker/actions.py)
     merged:{crm}            hash: id of a record merged away in the CRM -> the id it was merged into
     suppressed              set of keyed hashes of erased leads and their emails (worker/suppression.py)
@@ -75,7 +76,7 @@ for i, key in ipairs(KEYS) do
         break
       end
     end
-    if string.byte(blob, 1) <= 2 then
+    if #blob > 0 and string.byte(blob, 1) <= 2 then
       found = found + 2
     end
   end

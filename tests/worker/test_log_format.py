@@ -100,3 +100,23 @@ def test_an_old_log_is_appended_to_in_its_own_records_and_moves_on_at_its_next_r
     assert [e.key for e in sorted(eventlog.decode(blob))] == [eventlog.to_logged(e).key for e in events[:26]]
     # The checkpoint is rewritten in the current format at once (it is written with each batch).
     assert checkpoint.unpack(conn.get(f"{CHECKPOINT_PREFIX}hubspot:L")).format == checkpoint.FORMAT
+
+
+def test_type_codes_leave_the_record_flags_free() -> None:
+    from rules.events import TYPE_CODES
+
+    assert max(TYPE_CODES.values()) < 0x40  # eventlog: 0x80 data follows, 0x40 a wide time
+
+
+def test_times_past_48_bits_are_kept_in_full() -> None:
+    from rules.counters import LoggedEvent
+    from rules.events import EventType
+
+    times = [-(2**47) - 1, -(2**47), 0, 2**47 - 1, 2**47, 253_402_214_400_000, 2**63 - 1]
+    logged = [
+        LoggedEvent(t, EventType.MEETING_BOOKED, n.to_bytes(8, "little"), {"meeting_id": "9"} if n % 2 else {})
+        for n, t in enumerate(times)
+    ]
+    blob = eventlog.append(None, logged)
+    assert eventlog.decode(blob) == logged
+    assert eventlog.keys(blob) == {e.key for e in logged}
