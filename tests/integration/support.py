@@ -13,13 +13,16 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import redis
 import requests
 
+from rules.calendar import Calendar
 from tests.helpers import ADMIN_TOKEN, SECRET, batch_body, redis_url_for_tests, signed_headers
+from worker.policyfile import default_policy
 
 REDIS_URL = redis_url_for_tests(15)
 
@@ -28,6 +31,28 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 BIN = Path(sys.executable).parent
+
+
+def loud_day(now: datetime, days_ago: int, span: int) -> datetime:
+    """The latest day at least `days_ago` before `now` that starts `span` non-quiet days, at 08:00 UTC.
+
+    The processes under test run on the wall clock, so histories are dated from today: they
+    must avoid the default policy's holidays and Dec 24 - Jan 1, where touches do not count as
+    silence, or a test would pass on one day and fail on another.
+    """
+    calendar = Calendar(default_policy())
+    day = (now - timedelta(days=days_ago)).replace(hour=8, minute=0, second=0, microsecond=0)
+    while any(calendar.quiet_at(int((day + timedelta(days=i)).timestamp() * 1000)) for i in range(span)):
+        day -= timedelta(days=1)
+    return day
+
+
+def days_past_grace(now: datetime, business_days: int) -> int:
+    """Whole days from `now` to just past `business_days` business days after it (weekends,
+    holidays and Dec 24 - Jan 1 skipped, as the break-up grace counts them)."""
+    start = int(now.timestamp() * 1000)
+    end = Calendar(default_policy()).add_business_days(start, business_days)
+    return (end - start) // 86_400_000 + 1
 
 
 def send(url: str, events: list[dict[str, Any]]) -> requests.Response:

@@ -27,8 +27,10 @@ from tests.integration.support import (
     BIN,
     ROOT,
     base_env,
+    days_past_grace,
     drained,
     get_lead,
+    loud_day,
     start_web,
     start_worker,
     stop,
@@ -284,8 +286,12 @@ def test_a_drain_killed_after_hubspot_unsubscribed_never_unsubscribes_again(
 
 
 def silent_for_months(lead: str) -> list[dict[str, Any]]:
-    """Fifteen unanswered emails three months ago: a break-up long due (a backfill, an outage)."""
-    long_ago = datetime.now(tz=UTC) - timedelta(days=90)
+    """Fifteen unanswered emails three months ago: a break-up long due (a backfill, an outage).
+
+    On a non-quiet day: sent on a holiday they would not count as silence (this failed on
+    2026-12-06, ninety days after Labor Day).
+    """
+    long_ago = loud_day(datetime.now(tz=UTC), 90, 1)
     return [event("email_sent", lead, at=long_ago + timedelta(minutes=i)) for i in range(15)]
 
 
@@ -312,7 +318,7 @@ def test_a_lead_found_silent_months_late_gets_its_break_up_before_it_is_lost(
         assert [e.type.value for e in history].count("breakup_task_created") == 1
         sweep(days=3)
         assert lead_state(url, lead) == "BREAKUP_DUE" and not is_lost_in_hubspot(hubspot, lead)
-        sweep(days=12)  # past 7 business days after the task, whatever the weekday
+        sweep(days=days_past_grace(datetime.now(tz=UTC), 7))  # whatever the weekday and the season
         assert lead_state(url, lead) == "LOST"
         wait_until(lambda: is_lost_in_hubspot(hubspot, lead), seconds=30)
         assert_all_done(redis_db)

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import redis
 
-from rules.calendar import Calendar
 from tests.helpers import event, iso, redis_url_for_tests
 from tests.integration.support import (
     BIN,
@@ -21,6 +20,7 @@ from tests.integration.support import (
     base_env,
     drained,
     get_lead,
+    loud_day,
     send,
     start_web,
     start_worker,
@@ -28,7 +28,6 @@ from tests.integration.support import (
     wait_http,
     wait_until,
 )
-from worker.policyfile import default_policy
 from worker.store import LeadStore
 
 pytestmark = pytest.mark.integration
@@ -36,16 +35,8 @@ NOW = datetime.now(tz=UTC)
 
 
 def _loud_day(days_ago: int, span: int) -> datetime:
-    """The latest day at least `days_ago` back that starts `span` non-quiet days, at 08:00 UTC.
-
-    Recent, because a LOST lead older than 120 days is (rightly) already REENGAGE_DUE, and
-    free of holidays and Dec 24 - Jan 1, where follow-ups do not count as silence.
-    """
-    calendar = Calendar(default_policy())
-    day = (NOW - timedelta(days=days_ago)).replace(hour=8, minute=0, second=0, microsecond=0)
-    while any(calendar.quiet_at(int((day + timedelta(days=i)).timestamp() * 1000)) for i in range(span)):
-        day -= timedelta(days=1)
-    return day
+    # Recent, because a LOST lead older than 120 days is (rightly) already REENGAGE_DUE.
+    return loud_day(NOW, days_ago, span)
 
 
 BASE = _loud_day(20, 4)
