@@ -159,7 +159,7 @@ def test_effort_exceeds_value(system: System) -> None:
 
 def test_breakup_grace_then_reengage_by_sweep(system: System) -> None:
     lead = lead_id()
-    start = NOW - timedelta(days=2)
+    start = _loud_day(2, 1)  # (calls on Dec 24 - Jan 1 would not count as silence)
     system.send(touches(lead, 13, start, "call_attempted"))
     doc = system.lead(lead)
     assert doc["state"] == "BREAKUP_DUE" and doc["next_due"] is not None
