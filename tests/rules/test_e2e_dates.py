@@ -1,0 +1,61 @@
+"""The integration tests' dated histories hold on every day of the year.
+
+The processes those tests start run on the wall clock, so their histories are dated from
+today; a history that lands on a quiet day (a US holiday, Dec 24 - Jan 1) or a grace that
+outlasts the holidays made them pass on one day and fail on another (2026-12-06, ninety days
+after Labor Day). Here the same histories go through the pure core, dated from every day of
+three years: what the integration tests assert must hold on each of them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from rules.counters import LoggedEvent
+from rules.events import EventType
+from rules.lifecycle import evaluate
+from rules.states import State
+from tests.integration.support import days_past_grace, loud_day
+from worker.policyfile import default_policy
+
+P = default_policy()
+DAY = timedelta(days=1)
+
+
+def ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+def logged(n: int, kind: EventType, when: datetime) -> LoggedEvent:
+    return LoggedEvent(ms(when), kind, n.to_bytes(8, "big"), {})
+
+
+def test_silent_for_months_then_a_task_then_lost_on_every_day() -> None:
+    # tests/integration/test_hubspot_actions.py: silent_for_months and the grace sweep.
+    failures = []
+    for offset in range(3 * 366):
+        today = datetime(2026, 1, 1, 13, 30, tzinfo=UTC) + offset * DAY
+        start = loud_day(today, 90, 1)
+        emails = [logged(i, EventType.EMAIL_SENT, start + timedelta(minutes=i)) for i in range(15)]
+        waiting = evaluate(emails, P, ms(today), grace_from_task=True)
+        from_decision = evaluate(emails, P, ms(today))  # a dry run, or the task clock off
+        with_task = [*emails, logged(99, EventType.BREAKUP_TASK_CREATED, today)]
+        soon = evaluate(with_task, P, ms(today + 3 * DAY), grace_from_task=True)
+        later = evaluate(with_task, P, ms(today + days_past_grace(today, 7) * DAY), grace_from_task=True)
+        got = (waiting.state, from_decision.state, soon.state, later.state)
+        if got != (State.BREAKUP_DUE, State.LOST, State.BREAKUP_DUE, State.LOST):
+            failures.append((today.date().isoformat(), [s.value for s in got]))
+    assert not failures, failures[:5]
+
+
+def test_the_rules_e2e_grace_story_on_every_day() -> None:
+    # tests/integration/test_rules_e2e.py test_breakup_grace_then_reengage_by_sweep (a dry run).
+    failures = []
+    for offset in range(3 * 366):
+        now = datetime(2026, 1, 1, 13, 30, tzinfo=UTC) + offset * DAY
+        start = loud_day(now, 2, 1)
+        calls = [logged(i, EventType.CALL_ATTEMPTED, start + timedelta(hours=i)) for i in range(13)]
+        states = [evaluate(calls, P, ms(when)).state for when in (now, now + 3 * DAY, now + 20 * DAY)]
+        if states != [State.BREAKUP_DUE, State.BREAKUP_DUE, State.LOST]:
+            failures.append((now.date().isoformat(), [s.value for s in states]))
+    assert not failures, failures[:5]
