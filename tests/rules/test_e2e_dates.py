@@ -9,6 +9,7 @@ three years: what the integration tests assert must hold on each of them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 from rules.counters import LoggedEvent
@@ -22,6 +23,12 @@ P = default_policy()
 DAY = timedelta(days=1)
 
 
+def every_day() -> Iterator[datetime]:
+    """Each day of 2026-2028, at 13:30 UTC."""
+    first = datetime(2026, 1, 1, 13, 30, tzinfo=UTC)
+    return (first + n * DAY for n in range(3 * 366))
+
+
 def ms(when: datetime) -> int:
     return int(when.timestamp() * 1000)
 
@@ -33,8 +40,7 @@ def logged(n: int, kind: EventType, when: datetime) -> LoggedEvent:
 def test_silent_for_months_then_a_task_then_lost_on_every_day() -> None:
     # tests/integration/test_hubspot_actions.py: silent_for_months and the grace sweep.
     failures = []
-    for offset in range(3 * 366):
-        today = datetime(2026, 1, 1, 13, 30, tzinfo=UTC) + offset * DAY
+    for today in every_day():
         start = loud_day(today, 90, 1)
         emails = [logged(i, EventType.EMAIL_SENT, start + timedelta(minutes=i)) for i in range(15)]
         waiting = evaluate(emails, P, ms(today), grace_from_task=True)
@@ -51,8 +57,7 @@ def test_silent_for_months_then_a_task_then_lost_on_every_day() -> None:
 def test_the_rules_e2e_grace_story_on_every_day() -> None:
     # tests/integration/test_rules_e2e.py test_breakup_grace_then_reengage_by_sweep (a dry run).
     failures = []
-    for offset in range(3 * 366):
-        now = datetime(2026, 1, 1, 13, 30, tzinfo=UTC) + offset * DAY
+    for now in every_day():
         start = loud_day(now, 2, 1)
         calls = [logged(i, EventType.CALL_ATTEMPTED, start + timedelta(hours=i)) for i in range(13)]
         states = [evaluate(calls, P, ms(when)).state for when in (now, now + 3 * DAY, now + 20 * DAY)]
