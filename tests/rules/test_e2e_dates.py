@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 from rules.counters import LoggedEvent
-from rules.events import EventType
+from rules.events import EventType, format_ms
 from rules.lifecycle import evaluate
 from rules.states import State
 from tests.integration.support import days_past_grace, loud_day
@@ -63,4 +63,20 @@ def test_the_rules_e2e_grace_story_on_every_day() -> None:
         states = [evaluate(calls, P, ms(when)).state for when in (now, now + 3 * DAY, now + 20 * DAY)]
         if states != [State.BREAKUP_DUE, State.BREAKUP_DUE, State.LOST]:
             failures.append((now.date().isoformat(), [s.value for s in states]))
+    assert not failures, failures[:5]
+
+
+def test_the_rules_e2e_proposal_story_on_every_day() -> None:
+    # tests/integration/test_rules_e2e.py test_proposal_expired_by_sweep: 28 non-quiet days after
+    # expiry, swept 45 days on (the year-end quiet period and the January holidays included).
+    failures = []
+    for now in every_day():
+        start = now - 3 * DAY
+        events = [logged(i, EventType.EMAIL_SENT, start + timedelta(hours=i)) for i in range(13)]
+        events.append(logged(50, EventType.EMAIL_REPLIED, start + DAY))
+        expires = {"expires_at": format_ms(ms(now - timedelta(hours=1)))}
+        events.append(LoggedEvent(ms(start + 2 * DAY), EventType.PROPOSAL_SENT, (51).to_bytes(8, "big"), expires))
+        before, after = evaluate(events, P, ms(now)), evaluate(events, P, ms(now + 45 * DAY))
+        if (before.state, after.state, after.loss_reason) != (State.ACTIVE, State.LOST, "proposal_expired"):
+            failures.append((now.date().isoformat(), before.state.value, after.state.value, after.loss_reason))
     assert not failures, failures[:5]
