@@ -110,7 +110,7 @@ def plain(value: bytes) -> bytes:
 
     if compression.is_packed(value):
         return compression.unpack(value)
-    if value[:1] in (eventlog.FOLDED, eventlog.OLD_FOLDED):
+    if value[:1] in (b"\x02", b"\x04", eventlog.FOLDED):  # a folded log of any version
         try:
             log = eventlog.read(value)
         except Exception:  # a value of another kind that merely starts with the same byte

@@ -25,9 +25,10 @@ from rules.running import Running, decode_checkpoint
 from worker import compression, eventlog
 from worker.errors import StoreError
 
-FORMAT = 2
-# Format 1 (before 2026-12-05): the same, its tail in the log records of then (eventlog).
-_FORMATS = (1, 2)
+FORMAT = 3
+# Earlier formats: the same, the tail in the log records of then (worker/eventlog.py): format 1
+# (before 2026-12-05) in 19-byte records, format 2 (2026-12-05) in 15-byte ones.
+_TAIL_RECORDS = {1: eventlog.RECORDS_19, 2: eventlog.RECORDS_15, 3: eventlog.RECORDS_12}
 # `at_ms` of a record holding no running state (every event of the lead dated after the
 # last evaluation's `now`): every batch is then "late", and replays the log.
 NO_CHECKPOINT = 2**62
@@ -53,7 +54,7 @@ class Stored(msgspec.Struct, array_like=True):
 
     def events_after(self) -> list[LoggedEvent]:
         """The log's events dated after the checkpoint."""
-        return eventlog.decode_records(self.tail, 0, self.format == FORMAT)
+        return eventlog.decode_records(self.tail, 0, _TAIL_RECORDS[self.format])
 
     def state(self) -> Running | None:
         """The running state, or None when it was written with other fields."""
@@ -92,4 +93,4 @@ def unpack(blob: bytes | None) -> Stored | None:
         stored = _DECODER.decode(compression.unpack(blob))
     except (msgspec.DecodeError, StoreError):
         return None
-    return stored if stored.format in _FORMATS else None
+    return stored if stored.format in _TAIL_RECORDS else None

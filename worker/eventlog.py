@@ -1,22 +1,34 @@
 """The per-lead event log, packed for Redis.
 
 A lead's history is one Redis string: a version byte, then one record per distinct event.
-A record is a fixed header `<8sIhB` (the 8-byte event key; the occurred-at epoch ms as its
-low 32 bits and its high 16, signed; the type code, its top bit set when the event carries
-data), then, for an event with data, a 2-byte length and the `data` as compact JSON. A time
-outside those 48 bits (past year 6429: HubSpot's `hs_timestamp` is taken as it comes) sets
-the type's next bit, and follows the header as 8 bytes. 15 bytes for an event without data,
+A record is a fixed 12-byte header `<6sIbB`: the 6-byte event key; the occurred-at time as
+a signed 40-bit count of ms from 2030-01-01 (low 32 bits, then the high 8); the type code,
+its top bit set when the event carries data. A time outside those 40 bits (before mid-2012
+or after mid-2047: a backfill reaching far back, or HubSpot's `hs_timestamp` taken as it
+comes) sets the type's next bit and follows the header as 8 bytes of epoch ms. An event
+with data then adds the data's length (1 byte below 128, else a LEB128 varint) and the data
+as msgpack, its known field names as one-byte codes (`DATA_FIELDS`: `{"follow_up": true}`
+is 3 bytes, not 18 of JSON); data msgpack cannot hold as JSON holds it (a nested object, an
+integer past 64 bits) is stored as 0xc1 and its JSON. 12 bytes for an event without data,
 against ~150 for a JSON object: the memory budget is per tracked lead, and a lead keeps its
 events of the retention horizon, up to a hundred and more.
 
-The event key is a keyed-free BLAKE2b digest of `crm \\0 event id`: the dedup key
-that lets a redelivered event be recognised, without storing the CRM's id.
+The event key is the first 6 bytes of a keyed-free BLAKE2b-64 digest of `crm \\0 event id`:
+the dedup key that lets a redelivered event be recognised, without storing the CRM's id.
+Keys only have to tell apart the events of one lead: with the ~100 events a lead keeps, a new
+event is taken for one it already holds with odds of about 1 in 3·10^12 (and 1 in 3·10^11
+for a lead keeping 1,000): at ten million events a day, once in some 800 years.
 
-Versions: 3, the records alone; 4, a 4-byte length and the `Fold` of the events older than
+Versions: 5, the records alone; 6, a 4-byte length and the `Fold` of the events older than
 the policy's retention horizon (msgpack, compressed by worker/compression.py), then the
-records of the events it kept. Versions 1 and 2 (the same, with the records of before
-2026-12-05: a `<8sqBH` header, 19 bytes) are read as they are, and appended to in their own
-format; a log moves to the current format when it is next written whole (its fold).
+records of the events it kept. Logs of the earlier record formats are read as they are, and
+appended to in their own records (a new event's key padded with two zero bytes); a log moves
+to the current format when it is next written whole (its fold, a CRM merge):
+
+    versions 1, 2   before 2026-12-05   `<8sqBH` header: 8-byte key, epoch ms, type, data length; JSON data (19 B)
+    versions 3, 4   2026-12-05          `<8sIhB` header: 8-byte key, 48-bit epoch ms; `<H` length, JSON data (15 B)
+
+An old record's key is read as its first 6 bytes, so every key in memory has one length.
 """
 
 from __future__ import annotations
@@ -30,27 +42,60 @@ from typing import Any, NamedTuple
 import msgspec
 
 from rules.counters import LeadCounters, LoggedEvent, fold
-from rules.events import RECORD_KEY, TYPE_CODES, TYPES_BY_CODE, Event, EventType
+from rules.events import RECORD_KEY, TYPE_CODES, TYPES_BY_CODE, VERSION_KEY, Event, EventType
 from rules.running import Running, decode_running
 from worker import compression
 from worker.errors import StoreError
 
-VERSION = b"\x03"
-FOLDED = b"\x04"
-# The formats of before 2026-12-05: read, and appended to in their own records.
-OLD_VERSION = b"\x01"
-OLD_FOLDED = b"\x02"
-_OLD_HEADER = struct.Struct("<8sqBH")
-_HEADER = struct.Struct("<8sIhB")
-_LENGTH = struct.Struct("<H")
+VERSION = b"\x05"
+FOLDED = b"\x06"
+# Record formats, named by the version byte of their unfolded log (its folded one is one more).
+RECORDS_19, RECORDS_15, RECORDS_12 = 1, 3, 5
+_FORMAT_OF_VERSION = {1: RECORDS_19, 2: RECORDS_19, 3: RECORDS_15, 4: RECORDS_15, 5: RECORDS_12, 6: RECORDS_12}
+_FOLDED_VERSIONS = frozenset({2, 4, 6})
+_HEADER_19 = struct.Struct("<8sqBH")
+_HEADER_15 = struct.Struct("<8sIhB")
+_HEADER = struct.Struct("<6sIbB")
+_LENGTH_15 = struct.Struct("<H")
 _WIDE = struct.Struct("<q")
 _HAS_DATA = 0x80
 _WIDE_TIME = 0x40  # (type codes stay below it: tests/worker/test_log_format.py)
 _CODE_BITS = 0x3F
 _FOLD_LENGTH = struct.Struct("<I")
-KEY_BYTES = 8
-# What the 48 bits of a record's time hold: years ~2430 BC to ~6430 AD.
-_MIN_MS, _MAX_MS = -(2**47), 2**47 - 1
+KEY_BYTES = 6
+_PAD = b"\x00" * (8 - KEY_BYTES)  # a key in a record of an earlier format
+# The current records' time: ms from 2030-01-01T00:00:00Z in 40 signed bits (mid-2012 to mid-2047).
+EPOCH_MS = 1_893_456_000_000
+_MIN_REL, _MAX_REL = -(2**39), 2**39 - 1
+# The 15-byte records' time: 48 signed bits of epoch ms (years ~2430 BC to ~6430 AD).
+_MIN_MS_15, _MAX_MS_15 = -(2**47), 2**47 - 1
+# Data field names stored as one-byte codes (msgpack positive fixints). Append only: a code,
+# once written, keeps its name forever, or stored data changes meaning. A name missing here
+# is stored as it is (tests/worker/test_log_format.py checks rules.events.DATA_FIELDS is covered).
+DATA_NAMES = (
+    "follow_up",
+    "hard",
+    "meeting_id",
+    "first_meeting",
+    "reason",
+    "expires_at",
+    "minutes",
+    "deal_id",
+    "amount",
+    "stage",
+    "won",
+    "source",
+    "segment",
+    "priority",
+    "email",
+    "converted",
+    "channels",
+    "decision_at",
+    RECORD_KEY,
+    VERSION_KEY,
+)
+_DATA_CODES = {name: code for code, name in enumerate(DATA_NAMES)}
+_JSON_DATA = b"\xc1"  # (a byte msgpack never writes) JSON follows
 
 
 class Fold(msgspec.Struct, array_like=True):
@@ -110,8 +155,8 @@ _FOLD_DECODER = msgspec.msgpack.Decoder(Fold)
 
 
 def event_key(crm: str, event_id: str) -> bytes:
-    """Return the 8-byte dedup key of one event."""
-    return hashlib.blake2b(f"{crm}\0{event_id}".encode(), digest_size=KEY_BYTES).digest()
+    """Return the 6-byte dedup key of one event: the first 6 bytes of the 8 earlier versions stored."""
+    return hashlib.blake2b(f"{crm}\0{event_id}".encode(), digest_size=8).digest()[:KEY_BYTES]
 
 
 def to_logged(event: Event) -> LoggedEvent:
@@ -119,50 +164,127 @@ def to_logged(event: Event) -> LoggedEvent:
     return LoggedEvent(event.occurred_ms, event.type, event_key(event.crm, event.id), event.data)
 
 
-def encode(events: Iterable[LoggedEvent], compact: bool = True) -> bytes:
-    """Pack events as log records (without the version byte); `compact=False`: the records of
-    versions 1 and 2, for appending to a log written in them."""
+def _packable(value: Any) -> bool:
+    """Whether msgpack gives `value` back as a JSON round trip would (no object, no int past 64 bits)."""
+    if isinstance(value, list | tuple):
+        return all(_packable(v) for v in value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return -(2**63) <= value < 2**64
+    return value is None or isinstance(value, str | float | bool)
+
+
+_DATA_ENCODER = msgspec.msgpack.Encoder()
+
+
+def pack_data(data: Any) -> bytes:
+    """`data` as the current records hold it: msgpack, known field names as codes; else 0xc1 and JSON."""
+    if isinstance(data, dict) and all(isinstance(k, str) and _packable(v) for k, v in data.items()):
+        # Sorted, as the JSON of the earlier records was: decoded, the keys come back in that order.
+        return _DATA_ENCODER.encode({_DATA_CODES.get(k, k): data[k] for k in sorted(data)})
+    return _JSON_DATA + json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+
+def unpack_data(raw: bytes) -> Any:
+    """The `data` `pack_data` packed."""
+    if raw[:1] == _JSON_DATA:
+        return _data(raw[1:])
+    packed = msgspec.msgpack.decode(raw)
+    return {DATA_NAMES[k] if isinstance(k, int) else k: v for k, v in packed.items()}
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _read_varint(blob: bytes, pos: int) -> tuple[int, int]:
+    n, shift = 0, 0
+    while True:
+        byte = blob[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return n, pos
+        shift += 7
+
+
+def encode(events: Iterable[LoggedEvent], records: int = RECORDS_12) -> bytes:
+    """Pack events as log records (without the version byte), in the current format or, for
+    appending to a log written in one, an earlier one (`RECORDS_15`, `RECORDS_19`)."""
+    if records != RECORDS_12:
+        return _encode_earlier(events, records)
     parts = []
     for ev in events:
-        data = json.dumps(ev.data, separators=(",", ":"), sort_keys=True).encode() if ev.data else b""
-        code, at = TYPE_CODES[ev.type], ev.occurred_ms
-        if not compact:
-            parts.append(_OLD_HEADER.pack(ev.key, at, code, len(data)))
-            parts.append(data)
-            continue
+        code, rel = TYPE_CODES[ev.type], ev.occurred_ms - EPOCH_MS
+        data = pack_data(ev.data) if ev.data else b""
         if data:
             code |= _HAS_DATA
-        if _MIN_MS <= at <= _MAX_MS:
-            parts.append(_HEADER.pack(ev.key, at & 0xFFFFFFFF, at >> 32, code))
+        if _MIN_REL <= rel <= _MAX_REL:
+            parts.append(_HEADER.pack(ev.key, rel & 0xFFFFFFFF, rel >> 32, code))
         else:
             parts.append(_HEADER.pack(ev.key, 0, 0, code | _WIDE_TIME))
-            parts.append(_WIDE.pack(at))
+            parts.append(_WIDE.pack(ev.occurred_ms))
         if data:
-            parts.append(_LENGTH.pack(len(data)))
+            parts.append(_varint(len(data)))
             parts.append(data)
     return b"".join(parts)
 
 
-def is_compact(blob: bytes | None) -> bool:
-    """Whether records appended to this log (None: a log yet to be created) are in the current format."""
-    return not blob or blob[:1] not in (OLD_VERSION, OLD_FOLDED)
+def _encode_earlier(events: Iterable[LoggedEvent], records: int) -> bytes:
+    parts = []
+    for ev in events:
+        data = json.dumps(ev.data, separators=(",", ":"), sort_keys=True).encode() if ev.data else b""
+        code, at, key = TYPE_CODES[ev.type], ev.occurred_ms, ev.key + _PAD
+        if records == RECORDS_19:
+            parts.append(_HEADER_19.pack(key, at, code, len(data)))
+            parts.append(data)
+            continue
+        if data:
+            code |= _HAS_DATA
+        if _MIN_MS_15 <= at <= _MAX_MS_15:
+            parts.append(_HEADER_15.pack(key, at & 0xFFFFFFFF, at >> 32, code))
+        else:
+            parts.append(_HEADER_15.pack(key, 0, 0, code | _WIDE_TIME))
+            parts.append(_WIDE.pack(at))
+        if data:
+            parts.append(_LENGTH_15.pack(len(data)))
+            parts.append(data)
+    return b"".join(parts)
+
+
+def record_format(blob: bytes | None) -> int:
+    """The format of the records appended to this log (None: a log yet to be created)."""
+    if not blob:
+        return RECORDS_12
+    return format_of_version(blob[0])
+
+
+def format_of_version(version: int) -> int:
+    """The record format of a log of this version byte."""
+    try:
+        return _FORMAT_OF_VERSION[version]
+    except KeyError:
+        raise ValueError(f"unknown event log version {bytes([version])!r}") from None
 
 
 def _records_start(blob: bytes) -> int:
     """Where the records begin in a log (after the version byte, and the fold if any)."""
-    if blob[:1] in (VERSION, OLD_VERSION):
-        return 1
-    if blob[:1] in (FOLDED, OLD_FOLDED):
+    format_of_version(blob[0])
+    if blob[0] in _FOLDED_VERSIONS:
         (length,) = _FOLD_LENGTH.unpack_from(blob, 1)
         return 1 + _FOLD_LENGTH.size + length
-    raise ValueError(f"unknown event log version {blob[:1]!r}")
+    return 1
 
 
 def decode(blob: bytes | None) -> list[LoggedEvent]:
     """Unpack a log's kept events (not its fold); an absent key is an empty history."""
     if not blob:
         return []
-    return decode_records(blob, _records_start(blob), is_compact(blob))
+    return decode_records(blob, _records_start(blob), record_format(blob))
 
 
 def read(blob: bytes | None) -> Log:
@@ -171,9 +293,9 @@ def read(blob: bytes | None) -> Log:
         return Log(None, [])
     start = _records_start(blob)
     found = None
-    if blob[:1] in (FOLDED, OLD_FOLDED):
+    if blob[0] in _FOLDED_VERSIONS:
         found = _FOLD_DECODER.decode(compression.unpack(blob[1 + _FOLD_LENGTH.size : start]))
-    return Log(found, decode_records(blob, start, is_compact(blob)))
+    return Log(found, decode_records(blob, start, record_format(blob)))
 
 
 def write(log: Log) -> bytes:
@@ -189,23 +311,23 @@ def fold_bytes(found: Fold) -> bytes:
     return _FOLD_ENCODER.encode(found)
 
 
-def decode_records(blob: bytes, pos: int = 0, compact: bool = True) -> list[LoggedEvent]:
-    """Unpack records (as `encode` packs them, `compact` or not) from `pos` on."""
-    if not compact:
-        return _decode_old(blob, pos)
+def decode_records(blob: bytes, pos: int = 0, records: int = RECORDS_12) -> list[LoggedEvent]:
+    """Unpack records (as `encode` packs them, in the format `records`) from `pos` on."""
+    if records != RECORDS_12:
+        return _decode_earlier(blob, pos, records)
     out = []
-    end, size, length_size = len(blob), _HEADER.size, _LENGTH.size
+    end, size = len(blob), _HEADER.size
     while pos < end:
         key, low, high, tag = _HEADER.unpack_from(blob, pos)
         pos += size
-        at = (high << 32) + low
         if tag & _WIDE_TIME:
             (at,) = _WIDE.unpack_from(blob, pos)
             pos += _WIDE.size
+        else:
+            at = EPOCH_MS + (high << 32) + low
         if tag & _HAS_DATA:
-            (length,) = _LENGTH.unpack_from(blob, pos)
-            pos += length_size
-            data = _data(blob[pos : pos + length])
+            length, pos = _read_varint(blob, pos)
+            data = unpack_data(blob[pos : pos + length])
             pos += length
         else:
             data = {}
@@ -213,15 +335,34 @@ def decode_records(blob: bytes, pos: int = 0, compact: bool = True) -> list[Logg
     return out
 
 
-def _decode_old(blob: bytes, pos: int) -> list[LoggedEvent]:
+def _decode_earlier(blob: bytes, pos: int, records: int) -> list[LoggedEvent]:
     out = []
-    end, size = len(blob), _OLD_HEADER.size
+    end = len(blob)
+    if records == RECORDS_19:
+        size = _HEADER_19.size
+        while pos < end:
+            key, at, code, length = _HEADER_19.unpack_from(blob, pos)
+            pos += size
+            data = _data(blob[pos : pos + length]) if length else {}
+            pos += length
+            out.append(LoggedEvent(at, TYPES_BY_CODE[code], key[:KEY_BYTES], data))
+        return out
+    size, length_size = _HEADER_15.size, _LENGTH_15.size
     while pos < end:
-        key, at, code, length = _OLD_HEADER.unpack_from(blob, pos)
+        key, low, high, tag = _HEADER_15.unpack_from(blob, pos)
         pos += size
-        data = _data(blob[pos : pos + length]) if length else {}
-        pos += length
-        out.append(LoggedEvent(at, TYPES_BY_CODE[code], key, data))
+        at = (high << 32) + low
+        if tag & _WIDE_TIME:
+            (at,) = _WIDE.unpack_from(blob, pos)
+            pos += _WIDE.size
+        if tag & _HAS_DATA:
+            (length,) = _LENGTH_15.unpack_from(blob, pos)
+            pos += length_size
+            data = _data(blob[pos : pos + length])
+            pos += length
+        else:
+            data = {}
+        out.append(LoggedEvent(at, TYPES_BY_CODE[tag & _CODE_BITS], key[:KEY_BYTES], data))
     return out
 
 
@@ -239,29 +380,35 @@ def keys(blob: bytes | None) -> set[bytes]:
     found: set[bytes] = set()
     if not blob:
         return found
-    pos, end = _records_start(blob), len(blob)
-    if not is_compact(blob):
-        size = _OLD_HEADER.size
+    pos, end, records = _records_start(blob), len(blob), record_format(blob)
+    if records == RECORDS_19:
+        size = _HEADER_19.size
         while pos < end:
-            key, _, _, length = _OLD_HEADER.unpack_from(blob, pos)
-            found.add(key)
+            key, _, _, length = _HEADER_19.unpack_from(blob, pos)
+            found.add(key[:KEY_BYTES])
             pos += size + length
         return found
-    size, length_size = _HEADER.size, _LENGTH.size
+    header = _HEADER if records == RECORDS_12 else _HEADER_15
+    size = header.size
     while pos < end:
-        key, _, _, tag = _HEADER.unpack_from(blob, pos)
-        found.add(key)
+        key, _, _, tag = header.unpack_from(blob, pos)
+        found.add(key[:KEY_BYTES])
         pos += size
         if tag & _WIDE_TIME:
             pos += _WIDE.size
         if tag & _HAS_DATA:
-            pos += length_size + _LENGTH.unpack_from(blob, pos)[0]
+            if records == RECORDS_12:
+                length, pos = _read_varint(blob, pos)
+            else:
+                (length,) = _LENGTH_15.unpack_from(blob, pos)
+                pos += _LENGTH_15.size
+            pos += length
     return found
 
 
 def append(blob: bytes | None, fresh: Iterable[LoggedEvent]) -> bytes:
     """Return `blob` with `fresh` records appended (order inside a log does not matter)."""
-    return (blob or VERSION) + encode(fresh, is_compact(blob))
+    return (blob or VERSION) + encode(fresh, record_format(blob))
 
 
 # Kept even when dated before a lead's fold, moved to just after it: an objection or an

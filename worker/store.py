@@ -2,7 +2,7 @@
 
 Keys (all prefixed `pruner:`):
 
-    lead:{crm}:{lead_id}    the lead's event log (worker/eventlog.py), ~15 B per event
+    lead:{crm}:{lead_id}    the lead's event log (worker/eventlog.py), ~12 B per event
     state:{crm}:{lead_id}   JSON: state, loss reason, decisions, acted decision keys, as-of time
                             (absent while a lead is ACTIVE with no decisions: most leads)
     ck:{crm}:{lead_id}      the replay's checkpoint (worker/checkpoint.py): a batch of events
@@ -62,7 +62,7 @@ from worker.transaction import APPEND_COPY_LIMIT, Writes, optimistic, queue_eras
 log = logging.getLogger(__name__)
 
 
-# For each log (KEYS[i]): 1 when one of the 8-byte dedup keys packed in ARGV[i] occurs in it.
+# For each log (KEYS[i]): 1 when one of the 6-byte dedup keys packed in ARGV[i] occurs in it.
 _PROBE_KEYS = """
 local out = {}
 for i, key in ipairs(KEYS) do
@@ -70,23 +70,34 @@ for i, key in ipairs(KEYS) do
   local found = 0
   if blob then
     local probes = ARGV[i]
-    for j = 1, #probes, 8 do
-      if string.find(blob, string.sub(probes, j, j + 7), 2, true) then
+    for j = 1, #probes, KEY_BYTES do
+      if string.find(blob, string.sub(probes, j, j + KEY_BYTES - 1), 2, true) then
         found = 1
         break
       end
     end
-    if #blob > 0 and string.byte(blob, 1) <= 2 then
-      found = found + 2
+    if #blob > 0 then
+      found = found + 2 * string.byte(blob, 1)
     end
   end
   out[i] = found
 end
 return out
-"""
-# The probe's answer for a lead: 1 a key was found, + 2 the log's records are of the format of
-# before 2026-12-05 (eventlog.OLD_VERSION, OLD_FOLDED: what is appended to it must be too).
-_PROBE_HIT, _PROBE_OLD = 1, 2
+""".replace("KEY_BYTES", str(eventlog.KEY_BYTES))
+# The probe's answer for a lead: 1 a key was found, + 2 x the log's version byte (0: no log),
+# which says in which records what is appended to it must be written (eventlog.record_format).
+_PROBE_HIT = 1
+
+
+def _records(version: int) -> int | None:
+    """The record format of a log the probe found of this version (0: none yet); None: unknown
+    (the lead goes down the path that reads its log, which says what is wrong with it)."""
+    if version == 0:
+        return eventlog.RECORDS_12
+    try:
+        return eventlog.format_of_version(version)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -105,8 +116,8 @@ class _Read:
     log_exists: bool
     # What is left of the log's events past the retention horizon, when the log was read.
     fold: Fold | None = None
-    # Whether the log's records are in the current format (eventlog.is_compact).
-    compact: bool = True
+    # The format of the log's records, which appended ones must share (eventlog.record_format).
+    records: int = eventlog.RECORDS_12
 
     @property
     def signature(self) -> tuple[Any, ...]:
@@ -259,7 +270,7 @@ class LeadStore:
                     created += not read.log_exists
                 elif new:
                     # APPEND: the log is never read back for a live batch.
-                    records = eventlog.encode(new, read.compact)
+                    records = eventlog.encode(new, read.records)
                     writes.append(lead_key(*lead), records if read.log_exists else eventlog.VERSION + records)
                     created += not read.log_exists
                 if outcome is not None:
@@ -354,11 +365,11 @@ class LeadStore:
             if live
             else []
         )
-        clean = {i: not (found & _PROBE_OLD) for i, found in zip(live, maybe, strict=True) if not (found & _PROBE_HIT)}
+        clean = {i: _records(found >> 1) for i, found in zip(live, maybe, strict=True) if not (found & _PROBE_HIT)}
         for i in range(n):
-            ck = stored[i]
-            if ck is not None and i in clean:
-                reads.append(_Read(states[i], raw_cks[i], None, ck, None, set(), True, None, clean[i]))
+            ck, records = stored[i], clean.get(i)
+            if ck is not None and records is not None:
+                reads.append(_Read(states[i], raw_cks[i], None, ck, None, set(), True, None, records))
             else:
                 reads.append(None)
                 late.append(i)
@@ -377,7 +388,7 @@ class LeadStore:
                     keys,
                     blob is not None,
                     whole.fold,
-                    eventlog.is_compact(blob),
+                    eventlog.record_format(blob),
                 )
         return [r for r in reads if r is not None]
 

@@ -14,6 +14,7 @@ import random
 from typing import Any
 
 import fakeredis
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -322,6 +323,21 @@ def test_a_redelivery_under_a_later_date_is_still_a_duplicate() -> None:
         again = store.apply_batch([call._replace(occurred_ms=later)], Decider(P, later))
         assert (again.added, again.duplicates) == (0, 1)
     assert len(store.history("salesforce", "S") or []) == 1
+
+
+@pytest.mark.parametrize("position", [0, 1, 2])
+def test_a_redelivery_under_a_later_date_among_new_events_of_its_lead_is_still_a_duplicate(position: int) -> None:
+    """The probe looks for each of a lead's keys in its log, wherever the redelivery is in the batch."""
+    conn = fakeredis.FakeRedis()
+    store = LeadStore(conn)
+    calls = [Event(f"task-{n}", EventType.CALL_ATTEMPTED, Crm.SALESFORCE, "S", at(1, hours=n), {}) for n in range(3)]
+    store.apply_batch(calls, Decider(P, at(1, hours=3)))
+    fresh = [Event(f"mail-{n}", EventType.EMAIL_SENT, Crm.SALESFORCE, "S", at(2, hours=n), {}) for n in range(2)]
+    batch = list(fresh)
+    batch.insert(position, calls[1]._replace(occurred_ms=at(2, hours=5)))
+    again = store.apply_batch(batch, Decider(P, at(2, hours=6)))
+    assert (again.added, again.duplicates) == (2, 1)
+    assert len(store.history("salesforce", "S") or []) == 5
 
 
 def test_aggregates_follow_forgets_merges_and_erasures_and_a_store_from_before_them_is_migrated() -> None:

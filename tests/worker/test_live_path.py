@@ -134,12 +134,20 @@ def test_log_records_read_back_their_data_whatever_wrote_it() -> None:
     logged = eventlog.to_logged(ev(1, "time_logged", "A", at(1), minutes=15, note="café"))
     nan = json.dumps({"minutes": float("nan")}).encode()
     code, t = TYPE_CODES[EventType.TIME_LOGGED], at(2)
+    # The records of 2026-12-05 (15 bytes), JSON data.
     odd = struct.pack("<8sIhBH", b"k" * 8, t & 0xFFFFFFFF, t >> 32, code | 0x80, len(nan)) + nan
-    back = eventlog.decode_records(eventlog.encode([logged]) + odd)
+    back = eventlog.decode_records(eventlog.encode([logged], eventlog.RECORDS_15) + odd, 0, eventlog.RECORDS_15)
     assert back[0].data == {"minutes": 15, "note": "café"}
     assert back[1].data["minutes"] != back[1].data["minutes"]  # NaN
     # The same in the records of before 2026-12-05.
     odd = struct.pack("<8sqBH", b"k" * 8, t, code, len(nan)) + nan
-    back = eventlog.decode_records(eventlog.encode([logged], compact=False) + odd, 0, compact=False)
+    back = eventlog.decode_records(eventlog.encode([logged], eventlog.RECORDS_19) + odd, 0, eventlog.RECORDS_19)
     assert back[0].data == {"minutes": 15, "note": "café"}
     assert back[1].data["minutes"] != back[1].data["minutes"]
+    # The current records: msgpack, and NaN as msgpack keeps it; data msgpack cannot hold as
+    # JSON does (an object) goes as JSON.
+    nested = eventlog.to_logged(ev(3, "time_logged", "A", at(3), minutes=float("nan"), extra={"a": [1, 2]}))
+    back = eventlog.decode_records(eventlog.encode([logged, nested]))
+    assert back[0].data == {"minutes": 15, "note": "café"}
+    assert back[1].data["minutes"] != back[1].data["minutes"]
+    assert back[1].data["extra"] == {"a": [1, 2]}

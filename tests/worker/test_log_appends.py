@@ -37,13 +37,13 @@ def test_a_small_log_grown_one_event_at_a_time_holds_no_slack(conn: redis.Redis)
 
 def test_appends_to_a_log_past_the_limit_keep_every_record(conn: redis.Redis) -> None:
     store = LeadStore(conn)
-    store.apply_batch(events("B", 0, 600))  # ~9 KB, past the limit: appended to from now on
+    store.apply_batch(events("B", 0, 700))  # ~8.4 KB, past the limit: appended to from now on
     key = lead_key("hubspot", "B")
     assert int(conn.strlen(key)) >= APPEND_COPY_LIMIT
-    for n in range(600, 620):
+    for n in range(700, 720):
         store.apply_batch(events("B", n, 1) + events("C", n, 1))
     keys = {ev.key for ev in eventlog.decode(conn.get(key))}
-    assert keys == {eventlog.event_key("hubspot", f"eB-{n}") for n in range(620)}
+    assert keys == {eventlog.event_key("hubspot", f"eB-{n}") for n in range(720)}
     assert len(eventlog.decode(conn.get(lead_key("hubspot", "C")))) == 20
 
 

@@ -42,7 +42,7 @@ def test_a_log_of_the_previous_format_holding_a_far_future_event_can_still_be_de
     far = Event("hs:meetings:9001:L", EventType.MEETING_BOOKED, Crm.HUBSPOT, "L", FAR_MS, {"meeting_id": "9001"})
     conn = fakeredis.FakeRedis()
     old = [eventlog.to_logged(e) for e in (*events[:2], far)]
-    conn.set(lead_key("hubspot", "L"), eventlog.OLD_VERSION + eventlog.encode(old, compact=False))
+    conn.set(lead_key("hubspot", "L"), b"\x01" + eventlog.encode(old, eventlog.RECORDS_19))
     store = LeadStore(conn)
     # The checkpoint's tail (and any fold rewrite) packs the event in the new records: StoreError,
     # for every batch and sweep that touches the lead from now on.
@@ -57,9 +57,9 @@ def test_plain_shows_the_emails_of_a_folded_log_of_the_previous_format() -> None
     import msgspec
 
     fold = eventlog.Fold(1_000, msgspec.Raw(msgspec.msgpack.encode([1, 2, 3])), 3, emails)
-    kept = [eventlog.LoggedEvent(2_000, EventType.EMAIL_SENT, b"k" * 8, {})]
+    kept = [eventlog.LoggedEvent(2_000, EventType.EMAIL_SENT, b"k" * 6, {})]
     packed = compression.pack(eventlog.fold_bytes(fold))
-    old = eventlog.OLD_FOLDED + len(packed).to_bytes(4, "little") + packed + eventlog.encode(kept, compact=False)
+    old = b"\x02" + len(packed).to_bytes(4, "little") + packed + eventlog.encode(kept, eventlog.RECORDS_19)
     assert eventlog.read(old).fold.emails == emails
     assert not all(e.encode() in old for e in emails)  # compressed: not all visible as they are
     assert all(e.encode() in plain(old) for e in emails)

@@ -98,7 +98,7 @@ def test_unknown_lead_has_no_history() -> None:
 def test_log_is_compact() -> None:
     conn = fakeredis.FakeRedis()
     LeadStore(conn).apply_batch([HISTORY[0]])
-    assert len(conn.get(lead_key("hubspot", "L")) or b"") == 1 + 15  # a version byte, a record
+    assert len(conn.get(lead_key("hubspot", "L")) or b"") == 1 + 12  # a version byte, a record
 
 
 def test_eventlog_round_trip() -> None:
