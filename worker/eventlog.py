@@ -180,7 +180,10 @@ def pack_data(data: Any) -> bytes:
     """`data` as the current records hold it: msgpack, known field names as codes; else 0xc1 and JSON."""
     if isinstance(data, dict) and all(isinstance(k, str) and _packable(v) for k, v in data.items()):
         # Sorted, as the JSON of the earlier records was: decoded, the keys come back in that order.
-        return _DATA_ENCODER.encode({_DATA_CODES.get(k, k): data[k] for k in sorted(data)})
+        try:
+            return _DATA_ENCODER.encode({_DATA_CODES.get(k, k): data[k] for k in sorted(data)})
+        except UnicodeEncodeError:
+            pass  # a lone surrogate (a JSON "\ud800" escape): UTF-8 cannot hold it, JSON's escapes can
     return _JSON_DATA + json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
 
