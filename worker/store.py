@@ -365,11 +365,14 @@ class LeadStore:
             if live
             else []
         )
-        clean = {i: _records(found >> 1) for i, found in zip(live, maybe, strict=True) if not (found & _PROBE_HIT)}
+        # Each clean lead's log version (0: no log, or an empty value: the append writes the
+        # version byte first, as for a new lead).
+        clean = {i: found >> 1 for i, found in zip(live, maybe, strict=True) if not (found & _PROBE_HIT)}
         for i in range(n):
-            ck, records = stored[i], clean.get(i)
-            if ck is not None and records is not None:
-                reads.append(_Read(states[i], raw_cks[i], None, ck, None, set(), True, None, records))
+            ck, version = stored[i], clean.get(i)
+            records = _records(version) if version is not None else None
+            if ck is not None and version is not None and records is not None:
+                reads.append(_Read(states[i], raw_cks[i], None, ck, None, set(), version != 0, None, records))
             else:
                 reads.append(None)
                 late.append(i)
