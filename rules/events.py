@@ -214,6 +214,34 @@ def _check_text(value: object, where: str, max_length: int = MAX_TEXT_LENGTH) ->
     return value
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _mend(value: Any) -> Any:
+    if isinstance(value, str):
+        return value if value.isascii() or _utf8(value) else _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_mend(v) for v in value]
+    if isinstance(value, dict):
+        return {_mend(k): _mend(v) for k, v in value.items()}
+    return value
+
+
+def mend_text(event: Event) -> Event:
+    """The event with each unpaired surrogate in its data replaced by U+FFFD.
+
+    The webhook routes refuse such text (`_check_text`), but what the worker reads from a
+    CRM's REST API itself (backfill, reconciliation, fetched engagements) is not validated,
+    and `requests` decodes a JSON "\ud83d" escape (an emoji cut in half) into one. Stored as it
+    is, it fails the whole batch in the worker (no Redis value, index entry or keyed hash can
+    hold it) on every retry, the other leads' events with it.
+    """
+    if all(v.isascii() if isinstance(v, str) else not isinstance(v, list | dict) for v in event.data.values()):
+        return event  # (most events: nothing to look into)
+    mended = _mend(dict(event.data))
+    return event if mended == event.data else event._replace(data=mended)
+
+
 def _finite(value: int | float) -> bool:
     # JSON integers have no size limit; one a float cannot hold would fail the worker's arithmetic.
     try:

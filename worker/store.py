@@ -38,7 +38,7 @@ import redis
 from redis.client import Pipeline
 
 from rules.counters import LoggedEvent
-from rules.events import Event, EventType
+from rules.events import Event, EventType, mend_text
 from worker import actionrecord, aggregates, eventlog, identity, leadindex, reindex, staterecord, suppression
 from worker.action import Action
 from worker.checkpoint import Stored, unpack
@@ -141,7 +141,8 @@ class LeadStore:
         received: dict[Lead, int] = {}
         for event in events:
             lead = (event.crm.value, event.lead_id)
-            logged = eventlog.to_logged(event)
+            # (text a CRM's API gave unchecked: an unpaired surrogate would fail the whole batch)
+            logged = eventlog.to_logged(mend_text(event))
             fresh.setdefault(lead, {}).setdefault(logged.key, logged)
             received[lead] = received.get(lead, 0) + 1
         return self._transact(fresh, received, decide, screen=decide is not None)

@@ -69,3 +69,23 @@ def test_a_checkpoint_without_a_log_or_with_an_empty_one_gets_a_log_with_its_ver
         blob = conn.get(lead_key("hubspot", "L"))
         assert blob[:1] == eventlog.VERSION
         assert [e.key for e in eventlog.decode(blob)] == [eventlog.to_logged(events[2]).key]
+
+
+def test_unchecked_crm_text_with_an_unpaired_surrogate_is_mended_not_fatal_to_the_batch() -> None:
+    """LOW, from before 93f7296 (the reviewer's note): the same input in `source` (and segment,
+    priority, stage, reason) failed the batch in the list index, and with a suppression key an
+    email failed its keyed hash. Such text now reaches the store as U+FFFD (rules.events.mend_text)."""
+    events = history_of(3)
+    now = events[-1].occurred_ms
+    broken = json.loads('"Web\\ud83d"')
+    profile = Event("p1", EventType.LEAD_PROFILE, Crm.HUBSPOT, "L", now, {"source": broken, "email": "a\udfff@b.c"})
+    optout = Event("optout-1", EventType.DO_NOT_CONTACT, Crm.HUBSPOT, "M", now, {"channels": ["email"]})
+    conn = fakeredis.FakeRedis()
+    store = LeadStore(conn, b"k" * 32)
+    result = store.apply_batch([*events, profile, optout], Decider(P, now, suppression_key=b"k" * 32))
+    assert result.added == len(events) + 2
+    [kept] = [e for e in eventlog.decode(conn.get(lead_key("hubspot", "L"))) if e.type is EventType.LEAD_PROFILE]
+    assert kept.data == {"source": "Web\ufffd", "email": "a\ufffd@b.c"}
+    # And the lead can be erased (its emails hashed) afterwards.
+    erase = Event("erase-1", EventType.ERASURE_REQUESTED, Crm.HUBSPOT, "L", now + 1, {})
+    assert store.apply_batch([erase], Decider(P, now + 1, suppression_key=b"k" * 32)).erased
