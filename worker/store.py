@@ -390,7 +390,7 @@ class LeadStore:
                     stored[i],
                     whole.events,
                     keys,
-                    blob is not None,
+                    bool(blob),  # (an empty value is no log: appends start it with its version byte)
                     whole.fold,
                     eventlog.record_format(blob),
                 )

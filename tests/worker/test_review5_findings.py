@@ -69,6 +69,14 @@ def test_a_checkpoint_without_a_log_or_with_an_empty_one_gets_a_log_with_its_ver
         blob = conn.get(lead_key("hubspot", "L"))
         assert blob[:1] == eventlog.VERSION
         assert [e.key for e in eventlog.decode(blob)] == [eventlog.to_logged(events[2]).key]
+    # The same on the path that reads the log (a late event), for an empty value.
+    conn = fakeredis.FakeRedis()
+    store = LeadStore(conn)
+    store.apply_batch(events[1:3], Decider(P, events[2].occurred_ms))
+    conn.set(lead_key("hubspot", "L"), b"")
+    assert store.apply_batch(events[:1], Decider(P, events[2].occurred_ms)).added == 1
+    blob = conn.get(lead_key("hubspot", "L"))
+    assert blob[:1] == eventlog.VERSION and len(eventlog.decode(blob)) == 1
 
 
 def test_unchecked_crm_text_with_an_unpaired_surrogate_is_mended_not_fatal_to_the_batch() -> None:
