@@ -7,9 +7,9 @@ its top bit set when the event carries data. A time outside those 40 bits (befor
 or after mid-2047: a backfill reaching far back, or HubSpot's `hs_timestamp` taken as it
 comes) sets the type's next bit and follows the header as 8 bytes of epoch ms. An event
 with data then adds the data's length (1 byte below 128, else a LEB128 varint) and the data
-as msgpack, its known field names as one-byte codes (`DATA_FIELDS`: `{"follow_up": true}`
-is 3 bytes, not 18 of JSON); data msgpack cannot hold as JSON holds it (a nested object, an
-integer past 64 bits) is stored as 0xc1 and its JSON. 12 bytes for an event without data,
+as msgpack, its known field names as one-byte codes (`DATA_NAMES`: `{"follow_up": true}`
+is 3 bytes, not 18 of JSON); data msgpack cannot give back as JSON does (a nested object, an
+integer past 64 bits, an unpaired surrogate) is stored as 0xc1 and its JSON. 12 bytes for an event without data,
 against ~150 for a JSON object: the memory budget is per tracked lead, and a lead keeps its
 events of the retention horizon, up to a hundred and more.
 
