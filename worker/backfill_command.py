@@ -181,9 +181,9 @@ def _backfill(args: argparse.Namespace, crm: str) -> int:
 def _release(connection: redis.Redis, sink: QueueSink) -> dict[str, int]:
     """Wait for the workers to apply what the backfill queued, then release what they held.
 
-    The spool queues each lead's events together, but a lead with more than a job's worth
-    fills consecutive jobs, which two workers may apply in either order. So the workers decide
-    a backfill's batches without acting until the last one is applied (worker/held.py; a
+    The spool queues each lead's events together in one job, but the jobs are applied by any
+    number of workers in any order. So the workers decide a backfill's batches without acting
+    until the last one is applied (worker/held.py; a
     webhook for the lead meanwhile is decided live, on what its history holds then). Returns
     {"released": leads made due} or, when some job failed, {"failed": jobs}: then nothing is
     released, since those leads' histories are still partial.

@@ -7,7 +7,8 @@ the CRM (or given a break-up task) before its reply arrived; the lost status sta
 live backfill writes its events to a spool file (`JsonlSink`, under the same cursors as an
 `--out` file: an interrupted run continues it), and only once everything is read queues
 them, each lead's events together in one job, oldest first (a lead with more events than a
-job holds fills consecutive jobs, in time order). The workers then decide on whole histories.
+job holds has a job of its own, as large as its history). The workers then decide on whole
+histories.
 
 The spool is read in shards of leads (`read_events`' sharding), so that grouping holds about
 `SHARD_BYTES` of events in memory at a time, whatever the portal's size. It holds what the
@@ -93,11 +94,14 @@ class SpoolSink:
                 if job and len(job) + len(history) > self.job_events:
                     self.queued.enqueue(job)
                     job = []
-                for start in range(0, len(history), self.job_events):
-                    job += [e.to_wire() for e in history[start : start + self.job_events]]
-                    if len(job) >= self.job_events:
-                        self.queued.enqueue(job)
-                        job = []
+                # Never split, even past `job_events`: two parts go to two jobs, which two workers
+                # may apply in either order, and the later part applied first folds the lead's
+                # events past the retention horizon; the earlier part, all dated before that
+                # fold, would then be past the horizon, and ignored.
+                job += [e.to_wire() for e in history]
+                if len(job) >= self.job_events:
+                    self.queued.enqueue(job)
+                    job = []
             if job:
                 self.queued.enqueue(job)
         os.remove(self.path)

@@ -24,24 +24,29 @@ def queued_jobs(conn: redis.Redis) -> list[list[Event]]:
 
 
 @pytest.mark.parametrize("shard_bytes", [32 * 1024 * 1024, 20_000])  # one shard, or many
+@pytest.mark.parametrize("job_events", [120, 15])  # leads of ~20 events: many to a job, or one job each
 def test_each_leads_events_are_queued_together_oldest_first_once_everything_is_read(
-    server: FakeHubSpotServer, fake: FakeHubSpot, conn: redis.Redis, tmp_path: Path, shard_bytes: int
+    server: FakeHubSpotServer, fake: FakeHubSpot, conn: redis.Redis, tmp_path: Path, shard_bytes: int, job_events: int
 ) -> None:
     seed_portal(fake, NOW_MS, contacts=40)
     path = str(tmp_path / "spool.jsonl")
-    sink = SpoolSink(path, False, make_queue(conn, "pruner"), job_events=120, shard_bytes=shard_bytes)
+    queue = make_queue(conn, "pruner")
+    sink = SpoolSink(path, False, queue, job_events=job_events, max_queued=100, shard_bytes=shard_bytes)
     tally = backfill(history(server, conn), sink, conn).run()
     assert queued_jobs(conn) == []  # read, spooled, nothing queued yet
     sink.finish()
     jobs = queued_jobs(conn)
-    assert len(jobs) == sink.jobs >= 2 and all(len(job) <= 120 for job in jobs)
+    # At most `job_events` a job, but for a lead with more, alone in its job.
+    assert len(jobs) == sink.jobs >= 2
+    assert all(len(job) <= job_events or len({e.lead_id for e in job}) == 1 for job in jobs)
+    assert (job_events == 15) == any(len(job) > job_events for job in jobs)
     where: dict[str, set[int]] = defaultdict(set)
     for n, job in enumerate(jobs):
         for event in job:
             where[event.lead_id].add(n)
-    # A lead's events fill one job, or consecutive ones when it has more than a job holds.
-    assert all(max(jobs_of) - min(jobs_of) + 1 == len(jobs_of) for jobs_of in where.values())
-    assert sum(len(jobs_of) == 1 for jobs_of in where.values()) >= 35
+    # A lead's events are never split over jobs (applied in the wrong order, the later part
+    # would fold the earlier one away: test_a_history_split_over_two_jobs_...).
+    assert all(len(jobs_of) == 1 for jobs_of in where.values())
     for lead in where:
         history_of = [e for job in jobs for e in job if e.lead_id == lead]
         assert [e.occurred_ms for e in history_of] == sorted(e.occurred_ms for e in history_of)
@@ -68,3 +73,30 @@ def test_a_page_spooled_twice_is_queued_once(
 def test_a_runs_spool_is_named_after_its_cursors() -> None:
     path = spool_path("pruner:backfill:hubspot:0123456789abcdef", "/spool")
     assert path == "/spool/pruner-backfill-hubspot-0123456789abcdef.jsonl"
+
+
+def test_a_history_split_over_two_jobs_loses_its_older_part_when_they_are_applied_newest_first() -> None:
+    """Why the spool never splits a lead: its later part applied first folds what is past the
+    retention horizon, and the earlier part is then ignored as past the horizon."""
+    import fakeredis
+
+    from rules.events import Crm, EventType
+    from worker.decide import Decider
+    from worker.policyfile import default_policy
+    from worker.store import LeadStore
+
+    day = 86_400_000
+    events = [
+        Event(f"e{n}", EventType.CALL_ATTEMPTED, Crm.HUBSPOT, "L", NOW_MS - (400 - n) * day, {}) for n in range(400)
+    ]
+    older, newer = events[:200], events[200:]
+    kept = {}
+    for name, order in (("in order", (older, newer)), ("newest first", (newer, older)), ("one job", (events,))):
+        store = LeadStore(fakeredis.FakeRedis())
+        for part in order:
+            store.apply_batch(part, Decider(default_policy(), NOW_MS, dry_run=True))
+        log = store.log("hubspot", "L")
+        assert log is not None and log.fold is not None
+        kept[name] = log.fold.events + len(log.events)
+    assert kept["in order"] == kept["one job"] == 400
+    assert kept["newest first"] < 400
