@@ -32,6 +32,8 @@ from worker.backfill_sinks import JsonlSink, QueueSink, check_own
 from worker.simulate import read_events
 
 SHARD_BYTES = 32 * 1024 * 1024  # of spool grouped in memory at a time: ~100,000 events of ~300 bytes a line
+# The most events one lead's job holds (~15 MB of job, a few seconds of a worker's 120 s timeout).
+LEAD_JOB_MAX = 50_000
 
 
 def spool_path(cursors_key: str, directory: str | None = None) -> str:
@@ -52,6 +54,7 @@ class SpoolSink:
         max_queued: int = 10,
         sleep: Callable[[float], None] = time.sleep,
         shard_bytes: int = SHARD_BYTES,
+        lead_job_max: int = LEAD_JOB_MAX,
     ) -> None:
         self.path = path
         if not append and os.path.lexists(path):
@@ -61,6 +64,7 @@ class SpoolSink:
         self.queued = QueueSink(queue, job_events, max_queued, sleep)
         self.job_events = job_events
         self.shard_bytes = shard_bytes
+        self.lead_job_max = lead_job_max
 
     @property
     def jobs(self) -> int:
@@ -74,6 +78,14 @@ class SpoolSink:
 
     def close(self) -> None:
         self.spool.close()
+
+    def _in_order(self, job: list[list[Any]], history: list[Event]) -> None:
+        """Queue `job`, then `history` in parts of `lead_job_max`, each once the workers applied all before it."""
+        if job:
+            self.queued.enqueue(job)
+        for start in range(0, len(history), self.lead_job_max):
+            self.queued.wait_applied()
+            self.queued.enqueue([e.to_wire() for e in history[start : start + self.lead_job_max]])
 
     def finish(self) -> int:
         """Queue every spooled event, each lead's together and oldest first; delete the spool; return jobs queued.
@@ -94,10 +106,16 @@ class SpoolSink:
                 if job and len(job) + len(history) > self.job_events:
                     self.queued.enqueue(job)
                     job = []
-                # Never split, even past `job_events`: two parts go to two jobs, which two workers
+                # Not split, even past `job_events`: two parts go to two jobs, which two workers
                 # may apply in either order, and the later part applied first folds the lead's
                 # events past the retention horizon; the earlier part, all dated before that
                 # fold, would then be past the horizon, and ignored.
+                if len(history) > self.lead_job_max:
+                    # (a history too large for one job: its parts in order, each once the one
+                    # before it, and everything queued before them, is applied)
+                    self._in_order(job, history)
+                    job = []
+                    continue
                 job += [e.to_wire() for e in history]
                 if len(job) >= self.job_events:
                     self.queued.enqueue(job)

@@ -100,3 +100,42 @@ def test_a_history_split_over_two_jobs_loses_its_older_part_when_they_are_applie
         kept[name] = log.fold.events + len(log.events)
     assert kept["in order"] == kept["one job"] == 400
     assert kept["newest first"] < 400
+
+
+def test_a_history_too_large_for_one_job_is_queued_in_parts_each_once_the_one_before_is_applied(
+    conn: redis.Redis, tmp_path: Path
+) -> None:
+    from rules.events import Crm, EventType
+    from rules.hubspot_map import Versioned
+
+    queue = make_queue(conn, "pruner")
+    applied: list[list[list[Event]]] = []  # what the "worker" found queued, each time it ran
+
+    def worker_applies_everything(seconds: float) -> None:
+        jobs = [queue.fetch_job(i) for i in queue.job_ids]
+        applied.append([[Event.from_wire(w) for w in job.args[0]] for job in jobs if job is not None])
+        queue.empty()
+
+    def calls(lead: str, n: int) -> list[Versioned]:
+        return [
+            Versioned(Event(f"{lead}{i}", EventType.CALL_ATTEMPTED, Crm.HUBSPOT, lead, NOW_MS - i * 60_000, {}), None)
+            for i in range(n)
+        ]
+
+    sink = SpoolSink(
+        str(tmp_path / "spool.jsonl"), False, queue, job_events=15, max_queued=100, lead_job_max=10,
+        sleep=worker_applies_everything,
+    )  # fmt: skip
+    sink.write(calls("A", 3) + calls("BIG", 25) + calls("C", 3))
+    sink.commit()
+    sink.finish()
+    worker_applies_everything(0)  # the last part
+    big = [[e for e in job if e.lead_id == "BIG"] for run in applied for job in run]
+    parts = [part for part in big if part]
+    assert [len(part) for part in parts] == [10, 10, 5]
+    times = [e.occurred_ms for part in parts for e in part]
+    assert times == sorted(times)  # oldest first
+    # Each part ran alone: never two parts of the lead where a worker could take them at once.
+    assert all(sum(any(e.lead_id == "BIG" for e in job) for job in run) <= 1 for run in applied)
+    everything = [e.id for run in applied for job in run for e in job]
+    assert sorted(everything) == sorted({*everything}) and len(everything) == 31
