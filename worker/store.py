@@ -39,7 +39,7 @@ from redis.client import Pipeline
 
 from rules.counters import LoggedEvent
 from rules.events import Event, EventType, mend_text
-from worker import actionrecord, aggregates, eventlog, identity, leadindex, reindex, staterecord, suppression
+from worker import actionrecord, aggregates, eventlog, identity, leadindex, probe, reindex, staterecord, suppression
 from worker.action import Action
 from worker.checkpoint import Stored, unpack
 from worker.eventlog import Fold, Log
@@ -60,44 +60,6 @@ from worker.suppression import SUPPRESSED_KEY, lead_hash
 from worker.transaction import APPEND_COPY_LIMIT, Writes, optimistic, queue_erasure, queue_outcome
 
 log = logging.getLogger(__name__)
-
-
-# For each log (KEYS[i]): 1 when one of the 6-byte dedup keys packed in ARGV[i] occurs in it.
-_PROBE_KEYS = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local blob = redis.call('GET', key)
-  local found = 0
-  if blob then
-    local probes = ARGV[i]
-    for j = 1, #probes, KEY_BYTES do
-      if string.find(blob, string.sub(probes, j, j + KEY_BYTES - 1), 2, true) then
-        found = 1
-        break
-      end
-    end
-    if #blob > 0 then
-      found = found + 2 * string.byte(blob, 1)
-    end
-  end
-  out[i] = found
-end
-return out
-""".replace("KEY_BYTES", str(eventlog.KEY_BYTES))
-# The probe's answer for a lead: 1 a key was found, + 2 x the log's version byte (0: no log),
-# which says in which records what is appended to it must be written (eventlog.record_format).
-_PROBE_HIT = 1
-
-
-def _records(version: int) -> int | None:
-    """The record format of a log the probe found of this version (0: none yet); None: unknown
-    (the lead goes down the path that reads its log, which says what is wrong with it)."""
-    if version == 0:
-        return eventlog.RECORDS_12
-    try:
-        return eventlog.format_of_version(version)
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -352,28 +314,14 @@ class LeadStore:
             for i, ck in enumerate(stored)
             if ck is not None and all(ev.occurred_ms > ck.at_ms for ev in fresh[leads[i]].values())
         ]
-        # A redelivery may carry another date than the first delivery (Salesforce re-sends an
-        # edited Task under its id): the dedup keys are looked for in the logs, in Redis, so
-        # the logs need not travel. A hit (or a key-like run of bytes inside a record, which
-        # would be no more than a 2^-64 chance) sends the lead down the exact path below.
-        maybe: list[int] = (
-            pipe.eval(
-                _PROBE_KEYS,
-                len(live),
-                *[lead_key(*leads[i]) for i in live],
-                *[b"".join(fresh[leads[i]]) for i in live],
-            )
-            if live
-            else []
-        )
-        # Each clean lead's log version (0: no log, or an empty value: the append writes the
-        # version byte first, as for a new lead).
-        clean = {i: found >> 1 for i, found in zip(live, maybe, strict=True) if not (found & _PROBE_HIT)}
+        # Redeliveries of live leads' events are looked for in Redis (worker/probe.py).
+        probed = probe.clean(pipe, [lead_key(*leads[i]) for i in live], [b"".join(fresh[leads[i]]) for i in live])
+        clean = dict(zip(live, probed, strict=True))
         for i in range(n):
-            ck, version = stored[i], clean.get(i)
-            records = _records(version) if version is not None else None
-            if ck is not None and version is not None and records is not None:
-                reads.append(_Read(states[i], raw_cks[i], None, ck, None, set(), version != 0, None, records))
+            ck, found = stored[i], clean.get(i)
+            if ck is not None and found is not None:
+                records, exists = found
+                reads.append(_Read(states[i], raw_cks[i], None, ck, None, set(), exists, None, records))
             else:
                 reads.append(None)
                 late.append(i)
