@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for start in range(0, len(tasks), 1000):
             store.apply_batch(tasks[start : start + 1000], decider(config, T0 + DAY))
         # The rest: one touch each, due (as far as the index knows) a year from now.
-        blob = eventlog.append(None, [LoggedEvent(T0, EventType.EMAIL_SENT, b"\x00" * 8, {})])
+        blob = eventlog.append(None, [LoggedEvent(T0, EventType.EMAIL_SENT, b"\x00" * eventlog.KEY_BYTES, {})])
         filled = args.due
         while filled < args.tracked:
             with conn.pipeline(transaction=False) as pipe:
