@@ -24,7 +24,6 @@ from worker.crm.ratelimit import DEFAULT_LIMIT, DEFAULT_WINDOW_S, parse_rate
 from worker.crm.settings import HubSpotSettings, SalesforceSettings, credentials_login
 from worker.errors import ConfigError
 from worker.secrets import decode_secret
-from worker.transaction import APPEND_COPY_LIMIT
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 _TRUE = {"1", "true", "yes", "on"}
@@ -214,10 +213,6 @@ class Config:
     breakup_task_clock: bool = True
     # Minutes between reconciliation runs (worker/reconcile.py); 0 turns it off (PRUNER_RECONCILE_MINUTES).
     reconcile_minutes: int = 15
-    # Logs below this many bytes are rewritten at their size rather than APPENDed to, trading
-    # AOF and replication bytes for Redis memory (worker/transaction.py; PRUNER_LOG_COPY_LIMIT,
-    # 0: always APPEND).
-    log_copy_limit: int = APPEND_COPY_LIMIT
     salesforce: SalesforceSettings = field(default_factory=lambda: _salesforce_settings({}))
     salesforce_mapping: SalesforceMapping = field(default_factory=SalesforceMapping)
     # Logs in with SALESFORCE_USERNAME/PASSWORD, JWT or client credentials; None when none are set.
@@ -269,7 +264,6 @@ class Config:
             backfill_rate_share=_int(env, "PRUNER_BACKFILL_RATE_SHARE", 80, 1, 100),
             reconcile_minutes=_int(env, "PRUNER_RECONCILE_MINUTES", 15, 0, 24 * 60),
             breakup_task_clock=_flag(env, "PRUNER_BREAKUP_TASK_CLOCK", True),
-            log_copy_limit=_int(env, "PRUNER_LOG_COPY_LIMIT", APPEND_COPY_LIMIT, 0, 1 << 20),
             salesforce=_salesforce_settings(env),
             salesforce_mapping=salesforce_mapping(env),
             salesforce_login=_salesforce_login(env),

@@ -66,7 +66,7 @@ def suppression_key(config: Config) -> bytes | None:
 
 def store_for(connection: redis.Redis, config: Config) -> LeadStore:
     """The lead store as every job writes to it: the erasure key and the log copy limit of `config`."""
-    return LeadStore(connection, suppression_key(config), config.log_copy_limit)
+    return LeadStore(connection, suppression_key(config))
 
 
 RECONCILE_SOURCE = "reconcile"  # the decider's source for what reconciliation applies

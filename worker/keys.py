@@ -17,6 +17,9 @@ FORGOTTEN_PREFIX = "pruner:forgotten:"
 # How long a deleted lead's email hashes wait for a privacyDeletion (HubSpot retries for a day).
 FORGOTTEN_TTL_S = 3 * 86_400
 ACTIONS_KEPT = 100_000
+# A log's copy on its way back into place, inside one Lua script (worker/transaction.py): no
+# client ever sees it.
+SCRATCH_KEY = "pruner:scratch"
 
 # A lead: (crm, lead id).
 Lead = tuple[str, str]

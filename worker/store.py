@@ -57,7 +57,7 @@ from worker.keys import (
 from worker.leadview import BatchResult, Decide, LeadUpdate, LeadView, Outcome
 from worker.staterecord import StateRecord
 from worker.suppression import SUPPRESSED_KEY, lead_hash
-from worker.transaction import APPEND_COPY_LIMIT, Writes, optimistic, queue_erasure, queue_outcome
+from worker.transaction import Writes, optimistic, queue_erasure, queue_outcome
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +90,9 @@ class _Read:
 class LeadStore:
     """Per-lead event logs and states in Redis (connection passed in)."""
 
-    def __init__(
-        self, connection: redis.Redis, suppression_key: bytes | None = None, log_copy_limit: int = APPEND_COPY_LIMIT
-    ) -> None:
+    def __init__(self, connection: redis.Redis, suppression_key: bytes | None = None) -> None:
         self.redis = connection
         self.suppression_key = suppression_key
-        self.log_copy_limit = log_copy_limit
 
     def apply_batch(self, events: Iterable[Event], decide: Decide | None = None) -> BatchResult:
         """Add events to their leads' logs, once each, and persist `decide`'s outcome, atomically."""
@@ -216,7 +213,7 @@ class LeadStore:
                     LeadUpdate(lead[0], lead[1], history, len(new), dups, outcome, merged_in, past.get(lead, 0))
                 )
             pipe.multi()
-            writes = Writes(self.log_copy_limit)
+            writes = Writes()
             for i, (lead, read, new, outcome, entry) in enumerate(decided):
                 old_row = read.checkpoint.row if read.checkpoint is not None else None
                 if outcome is not None and outcome.erase:

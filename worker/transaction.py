@@ -21,6 +21,7 @@ from worker.keys import (
     ACTIONS_KEPT,
     ACTIONS_KEY,
     DUE_KEY,
+    SCRATCH_KEY,
     Lead,
     checkpoint_key,
     due_member,
@@ -91,27 +92,24 @@ def queue_erasure(
 
 
 # Append to each of KEYS its ARGV: a batch's ~100 log appends as one command (see `Writes`).
-# A small log is rewritten rather than APPENDed to: Redis grows an appended string greedily (to
-# twice its new length, below 1 MB) and the slack stays with the key, ~850 B of a 2,700 B log of
-# 200 events (a fifth of a lead's memory); SET stores the value at its size. A copy inside Redis
-# costs little below a few KB, but grows with the log: from APPEND_COPY_LIMIT bytes (~400 events)
-# on, the slack is the price of not copying a lead's whole history for each of its events. The
-# copy is also what Redis writes to its AOF and replicas (the script's effects): ~20x the bytes
-# of APPENDs for such logs; PRUNER_LOG_COPY_LIMIT=0 goes back to APPEND where disk or
-# replication bandwidth matters more than memory.
-APPEND_COPY_LIMIT = 8192
+# Redis grows an APPENDed string greedily (to twice its new length, below 1 MB) and the slack
+# stays with the key: ~850 B of a 2,700 B log of 200 events, a fifth of a lead's memory. COPY
+# stores a duplicate at its size, and RENAME puts it in the log's place: two memcpy in Redis,
+# ~1.5 us a log whatever its length. (Until 2026-12-06 a log below 8 KB was rewritten from
+# Lua, `SET key (GET key .. new)`: the log went through Lua's strings, ~2.5 us per KB of log
+# for each event added, the one cost of a live event that grew with the lead's history; and
+# Redis's AOF and replicas received the whole log each time.) A log the APPEND creates is at
+# its size already. The scratch key lives only inside the script, which no client interrupts.
 _APPEND_ALL = """
-local limit = tonumber(ARGV[#KEYS + 1])
 for i, key in ipairs(KEYS) do
-  if redis.call('STRLEN', key) < limit then
-    local log = redis.call('GET', key)
-    redis.call('SET', key, (log or '') .. ARGV[i])
-  else
-    redis.call('APPEND', key, ARGV[i])
+  local added = ARGV[i]
+  if redis.call('APPEND', key, added) > #added then
+    redis.call('COPY', key, 'SCRATCH', 'REPLACE')
+    redis.call('RENAME', 'SCRATCH', key)
   end
 end
 return #KEYS
-"""
+""".replace("SCRATCH", SCRATCH_KEY)
 
 
 class Writes:
@@ -125,8 +123,7 @@ class Writes:
     not matter.
     """
 
-    def __init__(self, copy_limit: int = APPEND_COPY_LIMIT) -> None:
-        self.copy_limit = copy_limit
+    def __init__(self) -> None:
         self.sets: dict[str, bytes] = {}
         self.deletes: list[str] = []
         self.zadds: dict[str, dict[str, int]] = {}
@@ -163,7 +160,7 @@ class Writes:
 
     def flush(self, pipe: Any) -> None:
         if self.appends:
-            pipe.eval(_APPEND_ALL, len(self.appends), *self.appends, *self.appends.values(), self.copy_limit)
+            pipe.eval(_APPEND_ALL, len(self.appends), *self.appends, *self.appends.values())
         if self.sets:
             pipe.mset(self.sets)
         if self.deletes:
