@@ -198,6 +198,7 @@ def entry_for(
     old: Entry | None = None,
     new: Iterable[LoggedEvent] = (),
     folded: LeadCounters | None = None,
+    profile: tuple[str | None, str | None, str | None, str | None] | None = None,
 ) -> Entry | None:
     """Compute a lead's entry from its state record and event log (None: not listed).
 
@@ -206,6 +207,8 @@ def entry_for(
     old entry's, and a lead without a state record is only folded when a deal update arrives.
 
     `folded`: the counters of the log's fold (events past the retention horizon, gone).
+    `profile`: (source, deal stage, segment, priority) as an evaluation of every event of the
+    lead counted them (worker/decide.py): used as it is, nothing folded.
     """
     new = list(new)
     if state is None and (old is None or not (history or folded is not None)):
@@ -213,11 +216,12 @@ def entry_for(
             return None  # being worked, never decided on: not listed (see the module's docstring)
     record = state or {}
     decisions = record.get("decisions") or []
-    if old is None or any(ev.type in PROFILE_TYPES for ev in new):
-        c = fold(history, folded)
-        profile = (c.source, c.deal_stage, c.segment, c.priority)
-    else:
-        profile = (old.source, old.deal_stage, old.segment, old.priority)
+    if profile is None:
+        if old is None or any(ev.type in PROFILE_TYPES for ev in new):
+            c = fold(history, folded)
+            profile = (c.source, c.deal_stage, c.segment, c.priority)
+        else:
+            profile = (old.source, old.deal_stage, old.segment, old.priority)
     if decisions:
         changed = _ms(decisions[-1].get("at"))  # the replay records decisions in time order
     elif old is not None:

@@ -73,6 +73,9 @@ class Outcome:
     path: str | None = None
     # The lead's row in the aggregates, kept in `checkpoint` (None: not counted).
     row: list[str] | None = None
+    # (source, deal stage, segment, priority) as the evaluation's counters hold them after every
+    # event of the lead: what its list-index entry shows, without reading its log again.
+    profile: tuple[str | None, str | None, str | None, str | None] | None = None
     # The whole log, rewritten: its oldest events folded away (worker/eventlog.py `Fold`).
     log: bytes | None = None
     folded: int = 0

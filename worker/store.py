@@ -264,21 +264,27 @@ class LeadStore:
     ) -> Any:
         """The lead's list-index entry after this outcome (worker/leadindex.py).
 
-        The index folds the whole history for a lead's profile when it lists the lead for the
-        first time or a profile event arrives; a batch that continued the checkpoint holds only
-        the events after it, so the log is read then (rare: most batches re-use the entry).
+        The profile (source, deal stage, segment, priority) is the evaluation's, which counted
+        every event of the lead (`Outcome.profile`). The whole log is read only for the one thing
+        a batch that continued the checkpoint does not hold: the time of the lead's oldest event,
+        the "changed" time of a lead listed for the first time without a decision (a won deal).
+        Until 2026-12-06 the log was read, one GET each, for every lead listed for the first time
+        and every profile event of a listed lead, to fold its profile again.
         """
         if outcome.unchanged and old is not None and not any(ev.type in leadindex.PROFILE_TYPES for ev in new):
             return old  # the same state record and no profile event: the same entry
         listed_now = outcome.state is not None or old is not None
         listed_now = listed_now or any(ev.type is EventType.DEAL_UPDATED for ev in new)
-        folds = old is None or any(ev.type in leadindex.PROFILE_TYPES for ev in new)
+        if outcome.profile is not None:
+            whole_needed = old is None and not (outcome.state or {}).get("decisions")
+        else:
+            whole_needed = old is None or any(ev.type in leadindex.PROFILE_TYPES for ev in new)
         folded = read.fold
-        if partial and listed_now and folds:
+        if partial and listed_now and whole_needed:
             whole = load()
             history, folded = whole.events, whole.fold
         start = folded.state().counters if folded is not None else None
-        return leadindex.entry_for(outcome.state, history, old, new, start)
+        return leadindex.entry_for(outcome.state, history, old, new, start, outcome.profile)
 
     @staticmethod
     def _keys(leads: list[Lead], deciding: bool) -> list[str]:

@@ -15,6 +15,7 @@ from rules.events import Event, format_ms, parse_event
 from tests.helpers import ADMIN_TOKEN, SECRET, event
 from webhooks import create_app
 from worker import leadindex, leadquery
+from worker import store as worker_store
 from worker.config import Config
 from worker.decide import Decider
 from worker.leadindex import Entry
@@ -162,6 +163,25 @@ def test_an_unchanged_lead_writes_nothing_to_the_index() -> None:
     s.redis.delete(lost)  # a write would put it back
     s.apply_batch([ev("email_sent", "a", 5)], decide())
     assert s.redis.hget(leadindex.ENTRIES_KEY, a) == before and s.redis.zcard(lost) == 0
+
+
+def test_a_live_batch_lists_a_lead_and_moves_its_profile_without_reading_its_log(monkeypatch: Any) -> None:
+    """The entry's profile is the evaluation's (`Outcome.profile`): until 2026-12-06 the store read
+    the lead's log, one GET each, to fold it again for every lead listed for the first time and for
+    every profile event of a listed lead."""
+    s = store()
+    s.apply_batch([ev("lead_profile", "a", 0, source="webinar"), ev("email_sent", "a", 1)], decide())
+    assert s.redis.hget(leadindex.ENTRIES_KEY, leadindex.member("hubspot", "a")) is None  # not decided yet
+    reads: list[bytes | None] = []
+    real = worker_store.eventlog.read
+    monkeypatch.setattr(worker_store.eventlog, "read", lambda blob: reads.append(blob) or real(blob))
+    s.apply_batch([ev("not_interested", "a", 2), ev("not_interested", "a", 3)], decide())  # decided: listed
+    s.apply_batch([ev("lead_profile", "a", 4, source="referral", segment="smb")], decide())
+    s.apply_batch([ev("deal_updated", "a", 5, stage="contractsent")], decide())
+    assert reads == []
+    entry = Entry.decode(s.redis.hget(leadindex.ENTRIES_KEY, leadindex.member("hubspot", "a")) or b"")
+    assert (entry.state, entry.source, entry.segment, entry.deal_stage) == ("LOST", "referral", "smb", "contractsent")
+    consistent(s)
 
 
 def test_a_store_from_before_the_index_lists_after_the_backfill() -> None:
