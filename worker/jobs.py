@@ -65,7 +65,7 @@ def suppression_key(config: Config) -> bytes | None:
 
 
 def store_for(connection: redis.Redis, config: Config) -> LeadStore:
-    """The lead store as every job writes to it: the erasure key and the log copy limit of `config`."""
+    """The lead store as every job writes to it, with the erasure key of `config`."""
     return LeadStore(connection, suppression_key(config))
 
 
