@@ -56,6 +56,8 @@ def is_follow_up(etype: EventType, data: Mapping[str, Any], first_touch: bool) -
 
 # `LeadCounters.call_attempts_by_week` keeps the latest weeks with calls only.
 CALL_WEEKS_KEPT = 13
+# (source, deal stage, segment, priority), see `LeadCounters.profile`.
+Profile = tuple[str | None, str | None, str | None, str | None]
 
 
 class LeadCounters(msgspec.Struct, array_like=True):
@@ -103,6 +105,10 @@ class LeadCounters(msgspec.Struct, array_like=True):
     do_not_contact: set[str] = msgspec.field(default_factory=set)
     erasure_requested: bool = False
     consent_ms: int | None = None
+
+    def profile(self) -> Profile:
+        """(source, deal stage, segment, priority): what the list index shows of the lead's CRM record."""
+        return (self.source, self.deal_stage, self.segment, self.priority)
 
     def apply(self, event: LoggedEvent) -> None:
         """Fold one event in; callers feed events in `LoggedEvent.sort_key` order."""

@@ -295,8 +295,7 @@ class Decider:
         if log is not None and fold is not None and fold[0] is not None and fold[1] is not None:
             rewritten, oldest, folded = self._fold(log, fold[0], fold[1])
         row = aggregates.row_of(ev.state.value, ev.loss_reason, ev.counters, aggregates.lost_from(ev.decisions))
-        c = ev.counters
-        profile = (c.source, c.deal_stage, c.segment, c.priority)
+        profile = ev.counters.profile()
         if ev.checkpoint_bytes is not None and ev.checkpoint_at is not None:
             tail = [e for e in history if e.occurred_ms > ev.checkpoint_at]
             packed = checkpoint.pack(

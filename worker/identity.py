@@ -178,7 +178,7 @@ def merge(
             pipe.set(lead_key(crm, into), outcome.log or eventlog.write(eventlog.Log(fold, history)))
             queue_outcome(pipe, survivor, outcome)
             start = fold.state().counters if fold is not None else None
-            entry = leadindex.entry_for(outcome.state, history, None, history, start)
+            entry = leadindex.entry_for(outcome.state, history, None, history, start, outcome.profile)
             leadindex.queue_update(pipe, survivor, indexed[into], entry)
             if remap:
                 pipe.hset(merged_key(crm), mapping=remap)  # type: ignore[arg-type]

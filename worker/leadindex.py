@@ -52,7 +52,7 @@ from typing import Any
 import msgspec
 import redis
 
-from rules.counters import LeadCounters, LoggedEvent, fold
+from rules.counters import LeadCounters, LoggedEvent, Profile, fold
 from rules.errors import SchemaError
 from rules.events import EventType, parse_rfc3339_ms
 from rules.states import outcome_of
@@ -198,17 +198,14 @@ def entry_for(
     old: Entry | None = None,
     new: Iterable[LoggedEvent] = (),
     folded: LeadCounters | None = None,
-    profile: tuple[str | None, str | None, str | None, str | None] | None = None,
+    profile: Profile | None = None,
 ) -> Entry | None:
     """Compute a lead's entry from its state record and event log (None: not listed).
 
-    The profile (source, segment, priority) and deal stage come from folding the log, which is
-    only done when `old` is missing or a new event can change them: most batches re-use the
-    old entry's, and a lead without a state record is only folded when a deal update arrives.
-
-    `folded`: the counters of the log's fold (events past the retention horizon, gone).
-    `profile`: (source, deal stage, segment, priority) as an evaluation of every event of the
-    lead counted them (worker/decide.py): used as it is, nothing folded.
+    `profile`: the lead's (source, deal stage, segment, priority) as its evaluation counted them
+    (`Outcome.profile`) or `Log.counters` does, the same counting: used as it is. Without it,
+    the profile is folded from `history` onto `folded` (the counters of the log's fold), only
+    when `old` is missing or a new event can change it; otherwise the old entry's is kept.
     """
     new = list(new)
     if state is None and (old is None or not (history or folded is not None)):
@@ -218,8 +215,7 @@ def entry_for(
     decisions = record.get("decisions") or []
     if profile is None:
         if old is None or any(ev.type in PROFILE_TYPES for ev in new):
-            c = fold(history, folded)
-            profile = (c.source, c.deal_stage, c.segment, c.priority)
+            profile = fold(history, folded).profile()
         else:
             profile = (old.source, old.deal_stage, old.segment, old.priority)
     if decisions:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rules.counters import LoggedEvent
+from rules.counters import LoggedEvent, Profile
 from worker.action import Action
 from worker.checkpoint import Stored
 from worker.eventlog import Fold, Log
@@ -75,7 +75,7 @@ class Outcome:
     row: list[str] | None = None
     # (source, deal stage, segment, priority) as the evaluation's counters hold them after every
     # event of the lead: what its list-index entry shows, without reading its log again.
-    profile: tuple[str | None, str | None, str | None, str | None] | None = None
+    profile: Profile | None = None
     # The whole log, rewritten: its oldest events folded away (worker/eventlog.py `Fold`).
     log: bytes | None = None
     folded: int = 0

@@ -90,8 +90,9 @@ def reindex(connection: redis.Redis, batch: int = 500) -> int:
                 blob, raw_state = values[i], values[len(leads) + i]
                 whole = eventlog.read(blob)
                 state = staterecord.decode_or_none(raw_state)
-                start = whole.fold.state().counters if whole.fold is not None else None
-                entry = leadindex.entry_for(state, whole.events, None, whole.events, start)
+                # The profile as the replay counts it (a new version of a record the fold counted
+                # is past the horizon), which is what batches index (`Outcome.profile`).
+                entry = leadindex.entry_for(state, whole.events, None, whole.events, profile=whole.counters().profile())
                 leadindex.queue_update(pipe, lead, old[i], entry, rewrite=True)
                 if entry is not None:
                     # A worker's batch on this lead read its entry before its MULTI (absent, say,
