@@ -70,7 +70,8 @@ def _check_redis(config: Config) -> int:
     limit = f"{facts.max_bytes} bytes" if facts.max_bytes else "no limit"
     persistence = "AOF" if facts.aof else "no AOF"
     persistence += {True: ", RDB", False: ", no RDB", None: ", RDB unknown"}[facts.rdb]
-    print(f"  Redis: maxmemory-policy {facts.policy}, {facts.used_bytes} bytes used of {limit}; {persistence}")
+    server = f"Redis {facts.version}" if facts.version else "Redis"
+    print(f"  {server}: maxmemory-policy {facts.policy}, {facts.used_bytes} bytes used of {limit}; {persistence}")
     for warning in facts.warnings:
         print(f"  warning: {warning}")
     for problem in facts.problems:

@@ -1,4 +1,4 @@
-"""What Pruner needs of its Redis, read from the server: no eviction, some persistence, memory left.
+"""What Pruner needs of its Redis, read from the server: 6.2 or later, no eviction, some persistence, memory left.
 
 `pruner check` (the release phase) refuses an evicting `maxmemory-policy`: an evicted event log
 or outbox entry is an acknowledged event or a CRM action silently lost. `/readyz` and `/metrics`
@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 
 import redis
 
+# COPY (the log appends, worker/transaction.py), GETDEL (worker/upgrades.py) and RQ's BLMOVE.
+MIN_VERSION = (6, 2)
+
 
 @dataclass(frozen=True)
 class RedisFacts:
@@ -22,6 +25,7 @@ class RedisFacts:
     rdb: bool | None  # None: CONFIG GET refused, so unknown
     problems: list[str] = field(default_factory=list)  # what makes the deploy fail
     warnings: list[str] = field(default_factory=list)
+    version: str | None = None  # INFO's redis_version (None: not given)
 
     @property
     def headroom(self) -> float:
@@ -35,6 +39,7 @@ def inspect(connection: redis.Redis) -> RedisFacts:
     try:
         memory = connection.info("memory")
         persistence = connection.info("persistence")
+        version = connection.info("server").get("redis_version")
     except redis.ResponseError:  # a proxy or emulator without INFO: nothing to judge
         return RedisFacts(None, 0, 0, False, None, [], ["this Redis refuses INFO, so its settings are unknown"])
     policy = str(memory.get("maxmemory_policy", "noeviction"))
@@ -47,6 +52,12 @@ def inspect(connection: redis.Redis) -> RedisFacts:
         rdb = None
         warnings.append("this Redis refuses CONFIG GET, so whether RDB snapshots are on is unknown")
     problems = []
+    if version is not None and _older(str(version)):
+        wanted = ".".join(map(str, MIN_VERSION))
+        problems.append(
+            f"Redis {version} is older than {wanted}: Pruner adds events to its logs with COPY and RENAME, "
+            f"which Redis has from {wanted} on; upgrade Redis"
+        )
     if policy != "noeviction":
         problems.append(
             f"Redis maxmemory-policy is {policy}: it may evict event logs and queued CRM actions under "
@@ -57,4 +68,13 @@ def inspect(connection: redis.Redis) -> RedisFacts:
         warnings.append("Redis has neither AOF nor RDB persistence on: a restart loses every event and queued job")
     if limit and used / limit > 0.8:
         warnings.append(f"Redis uses {used / limit:.0%} of its maxmemory ({used} of {limit} bytes)")
-    return RedisFacts(policy, used, limit, aof, rdb, problems, warnings)
+    return RedisFacts(policy, used, limit, aof, rdb, problems, warnings, str(version) if version else None)
+
+
+def _older(version: str) -> bool:
+    """Whether `version` ("6.0.16", "7.2.4-rc1") is below MIN_VERSION; an unreadable one is not."""
+    try:
+        parts = tuple(int(part) for part in version.split("-")[0].split(".")[:2])
+    except ValueError:
+        return False
+    return parts < MIN_VERSION
