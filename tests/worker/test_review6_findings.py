@@ -41,36 +41,6 @@ def entry(s: LeadStore, lead: str) -> Entry | None:
     return Entry.decode(raw) if raw is not None else None
 
 
-def test_a_new_version_of_a_folded_record_gives_an_entry_that_reindex_changes(conn: redis.Redis) -> None:
-    """The live entry now takes the replay's counters, which ignore a new version of a record the
-    log's fold counted (rules/lifecycle.py `evaluate`, `start_from.records`); the rebuild
-    (worker/reindex.py) and a merge (worker/identity.py) still fold the kept events onto the fold's
-    counters (leadindex.fold), which applies that version. Before 7b43055 the live path folded the
-    same way as the rebuild, so the two agreed."""
-    s = LeadStore(conn, KEY)
-    s.apply_batch(
-        [
-            ev("lead_profile", "a", 0, source="webinar"),
-            ev("deal_updated", "a", 0, version=("deal-9", 0), deal_id="9", stage="appointmentscheduled"),
-            ev("not_interested", "a", 1),
-            ev("not_interested", "a", 2),
-        ],
-        decide(10),
-    )
-    assert entry(s, "a") is not None and entry(s, "a").deal_stage == "appointmentscheduled"  # type: ignore[union-attr]
-    s.apply_batch([ev("email_sent", "a", 199)], decide(200))  # the first 20 days are folded away
-    log = s.log("hubspot", "a")
-    assert log is not None and log.fold is not None and log.fold.events == 4
-    # The deal record's next version, 200 days on: a new stage.
-    s.apply_batch(
-        [ev("deal_updated", "a", 200.5, version=("deal-9", 200.5), deal_id="9", stage="contractsent")], decide(201)
-    )
-    live = entry(s, "a")
-    reindex(conn)
-    rebuilt = entry(s, "a")
-    assert live == rebuilt, (live, rebuilt)
-
-
 def fold_a_deal(s: LeadStore) -> None:
     """Lead "a": a versioned deal and a loss, then 200 days on an email: the first 20 days folded."""
     s.apply_batch(
@@ -82,9 +52,28 @@ def fold_a_deal(s: LeadStore) -> None:
         ],
         decide(10),
     )
+    assert entry(s, "a") is not None and entry(s, "a").deal_stage == "appointmentscheduled"  # type: ignore[union-attr]
     s.apply_batch([ev("email_sent", "a", 199)], decide(200))
     log = s.log("hubspot", "a")
     assert log is not None and log.fold is not None and log.fold.events == 4
+
+
+def test_a_new_version_of_a_folded_record_gives_an_entry_that_reindex_changes(conn: redis.Redis) -> None:
+    """The live entry now takes the replay's counters, which ignore a new version of a record the
+    log's fold counted (rules/lifecycle.py `evaluate`, `start_from.records`); the rebuild
+    (worker/reindex.py) and a merge (worker/identity.py) folded the kept events onto the fold's
+    counters (leadindex.fold), which applies that version, until c1a0abe gave them the replay's
+    counting too. Before 7b43055 the live path folded the same way as the rebuild."""
+    s = LeadStore(conn, KEY)
+    fold_a_deal(s)
+    # The deal record's next version, 200 days on: a new stage.
+    s.apply_batch(
+        [ev("deal_updated", "a", 200.5, version=("deal-9", 200.5), deal_id="9", stage="contractsent")], decide(201)
+    )
+    live = entry(s, "a")
+    reindex(conn)
+    rebuilt = entry(s, "a")
+    assert live == rebuilt, (live, rebuilt)
 
 
 def test_after_a_merge_an_unrelated_profile_event_moves_the_deal_stage(conn: redis.Redis) -> None:
